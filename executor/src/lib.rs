@@ -1,0 +1,1 @@
+//! Endpoint agent, broker and manager (placeholder).

@@ -1,0 +1,164 @@
+//! The conversation between the endpoint's ZeroMQ broker (ROUTER) and the
+//! managers (DEALER) inside pilot jobs. Frames are MessagePack maps.
+//!
+//! A manager sends [`ManagerMessage::Register`] first; the broker answers
+//! [`BrokerMessage::Registered`] or [`BrokerMessage::Refused`]. The broker
+//! then pushes tasks while the manager has fewer than `capacity` in hand
+//! (workers + prefetch), so no manager ever asks per task. Results and state
+//! changes go up in batches. Either side declares the other lost after
+//! `heartbeat_threshold` seconds of silence.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::task::{FunctionCode, TaskResult, TaskSpec};
+use crate::DecodeError;
+
+/// Who a manager is and what it can take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerInfo {
+    /// [`crate::PROTOCOL_VERSION`] of the manager.
+    pub version: u32,
+    /// Unique id of this manager process.
+    pub manager_id: String,
+    /// Block (pilot job) the manager belongs to.
+    pub block_id: String,
+    /// Batch-system job id of the block, when there is one.
+    pub job_id: Option<String>,
+    /// Host name of the node.
+    pub host: String,
+    /// Rank of the manager within its block.
+    pub rank: u32,
+    /// Process id of the manager.
+    pub pid: u32,
+    /// Cores the manager may use.
+    pub cores: u32,
+    /// Warm worker processes.
+    pub workers: u32,
+    /// Tasks held beyond `workers` so a worker never waits on the network.
+    pub prefetch: u32,
+}
+
+impl ManagerInfo {
+    /// Most tasks the broker hands this manager at once.
+    pub fn capacity(&self) -> u32 {
+        self.workers + self.prefetch
+    }
+}
+
+/// A frame from a manager to the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagerMessage {
+    /// First frame: who the manager is.
+    Register(ManagerInfo),
+    /// Still alive.
+    Heartbeat,
+    /// These tasks started on a worker.
+    Running {
+        /// Started task ids.
+        task_ids: Vec<Uuid>,
+    },
+    /// These tasks finished; each frees one unit of capacity.
+    Results {
+        /// Outcomes.
+        results: Vec<TaskResult>,
+    },
+    /// The manager is leaving cleanly (drained or told to shut down).
+    Bye,
+}
+
+/// A frame from the broker to a manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerMessage {
+    /// Registration accepted.
+    Registered {
+        /// Seconds between heartbeats, both ways.
+        heartbeat_period: f64,
+        /// Seconds of silence after which the peer is declared lost.
+        heartbeat_threshold: f64,
+    },
+    /// Registration refused; the manager exits with `reason`.
+    Refused {
+        /// Why, in words for the user.
+        reason: String,
+    },
+    /// Tasks to run, with the code of functions this manager has not seen.
+    Tasks {
+        /// Function code not yet sent to this manager.
+        functions: Vec<FunctionCode>,
+        /// The tasks.
+        tasks: Vec<TaskSpec>,
+    },
+    /// Still alive.
+    Heartbeat,
+    /// Finish nothing more; exit now.
+    Shutdown,
+}
+
+/// Serializes a frame as MessagePack (named fields, so peers can evolve).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(msg).expect("protocol messages always serialize")
+}
+
+/// Parses a MessagePack frame.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Outcome;
+
+    #[test]
+    fn frames_round_trip() {
+        let info = ManagerInfo {
+            version: 1,
+            manager_id: "m1".into(),
+            block_id: "0".into(),
+            job_id: None,
+            host: "node1".into(),
+            rank: 0,
+            pid: 7,
+            cores: 2,
+            workers: 2,
+            prefetch: 4,
+        };
+        assert_eq!(info.capacity(), 6);
+        let id = Uuid::new_v4();
+        for m in [
+            ManagerMessage::Register(info),
+            ManagerMessage::Heartbeat,
+            ManagerMessage::Running { task_ids: vec![id] },
+            ManagerMessage::Results {
+                results: vec![TaskResult {
+                    task_id: id,
+                    outcome: Outcome::Success { result: "00\nabc".into() },
+                    completed_at: 2.0,
+                }],
+            },
+            ManagerMessage::Bye,
+        ] {
+            assert_eq!(decode::<ManagerMessage>(&encode(&m)).unwrap(), m);
+        }
+        let tasks = BrokerMessage::Tasks {
+            functions: vec![FunctionCode { function_id: id, code: "5\nst\nf:".into() }],
+            tasks: vec![TaskSpec {
+                task_id: id,
+                function_id: id,
+                payload: "3\n00\n3\n00\n".into(),
+                result_serializers: vec![],
+                resource_spec: None,
+            }],
+        };
+        assert_eq!(decode::<BrokerMessage>(&encode(&tasks)).unwrap(), tasks);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode::<BrokerMessage>(b"\xc1\xff\x00").is_err());
+        assert!(decode::<ManagerMessage>(b"").is_err());
+    }
+}

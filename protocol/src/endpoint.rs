@@ -1,0 +1,150 @@
+//! The endpoint agent's WebSocket conversation with the service.
+//!
+//! The agent connects to `GET /v3/endpoints/{id}/connect` with its endpoint
+//! credential as `Authorization: Bearer`, sends [`AgentMessage::Hello`], and
+//! gets [`ServiceMessage::Welcome`] or [`ServiceMessage::Refused`]. After that
+//! both sides stream batches: tasks down, acknowledgements and results up,
+//! result acknowledgements down. Every frame is one JSON text message.
+//!
+//! Delivery is at least once on this hop: the service re-sends every task
+//! that is not final when an agent (re)connects, and the agent re-sends every
+//! result that the service has not acknowledged. Both sides drop duplicates
+//! by task id.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::task::{FunctionCode, TaskResult, TaskSpec, TaskState};
+use crate::DecodeError;
+
+/// A frame from the endpoint agent to the service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First frame on a connection.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the agent.
+        version: u32,
+        /// Host name of the machine the agent runs on.
+        host: String,
+        /// Process id of the agent.
+        pid: u32,
+    },
+    /// These tasks are journaled by the agent; the service stops re-sending
+    /// them on this connection and marks them `waiting-for-launch`.
+    Ack {
+        /// Journaled task ids.
+        task_ids: Vec<Uuid>,
+    },
+    /// Non-final state changes (e.g. `running`).
+    States {
+        /// (task id, new state) pairs.
+        updates: Vec<(Uuid, TaskState)>,
+    },
+    /// Finished tasks; the service answers with [`ServiceMessage::ResultAck`]
+    /// once they are durable.
+    Results {
+        /// Outcomes.
+        results: Vec<TaskResult>,
+    },
+    /// Periodic liveness and capacity report.
+    Heartbeat {
+        /// What the endpoint has right now.
+        status: EndpointReport,
+    },
+}
+
+/// A frame from the service to the endpoint agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServiceMessage {
+    /// The connection is accepted.
+    Welcome {
+        /// [`crate::PROTOCOL_VERSION`] of the service.
+        version: u32,
+        /// How often the agent should send heartbeats, seconds.
+        heartbeat_period: f64,
+    },
+    /// The connection is refused; the agent reports `reason` and stops.
+    Refused {
+        /// Why, in words for the user.
+        reason: String,
+    },
+    /// Tasks to run. `functions` holds the code of every function in `tasks`
+    /// that was not yet sent on this connection.
+    Tasks {
+        /// Function code not yet sent on this connection.
+        functions: Vec<FunctionCode>,
+        /// The tasks.
+        tasks: Vec<TaskSpec>,
+    },
+    /// These results are durable in the service; the agent may forget them.
+    ResultAck {
+        /// Acknowledged task ids.
+        task_ids: Vec<Uuid>,
+    },
+}
+
+/// Capacity and load of an endpoint, as reported in heartbeats and shown by
+/// `GET /v2/endpoints/{id}/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointReport {
+    /// Connected managers.
+    pub managers: u32,
+    /// Worker slots across all managers.
+    pub total_workers: u32,
+    /// Worker slots with nothing to do.
+    pub idle_workers: u32,
+    /// Tasks accepted but not finished.
+    pub outstanding_tasks: u64,
+    /// Blocks (pilot jobs) alive or starting.
+    pub active_blocks: u32,
+}
+
+/// Serializes a frame as JSON text.
+pub fn to_json<T: Serialize>(msg: &T) -> String {
+    serde_json::to_string(msg).expect("protocol messages always serialize")
+}
+
+/// Parses a JSON frame.
+pub fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{ExceptionInfo, Outcome};
+
+    #[test]
+    fn messages_round_trip_as_json() {
+        let id = Uuid::new_v4();
+        let msgs = vec![
+            AgentMessage::Hello { version: 1, host: "login1".into(), pid: 42 },
+            AgentMessage::Ack { task_ids: vec![id] },
+            AgentMessage::States { updates: vec![(id, TaskState::Running)] },
+            AgentMessage::Results {
+                results: vec![TaskResult {
+                    task_id: id,
+                    outcome: Outcome::Failed {
+                        exception: ExceptionInfo::system("WorkerLost", "worker 3 died"),
+                    },
+                    completed_at: 1.5,
+                }],
+            },
+            AgentMessage::Heartbeat { status: EndpointReport::default() },
+        ];
+        for m in msgs {
+            let text = to_json(&m);
+            assert_eq!(from_json::<AgentMessage>(&text).unwrap(), m);
+        }
+        let hello = to_json(&AgentMessage::Hello { version: 1, host: "h".into(), pid: 1 });
+        assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(from_json::<ServiceMessage>("{\"type\":\"nope\"}").is_err());
+        assert!(from_json::<ServiceMessage>("\u{0}").is_err());
+    }
+}

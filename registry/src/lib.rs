@@ -1,0 +1,1 @@
+//! The hpfaas service (placeholder until the registry lands).
