@@ -1,1 +1,297 @@
-fn main() {}
+//! `hpfaas`: the one binary. Each subcommand is a thin wrapper over a crate:
+//! `service` and `token` over `hpfaas-registry`, `endpoint` and `manager`
+//! over `hpfaas-executor`, and `up` runs both in one process.
+
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hpfaas_executor::{lifecycle, manager};
+
+/// High-performance function-as-a-service for HPC.
+#[derive(Parser)]
+#[command(name = "hpfaas", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service and one local endpoint in this process (writes $HPFAAS_HOME/up.json).
+    Up(up::UpArgs),
+    /// Run the service (REST, result streams, endpoint connections).
+    Service {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8740")]
+        listen: SocketAddr,
+        /// Where the SQLite database lives (default: $HPFAAS_HOME/service).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Largest request body accepted, in bytes.
+        #[arg(long, default_value_t = 10 << 20)]
+        max_request_bytes: usize,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Configure, start and stop endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// Internal: what a block runs on each node.
+    Manager(ManagerArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a user (if new) and print a new API token for it.
+    Create {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// The service's data directory (default: $HPFAAS_HOME/service).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Write $HPFAAS_HOME/endpoints/NAME/config.toml with every key commented.
+    Configure {
+        /// Endpoint name.
+        name: String,
+        /// Where blocks run.
+        #[arg(long, default_value = "local")]
+        provider: String,
+    },
+    /// Start the endpoint's agent (a daemon unless --foreground).
+    Start {
+        /// Endpoint name.
+        name: String,
+        /// Stay in the foreground and log to stderr.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the endpoint's agent and every block it started.
+    Stop {
+        /// Endpoint name.
+        name: String,
+    },
+    /// Stop, then start.
+    Restart {
+        /// Endpoint name.
+        name: String,
+    },
+    /// List configured endpoints.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one endpoint, locally and as the service sees it.
+    Status {
+        /// Endpoint name.
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ManagerArgs {
+    /// Broker address, e.g. tcp://10.0.0.1:55001.
+    #[arg(long)]
+    broker: String,
+    /// Block this manager belongs to.
+    #[arg(long)]
+    block_id: String,
+    /// Batch-system job id of the block.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Worker slots (default: cores available).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Tasks held beyond free workers.
+    #[arg(long, default_value_t = 8)]
+    prefetch: u32,
+    /// Interpreter for Python workers.
+    #[arg(long, default_value = "python3")]
+    worker_python: String,
+    /// Seconds to wait for the broker to accept the registration.
+    #[arg(long, default_value_t = 30.0)]
+    register_timeout: f64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("hpfaas: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir.unwrap_or_else(|| lifecycle::hpfaas_home().join("service"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Service { listen, data_dir, max_request_bytes } => {
+            let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir));
+            config.max_request_bytes = max_request_bytes;
+            runtime()?.block_on(async {
+                let service = hpfaas_registry::Service::bind(config).await?;
+                eprintln!("hpfaas service listening on http://{}", service.local_addr());
+                service.run(shutdown_signal()).await
+            })
+        }
+        Command::Token { command: TokenCommand::Create { user, data_dir } } => {
+            let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Endpoint { command } => endpoint(command),
+        Command::Manager(args) => runtime()?.block_on(manager::run(manager::ManagerConfig {
+            broker_url: args.broker,
+            block_id: args.block_id,
+            job_id: args.job_id,
+            workers: args.workers,
+            prefetch: args.prefetch,
+            worker_python: args.worker_python,
+            register_timeout: Duration::from_secs_f64(args.register_timeout.max(0.1)),
+        })),
+    }
+}
+
+fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
+    match command {
+        EndpointCommand::Configure { name, provider } => {
+            let path = lifecycle::configure(&name, &provider)?;
+            println!("configured endpoint {name}: edit {} then run `hpfaas endpoint start {name}`", path.display());
+        }
+        EndpointCommand::Start { name, foreground: true } => {
+            let spec = lifecycle::agent_spec(&name)?;
+            if let Some(s) = lifecycle::running(&spec.dir) {
+                if s.pid != std::process::id() {
+                    anyhow::bail!("endpoint {name} is already running (pid {})", s.pid);
+                }
+            }
+            let dir = spec.dir.clone();
+            let result = runtime()?.block_on(hpfaas_executor::agent::run(spec, shutdown_signal()));
+            hpfaas_executor::agent::state_file::AgentState::remove(&dir);
+            result?;
+        }
+        EndpointCommand::Start { name, foreground: false } => println!("{}", lifecycle::start_daemon(&name)?),
+        EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name)?),
+        EndpointCommand::Restart { name } => {
+            match lifecycle::stop(&name) {
+                Ok(msg) => println!("{msg}"),
+                Err(e) if e.to_string().contains("is not running") => {}
+                Err(e) => return Err(e),
+            }
+            println!("{}", lifecycle::start_daemon(&name)?);
+        }
+        EndpointCommand::List { json } => {
+            let rows = lifecycle::list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.name.clone(),
+                            r.endpoint_id.clone().unwrap_or_else(|| "-".into()),
+                            r.state.clone(),
+                            r.active_blocks.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "ENDPOINT ID", "STATE", "BLOCKS"], &table);
+            }
+        }
+        EndpointCommand::Status { name, json } => {
+            let local = lifecycle::describe(&name)?;
+            let remote = lifecycle::service_status(&name);
+            if json {
+                let remote = match &remote {
+                    Ok(v) => v.clone(),
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                };
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"local": local, "service": remote}))?);
+            } else {
+                let mut rows = vec![
+                    vec!["name".into(), local.name.clone()],
+                    vec!["endpoint id".into(), local.endpoint_id.clone().unwrap_or_else(|| "-".into())],
+                    vec!["agent".into(), local.state.clone()],
+                    vec!["blocks".into(), local.active_blocks.to_string()],
+                    vec!["last error".into(), local.last_error.clone().unwrap_or_else(|| "-".into())],
+                ];
+                match remote {
+                    Ok(v) => {
+                        rows.push(vec!["service says".into(), v["status"].as_str().unwrap_or("?").to_string()]);
+                        if let Some(details) = v["details"].as_object() {
+                            for (k, val) in details {
+                                rows.push(vec![k.replace('_', " "), val.to_string().trim_matches('"').to_string()]);
+                            }
+                        }
+                    }
+                    Err(e) => rows.push(vec!["service says".into(), format!("unreachable: {e:#}")]),
+                }
+                print_table(&["FIELD", "VALUE"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+

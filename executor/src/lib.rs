@@ -1,1 +1,10 @@
-//! Endpoint agent, broker and manager (placeholder).
+//! The endpoint side of hpfaas: the agent that runs on a login node, its
+//! ZeroMQ broker, the managers that pilot jobs run, and the block strategy.
+
+pub mod agent;
+pub mod broker;
+pub mod config;
+pub mod lifecycle;
+pub mod manager;
+pub mod strategy;
+pub mod zmq_bridge;

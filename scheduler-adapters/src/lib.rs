@@ -1,1 +1,76 @@
-//! Providers (placeholder).
+//! Batch-system providers: each one starts, watches and cancels *blocks*
+//! (pilot jobs) that run `hpfaas manager`.
+//!
+//! A provider only talks to its batch system; deciding how many blocks to run
+//! is the endpoint's strategy (`executor/src/strategy.rs`). Calls may block on
+//! scheduler commands, so the endpoint runs them off its event loop.
+
+pub mod local;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A batch-system job id as the scheduler prints it (e.g. `1234`, `1234.server`).
+pub type JobId = String;
+
+/// What to start: one block of managers.
+#[derive(Debug, Clone)]
+pub struct BlockRequest {
+    /// Endpoint-unique block id, passed to each manager.
+    pub block_id: String,
+    /// Argument vector that starts one manager (absolute binary path first).
+    pub manager_command: Vec<String>,
+    /// Nodes in the block.
+    pub nodes: u32,
+    /// Shell lines run before the managers start (e.g. `module load python`).
+    pub worker_init: String,
+    /// Extra environment for the managers.
+    pub env: Vec<(String, String)>,
+    /// Where the block writes its output.
+    pub log_dir: PathBuf,
+}
+
+/// Where a job is in its life, as the endpoint needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Queued or starting.
+    Pending,
+    /// Running.
+    Running,
+    /// Ended normally.
+    Completed,
+    /// Ended abnormally; the reason names what the scheduler said.
+    Failed {
+        /// E.g. `TIMEOUT`, `NODE_FAIL`, `exit code 1`.
+        reason: String,
+    },
+}
+
+impl JobState {
+    /// True once the job can no longer run anything.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed { .. })
+    }
+}
+
+/// A scheduler command failed; the message carries the scheduler's own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct ProviderError {
+    /// Which provider.
+    pub provider: &'static str,
+    /// What went wrong, including the scheduler's stderr where there is one.
+    pub message: String,
+}
+
+/// One batch system.
+pub trait Provider: Send {
+    /// Short name (`local`, `slurm`, ...), used in messages.
+    fn name(&self) -> &'static str;
+    /// Starts a block and returns its job id.
+    fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError>;
+    /// States of the given jobs, in one batched query where the system allows.
+    fn status(&mut self, jobs: &[JobId]) -> Result<HashMap<JobId, JobState>, ProviderError>;
+    /// Cancels the given jobs; cancelling a finished job is not an error.
+    fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError>;
+}

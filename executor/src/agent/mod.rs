@@ -1,0 +1,284 @@
+//! The endpoint agent: the process on a login node that connects the
+//! service to the blocks. It journals tasks from the service, hands them to
+//! the broker, sends results back until acknowledged, heartbeats, and keeps
+//! the right number of blocks running.
+
+pub mod blocks;
+pub mod journal;
+pub mod link;
+pub mod registration;
+pub mod state_file;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hpfaas_protocol::endpoint::{AgentMessage, EndpointReport, ServiceMessage};
+use hpfaas_protocol::task::{ExceptionInfo, FunctionCode, TaskResult, TaskSpec};
+use hpfaas_scheduler_adapters::local::LocalProvider;
+use tokio::sync::mpsc;
+
+use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent};
+use crate::config::{parse_port_range, EndpointConfig};
+use crate::strategy::Scaling;
+use blocks::Blocks;
+use journal::Journal;
+use link::{LinkEvent, LinkTarget};
+use state_file::AgentState;
+
+/// Results per frame to the service, so one frame stays well under the
+/// WebSocket message limit even with large results.
+const RESULTS_PER_FRAME: usize = 1000;
+
+/// Everything an agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Endpoint name (its directory name).
+    pub name: String,
+    /// The endpoint directory (config, credential, journal, logs).
+    pub dir: PathBuf,
+    /// Parsed configuration.
+    pub config: EndpointConfig,
+    /// Service base URL.
+    pub service_url: String,
+    /// Owner token, needed only to register.
+    pub owner_token: Option<String>,
+    /// Register even when a credential is stored (rotates it).
+    pub reregister: bool,
+    /// The `hpfaas` binary that blocks run as managers.
+    pub hpfaas_exe: PathBuf,
+}
+
+/// Runs the agent until `shutdown` resolves or the service refuses it.
+pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&spec.dir).with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    let mut state = AgentState {
+        pid: std::process::id(),
+        endpoint_id: None,
+        state: "starting".into(),
+        service_url: spec.service_url.clone(),
+        ..Default::default()
+    };
+    state.write(&spec.dir)?;
+    let credential = credential(&spec).await?;
+    state.endpoint_id = Some(credential.endpoint_id.clone());
+    state.state = "connecting".into();
+    state.write(&spec.dir)?;
+
+    let journal = Journal::open(&spec.dir.join("journal.db"))?;
+    let engine = &spec.config.engine;
+    let mut broker = broker::start(BrokerConfig {
+        address: engine.address.clone(),
+        port_range: engine.port_range.as_deref().map(parse_port_range).transpose().map_err(anyhow::Error::msg)?,
+        heartbeat_period: Duration::from_secs_f64(engine.heartbeat_period),
+        heartbeat_threshold: Duration::from_secs_f64(engine.heartbeat_threshold),
+        max_retries: engine.max_retries_on_system_failure,
+    })?;
+    tracing::info!("endpoint {} ({}) broker listening on {}", spec.name, credential.endpoint_id, broker.url);
+    let (functions, tasks) = journal.pending()?;
+    if !tasks.is_empty() {
+        tracing::info!("re-running {} tasks from the journal", tasks.len());
+        let _ = broker.commands.send(BrokerCommand::Submit { functions, tasks });
+    }
+
+    let mut blocks = new_blocks(&spec, &broker.url);
+    let (to_service, mut from_service) = link::spawn(LinkTarget {
+        service_url: spec.service_url.clone(),
+        endpoint_id: credential.endpoint_id.clone(),
+        credential: credential.credential.clone(),
+    });
+
+    let mut agent = Agent { spec: &spec, journal, to_service, broker: broker.commands.clone(), load: Load::default() };
+    let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
+    let mut scaling = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            event = from_service.recv() => match event {
+                Some(LinkEvent::Connected) => {
+                    tracing::info!("connected to {}", spec.service_url);
+                    agent.resend_results()?;
+                    state.state = "online".into();
+                    state.last_error = None;
+                    state.write(&spec.dir)?;
+                }
+                Some(LinkEvent::Message(message)) => agent.on_service_message(message)?,
+                Some(LinkEvent::Disconnected(why)) => {
+                    tracing::warn!("disconnected from the service: {why}");
+                    state.state = "connecting".into();
+                    state.last_error = Some(why);
+                    state.write(&spec.dir)?;
+                }
+                Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
+                None => break Err(anyhow::anyhow!("the service link stopped")),
+            },
+            Some(event) = broker.events.recv() => agent.on_broker_event(event)?,
+            _ = heartbeat.tick() => {
+                let status = EndpointReport {
+                    managers: agent.load.managers,
+                    total_workers: agent.load.total_workers,
+                    idle_workers: agent.load.idle_workers,
+                    outstanding_tasks: agent.journal.outstanding(),
+                    active_blocks: blocks.active(),
+                };
+                let _ = agent.to_service.send(AgentMessage::Heartbeat { status });
+            }
+            _ = scaling.tick() => {
+                let outstanding = agent.journal.outstanding();
+                let ended = tokio::task::block_in_place(|| blocks.step(outstanding));
+                for b in ended {
+                    let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
+                }
+                if state.active_blocks != blocks.active() || state.last_error.is_none() && blocks.last_error.is_some() {
+                    state.active_blocks = blocks.active();
+                    state.last_error = state.last_error.take().or(blocks.last_error.clone());
+                    state.write(&spec.dir)?;
+                }
+            }
+            _ = &mut shutdown => break Ok(()),
+        }
+    };
+    state.state = "stopping".into();
+    let _ = state.write(&spec.dir);
+    tracing::info!("stopping endpoint {}", spec.name);
+    let _ = broker.commands.send(BrokerCommand::Shutdown);
+    let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
+    tokio::task::block_in_place(|| blocks.cancel_all());
+    outcome
+}
+
+async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential> {
+    let stored = registration::load(&spec.dir)?;
+    if let Some(c) = &stored {
+        if !spec.reregister && c.service_url == spec.service_url {
+            return Ok(c.clone());
+        }
+    }
+    let token = spec.owner_token.clone().with_context(|| {
+        format!(
+            "endpoint {} has no credential for {} yet: set HPFAAS_TOKEN (or endpoint.token_file) \
+             to the owner's token for its first registration",
+            spec.name, spec.service_url
+        )
+    })?;
+    let (dir, url, name) = (spec.dir.clone(), spec.service_url.clone(), spec.name.clone());
+    let display = spec.config.endpoint.display_name.clone().unwrap_or_else(|| name.clone());
+    let reuse = stored.filter(|c| c.service_url == spec.service_url).map(|c| c.endpoint_id);
+    tokio::task::spawn_blocking(move || {
+        registration::register(&dir, &url, &token, &name, &display, reuse.as_deref())
+    })
+    .await?
+}
+
+fn new_blocks(spec: &AgentSpec, broker_url: &str) -> Blocks {
+    let engine = &spec.config.engine;
+    let provider = &spec.config.provider;
+    let workers = engine.max_workers_per_node;
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let mut base = vec![
+        spec.hpfaas_exe.display().to_string(),
+        "manager".into(),
+        "--broker".into(),
+        broker_url.to_string(),
+        "--prefetch".into(),
+        engine.prefetch_capacity.to_string(),
+        "--worker-python".into(),
+        engine.worker_python.clone(),
+    ];
+    if let Some(w) = workers {
+        base.extend(["--workers".into(), w.to_string()]);
+    }
+    let scaling = Scaling {
+        init_blocks: provider.init_blocks,
+        min_blocks: provider.min_blocks,
+        max_blocks: provider.max_blocks,
+        slots_per_block: (workers.unwrap_or(cores) + engine.prefetch_capacity) * provider.nodes_per_block,
+    };
+    let command = move |block_id: &str| {
+        let mut argv = base.clone();
+        argv.extend(["--block-id".into(), block_id.to_string()]);
+        argv
+    };
+    Blocks::new(
+        Box::new(LocalProvider::new()),
+        scaling,
+        Box::new(command),
+        provider.worker_init.clone(),
+        spec.dir.join("blocks"),
+    )
+}
+
+struct Agent<'a> {
+    spec: &'a AgentSpec,
+    journal: Journal,
+    to_service: mpsc::UnboundedSender<AgentMessage>,
+    broker: mpsc::UnboundedSender<BrokerCommand>,
+    load: Load,
+}
+
+impl Agent<'_> {
+    fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
+        match message {
+            ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
+            ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
+            ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
+        }
+    }
+
+    /// Journals tasks, acknowledges them, then hands the new ones to the broker.
+    fn accept(&mut self, functions: Vec<FunctionCode>, tasks: Vec<TaskSpec>) -> anyhow::Result<()> {
+        let allowed = &self.spec.config.endpoint.allowed_functions;
+        let (tasks, refused): (Vec<TaskSpec>, Vec<TaskSpec>) =
+            tasks.into_iter().partition(|t| allowed.is_empty() || allowed.contains(&t.function_id));
+        let task_ids = tasks.iter().chain(&refused).map(|t| t.task_id).collect();
+        let fresh = self.journal.accept(&functions, tasks)?;
+        let _ = self.to_service.send(AgentMessage::Ack { task_ids });
+        if !refused.is_empty() {
+            let results: Vec<TaskResult> = refused
+                .iter()
+                .map(|t| {
+                    let why = format!(
+                        "function {} is not in this endpoint's allowed_functions",
+                        t.function_id
+                    );
+                    TaskResult::failed(t.task_id, ExceptionInfo::system("FunctionNotAllowed", why))
+                })
+                .collect();
+            self.finish(results)?;
+        }
+        if !fresh.is_empty() {
+            let _ = self.broker.send(BrokerCommand::Submit { functions, tasks: fresh });
+        }
+        Ok(())
+    }
+
+    fn on_broker_event(&mut self, event: BrokerEvent) -> anyhow::Result<()> {
+        match event {
+            BrokerEvent::Running(task_ids) => {
+                let updates = task_ids.into_iter().map(|id| (id, hpfaas_protocol::task::TaskState::Running)).collect();
+                let _ = self.to_service.send(AgentMessage::States { updates });
+            }
+            BrokerEvent::Results(results) => self.finish(results)?,
+            BrokerEvent::Load(load) => self.load = load,
+        }
+        Ok(())
+    }
+
+    /// Stores results, then sends them; they stay journaled until acknowledged.
+    fn finish(&mut self, results: Vec<TaskResult>) -> anyhow::Result<()> {
+        self.journal.store_results(&results)?;
+        for chunk in results.chunks(RESULTS_PER_FRAME) {
+            let _ = self.to_service.send(AgentMessage::Results { results: chunk.to_vec() });
+        }
+        Ok(())
+    }
+
+    fn resend_results(&mut self) -> anyhow::Result<()> {
+        let results = self.journal.unacknowledged()?;
+        for chunk in results.chunks(RESULTS_PER_FRAME) {
+            let _ = self.to_service.send(AgentMessage::Results { results: chunk.to_vec() });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! `agent.json` in the endpoint directory: how a running agent looks from
+//! outside (pid, connection state, last error). The agent rewrites it on
+//! every change; `hpfaas endpoint start|stop|list|status` read it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside the endpoint directory.
+pub const FILE: &str = "agent.json";
+
+/// A running agent's public state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Endpoint id, once registered.
+    pub endpoint_id: Option<String>,
+    /// `starting`, `connecting`, `online` or `stopping`.
+    pub state: String,
+    /// Service URL.
+    pub service_url: String,
+    /// Blocks pending or running.
+    pub active_blocks: u32,
+    /// The last error worth showing (provider or connection).
+    pub last_error: Option<String>,
+}
+
+impl AgentState {
+    /// Writes the file atomically.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(tmp, dir.join(FILE))
+    }
+
+    /// Reads the file if present and well-formed.
+    pub fn read(dir: &Path) -> Option<AgentState> {
+        serde_json::from_slice(&std::fs::read(dir.join(FILE)).ok()?).ok()
+    }
+
+    /// True if the process named in the file is alive.
+    pub fn is_alive(&self) -> bool {
+        // SAFETY: signal 0 performs only the existence and permission check.
+        self.pid > 0 && unsafe { libc::kill(self.pid as i32, 0) } == 0
+    }
+
+    /// Removes the file.
+    pub fn remove(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(FILE));
+    }
+}

@@ -1,0 +1,252 @@
+//! The endpoint's ZeroMQ broker: a ROUTER socket that managers connect to.
+//!
+//! Managers register, the broker pushes tasks to them while they have free
+//! capacity ([`dispatch::Dispatcher`]), collects results, and declares a
+//! manager lost after `heartbeat_threshold` of silence (its tasks are then
+//! retried or failed with `ManagerLost`). The agent talks to the broker
+//! through [`BrokerCommand`]s and [`BrokerEvent`]s.
+
+pub mod dispatch;
+
+use std::time::{Duration, Instant};
+
+use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerMessage};
+use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::zmq_bridge::{self, BridgeSender, Multipart};
+use dispatch::{Dispatcher, Identity, Load};
+
+/// How the broker listens and judges liveness.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Interface address to bind (e.g. `127.0.0.1`, `0.0.0.0`).
+    pub address: String,
+    /// Inclusive port range to bind in; any free port when `None`.
+    pub port_range: Option<(u16, u16)>,
+    /// Heartbeat interval towards managers.
+    pub heartbeat_period: Duration,
+    /// Silence after which a manager is lost.
+    pub heartbeat_threshold: Duration,
+    /// Re-runs after `ManagerLost`/`WorkerLost`.
+    pub max_retries: u32,
+}
+
+/// What the agent asks of the broker.
+#[derive(Debug)]
+pub enum BrokerCommand {
+    /// Run these tasks.
+    Submit {
+        /// Code of functions the tasks use (may repeat known ones).
+        functions: Vec<FunctionCode>,
+        /// The tasks.
+        tasks: Vec<TaskSpec>,
+    },
+    /// A block's job ended: its managers are gone even if they did not say so.
+    BlockEnded {
+        /// The block.
+        block_id: String,
+        /// How it ended, for the `ManagerLost` message.
+        reason: String,
+    },
+    /// Tell every manager to exit, then stop.
+    Shutdown,
+}
+
+/// What the broker tells the agent.
+#[derive(Debug)]
+pub enum BrokerEvent {
+    /// Tasks started on workers.
+    Running(Vec<Uuid>),
+    /// Tasks finished (or failed for good).
+    Results(Vec<TaskResult>),
+    /// Periodic load figures.
+    Load(Load),
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    /// Address managers connect to, e.g. `tcp://127.0.0.1:55001`.
+    pub url: String,
+    /// Commands to the broker.
+    pub commands: mpsc::UnboundedSender<BrokerCommand>,
+    /// Events from the broker.
+    pub events: mpsc::UnboundedReceiver<BrokerEvent>,
+    /// The broker task; ends after [`BrokerCommand::Shutdown`].
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the ROUTER socket and starts the broker task.
+pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    let context = zmq::Context::new();
+    let router = context.socket(zmq::ROUTER)?;
+    router.set_router_mandatory(true)?;
+    // Capacity already bounds what is in flight; a high-water mark would only
+    // drop or block messages that are within it.
+    router.set_sndhwm(0)?;
+    router.set_rcvhwm(0)?;
+    router.set_linger(1000)?;
+    let url = bind(&router, &config)?;
+    let bridge = zmq_bridge::spawn(&context, router, "broker")?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(config, bridge, cmd_rx, ev_tx, context));
+    Ok(BrokerHandle { url, commands: cmd_tx, events: ev_rx, task })
+}
+
+fn bind(router: &zmq::Socket, config: &BrokerConfig) -> anyhow::Result<String> {
+    let addr = &config.address;
+    match config.port_range {
+        None => router.bind(&format!("tcp://{addr}:*"))?,
+        Some((lo, hi)) => {
+            let free = (lo..=hi).find(|port| router.bind(&format!("tcp://{addr}:{port}")).is_ok());
+            if free.is_none() {
+                anyhow::bail!("no free port for the broker on {addr} in engine.port_range {lo}-{hi}");
+            }
+        }
+    }
+    let endpoint = router
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("broker endpoint is not UTF-8"))?;
+    Ok(endpoint)
+}
+
+struct Broker {
+    dispatcher: Dispatcher,
+    out: BridgeSender,
+    events: mpsc::UnboundedSender<BrokerEvent>,
+    config: BrokerConfig,
+}
+
+async fn run(
+    config: BrokerConfig,
+    mut bridge: zmq_bridge::Bridge,
+    mut commands: mpsc::UnboundedReceiver<BrokerCommand>,
+    events: mpsc::UnboundedSender<BrokerEvent>,
+    _context: zmq::Context,
+) {
+    let mut broker = Broker {
+        dispatcher: Dispatcher::new(config.max_retries, config.heartbeat_threshold),
+        out: bridge.sender.clone(),
+        events,
+        config: config.clone(),
+    };
+    let mut tick = tokio::time::interval(config.heartbeat_period);
+    loop {
+        tokio::select! {
+            Some(message) = bridge.incoming.recv() => broker.on_frame(message),
+            command = commands.recv() => match command {
+                Some(BrokerCommand::Submit { functions, tasks }) => broker.dispatcher.submit(functions, tasks),
+                Some(BrokerCommand::BlockEnded { block_id, reason }) => broker.block_ended(&block_id, &reason),
+                Some(BrokerCommand::Shutdown) | None => break,
+            },
+            _ = tick.tick() => broker.on_tick(),
+        }
+        broker.dispatch();
+    }
+    for identity in broker.dispatcher.all_managers() {
+        broker.send(identity, &BrokerMessage::Shutdown);
+    }
+    bridge.sender.close();
+    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+}
+
+impl Broker {
+    fn send(&self, identity: Identity, message: &BrokerMessage) {
+        self.out.send(vec![identity, encode(message)]);
+    }
+
+    fn report(&self, results: Vec<TaskResult>) {
+        if !results.is_empty() {
+            let _ = self.events.send(BrokerEvent::Results(results));
+        }
+    }
+
+    fn dispatch(&mut self) {
+        for (identity, message) in self.dispatcher.dispatch() {
+            self.send(identity, &message);
+        }
+    }
+
+    fn on_frame(&mut self, mut frames: Multipart) {
+        if frames.len() != 2 {
+            tracing::warn!("dropping a message with {} frames from a manager", frames.len());
+            return;
+        }
+        let payload = frames.pop().unwrap_or_default();
+        let identity = frames.pop().unwrap_or_default();
+        let message: ManagerMessage = match decode(&payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("dropping an undecodable message from a manager: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        if let ManagerMessage::Register(info) = message {
+            let (id, block, host) = (info.manager_id.clone(), info.block_id.clone(), info.host.clone());
+            match self.dispatcher.register(identity.clone(), info, now) {
+                Ok(()) => {
+                    tracing::info!("manager {id} of block {block} on {host} registered");
+                    self.send(
+                        identity,
+                        &BrokerMessage::Registered {
+                            heartbeat_period: self.config.heartbeat_period.as_secs_f64(),
+                            heartbeat_threshold: self.config.heartbeat_threshold.as_secs_f64(),
+                        },
+                    );
+                }
+                Err(reason) => {
+                    tracing::warn!("refused manager {id} of block {block}: {reason}");
+                    self.send(identity, &BrokerMessage::Refused { reason });
+                }
+            }
+            return;
+        }
+        if !self.dispatcher.is_registered(&identity) {
+            let reason = "this manager is not registered (it was declared lost, or the endpoint restarted)".to_string();
+            self.send(identity, &BrokerMessage::Refused { reason });
+            return;
+        }
+        self.dispatcher.seen(&identity, now);
+        match message {
+            ManagerMessage::Register(_) | ManagerMessage::Heartbeat => {}
+            ManagerMessage::Running { task_ids } => {
+                let _ = self.events.send(BrokerEvent::Running(task_ids));
+            }
+            ManagerMessage::Results { results } => {
+                let done = self.dispatcher.complete(&identity, results);
+                self.report(done);
+            }
+            ManagerMessage::Bye => {
+                let failed = self.dispatcher.remove_manager(&identity, "the manager exited");
+                self.report(failed);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for identity in self.dispatcher.silent_managers(now) {
+            let why = format!(
+                "no heartbeat for {:.1} s (heartbeat_threshold)",
+                self.config.heartbeat_threshold.as_secs_f64()
+            );
+            tracing::warn!("declaring a manager lost: {why}");
+            let failed = self.dispatcher.remove_manager(&identity, &why);
+            self.report(failed);
+        }
+        for identity in self.dispatcher.all_managers() {
+            self.send(identity, &BrokerMessage::Heartbeat);
+        }
+        let _ = self.events.send(BrokerEvent::Load(self.dispatcher.load()));
+    }
+
+    fn block_ended(&mut self, block_id: &str, reason: &str) {
+        for identity in self.dispatcher.managers_of_block(block_id) {
+            let failed = self.dispatcher.remove_manager(&identity, &format!("its block ended ({reason})"));
+            self.report(failed);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The endpoint configuration file (`$HPFAAS_HOME/endpoints/NAME/config.toml`).
+//!
+//! Section and key names follow Globus Compute and Parsl. Every key is listed
+//! in `docs/configuration.md`; an unknown or mistyped key is an error naming
+//! the key and its line, never silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `[endpoint]`: identity and how to reach the service.
+    #[serde(default)]
+    pub endpoint: EndpointSection,
+    /// `[engine]`: the broker, managers and workers.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// `[provider]`: where blocks run.
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+/// `[endpoint]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// Base URL of the service; falls back to `HPFAAS_URL`.
+    pub service_url: Option<String>,
+    /// File holding the owner's token, used only at first registration.
+    pub token_file: Option<PathBuf>,
+    /// Functions this endpoint will run; empty means all of the owner's.
+    #[serde(default)]
+    pub allowed_functions: Vec<Uuid>,
+    /// Name shown in listings; defaults to the endpoint's directory name.
+    pub display_name: Option<String>,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// Warm workers per manager; defaults to the cores of the node.
+    pub max_workers_per_node: Option<u32>,
+    /// Re-runs of a task after `ManagerLost` or `WorkerLost`.
+    #[serde(default)]
+    pub max_retries_on_system_failure: u32,
+    /// Interpreter for Python workers.
+    #[serde(default = "default_worker_python")]
+    pub worker_python: String,
+    /// Tasks a manager holds beyond its free workers.
+    #[serde(default = "default_prefetch")]
+    pub prefetch_capacity: u32,
+    /// Seconds between heartbeats (broker ↔ managers, agent → service).
+    #[serde(default = "default_heartbeat_period")]
+    pub heartbeat_period: f64,
+    /// Seconds of silence after which a manager is declared lost.
+    #[serde(default = "default_heartbeat_threshold")]
+    pub heartbeat_threshold: f64,
+    /// Address the broker listens on for managers.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// Port range `"a-b"` for the broker; any free port when absent.
+    pub port_range: Option<String>,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            max_workers_per_node: None,
+            max_retries_on_system_failure: 0,
+            worker_python: default_worker_python(),
+            prefetch_capacity: default_prefetch(),
+            heartbeat_period: default_heartbeat_period(),
+            heartbeat_threshold: default_heartbeat_threshold(),
+            address: default_address(),
+            port_range: None,
+        }
+    }
+}
+
+/// `[provider]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Which batch system: only `local` so far.
+    #[serde(rename = "type", default = "default_provider")]
+    pub kind: String,
+    /// Blocks started when the endpoint starts.
+    #[serde(default)]
+    pub init_blocks: u32,
+    /// Blocks kept even when idle.
+    #[serde(default)]
+    pub min_blocks: u32,
+    /// Most blocks at once.
+    #[serde(default = "one")]
+    pub max_blocks: u32,
+    /// Nodes per block (the local provider has one node).
+    #[serde(default = "one")]
+    pub nodes_per_block: u32,
+    /// Shell lines run before the managers start.
+    #[serde(default)]
+    pub worker_init: String,
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        ProviderSection {
+            kind: default_provider(),
+            init_blocks: 0,
+            min_blocks: 0,
+            max_blocks: 1,
+            nodes_per_block: 1,
+            worker_init: String::new(),
+        }
+    }
+}
+
+fn default_worker_python() -> String {
+    "python3".into()
+}
+fn default_prefetch() -> u32 {
+    8
+}
+fn default_heartbeat_period() -> f64 {
+    2.0
+}
+fn default_heartbeat_threshold() -> f64 {
+    10.0
+}
+fn default_address() -> String {
+    "127.0.0.1".into()
+}
+fn default_provider() -> String {
+    "local".into()
+}
+fn one() -> u32 {
+    1
+}
+
+/// A configuration file that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong (the TOML parser's message names the key and line).
+    pub message: String,
+}
+
+impl EndpointConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: EndpointConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let e = &self.engine;
+        if e.max_workers_per_node == Some(0) {
+            return Err("engine.max_workers_per_node must be at least 1".into());
+        }
+        if !(e.heartbeat_period > 0.0 && e.heartbeat_period.is_finite()) {
+            return Err("engine.heartbeat_period must be a positive number of seconds".into());
+        }
+        if !(e.heartbeat_threshold > e.heartbeat_period && e.heartbeat_threshold.is_finite()) {
+            return Err(format!(
+                "engine.heartbeat_threshold ({}) must be larger than engine.heartbeat_period ({})",
+                e.heartbeat_threshold, e.heartbeat_period
+            ));
+        }
+        if let Some(range) = &e.port_range {
+            parse_port_range(range)?;
+        }
+        let p = &self.provider;
+        if p.kind != "local" {
+            return Err(format!(
+                "provider.type = \"{}\" is not supported yet; this release has: local",
+                p.kind
+            ));
+        }
+        if p.min_blocks > p.max_blocks || p.init_blocks > p.max_blocks {
+            return Err(format!(
+                "provider.init_blocks ({}) and provider.min_blocks ({}) must not exceed provider.max_blocks ({})",
+                p.init_blocks, p.min_blocks, p.max_blocks
+            ));
+        }
+        if p.nodes_per_block != 1 {
+            return Err("provider.nodes_per_block must be 1 for the local provider".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"a-b"` into an inclusive port range.
+pub fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("engine.port_range = \"{range}\" is not of the form \"55000-55100\"");
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// The configuration `hpfaas endpoint configure` writes: every key commented.
+pub fn template(service_url: Option<&str>) -> String {
+    let url = match service_url {
+        Some(u) => format!("service_url = \"{u}\""),
+        None => "# service_url = \"https://faas.example.org\"   # else $HPFAAS_URL".into(),
+    };
+    format!(
+        r#"# hpfaas endpoint configuration; every key: docs/configuration.md
+[endpoint]
+{url}
+# token_file = "~/.hpfaas/token"        # owner token for the first registration, else $HPFAAS_TOKEN
+# allowed_functions = []                # empty = all of the owner's functions
+# display_name = "my endpoint"
+
+[engine]
+# max_workers_per_node = 4              # default: cores on the node
+# max_retries_on_system_failure = 0
+# worker_python = "python3"
+# prefetch_capacity = 8
+# heartbeat_period = 2.0
+# heartbeat_threshold = 10.0
+# address = "127.0.0.1"                 # where the broker listens for managers
+# port_range = "55000-55100"
+
+[provider]
+type = "local"
+init_blocks = 1
+min_blocks = 0
+max_blocks = 1
+# worker_init = "source ~/venv/bin/activate"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = EndpointConfig::parse("").unwrap();
+        assert_eq!(c.engine.worker_python, "python3");
+        assert_eq!(c.provider.kind, "local");
+        assert_eq!(c.provider.max_blocks, 1);
+    }
+
+    #[test]
+    fn template_parses() {
+        let c = EndpointConfig::parse(&template(Some("http://127.0.0.1:1"))).unwrap();
+        assert_eq!(c.endpoint.service_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(c.provider.init_blocks, 1);
+        EndpointConfig::parse(&template(None)).unwrap();
+    }
+
+    #[test]
+    fn misspelled_key_is_named_with_its_line() {
+        let err = EndpointConfig::parse("[engine]\nworker_python = \"python3\"\nmax_worker_per_node = 4\n")
+            .unwrap_err();
+        assert!(err.contains("max_worker_per_node"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = EndpointConfig::parse("[engine]\nheartbeat_period = \"fast\"\n").unwrap_err();
+        assert!(err.contains("heartbeat_period") || err.contains("line 2"), "{err}");
+        let err = EndpointConfig::parse("[provider]\nmax_blocks = -1\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        assert!(EndpointConfig::parse("[engine]\nheartbeat_period = 5.0\nheartbeat_threshold = 1.0\n").is_err());
+        assert!(EndpointConfig::parse("[provider]\nmin_blocks = 3\nmax_blocks = 1\n").is_err());
+        assert!(EndpointConfig::parse("[provider]\ntype = \"slurm\"\n").unwrap_err().contains("slurm"));
+        assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
+        assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
+    }
+}

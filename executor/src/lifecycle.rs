@@ -1,0 +1,237 @@
+//! `hpfaas endpoint configure|start|stop|list|status`: endpoint directories
+//! under `$HPFAAS_HOME/endpoints/NAME/`, starting an agent as a daemon, and
+//! stopping it with everything it started.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use crate::agent::{registration, state_file::AgentState, AgentSpec};
+use crate::config::{self, EndpointConfig};
+
+/// `$HPFAAS_HOME`, else `~/.hpfaas`.
+pub fn hpfaas_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("HPFAAS_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    user_home.join(".hpfaas")
+}
+
+/// Directory of the endpoint called `name`.
+pub fn endpoint_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !valid {
+        bail!("invalid endpoint name {name:?}: use letters, digits, '-', '_' and '.', up to 64 characters");
+    }
+    Ok(hpfaas_home().join("endpoints").join(name))
+}
+
+/// Writes a commented configuration for a new endpoint.
+pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
+    if provider != "local" {
+        bail!("provider {provider:?} is not available in this release; available: local");
+    }
+    let dir = endpoint_dir(name)?;
+    let path = dir.join("config.toml");
+    if path.exists() {
+        bail!("endpoint {name} is already configured: {}", path.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let url = std::env::var("HPFAAS_URL").ok();
+    std::fs::write(&path, config::template(url.as_deref()))?;
+    Ok(path)
+}
+
+/// Builds the agent's spec from the endpoint's directory and environment.
+pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
+    let dir = endpoint_dir(name)?;
+    let path = dir.join("config.toml");
+    if !path.exists() {
+        bail!("endpoint {name} is not configured; run `hpfaas endpoint configure {name}`");
+    }
+    let config = EndpointConfig::load(&path)?;
+    let service_url = config
+        .endpoint
+        .service_url
+        .clone()
+        .or_else(|| std::env::var("HPFAAS_URL").ok().filter(|u| !u.is_empty()))
+        .with_context(|| format!("no service URL: set endpoint.service_url in {} or HPFAAS_URL", path.display()))?;
+    let owner_token = match std::env::var("HPFAAS_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(t) => Some(t),
+        None => match &config.endpoint.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read endpoint.token_file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
+    Ok(AgentSpec {
+        name: name.to_string(),
+        dir,
+        config,
+        service_url,
+        owner_token,
+        reregister: false,
+        hpfaas_exe: std::env::current_exe().context("cannot find the hpfaas binary")?,
+    })
+}
+
+/// The running agent of an endpoint, if any.
+pub fn running(dir: &Path) -> Option<AgentState> {
+    AgentState::read(dir).filter(AgentState::is_alive)
+}
+
+/// Starts the endpoint's agent as a daemon and waits until it is connected
+/// (or has failed, whose error is returned).
+pub fn start_daemon(name: &str) -> anyhow::Result<String> {
+    let spec = agent_spec(name)?;
+    if let Some(s) = running(&spec.dir) {
+        bail!("endpoint {name} is already running (pid {})", s.pid);
+    }
+    AgentState::remove(&spec.dir);
+    let log_path = spec.dir.join("endpoint.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut child = Command::new(&spec.hpfaas_exe)
+        .args(["endpoint", "start", name, "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the endpoint agent")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail = text.get(log_start as usize..).unwrap_or(&text);
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+            bail!("endpoint {name} failed to start ({status}): {last}\n(log: {})", log_path.display());
+        }
+        if let Some(s) = AgentState::read(&spec.dir) {
+            if s.pid == child.id() && s.state == "online" {
+                return Ok(format!(
+                    "endpoint {name} started (pid {}), id {}",
+                    s.pid,
+                    s.endpoint_id.unwrap_or_default()
+                ));
+            }
+        }
+        if Instant::now() > deadline {
+            return Ok(format!(
+                "endpoint {name} started (pid {}) but is not connected to {} yet; see {}",
+                child.id(),
+                spec.service_url,
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the endpoint's agent (which stops its blocks) and waits for it.
+pub fn stop(name: &str) -> anyhow::Result<String> {
+    let dir = endpoint_dir(name)?;
+    let Some(s) = running(&dir) else {
+        AgentState::remove(&dir);
+        bail!("endpoint {name} is not running");
+    };
+    // SAFETY: kill(2) on the pid the agent recorded for itself.
+    unsafe { libc::kill(s.pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.is_alive() {
+        if Instant::now() > deadline {
+            // SAFETY: as above; the agent ignored SIGTERM for 30 s.
+            unsafe { libc::kill(s.pid as i32, libc::SIGKILL) };
+            bail!("endpoint {name} (pid {}) did not stop within 30 s and was killed", s.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    AgentState::remove(&dir);
+    Ok(format!("endpoint {name} stopped"))
+}
+
+/// One row of `hpfaas endpoint list`.
+#[derive(Debug, Serialize)]
+pub struct EndpointRow {
+    /// Endpoint name.
+    pub name: String,
+    /// Endpoint id, once registered.
+    pub endpoint_id: Option<String>,
+    /// `running (online)`, `stopped`, ...
+    pub state: String,
+    /// Agent pid when running.
+    pub pid: Option<u32>,
+    /// Blocks pending or running.
+    pub active_blocks: u32,
+    /// Service URL.
+    pub service_url: Option<String>,
+    /// Last error the agent reported.
+    pub last_error: Option<String>,
+}
+
+/// Describes one endpoint from its directory.
+pub fn describe(name: &str) -> anyhow::Result<EndpointRow> {
+    let dir = endpoint_dir(name)?;
+    if !dir.join("config.toml").exists() {
+        bail!("endpoint {name} is not configured");
+    }
+    let credential = registration::load(&dir).ok().flatten();
+    let live = running(&dir);
+    Ok(EndpointRow {
+        name: name.to_string(),
+        endpoint_id: credential.as_ref().map(|c| c.endpoint_id.clone()),
+        state: match &live {
+            Some(s) => format!("running ({})", s.state),
+            None => "stopped".into(),
+        },
+        pid: live.as_ref().map(|s| s.pid),
+        active_blocks: live.as_ref().map(|s| s.active_blocks).unwrap_or(0),
+        service_url: credential.map(|c| c.service_url),
+        last_error: live.and_then(|s| s.last_error),
+    })
+}
+
+/// Every configured endpoint, by name.
+pub fn list() -> anyhow::Result<Vec<EndpointRow>> {
+    let root = hpfaas_home().join("endpoints");
+    let mut names: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("config.toml").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", root.display())),
+    };
+    names.sort();
+    names.iter().map(|n| describe(n)).collect()
+}
+
+/// Asks the service for the endpoint's status using its credential.
+pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
+    let dir = endpoint_dir(name)?;
+    let c = registration::load(&dir)?.with_context(|| format!("endpoint {name} has never registered"))?;
+    let url = format!("{}/v2/endpoints/{}/status", c.service_url.trim_end_matches('/'), c.endpoint_id);
+    let agent = ureq::AgentBuilder::new().try_proxy_from_env(true).timeout(Duration::from_secs(10)).build();
+    match agent.get(&url).set("Authorization", &format!("Bearer {}", c.credential)).call() {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => bail!("the service answered {code}: {}", r.into_string().unwrap_or_default()),
+        Err(e) => bail!("cannot reach the service at {}: {e}", c.service_url),
+    }
+}

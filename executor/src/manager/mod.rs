@@ -1,0 +1,294 @@
+//! The manager: what a block runs on each node (`hpfaas manager`).
+//!
+//! It registers with the endpoint's broker, receives tasks up to its
+//! capacity (workers + prefetch), runs Python tasks on warm worker processes
+//! ([`worker`]) and shell tasks directly ([`shell`]), and sends results and
+//! state changes back in batches. It exits when told to, on SIGTERM (after
+//! saying goodbye), or when the broker has been silent past the threshold.
+
+pub mod runtime;
+pub mod shell;
+pub mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerInfo, ManagerMessage};
+use hpfaas_protocol::payload::{self, STRATEGY_SHELL_FUNCTION};
+use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult, TaskSpec};
+use hpfaas_protocol::PROTOCOL_VERSION;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::zmq_bridge::{self, BridgeSender};
+use shell::ShellSpec;
+use worker::{PythonJob, WorkerSettings};
+
+/// Everything a manager needs to know, from its command line.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Broker address, e.g. `tcp://10.0.0.1:55001`.
+    pub broker_url: String,
+    /// Block this manager belongs to.
+    pub block_id: String,
+    /// Batch-system job id of the block, if any.
+    pub job_id: Option<String>,
+    /// Worker slots; default: cores available.
+    pub workers: Option<u32>,
+    /// Tasks held beyond free workers.
+    pub prefetch: u32,
+    /// Interpreter for Python workers.
+    pub worker_python: String,
+    /// How long to wait for the broker's answer to registration.
+    pub register_timeout: Duration,
+}
+
+/// A function as the manager runs it.
+enum Function {
+    Python(Arc<str>),
+    Shell(Arc<ShellSpec>),
+}
+
+impl Function {
+    fn parse(code: &str) -> Result<Function, String> {
+        let buffers = payload::unpack(code).map_err(|e| format!("bad function code: {e}"))?;
+        let first = buffers.first().ok_or("empty function code")?;
+        match first.strip_prefix(STRATEGY_SHELL_FUNCTION) {
+            Some(json) => serde_json::from_str(json)
+                .map(|spec| Function::Shell(Arc::new(spec)))
+                .map_err(|e| format!("bad shell function definition: {e}")),
+            None => Ok(Function::Python(code.into())),
+        }
+    }
+}
+
+/// Runs a manager until it is told to stop; an error explains why it could not run.
+pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let workers = config.workers.unwrap_or(cores).max(1);
+    let runtime_dir = runtime::install(&std::env::temp_dir()).context("cannot write the Python worker runtime")?;
+    let info = ManagerInfo {
+        version: PROTOCOL_VERSION,
+        manager_id: Uuid::new_v4().to_string(),
+        block_id: config.block_id.clone(),
+        job_id: config.job_id.clone(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        rank: 0,
+        pid: std::process::id(),
+        cores,
+        workers,
+        prefetch: config.prefetch,
+    };
+
+    let context = zmq::Context::new();
+    let dealer = context.socket(zmq::DEALER)?;
+    dealer.set_identity(info.manager_id.as_bytes())?;
+    dealer.set_linger(2000)?;
+    dealer.set_sndhwm(0)?;
+    dealer.set_rcvhwm(0)?;
+    dealer
+        .connect(&config.broker_url)
+        .with_context(|| format!("cannot connect to the broker at {}", config.broker_url))?;
+    let mut bridge = zmq_bridge::spawn(&context, dealer, "manager")?;
+    let out = bridge.sender.clone();
+    send(&out, &ManagerMessage::Register(info.clone()));
+
+    let answer = tokio::time::timeout(config.register_timeout, bridge.incoming.recv())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the broker at {} did not answer within {:?}",
+                config.broker_url,
+                config.register_timeout
+            )
+        })?
+        .context("the broker connection closed")?;
+    let (period, threshold) = match decode_frame(&answer)? {
+        BrokerMessage::Registered { heartbeat_period, heartbeat_threshold } => (
+            Duration::from_secs_f64(heartbeat_period.max(0.01)),
+            Duration::from_secs_f64(heartbeat_threshold.max(0.02)),
+        ),
+        BrokerMessage::Refused { reason } => anyhow::bail!("the broker refused this manager: {reason}"),
+        other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
+    };
+    tracing::info!(
+        "manager {} registered with {} ({} workers, prefetch {})",
+        info.manager_id, config.broker_url, workers, config.prefetch
+    );
+
+    let settings = Arc::new(WorkerSettings { python: config.worker_python.clone(), runtime_dir, count: workers });
+    let mut manager = Manager::new(workers as usize, settings, out.clone());
+    let result = manager.serve(&mut bridge.incoming, period, threshold).await;
+    manager.shutdown().await;
+    bridge.sender.close();
+    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+    result
+}
+
+fn send(out: &BridgeSender, message: &ManagerMessage) {
+    out.send(vec![encode(message)]);
+}
+
+fn decode_frame(frames: &[Vec<u8>]) -> anyhow::Result<BrokerMessage> {
+    let payload = frames.last().context("empty message from the broker")?;
+    Ok(decode(payload)?)
+}
+
+struct Manager {
+    out: BridgeSender,
+    functions: HashMap<Uuid, Function>,
+    queue: VecDeque<TaskSpec>,
+    /// One job sender per slot; `None` while the slot is busy.
+    idle: Vec<bool>,
+    slots: Vec<mpsc::UnboundedSender<PythonJob>>,
+    done_tx: mpsc::UnboundedSender<(usize, TaskResult)>,
+    done_rx: mpsc::UnboundedReceiver<(usize, TaskResult)>,
+    slot_tasks: Vec<tokio::task::JoinHandle<()>>,
+    results: Vec<TaskResult>,
+    started: Vec<Uuid>,
+}
+
+impl Manager {
+    fn new(workers: usize, settings: Arc<WorkerSettings>, out: BridgeSender) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut slots = Vec::with_capacity(workers);
+        let mut slot_tasks = Vec::with_capacity(workers);
+        for slot in 0..workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            slots.push(tx);
+            slot_tasks.push(tokio::spawn(worker::serve_slot(slot, settings.clone(), rx, done_tx.clone())));
+        }
+        Manager {
+            out,
+            functions: HashMap::new(),
+            queue: VecDeque::new(),
+            idle: vec![true; workers],
+            slots,
+            done_tx,
+            done_rx,
+            slot_tasks,
+            results: Vec::new(),
+            started: Vec::new(),
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        incoming: &mut mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+        period: Duration,
+        threshold: Duration,
+    ) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(period);
+        let mut last_heard = Instant::now();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                frames = incoming.recv() => {
+                    let frames = frames.context("the broker connection closed")?;
+                    last_heard = Instant::now();
+                    match decode_frame(&frames) {
+                        Ok(BrokerMessage::Tasks { functions, tasks }) => self.accept(functions, tasks),
+                        Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => {}
+                        Ok(BrokerMessage::Shutdown) => {
+                            tracing::info!("the broker asked this manager to shut down");
+                            return Ok(());
+                        }
+                        Ok(BrokerMessage::Refused { reason }) => anyhow::bail!("the broker dropped this manager: {reason}"),
+                        Err(e) => tracing::warn!("ignoring an undecodable message from the broker: {e}"),
+                    }
+                }
+                Some((slot, result)) = self.done_rx.recv() => self.finish(slot, result),
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > threshold {
+                        anyhow::bail!("no word from the broker for {:.1} s; assuming the endpoint is gone", threshold.as_secs_f64());
+                    }
+                    send(&self.out, &ManagerMessage::Heartbeat);
+                }
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: leaving");
+                    send(&self.out, &ManagerMessage::Bye);
+                    return Ok(());
+                }
+            }
+            // Collect whatever else finished meanwhile, so one message carries
+            // a whole burst of results instead of one each.
+            while let Ok((slot, result)) = self.done_rx.try_recv() {
+                self.finish(slot, result);
+            }
+            self.start_tasks();
+            self.flush();
+        }
+    }
+
+    fn accept(&mut self, functions: Vec<hpfaas_protocol::task::FunctionCode>, tasks: Vec<TaskSpec>) {
+        for f in functions {
+            match Function::parse(&f.code) {
+                Ok(function) => {
+                    self.functions.insert(f.function_id, function);
+                }
+                Err(e) => tracing::warn!("function {}: {e}", f.function_id),
+            }
+        }
+        self.queue.extend(tasks);
+    }
+
+    fn finish(&mut self, slot: usize, result: TaskResult) {
+        self.idle[slot] = true;
+        self.results.push(result);
+    }
+
+    fn start_tasks(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(slot) = self.idle.iter().position(|&idle| idle) else { return };
+            let spec = self.queue.pop_front().expect("not empty");
+            let task_id = spec.task_id;
+            match self.functions.get(&spec.function_id) {
+                None => {
+                    let e = ExceptionInfo::system(
+                        "FunctionNotFound",
+                        format!("the code of function {} did not reach this manager", spec.function_id),
+                    );
+                    self.results.push(TaskResult::failed(task_id, e));
+                    continue;
+                }
+                Some(Function::Python(code)) => {
+                    let job = PythonJob { spec, code: code.clone() };
+                    if self.slots[slot].send(job).is_err() {
+                        let e = ExceptionInfo::system(crate::broker::dispatch::WORKER_LOST, "worker slot stopped");
+                        self.results.push(TaskResult::failed(task_id, e));
+                        continue;
+                    }
+                }
+                Some(Function::Shell(shell_spec)) => {
+                    let (shell_spec, done) = (shell_spec.clone(), self.done_tx.clone());
+                    tokio::spawn(async move {
+                        let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
+                        let _ = done.send((slot, TaskResult { task_id, outcome, completed_at: now_unix() }));
+                    });
+                }
+            }
+            self.idle[slot] = false;
+            self.started.push(task_id);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.started.is_empty() {
+            let task_ids = std::mem::take(&mut self.started);
+            send(&self.out, &ManagerMessage::Running { task_ids });
+        }
+        if !self.results.is_empty() {
+            let results = std::mem::take(&mut self.results);
+            send(&self.out, &ManagerMessage::Results { results });
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.slots.clear();
+        for task in self.slot_tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! One warm Python worker process and the slot it serves.
+//!
+//! The worker speaks length-prefixed JSON frames over its stdin/stdout
+//! (docs/api.md, "Worker pipe protocol"). A slot task owns the process: it
+//! feeds it one task at a time, sends each outcome back to the manager, and
+//! when the process dies fails the task in hand with `WorkerLost` and starts
+//! a fresh process.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult, TaskSpec};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::broker::dispatch::WORKER_LOST;
+
+/// Largest frame a worker may send (a result beyond it fails the task).
+const MAX_FRAME: usize = 1 << 30;
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Interpreter, e.g. `python3`.
+    pub python: String,
+    /// Directory holding the embedded `hpfaas` package.
+    pub runtime_dir: PathBuf,
+    /// Workers on this manager (exported as `HPFAAS_WORKER_COUNT`).
+    pub count: u32,
+}
+
+/// A Python task for a slot, with the function's code.
+#[derive(Debug)]
+pub struct PythonJob {
+    /// The task.
+    pub spec: TaskSpec,
+    /// Packed function code.
+    pub code: Arc<str>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    task_id: Uuid,
+    function_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_code: Option<&'a str>,
+    payload: &'a str,
+    result_serializers: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    task_id: Option<Uuid>,
+    ok: bool,
+    result: Option<String>,
+    exception: Option<ExceptionInfo>,
+}
+
+#[derive(Deserialize)]
+struct Ready {
+    ready: bool,
+    pid: u32,
+}
+
+struct Process {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    pid: u32,
+    known: HashSet<Uuid>,
+}
+
+/// Serves one slot until `jobs` closes: runs each job and sends
+/// `(slot, result)` to `done`.
+pub async fn serve_slot(
+    slot: usize,
+    settings: Arc<WorkerSettings>,
+    mut jobs: mpsc::UnboundedReceiver<PythonJob>,
+    done: mpsc::UnboundedSender<(usize, TaskResult)>,
+) {
+    let mut process: Option<Process> = None;
+    let mut backoff = Duration::from_millis(100);
+    while let Some(job) = jobs.recv().await {
+        if process.is_none() {
+            match start(slot, &settings).await {
+                Ok(p) => {
+                    backoff = Duration::from_millis(100);
+                    process = Some(p);
+                }
+                Err(e) => {
+                    let message = format!(
+                        "cannot start a Python worker with worker_python = {:?}: {e}",
+                        settings.python
+                    );
+                    tracing::error!("{message}");
+                    let _ = done.send((slot, TaskResult::failed(job.spec.task_id, ExceptionInfo::system(WORKER_LOST, message))));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let p = process.as_mut().expect("started above");
+        let outcome = match run_one(p, &job).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let (pid, status) = reap(process.take().expect("present")).await;
+                let message = format!("worker process {pid} died while running this task ({status}): {e}");
+                tracing::warn!("slot {slot}: {message}");
+                Outcome::Failed { exception: ExceptionInfo::system(WORKER_LOST, message) }
+            }
+        };
+        let result = TaskResult { task_id: job.spec.task_id, outcome, completed_at: now_unix() };
+        if done.send((slot, result)).is_err() {
+            break;
+        }
+    }
+    if let Some(p) = process {
+        stop(p).await;
+    }
+}
+
+async fn start(slot: usize, settings: &WorkerSettings) -> std::io::Result<Process> {
+    let mut child = tokio::process::Command::new(&settings.python)
+        .arg("-u")
+        .arg("-c")
+        .arg(super::runtime::bootstrap(&settings.runtime_dir))
+        .env("HPFAAS_WORKER_RANK", slot.to_string())
+        .env("HPFAAS_WORKER_COUNT", settings.count.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))
+        .await
+        .map_err(|_| std::io::Error::other("the worker did not report ready within 60 s"))??;
+    let ready: Ready = serde_json::from_slice(&frame)
+        .map_err(|e| std::io::Error::other(format!("bad ready frame from worker: {e}")))?;
+    if !ready.ready {
+        return Err(std::io::Error::other("worker reported not ready"));
+    }
+    Ok(Process { child, stdin, stdout, pid: ready.pid, known: HashSet::new() })
+}
+
+async fn run_one(p: &mut Process, job: &PythonJob) -> std::io::Result<Outcome> {
+    let first_time = p.known.insert(job.spec.function_id);
+    let request = Request {
+        task_id: job.spec.task_id,
+        function_id: job.spec.function_id,
+        function_code: first_time.then_some(&*job.code),
+        payload: &job.spec.payload,
+        result_serializers: &job.spec.result_serializers,
+    };
+    let body = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    p.stdin.write_all(&frame).await?;
+    p.stdin.flush().await?;
+    let reply = read_frame(&mut p.stdout).await?;
+    let reply: Reply = serde_json::from_slice(&reply)
+        .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
+    if reply.task_id != Some(job.spec.task_id) {
+        return Err(std::io::Error::other("worker replied for another task"));
+    }
+    Ok(match (reply.ok, reply.result, reply.exception) {
+        (true, Some(result), _) => Outcome::Success { result },
+        (false, _, Some(exception)) => Outcome::Failed { exception },
+        _ => Outcome::Failed {
+            exception: ExceptionInfo::system("WorkerProtocolError", "worker reply had neither result nor exception"),
+        },
+    })
+}
+
+async fn read_frame(stdout: &mut ChildStdout) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stdout.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("worker frame of {len} bytes exceeds the limit")));
+    }
+    let mut body = vec![0u8; len];
+    stdout.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Waits briefly for a dead worker; returns its pid and how it ended.
+async fn reap(mut p: Process) -> (u32, String) {
+    let _ = p.child.start_kill();
+    match tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await {
+        Ok(Ok(status)) => (p.pid, status.to_string()),
+        _ => (p.pid, "exit status unknown".into()),
+    }
+}
+
+async fn stop(mut p: Process) {
+    drop(p.stdin);
+    if tokio::time::timeout(Duration::from_secs(2), p.child.wait()).await.is_err() {
+        let _ = p.child.kill().await;
+    }
+}

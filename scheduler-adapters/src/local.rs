@@ -1,0 +1,189 @@
+//! The `local` provider: a block is a process group on this machine, started
+//! through `sh` so that `worker_init` runs first, exactly as in a job script.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{BlockRequest, JobId, JobState, Provider, ProviderError};
+
+/// How long a cancelled block gets to exit after SIGTERM before SIGKILL.
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs blocks as local process groups; the job id is the group's pid.
+#[derive(Default)]
+pub struct LocalProvider {
+    children: HashMap<JobId, Child>,
+    finished: HashMap<JobId, JobState>,
+}
+
+impl LocalProvider {
+    /// A provider with no blocks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn error(message: String) -> ProviderError {
+        ProviderError { provider: "local", message }
+    }
+
+    /// Reaps a child if it has exited, recording how.
+    fn poll(&mut self, job: &str) -> Option<JobState> {
+        if let Some(state) = self.finished.get(job) {
+            return Some(state.clone());
+        }
+        let child = self.children.get_mut(job)?;
+        let state = match child.try_wait() {
+            Ok(None) => return Some(JobState::Running),
+            Ok(Some(status)) if status.success() => JobState::Completed,
+            Ok(Some(status)) => JobState::Failed {
+                reason: match status.code() {
+                    Some(code) => format!("exit code {code}"),
+                    None => format!("killed by {status}"),
+                },
+            },
+            Err(e) => JobState::Failed { reason: format!("cannot wait for block: {e}") },
+        };
+        self.children.remove(job);
+        self.finished.insert(job.to_string(), state.clone());
+        Some(state)
+    }
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError> {
+        std::fs::create_dir_all(&request.log_dir)
+            .map_err(|e| Self::error(format!("cannot create {}: {e}", request.log_dir.display())))?;
+        let log_path = request.log_dir.join(format!("block-{}.log", request.block_id));
+        let log = File::create(&log_path)
+            .map_err(|e| Self::error(format!("cannot create {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Self::error(format!("cannot duplicate log handle: {e}")))?;
+        let script = format!("{}\nexec \"$@\"", request.worker_init);
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("hpfaas-block")
+            .args(&request.manager_command)
+            .envs(request.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Self::error(format!("cannot start block {}: {e}", request.block_id)))?;
+        let job = child.id().to_string();
+        self.children.insert(job.clone(), child);
+        Ok(job)
+    }
+
+    fn status(&mut self, jobs: &[JobId]) -> Result<HashMap<JobId, JobState>, ProviderError> {
+        Ok(jobs
+            .iter()
+            .map(|job| {
+                let state = self.poll(job).unwrap_or(JobState::Failed {
+                    reason: "unknown to this provider".into(),
+                });
+                (job.clone(), state)
+            })
+            .collect())
+    }
+
+    fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError> {
+        let mut live = Vec::new();
+        for job in jobs {
+            if self.poll(job) == Some(JobState::Running) {
+                if let Ok(pgid) = job.parse::<i32>() {
+                    // SAFETY: kill(2) with a negative pid signals our own process group.
+                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                    live.push(job.clone());
+                }
+            }
+        }
+        let deadline = Instant::now() + CANCEL_GRACE;
+        while !live.is_empty() && Instant::now() < deadline {
+            live.retain(|job| self.poll(job) == Some(JobState::Running));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for job in &live {
+            if let Ok(pgid) = job.parse::<i32>() {
+                // SAFETY: as above; the group ignored SIGTERM.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+            if let Some(child) = self.children.get_mut(job) {
+                let _ = child.wait();
+            }
+            self.poll(job);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        let jobs: Vec<JobId> = self.children.keys().cloned().collect();
+        let _ = self.cancel(&jobs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str, argv: &[&str], init: &str) -> BlockRequest {
+        BlockRequest {
+            block_id: id.into(),
+            manager_command: argv.iter().map(|s| s.to_string()).collect(),
+            nodes: 1,
+            worker_init: init.into(),
+            env: vec![("HPFAAS_TEST_VAR".into(), "from-env".into())],
+            log_dir: std::env::temp_dir().join(format!("hpfaas-local-{}", std::process::id())),
+        }
+    }
+
+    fn wait_finished(p: &mut LocalProvider, job: &JobId) -> JobState {
+        for _ in 0..500 {
+            let state = p.status(std::slice::from_ref(job)).unwrap()[job].clone();
+            if state.is_finished() {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("block {job} did not finish");
+    }
+
+    #[test]
+    fn runs_worker_init_then_the_command_and_reports_exit() {
+        let mut p = LocalProvider::new();
+        let req = request("ok", &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""], "INIT=ran; export INIT");
+        let job = p.submit(&req).unwrap();
+        assert_eq!(wait_finished(&mut p, &job), JobState::Completed);
+        let log = std::fs::read_to_string(req.log_dir.join("block-ok.log")).unwrap();
+        assert_eq!(log.trim(), "ran from-env");
+
+        let job = p.submit(&request("bad", &["sh", "-c", "exit 3"], "")).unwrap();
+        assert_eq!(wait_finished(&mut p, &job), JobState::Failed { reason: "exit code 3".into() });
+    }
+
+    #[test]
+    fn cancel_kills_the_whole_group() {
+        let mut p = LocalProvider::new();
+        let job = p.submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"], "")).unwrap();
+        assert_eq!(p.status(std::slice::from_ref(&job)).unwrap()[&job], JobState::Running);
+        p.cancel(std::slice::from_ref(&job)).unwrap();
+        assert!(p.status(std::slice::from_ref(&job)).unwrap()[&job].is_finished());
+        let pgid: i32 = job.parse().unwrap();
+        // SAFETY: signal 0 only checks for existence of the group.
+        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        assert!(!alive, "processes of the cancelled group survive");
+        assert!(p.status(&["nope".to_string()]).unwrap()["nope"].is_finished());
+    }
+}
