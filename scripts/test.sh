@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds once (debug profile),
+# checks formatting and lints, then Rust tests and Python tests against the
+# real binaries. Each stage has its own time limit; any failure stops the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== ${name}"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@"
+    echo "=== ${name}: ok in $((SECONDS - start)) s"
+}
+
+cleanup() {
+    # Anything a failed test left behind: agents, managers, `hpfaas up`.
+    # Only on CI, where nothing else of the user's can be running.
+    [[ ${CI:-} == true ]] && pkill -f "target/debug/hpfaas" 2>/dev/null
+    return 0
+}
+trap cleanup EXIT
+
+stage "setup" 900 scripts/setup.sh
+stage "build" 1200 cargo build --workspace --all-targets
+stage "format" 60 cargo fmt --all -- --check
+stage "lint" 900 cargo clippy --workspace --all-targets -- -D warnings
+if command -v cargo-nextest >/dev/null; then
+    stage "rust tests" 900 cargo nextest run --workspace --no-fail-fast
+else
+    stage "rust tests" 900 cargo test --workspace --no-fail-fast
+fi
+stage "python tests" 900 env HPFAAS_BIN="$PWD/target/debug/hpfaas" .venv/bin/python -m pytest tests/python -q -rs
