@@ -4,6 +4,7 @@
 
 mod up;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -139,6 +140,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = run(cli) {
         eprintln!("hpfaas: error: {e:#}");
@@ -147,7 +149,9 @@ fn main() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
@@ -157,16 +161,25 @@ fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => runtime()?.block_on(up::run(args)),
-        Command::Service { listen, data_dir, max_request_bytes } => {
+        Command::Service {
+            listen,
+            data_dir,
+            max_request_bytes,
+        } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir));
             config.max_request_bytes = max_request_bytes;
             runtime()?.block_on(async {
                 let service = hpfaas_registry::Service::bind(config).await?;
-                eprintln!("hpfaas service listening on http://{}", service.local_addr());
+                eprintln!(
+                    "hpfaas service listening on http://{}",
+                    service.local_addr()
+                );
                 service.run(shutdown_signal()).await
             })
         }
-        Command::Token { command: TokenCommand::Create { user, data_dir } } => {
+        Command::Token {
+            command: TokenCommand::Create { user, data_dir },
+        } => {
             let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
             println!("{token}");
             Ok(())
@@ -188,9 +201,15 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
     match command {
         EndpointCommand::Configure { name, provider } => {
             let path = lifecycle::configure(&name, &provider)?;
-            println!("configured endpoint {name}: edit {} then run `hpfaas endpoint start {name}`", path.display());
+            println!(
+                "configured endpoint {name}: edit {} then run `hpfaas endpoint start {name}`",
+                path.display()
+            );
         }
-        EndpointCommand::Start { name, foreground: true } => {
+        EndpointCommand::Start {
+            name,
+            foreground: true,
+        } => {
             let spec = lifecycle::agent_spec(&name)?;
             if let Some(s) = lifecycle::running(&spec.dir) {
                 if s.pid != std::process::id() {
@@ -202,7 +221,10 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
             hpfaas_executor::agent::state_file::AgentState::remove(&dir);
             result?;
         }
-        EndpointCommand::Start { name, foreground: false } => println!("{}", lifecycle::start_daemon(&name)?),
+        EndpointCommand::Start {
+            name,
+            foreground: false,
+        } => println!("{}", lifecycle::start_daemon(&name)?),
         EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name)?),
         EndpointCommand::Restart { name } => {
             match lifecycle::stop(&name) {
@@ -239,21 +261,38 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                     Ok(v) => v.clone(),
                     Err(e) => serde_json::json!({"error": format!("{e:#}")}),
                 };
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"local": local, "service": remote}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"local": local, "service": remote})
+                    )?
+                );
             } else {
                 let mut rows = vec![
                     vec!["name".into(), local.name.clone()],
-                    vec!["endpoint id".into(), local.endpoint_id.clone().unwrap_or_else(|| "-".into())],
+                    vec![
+                        "endpoint id".into(),
+                        local.endpoint_id.clone().unwrap_or_else(|| "-".into()),
+                    ],
                     vec!["agent".into(), local.state.clone()],
                     vec!["blocks".into(), local.active_blocks.to_string()],
-                    vec!["last error".into(), local.last_error.clone().unwrap_or_else(|| "-".into())],
+                    vec![
+                        "last error".into(),
+                        local.last_error.clone().unwrap_or_else(|| "-".into()),
+                    ],
                 ];
                 match remote {
                     Ok(v) => {
-                        rows.push(vec!["service says".into(), v["status"].as_str().unwrap_or("?").to_string()]);
+                        rows.push(vec![
+                            "service says".into(),
+                            v["status"].as_str().unwrap_or("?").to_string(),
+                        ]);
                         if let Some(details) = v["details"].as_object() {
                             for (k, val) in details {
-                                rows.push(vec![k.replace('_', " "), val.to_string().trim_matches('"').to_string()]);
+                                rows.push(vec![
+                                    k.replace('_', " "),
+                                    val.to_string().trim_matches('"').to_string(),
+                                ]);
                             }
                         }
                     }
@@ -274,7 +313,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -286,7 +329,10 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -294,4 +340,3 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
-

@@ -30,9 +30,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let home = hpfaas_home();
     let data_dir = home.join("up");
     let up_file = home.join("up.json");
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     if let Some(pid) = live_up_pid(&up_file) {
-        anyhow::bail!("hpfaas up is already running for {} (pid {pid})", home.display());
+        anyhow::bail!(
+            "hpfaas up is already running for {} (pid {pid})",
+            home.display()
+        );
     }
     let mut config = match &args.config {
         Some(path) => EndpointConfig::load(path)?,
@@ -46,7 +50,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.provider.init_blocks = config.provider.init_blocks.max(1);
     config.provider.min_blocks = config.provider.min_blocks.max(1);
 
-    let service = hpfaas_registry::Service::bind(hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone())).await?;
+    let service = hpfaas_registry::Service::bind(hpfaas_registry::ServiceConfig::new(
+        args.listen,
+        data_dir.clone(),
+    ))
+    .await?;
     let url = format!("http://{}", service.local_addr());
     let token = hpfaas_registry::create_token(&data_dir, "local")?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -56,11 +64,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let endpoint_dir = data_dir.join("endpoint");
     std::fs::create_dir_all(&endpoint_dir)?;
-    let previous = registration::load(&endpoint_dir).ok().flatten().map(|c| c.endpoint_id);
+    let previous = registration::load(&endpoint_dir)
+        .ok()
+        .flatten()
+        .map(|c| c.endpoint_id);
     let credential = {
         let (dir, url, token) = (endpoint_dir.clone(), url.clone(), token.clone());
         tokio::task::spawn_blocking(move || {
-            registration::register(&dir, &url, &token, "local", "hpfaas up", previous.as_deref())
+            registration::register(
+                &dir,
+                &url,
+                &token,
+                "local",
+                "hpfaas up",
+                previous.as_deref(),
+            )
         })
         .await??
     };
@@ -71,9 +89,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "pid": std::process::id(),
     });
     write_private(&up_file, &serde_json::to_string_pretty(&info)?)?;
-    println!("hpfaas up: service {url}, endpoint {}", credential.endpoint_id);
+    println!(
+        "hpfaas up: service {url}, endpoint {}",
+        credential.endpoint_id
+    );
     println!("export HPFAAS_URL={url} HPFAAS_TOKEN={token}");
-    println!("(also written to {}; Ctrl-C stops everything)", up_file.display());
+    println!(
+        "(also written to {}; Ctrl-C stops everything)",
+        up_file.display()
+    );
 
     let spec = AgentSpec {
         name: "local".into(),

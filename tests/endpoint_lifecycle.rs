@@ -13,7 +13,10 @@ use serde_json::json;
 
 fn status_of(svc: &Service, token: &str, endpoint_id: &str) -> String {
     let url = format!("{}/v2/endpoints/{endpoint_id}/status", svc.url);
-    get(&url, token).unwrap()["status"].as_str().unwrap_or_default().to_string()
+    get(&url, token).unwrap()["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -22,26 +25,46 @@ fn endpoint_lifecycle_end_to_end() {
     let token = svc.token("alice");
     let home = temp_dir("home");
     let name = "it-lifecycle";
-    let _guard = EndpointGuard { home: home.clone(), name };
+    let _guard = EndpointGuard {
+        home: home.clone(),
+        name,
+    };
 
     let out = endpoint_cmd(&home, &svc.url, &token, &["configure", name]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = home.join("endpoints").join(name).join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     // Keep the test quick: short heartbeats.
-    let text = text.replace("[engine]\n", "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 2.0\n");
+    let text = text.replace(
+        "[engine]\n",
+        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 2.0\n",
+    );
     std::fs::write(&config, text).unwrap();
 
     let out = endpoint_cmd(&home, &svc.url, &token, &["start", name]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "start failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-    let credential: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("endpoints").join(name).join("endpoint.json")).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "start failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let credential: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home.join("endpoints").join(name).join("endpoint.json")).unwrap(),
+    )
+    .unwrap();
     let endpoint_id = credential["endpoint_id"].as_str().unwrap().to_string();
     assert!(stdout.contains(&endpoint_id), "{stdout}");
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(home.join("endpoints").join(name).join("endpoint.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(home.join("endpoints").join(name).join("endpoint.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the credential must be private");
     }
     assert_eq!(status_of(&svc, &token, &endpoint_id), "online");
@@ -49,7 +72,10 @@ fn endpoint_lifecycle_end_to_end() {
     // A second start of the same endpoint says so instead of starting a twin.
     let out = endpoint_cmd(&home, &svc.url, &token, &["start", name]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{out:?}"
+    );
 
     // The same endpoint from "another login node" (a copy of its directory)
     // is refused by the service, which names the host holding it.
@@ -59,12 +85,18 @@ fn endpoint_lifecycle_end_to_end() {
     for f in ["config.toml", "endpoint.json"] {
         std::fs::copy(home.join("endpoints").join(name).join(f), other_dir.join(f)).unwrap();
     }
-    let _other_guard = EndpointGuard { home: other.clone(), name };
+    let _other_guard = EndpointGuard {
+        home: other.clone(),
+        name,
+    };
     let out = endpoint_cmd(&other, &svc.url, &token, &["start", name]);
     assert!(!out.status.success(), "a twin agent must be refused");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let host = gethostname();
-    assert!(err.contains("already connected") && err.contains(&host), "{err}");
+    assert!(
+        err.contains("already connected") && err.contains(&host),
+        "{err}"
+    );
 
     // A Python task over REST: JSON arguments, JSON result.
     let fid = post(
@@ -97,14 +129,23 @@ fn endpoint_lifecycle_end_to_end() {
     assert_eq!(rows[0]["endpoint_id"], endpoint_id.as_str());
     let out = endpoint_cmd(&home, &svc.url, &token, &["status", name]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(table.contains("online") && table.contains("total workers"), "{table}");
+    assert!(
+        table.contains("online") && table.contains("total workers"),
+        "{table}"
+    );
 
     // stop: the agent and its blocks go, the service shows it offline.
     let out = endpoint_cmd(&home, &svc.url, &token, &["stop", name]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for(Duration::from_secs(10), "the endpoint to go offline", || {
-        (status_of(&svc, &token, &endpoint_id) == "offline").then_some(())
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the endpoint to go offline",
+        || (status_of(&svc, &token, &endpoint_id) == "offline").then_some(()),
+    );
     let out = endpoint_cmd(&home, &svc.url, &token, &["stop", name]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
@@ -119,12 +160,18 @@ fn misspelled_config_key_is_refused_with_its_name_and_line() {
     let out = endpoint_cmd(&home, "http://127.0.0.1:9", "t", &["start", "it-bad"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(err.contains("max_worker_per_node") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("max_worker_per_node") && err.contains("line 2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_subcommand_and_bad_names_fail_cleanly() {
-    let out = hpfaas().args(["endpoint", "start", "../escape"]).output().unwrap();
+    let out = hpfaas()
+        .args(["endpoint", "start", "../escape"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid endpoint name"));
     let out = hpfaas().args(["frobnicate"]).output().unwrap();

@@ -47,8 +47,14 @@ impl Service {
                 // Keep draining so the service never blocks on a full pipe.
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("service did not start");
-        Service { url, data_dir, child }
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("service did not start");
+        Service {
+            url,
+            data_dir,
+            child,
+        }
     }
 
     /// A new user's API token, made with `hpfaas token create`.
@@ -58,7 +64,11 @@ impl Service {
             .arg(&self.data_dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 }
@@ -90,19 +100,36 @@ pub struct EndpointGuard<'a> {
 
 impl Drop for EndpointGuard<'_> {
     fn drop(&mut self) {
-        let _ = hpfaas().args(["endpoint", "stop", self.name]).env("HPFAAS_HOME", &self.home).output();
+        let _ = hpfaas()
+            .args(["endpoint", "stop", self.name])
+            .env("HPFAAS_HOME", &self.home)
+            .output();
     }
 }
 
 pub fn get(url: &str, token: &str) -> Result<serde_json::Value, (u16, serde_json::Value)> {
-    into_json(ureq::get(url).set("Authorization", &format!("Bearer {token}")).call())
+    into_json(
+        ureq::get(url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .call(),
+    )
 }
 
-pub fn post(url: &str, token: &str, body: serde_json::Value) -> Result<serde_json::Value, (u16, serde_json::Value)> {
-    into_json(ureq::post(url).set("Authorization", &format!("Bearer {token}")).send_json(body))
+pub fn post(
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, (u16, serde_json::Value)> {
+    into_json(
+        ureq::post(url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_json(body),
+    )
 }
 
-fn into_json(r: Result<ureq::Response, ureq::Error>) -> Result<serde_json::Value, (u16, serde_json::Value)> {
+fn into_json(
+    r: Result<ureq::Response, ureq::Error>,
+) -> Result<serde_json::Value, (u16, serde_json::Value)> {
     match r {
         Ok(resp) => Ok(resp.into_json().unwrap()),
         Err(ureq::Error::Status(code, resp)) => Err((code, resp.into_json().unwrap_or_default())),
@@ -124,5 +151,8 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 
 /// Globus Compute framing of buffers.
 pub fn pack(buffers: &[&str]) -> String {
-    buffers.iter().map(|b| format!("{}\n{b}", b.chars().count())).collect()
+    buffers
+        .iter()
+        .map(|b| format!("{}\n{b}", b.chars().count()))
+        .collect()
 }

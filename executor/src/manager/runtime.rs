@@ -7,13 +7,35 @@ use std::path::{Path, PathBuf};
 
 /// The `hpfaas` package files, relative to the package directory.
 const FILES: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../../../python/hpfaas/__init__.py")),
-    ("serialize.py", include_str!("../../../python/hpfaas/serialize.py")),
-    ("errors.py", include_str!("../../../python/hpfaas/errors.py")),
+    (
+        "__init__.py",
+        include_str!("../../../python/hpfaas/__init__.py"),
+    ),
+    (
+        "serialize.py",
+        include_str!("../../../python/hpfaas/serialize.py"),
+    ),
+    (
+        "errors.py",
+        include_str!("../../../python/hpfaas/errors.py"),
+    ),
     ("shell.py", include_str!("../../../python/hpfaas/shell.py")),
-    ("client.py", include_str!("../../../python/hpfaas/client.py")),
-    ("executor.py", include_str!("../../../python/hpfaas/executor.py")),
-    ("worker.py", include_str!("../../../python/hpfaas/worker.py")),
+    (
+        "client.py",
+        include_str!("../../../python/hpfaas/client.py"),
+    ),
+    (
+        "executor.py",
+        include_str!("../../../python/hpfaas/executor.py"),
+    ),
+    (
+        "version.py",
+        include_str!("../../../python/hpfaas/version.py"),
+    ),
+    (
+        "worker.py",
+        include_str!("../../../python/hpfaas/worker.py"),
+    ),
 ];
 
 /// Writes the runtime under `base` (once per content) and returns the

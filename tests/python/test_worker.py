@@ -1,0 +1,247 @@
+"""The worker runtime, driven over real pipes the way the manager drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hpfaas.serialize import deserialize, pack, serialize, serialize_function, serialize_json
+
+FRAME_TIMEOUT = 10.0
+PACKAGE = Path(__file__).resolve().parents[2] / "python" / "hpfaas"
+
+
+def double(x):
+    return 2 * x
+
+
+def greet(name, punctuation="!"):
+    return f"hello {name}{punctuation}"
+
+
+def fails_with_boom():
+    raise ValueError("boom")
+
+
+def chatty(x):
+    print("a user print that must not reach the protocol pipe")
+    print(x, file=__import__("sys").stderr)
+    return x
+
+
+def exits():
+    import sys
+
+    sys.exit(3)
+
+
+def returns_a_lock():
+    import threading
+
+    return threading.Lock()
+
+
+def reads_stdin():
+    import sys
+
+    return sys.stdin.read()
+
+
+class Worker:
+    """A worker process started as the manager starts it, with frame helpers."""
+
+    def __init__(self, runtime_dir: Path, log: Path):
+        bootstrap = (
+            f"import sys; sys.path.insert(0, {str(runtime_dir)!r}); "
+            "from hpfaas.worker import main; main()"
+        )
+        self.log = log
+        with open(log, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-u", "-c", bootstrap],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=runtime_dir,
+            )
+        self._buffer = b""
+
+    def send(self, msg: dict) -> None:
+        body = json.dumps(msg).encode()
+        self.proc.stdin.write(struct.pack(">I", len(body)) + body)
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict:
+        header = self._read_exactly(4)
+        return json.loads(self._read_exactly(struct.unpack(">I", header)[0]))
+
+    def call(self, fn, *args, function_id=None, send_code=True, result_serializers=(), **kwargs):
+        """Send one task and return the worker's reply."""
+        msg = {
+            "task_id": str(uuid.uuid4()),
+            "function_id": function_id or str(uuid.uuid4()),
+            "payload": pack([serialize(args), serialize(kwargs)]),
+            "result_serializers": list(result_serializers),
+        }
+        if send_code:
+            msg["function_code"] = pack([serialize_function(fn)])
+        self.send(msg)
+        reply = self.receive()
+        assert reply["task_id"] == msg["task_id"]
+        return reply
+
+    def close(self) -> int:
+        """Close the pipe, as the manager does, and return the exit status."""
+        self.proc.stdin.close()
+        return self.proc.wait(FRAME_TIMEOUT)
+
+    def _read_exactly(self, n: int) -> bytes:
+        deadline = time.monotonic() + FRAME_TIMEOUT
+        fd = self.proc.stdout.fileno()
+        while len(self._buffer) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise AssertionError(f"no frame from the worker within {FRAME_TIMEOUT} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"worker closed its pipe; stderr:\n{self.log.read_text()}")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+
+@pytest.fixture
+def worker(tmp_path):
+    # The manager copies the package's files into a directory of its own: so do we.
+    runtime = tmp_path / "runtime"
+    shutil.copytree(PACKAGE, runtime / "hpfaas", ignore=shutil.ignore_patterns("__pycache__"))
+    w = Worker(runtime, tmp_path / "worker.log")
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.wait()
+
+
+def test_ready_frame(worker):
+    ready = worker.receive()
+    assert ready == {
+        "ready": True,
+        "pid": worker.proc.pid,
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+
+
+def test_call_returns_pickled_result(worker):
+    worker.receive()
+    reply = worker.call(greet, "world", punctuation="?")
+    assert reply["ok"] is True
+    assert deserialize(reply["result"]) == "hello world?"
+
+
+def test_function_is_cached_by_id(worker):
+    worker.receive()
+    function_id = str(uuid.uuid4())
+    assert deserialize(worker.call(double, 4, function_id=function_id)["result"]) == 8
+    reply = worker.call(double, 5, function_id=function_id, send_code=False)
+    assert deserialize(reply["result"]) == 10
+
+
+def test_unknown_function_without_code_is_reported(worker):
+    worker.receive()
+    reply = worker.call(double, 1, send_code=False)
+    assert reply["ok"] is False
+    assert reply["exception"]["type"] == "LookupError"
+    assert "neither sent nor cached" in reply["exception"]["message"]
+
+
+def test_exception_is_reported_with_traceback(worker):
+    worker.receive()
+    reply = worker.call(fails_with_boom)
+    assert reply["ok"] is False
+    exc = reply["exception"]
+    assert (exc["type"], exc["message"]) == ("ValueError", "boom")
+    assert "in fails_with_boom" in exc["traceback"]
+    assert 'raise ValueError("boom")' in exc["traceback"]
+    assert exc["traceback"].rstrip().endswith("ValueError: boom")
+    # The runtime's own frame is not part of the user's traceback.
+    assert "worker.py" not in exc["traceback"]
+    assert deserialize(worker.call(double, 1)["result"]) == 2
+
+
+def test_user_output_goes_to_stderr_not_the_protocol(worker):
+    worker.receive()
+    reply = worker.call(chatty, 7)
+    assert deserialize(reply["result"]) == 7
+    assert worker.close() == 0
+    log = worker.log.read_text()
+    assert "a user print that must not reach the protocol pipe" in log
+    assert "7" in log
+
+
+def test_user_stdin_is_empty(worker):
+    worker.receive()
+    assert deserialize(worker.call(reads_stdin)["result"]) == ""
+
+
+def test_sys_exit_is_reported_not_fatal(worker):
+    worker.receive()
+    reply = worker.call(exits)
+    assert reply["ok"] is False
+    assert (reply["exception"]["type"], reply["exception"]["message"]) == ("SystemExit", "3")
+    assert deserialize(worker.call(double, 21)["result"]) == 42
+
+
+def test_unpicklable_result_is_reported(worker):
+    worker.receive()
+    reply = worker.call(returns_a_lock)
+    assert reply["ok"] is False
+    assert reply["exception"]["type"] == "TypeError"
+    assert "lock" in reply["exception"]["message"]
+
+
+def test_undecodable_arguments_are_reported(worker):
+    worker.receive()
+    worker.send(
+        {
+            "task_id": "t1",
+            "function_id": "f1",
+            "function_code": pack([serialize_function(double)]),
+            "payload": "garbage",
+            "result_serializers": [],
+        }
+    )
+    reply = worker.receive()
+    assert reply["task_id"] == "t1"
+    assert reply["ok"] is False
+    assert reply["exception"]["type"] == "ValueError"
+    assert "malformed buffer framing" in reply["exception"]["message"]
+
+
+def test_json_arguments_and_json_result_serializer(worker):
+    worker.receive()
+    worker.send(
+        {
+            "task_id": "t2",
+            "function_id": "f2",
+            "function_code": pack([serialize_function(greet)]),
+            "payload": pack([serialize_json(["json"]), serialize_json({})]),
+            "result_serializers": ["zz\n", "11\n", "00\n"],
+        }
+    )
+    reply = worker.receive()
+    assert reply == {"task_id": "t2", "ok": True, "result": '11\n"hello json!"'}
+
+
+def test_eof_exits_cleanly(worker):
+    worker.receive()
+    assert worker.close() == 0
