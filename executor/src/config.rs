@@ -269,15 +269,20 @@ mod tests {
     #[test]
     fn template_parses() {
         let c = EndpointConfig::parse(&template(Some("http://127.0.0.1:1"))).unwrap();
-        assert_eq!(c.endpoint.service_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(
+            c.endpoint.service_url.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
         assert_eq!(c.provider.init_blocks, 1);
         EndpointConfig::parse(&template(None)).unwrap();
     }
 
     #[test]
     fn misspelled_key_is_named_with_its_line() {
-        let err = EndpointConfig::parse("[engine]\nworker_python = \"python3\"\nmax_worker_per_node = 4\n")
-            .unwrap_err();
+        let err = EndpointConfig::parse(
+            "[engine]\nworker_python = \"python3\"\nmax_worker_per_node = 4\n",
+        )
+        .unwrap_err();
         assert!(err.contains("max_worker_per_node"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -285,16 +290,24 @@ mod tests {
     #[test]
     fn wrong_type_is_named() {
         let err = EndpointConfig::parse("[engine]\nheartbeat_period = \"fast\"\n").unwrap_err();
-        assert!(err.contains("heartbeat_period") || err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("heartbeat_period") || err.contains("line 2"),
+            "{err}"
+        );
         let err = EndpointConfig::parse("[provider]\nmax_blocks = -1\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn inconsistent_values_are_refused() {
-        assert!(EndpointConfig::parse("[engine]\nheartbeat_period = 5.0\nheartbeat_threshold = 1.0\n").is_err());
+        assert!(EndpointConfig::parse(
+            "[engine]\nheartbeat_period = 5.0\nheartbeat_threshold = 1.0\n"
+        )
+        .is_err());
         assert!(EndpointConfig::parse("[provider]\nmin_blocks = 3\nmax_blocks = 1\n").is_err());
-        assert!(EndpointConfig::parse("[provider]\ntype = \"slurm\"\n").unwrap_err().contains("slurm"));
+        assert!(EndpointConfig::parse("[provider]\ntype = \"slurm\"\n")
+            .unwrap_err()
+            .contains("slurm"));
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
         assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
     }

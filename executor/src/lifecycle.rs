@@ -18,7 +18,9 @@ pub fn hpfaas_home() -> PathBuf {
     if let Some(home) = std::env::var_os("HPFAAS_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(home);
     }
-    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     user_home.join(".hpfaas")
 }
 
@@ -26,7 +28,9 @@ pub fn hpfaas_home() -> PathBuf {
 pub fn endpoint_dir(name: &str) -> anyhow::Result<PathBuf> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with('.');
     if !valid {
         bail!("invalid endpoint name {name:?}: use letters, digits, '-', '_' and '.', up to 64 characters");
@@ -63,7 +67,12 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
         .service_url
         .clone()
         .or_else(|| std::env::var("HPFAAS_URL").ok().filter(|u| !u.is_empty()))
-        .with_context(|| format!("no service URL: set endpoint.service_url in {} or HPFAAS_URL", path.display()))?;
+        .with_context(|| {
+            format!(
+                "no service URL: set endpoint.service_url in {} or HPFAAS_URL",
+                path.display()
+            )
+        })?;
     let owner_token = match std::env::var("HPFAAS_TOKEN").ok().filter(|t| !t.is_empty()) {
         Some(t) => Some(t),
         None => match &config.endpoint.token_file {
@@ -120,8 +129,15 @@ pub fn start_daemon(name: &str) -> anyhow::Result<String> {
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail = text.get(log_start as usize..).unwrap_or(&text);
-            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-            bail!("endpoint {name} failed to start ({status}): {last}\n(log: {})", log_path.display());
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            bail!(
+                "endpoint {name} failed to start ({status}): {last}\n(log: {})",
+                log_path.display()
+            );
         }
         if let Some(s) = AgentState::read(&spec.dir) {
             if s.pid == child.id() && s.state == "online" {
@@ -158,7 +174,10 @@ pub fn stop(name: &str) -> anyhow::Result<String> {
         if Instant::now() > deadline {
             // SAFETY: as above; the agent ignored SIGTERM for 30 s.
             unsafe { libc::kill(s.pid as i32, libc::SIGKILL) };
-            bail!("endpoint {name} (pid {}) did not stop within 30 s and was killed", s.pid);
+            bail!(
+                "endpoint {name} (pid {}) did not stop within 30 s and was killed",
+                s.pid
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -226,12 +245,27 @@ pub fn list() -> anyhow::Result<Vec<EndpointRow>> {
 /// Asks the service for the endpoint's status using its credential.
 pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
     let dir = endpoint_dir(name)?;
-    let c = registration::load(&dir)?.with_context(|| format!("endpoint {name} has never registered"))?;
-    let url = format!("{}/v2/endpoints/{}/status", c.service_url.trim_end_matches('/'), c.endpoint_id);
-    let agent = ureq::AgentBuilder::new().try_proxy_from_env(true).timeout(Duration::from_secs(10)).build();
-    match agent.get(&url).set("Authorization", &format!("Bearer {}", c.credential)).call() {
+    let c = registration::load(&dir)?
+        .with_context(|| format!("endpoint {name} has never registered"))?;
+    let url = format!(
+        "{}/v2/endpoints/{}/status",
+        c.service_url.trim_end_matches('/'),
+        c.endpoint_id
+    );
+    let agent = ureq::AgentBuilder::new()
+        .try_proxy_from_env(true)
+        .timeout(Duration::from_secs(10))
+        .build();
+    match agent
+        .get(&url)
+        .set("Authorization", &format!("Bearer {}", c.credential))
+        .call()
+    {
         Ok(r) => Ok(r.into_json()?),
-        Err(ureq::Error::Status(code, r)) => bail!("the service answered {code}: {}", r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => bail!(
+            "the service answered {code}: {}",
+            r.into_string().unwrap_or_default()
+        ),
         Err(e) => bail!("cannot reach the service at {}: {e}", c.service_url),
     }
 }

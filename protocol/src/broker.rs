@@ -135,7 +135,9 @@ mod tests {
             ManagerMessage::Results {
                 results: vec![TaskResult {
                     task_id: id,
-                    outcome: Outcome::Success { result: "00\nabc".into() },
+                    outcome: Outcome::Success {
+                        result: "00\nabc".into(),
+                    },
                     completed_at: 2.0,
                 }],
             },
@@ -144,7 +146,10 @@ mod tests {
             assert_eq!(decode::<ManagerMessage>(&encode(&m)).unwrap(), m);
         }
         let tasks = BrokerMessage::Tasks {
-            functions: vec![FunctionCode { function_id: id, code: "5\nst\nf:".into() }],
+            functions: vec![FunctionCode {
+                function_id: id,
+                code: "5\nst\nf:".into(),
+            }],
             tasks: vec![TaskSpec {
                 task_id: id,
                 function_id: id,

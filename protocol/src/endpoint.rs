@@ -120,9 +120,15 @@ mod tests {
     fn messages_round_trip_as_json() {
         let id = Uuid::new_v4();
         let msgs = vec![
-            AgentMessage::Hello { version: 1, host: "login1".into(), pid: 42 },
+            AgentMessage::Hello {
+                version: 1,
+                host: "login1".into(),
+                pid: 42,
+            },
             AgentMessage::Ack { task_ids: vec![id] },
-            AgentMessage::States { updates: vec![(id, TaskState::Running)] },
+            AgentMessage::States {
+                updates: vec![(id, TaskState::Running)],
+            },
             AgentMessage::Results {
                 results: vec![TaskResult {
                     task_id: id,
@@ -132,13 +138,19 @@ mod tests {
                     completed_at: 1.5,
                 }],
             },
-            AgentMessage::Heartbeat { status: EndpointReport::default() },
+            AgentMessage::Heartbeat {
+                status: EndpointReport::default(),
+            },
         ];
         for m in msgs {
             let text = to_json(&m);
             assert_eq!(from_json::<AgentMessage>(&text).unwrap(), m);
         }
-        let hello = to_json(&AgentMessage::Hello { version: 1, host: "h".into(), pid: 1 });
+        let hello = to_json(&AgentMessage::Hello {
+            version: 1,
+            host: "h".into(),
+            pid: 1,
+        });
         assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
     }
 

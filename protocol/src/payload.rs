@@ -109,7 +109,11 @@ mod tests {
         assert_eq!(unpack("x\nabc"), Err(FramingError::BadLength { offset: 0 }));
         assert!(matches!(
             unpack("3\nab"),
-            Err(FramingError::Truncated { wanted: 3, available: 2, .. })
+            Err(FramingError::Truncated {
+                wanted: 3,
+                available: 2,
+                ..
+            })
         ));
         assert!(matches!(
             unpack("1\na5\nab"),

@@ -26,7 +26,10 @@ impl LocalProvider {
     }
 
     fn error(message: String) -> ProviderError {
-        ProviderError { provider: "local", message }
+        ProviderError {
+            provider: "local",
+            message,
+        }
     }
 
     /// Reaps a child if it has exited, recording how.
@@ -44,7 +47,9 @@ impl LocalProvider {
                     None => format!("killed by {status}"),
                 },
             },
-            Err(e) => JobState::Failed { reason: format!("cannot wait for block: {e}") },
+            Err(e) => JobState::Failed {
+                reason: format!("cannot wait for block: {e}"),
+            },
         };
         self.children.remove(job);
         self.finished.insert(job.to_string(), state.clone());
@@ -58,9 +63,12 @@ impl Provider for LocalProvider {
     }
 
     fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError> {
-        std::fs::create_dir_all(&request.log_dir)
-            .map_err(|e| Self::error(format!("cannot create {}: {e}", request.log_dir.display())))?;
-        let log_path = request.log_dir.join(format!("block-{}.log", request.block_id));
+        std::fs::create_dir_all(&request.log_dir).map_err(|e| {
+            Self::error(format!("cannot create {}: {e}", request.log_dir.display()))
+        })?;
+        let log_path = request
+            .log_dir
+            .join(format!("block-{}.log", request.block_id));
         let log = File::create(&log_path)
             .map_err(|e| Self::error(format!("cannot create {}: {e}", log_path.display())))?;
         let log_err = log
@@ -163,21 +171,37 @@ mod tests {
     #[test]
     fn runs_worker_init_then_the_command_and_reports_exit() {
         let mut p = LocalProvider::new();
-        let req = request("ok", &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""], "INIT=ran; export INIT");
+        let req = request(
+            "ok",
+            &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""],
+            "INIT=ran; export INIT",
+        );
         let job = p.submit(&req).unwrap();
         assert_eq!(wait_finished(&mut p, &job), JobState::Completed);
         let log = std::fs::read_to_string(req.log_dir.join("block-ok.log")).unwrap();
         assert_eq!(log.trim(), "ran from-env");
 
-        let job = p.submit(&request("bad", &["sh", "-c", "exit 3"], "")).unwrap();
-        assert_eq!(wait_finished(&mut p, &job), JobState::Failed { reason: "exit code 3".into() });
+        let job = p
+            .submit(&request("bad", &["sh", "-c", "exit 3"], ""))
+            .unwrap();
+        assert_eq!(
+            wait_finished(&mut p, &job),
+            JobState::Failed {
+                reason: "exit code 3".into()
+            }
+        );
     }
 
     #[test]
     fn cancel_kills_the_whole_group() {
         let mut p = LocalProvider::new();
-        let job = p.submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"], "")).unwrap();
-        assert_eq!(p.status(std::slice::from_ref(&job)).unwrap()[&job], JobState::Running);
+        let job = p
+            .submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"], ""))
+            .unwrap();
+        assert_eq!(
+            p.status(std::slice::from_ref(&job)).unwrap()[&job],
+            JobState::Running
+        );
         p.cancel(std::slice::from_ref(&job)).unwrap();
         assert!(p.status(std::slice::from_ref(&job)).unwrap()[&job].is_finished());
         let pgid: i32 = job.parse().unwrap();

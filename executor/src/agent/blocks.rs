@@ -83,7 +83,11 @@ impl Blocks {
         if self.hold_until.is_some_and(|t| now < t) {
             return ended;
         }
-        let snapshot = Snapshot { active_blocks: self.active(), outstanding_tasks, first: self.first };
+        let snapshot = Snapshot {
+            active_blocks: self.active(),
+            outstanding_tasks,
+            first: self.first,
+        };
         self.first = false;
         for _ in 0..strategy::blocks_to_submit(&self.scaling, &snapshot) {
             self.submit();
@@ -105,7 +109,11 @@ impl Blocks {
         match self.provider.submit(&request) {
             Ok(job) => {
                 tracing::info!("block {id} submitted as {} job {job}", self.provider.name());
-                self.live.push(Block { id, job, started: Instant::now() });
+                self.live.push(Block {
+                    id,
+                    job,
+                    started: Instant::now(),
+                });
             }
             Err(e) => {
                 tracing::error!("cannot submit block {id}: {e}");
@@ -143,14 +151,21 @@ impl Blocks {
                 };
                 tracing::warn!("block {} (job {}) ended: {reason}", b.id, b.job);
                 died_young |= b.started.elapsed() < YOUNG;
-                ended.push(EndedBlock { block_id: b.id.clone(), reason });
+                ended.push(EndedBlock {
+                    block_id: b.id.clone(),
+                    reason,
+                });
                 false
             }
             _ => true,
         });
         if died_young {
-            self.last_error = Some(format!("block {} ended soon after starting: {}; see its log in {}",
-                ended[0].block_id, ended[0].reason, self.log_dir.display()));
+            self.last_error = Some(format!(
+                "block {} ended soon after starting: {}; see its log in {}",
+                ended[0].block_id,
+                ended[0].reason,
+                self.log_dir.display()
+            ));
             self.hold_off();
         } else if !ended.is_empty() {
             self.backoff = Duration::from_secs(1);

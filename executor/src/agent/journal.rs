@@ -26,7 +26,8 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating if needed) the journal at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Journal> {
-        let db = Connection::open(path).with_context(|| format!("cannot open the journal {}", path.display()))?;
+        let db = Connection::open(path)
+            .with_context(|| format!("cannot open the journal {}", path.display()))?;
         db.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
@@ -57,11 +58,16 @@ impl Journal {
     /// Journals new tasks and their functions; returns the tasks not seen
     /// before (a re-sent task that is journaled or already has a result is
     /// not run twice).
-    pub fn accept(&mut self, functions: &[FunctionCode], tasks: Vec<TaskSpec>) -> anyhow::Result<Vec<TaskSpec>> {
+    pub fn accept(
+        &mut self,
+        functions: &[FunctionCode],
+        tasks: Vec<TaskSpec>,
+    ) -> anyhow::Result<Vec<TaskSpec>> {
         let tx = self.db.transaction()?;
         let mut fresh = Vec::with_capacity(tasks.len());
         {
-            let mut put_fn = tx.prepare_cached("INSERT OR REPLACE INTO functions (id, code) VALUES (?1, ?2)")?;
+            let mut put_fn =
+                tx.prepare_cached("INSERT OR REPLACE INTO functions (id, code) VALUES (?1, ?2)")?;
             for f in functions {
                 put_fn.execute(params![f.function_id.to_string(), f.code])?;
             }
@@ -72,7 +78,11 @@ impl Journal {
                     continue;
                 }
                 let id = t.task_id.to_string();
-                if has_result.query_row([&id], |_| Ok(())).optional()?.is_some() {
+                if has_result
+                    .query_row([&id], |_| Ok(()))
+                    .optional()?
+                    .is_some()
+                {
                     continue;
                 }
                 put_task.execute(params![id, serde_json::to_string(&t)?])?;
@@ -88,7 +98,8 @@ impl Journal {
     pub fn store_results(&mut self, results: &[TaskResult]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         {
-            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO results (id, result) VALUES (?1, ?2)")?;
+            let mut put =
+                tx.prepare_cached("INSERT OR REPLACE INTO results (id, result) VALUES (?1, ?2)")?;
             let mut del = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
             for r in results {
                 let id = r.task_id.to_string();
@@ -126,7 +137,9 @@ impl Journal {
         let needed: HashSet<Uuid> = tasks.iter().map(|t| t.function_id).collect();
         let mut functions = Vec::new();
         let mut stmt = self.db.prepare("SELECT id, code FROM functions")?;
-        for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        for row in stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })? {
             let (id, code) = row?;
             if let Ok(function_id) = Uuid::parse_str(&id) {
                 if needed.contains(&function_id) {
@@ -177,15 +190,33 @@ mod tests {
     fn survives_reopen_and_drops_duplicates() {
         let path = temp_path();
         let f = Uuid::new_v4();
-        let code = FunctionCode { function_id: f, code: "c".into() };
+        let code = FunctionCode {
+            function_id: f,
+            code: "c".into(),
+        };
         let (a, b) = (task(f), task(f));
         {
             let mut j = Journal::open(&path).unwrap();
-            assert_eq!(j.accept(std::slice::from_ref(&code), vec![a.clone(), b.clone()]).unwrap().len(), 2);
-            assert!(j.accept(&[], vec![a.clone()]).unwrap().is_empty(), "re-sent task ignored");
-            let r = TaskResult { task_id: a.task_id, outcome: Outcome::Success { result: "r".into() }, completed_at: 1.0 };
+            assert_eq!(
+                j.accept(std::slice::from_ref(&code), vec![a.clone(), b.clone()])
+                    .unwrap()
+                    .len(),
+                2
+            );
+            assert!(
+                j.accept(&[], vec![a.clone()]).unwrap().is_empty(),
+                "re-sent task ignored"
+            );
+            let r = TaskResult {
+                task_id: a.task_id,
+                outcome: Outcome::Success { result: "r".into() },
+                completed_at: 1.0,
+            };
             j.store_results(std::slice::from_ref(&r)).unwrap();
-            assert!(j.accept(&[], vec![a.clone()]).unwrap().is_empty(), "finished task not re-run");
+            assert!(
+                j.accept(&[], vec![a.clone()]).unwrap().is_empty(),
+                "finished task not re-run"
+            );
             assert_eq!(j.outstanding(), 1);
         }
         let mut j = Journal::open(&path).unwrap();
@@ -203,7 +234,10 @@ mod tests {
     fn a_second_opener_is_refused() {
         let path = temp_path();
         let _first = Journal::open(&path).unwrap();
-        let err = Journal::open(&path).err().expect("second open must fail").to_string();
+        let err = Journal::open(&path)
+            .err()
+            .expect("second open must fail")
+            .to_string();
         assert!(err.contains("journal"), "{err}");
     }
 }

@@ -41,7 +41,12 @@ pub struct LinkTarget {
 
 /// Frames queued while disconnected are dropped: results are re-sent from
 /// the journal on reconnect, and the service re-sends unacknowledged tasks.
-pub fn spawn(target: LinkTarget) -> (mpsc::UnboundedSender<AgentMessage>, mpsc::UnboundedReceiver<LinkEvent>) {
+pub fn spawn(
+    target: LinkTarget,
+) -> (
+    mpsc::UnboundedSender<AgentMessage>,
+    mpsc::UnboundedReceiver<LinkEvent>,
+) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     tokio::spawn(run(target, out_rx, ev_tx));
@@ -87,7 +92,9 @@ pub fn websocket_url(service_url: &str, endpoint_id: &str) -> Result<String, Str
     } else if let Some(r) = base.strip_prefix("http://") {
         format!("ws://{r}")
     } else {
-        return Err(format!("service URL {service_url:?} must start with http:// or https://"));
+        return Err(format!(
+            "service URL {service_url:?} must start with http:// or https://"
+        ));
     };
     Ok(format!("{rest}/v3/endpoints/{endpoint_id}/connect"))
 }
@@ -111,7 +118,9 @@ async fn connect_and_serve(
         Ok(value) => {
             request.headers_mut().insert("Authorization", value);
         }
-        Err(_) => return Ended::Refused("the endpoint credential is not a valid header value".into()),
+        Err(_) => {
+            return Ended::Refused("the endpoint credential is not a valid header value".into())
+        }
     }
     let uri = request.uri().clone();
     let host = uri.host().unwrap_or("localhost").to_string();
@@ -124,20 +133,29 @@ async fn connect_and_serve(
     let config = WebSocketConfig::default()
         .max_message_size(Some(256 << 20))
         .max_frame_size(Some(256 << 20));
-    let (mut ws, _) = match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), None).await {
-        Ok(pair) => pair,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let status = response.status();
-            let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            let why = format!("the service answered {status} to the endpoint connection: {body}");
-            return if status.as_u16() == 401 || status.as_u16() == 403 || status.as_u16() == 404 {
-                Ended::Refused(why)
-            } else {
-                Ended::Retry(why)
-            };
-        }
-        Err(e) => return Ended::Retry(format!("WebSocket handshake with {url} failed: {e}")),
-    };
+    let (mut ws, _) =
+        match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), None)
+            .await
+        {
+            Ok(pair) => pair,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let why =
+                    format!("the service answered {status} to the endpoint connection: {body}");
+                return if status.as_u16() == 401 || status.as_u16() == 403 || status.as_u16() == 404
+                {
+                    Ended::Refused(why)
+                } else {
+                    Ended::Retry(why)
+                };
+            }
+            Err(e) => return Ended::Retry(format!("WebSocket handshake with {url} failed: {e}")),
+        };
     let hello = AgentMessage::Hello {
         version: PROTOCOL_VERSION,
         host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -222,21 +240,38 @@ async fn open_tcp(host: &str, port: u16, tls: bool) -> std::io::Result<TcpStream
 }
 
 fn env_any(names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| std::env::var(n).ok()).filter(|v| !v.is_empty())
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn proxy_for(host: &str, tls: bool) -> Option<(String, u16)> {
-    let names: &[&str] = if tls { &["HTTPS_PROXY", "https_proxy"] } else { &["HTTP_PROXY", "http_proxy"] };
+    let names: &[&str] = if tls {
+        &["HTTPS_PROXY", "https_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy"]
+    };
     let proxy = env_any(names)?;
     if let Some(no_proxy) = env_any(&["NO_PROXY", "no_proxy"]) {
-        let bypass = no_proxy.split(',').map(str::trim).filter(|p| !p.is_empty()).any(|p| {
-            p == "*" || host == p.trim_start_matches('.') || host.ends_with(&format!(".{}", p.trim_start_matches('.')))
-        });
+        let bypass = no_proxy
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .any(|p| {
+                p == "*"
+                    || host == p.trim_start_matches('.')
+                    || host.ends_with(&format!(".{}", p.trim_start_matches('.')))
+            });
         if bypass {
             return None;
         }
     }
-    let rest = proxy.split("://").last().unwrap_or(&proxy).trim_end_matches('/');
+    let rest = proxy
+        .split("://")
+        .last()
+        .unwrap_or(&proxy)
+        .trim_end_matches('/');
     let rest = rest.rsplit('@').next().unwrap_or(rest);
     match rest.rsplit_once(':') {
         Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
@@ -244,21 +279,29 @@ fn proxy_for(host: &str, tls: bool) -> Option<(String, u16)> {
     }
 }
 
-async fn connect_tunnel(mut stream: TcpStream, host: &str, port: u16) -> std::io::Result<TcpStream> {
+async fn connect_tunnel(
+    mut stream: TcpStream,
+    host: &str,
+    port: u16,
+) -> std::io::Result<TcpStream> {
     let request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if stream.read(&mut byte).await? == 0 || head.len() > 16 * 1024 {
-            return Err(std::io::Error::other("the proxy closed the connection during CONNECT"));
+            return Err(std::io::Error::other(
+                "the proxy closed the connection during CONNECT",
+            ));
         }
         head.push(byte[0]);
     }
     let status_line = String::from_utf8_lossy(&head);
     let status_line = status_line.lines().next().unwrap_or_default().to_string();
     if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(std::io::Error::other(format!("the proxy refused CONNECT: {status_line}")));
+        return Err(std::io::Error::other(format!(
+            "the proxy refused CONNECT: {status_line}"
+        )));
     }
     Ok(stream)
 }
@@ -269,8 +312,14 @@ mod tests {
 
     #[test]
     fn websocket_urls() {
-        assert_eq!(websocket_url("http://127.0.0.1:80/", "e").unwrap(), "ws://127.0.0.1:80/v3/endpoints/e/connect");
-        assert_eq!(websocket_url("https://faas.example.org", "e").unwrap(), "wss://faas.example.org/v3/endpoints/e/connect");
+        assert_eq!(
+            websocket_url("http://127.0.0.1:80/", "e").unwrap(),
+            "ws://127.0.0.1:80/v3/endpoints/e/connect"
+        );
+        assert_eq!(
+            websocket_url("https://faas.example.org", "e").unwrap(),
+            "wss://faas.example.org/v3/endpoints/e/connect"
+        );
         assert!(websocket_url("faas.example.org", "e").is_err());
     }
 }

@@ -52,7 +52,8 @@ pub struct AgentSpec {
 
 /// Runs the agent until `shutdown` resolves or the service refuses it.
 pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&spec.dir).with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    std::fs::create_dir_all(&spec.dir)
+        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
     let mut state = AgentState {
         pid: std::process::id(),
         endpoint_id: None,
@@ -70,16 +71,28 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
     let engine = &spec.config.engine;
     let mut broker = broker::start(BrokerConfig {
         address: engine.address.clone(),
-        port_range: engine.port_range.as_deref().map(parse_port_range).transpose().map_err(anyhow::Error::msg)?,
+        port_range: engine
+            .port_range
+            .as_deref()
+            .map(parse_port_range)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         heartbeat_period: Duration::from_secs_f64(engine.heartbeat_period),
         heartbeat_threshold: Duration::from_secs_f64(engine.heartbeat_threshold),
         max_retries: engine.max_retries_on_system_failure,
     })?;
-    tracing::info!("endpoint {} ({}) broker listening on {}", spec.name, credential.endpoint_id, broker.url);
+    tracing::info!(
+        "endpoint {} ({}) broker listening on {}",
+        spec.name,
+        credential.endpoint_id,
+        broker.url
+    );
     let (functions, tasks) = journal.pending()?;
     if !tasks.is_empty() {
         tracing::info!("re-running {} tasks from the journal", tasks.len());
-        let _ = broker.commands.send(BrokerCommand::Submit { functions, tasks });
+        let _ = broker
+            .commands
+            .send(BrokerCommand::Submit { functions, tasks });
     }
 
     let mut blocks = new_blocks(&spec, &broker.url);
@@ -89,9 +102,16 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
         credential: credential.credential.clone(),
     });
 
-    let mut agent = Agent { spec: &spec, journal, to_service, broker: broker.commands.clone(), load: Load::default() };
+    let mut agent = Agent {
+        spec: &spec,
+        journal,
+        to_service,
+        broker: broker.commands.clone(),
+        load: Load::default(),
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
-    let mut scaling = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
+    let mut scaling =
+        tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
     tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
@@ -162,9 +182,20 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
             spec.name, spec.service_url
         )
     })?;
-    let (dir, url, name) = (spec.dir.clone(), spec.service_url.clone(), spec.name.clone());
-    let display = spec.config.endpoint.display_name.clone().unwrap_or_else(|| name.clone());
-    let reuse = stored.filter(|c| c.service_url == spec.service_url).map(|c| c.endpoint_id);
+    let (dir, url, name) = (
+        spec.dir.clone(),
+        spec.service_url.clone(),
+        spec.name.clone(),
+    );
+    let display = spec
+        .config
+        .endpoint
+        .display_name
+        .clone()
+        .unwrap_or_else(|| name.clone());
+    let reuse = stored
+        .filter(|c| c.service_url == spec.service_url)
+        .map(|c| c.endpoint_id);
     tokio::task::spawn_blocking(move || {
         registration::register(&dir, &url, &token, &name, &display, reuse.as_deref())
     })
@@ -175,7 +206,9 @@ fn new_blocks(spec: &AgentSpec, broker_url: &str) -> Blocks {
     let engine = &spec.config.engine;
     let provider = &spec.config.provider;
     let workers = engine.max_workers_per_node;
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let mut base = vec![
         spec.hpfaas_exe.display().to_string(),
         "manager".into(),
@@ -193,7 +226,8 @@ fn new_blocks(spec: &AgentSpec, broker_url: &str) -> Blocks {
         init_blocks: provider.init_blocks,
         min_blocks: provider.min_blocks,
         max_blocks: provider.max_blocks,
-        slots_per_block: (workers.unwrap_or(cores) + engine.prefetch_capacity) * provider.nodes_per_block,
+        slots_per_block: (workers.unwrap_or(cores) + engine.prefetch_capacity)
+            * provider.nodes_per_block,
     };
     let command = move |block_id: &str| {
         let mut argv = base.clone();
@@ -229,8 +263,9 @@ impl Agent<'_> {
     /// Journals tasks, acknowledges them, then hands the new ones to the broker.
     fn accept(&mut self, functions: Vec<FunctionCode>, tasks: Vec<TaskSpec>) -> anyhow::Result<()> {
         let allowed = &self.spec.config.endpoint.allowed_functions;
-        let (tasks, refused): (Vec<TaskSpec>, Vec<TaskSpec>) =
-            tasks.into_iter().partition(|t| allowed.is_empty() || allowed.contains(&t.function_id));
+        let (tasks, refused): (Vec<TaskSpec>, Vec<TaskSpec>) = tasks
+            .into_iter()
+            .partition(|t| allowed.is_empty() || allowed.contains(&t.function_id));
         let task_ids = tasks.iter().chain(&refused).map(|t| t.task_id).collect();
         let fresh = self.journal.accept(&functions, tasks)?;
         let _ = self.to_service.send(AgentMessage::Ack { task_ids });
@@ -248,7 +283,10 @@ impl Agent<'_> {
             self.finish(results)?;
         }
         if !fresh.is_empty() {
-            let _ = self.broker.send(BrokerCommand::Submit { functions, tasks: fresh });
+            let _ = self.broker.send(BrokerCommand::Submit {
+                functions,
+                tasks: fresh,
+            });
         }
         Ok(())
     }
@@ -256,7 +294,10 @@ impl Agent<'_> {
     fn on_broker_event(&mut self, event: BrokerEvent) -> anyhow::Result<()> {
         match event {
             BrokerEvent::Running(task_ids) => {
-                let updates = task_ids.into_iter().map(|id| (id, hpfaas_protocol::task::TaskState::Running)).collect();
+                let updates = task_ids
+                    .into_iter()
+                    .map(|id| (id, hpfaas_protocol::task::TaskState::Running))
+                    .collect();
                 let _ = self.to_service.send(AgentMessage::States { updates });
             }
             BrokerEvent::Results(results) => self.finish(results)?,
@@ -269,7 +310,9 @@ impl Agent<'_> {
     fn finish(&mut self, results: Vec<TaskResult>) -> anyhow::Result<()> {
         self.journal.store_results(&results)?;
         for chunk in results.chunks(RESULTS_PER_FRAME) {
-            let _ = self.to_service.send(AgentMessage::Results { results: chunk.to_vec() });
+            let _ = self.to_service.send(AgentMessage::Results {
+                results: chunk.to_vec(),
+            });
         }
         Ok(())
     }
@@ -277,7 +320,9 @@ impl Agent<'_> {
     fn resend_results(&mut self) -> anyhow::Result<()> {
         let results = self.journal.unacknowledged()?;
         for chunk in results.chunks(RESULTS_PER_FRAME) {
-            let _ = self.to_service.send(AgentMessage::Results { results: chunk.to_vec() });
+            let _ = self.to_service.send(AgentMessage::Results {
+                results: chunk.to_vec(),
+            });
         }
         Ok(())
     }

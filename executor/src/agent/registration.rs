@@ -27,9 +27,9 @@ pub const FILE: &str = "endpoint.json";
 pub fn load(dir: &Path) -> anyhow::Result<Option<Credential>> {
     let path = dir.join(FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            serde_json::from_str(&text).with_context(|| format!("{} is not a valid credential file", path.display()))?,
-        )),
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a valid credential file", path.display())
+        })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -56,7 +56,9 @@ pub fn register(
         .set("Authorization", &format!("Bearer {owner_token}"))
         .send_json(body)
     {
-        Ok(response) => response.into_json().context("the service's registration answer is not JSON")?,
+        Ok(response) => response
+            .into_json()
+            .context("the service's registration answer is not JSON")?,
         Err(ureq::Error::Status(code, response)) => {
             let text = response.into_string().unwrap_or_default();
             anyhow::bail!("the service refused to register endpoint {name} ({code}): {text}");

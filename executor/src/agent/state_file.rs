@@ -30,7 +30,10 @@ impl AgentState {
     /// Writes the file atomically.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!(".{FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, dir.join(FILE))
     }
 

@@ -72,7 +72,12 @@ impl Dispatcher {
     }
 
     /// Accepts a manager, or says why not.
-    pub fn register(&mut self, identity: Identity, info: ManagerInfo, now: Instant) -> Result<(), String> {
+    pub fn register(
+        &mut self,
+        identity: Identity,
+        info: ManagerInfo,
+        now: Instant,
+    ) -> Result<(), String> {
         if info.version != PROTOCOL_VERSION {
             return Err(hpfaas_protocol::version_mismatch("manager", info.version));
         }
@@ -80,12 +85,20 @@ impl Dispatcher {
             return Err("a manager must offer at least one worker".into());
         }
         if self.managers.contains_key(&identity) {
-            return Err(format!("manager identity {} is already registered", info.manager_id));
+            return Err(format!(
+                "manager identity {} is already registered",
+                info.manager_id
+            ));
         }
         self.order.push(identity.clone());
         self.managers.insert(
             identity,
-            Manager { info, in_hand: HashSet::new(), known_functions: HashSet::new(), last_seen: now },
+            Manager {
+                info,
+                in_hand: HashSet::new(),
+                known_functions: HashSet::new(),
+                last_seen: now,
+            },
         );
         Ok(())
     }
@@ -138,7 +151,9 @@ impl Dispatcher {
 
     /// Re-queues a task if its retry budget allows; false if it is spent.
     fn retry(&mut self, task_id: Uuid) -> bool {
-        let Some(spec) = self.tasks.get(&task_id) else { return false };
+        let Some(spec) = self.tasks.get(&task_id) else {
+            return false;
+        };
         let attempts = self.attempts.entry(task_id).or_insert(0);
         if *attempts >= self.max_retries {
             return false;
@@ -150,7 +165,9 @@ impl Dispatcher {
 
     /// Removes a manager; its tasks are retried or failed with `ManagerLost`.
     pub fn remove_manager(&mut self, identity: &[u8], why: &str) -> Vec<TaskResult> {
-        let Some(m) = self.managers.remove(identity) else { return Vec::new() };
+        let Some(m) = self.managers.remove(identity) else {
+            return Vec::new();
+        };
         self.order.retain(|i| i.as_slice() != identity);
         let mut failed = Vec::new();
         for task_id in m.in_hand {
@@ -160,7 +177,10 @@ impl Dispatcher {
                     "manager {} (block {}, host {}) was lost while running this task: {why}",
                     m.info.manager_id, m.info.block_id, m.info.host
                 );
-                failed.push(TaskResult::failed(task_id, ExceptionInfo::system(MANAGER_LOST, message)));
+                failed.push(TaskResult::failed(
+                    task_id,
+                    ExceptionInfo::system(MANAGER_LOST, message),
+                ));
             }
         }
         failed
@@ -199,7 +219,9 @@ impl Dispatcher {
             if self.queue.is_empty() {
                 break;
             }
-            let Some(m) = self.managers.get_mut(identity) else { continue };
+            let Some(m) = self.managers.get_mut(identity) else {
+                continue;
+            };
             let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
             if free == 0 {
                 continue;
@@ -211,7 +233,10 @@ impl Dispatcher {
                 m.in_hand.insert(t.task_id);
                 if m.known_functions.insert(t.function_id) {
                     if let Some(code) = self.functions.get(&t.function_id) {
-                        functions.push(FunctionCode { function_id: t.function_id, code: code.clone() });
+                        functions.push(FunctionCode {
+                            function_id: t.function_id,
+                            code: code.clone(),
+                        });
                     }
                 }
             }
@@ -222,7 +247,11 @@ impl Dispatcher {
 
     /// Current load.
     pub fn load(&self) -> Load {
-        let mut blocks: Vec<String> = self.managers.values().map(|m| m.info.block_id.clone()).collect();
+        let mut blocks: Vec<String> = self
+            .managers
+            .values()
+            .map(|m| m.info.block_id.clone())
+            .collect();
         blocks.sort();
         blocks.dedup();
         let total: u32 = self.managers.values().map(|m| m.info.workers).sum();
@@ -284,18 +313,32 @@ mod tests {
     }
 
     fn ok(task_id: Uuid) -> TaskResult {
-        TaskResult { task_id, outcome: Outcome::Success { result: "00\n".into() }, completed_at: 0.0 }
+        TaskResult {
+            task_id,
+            outcome: Outcome::Success {
+                result: "00\n".into(),
+            },
+            completed_at: 0.0,
+        }
     }
 
     #[test]
     fn dispatch_respects_capacity_and_sends_code_once() {
         let now = Instant::now();
         let mut d = Dispatcher::new(0, Duration::from_secs(10));
-        d.register(b"a".to_vec(), info("a", "0", 2, 1), now).unwrap();
-        d.register(b"b".to_vec(), info("b", "0", 1, 0), now).unwrap();
+        d.register(b"a".to_vec(), info("a", "0", 2, 1), now)
+            .unwrap();
+        d.register(b"b".to_vec(), info("b", "0", 1, 0), now)
+            .unwrap();
         let f = Uuid::new_v4();
         let ts = tasks(10, f);
-        d.submit(vec![FunctionCode { function_id: f, code: "code".into() }], ts.clone());
+        d.submit(
+            vec![FunctionCode {
+                function_id: f,
+                code: "code".into(),
+            }],
+            ts.clone(),
+        );
         let out = d.dispatch();
         assert_eq!(sent(&out, b"a"), (1, 3));
         assert_eq!(sent(&out, b"b"), (1, 1));
@@ -326,7 +369,8 @@ mod tests {
         let now = Instant::now();
         for (retries, expect_failed) in [(0, 2), (1, 0)] {
             let mut d = Dispatcher::new(retries, Duration::from_secs(1));
-            d.register(b"a".to_vec(), info("a", "7", 2, 0), now).unwrap();
+            d.register(b"a".to_vec(), info("a", "7", 2, 0), now)
+                .unwrap();
             d.submit(vec![], tasks(2, Uuid::new_v4()));
             d.dispatch();
             assert!(d.silent_managers(now).is_empty());
@@ -338,7 +382,11 @@ mod tests {
                 match &r.outcome {
                     Outcome::Failed { exception } => {
                         assert_eq!(exception.exc_type, MANAGER_LOST);
-                        assert!(exception.message.contains("block 7"), "{}", exception.message);
+                        assert!(
+                            exception.message.contains("block 7"),
+                            "{}",
+                            exception.message
+                        );
                     }
                     _ => panic!("expected a failure"),
                 }
@@ -351,13 +399,17 @@ mod tests {
     fn worker_lost_is_retried_within_budget() {
         let now = Instant::now();
         let mut d = Dispatcher::new(1, Duration::from_secs(10));
-        d.register(b"a".to_vec(), info("a", "0", 1, 0), now).unwrap();
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), now)
+            .unwrap();
         let ts = tasks(1, Uuid::new_v4());
         let id = ts[0].task_id;
         d.submit(vec![], ts);
         let lost = || TaskResult::failed(id, ExceptionInfo::system(WORKER_LOST, "died"));
         d.dispatch();
-        assert!(d.complete(b"a", vec![lost()]).is_empty(), "first loss is retried");
+        assert!(
+            d.complete(b"a", vec![lost()]).is_empty(),
+            "first loss is retried"
+        );
         assert_eq!(d.dispatch().len(), 1);
         assert_eq!(d.complete(b"a", vec![lost()]).len(), 1, "budget spent");
     }
@@ -368,7 +420,12 @@ mod tests {
         let mut d = Dispatcher::new(0, Duration::from_secs(10));
         let mut old = info("a", "0", 1, 0);
         old.version = 999;
-        assert!(d.register(b"a".to_vec(), old, now).unwrap_err().contains("version"));
-        assert!(d.register(b"b".to_vec(), info("b", "0", 0, 0), now).is_err());
+        assert!(d
+            .register(b"a".to_vec(), old, now)
+            .unwrap_err()
+            .contains("version"));
+        assert!(d
+            .register(b"b".to_vec(), info("b", "0", 0, 0), now)
+            .is_err());
     }
 }

@@ -92,7 +92,12 @@ pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(run(config, bridge, cmd_rx, ev_tx, context));
-    Ok(BrokerHandle { url, commands: cmd_tx, events: ev_rx, task })
+    Ok(BrokerHandle {
+        url,
+        commands: cmd_tx,
+        events: ev_rx,
+        task,
+    })
 }
 
 fn bind(router: &zmq::Socket, config: &BrokerConfig) -> anyhow::Result<String> {
@@ -102,7 +107,9 @@ fn bind(router: &zmq::Socket, config: &BrokerConfig) -> anyhow::Result<String> {
         Some((lo, hi)) => {
             let free = (lo..=hi).find(|port| router.bind(&format!("tcp://{addr}:{port}")).is_ok());
             if free.is_none() {
-                anyhow::bail!("no free port for the broker on {addr} in engine.port_range {lo}-{hi}");
+                anyhow::bail!(
+                    "no free port for the broker on {addr} in engine.port_range {lo}-{hi}"
+                );
             }
         }
     }
@@ -171,7 +178,10 @@ impl Broker {
 
     fn on_frame(&mut self, mut frames: Multipart) {
         if frames.len() != 2 {
-            tracing::warn!("dropping a message with {} frames from a manager", frames.len());
+            tracing::warn!(
+                "dropping a message with {} frames from a manager",
+                frames.len()
+            );
             return;
         }
         let payload = frames.pop().unwrap_or_default();
@@ -185,7 +195,11 @@ impl Broker {
         };
         let now = Instant::now();
         if let ManagerMessage::Register(info) = message {
-            let (id, block, host) = (info.manager_id.clone(), info.block_id.clone(), info.host.clone());
+            let (id, block, host) = (
+                info.manager_id.clone(),
+                info.block_id.clone(),
+                info.host.clone(),
+            );
             match self.dispatcher.register(identity.clone(), info, now) {
                 Ok(()) => {
                     tracing::info!("manager {id} of block {block} on {host} registered");
@@ -205,7 +219,9 @@ impl Broker {
             return;
         }
         if !self.dispatcher.is_registered(&identity) {
-            let reason = "this manager is not registered (it was declared lost, or the endpoint restarted)".to_string();
+            let reason =
+                "this manager is not registered (it was declared lost, or the endpoint restarted)"
+                    .to_string();
             self.send(identity, &BrokerMessage::Refused { reason });
             return;
         }
@@ -220,7 +236,9 @@ impl Broker {
                 self.report(done);
             }
             ManagerMessage::Bye => {
-                let failed = self.dispatcher.remove_manager(&identity, "the manager exited");
+                let failed = self
+                    .dispatcher
+                    .remove_manager(&identity, "the manager exited");
                 self.report(failed);
             }
         }
@@ -245,7 +263,9 @@ impl Broker {
 
     fn block_ended(&mut self, block_id: &str, reason: &str) {
         for identity in self.dispatcher.managers_of_block(block_id) {
-            let failed = self.dispatcher.remove_manager(&identity, &format!("its block ended ({reason})"));
+            let failed = self
+                .dispatcher
+                .remove_manager(&identity, &format!("its block ended ({reason})"));
             self.report(failed);
         }
     }

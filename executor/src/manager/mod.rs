@@ -66,9 +66,12 @@ impl Function {
 
 /// Runs a manager until it is told to stop; an error explains why it could not run.
 pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let workers = config.workers.unwrap_or(cores).max(1);
-    let runtime_dir = runtime::install(&std::env::temp_dir()).context("cannot write the Python worker runtime")?;
+    let runtime_dir = runtime::install(&std::env::temp_dir())
+        .context("cannot write the Python worker runtime")?;
     let info = ManagerInfo {
         version: PROTOCOL_VERSION,
         manager_id: Uuid::new_v4().to_string(),
@@ -106,19 +109,31 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         })?
         .context("the broker connection closed")?;
     let (period, threshold) = match decode_frame(&answer)? {
-        BrokerMessage::Registered { heartbeat_period, heartbeat_threshold } => (
+        BrokerMessage::Registered {
+            heartbeat_period,
+            heartbeat_threshold,
+        } => (
             Duration::from_secs_f64(heartbeat_period.max(0.01)),
             Duration::from_secs_f64(heartbeat_threshold.max(0.02)),
         ),
-        BrokerMessage::Refused { reason } => anyhow::bail!("the broker refused this manager: {reason}"),
+        BrokerMessage::Refused { reason } => {
+            anyhow::bail!("the broker refused this manager: {reason}")
+        }
         other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
     };
     tracing::info!(
         "manager {} registered with {} ({} workers, prefetch {})",
-        info.manager_id, config.broker_url, workers, config.prefetch
+        info.manager_id,
+        config.broker_url,
+        workers,
+        config.prefetch
     );
 
-    let settings = Arc::new(WorkerSettings { python: config.worker_python.clone(), runtime_dir, count: workers });
+    let settings = Arc::new(WorkerSettings {
+        python: config.worker_python.clone(),
+        runtime_dir,
+        count: workers,
+    });
     let mut manager = Manager::new(workers as usize, settings, out.clone());
     let result = manager.serve(&mut bridge.incoming, period, threshold).await;
     manager.shutdown().await;
@@ -158,7 +173,12 @@ impl Manager {
         for slot in 0..workers {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.push(tx);
-            slot_tasks.push(tokio::spawn(worker::serve_slot(slot, settings.clone(), rx, done_tx.clone())));
+            slot_tasks.push(tokio::spawn(worker::serve_slot(
+                slot,
+                settings.clone(),
+                rx,
+                done_tx.clone(),
+            )));
         }
         Manager {
             out,
@@ -182,7 +202,8 @@ impl Manager {
     ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(period);
         let mut last_heard = Instant::now();
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 frames = incoming.recv() => {
@@ -222,7 +243,11 @@ impl Manager {
         }
     }
 
-    fn accept(&mut self, functions: Vec<hpfaas_protocol::task::FunctionCode>, tasks: Vec<TaskSpec>) {
+    fn accept(
+        &mut self,
+        functions: Vec<hpfaas_protocol::task::FunctionCode>,
+        tasks: Vec<TaskSpec>,
+    ) {
         for f in functions {
             match Function::parse(&f.code) {
                 Ok(function) => {
@@ -241,22 +266,33 @@ impl Manager {
 
     fn start_tasks(&mut self) {
         while !self.queue.is_empty() {
-            let Some(slot) = self.idle.iter().position(|&idle| idle) else { return };
+            let Some(slot) = self.idle.iter().position(|&idle| idle) else {
+                return;
+            };
             let spec = self.queue.pop_front().expect("not empty");
             let task_id = spec.task_id;
             match self.functions.get(&spec.function_id) {
                 None => {
                     let e = ExceptionInfo::system(
                         "FunctionNotFound",
-                        format!("the code of function {} did not reach this manager", spec.function_id),
+                        format!(
+                            "the code of function {} did not reach this manager",
+                            spec.function_id
+                        ),
                     );
                     self.results.push(TaskResult::failed(task_id, e));
                     continue;
                 }
                 Some(Function::Python(code)) => {
-                    let job = PythonJob { spec, code: code.clone() };
+                    let job = PythonJob {
+                        spec,
+                        code: code.clone(),
+                    };
                     if self.slots[slot].send(job).is_err() {
-                        let e = ExceptionInfo::system(crate::broker::dispatch::WORKER_LOST, "worker slot stopped");
+                        let e = ExceptionInfo::system(
+                            crate::broker::dispatch::WORKER_LOST,
+                            "worker slot stopped",
+                        );
                         self.results.push(TaskResult::failed(task_id, e));
                         continue;
                     }
@@ -265,7 +301,14 @@ impl Manager {
                     let (shell_spec, done) = (shell_spec.clone(), self.done_tx.clone());
                     tokio::spawn(async move {
                         let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
-                        let _ = done.send((slot, TaskResult { task_id, outcome, completed_at: now_unix() }));
+                        let _ = done.send((
+                            slot,
+                            TaskResult {
+                                task_id,
+                                outcome,
+                                completed_at: now_unix(),
+                            },
+                        ));
                     });
                 }
             }

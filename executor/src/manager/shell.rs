@@ -51,7 +51,9 @@ pub async fn run(spec: &ShellSpec, payload: &str) -> Outcome {
     let cmd = match render_command(spec, payload) {
         Ok(cmd) => cmd,
         Err(message) => {
-            return Outcome::Failed { exception: ExceptionInfo::system(SHELL_ERROR, message) }
+            return Outcome::Failed {
+                exception: ExceptionInfo::system(SHELL_ERROR, message),
+            }
         }
     };
     match execute(spec, &cmd).await {
@@ -71,13 +73,20 @@ pub async fn run(spec: &ShellSpec, payload: &str) -> Outcome {
 pub fn render_command(spec: &ShellSpec, payload: &str) -> Result<String, String> {
     let buffers = payload::unpack(payload).map_err(|e| format!("bad task payload: {e}"))?;
     let [args, kwargs] = buffers.as_slice() else {
-        return Err(format!("task payload has {} buffers, expected 2 (args, kwargs)", buffers.len()));
+        return Err(format!(
+            "task payload has {} buffers, expected 2 (args, kwargs)",
+            buffers.len()
+        ));
     };
     let json = |buf: &str, what: &str| -> Result<serde_json::Value, String> {
         let body = buf.strip_prefix(STRATEGY_JSON).ok_or_else(|| {
-            format!("shell function {what} must be JSON-serialized (strategy 11); got {:?}", payload::strategy_of(buf))
+            format!(
+                "shell function {what} must be JSON-serialized (strategy 11); got {:?}",
+                payload::strategy_of(buf)
+            )
         })?;
-        serde_json::from_str(body).map_err(|e| format!("shell function {what} are not valid JSON: {e}"))
+        serde_json::from_str(body)
+            .map_err(|e| format!("shell function {what} are not valid JSON: {e}"))
     };
     match json(args, "arguments")? {
         serde_json::Value::Array(a) if a.is_empty() => {}
@@ -90,7 +99,10 @@ pub fn render_command(spec: &ShellSpec, payload: &str) -> Result<String, String>
     format_placeholders(&spec.cmd, &kwargs)
 }
 
-fn format_placeholders(template: &str, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+fn format_placeholders(
+    template: &str,
+    kwargs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
@@ -105,9 +117,9 @@ fn format_placeholders(template: &str, kwargs: &serde_json::Map<String, serde_js
             }
             '{' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                let value = kwargs
-                    .get(&name)
-                    .ok_or_else(|| format!("shell command `{template}` needs keyword argument '{name}'"))?;
+                let value = kwargs.get(&name).ok_or_else(|| {
+                    format!("shell command `{template}` needs keyword argument '{name}'")
+                })?;
                 match value {
                     serde_json::Value::String(s) => out.push_str(s),
                     other => out.push_str(&other.to_string()),
@@ -142,7 +154,9 @@ async fn execute(spec: &ShellSpec, cmd: &str) -> std::io::Result<ShellResult> {
     };
     let limit = spec.walltime.filter(|w| w.is_finite() && *w > 0.0);
     let finished = match limit {
-        Some(w) => tokio::time::timeout(Duration::from_secs_f64(w), collect).await.ok(),
+        Some(w) => tokio::time::timeout(Duration::from_secs_f64(w), collect)
+            .await
+            .ok(),
         None => Some(collect.await),
     };
     let tail = |bytes: &[u8]| last_lines(&String::from_utf8_lossy(bytes), spec.snippet_lines);
@@ -151,7 +165,12 @@ async fn execute(spec: &ShellSpec, cmd: &str) -> std::io::Result<ShellResult> {
             let (status, out, err) = result?;
             use std::os::unix::process::ExitStatusExt;
             let returncode = status.code().or(status.signal().map(|s| -s)).unwrap_or(-1);
-            Ok(ShellResult { returncode, stdout: tail(&out), stderr: tail(&err), cmd: cmd.to_string() })
+            Ok(ShellResult {
+                returncode,
+                stdout: tail(&out),
+                stderr: tail(&err),
+                cmd: cmd.to_string(),
+            })
         }
         None => {
             if let Some(pid) = pid {
@@ -185,12 +204,18 @@ mod tests {
     }
 
     fn spec(cmd: &str, walltime: Option<f64>) -> ShellSpec {
-        ShellSpec { cmd: cmd.into(), walltime, snippet_lines: 1000 }
+        ShellSpec {
+            cmd: cmd.into(),
+            walltime,
+            snippet_lines: 1000,
+        }
     }
 
     fn shell_result(outcome: Outcome) -> ShellResult {
         match outcome {
-            Outcome::Success { result } => serde_json::from_str(result.strip_prefix("sr\n").unwrap()).unwrap(),
+            Outcome::Success { result } => {
+                serde_json::from_str(result.strip_prefix("sr\n").unwrap()).unwrap()
+            }
             other => panic!("expected success, got {other:?}"),
         }
     }
@@ -211,8 +236,17 @@ mod tests {
 
     #[tokio::test]
     async fn runs_and_captures_output() {
-        let r = shell_result(run(&spec("echo {msg}; echo err >&2; exit 3", None), &payload(r#"{"msg":"hi"}"#)).await);
-        assert_eq!((r.returncode, r.stdout.as_str(), r.stderr.as_str()), (3, "hi\n", "err\n"));
+        let r = shell_result(
+            run(
+                &spec("echo {msg}; echo err >&2; exit 3", None),
+                &payload(r#"{"msg":"hi"}"#),
+            )
+            .await,
+        );
+        assert_eq!(
+            (r.returncode, r.stdout.as_str(), r.stderr.as_str()),
+            (3, "hi\n", "err\n")
+        );
         assert_eq!(r.cmd, "echo hi; echo err >&2; exit 3");
     }
 

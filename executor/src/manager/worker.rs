@@ -99,7 +99,13 @@ pub async fn serve_slot(
                         settings.python
                     );
                     tracing::error!("{message}");
-                    let _ = done.send((slot, TaskResult::failed(job.spec.task_id, ExceptionInfo::system(WORKER_LOST, message))));
+                    let _ = done.send((
+                        slot,
+                        TaskResult::failed(
+                            job.spec.task_id,
+                            ExceptionInfo::system(WORKER_LOST, message),
+                        ),
+                    ));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -111,12 +117,19 @@ pub async fn serve_slot(
             Ok(outcome) => outcome,
             Err(e) => {
                 let (pid, status) = reap(process.take().expect("present")).await;
-                let message = format!("worker process {pid} died while running this task ({status}): {e}");
+                let message =
+                    format!("worker process {pid} died while running this task ({status}): {e}");
                 tracing::warn!("slot {slot}: {message}");
-                Outcome::Failed { exception: ExceptionInfo::system(WORKER_LOST, message) }
+                Outcome::Failed {
+                    exception: ExceptionInfo::system(WORKER_LOST, message),
+                }
             }
         };
-        let result = TaskResult { task_id: job.spec.task_id, outcome, completed_at: now_unix() };
+        let result = TaskResult {
+            task_id: job.spec.task_id,
+            outcome,
+            completed_at: now_unix(),
+        };
         if done.send((slot, result)).is_err() {
             break;
         }
@@ -148,7 +161,13 @@ async fn start(slot: usize, settings: &WorkerSettings) -> std::io::Result<Proces
     if !ready.ready {
         return Err(std::io::Error::other("worker reported not ready"));
     }
-    Ok(Process { child, stdin, stdout, pid: ready.pid, known: HashSet::new() })
+    Ok(Process {
+        child,
+        stdin,
+        stdout,
+        pid: ready.pid,
+        known: HashSet::new(),
+    })
 }
 
 async fn run_one(p: &mut Process, job: &PythonJob) -> std::io::Result<Outcome> {
@@ -176,7 +195,10 @@ async fn run_one(p: &mut Process, job: &PythonJob) -> std::io::Result<Outcome> {
         (true, Some(result), _) => Outcome::Success { result },
         (false, _, Some(exception)) => Outcome::Failed { exception },
         _ => Outcome::Failed {
-            exception: ExceptionInfo::system("WorkerProtocolError", "worker reply had neither result nor exception"),
+            exception: ExceptionInfo::system(
+                "WorkerProtocolError",
+                "worker reply had neither result nor exception",
+            ),
         },
     })
 }
@@ -186,7 +208,9 @@ async fn read_frame(stdout: &mut ChildStdout) -> std::io::Result<Vec<u8>> {
     stdout.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("worker frame of {len} bytes exceeds the limit")));
+        return Err(std::io::Error::other(format!(
+            "worker frame of {len} bytes exceeds the limit"
+        )));
     }
     let mut body = vec![0u8; len];
     stdout.read_exact(&mut body).await?;
@@ -204,7 +228,10 @@ async fn reap(mut p: Process) -> (u32, String) {
 
 async fn stop(mut p: Process) {
     drop(p.stdin);
-    if tokio::time::timeout(Duration::from_secs(2), p.child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), p.child.wait())
+        .await
+        .is_err()
+    {
         let _ = p.child.kill().await;
     }
 }

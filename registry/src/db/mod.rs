@@ -1,0 +1,169 @@
+//! The service's SQLite database: how it is opened, the pool of read
+//! connections, and the handle to the group-commit writer.
+//!
+//! SQLite is the queue: tasks live in the `tasks` table from submission to
+//! result, and the endpoint links read their work from it. Reads run on a
+//! small pool of connections under `spawn_blocking`; every write goes through
+//! the one writer thread ([`writer`]).
+
+pub mod catalog;
+pub mod schema;
+pub mod tasks;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+pub use writer::WriteCtx;
+use writer::Writer;
+
+/// How long a connection waits for a lock held by another process (e.g.
+/// `hpfaas token create` while the service runs) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// Where the database lives inside a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("registry.db")
+}
+
+/// Opens (creating if needed) the database for writing and brings its schema
+/// up to date.
+pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        anyhow::bail!("could not put {} in WAL mode (got {mode})", path.display());
+    }
+    // FULL: a commit survives a power cut, not only a killed process; group
+    // commit shares the fsync across a batch, so it costs little.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    Ok(conn)
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> ApiResult<Connection> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => Ok(open_for_reading(&self.path)?),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+/// The database: read pool plus writer.
+pub struct Db {
+    readers: Arc<ReadPool>,
+    writer: Writer,
+}
+
+impl Db {
+    /// Opens the database at `path`, migrates it, and starts the writer.
+    pub fn open(path: &Path) -> anyhow::Result<Db> {
+        let conn = open_for_writing(path)?;
+        let next_result_seq = tasks::max_result_seq(&conn)? + 1;
+        let writer = Writer::start(conn, WriteCtx { next_result_seq })?;
+        let readers = Arc::new(ReadPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(Db { readers, writer })
+    }
+
+    /// Runs a read-only query on a pooled connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("database read failed: {e}")))?
+    }
+
+    /// Runs `f` in the next group commit and returns once it is durable.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Queues `f` now (so writes from one connection keep their order) and
+    /// returns the receiver of its post-commit answer; errors only if the
+    /// writer has stopped.
+    pub fn enqueue<T, F>(&self, f: F) -> ApiResult<tokio::sync::oneshot::Receiver<ApiResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.writer.enqueue(f)
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub async fn shutdown(&self) {
+        self.writer.shutdown().await;
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    hpfaas_protocol::task::now_unix()
+}
+
+/// Reads a UUID stored as text.
+pub(crate) fn uuid_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
+    let text: String = row.get(idx)?;
+    Uuid::parse_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Reads a JSON object stored as text (`{}` when unreadable).
+pub(crate) fn json_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = row.get(idx)?;
+    Ok(serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({})))
+}

@@ -1,0 +1,128 @@
+//! The database schema and its migrations.
+//!
+//! Migrations are an ordered list; `PRAGMA user_version` records how many
+//! have been applied, so opening an older database brings it up to date and
+//! opening a newer one is refused instead of misread.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE users (
+        id      INTEGER PRIMARY KEY,
+        name    TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL
+    );
+    -- Only the SHA-256 of a token is stored; endpoint_id set means the token
+    -- is an endpoint credential that can act only as that endpoint.
+    CREATE TABLE tokens (
+        hash        TEXT PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        endpoint_id TEXT,
+        revoked     INTEGER NOT NULL DEFAULT 0,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX tokens_by_endpoint ON tokens(endpoint_id) WHERE endpoint_id IS NOT NULL;
+    -- Deleted functions keep their code: tasks already submitted still run.
+    CREATE TABLE functions (
+        id          TEXT PRIMARY KEY,
+        owner       INTEGER NOT NULL REFERENCES users(id),
+        name        TEXT NOT NULL,
+        code        TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        metadata    TEXT NOT NULL DEFAULT '{}',
+        created     REAL NOT NULL,
+        deleted     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE endpoints (
+        id           TEXT PRIMARY KEY,
+        owner        INTEGER NOT NULL REFERENCES users(id),
+        name         TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        created      REAL NOT NULL,
+        deleted      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX endpoints_by_owner ON endpoints(owner);
+    CREATE TABLE task_groups (
+        id      TEXT PRIMARY KEY,
+        owner   INTEGER NOT NULL REFERENCES users(id),
+        created REAL NOT NULL
+    );
+    -- rid is the dispatch cursor (submission order); done mirrors
+    -- "state is final" so the queue index stays small; result_seq orders
+    -- the result streams.
+    CREATE TABLE tasks (
+        rid                INTEGER PRIMARY KEY,
+        id                 TEXT NOT NULL UNIQUE,
+        owner              INTEGER NOT NULL REFERENCES users(id),
+        endpoint_id        TEXT NOT NULL,
+        function_id        TEXT NOT NULL,
+        group_id           TEXT NOT NULL,
+        state              TEXT NOT NULL,
+        done               INTEGER NOT NULL DEFAULT 0,
+        payload            TEXT NOT NULL,
+        result_serializers TEXT NOT NULL DEFAULT '[]',
+        resource_spec      TEXT,
+        result             TEXT,
+        exc_type           TEXT,
+        exc_message        TEXT,
+        exc_traceback      TEXT,
+        created            REAL NOT NULL,
+        completed          REAL,
+        result_seq         INTEGER
+    );
+    CREATE INDEX tasks_queue ON tasks(endpoint_id, rid) WHERE done = 0;
+    CREATE INDEX tasks_by_group ON tasks(group_id, rid);
+    CREATE INDEX tasks_results ON tasks(group_id, result_seq) WHERE result_seq IS NOT NULL;
+    CREATE UNIQUE INDEX tasks_result_seq ON tasks(result_seq) WHERE result_seq IS NOT NULL;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the database up to [`SCHEMA_VERSION`], all in one transaction.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the registry database has schema version {current}, newer than this hpfaas \
+             understands ({SCHEMA_VERSION}); run a newer hpfaas"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,536 @@
+//! Task groups and tasks: the queue endpoints drain and the results clients
+//! read.
+//!
+//! The `tasks` table is the queue. An endpoint link keeps a cursor (`rid`)
+//! and pages through its endpoint's non-final tasks ([`dispatch_page`]);
+//! acknowledgements, state updates and results come back through the writer
+//! ([`ack`], [`update_states`], [`store_results`]).
+
+use std::collections::HashSet;
+
+use hpfaas_protocol::task::{FunctionCode, Outcome, TaskResult, TaskSpec, TaskState};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{catalog, now, uuid_col, WriteCtx};
+use crate::error::{ApiError, ApiResult};
+
+/// A task as the REST routes show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: Uuid,
+    /// Its task group.
+    pub group: Uuid,
+    /// The function it runs.
+    pub function: Uuid,
+    /// The endpoint it runs on.
+    pub endpoint: Uuid,
+    /// Current state.
+    pub state: TaskState,
+    /// Serialized result, on success.
+    pub result: Option<String>,
+    /// Exception type name, on failure.
+    pub exc_type: Option<String>,
+    /// Exception message, on failure.
+    pub exc_message: Option<String>,
+    /// Traceback text, on failure.
+    pub exc_traceback: Option<String>,
+    /// Unix seconds at submission.
+    pub created: f64,
+    /// Unix seconds at completion.
+    pub completed: Option<f64>,
+    /// Position in the result streams, once final.
+    pub result_seq: Option<i64>,
+}
+
+const TASK_COLUMNS: &str = "id, group_id, function_id, endpoint_id, state, result, exc_type, \
+     exc_message, exc_traceback, created, completed, result_seq";
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    let state: String = r.get(4)?;
+    Ok(TaskRow {
+        id: uuid_col(r, 0)?,
+        group: uuid_col(r, 1)?,
+        function: uuid_col(r, 2)?,
+        endpoint: uuid_col(r, 3)?,
+        // Only this crate writes states, always through `TaskState::as_str`.
+        state: TaskState::parse(&state).unwrap_or(TaskState::Received),
+        result: r.get(5)?,
+        exc_type: r.get(6)?,
+        exc_message: r.get(7)?,
+        exc_traceback: r.get(8)?,
+        created: r.get(9)?,
+        completed: r.get(10)?,
+        result_seq: r.get(11)?,
+    })
+}
+
+/// Highest `result_seq` stored (0 when none), to continue the sequence.
+pub fn max_result_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(result_seq), 0) FROM tasks", [], |r| {
+        r.get(0)
+    })
+}
+
+/// One task of a submission.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its new id.
+    pub id: Uuid,
+    /// The function to run.
+    pub function: Uuid,
+    /// Packed `[args, kwargs]`.
+    pub payload: String,
+}
+
+/// A whole `POST /v3/endpoints/{id}/submit`, checked and applied at once.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The submitting user.
+    pub owner: i64,
+    /// Target endpoint.
+    pub endpoint: Uuid,
+    /// Task group (created if new).
+    pub group: Uuid,
+    /// `received`, or `waiting-for-ep` when the endpoint is offline.
+    pub state: TaskState,
+    /// Functions used, with the key each was sent as (for error messages).
+    pub functions: Vec<(String, Uuid)>,
+    /// The tasks, in submission order.
+    pub tasks: Vec<NewTask>,
+    /// JSON array of strategy ids.
+    pub result_serializers: String,
+    /// JSON object, if given.
+    pub resource_spec: Option<String>,
+}
+
+/// Checks ownership of everything a submission names and stores its tasks.
+pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<()> {
+    match catalog::endpoint_owner(conn, s.endpoint)? {
+        None => return Err(ApiError::not_found_id("endpoint", s.endpoint)),
+        Some(owner) if owner != s.owner => {
+            return Err(ApiError::forbidden(format!(
+                "endpoint {} belongs to another user; you can submit only to your own endpoints",
+                s.endpoint
+            )))
+        }
+        Some(_) => {}
+    }
+    for (sent_as, id) in &s.functions {
+        if !catalog::owns_function(conn, s.owner, *id)? {
+            return Err(ApiError::not_found(format!("function {sent_as} not found")));
+        }
+    }
+    ensure_group(conn, s.owner, s.group)?;
+    let mut st = conn.prepare_cached(
+        "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state, payload,
+                            result_serializers, resource_spec, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
+    for t in &s.tasks {
+        st.execute(params![
+            t.id.to_string(),
+            s.owner,
+            endpoint,
+            t.function.to_string(),
+            group,
+            s.state.as_str(),
+            t.payload,
+            s.result_serializers,
+            s.resource_spec,
+            created
+        ])?;
+    }
+    Ok(())
+}
+
+/// Creates task group `id` for `owner` if new; refuses another user's.
+pub fn ensure_group(conn: &Connection, owner: i64, id: Uuid) -> ApiResult<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO task_groups (id, owner, created) VALUES (?1, ?2, ?3)",
+        params![id.to_string(), owner, now()],
+    )?;
+    match group_owner(conn, id)? {
+        Some(o) if o == owner => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "task group {id} belongs to another user; choose a new task_group_id"
+        ))),
+    }
+}
+
+/// Who owns task group `id`, if it exists.
+pub fn group_owner(conn: &Connection, id: Uuid) -> ApiResult<Option<i64>> {
+    let mut st = conn.prepare_cached("SELECT owner FROM task_groups WHERE id = ?1")?;
+    Ok(st.query_row([id.to_string()], |r| r.get(0)).optional()?)
+}
+
+/// The owner's task `id`.
+pub fn get_task(conn: &Connection, owner: i64, id: Uuid) -> ApiResult<Option<TaskRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1 AND owner = ?2"
+    ))?;
+    Ok(st
+        .query_row(params![id.to_string(), owner], task_from_row)
+        .optional()?)
+}
+
+/// (task id, function id, state) of every task in a group, in submission order.
+pub fn group_tasks(conn: &Connection, group: Uuid) -> ApiResult<Vec<(Uuid, Uuid, String)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, function_id, state FROM tasks WHERE group_id = ?1 ORDER BY rid",
+    )?;
+    let rows = st.query_map([group.to_string()], |r| {
+        Ok((uuid_col(r, 0)?, uuid_col(r, 1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Finished tasks of a group with `result_seq > after`, in that order.
+pub fn results_after(
+    conn: &Connection,
+    group: Uuid,
+    after: i64,
+    limit: usize,
+) -> ApiResult<Vec<TaskRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks
+         WHERE group_id = ?1 AND result_seq > ?2 ORDER BY result_seq LIMIT ?3"
+    ))?;
+    let rows = st.query_map(
+        params![group.to_string(), after, limit as i64],
+        task_from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One `ServiceMessage::Tasks` frame's worth of an endpoint's queue.
+#[derive(Debug)]
+pub struct DispatchPage {
+    /// The frame's JSON text, `None` when nothing is queued past the cursor.
+    pub frame: Option<String>,
+    /// Cursor to continue from.
+    pub last_rid: i64,
+    /// Tasks in the frame.
+    pub count: usize,
+    /// Functions whose code this connection has now been sent.
+    pub sent_functions: HashSet<Uuid>,
+}
+
+/// Reads the endpoint's non-final tasks after `after` (at most `max_tasks`,
+/// and no more than about `max_bytes` of JSON), with the code of functions
+/// not in `sent_functions`, as the text of one `ServiceMessage::Tasks` frame.
+pub fn dispatch_page(
+    conn: &Connection,
+    endpoint: Uuid,
+    after: i64,
+    mut sent_functions: HashSet<Uuid>,
+    max_tasks: usize,
+    max_bytes: usize,
+) -> ApiResult<DispatchPage> {
+    let mut st = conn.prepare_cached(
+        "SELECT rid, id, function_id, payload, result_serializers, resource_spec FROM tasks
+         WHERE endpoint_id = ?1 AND done = 0 AND rid > ?2 ORDER BY rid LIMIT ?3",
+    )?;
+    let mut rows = st.query(params![endpoint.to_string(), after, max_tasks as i64])?;
+    let (mut functions, mut tasks) = (String::new(), String::new());
+    let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
+    while let Some(r) = rows.next()? {
+        let rid: i64 = r.get(0)?;
+        let serializers: String = r.get(4)?;
+        let spec = TaskSpec {
+            task_id: uuid_col(r, 1)?,
+            function_id: uuid_col(r, 2)?,
+            payload: r.get(3)?,
+            result_serializers: serde_json::from_str(&serializers).unwrap_or_default(),
+            resource_spec: r.get(5)?,
+        };
+        let task_json = to_json(&spec)?;
+        let mut code_json = None;
+        if !sent_functions.contains(&spec.function_id) {
+            match catalog::function_code(conn, spec.function_id)? {
+                Some(code) => {
+                    code_json = Some(to_json(&FunctionCode {
+                        function_id: spec.function_id,
+                        code,
+                    })?)
+                }
+                None => tracing::warn!(task = %spec.task_id, function = %spec.function_id,
+                    "queued task names a function with no stored code"),
+            }
+        }
+        let item = task_json.len() + code_json.as_ref().map_or(0, |c| c.len() + 1) + 1;
+        // The byte cap keeps frames far below the WebSocket message limit;
+        // a single oversized task still goes, alone.
+        if count > 0 && bytes + item > max_bytes {
+            break;
+        }
+        if let Some(code) = code_json {
+            sent_functions.insert(spec.function_id);
+            if !functions.is_empty() {
+                functions.push(',');
+            }
+            functions.push_str(&code);
+        }
+        if !tasks.is_empty() {
+            tasks.push(',');
+        }
+        tasks.push_str(&task_json);
+        count += 1;
+        bytes += item;
+        last_rid = rid;
+    }
+    let frame = (count > 0)
+        .then(|| format!(r#"{{"type":"tasks","functions":[{functions}],"tasks":[{tasks}]}}"#));
+    Ok(DispatchPage {
+        frame,
+        last_rid,
+        count,
+        sent_functions,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v)
+        .map_err(|e| ApiError::internal(format!("could not encode a task: {e}")))
+}
+
+/// The agent journaled these tasks: `waiting-for-launch`, unless they have
+/// moved on already (a re-sent task may be running or finished).
+pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = 'waiting-for-launch'
+         WHERE id = ?1 AND endpoint_id = ?2 AND state IN ('received', 'waiting-for-ep')",
+    )?;
+    let endpoint = endpoint.to_string();
+    let mut n = 0;
+    for id in ids {
+        n += st.execute(params![id.to_string(), endpoint])?;
+    }
+    Ok(n)
+}
+
+/// Applies non-final state changes to non-final tasks; final states are
+/// ignored here because only a result may end a task.
+pub fn update_states(
+    conn: &Connection,
+    endpoint: Uuid,
+    updates: &[(Uuid, TaskState)],
+) -> ApiResult<usize> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND done = 0",
+    )?;
+    let endpoint = endpoint.to_string();
+    let mut n = 0;
+    for (id, state) in updates {
+        if state.is_final() {
+            tracing::warn!(task = %id, state = state.as_str(), "ignoring a final state sent without a result");
+            continue;
+        }
+        n += st.execute(params![id.to_string(), endpoint, state.as_str()])?;
+    }
+    Ok(n)
+}
+
+/// Stores results for non-final tasks of this endpoint, each with the next
+/// `result_seq`; returns (task group, seq) of each stored one. Results for
+/// tasks already final (duplicates) or unknown are ignored: first one wins.
+pub fn store_results(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    endpoint: Uuid,
+    results: &[TaskResult],
+) -> ApiResult<Vec<(Uuid, i64)>> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
+                          exc_traceback = ?7, completed = ?8, result_seq = ?9
+         WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
+         RETURNING group_id",
+    )?;
+    let endpoint_text = endpoint.to_string();
+    let mut stored = Vec::with_capacity(results.len());
+    for res in results {
+        let completed = if res.completed_at.is_finite() && res.completed_at > 0.0 {
+            res.completed_at
+        } else {
+            now()
+        };
+        let (state, result, exc) = match &res.outcome {
+            Outcome::Success { result } => (TaskState::Success, Some(result.as_str()), None),
+            Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
+        };
+        let seq = ctx.next_result_seq;
+        let group: Option<String> = st
+            .query_row(
+                params![
+                    res.task_id.to_string(),
+                    endpoint_text,
+                    state.as_str(),
+                    result,
+                    exc.map(|e| e.exc_type.as_str()),
+                    exc.map(|e| e.message.as_str()),
+                    exc.map(|e| e.traceback.as_str()),
+                    completed,
+                    seq
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match group.and_then(|g| Uuid::parse_str(&g).ok()) {
+            Some(group) => {
+                ctx.next_result_seq += 1;
+                stored.push((group, seq));
+            }
+            None => tracing::debug!(task = %res.task_id, %endpoint,
+                "result for a task that is already final or not this endpoint's; ignored"),
+        }
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::catalog::{
+        ensure_user, insert_function, register_endpoint, EndpointRegistration, FunctionRow,
+    };
+    use hpfaas_protocol::endpoint::{from_json, ServiceMessage};
+    use hpfaas_protocol::task::ExceptionInfo;
+
+    struct Fixture {
+        conn: Connection,
+        owner: i64,
+        endpoint: Uuid,
+        function: Uuid,
+    }
+
+    fn fixture() -> Fixture {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let owner = ensure_user(&conn, "alice").unwrap();
+        let reg = EndpointRegistration {
+            id: None,
+            name: "ep".into(),
+            display_name: "ep".into(),
+            metadata: serde_json::json!({}),
+        };
+        let endpoint = register_endpoint(&conn, owner, &reg, "cred").unwrap();
+        let function = Uuid::new_v4();
+        let f = FunctionRow {
+            id: function,
+            name: "f".into(),
+            code: "10\nst\nf:code".into(),
+            description: String::new(),
+            metadata: serde_json::json!({}),
+        };
+        insert_function(&conn, owner, &f).unwrap();
+        Fixture {
+            conn,
+            owner,
+            endpoint,
+            function,
+        }
+    }
+
+    fn submit_n(fx: &Fixture, group: Uuid, n: usize, payload_len: usize) -> Vec<Uuid> {
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|_| NewTask {
+                id: Uuid::new_v4(),
+                function: fx.function,
+                payload: "x".repeat(payload_len),
+            })
+            .collect();
+        let s = Submission {
+            owner: fx.owner,
+            endpoint: fx.endpoint,
+            group,
+            state: TaskState::Received,
+            functions: vec![(fx.function.to_string(), fx.function)],
+            tasks: tasks.clone(),
+            result_serializers: "[]".into(),
+            resource_spec: None,
+        };
+        submit(&fx.conn, &s).unwrap();
+        tasks.into_iter().map(|t| t.id).collect()
+    }
+
+    #[test]
+    fn pages_respect_counts_bytes_and_send_code_once() {
+        let fx = fixture();
+        let ids = submit_n(&fx, Uuid::new_v4(), 5, 1000);
+        let page = dispatch_page(&fx.conn, fx.endpoint, 0, HashSet::new(), 2, 1 << 20).unwrap();
+        assert_eq!(page.count, 2);
+        let Ok(ServiceMessage::Tasks { functions, tasks }) =
+            from_json(page.frame.as_deref().unwrap())
+        else {
+            panic!("not a tasks frame")
+        };
+        assert_eq!(functions.len(), 1);
+        assert_eq!(
+            tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+            ids[..2]
+        );
+        // Next page: byte cap of ~1.5 tasks still sends one, and no code again.
+        let page = dispatch_page(
+            &fx.conn,
+            fx.endpoint,
+            page.last_rid,
+            page.sent_functions,
+            100,
+            1500,
+        )
+        .unwrap();
+        assert_eq!(page.count, 1);
+        let Ok(ServiceMessage::Tasks { functions, tasks }) =
+            from_json(page.frame.as_deref().unwrap())
+        else {
+            panic!("not a tasks frame")
+        };
+        assert!(functions.is_empty());
+        assert_eq!(tasks[0].task_id, ids[2]);
+    }
+
+    #[test]
+    fn first_result_wins_and_finished_tasks_leave_the_queue() {
+        let fx = fixture();
+        let group = Uuid::new_v4();
+        let ids = submit_n(&fx, group, 2, 10);
+        assert_eq!(ack(&fx.conn, fx.endpoint, &ids).unwrap(), 2);
+        assert_eq!(
+            update_states(&fx.conn, fx.endpoint, &[(ids[0], TaskState::Running)]).unwrap(),
+            1
+        );
+        // A re-sent, re-acked running task stays running.
+        assert_eq!(ack(&fx.conn, fx.endpoint, &ids[..1]).unwrap(), 0);
+        let mut ctx = WriteCtx { next_result_seq: 7 };
+        let ok = TaskResult {
+            task_id: ids[0],
+            outcome: Outcome::Success { result: "r".into() },
+            completed_at: 5.0,
+        };
+        let failed = TaskResult::failed(ids[0], ExceptionInfo::system("WorkerLost", "gone"));
+        let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
+        assert_eq!(stored, vec![(group, 7)]);
+        assert_eq!(ctx.next_result_seq, 8);
+        let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Success);
+        assert_eq!(row.result.as_deref(), Some("r"));
+        let page = dispatch_page(&fx.conn, fx.endpoint, 0, HashSet::new(), 10, 1 << 20).unwrap();
+        assert_eq!(page.count, 1);
+        assert_eq!(results_after(&fx.conn, group, 0, 10).unwrap().len(), 1);
+        assert!(results_after(&fx.conn, group, 7, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_users_group_is_refused() {
+        let fx = fixture();
+        let group = Uuid::new_v4();
+        ensure_group(&fx.conn, fx.owner, group).unwrap();
+        let bob = ensure_user(&fx.conn, "bob").unwrap();
+        assert_eq!(
+            ensure_group(&fx.conn, bob, group).unwrap_err().code,
+            "forbidden"
+        );
+    }
+}

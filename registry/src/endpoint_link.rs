@@ -1,0 +1,460 @@
+//! The endpoint agent's WebSocket (`GET /v3/endpoints/{id}/connect`).
+//!
+//! One task per connection reads the agent's frames (acks, states, results,
+//! heartbeats) and feeds them to the writer; a dispatcher task pages the
+//! endpoint's non-final tasks out of the database behind a cursor and sleeps
+//! on the endpoint's wake-up between pages; a sender task owns the socket's
+//! write half and flushes when its queue runs dry. The database is the
+//! queue, so a reconnecting agent simply starts again at cursor 0 and gets
+//! every non-final task (it drops duplicates).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::db::tasks as db_tasks;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, IdPath};
+use crate::live::Claim;
+use crate::state::AppState;
+
+/// Largest WebSocket message accepted (tungstenite's default is 16 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Most tasks in one `Tasks` frame.
+pub const PAGE_TASKS: usize = 2000;
+/// Rough byte cap of one `Tasks` frame, far below [`MAX_MESSAGE_BYTES`].
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Result batches of one agent being committed at once; more waits, which
+/// pushes back on the agent through TCP.
+const RESULT_BATCHES_IN_FLIGHT: usize = 8;
+/// How long closing a connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /v3/endpoints/{id}/connect`: checks the credential, then upgrades.
+pub async fn connect(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    IdPath(raw): IdPath,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let endpoint = parse_id("endpoint", &raw)?;
+    match caller.endpoint {
+        None => {
+            return Err(ApiError::forbidden(
+                "a user token cannot connect as an endpoint; use the endpoint credential \
+                 returned by POST /v3/endpoints",
+            ))
+        }
+        Some(own) if own != endpoint => {
+            return Err(ApiError::forbidden(format!(
+                "this credential belongs to endpoint {own}, not {endpoint}"
+            )))
+        }
+        Some(_) => {}
+    }
+    let ws = ws.map_err(|rej| {
+        ApiError::new(
+            rej.status(),
+            if rej.status().as_u16() == 426 {
+                "upgrade_required"
+            } else {
+                "bad_request"
+            },
+            format!("expected a WebSocket upgrade: {}", rej.body_text()),
+        )
+    })?;
+    Ok(ws
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_failed_upgrade(
+            move |e| tracing::warn!(%endpoint, error = %e, "agent WebSocket upgrade failed"),
+        )
+        .on_upgrade(move |socket| run(state, endpoint, socket)))
+}
+
+/// How a connection ended.
+enum End {
+    /// We close it, telling the agent why.
+    Close(u16, String),
+    /// The agent went away (closed, or the socket failed).
+    Gone(String),
+}
+
+fn text(msg: &ServiceMessage) -> Message {
+    Message::Text(to_json(msg).into())
+}
+
+/// A close frame; WebSocket limits the reason to 123 bytes.
+fn close_frame(code: u16, reason: &str) -> Message {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason[..cut].into(),
+    }))
+}
+
+/// Sends `Refused`, closes, and waits briefly for the agent's close reply so
+/// the refusal is read before the TCP connection goes.
+async fn refuse(mut socket: WebSocket, endpoint: Uuid, reason: String) {
+    tracing::info!(%endpoint, %reason, "endpoint agent refused");
+    let _ = socket
+        .send(text(&ServiceMessage::Refused {
+            reason: reason.clone(),
+        }))
+        .await;
+    let _ = socket.send(close_frame(close_code::POLICY, &reason)).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_frame(code, reason))).await;
+}
+
+/// Reads the hello; `None` when the connection was closed or refused.
+async fn handshake(
+    state: &AppState,
+    endpoint: Uuid,
+    mut socket: WebSocket,
+) -> Option<(WebSocket, String, u32)> {
+    let first = tokio::select! {
+        first = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()) => first,
+        _ = state.shutting_down() => {
+            close(socket, close_code::AWAY, "the service is shutting down").await;
+            return None;
+        }
+    };
+    let text = match first {
+        Err(_) => {
+            tracing::info!(%endpoint, "endpoint agent sent no hello; closing");
+            close(socket, close_code::POLICY, "no hello received").await;
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return None,
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(_))) => {
+            tracing::warn!(%endpoint, "endpoint agent's first frame was not JSON text");
+            close(
+                socket,
+                close_code::POLICY,
+                "the first frame must be a JSON text hello",
+            )
+            .await;
+            return None;
+        }
+    };
+    match from_json::<AgentMessage>(text.as_str()) {
+        Ok(AgentMessage::Hello { version, host, pid }) => {
+            if version != PROTOCOL_VERSION {
+                refuse(
+                    socket,
+                    endpoint,
+                    version_mismatch("endpoint agent", version),
+                )
+                .await;
+                return None;
+            }
+            Some((socket, host, pid))
+        }
+        Ok(_) => {
+            tracing::warn!(%endpoint, "endpoint agent's first frame was not a hello");
+            close(
+                socket,
+                close_code::POLICY,
+                "the first frame must be a hello",
+            )
+            .await;
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%endpoint, error = %e, "malformed first frame from endpoint agent");
+            close(
+                socket,
+                close_code::INVALID,
+                &format!("malformed frame: {e}"),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// One agent connection, from hello to close.
+async fn run(state: AppState, endpoint: Uuid, socket: WebSocket) {
+    let _link = state.link_guard();
+    let Some((mut socket, host, pid)) = handshake(&state, endpoint, socket).await else {
+        return;
+    };
+    let claim = match state.live.claim(endpoint, &host, pid) {
+        Ok(claim) => claim,
+        Err((holder, holder_pid)) => {
+            let reason = format!(
+                "endpoint {endpoint} is already connected from host {holder} (pid {holder_pid}); \
+                 stop that agent first"
+            );
+            refuse(socket, endpoint, reason).await;
+            return;
+        }
+    };
+    let welcome = ServiceMessage::Welcome {
+        version: PROTOCOL_VERSION,
+        heartbeat_period: state.config.effective_heartbeat_period(),
+    };
+    if socket.send(text(&welcome)).await.is_err() {
+        return;
+    }
+    tracing::info!(%endpoint, %host, pid, "endpoint agent connected");
+
+    let (sink, stream) = socket.split();
+    let (out, out_rx) = mpsc::channel(16);
+    let sender = tokio::spawn(send_loop(sink, out_rx));
+    let dispatcher = tokio::spawn(dispatch_loop(
+        state.clone(),
+        endpoint,
+        claim.wake(),
+        out.clone(),
+    ));
+    let end = receive_loop(&state, endpoint, &claim, stream, &out).await;
+    dispatcher.abort();
+    // Offline as soon as the connection is over, not after the close dance.
+    drop(claim);
+    let close = match &end {
+        End::Close(code, reason) => {
+            tracing::info!(%endpoint, %host, pid, %reason, "endpoint agent disconnected by the service");
+            close_frame(*code, reason)
+        }
+        End::Gone(why) => {
+            tracing::info!(%endpoint, %host, pid, reason = %why, "endpoint agent disconnected");
+            Message::Close(None)
+        }
+    };
+    let finished = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = out.send(close).await;
+        drop(out);
+        sender.await
+    })
+    .await;
+    if finished.is_err() {
+        tracing::debug!(%endpoint, "endpoint socket did not close in time; dropping it");
+    }
+}
+
+/// Writes queued frames; flushes when the queue runs dry, so a burst of
+/// frames shares one flush and a lone frame is not delayed by a timer.
+async fn send_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>) {
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            let closing = matches!(msg, Message::Close(_));
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+            if closing {
+                let _ = sink.flush().await;
+                return;
+            }
+            next = queue.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Pages the endpoint's non-final tasks to the agent, sleeping on `wake`
+/// (poked after each committed submit) when it has caught up.
+async fn dispatch_loop(
+    state: AppState,
+    endpoint: Uuid,
+    wake: Arc<Notify>,
+    out: mpsc::Sender<Message>,
+) {
+    let mut cursor = 0i64;
+    let mut sent_functions = HashSet::new();
+    loop {
+        let sent = std::mem::take(&mut sent_functions);
+        let page = state
+            .db
+            .read(move |c| {
+                db_tasks::dispatch_page(c, endpoint, cursor, sent, PAGE_TASKS, PAGE_BYTES)
+            })
+            .await;
+        match page {
+            Ok(page) => {
+                sent_functions = page.sent_functions;
+                match page.frame {
+                    Some(frame) => {
+                        cursor = page.last_rid;
+                        tracing::debug!(%endpoint, tasks = page.count, bytes = frame.len(), "tasks sent");
+                        if out.send(Message::Text(frame.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => wake.notified().await,
+                }
+            }
+            Err(e) => {
+                // Function codes are re-sent after this (the set was lost);
+                // the agent tolerates that.
+                tracing::error!(%endpoint, error = %e, "reading queued tasks failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Handles the agent's frames until the connection must end.
+async fn receive_loop(
+    state: &AppState,
+    endpoint: Uuid,
+    claim: &Claim,
+    mut stream: SplitStream<WebSocket>,
+    out: &mpsc::Sender<Message>,
+) -> End {
+    let silence = state.config.heartbeat_timeout();
+    let in_flight = Arc::new(Semaphore::new(RESULT_BATCHES_IN_FLIGHT));
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(silence, stream.next()) => next,
+            _ = claim.kicked() => return End::Close(
+                close_code::POLICY,
+                "the endpoint's credential was revoked (endpoint re-registered or deleted)".into(),
+            ),
+            _ = state.shutting_down() => return End::Close(close_code::AWAY, "the service is shutting down".into()),
+        };
+        let msg = match next {
+            Err(_) => {
+                return End::Close(
+                    close_code::POLICY,
+                    format!(
+                        "no heartbeat for {:.1} s; dropping this agent",
+                        silence.as_secs_f64()
+                    ),
+                )
+            }
+            Ok(None) => return End::Gone("connection closed".into()),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%endpoint, error = %e, "endpoint socket failed");
+                return End::Gone(e.to_string());
+            }
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let text = match msg {
+            Message::Text(text) => text,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return End::Gone("the agent closed the connection".into()),
+            Message::Binary(_) => {
+                tracing::warn!(%endpoint, "binary frame from endpoint agent");
+                return End::Close(
+                    close_code::UNSUPPORTED,
+                    "binary frames are not part of the protocol; send JSON text frames".into(),
+                );
+            }
+        };
+        let msg = match from_json::<AgentMessage>(text.as_str()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "malformed frame from endpoint agent");
+                return End::Close(close_code::INVALID, format!("malformed frame: {e}"));
+            }
+        };
+        if let Err(end) = handle(state, endpoint, claim, msg, out, &in_flight).await {
+            return end;
+        }
+    }
+}
+
+fn shutting_down(_: ApiError) -> End {
+    End::Close(close_code::AWAY, "the service is shutting down".into())
+}
+
+async fn handle(
+    state: &AppState,
+    endpoint: Uuid,
+    claim: &Claim,
+    msg: AgentMessage,
+    out: &mpsc::Sender<Message>,
+    in_flight: &Arc<Semaphore>,
+) -> Result<(), End> {
+    match msg {
+        AgentMessage::Hello { .. } => {
+            tracing::warn!(%endpoint, "second hello from endpoint agent");
+            return Err(End::Close(
+                close_code::POLICY,
+                "unexpected hello: this connection is already open".into(),
+            ));
+        }
+        AgentMessage::Ack { task_ids } if !task_ids.is_empty() => {
+            // Nobody waits for the answer: the agent expects none.
+            state
+                .db
+                .enqueue(move |c, _| db_tasks::ack(c, endpoint, &task_ids))
+                .map_err(shutting_down)?;
+        }
+        AgentMessage::States { updates } if !updates.is_empty() => {
+            state
+                .db
+                .enqueue(move |c, _| db_tasks::update_states(c, endpoint, &updates))
+                .map_err(shutting_down)?;
+        }
+        AgentMessage::Results { results } if !results.is_empty() => {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let ids: Vec<Uuid> = results.iter().map(|r| r.task_id).collect();
+            let committed = state
+                .db
+                .enqueue(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
+                .map_err(shutting_down)?;
+            let (live, out) = (state.live.clone(), out.clone());
+            // Wait for the commit elsewhere, so reading goes on meanwhile.
+            tokio::spawn(async move {
+                let _permit = permit;
+                match committed.await {
+                    Ok(Ok(stored)) => {
+                        // Durable now: the agent may forget them, and
+                        // streams may read them.
+                        let _ = out
+                            .send(text(&ServiceMessage::ResultAck { task_ids: ids }))
+                            .await;
+                        for event in stored {
+                            live.publish_result(event);
+                        }
+                    }
+                    // Not acknowledged, so the agent re-sends them after it
+                    // reconnects.
+                    Ok(Err(e)) => tracing::error!(%endpoint, error = %e, "storing results failed"),
+                    Err(_) => {
+                        tracing::debug!(%endpoint, "results not stored: the service is stopping")
+                    }
+                }
+            });
+        }
+        AgentMessage::Heartbeat { status } => claim.heartbeat(status),
+        AgentMessage::Ack { .. } | AgentMessage::States { .. } | AgentMessage::Results { .. } => {}
+    }
+    Ok(())
+}

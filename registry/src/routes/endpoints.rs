@@ -1,0 +1,176 @@
+//! `/v3/endpoints` and `/v2/endpoints/...`: registering endpoints (which
+//! issues their credentials), listing, deleting, and their live status.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::auth::{hash_token, new_token, Caller, User};
+use crate::db::catalog::{self, EndpointRegistration, EndpointRow};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, IdPath, Json};
+use crate::live::ConnectionDetails;
+use crate::routes::time_str;
+use crate::state::AppState;
+
+/// Body of `POST /v3/endpoints`; other keys an agent sends are ignored.
+#[derive(Debug, Deserialize)]
+pub struct RegisterEndpoint {
+    endpoint_name: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    endpoint_id: Option<Uuid>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// `POST /v3/endpoints`.
+pub async fn register(
+    State(state): State<AppState>,
+    user: User,
+    Json(body): Json<RegisterEndpoint>,
+) -> ApiResult<axum::Json<Value>> {
+    let name = body.endpoint_name.trim().to_string();
+    if name.is_empty() {
+        return Err(ApiError::bad_request("endpoint_name must not be empty"));
+    }
+    let reg = EndpointRegistration {
+        id: body.endpoint_id,
+        display_name: body
+            .display_name
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or_else(|| name.clone()),
+        name,
+        metadata: Value::Object(body.metadata.unwrap_or_default()),
+    };
+    let credential = new_token();
+    let hash = hash_token(&credential);
+    let name = reg.name.clone();
+    let id = state
+        .db
+        .write(move |c, _| catalog::register_endpoint(c, user.id, &reg, &hash))
+        .await?;
+    if body.endpoint_id.is_some() {
+        // Earlier credentials were revoked: forget them and drop an agent
+        // still connected with one.
+        state.tokens.invalidate();
+        state.live.kick(id);
+    }
+    tracing::info!(endpoint = %id, user = %user.name, "endpoint registered");
+    Ok(axum::Json(
+        json!({"endpoint_id": id, "name": name, "credential": credential}),
+    ))
+}
+
+fn status_word(state: &AppState, id: Uuid) -> &'static str {
+    if state.live.is_online(id) {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+fn summary(state: &AppState, e: &EndpointRow) -> Value {
+    json!({
+        "endpoint_id": e.id,
+        "uuid": e.id,
+        "name": e.name,
+        "display_name": e.display_name,
+        "status": status_word(state, e.id),
+    })
+}
+
+/// `GET /v2/endpoints`.
+pub async fn list(State(state): State<AppState>, user: User) -> ApiResult<axum::Json<Value>> {
+    let rows = state
+        .db
+        .read(move |c| catalog::list_endpoints(c, user.id))
+        .await?;
+    Ok(axum::Json(Value::Array(
+        rows.iter().map(|e| summary(&state, e)).collect(),
+    )))
+}
+
+/// `GET /v2/endpoints/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("endpoint", &raw)?;
+    let e = state
+        .db
+        .read(move |c| catalog::get_endpoint(c, user.id, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found_id("endpoint", &raw))?;
+    let mut doc = summary(&state, &e);
+    doc["created_t"] = json!(time_str(e.created));
+    Ok(axum::Json(doc))
+}
+
+/// `DELETE /v2/endpoints/{id}`: its credentials are revoked and a connected
+/// agent is dropped; its tasks stay readable.
+pub async fn delete(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("endpoint", &raw)?;
+    let deleted = state
+        .db
+        .write(move |c, _| catalog::delete_endpoint(c, user.id, id))
+        .await?;
+    if !deleted {
+        return Err(ApiError::not_found_id("endpoint", &raw));
+    }
+    state.tokens.invalidate();
+    state.live.kick(id);
+    tracing::info!(endpoint = %id, "endpoint deleted");
+    Ok(axum::Json(json!({"endpoint_id": id, "deleted": true})))
+}
+
+/// `GET /v2/endpoints/{id}/status`: for the owner, or the endpoint's own
+/// credential.
+pub async fn status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("endpoint", &raw)?;
+    match caller.endpoint {
+        Some(own) if own != id => {
+            return Err(ApiError::forbidden(format!(
+                "this is the credential of endpoint {own}; it cannot read endpoint {id}"
+            )))
+        }
+        _ => {}
+    }
+    let owner = state
+        .db
+        .read(move |c| catalog::endpoint_owner(c, id))
+        .await?;
+    if owner != Some(caller.user_id) {
+        return Err(ApiError::not_found_id("endpoint", &raw));
+    }
+    let (online, details) = state.live.status(id);
+    Ok(axum::Json(json!({
+        "status": if online { "online" } else { "offline" },
+        "details": details.as_ref().map(details_json).unwrap_or_else(|| json!({})),
+    })))
+}
+
+fn details_json(d: &ConnectionDetails) -> Value {
+    json!({
+        "host": d.host,
+        "pid": d.pid,
+        "connected_since": d.connected_since,
+        "last_heartbeat": d.last_heartbeat,
+        "managers": d.report.managers,
+        "total_workers": d.report.total_workers,
+        "idle_workers": d.report.idle_workers,
+        "outstanding_tasks": d.report.outstanding_tasks,
+        "active_blocks": d.report.active_blocks,
+    })
+}

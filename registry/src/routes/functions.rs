@@ -1,0 +1,86 @@
+//! `/v3/functions` and `/v2/functions/{id}`: registering, reading and
+//! deleting a user's functions.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::auth::User;
+use crate::db::catalog::{self, FunctionRow};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, IdPath, Json};
+use crate::state::AppState;
+
+/// Body of `POST /v3/functions`; Globus Compute sends more keys, ignored.
+#[derive(Debug, Deserialize)]
+pub struct RegisterFunction {
+    function_name: String,
+    function_code: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// `POST /v3/functions`.
+pub async fn register(
+    State(state): State<AppState>,
+    user: User,
+    Json(body): Json<RegisterFunction>,
+) -> ApiResult<axum::Json<Value>> {
+    if body.function_code.is_empty() {
+        return Err(ApiError::bad_request("function_code must not be empty"));
+    }
+    let row = FunctionRow {
+        id: Uuid::new_v4(),
+        name: body.function_name,
+        code: body.function_code,
+        description: body.description.unwrap_or_default(),
+        metadata: Value::Object(body.metadata.unwrap_or_default()),
+    };
+    let id = row.id;
+    state
+        .db
+        .write(move |c, _| catalog::insert_function(c, user.id, &row))
+        .await?;
+    Ok(axum::Json(json!({"function_uuid": id})))
+}
+
+/// `GET /v2/functions/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("function", &raw)?;
+    let f = state
+        .db
+        .read(move |c| catalog::get_function(c, user.id, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found_id("function", &raw))?;
+    Ok(axum::Json(json!({
+        "function_uuid": f.id,
+        "function_name": f.name,
+        "function_code": f.code,
+        "description": f.description,
+        "metadata": f.metadata,
+    })))
+}
+
+/// `DELETE /v2/functions/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("function", &raw)?;
+    let deleted = state
+        .db
+        .write(move |c, _| catalog::delete_function(c, user.id, id))
+        .await?;
+    if !deleted {
+        return Err(ApiError::not_found_id("function", &raw));
+    }
+    Ok(axum::Json(json!({"function_uuid": id, "deleted": true})))
+}

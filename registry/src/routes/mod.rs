@@ -1,0 +1,336 @@
+//! The one route table.
+//!
+//! [`ROUTES`] lists every route with its method, path, summary, auth and
+//! body schemas. The router is built from it, `/openapi.json` is generated
+//! from it, and a test checks it against the table in `docs/api.md`, so the
+//! three cannot drift apart.
+
+pub mod endpoints;
+pub mod functions;
+pub mod openapi;
+pub mod stream;
+pub mod tasks;
+pub mod version;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use serde_json::Value;
+
+use crate::endpoint_link;
+use crate::error::ApiError;
+use crate::state::AppState;
+use openapi::schemas;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Anyone.
+    None,
+    /// A user token.
+    User,
+    /// A user token, or the endpoint's own credential.
+    UserOrEndpoint,
+    /// The endpoint's own credential.
+    Endpoint,
+}
+
+/// One route: what it is, for the router and for the OpenAPI document.
+pub struct Route {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: &'static str,
+    /// Path in axum/OpenAPI syntax, e.g. `/v2/tasks/{id}`.
+    pub path: &'static str,
+    /// One line for people.
+    pub summary: &'static str,
+    /// Who may call it.
+    pub auth: Auth,
+    /// JSON schema of the request body, if it takes one.
+    pub request: Option<fn() -> Value>,
+    /// JSON schema of the success answer.
+    pub response: fn() -> Value,
+    /// Media type of the success answer.
+    pub produces: &'static str,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+}
+
+impl Route {
+    fn filter(&self) -> MethodFilter {
+        match self.method {
+            "POST" => MethodFilter::POST,
+            "DELETE" => MethodFilter::DELETE,
+            _ => MethodFilter::GET,
+        }
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// Every route the service answers.
+pub static ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/v2/version",
+        summary: "Service version; `?service=all` for every component's",
+        auth: Auth::None,
+        request: None,
+        response: schemas::version,
+        produces: JSON,
+        handler: |m| on(m, version::version),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/functions",
+        summary: "Register a function",
+        auth: Auth::User,
+        request: Some(schemas::register_function),
+        response: schemas::function_id,
+        produces: JSON,
+        handler: |m| on(m, functions::register),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/functions/{id}",
+        summary: "Read a function",
+        auth: Auth::User,
+        request: None,
+        response: schemas::function,
+        produces: JSON,
+        handler: |m| on(m, functions::get),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v2/functions/{id}",
+        summary: "Delete a function",
+        auth: Auth::User,
+        request: None,
+        response: schemas::function_deleted,
+        produces: JSON,
+        handler: |m| on(m, functions::delete),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/endpoints",
+        summary: "Register (or re-register) an endpoint and get its credential",
+        auth: Auth::User,
+        request: Some(schemas::register_endpoint),
+        response: schemas::endpoint_registered,
+        produces: JSON,
+        handler: |m| on(m, endpoints::register),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/endpoints",
+        summary: "List your endpoints",
+        auth: Auth::User,
+        request: None,
+        response: schemas::endpoint_list,
+        produces: JSON,
+        handler: |m| on(m, endpoints::list),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/endpoints/{id}",
+        summary: "Read an endpoint",
+        auth: Auth::User,
+        request: None,
+        response: schemas::endpoint,
+        produces: JSON,
+        handler: |m| on(m, endpoints::get),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v2/endpoints/{id}",
+        summary: "Delete an endpoint and revoke its credentials",
+        auth: Auth::User,
+        request: None,
+        response: schemas::endpoint_deleted,
+        produces: JSON,
+        handler: |m| on(m, endpoints::delete),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/endpoints/{id}/status",
+        summary: "Whether the endpoint's agent is connected, and its last report",
+        auth: Auth::UserOrEndpoint,
+        request: None,
+        response: schemas::endpoint_status,
+        produces: JSON,
+        handler: |m| on(m, endpoints::status),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/endpoints/{id}/submit",
+        summary: "Submit tasks; answered once they are durable",
+        auth: Auth::User,
+        request: Some(schemas::submit),
+        response: schemas::submitted,
+        produces: JSON,
+        handler: |m| on(m, tasks::submit),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/tasks/{id}",
+        summary: "Read a task",
+        auth: Auth::User,
+        request: None,
+        response: schemas::task_ref,
+        produces: JSON,
+        handler: |m| on(m, tasks::get),
+    },
+    Route {
+        method: "POST",
+        path: "/v2/batch_status",
+        summary: "Read many tasks at once",
+        auth: Auth::User,
+        request: Some(schemas::batch_status),
+        response: schemas::batch_result,
+        produces: JSON,
+        handler: |m| on(m, tasks::batch_status),
+    },
+    Route {
+        method: "GET",
+        path: "/v2/taskgroup/{id}",
+        summary: "List a task group's tasks in submission order",
+        auth: Auth::User,
+        request: None,
+        response: schemas::taskgroup,
+        produces: JSON,
+        handler: |m| on(m, tasks::taskgroup),
+    },
+    Route {
+        method: "GET",
+        path: "/v3/taskgroup/{id}/stream",
+        summary: "Server-sent events: the group's results, resumable with Last-Event-ID",
+        auth: Auth::User,
+        request: None,
+        response: schemas::event_stream,
+        produces: "text/event-stream",
+        handler: |m| on(m, stream::stream),
+    },
+    Route {
+        method: "GET",
+        path: "/v3/endpoints/{id}/connect",
+        summary: "WebSocket for the endpoint agent (protocol crate, endpoint.rs)",
+        auth: Auth::Endpoint,
+        request: None,
+        response: schemas::websocket,
+        produces: JSON,
+        handler: |m| on(m, endpoint_link::connect),
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        summary: "This document",
+        auth: Auth::None,
+        request: None,
+        response: schemas::any_object,
+        produces: JSON,
+        handler: |m| on(m, openapi::serve),
+    },
+];
+
+/// The service's router: every route of [`ROUTES`], JSON fallbacks, and the
+/// body size limit.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, (route.handler)(route.filter()));
+    }
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {method} {}; the routes are listed at /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| path_matches(r.path, uri.path()))
+        .map(|r| r.method)
+        .collect();
+    ApiError::method_not_allowed(format!(
+        "{} does not accept {method}; allowed: {}",
+        uri.path(),
+        allowed.join(", ")
+    ))
+}
+
+/// True if `path` fits the pattern `pattern` (`{x}` matches one segment).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (p, q): (Vec<_>, Vec<_>) = (pattern.split('/').collect(), path.split('/').collect());
+    p.len() == q.len()
+        && p.iter()
+            .zip(&q)
+            .all(|(a, b)| a == b || (a.starts_with('{') && a.ends_with('}')))
+}
+
+/// Unix seconds as the decimal string the task document uses.
+pub fn time_str(t: f64) -> String {
+    format!("{t:.6}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// (method, path) rows of the route table in docs/api.md.
+    pub(crate) fn documented_routes() -> BTreeSet<(String, String)> {
+        let doc = include_str!("../../../docs/api.md");
+        doc.lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let method = *cells.get(1)?;
+                let path = *cells.get(2)?;
+                (["GET", "POST", "DELETE", "PUT", "PATCH"].contains(&method)
+                    && path.starts_with('/'))
+                .then(|| (method.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_table_matches_docs_api_md() {
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let documented = documented_routes();
+        assert!(
+            documented.len() >= 16,
+            "parsed too few routes from docs/api.md: {documented:?}"
+        );
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routed but not in docs/api.md: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "in docs/api.md but not routed: {unrouted:?}"
+        );
+        assert_eq!(
+            routed.len(),
+            ROUTES.len(),
+            "a route appears twice in ROUTES"
+        );
+    }
+
+    #[test]
+    fn patterns_match_segments() {
+        assert!(path_matches("/v2/tasks/{id}", "/v2/tasks/abc"));
+        assert!(!path_matches("/v2/tasks/{id}", "/v2/tasks/abc/x"));
+        assert!(!path_matches("/v2/tasks/{id}", "/v2/task/abc"));
+    }
+}

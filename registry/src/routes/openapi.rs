@@ -1,0 +1,279 @@
+//! `GET /openapi.json`: an OpenAPI 3.0 document generated from the route
+//! table ([`super::ROUTES`]), with short hand-written body schemas.
+
+use std::sync::OnceLock;
+
+use axum::response::IntoResponse;
+use hpfaas_protocol::HPFAAS_VERSION;
+use serde_json::{json, Map, Value};
+
+use super::{Auth, ROUTES};
+
+/// The OpenAPI document for every route of [`ROUTES`].
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+/// `GET /openapi.json`.
+pub async fn serve() -> impl IntoResponse {
+    axum::Json(document().clone())
+}
+
+fn build() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let mut op = json!({
+            "summary": route.summary,
+            "operationId": format!("{} {}", route.method, route.path),
+            "responses": {
+                "200": {
+                    "description": "success",
+                    "content": {route.produces: {"schema": (route.response)()}},
+                },
+                "default": {
+                    "description": "error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        });
+        if route.path.contains("{id}") {
+            op["parameters"] = json!([{
+                "name": "id", "in": "path", "required": true,
+                "schema": {"type": "string", "format": "uuid"},
+            }]);
+        }
+        op["security"] = match route.auth {
+            Auth::None => json!([]),
+            _ => json!([{"bearer": []}]),
+        };
+        if route.auth == Auth::Endpoint {
+            op["description"] =
+                json!("Needs the endpoint's own credential (from POST /v3/endpoints).");
+        }
+        if let Some(request) = route.request {
+            op["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": request()}},
+            });
+        }
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[route.method.to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "hpfaas",
+            "version": HPFAAS_VERSION,
+            "description": "Function-as-a-service for HPC; routes follow Globus Compute's v2/v3 API.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": schemas::object(&["code", "error"], json!({
+                    "code": {"type": "string"}, "error": {"type": "string"},
+                })),
+                "Task": schemas::task(),
+            },
+        },
+    })
+}
+
+/// Hand-written JSON schemas for bodies and answers; short on purpose.
+pub mod schemas {
+    use serde_json::{json, Value};
+
+    fn s() -> Value {
+        json!({"type": "string"})
+    }
+
+    fn id() -> Value {
+        json!({"type": "string", "format": "uuid"})
+    }
+
+    /// An object with these required keys and properties.
+    pub fn object(required: &[&str], properties: Value) -> Value {
+        json!({"type": "object", "required": required, "properties": properties})
+    }
+
+    /// Any JSON object.
+    pub fn any_object() -> Value {
+        json!({"type": "object"})
+    }
+
+    /// The task document.
+    pub fn task() -> Value {
+        object(
+            &["task_id", "status", "pending"],
+            json!({
+                "task_id": id(), "status": s(), "pending": {"type": "boolean"},
+                "result": s(), "exception": s(), "exception_type": s(), "exception_message": s(),
+                "completion_t": s(), "task_group_id": id(), "function_id": id(),
+                "endpoint_id": id(), "created_t": s(),
+            }),
+        )
+    }
+
+    /// Reference to the task document.
+    pub fn task_ref() -> Value {
+        json!({"$ref": "#/components/schemas/Task"})
+    }
+
+    /// `GET /v2/version`.
+    pub fn version() -> Value {
+        json!({"oneOf": [s(), any_object()]})
+    }
+
+    /// `POST /v3/functions` body.
+    pub fn register_function() -> Value {
+        object(
+            &["function_name", "function_code"],
+            json!({"function_name": s(), "function_code": s(), "description": s(), "metadata": any_object()}),
+        )
+    }
+
+    /// `POST /v3/functions` answer.
+    pub fn function_id() -> Value {
+        object(&["function_uuid"], json!({"function_uuid": id()}))
+    }
+
+    /// `GET /v2/functions/{id}` answer.
+    pub fn function() -> Value {
+        object(
+            &["function_uuid", "function_name", "function_code"],
+            json!({"function_uuid": id(), "function_name": s(), "function_code": s(),
+                   "description": s(), "metadata": any_object()}),
+        )
+    }
+
+    /// `DELETE /v2/functions/{id}` answer.
+    pub fn function_deleted() -> Value {
+        object(
+            &["function_uuid", "deleted"],
+            json!({"function_uuid": id(), "deleted": {"type": "boolean"}}),
+        )
+    }
+
+    /// `POST /v3/endpoints` body.
+    pub fn register_endpoint() -> Value {
+        object(
+            &["endpoint_name"],
+            json!({"endpoint_name": s(), "display_name": s(), "endpoint_id": id(), "metadata": any_object()}),
+        )
+    }
+
+    /// `POST /v3/endpoints` answer.
+    pub fn endpoint_registered() -> Value {
+        object(
+            &["endpoint_id", "name", "credential"],
+            json!({"endpoint_id": id(), "name": s(), "credential": s()}),
+        )
+    }
+
+    /// One endpoint.
+    pub fn endpoint() -> Value {
+        object(
+            &["endpoint_id", "name", "status"],
+            json!({"endpoint_id": id(), "uuid": id(), "name": s(), "display_name": s(),
+                   "status": {"type": "string", "enum": ["online", "offline"]}, "created_t": s()}),
+        )
+    }
+
+    /// `GET /v2/endpoints` answer.
+    pub fn endpoint_list() -> Value {
+        json!({"type": "array", "items": endpoint()})
+    }
+
+    /// `DELETE /v2/endpoints/{id}` answer.
+    pub fn endpoint_deleted() -> Value {
+        object(
+            &["endpoint_id", "deleted"],
+            json!({"endpoint_id": id(), "deleted": {"type": "boolean"}}),
+        )
+    }
+
+    /// `GET /v2/endpoints/{id}/status` answer.
+    pub fn endpoint_status() -> Value {
+        object(
+            &["status", "details"],
+            json!({"status": {"type": "string", "enum": ["online", "offline"]}, "details": any_object()}),
+        )
+    }
+
+    /// `POST /v3/endpoints/{id}/submit` body.
+    pub fn submit() -> Value {
+        object(
+            &["tasks"],
+            json!({
+                "tasks": {"type": "object", "additionalProperties": {"type": "array", "items": s()}},
+                "task_group_id": id(), "create_queue": {"type": "boolean"},
+                "result_serializers": {"type": "array", "items": s()},
+                "resource_specification": any_object(), "user_endpoint_config": any_object(),
+            }),
+        )
+    }
+
+    /// `POST /v3/endpoints/{id}/submit` answer.
+    pub fn submitted() -> Value {
+        object(
+            &["request_id", "task_group_id", "endpoint_id", "tasks"],
+            json!({"request_id": id(), "task_group_id": id(), "endpoint_id": id(),
+                   "tasks": {"type": "object", "additionalProperties": {"type": "array", "items": id()}}}),
+        )
+    }
+
+    /// `POST /v2/batch_status` body.
+    pub fn batch_status() -> Value {
+        object(
+            &["task_ids"],
+            json!({"task_ids": {"type": "array", "items": id()}}),
+        )
+    }
+
+    /// `POST /v2/batch_status` answer.
+    pub fn batch_result() -> Value {
+        object(
+            &["response", "results"],
+            json!({"response": s(), "results": {"type": "object", "additionalProperties": task_ref()}}),
+        )
+    }
+
+    /// `GET /v2/taskgroup/{id}` answer.
+    pub fn taskgroup() -> Value {
+        object(
+            &["taskgroup_id", "tasks"],
+            json!({"taskgroup_id": id(), "tasks": {"type": "array", "items": object(
+                &["id", "function_id", "status"],
+                json!({"id": id(), "function_id": id(), "status": s()}),
+            )}}),
+        )
+    }
+
+    /// The result stream.
+    pub fn event_stream() -> Value {
+        json!({"type": "string", "description": "`id: <seq>`, `event: result`, `data: <task document>` per finished task"})
+    }
+
+    /// The agent WebSocket.
+    pub fn websocket() -> Value {
+        json!({"type": "string", "description": "101 Switching Protocols; JSON text frames of the protocol crate"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_document() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.0.3");
+        for route in ROUTES {
+            let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
+            assert!(op.is_object(), "{} {} missing", route.method, route.path);
+        }
+    }
+}

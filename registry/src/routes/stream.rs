@@ -1,0 +1,288 @@
+//! `GET /v3/taskgroup/{id}/stream`: a task group's results as server-sent
+//! events.
+//!
+//! Order matters for not losing events: subscribe to live notifications
+//! first, then replay from the database everything after `Last-Event-ID`,
+//! then follow notifications. A notification only says "group G has a
+//! result with seq S"; the stream always reads the results themselves from
+//! the database after its last sent seq, so a reader that lagged behind the
+//! broadcast channel just re-reads and loses nothing.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::auth::User;
+use crate::db::tasks as db_tasks;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, IdPath};
+use crate::live::ResultEvent;
+use crate::routes::tasks::task_document;
+use crate::state::AppState;
+
+/// Results read from the database per query.
+const PAGE: usize = 1000;
+
+/// Silence after which a keep-alive comment is sent.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Query string of the stream route.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    last_event_id: Option<String>,
+}
+
+fn parse_last_event_id(raw: &str, source: &str) -> ApiResult<i64> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid {source} {raw:?}: expected a non-negative integer (the id of the last event received)"
+            ))
+        })
+}
+
+/// `GET /v3/taskgroup/{id}/stream`.
+pub async fn stream(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let group = parse_id("task group", &raw)?;
+    let query =
+        query.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let last = match headers.get("last-event-id") {
+        Some(h) => {
+            let text = h
+                .to_str()
+                .map_err(|_| ApiError::bad_request("invalid Last-Event-ID header: not text"))?;
+            parse_last_event_id(text, "Last-Event-ID header")?
+        }
+        None => match &query.0.last_event_id {
+            Some(q) => parse_last_event_id(q, "last_event_id")?,
+            None => 0,
+        },
+    };
+    // Subscribe before reading anything, so no result falls in between.
+    let notifications = state.live.subscribe_results();
+    let owner = state
+        .db
+        .read(move |c| db_tasks::group_owner(c, group))
+        .await?;
+    if owner != Some(user.id) {
+        return Err(ApiError::not_found_id("task group", &raw));
+    }
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(pump(state, group, last, notifications, tx));
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+}
+
+/// Feeds one stream until the client goes away or the service stops.
+async fn pump(
+    state: AppState,
+    group: Uuid,
+    mut last: i64,
+    mut notifications: broadcast::Receiver<ResultEvent>,
+    tx: mpsc::Sender<Event>,
+) {
+    let mut stale = true;
+    loop {
+        if stale {
+            match send_after(&state, group, &mut last, &tx).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    // Ending the response makes the client reconnect with
+                    // its Last-Event-ID; nothing is lost.
+                    tracing::warn!(%group, error = %e, "result stream stopped");
+                    return;
+                }
+            }
+        }
+        stale = tokio::select! {
+            n = notifications.recv() => match n {
+                Ok((g, seq)) => g == group && seq > last,
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tx.closed() => return,
+            _ = state.shutting_down() => return,
+        };
+    }
+}
+
+/// Sends every stored result of `group` after `*last`; false once the
+/// client has gone.
+async fn send_after(
+    state: &AppState,
+    group: Uuid,
+    last: &mut i64,
+    tx: &mpsc::Sender<Event>,
+) -> ApiResult<bool> {
+    loop {
+        let after = *last;
+        let rows = state
+            .db
+            .read(move |c| db_tasks::results_after(c, group, after, PAGE))
+            .await?;
+        let full = rows.len() == PAGE;
+        for row in rows {
+            let Some(seq) = row.result_seq.filter(|s| *s > *last) else {
+                continue;
+            };
+            let event = Event::default()
+                .id(seq.to_string())
+                .event("result")
+                .data(task_document(&row).to_string());
+            if tx.send(event).await.is_err() {
+                return Ok(false);
+            }
+            *last = seq;
+        }
+        if !full {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::catalog::{self, EndpointRegistration, FunctionRow};
+    use crate::db::tasks::{NewTask, Submission};
+    use crate::live::Live;
+    use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
+
+    /// Stores results for `ids` through the writer and announces them.
+    async fn finish(state: &AppState, endpoint: Uuid, ids: &[Uuid]) {
+        let results: Vec<TaskResult> = ids
+            .iter()
+            .map(|id| TaskResult {
+                task_id: *id,
+                outcome: Outcome::Success { result: "r".into() },
+                completed_at: 1.0,
+            })
+            .collect();
+        let stored = state
+            .db
+            .write(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
+            .await
+            .unwrap();
+        for event in stored {
+            state.live.publish_result(event);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_reader_re_reads_and_loses_nothing() {
+        let (state, stop, dir) = AppState::for_tests(Live::with_result_capacity(4));
+        let (group, function) = (Uuid::new_v4(), Uuid::new_v4());
+        let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+        let new_tasks: Vec<NewTask> = ids
+            .iter()
+            .map(|id| NewTask {
+                id: *id,
+                function,
+                payload: "p".into(),
+            })
+            .collect();
+        let endpoint = state
+            .db
+            .write(move |c, _| {
+                let owner = catalog::ensure_user(c, "alice")?;
+                let reg = EndpointRegistration {
+                    id: None,
+                    name: "ep".into(),
+                    display_name: "ep".into(),
+                    metadata: serde_json::json!({}),
+                };
+                let endpoint = catalog::register_endpoint(c, owner, &reg, "cred")?;
+                let f = FunctionRow {
+                    id: function,
+                    name: "f".into(),
+                    code: "c".into(),
+                    description: String::new(),
+                    metadata: serde_json::json!({}),
+                };
+                catalog::insert_function(c, owner, &f)?;
+                db_tasks::submit(
+                    c,
+                    &Submission {
+                        owner,
+                        endpoint,
+                        group,
+                        state: TaskState::Received,
+                        functions: vec![(function.to_string(), function)],
+                        tasks: new_tasks,
+                        result_serializers: "[]".into(),
+                        resource_spec: None,
+                    },
+                )?;
+                Ok(endpoint)
+            })
+            .await
+            .unwrap();
+        finish(&state, endpoint, &ids[..2]).await;
+
+        // A reader that holds one event and reads nothing more.
+        let (tx, mut rx) = mpsc::channel(1);
+        let pump = tokio::spawn(pump(
+            state.clone(),
+            group,
+            0,
+            state.live.subscribe_results(),
+            tx,
+        ));
+        let first = rx.recv().await.unwrap();
+        // Ten more results overflow the 4-slot notification channel.
+        finish(&state, endpoint, &ids[2..]).await;
+        let mut events = vec![first];
+        while events.len() < ids.len() {
+            let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            events.push(e);
+        }
+        assert_eq!(events.len(), 12);
+        // Nothing more (no duplicates) arrives once caught up.
+        assert!(tokio::time::timeout(Duration::from_millis(50), rx.recv())
+            .await
+            .is_err());
+        stop.send_replace(true);
+        pump.await.unwrap();
+        assert!(rx.recv().await.is_none(), "the stream ends at shutdown");
+        state.db.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn last_event_id_must_be_a_count() {
+        assert_eq!(parse_last_event_id("", "h"), Ok(0));
+        assert_eq!(parse_last_event_id(" 42 ", "h"), Ok(42));
+        assert!(parse_last_event_id("-1", "h").is_err());
+        assert!(parse_last_event_id("abc", "h")
+            .unwrap_err()
+            .message
+            .contains("\"abc\""));
+    }
+}

@@ -1,0 +1,83 @@
+//! What every handler shares: the database, the live state, the settings,
+//! the token cache and the shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::auth::TokenCache;
+use crate::config::ServiceConfig;
+use crate::db::Db;
+use crate::live::Live;
+
+/// Shared state handed to every route.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Arc<Db>,
+    /// Connected endpoints and result notifications.
+    pub live: Arc<Live>,
+    /// Settings.
+    pub config: Arc<ServiceConfig>,
+    /// Recently seen tokens.
+    pub tokens: Arc<TokenCache>,
+    /// Becomes `true` when the service shuts down; long-lived responses end.
+    pub shutdown: watch::Receiver<bool>,
+    /// Count of live endpoint links, so shutdown can wait for them.
+    pub links: Arc<watch::Sender<usize>>,
+}
+
+impl AppState {
+    /// Completes once shutdown has begun.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        // An error means the sender is gone, which also means shutdown.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Registers a live endpoint link until the guard drops.
+    pub fn link_guard(&self) -> LinkGuard {
+        self.links.send_modify(|n| *n += 1);
+        LinkGuard(self.links.clone())
+    }
+
+    /// Waits until every endpoint link has finished, at most `limit`.
+    pub async fn links_closed(&self, limit: Duration) -> bool {
+        let mut rx = self.links.subscribe();
+        let closed = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+        closed.is_ok()
+    }
+}
+
+/// Counts one live endpoint link.
+pub struct LinkGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+impl AppState {
+    /// A state over a fresh database in a temporary directory; the sender
+    /// triggers shutdown.
+    pub(crate) fn for_tests(live: Live) -> (AppState, watch::Sender<bool>, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("hpfaas-registry-unit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = ServiceConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+        let db = Db::open(&config.db_path()).unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let state = AppState {
+            db: Arc::new(db),
+            live: Arc::new(live),
+            config: Arc::new(config),
+            tokens: Arc::default(),
+            shutdown,
+            links: Arc::new(watch::channel(0).0),
+        };
+        (state, stop, dir)
+    }
+}
