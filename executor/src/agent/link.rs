@@ -18,8 +18,12 @@ use tokio_tungstenite::tungstenite::Message;
 /// What the link tells the agent.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// Connected and welcomed; the agent should re-send unacknowledged results.
-    Connected,
+    /// Connected and welcomed; the agent should re-send unacknowledged
+    /// results and heartbeat at the service's period.
+    Connected {
+        /// Seconds between heartbeats the service expects.
+        heartbeat_period: f64,
+    },
     /// A frame from the service.
     Message(ServiceMessage),
     /// The connection dropped; the link is reconnecting.
@@ -164,9 +168,9 @@ async fn connect_and_serve(
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));
     }
-    match ws.next().await {
+    let heartbeat_period = match ws.next().await {
         Some(Ok(Message::Text(text))) => match from_json::<ServiceMessage>(&text) {
-            Ok(ServiceMessage::Welcome { .. }) => {}
+            Ok(ServiceMessage::Welcome { heartbeat_period, .. }) => heartbeat_period,
             Ok(ServiceMessage::Refused { reason }) => return Ended::Refused(reason),
             Ok(other) => return Ended::Retry(format!("expected a welcome, got {other:?}")),
             Err(e) => return Ended::Retry(format!("bad welcome frame: {e}")),
@@ -174,9 +178,9 @@ async fn connect_and_serve(
         Some(Ok(other)) => return Ended::Retry(format!("expected a welcome, got {other:?}")),
         Some(Err(e)) => return Ended::Retry(format!("connection failed before welcome: {e}")),
         None => return Ended::Retry("connection closed before welcome".into()),
-    }
+    };
     *backoff = Duration::from_millis(100);
-    if events.send(LinkEvent::Connected).is_err() {
+    if events.send(LinkEvent::Connected { heartbeat_period }).is_err() {
         return Ended::Stopped;
     }
     loop {

@@ -116,8 +116,12 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
     let outcome = loop {
         tokio::select! {
             event = from_service.recv() => match event {
-                Some(LinkEvent::Connected) => {
+                Some(LinkEvent::Connected { heartbeat_period }) => {
                     tracing::info!("connected to {}", spec.service_url);
+                    // The service drops agents that miss its heartbeats, so
+                    // never beat slower than it asks, whatever the engine's period.
+                    let period = heartbeat_period.min(engine.heartbeat_period).max(0.05);
+                    heartbeat = tokio::time::interval(Duration::from_secs_f64(period));
                     agent.resend_results()?;
                     state.state = "online".into();
                     state.last_error = None;
