@@ -106,26 +106,35 @@ impl Provider for LocalProvider {
     }
 
     fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError> {
-        let mut live = Vec::new();
-        for job in jobs {
-            if self.poll(job) == Some(JobState::Running) {
-                if let Ok(pgid) = job.parse::<i32>() {
-                    // SAFETY: kill(2) with a negative pid signals our own process group.
-                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-                    live.push(job.clone());
+        let groups: Vec<(JobId, i32)> = jobs
+            .iter()
+            .filter_map(|job| Some((job.clone(), job.parse::<i32>().ok()?)))
+            .filter(|(job, _)| self.children.contains_key(job))
+            .collect();
+        for (_, pgid) in &groups {
+            signal_group(*pgid, libc::SIGTERM);
+        }
+        // Wait for every process of each group, not only its leader: a
+        // manager's workers must not outlive their block.
+        let deadline = Instant::now() + CANCEL_GRACE;
+        let mut live = groups;
+        while !live.is_empty() {
+            for (job, _) in &live {
+                self.poll(job);
+            }
+            live.retain(|(_, pgid)| group_exists(*pgid));
+            if Instant::now() > deadline + CANCEL_GRACE {
+                // Only unreaped zombies can be left (their reaper is not us).
+                break;
+            }
+            if Instant::now() > deadline {
+                for (_, pgid) in &live {
+                    signal_group(*pgid, libc::SIGKILL);
                 }
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let deadline = Instant::now() + CANCEL_GRACE;
-        while !live.is_empty() && Instant::now() < deadline {
-            live.retain(|job| self.poll(job) == Some(JobState::Running));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for job in &live {
-            if let Ok(pgid) = job.parse::<i32>() {
-                // SAFETY: as above; the group ignored SIGTERM.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
+        for job in jobs {
             if let Some(child) = self.children.get_mut(job) {
                 let _ = child.wait();
             }
@@ -133,6 +142,17 @@ impl Provider for LocalProvider {
         }
         Ok(())
     }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) on a process group this provider created.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+/// True while any process (zombies included) remains in the group.
+fn group_exists(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(-pgid, 0) == 0 }
 }
 
 impl Drop for LocalProvider {

@@ -170,7 +170,9 @@ async fn connect_and_serve(
     }
     let heartbeat_period = match ws.next().await {
         Some(Ok(Message::Text(text))) => match from_json::<ServiceMessage>(&text) {
-            Ok(ServiceMessage::Welcome { heartbeat_period, .. }) => heartbeat_period,
+            Ok(ServiceMessage::Welcome {
+                heartbeat_period, ..
+            }) => heartbeat_period,
             Ok(ServiceMessage::Refused { reason }) => return Ended::Refused(reason),
             Ok(other) => return Ended::Retry(format!("expected a welcome, got {other:?}")),
             Err(e) => return Ended::Retry(format!("bad welcome frame: {e}")),
@@ -180,7 +182,10 @@ async fn connect_and_serve(
         None => return Ended::Retry("connection closed before welcome".into()),
     };
     *backoff = Duration::from_millis(100);
-    if events.send(LinkEvent::Connected { heartbeat_period }).is_err() {
+    if events
+        .send(LinkEvent::Connected { heartbeat_period })
+        .is_err()
+    {
         return Ended::Stopped;
     }
     loop {
