@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hpfaas_scheduler_adapters::ProviderConfig;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -19,9 +20,9 @@ pub struct EndpointConfig {
     /// `[engine]`: the broker, managers and workers.
     #[serde(default)]
     pub engine: EngineSection,
-    /// `[provider]`: where blocks run.
+    /// `[provider]`: where blocks run (owned by the scheduler adapters).
     #[serde(default)]
-    pub provider: ProviderSection,
+    pub provider: ProviderConfig,
 }
 
 /// `[endpoint]`.
@@ -82,43 +83,6 @@ impl Default for EngineSection {
     }
 }
 
-/// `[provider]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSection {
-    /// Which batch system: only `local` so far.
-    #[serde(rename = "type", default = "default_provider")]
-    pub kind: String,
-    /// Blocks started when the endpoint starts.
-    #[serde(default)]
-    pub init_blocks: u32,
-    /// Blocks kept even when idle.
-    #[serde(default)]
-    pub min_blocks: u32,
-    /// Most blocks at once.
-    #[serde(default = "one")]
-    pub max_blocks: u32,
-    /// Nodes per block (the local provider has one node).
-    #[serde(default = "one")]
-    pub nodes_per_block: u32,
-    /// Shell lines run before the managers start.
-    #[serde(default)]
-    pub worker_init: String,
-}
-
-impl Default for ProviderSection {
-    fn default() -> Self {
-        ProviderSection {
-            kind: default_provider(),
-            init_blocks: 0,
-            min_blocks: 0,
-            max_blocks: 1,
-            nodes_per_block: 1,
-            worker_init: String::new(),
-        }
-    }
-}
-
 fn default_worker_python() -> String {
     "python3".into()
 }
@@ -133,12 +97,6 @@ fn default_heartbeat_threshold() -> f64 {
 }
 fn default_address() -> String {
     "127.0.0.1".into()
-}
-fn default_provider() -> String {
-    "local".into()
-}
-fn one() -> u32 {
-    1
 }
 
 /// A configuration file that cannot be used, with the reason.
@@ -188,23 +146,7 @@ impl EndpointConfig {
         if let Some(range) = &e.port_range {
             parse_port_range(range)?;
         }
-        let p = &self.provider;
-        if p.kind != "local" {
-            return Err(format!(
-                "provider.type = \"{}\" is not supported yet; this release has: local",
-                p.kind
-            ));
-        }
-        if p.min_blocks > p.max_blocks || p.init_blocks > p.max_blocks {
-            return Err(format!(
-                "provider.init_blocks ({}) and provider.min_blocks ({}) must not exceed provider.max_blocks ({})",
-                p.init_blocks, p.min_blocks, p.max_blocks
-            ));
-        }
-        if p.nodes_per_block != 1 {
-            return Err("provider.nodes_per_block must be 1 for the local provider".into());
-        }
-        Ok(())
+        self.provider.validate()
     }
 }
 
@@ -305,9 +247,9 @@ mod tests {
         )
         .is_err());
         assert!(EndpointConfig::parse("[provider]\nmin_blocks = 3\nmax_blocks = 1\n").is_err());
-        assert!(EndpointConfig::parse("[provider]\ntype = \"slurm\"\n")
+        assert!(EndpointConfig::parse("[provider]\ntype = \"cobalt\"\n")
             .unwrap_err()
-            .contains("slurm"));
+            .contains("cobalt"));
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
         assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
     }

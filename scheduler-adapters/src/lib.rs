@@ -5,6 +5,8 @@
 //! is the endpoint's strategy (`executor/src/strategy.rs`). Calls may block on
 //! scheduler commands, so the endpoint runs them off its event loop.
 
+pub mod config;
+pub mod launcher;
 pub mod local;
 
 use std::collections::HashMap;
@@ -13,20 +15,21 @@ use std::path::PathBuf;
 /// A batch-system job id as the scheduler prints it (e.g. `1234`, `1234.server`).
 pub type JobId = String;
 
-/// What to start: one block of managers.
+pub use config::ProviderConfig;
+
+/// What to start: one block of managers. Its size, walltime, placement,
+/// `worker_init` and launcher come from the provider's [`ProviderConfig`].
 #[derive(Debug, Clone)]
 pub struct BlockRequest {
     /// Endpoint-unique block id, passed to each manager.
     pub block_id: String,
+    /// Scheduler job name; unique per endpoint and block.
+    pub job_name: String,
     /// Argument vector that starts one manager (absolute binary path first).
     pub manager_command: Vec<String>,
-    /// Nodes in the block.
-    pub nodes: u32,
-    /// Shell lines run before the managers start (e.g. `module load python`).
-    pub worker_init: String,
-    /// Extra environment for the managers.
+    /// Environment the job script exports before starting the managers.
     pub env: Vec<(String, String)>,
-    /// Where the block writes its output.
+    /// Where the job script and the block's output go.
     pub log_dir: PathBuf,
 }
 
@@ -67,10 +70,39 @@ pub struct ProviderError {
 pub trait Provider: Send {
     /// Short name (`local`, `slurm`, ...), used in messages.
     fn name(&self) -> &'static str;
+    /// The exact job script [`Provider::submit`] would submit.
+    fn job_script(&self, request: &BlockRequest) -> String;
     /// Starts a block and returns its job id.
     fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError>;
     /// States of the given jobs, in one batched query where the system allows.
     fn status(&mut self, jobs: &[JobId]) -> Result<HashMap<JobId, JobState>, ProviderError>;
     /// Cancels the given jobs; cancelling a finished job is not an error.
     fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError>;
+}
+
+/// The provider a configuration asks for.
+pub fn build(config: &ProviderConfig) -> Result<Box<dyn Provider>, String> {
+    config.validate()?;
+    match config.kind.as_str() {
+        "local" => Ok(Box::new(local::LocalProvider::new(config.clone()))),
+        other => Err(format!(
+            "provider.type = {other:?} is not available in this build"
+        )),
+    }
+}
+
+/// Exports and `worker_init` for the top of a job script, shared by every provider.
+pub fn script_preamble(request: &BlockRequest, worker_init: &str) -> String {
+    let mut out = String::new();
+    for (key, value) in &request.env {
+        out.push_str(&format!(
+            "export {key}={}\n",
+            launcher::shell_quote(&[value])
+        ));
+    }
+    if !worker_init.trim().is_empty() {
+        out.push_str(worker_init.trim_end());
+        out.push('\n');
+    }
+    out
 }

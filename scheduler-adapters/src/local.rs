@@ -1,5 +1,5 @@
-//! The `local` provider: a block is a process group on this machine, started
-//! through `sh` so that `worker_init` runs first, exactly as in a job script.
+//! The `local` provider: a block is a process group on this machine running
+//! a job script through `sh`, so `worker_init` runs first, as on a cluster.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -7,22 +7,29 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{BlockRequest, JobId, JobState, Provider, ProviderError};
+use crate::launcher::shell_quote;
+use crate::{
+    script_preamble, BlockRequest, JobId, JobState, Provider, ProviderConfig, ProviderError,
+};
 
 /// How long a cancelled block gets to exit after SIGTERM before SIGKILL.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs blocks as local process groups; the job id is the group's pid.
-#[derive(Default)]
 pub struct LocalProvider {
+    config: ProviderConfig,
     children: HashMap<JobId, Child>,
     finished: HashMap<JobId, JobState>,
 }
 
 impl LocalProvider {
     /// A provider with no blocks.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(config: ProviderConfig) -> Self {
+        LocalProvider {
+            config,
+            children: HashMap::new(),
+            finished: HashMap::new(),
+        }
     }
 
     fn error(message: String) -> ProviderError {
@@ -62,10 +69,25 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    fn job_script(&self, request: &BlockRequest) -> String {
+        format!(
+            "#!/bin/sh\n# hpfaas block {} ({})\n{}exec {}\n",
+            request.block_id,
+            request.job_name,
+            script_preamble(request, &self.config.worker_init),
+            shell_quote(&request.manager_command)
+        )
+    }
+
     fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError> {
         std::fs::create_dir_all(&request.log_dir).map_err(|e| {
             Self::error(format!("cannot create {}: {e}", request.log_dir.display()))
         })?;
+        let script_path = request
+            .log_dir
+            .join(format!("block-{}.sh", request.block_id));
+        std::fs::write(&script_path, self.job_script(request))
+            .map_err(|e| Self::error(format!("cannot write {}: {e}", script_path.display())))?;
         let log_path = request
             .log_dir
             .join(format!("block-{}.log", request.block_id));
@@ -74,13 +96,8 @@ impl Provider for LocalProvider {
         let log_err = log
             .try_clone()
             .map_err(|e| Self::error(format!("cannot duplicate log handle: {e}")))?;
-        let script = format!("{}\nexec \"$@\"", request.worker_init);
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(script)
-            .arg("hpfaas-block")
-            .args(&request.manager_command)
-            .envs(request.env.iter().cloned())
+        cmd.arg(&script_path)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -166,13 +183,19 @@ impl Drop for LocalProvider {
 mod tests {
     use super::*;
 
-    fn request(id: &str, argv: &[&str], init: &str) -> BlockRequest {
+    fn provider(init: &str) -> LocalProvider {
+        LocalProvider::new(ProviderConfig {
+            worker_init: init.into(),
+            ..Default::default()
+        })
+    }
+
+    fn request(id: &str, argv: &[&str]) -> BlockRequest {
         BlockRequest {
             block_id: id.into(),
+            job_name: format!("hpfaas-test-{id}"),
             manager_command: argv.iter().map(|s| s.to_string()).collect(),
-            nodes: 1,
-            worker_init: init.into(),
-            env: vec![("HPFAAS_TEST_VAR".into(), "from-env".into())],
+            env: vec![("HPFAAS_TEST_VAR".into(), "from env".into())],
             log_dir: std::env::temp_dir().join(format!("hpfaas-local-{}", std::process::id())),
         }
     }
@@ -190,20 +213,17 @@ mod tests {
 
     #[test]
     fn runs_worker_init_then_the_command_and_reports_exit() {
-        let mut p = LocalProvider::new();
-        let req = request(
-            "ok",
-            &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""],
-            "INIT=ran; export INIT",
-        );
+        let mut p = provider("INIT=ran; export INIT");
+        let req = request("ok", &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""]);
+        assert!(p
+            .job_script(&req)
+            .contains("export HPFAAS_TEST_VAR='from env'"));
         let job = p.submit(&req).unwrap();
         assert_eq!(wait_finished(&mut p, &job), JobState::Completed);
         let log = std::fs::read_to_string(req.log_dir.join("block-ok.log")).unwrap();
-        assert_eq!(log.trim(), "ran from-env");
+        assert_eq!(log.trim(), "ran from env");
 
-        let job = p
-            .submit(&request("bad", &["sh", "-c", "exit 3"], ""))
-            .unwrap();
+        let job = p.submit(&request("bad", &["sh", "-c", "exit 3"])).unwrap();
         assert_eq!(
             wait_finished(&mut p, &job),
             JobState::Failed {
@@ -214,9 +234,9 @@ mod tests {
 
     #[test]
     fn cancel_kills_the_whole_group() {
-        let mut p = LocalProvider::new();
+        let mut p = provider("");
         let job = p
-            .submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"], ""))
+            .submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"]))
             .unwrap();
         assert_eq!(
             p.status(std::slice::from_ref(&job)).unwrap()[&job],

@@ -31,7 +31,8 @@ pub struct Blocks {
     scaling: Scaling,
     /// Builds the manager command for a block id.
     manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
-    worker_init: String,
+    /// Prefix of job names, unique per endpoint.
+    job_prefix: String,
     log_dir: PathBuf,
     live: Vec<Block>,
     next_id: u64,
@@ -52,14 +53,14 @@ impl Blocks {
         provider: Box<dyn Provider>,
         scaling: Scaling,
         manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
-        worker_init: String,
+        job_prefix: String,
         log_dir: PathBuf,
     ) -> Self {
         Blocks {
             provider,
             scaling,
             manager_command,
-            worker_init,
+            job_prefix,
             log_dir,
             live: Vec::new(),
             next_id: 0,
@@ -99,10 +100,9 @@ impl Blocks {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let request = BlockRequest {
+            job_name: format!("{}-{id}", self.job_prefix),
             block_id: id.clone(),
             manager_command: (self.manager_command)(&id),
-            nodes: 1,
-            worker_init: self.worker_init.clone(),
             env: Vec::new(),
             log_dir: self.log_dir.clone(),
         };

@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hpfaas_protocol::endpoint::{AgentMessage, EndpointReport, ServiceMessage};
 use hpfaas_protocol::task::{ExceptionInfo, FunctionCode, TaskResult, TaskSpec};
-use hpfaas_scheduler_adapters::local::LocalProvider;
 use tokio::sync::mpsc;
 
 use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent};
@@ -95,7 +94,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
             .send(BrokerCommand::Submit { functions, tasks });
     }
 
-    let mut blocks = new_blocks(&spec, &broker.url);
+    let mut blocks = new_blocks(&spec, &broker.url)?;
     let (to_service, mut from_service) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
@@ -206,7 +205,7 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
     .await?
 }
 
-fn new_blocks(spec: &AgentSpec, broker_url: &str) -> Blocks {
+fn new_blocks(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<Blocks> {
     let engine = &spec.config.engine;
     let provider = &spec.config.provider;
     let workers = engine.max_workers_per_node;
@@ -238,13 +237,13 @@ fn new_blocks(spec: &AgentSpec, broker_url: &str) -> Blocks {
         argv.extend(["--block-id".into(), block_id.to_string()]);
         argv
     };
-    Blocks::new(
-        Box::new(LocalProvider::new()),
+    Ok(Blocks::new(
+        hpfaas_scheduler_adapters::build(provider).map_err(anyhow::Error::msg)?,
         scaling,
         Box::new(command),
-        provider.worker_init.clone(),
+        format!("hpfaas-{}", spec.name),
         spec.dir.join("blocks"),
-    )
+    ))
 }
 
 struct Agent<'a> {

@@ -1,0 +1,246 @@
+//! The `[provider]` section of an endpoint configuration: where blocks run,
+//! how big they are, and how many. Key names follow Parsl's providers and
+//! Globus Compute's endpoint configs; `docs/configuration.md` lists them all.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[provider]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `local`, `slurm`, `pbs` or `lsf`.
+    #[serde(rename = "type", default = "default_kind")]
+    pub kind: String,
+    /// Slurm partition (`--partition`).
+    pub partition: Option<String>,
+    /// PBS or LSF queue (`-q`).
+    pub queue: Option<String>,
+    /// Slurm or PBS account (`--account`, `-A`).
+    pub account: Option<String>,
+    /// LSF project (`-P`).
+    pub project: Option<String>,
+    /// Slurm quality of service (`--qos`).
+    pub qos: Option<String>,
+    /// Slurm constraint (`--constraint`).
+    pub constraint: Option<String>,
+    /// Extra PBS `select` resources, e.g. `system=polaris` or `ngpus=4`.
+    pub select_options: Option<String>,
+    /// Nodes per block.
+    #[serde(default = "one")]
+    pub nodes_per_block: u32,
+    /// Blocks started with the endpoint.
+    #[serde(default)]
+    pub init_blocks: u32,
+    /// Blocks kept at all times.
+    #[serde(default)]
+    pub min_blocks: u32,
+    /// Most blocks at once.
+    #[serde(default = "one")]
+    pub max_blocks: u32,
+    /// Walltime of each block, `HH:MM:SS`.
+    #[serde(default = "default_walltime")]
+    pub walltime: String,
+    /// Seconds a block may sit idle before it is cancelled (down to `min_blocks`).
+    #[serde(default = "default_max_idletime")]
+    pub max_idletime: f64,
+    /// Fraction of the outstanding tasks to provision slots for (0..=1).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: f64,
+    /// Seconds before a block's walltime ends when its managers stop taking tasks.
+    #[serde(default = "default_drain_period")]
+    pub drain_period: f64,
+    /// Extra scheduler directives, copied verbatim into the job script.
+    #[serde(default)]
+    pub scheduler_options: Vec<String>,
+    /// Shell lines run before the managers start.
+    #[serde(default)]
+    pub worker_init: String,
+    /// How the managers are started: `srun`, `mpiexec`, `single-node`, `custom`.
+    pub launcher: Option<String>,
+    /// The launch line for `launcher = "custom"`: `{cmd}`, `{nodes}` are filled in.
+    pub launcher_template: Option<String>,
+    /// Seconds a scheduler command may take before it counts as failed.
+    #[serde(default = "default_cmd_timeout")]
+    pub cmd_timeout: f64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: default_kind(),
+            partition: None,
+            queue: None,
+            account: None,
+            project: None,
+            qos: None,
+            constraint: None,
+            select_options: None,
+            nodes_per_block: 1,
+            init_blocks: 0,
+            min_blocks: 0,
+            max_blocks: 1,
+            walltime: default_walltime(),
+            max_idletime: default_max_idletime(),
+            parallelism: default_parallelism(),
+            drain_period: default_drain_period(),
+            scheduler_options: Vec::new(),
+            worker_init: String::new(),
+            launcher: None,
+            launcher_template: None,
+            cmd_timeout: default_cmd_timeout(),
+        }
+    }
+}
+
+fn default_kind() -> String {
+    "local".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_walltime() -> String {
+    "00:30:00".into()
+}
+fn default_max_idletime() -> f64 {
+    120.0
+}
+fn default_parallelism() -> f64 {
+    1.0
+}
+fn default_drain_period() -> f64 {
+    60.0
+}
+fn default_cmd_timeout() -> f64 {
+    30.0
+}
+
+/// Parses `HH:MM:SS` (or `MM:SS`, or whole minutes) into a duration.
+pub fn parse_walltime(text: &str) -> Result<Duration, String> {
+    let bad = || format!("provider.walltime = {text:?} is not HH:MM:SS");
+    let parts: Vec<u64> = text
+        .split(':')
+        .map(|p| p.trim().parse::<u64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let seconds = match parts[..] {
+        [m] => m * 60,
+        [m, s] if s < 60 => m * 60 + s,
+        [h, m, s] if m < 60 && s < 60 => h * 3600 + m * 60 + s,
+        _ => return Err(bad()),
+    };
+    if seconds == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+impl ProviderConfig {
+    /// The block walltime (validated by [`ProviderConfig::validate`]).
+    pub fn walltime(&self) -> Duration {
+        parse_walltime(&self.walltime).unwrap_or(Duration::from_secs(1800))
+    }
+
+    /// Checks values and that each key suits the provider; names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let kinds = ["local", "slurm", "pbs", "lsf"];
+        if !kinds.contains(&self.kind.as_str()) {
+            return Err(format!(
+                "provider.type = {:?} is unknown; use one of {}",
+                self.kind,
+                kinds.join(", ")
+            ));
+        }
+        parse_walltime(&self.walltime)?;
+        if self.min_blocks > self.max_blocks || self.init_blocks > self.max_blocks {
+            return Err(format!(
+                "provider.init_blocks ({}) and provider.min_blocks ({}) must not exceed provider.max_blocks ({})",
+                self.init_blocks, self.min_blocks, self.max_blocks
+            ));
+        }
+        if self.nodes_per_block == 0 {
+            return Err("provider.nodes_per_block must be at least 1".into());
+        }
+        if self.kind == "local" && self.nodes_per_block != 1 {
+            return Err("provider.nodes_per_block must be 1 for the local provider".into());
+        }
+        if !(self.parallelism > 0.0 && self.parallelism <= 1.0) {
+            return Err(format!(
+                "provider.parallelism = {} must be in (0, 1]",
+                self.parallelism
+            ));
+        }
+        for (key, value) in [
+            ("max_idletime", self.max_idletime),
+            ("drain_period", self.drain_period),
+            ("cmd_timeout", self.cmd_timeout),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(format!(
+                    "provider.{key} = {value} must be a non-negative number of seconds"
+                ));
+            }
+        }
+        let applies: &[(&str, bool, &[&str])] = &[
+            ("partition", self.partition.is_some(), &["slurm"]),
+            ("qos", self.qos.is_some(), &["slurm"]),
+            ("constraint", self.constraint.is_some(), &["slurm"]),
+            ("queue", self.queue.is_some(), &["pbs", "lsf"]),
+            ("account", self.account.is_some(), &["slurm", "pbs"]),
+            ("project", self.project.is_some(), &["lsf"]),
+            ("select_options", self.select_options.is_some(), &["pbs"]),
+        ];
+        for (key, set, kinds) in applies {
+            if *set && !kinds.contains(&self.kind.as_str()) {
+                return Err(format!(
+                    "provider.{key} does not apply to provider.type = {:?} (it is for {})",
+                    self.kind,
+                    kinds.join(", ")
+                ));
+            }
+        }
+        crate::launcher::Launcher::from_config(self).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walltimes() {
+        assert_eq!(
+            parse_walltime("00:30:00").unwrap(),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            parse_walltime("1:00:05").unwrap(),
+            Duration::from_secs(3605)
+        );
+        assert_eq!(parse_walltime("10").unwrap(), Duration::from_secs(600));
+        for bad in ["", "0", "00:61:00", "a:b:c", "1:2:3:4"] {
+            assert!(parse_walltime(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_must_suit_the_provider() {
+        let c = ProviderConfig {
+            kind: "pbs".into(),
+            partition: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("partition"));
+        let c = ProviderConfig {
+            kind: "slurm".into(),
+            partition: Some("x".into()),
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        let c = ProviderConfig {
+            kind: "cobalt".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("cobalt"));
+    }
+}
