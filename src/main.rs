@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hpfaas_executor::{lifecycle, manager};
 
@@ -86,7 +87,7 @@ enum EndpointCommand {
         /// Endpoint name.
         name: String,
     },
-    /// Stop, then start.
+    /// Restart the agent; running blocks are re-adopted, not cancelled.
     Restart {
         /// Endpoint name.
         name: String,
@@ -96,6 +97,11 @@ enum EndpointCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the job script the endpoint submits for a block.
+    JobScript {
+        /// Endpoint name.
+        name: String,
     },
     /// Show one endpoint, locally and as the service sees it.
     Status {
@@ -110,11 +116,22 @@ enum EndpointCommand {
 #[derive(clap::Args)]
 struct ManagerArgs {
     /// Broker address, e.g. tcp://10.0.0.1:55001.
+    #[arg(
+        long,
+        required_unless_present = "endpoint",
+        conflicts_with = "endpoint"
+    )]
+    broker: Option<String>,
+    /// Join this endpoint (from a job script of your own): the broker address
+    /// is read from $HPFAAS_HOME/endpoints/NAME on the shared file system.
     #[arg(long)]
-    broker: String,
-    /// Block this manager belongs to.
+    endpoint: Option<String>,
+    /// Block this manager belongs to (default: job-<batch job id>).
     #[arg(long)]
-    block_id: String,
+    block_id: Option<String>,
+    /// The block's walltime in seconds, counted from now.
+    #[arg(long)]
+    walltime: Option<f64>,
     /// Batch-system job id of the block.
     #[arg(long)]
     job_id: Option<String>,
@@ -186,8 +203,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Endpoint { command } => endpoint(command),
         Command::Manager(args) => runtime()?.block_on(manager::run(manager::ManagerConfig {
-            broker_url: args.broker,
-            block_id: args.block_id,
+            broker_url: match (args.broker, &args.endpoint) {
+                (Some(url), _) => url,
+                (None, Some(name)) => {
+                    let dir = lifecycle::endpoint_dir(name)?;
+                    lifecycle::broker_url(&dir).with_context(|| {
+                        format!(
+                            "endpoint {name} has no broker address in {}; is it started?",
+                            dir.display()
+                        )
+                    })?
+                }
+                (None, None) => anyhow::bail!("give --broker URL or --endpoint NAME"),
+            },
+            block_id: args
+                .block_id
+                .unwrap_or_else(|| match manager::job_id_from_env() {
+                    Some(job) => format!("job-{job}"),
+                    None => format!("manual-{}", std::process::id()),
+                }),
+            walltime: args
+                .walltime
+                .filter(|w| *w > 0.0)
+                .map(Duration::from_secs_f64),
             job_id: args.job_id,
             workers: args.workers,
             prefetch: args.prefetch,
@@ -217,7 +255,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 }
             }
             let dir = spec.dir.clone();
-            let result = runtime()?.block_on(hpfaas_executor::agent::run(spec, shutdown_signal()));
+            let result = runtime()?.block_on(hpfaas_executor::agent::run(spec, agent_shutdown()));
             hpfaas_executor::agent::state_file::AgentState::remove(&dir);
             result?;
         }
@@ -225,9 +263,10 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
             name,
             foreground: false,
         } => println!("{}", lifecycle::start_daemon(&name)?),
-        EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name)?),
+        EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name, false)?),
+        EndpointCommand::JobScript { name } => print!("{}", lifecycle::job_script(&name)?),
         EndpointCommand::Restart { name } => {
-            match lifecycle::stop(&name) {
+            match lifecycle::stop(&name, true) {
                 Ok(msg) => println!("{msg}"),
                 Err(e) if e.to_string().contains("is not running") => {}
                 Err(e) => return Err(e),
@@ -299,6 +338,40 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                     Err(e) => rows.push(vec!["service says".into(), format!("unreachable: {e:#}")]),
                 }
                 print_table(&["FIELD", "VALUE"], &rows);
+                if !local.blocks.is_empty() {
+                    println!();
+                    let blocks: Vec<Vec<String>> = local
+                        .blocks
+                        .iter()
+                        .map(|b| {
+                            vec![
+                                b.block_id.clone(),
+                                b.job_id.clone(),
+                                b.provider.clone(),
+                                b.state.clone(),
+                                b.nodes.to_string(),
+                                b.managers.to_string(),
+                                format!("{:.0}s", b.age),
+                                b.remaining_walltime
+                                    .map(|r| format!("{r:.0}s"))
+                                    .unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &[
+                            "BLOCK",
+                            "JOB ID",
+                            "SCHEDULER",
+                            "STATE",
+                            "NODES",
+                            "MANAGERS",
+                            "AGE",
+                            "WALLTIME LEFT",
+                        ],
+                        &blocks,
+                    );
+                }
             }
         }
     }
@@ -323,6 +396,21 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// How a foreground agent is asked to stop: SIGINT/SIGTERM stop everything,
+/// SIGUSR1 (sent by `endpoint restart`) leaves the blocks for the next agent.
+async fn agent_shutdown() -> hpfaas_executor::agent::Shutdown {
+    use hpfaas_executor::agent::Shutdown;
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        shutdown_signal().await;
+        return Shutdown::Stop;
+    };
+    tokio::select! {
+        _ = shutdown_signal() => Shutdown::Stop,
+        _ = usr1.recv() => Shutdown::KeepBlocks,
     }
 }
 

@@ -108,7 +108,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         reregister: false,
         hpfaas_exe: std::env::current_exe().context("cannot find the hpfaas binary")?,
     };
-    let outcome = agent::run(spec, crate::shutdown_signal()).await;
+    let outcome = agent::run(spec, async {
+        crate::shutdown_signal().await;
+        agent::Shutdown::Stop
+    })
+    .await;
     let _ = std::fs::remove_file(&up_file);
     let _ = stop_service.send(());
     service_task.await??;

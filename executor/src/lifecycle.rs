@@ -160,15 +160,21 @@ pub fn start_daemon(name: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Stops the endpoint's agent (which stops its blocks) and waits for it.
-pub fn stop(name: &str) -> anyhow::Result<String> {
+/// Stops the endpoint's agent and waits for it. The agent cancels its
+/// blocks, unless `keep_blocks` (for `restart`): then the next agent re-adopts them.
+pub fn stop(name: &str, keep_blocks: bool) -> anyhow::Result<String> {
     let dir = endpoint_dir(name)?;
     let Some(s) = running(&dir) else {
         AgentState::remove(&dir);
         bail!("endpoint {name} is not running");
     };
+    let signal = if keep_blocks {
+        libc::SIGUSR1
+    } else {
+        libc::SIGTERM
+    };
     // SAFETY: kill(2) on the pid the agent recorded for itself.
-    unsafe { libc::kill(s.pid as i32, libc::SIGTERM) };
+    unsafe { libc::kill(s.pid as i32, signal) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.is_alive() {
         if Instant::now() > deadline {
@@ -182,7 +188,11 @@ pub fn stop(name: &str) -> anyhow::Result<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     AgentState::remove(&dir);
-    Ok(format!("endpoint {name} stopped"))
+    Ok(if keep_blocks {
+        format!("endpoint {name} stopped; its blocks keep running")
+    } else {
+        format!("endpoint {name} stopped")
+    })
 }
 
 /// One row of `hpfaas endpoint list`.
@@ -202,6 +212,8 @@ pub struct EndpointRow {
     pub service_url: Option<String>,
     /// Last error the agent reported.
     pub last_error: Option<String>,
+    /// Every live block, when running.
+    pub blocks: Vec<crate::agent::blocks::BlockStatus>,
 }
 
 /// Describes one endpoint from its directory.
@@ -222,6 +234,7 @@ pub fn describe(name: &str) -> anyhow::Result<EndpointRow> {
         pid: live.as_ref().map(|s| s.pid),
         active_blocks: live.as_ref().map(|s| s.active_blocks).unwrap_or(0),
         service_url: credential.map(|c| c.service_url),
+        blocks: live.as_ref().map(|s| s.blocks.clone()).unwrap_or_default(),
         last_error: live.and_then(|s| s.last_error),
     })
 }
@@ -268,4 +281,30 @@ pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
         ),
         Err(e) => bail!("cannot reach the service at {}: {e}", c.service_url),
     }
+}
+
+/// The job script the endpoint submits for a block (with the broker address
+/// of the running agent, or of its last run).
+pub fn job_script(name: &str) -> anyhow::Result<String> {
+    let spec = agent_spec(name)?;
+    let provider =
+        hpfaas_scheduler_adapters::build(&spec.config.provider).map_err(anyhow::Error::msg)?;
+    let broker_url = broker_url(&spec.dir)
+        .unwrap_or_else(|| format!("tcp://{}:PORT-CHOSEN-AT-START", spec.config.engine.address));
+    let block = "0";
+    let request = hpfaas_scheduler_adapters::BlockRequest {
+        block_id: block.into(),
+        job_name: format!("hpfaas-{name}-{block}"),
+        manager_command: crate::agent::manager_command(&spec, &broker_url, block),
+        env: Vec::new(),
+        log_dir: spec.dir.join("blocks"),
+    };
+    Ok(provider.job_script(&request))
+}
+
+/// The broker address recorded by the endpoint's agent, if it ever ran.
+pub fn broker_url(dir: &Path) -> Option<String> {
+    let record: crate::agent::BrokerRecord =
+        serde_json::from_slice(&std::fs::read(dir.join(crate::agent::BROKER_FILE)).ok()?).ok()?;
+    Some(record.url)
 }

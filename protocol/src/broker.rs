@@ -15,7 +15,7 @@ use crate::task::{FunctionCode, TaskResult, TaskSpec};
 use crate::DecodeError;
 
 /// Who a manager is and what it can take.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManagerInfo {
     /// [`crate::PROTOCOL_VERSION`] of the manager.
     pub version: u32,
@@ -37,6 +37,10 @@ pub struct ManagerInfo {
     pub workers: u32,
     /// Tasks held beyond `workers` so a worker never waits on the network.
     pub prefetch: u32,
+    /// When the block's walltime ends (Unix seconds), if known; the broker
+    /// stops giving the manager work `drain_period` before it.
+    #[serde(default)]
+    pub deadline: Option<f64>,
 }
 
 impl ManagerInfo {
@@ -84,6 +88,9 @@ pub enum BrokerMessage {
         /// Why, in words for the user.
         reason: String,
     },
+    /// The broker does not know this manager (the agent restarted): register
+    /// again and carry on, so a restarted agent re-adopts running blocks.
+    Reregister,
     /// Tasks to run, with the code of functions this manager has not seen.
     Tasks {
         /// Function code not yet sent to this manager.
@@ -125,6 +132,7 @@ mod tests {
             cores: 2,
             workers: 2,
             prefetch: 4,
+            deadline: Some(1.0e9),
         };
         assert_eq!(info.capacity(), 6);
         let id = Uuid::new_v4();

@@ -1,14 +1,21 @@
-//! The endpoint's blocks (pilot jobs): submits what the strategy asks for,
-//! polls the provider, and reports blocks that ended so the broker can fail
-//! or retry the tasks of their managers.
+//! The endpoint's blocks (pilot jobs). A dedicated thread owns the provider,
+//! because scheduler commands block for up to `cmd_timeout`: it polls the
+//! jobs, asks the strategy what to submit or cancel, remembers its jobs in
+//! `blocks.json` (so a restarted agent re-adopts them instead of leaking
+//! them), and reports blocks that ended so the broker can settle their tasks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use hpfaas_protocol::task::now_unix;
 use hpfaas_scheduler_adapters::{BlockRequest, JobId, JobState, Provider};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
-use crate::strategy::{self, Scaling, Snapshot};
+use crate::broker::dispatch::Load;
+use crate::strategy::{self, BlockView, Scaling};
 
 /// A block that ended, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,101 +26,293 @@ pub struct EndedBlock {
     pub reason: String,
 }
 
-struct Block {
-    id: String,
-    job: JobId,
-    started: Instant,
+/// One block as `hpfaas endpoint status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockStatus {
+    /// Block id.
+    pub block_id: String,
+    /// Batch-system job id.
+    pub job_id: String,
+    /// Provider name.
+    pub provider: String,
+    /// `pending`, `running`, `draining`.
+    pub state: String,
+    /// Nodes requested.
+    pub nodes: u32,
+    /// Connected managers.
+    pub managers: u32,
+    /// Seconds since submission.
+    pub age: f64,
+    /// Seconds of walltime left, when known.
+    pub remaining_walltime: Option<f64>,
 }
 
-/// All blocks of one endpoint.
-pub struct Blocks {
-    provider: Box<dyn Provider>,
-    scaling: Scaling,
+/// What the blocks thread reports.
+#[derive(Debug)]
+pub enum BlocksEvent {
+    /// A block's job ended.
+    Ended(EndedBlock),
+    /// The blocks and the last provider error, after every step.
+    Status {
+        /// Every live block.
+        blocks: Vec<BlockStatus>,
+        /// The last scheduler error (e.g. sbatch's own message), if any.
+        last_error: Option<String>,
+    },
+}
+
+/// Static facts the blocks thread needs.
+pub struct BlocksSetup {
+    /// The provider.
+    pub provider: Box<dyn Provider>,
+    /// Scaling keys.
+    pub scaling: Scaling,
+    /// Nodes per block.
+    pub nodes: u32,
     /// Builds the manager command for a block id.
-    manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
+    pub manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
     /// Prefix of job names, unique per endpoint.
-    job_prefix: String,
-    log_dir: PathBuf,
+    pub job_prefix: String,
+    /// Where job scripts and block output go; `blocks.json` lives beside it.
+    pub dir: PathBuf,
+}
+
+/// The agent's handle on the blocks thread.
+pub struct BlocksHandle {
+    input: std_mpsc::Sender<Input>,
+    /// Events from the thread.
+    pub events: mpsc::UnboundedReceiver<BlocksEvent>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Input {
+    Step { outstanding: u64, load: Load },
+    CancelAll,
+}
+
+impl BlocksHandle {
+    /// Starts the thread; it re-adopts the jobs recorded in `blocks.json`.
+    pub fn start(setup: BlocksSetup) -> std::io::Result<BlocksHandle> {
+        let (input, rx) = std_mpsc::channel();
+        let (tx, events) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("blocks".into())
+            .spawn(move || Blocks::new(setup).run(rx, tx))?;
+        Ok(BlocksHandle {
+            input,
+            events,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for one scaling step with the current work and load.
+    pub fn step(&self, outstanding: u64, load: Load) {
+        let _ = self.input.send(Input::Step { outstanding, load });
+    }
+
+    /// Cancels every block and waits for the thread to finish.
+    pub fn cancel_all(mut self) {
+        let _ = self.input.send(Input::CancelAll);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What `blocks.json` holds about one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    block_id: String,
+    job_id: JobId,
+    submitted_at: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    next_id: u64,
+    blocks: Vec<Record>,
+}
+
+struct Block {
+    record: Record,
+    started: Instant,
+    idle_since: Option<Instant>,
+    managers: u32,
+    draining: bool,
+    deadline: Option<f64>,
+}
+
+struct Blocks {
+    setup: BlocksSetup,
     live: Vec<Block>,
     next_id: u64,
     first: bool,
-    /// After blocks die young, wait before trying again (doubling each time).
     hold_until: Option<Instant>,
     backoff: Duration,
-    /// Last provider error, shown by `hpfaas endpoint status`.
-    pub last_error: Option<String>,
+    last_error: Option<String>,
 }
 
 /// A block that ended sooner than this after starting counts as a failed start.
 const YOUNG: Duration = Duration::from_secs(10);
 
 impl Blocks {
-    /// Blocks managed through `provider`.
-    pub fn new(
-        provider: Box<dyn Provider>,
-        scaling: Scaling,
-        manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
-        job_prefix: String,
-        log_dir: PathBuf,
-    ) -> Self {
+    fn new(setup: BlocksSetup) -> Self {
+        let saved: Saved = std::fs::read(setup.dir.join("blocks.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let live: Vec<Block> = saved
+            .blocks
+            .into_iter()
+            .map(|record| {
+                tracing::info!(
+                    "re-adopting block {} (job {})",
+                    record.block_id,
+                    record.job_id
+                );
+                Block {
+                    record,
+                    started: now,
+                    idle_since: Some(now),
+                    managers: 0,
+                    draining: false,
+                    deadline: None,
+                }
+            })
+            .collect();
         Blocks {
-            provider,
-            scaling,
-            manager_command,
-            job_prefix,
-            log_dir,
-            live: Vec::new(),
-            next_id: 0,
-            first: true,
+            first: live.is_empty(),
+            setup,
+            live,
+            next_id: saved.next_id,
             hold_until: None,
             backoff: Duration::from_secs(1),
             last_error: None,
         }
     }
 
-    /// Blocks pending or running.
-    pub fn active(&self) -> u32 {
-        self.live.len() as u32
+    fn run(mut self, input: std_mpsc::Receiver<Input>, events: mpsc::UnboundedSender<BlocksEvent>) {
+        while let Ok(mut message) = input.recv() {
+            // Steps queue up while a scheduler command is slow: act on the latest.
+            while let Ok(next) = input.try_recv() {
+                if matches!(message, Input::CancelAll) {
+                    break;
+                }
+                message = next;
+            }
+            match message {
+                Input::Step { outstanding, load } => {
+                    for ended in self.step(outstanding, &load) {
+                        let _ = events.send(BlocksEvent::Ended(ended));
+                    }
+                    let _ = events.send(BlocksEvent::Status {
+                        blocks: self.status(),
+                        last_error: self.last_error.clone(),
+                    });
+                }
+                Input::CancelAll => {
+                    self.cancel_all();
+                    return;
+                }
+            }
+        }
     }
 
-    /// Polls the provider, then submits what the strategy asks for; returns
-    /// the blocks that ended since the last step.
-    pub fn step(&mut self, outstanding_tasks: u64) -> Vec<EndedBlock> {
-        let ended = self.poll();
+    fn save(&self) {
+        let saved = Saved {
+            next_id: self.next_id,
+            blocks: self.live.iter().map(|b| b.record.clone()).collect(),
+        };
+        let path = self.setup.dir.join("blocks.json");
+        let tmp = self.setup.dir.join(".blocks.json.tmp");
+        let written = serde_json::to_vec_pretty(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::error!("cannot record blocks in {}: {e}", path.display());
+        }
+    }
+
+    fn step(&mut self, outstanding: u64, load: &Load) -> Vec<EndedBlock> {
         let now = Instant::now();
+        self.observe(load, now);
+        let ended = self.poll();
         if self.hold_until.is_some_and(|t| now < t) {
             return ended;
         }
-        let snapshot = Snapshot {
-            active_blocks: self.active(),
-            outstanding_tasks,
-            first: self.first,
-        };
+        let views: Vec<BlockView> = self
+            .live
+            .iter()
+            .map(|b| BlockView {
+                id: b.record.block_id.clone(),
+                idle_since: b.idle_since,
+                draining: b.draining,
+            })
+            .collect();
+        let decision = strategy::decide(&self.setup.scaling, &views, outstanding, self.first, now);
         self.first = false;
-        for _ in 0..strategy::blocks_to_submit(&self.scaling, &snapshot) {
+        if !decision.cancel.is_empty() {
+            tracing::info!("cancelling idle blocks {:?}", decision.cancel);
+            self.cancel(&decision.cancel);
+        }
+        for _ in 0..decision.submit {
             self.submit();
         }
         ended
+    }
+
+    /// Folds the broker's view (managers connected, tasks in hand) into the blocks.
+    fn observe(&mut self, load: &Load, now: Instant) {
+        for b in &mut self.live {
+            match load.blocks.iter().find(|l| l.block_id == b.record.block_id) {
+                Some(l) => {
+                    b.managers = l.managers;
+                    b.draining = l.draining;
+                    b.deadline = l.deadline;
+                    if l.in_hand > 0 {
+                        b.idle_since = None;
+                    } else if b.idle_since.is_none() {
+                        b.idle_since = Some(now);
+                    }
+                }
+                None => b.managers = 0,
+            }
+        }
     }
 
     fn submit(&mut self) {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let request = BlockRequest {
-            job_name: format!("{}-{id}", self.job_prefix),
+            job_name: format!("{}-{id}", self.setup.job_prefix),
             block_id: id.clone(),
-            manager_command: (self.manager_command)(&id),
+            manager_command: (self.setup.manager_command)(&id),
             env: Vec::new(),
-            log_dir: self.log_dir.clone(),
+            log_dir: self.setup.dir.join("blocks"),
         };
-        match self.provider.submit(&request) {
-            Ok(job) => {
-                tracing::info!("block {id} submitted as {} job {job}", self.provider.name());
+        match self.setup.provider.submit(&request) {
+            Ok(job_id) => {
+                tracing::info!(
+                    "block {id} submitted as {} job {job_id}",
+                    self.setup.provider.name()
+                );
+                let now = Instant::now();
+                let record = Record {
+                    block_id: id,
+                    job_id,
+                    submitted_at: now_unix(),
+                };
                 self.live.push(Block {
-                    id,
-                    job,
-                    started: Instant::now(),
+                    record,
+                    started: now,
+                    idle_since: Some(now),
+                    managers: 0,
+                    draining: false,
+                    deadline: None,
                 });
+                self.save();
             }
             Err(e) => {
                 tracing::error!("cannot submit block {id}: {e}");
@@ -132,8 +331,8 @@ impl Blocks {
         if self.live.is_empty() {
             return Vec::new();
         }
-        let jobs: Vec<JobId> = self.live.iter().map(|b| b.job.clone()).collect();
-        let states: HashMap<JobId, JobState> = match self.provider.status(&jobs) {
+        let jobs: Vec<JobId> = self.live.iter().map(|b| b.record.job_id.clone()).collect();
+        let states: HashMap<JobId, JobState> = match self.setup.provider.status(&jobs) {
             Ok(states) => states,
             Err(e) => {
                 tracing::warn!("cannot poll blocks: {e}");
@@ -142,29 +341,36 @@ impl Blocks {
             }
         };
         let mut ended = Vec::new();
-        let mut died_young = false;
-        self.live.retain(|b| match states.get(&b.job) {
+        let mut died_young = None;
+        self.live.retain(|b| match states.get(&b.record.job_id) {
             Some(state) if state.is_finished() => {
                 let reason = match state {
                     JobState::Failed { reason } => reason.clone(),
                     _ => "completed".to_string(),
                 };
-                tracing::warn!("block {} (job {}) ended: {reason}", b.id, b.job);
-                died_young |= b.started.elapsed() < YOUNG;
+                tracing::warn!(
+                    "block {} (job {}) ended: {reason}",
+                    b.record.block_id,
+                    b.record.job_id
+                );
+                if b.started.elapsed() < YOUNG && b.managers == 0 {
+                    died_young = Some((b.record.block_id.clone(), reason.clone()));
+                }
                 ended.push(EndedBlock {
-                    block_id: b.id.clone(),
+                    block_id: b.record.block_id.clone(),
                     reason,
                 });
                 false
             }
             _ => true,
         });
-        if died_young {
+        if !ended.is_empty() {
+            self.save();
+        }
+        if let Some((block, reason)) = died_young {
             self.last_error = Some(format!(
-                "block {} ended soon after starting: {}; see its log in {}",
-                ended[0].block_id,
-                ended[0].reason,
-                self.log_dir.display()
+                "block {block} ended soon after starting: {reason}; see {}",
+                self.setup.dir.join("blocks").display()
             ));
             self.hold_off();
         } else if !ended.is_empty() {
@@ -173,14 +379,54 @@ impl Blocks {
         ended
     }
 
-    /// Cancels every block.
-    pub fn cancel_all(&mut self) {
-        let jobs: Vec<JobId> = self.live.drain(..).map(|b| b.job).collect();
-        if jobs.is_empty() {
-            return;
-        }
-        if let Err(e) = self.provider.cancel(&jobs) {
+    fn cancel(&mut self, block_ids: &[String]) {
+        let jobs: Vec<JobId> = self
+            .live
+            .iter()
+            .filter(|b| block_ids.contains(&b.record.block_id))
+            .map(|b| b.record.job_id.clone())
+            .collect();
+        if let Err(e) = self.setup.provider.cancel(&jobs) {
             tracing::error!("cannot cancel blocks: {e}");
+            self.last_error = Some(e.to_string());
         }
+        // Forget them now; a job that survives its cancel is polled no more,
+        // but its managers still show up in the broker's view.
+        self.live
+            .retain(|b| !block_ids.contains(&b.record.block_id));
+        self.save();
+    }
+
+    fn cancel_all(&mut self) {
+        let ids: Vec<String> = self
+            .live
+            .iter()
+            .map(|b| b.record.block_id.clone())
+            .collect();
+        if !ids.is_empty() {
+            self.cancel(&ids);
+        }
+    }
+
+    fn status(&self) -> Vec<BlockStatus> {
+        let now = now_unix();
+        self.live
+            .iter()
+            .map(|b| BlockStatus {
+                block_id: b.record.block_id.clone(),
+                job_id: b.record.job_id.clone(),
+                provider: self.setup.provider.name().to_string(),
+                state: match (b.managers, b.draining) {
+                    (0, _) => "pending",
+                    (_, true) => "draining",
+                    _ => "running",
+                }
+                .into(),
+                nodes: self.setup.nodes,
+                managers: b.managers,
+                age: (now - b.record.submitted_at).max(0.0),
+                remaining_walltime: b.deadline.map(|d| (d - now).max(0.0)),
+            })
+            .collect()
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent};
 use crate::config::{parse_port_range, EndpointConfig};
 use crate::strategy::Scaling;
-use blocks::Blocks;
+use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
 use journal::Journal;
 use link::{LinkEvent, LinkTarget};
 use state_file::AgentState;
@@ -49,8 +49,29 @@ pub struct AgentSpec {
     pub hpfaas_exe: PathBuf,
 }
 
+/// How the agent is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Stop everything: tell managers to exit and cancel every block.
+    Stop,
+    /// Exit but leave the blocks running, for the next agent to re-adopt
+    /// (`hpfaas endpoint restart`).
+    KeepBlocks,
+}
+
+/// Where the broker listened last time (`broker.json`), so a restarted agent
+/// binds the same port and its blocks' managers find it again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BrokerRecord {
+    /// Address managers connect to.
+    pub url: String,
+}
+
+/// File name of [`BrokerRecord`] in the endpoint directory.
+pub const BROKER_FILE: &str = "broker.json";
+
 /// Runs the agent until `shutdown` resolves or the service refuses it.
-pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&spec.dir)
         .with_context(|| format!("cannot create {}", spec.dir.display()))?;
     let mut state = AgentState {
@@ -68,6 +89,9 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
 
     let journal = Journal::open(&spec.dir.join("journal.db"))?;
     let engine = &spec.config.engine;
+    let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let mut broker = broker::start(BrokerConfig {
         address: engine.address.clone(),
         port_range: engine
@@ -76,10 +100,18 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
             .map(parse_port_range)
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        preferred_port: previous.and_then(|p| p.url.rsplit(':').next()?.parse().ok()),
         heartbeat_period: Duration::from_secs_f64(engine.heartbeat_period),
         heartbeat_threshold: Duration::from_secs_f64(engine.heartbeat_threshold),
         max_retries: engine.max_retries_on_system_failure,
+        drain_period: spec.config.provider.drain_period,
     })?;
+    std::fs::write(
+        spec.dir.join(BROKER_FILE),
+        serde_json::to_vec_pretty(&BrokerRecord {
+            url: broker.url.clone(),
+        })?,
+    )?;
     tracing::info!(
         "endpoint {} ({}) broker listening on {}",
         spec.name,
@@ -94,7 +126,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
             .send(BrokerCommand::Submit { functions, tasks });
     }
 
-    let mut blocks = new_blocks(&spec, &broker.url)?;
+    let mut blocks = BlocksHandle::start(blocks_setup(&spec, &broker.url)?)?;
     let (to_service, mut from_service) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
@@ -143,32 +175,43 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = ()>) -> anyhow:
                     total_workers: agent.load.total_workers,
                     idle_workers: agent.load.idle_workers,
                     outstanding_tasks: agent.journal.outstanding(),
-                    active_blocks: blocks.active(),
+                    active_blocks: state.blocks.len() as u32,
                 };
                 let _ = agent.to_service.send(AgentMessage::Heartbeat { status });
             }
-            _ = scaling.tick() => {
-                let outstanding = agent.journal.outstanding();
-                let ended = tokio::task::block_in_place(|| blocks.step(outstanding));
-                for b in ended {
+            _ = scaling.tick() => blocks.step(agent.journal.outstanding(), agent.load.clone()),
+            Some(event) = blocks.events.recv() => match event {
+                BlocksEvent::Ended(b) => {
                     let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
                 }
-                if state.active_blocks != blocks.active() || state.last_error.is_none() && blocks.last_error.is_some() {
-                    state.active_blocks = blocks.active();
-                    state.last_error = state.last_error.take().or(blocks.last_error.clone());
-                    state.write(&spec.dir)?;
+                BlocksEvent::Status { blocks: list, last_error } => {
+                    let error = last_error.or(state.last_error.clone());
+                    if list != state.blocks || error != state.last_error {
+                        state.active_blocks = list.len() as u32;
+                        state.blocks = list;
+                        state.last_error = error;
+                        state.write(&spec.dir)?;
+                    }
                 }
-            }
-            _ = &mut shutdown => break Ok(()),
+            },
+            how = &mut shutdown => break Ok(how),
         }
     };
     state.state = "stopping".into();
     let _ = state.write(&spec.dir);
-    tracing::info!("stopping endpoint {}", spec.name);
-    let _ = broker.commands.send(BrokerCommand::Shutdown);
-    let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
-    tokio::task::block_in_place(|| blocks.cancel_all());
-    outcome
+    let keep_blocks = matches!(outcome, Ok(Shutdown::KeepBlocks));
+    if keep_blocks {
+        tracing::info!(
+            "stopping endpoint {}; its blocks keep running for the next agent",
+            spec.name
+        );
+    } else {
+        tracing::info!("stopping endpoint {} and its blocks", spec.name);
+        let _ = broker.commands.send(BrokerCommand::Shutdown);
+        let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
+        tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+    }
+    outcome.map(|_| ())
 }
 
 async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential> {
@@ -205,45 +248,53 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
     .await?
 }
 
-fn new_blocks(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<Blocks> {
+/// The manager command line for a block: what the job script runs on each node.
+pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Vec<String> {
     let engine = &spec.config.engine;
-    let provider = &spec.config.provider;
-    let workers = engine.max_workers_per_node;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    let mut base = vec![
+    let mut argv = vec![
         spec.hpfaas_exe.display().to_string(),
         "manager".into(),
         "--broker".into(),
         broker_url.to_string(),
+        "--block-id".into(),
+        block_id.to_string(),
         "--prefetch".into(),
         engine.prefetch_capacity.to_string(),
         "--worker-python".into(),
         engine.worker_python.clone(),
+        "--walltime".into(),
+        spec.config.provider.walltime().as_secs().to_string(),
     ];
-    if let Some(w) = workers {
-        base.extend(["--workers".into(), w.to_string()]);
+    if let Some(w) = engine.max_workers_per_node {
+        argv.extend(["--workers".into(), w.to_string()]);
     }
+    argv
+}
+
+fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetup> {
+    let engine = &spec.config.engine;
+    let provider = &spec.config.provider;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let scaling = Scaling {
         init_blocks: provider.init_blocks,
         min_blocks: provider.min_blocks,
         max_blocks: provider.max_blocks,
-        slots_per_block: (workers.unwrap_or(cores) + engine.prefetch_capacity)
+        slots_per_block: (engine.max_workers_per_node.unwrap_or(cores) + engine.prefetch_capacity)
             * provider.nodes_per_block,
+        parallelism: provider.parallelism,
+        max_idletime: Duration::from_secs_f64(provider.max_idletime),
     };
-    let command = move |block_id: &str| {
-        let mut argv = base.clone();
-        argv.extend(["--block-id".into(), block_id.to_string()]);
-        argv
-    };
-    Ok(Blocks::new(
-        hpfaas_scheduler_adapters::build(provider).map_err(anyhow::Error::msg)?,
+    let (owned, url) = (spec.clone(), broker_url.to_string());
+    Ok(BlocksSetup {
+        provider: hpfaas_scheduler_adapters::build(provider).map_err(anyhow::Error::msg)?,
         scaling,
-        Box::new(command),
-        format!("hpfaas-{}", spec.name),
-        spec.dir.join("blocks"),
-    ))
+        nodes: provider.nodes_per_block,
+        manager_command: Box::new(move |block_id| manager_command(&owned, &url, block_id)),
+        job_prefix: format!("hpfaas-{}", spec.name),
+        dir: spec.dir.clone(),
+    })
 }
 
 struct Agent<'a> {

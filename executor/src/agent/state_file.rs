@@ -24,6 +24,9 @@ pub struct AgentState {
     pub active_blocks: u32,
     /// The last error worth showing (provider or connection).
     pub last_error: Option<String>,
+    /// Every live block.
+    #[serde(default)]
+    pub blocks: Vec<crate::agent::blocks::BlockStatus>,
 }
 
 impl AgentState {

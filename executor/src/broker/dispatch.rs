@@ -37,10 +37,31 @@ pub struct Dispatcher {
     order: Vec<Identity>,
     max_retries: u32,
     heartbeat_threshold: Duration,
+    /// Seconds before a manager's deadline when it stops getting work.
+    drain_period: f64,
+}
+
+/// One block as the broker sees it through its managers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BlockLoad {
+    /// The block's id.
+    pub block_id: String,
+    /// Batch-system job id the managers reported.
+    pub job_id: Option<String>,
+    /// Connected managers of the block.
+    pub managers: u32,
+    /// Worker slots.
+    pub workers: u32,
+    /// Tasks in the managers' hands.
+    pub in_hand: u64,
+    /// True once the block is within its drain period: it takes no new work.
+    pub draining: bool,
+    /// Earliest walltime deadline of its managers (Unix seconds).
+    pub deadline: Option<f64>,
 }
 
 /// Numbers the endpoint reports and scales on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Load {
     /// Connected managers.
     pub managers: u32,
@@ -53,12 +74,12 @@ pub struct Load {
     /// Tasks in managers' hands.
     pub in_hand: u64,
     /// Blocks with at least one registered manager.
-    pub blocks: Vec<String>,
+    pub blocks: Vec<BlockLoad>,
 }
 
 impl Dispatcher {
     /// An empty broker state.
-    pub fn new(max_retries: u32, heartbeat_threshold: Duration) -> Self {
+    pub fn new(max_retries: u32, heartbeat_threshold: Duration, drain_period: f64) -> Self {
         Dispatcher {
             functions: HashMap::new(),
             queue: VecDeque::new(),
@@ -68,6 +89,7 @@ impl Dispatcher {
             order: Vec::new(),
             max_retries,
             heartbeat_threshold,
+            drain_period,
         }
     }
 
@@ -209,25 +231,52 @@ impl Dispatcher {
         self.order.clone()
     }
 
-    /// Hands queued tasks to managers with free capacity, round-robin.
-    pub fn dispatch(&mut self) -> Vec<(Identity, BrokerMessage)> {
+    /// True if the manager is within its drain period at wall time `now`.
+    fn draining(&self, m: &Manager, now: f64) -> bool {
+        m.info
+            .deadline
+            .is_some_and(|d| d - now <= self.drain_period)
+    }
+
+    /// Hands queued tasks to managers with free capacity, round-robin;
+    /// `now` is the wall clock (Unix seconds) for walltime draining.
+    pub fn dispatch(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
         let mut out = Vec::new();
+        // A task re-queued after a restart may have finished meanwhile.
+        while self
+            .queue
+            .front()
+            .is_some_and(|t| !self.tasks.contains_key(&t.task_id))
+        {
+            self.queue.pop_front();
+        }
         if self.queue.is_empty() {
             return out;
         }
-        for identity in &self.order {
+        for identity in self.order.clone() {
             if self.queue.is_empty() {
                 break;
             }
-            let Some(m) = self.managers.get_mut(identity) else {
+            let Some(m) = self.managers.get(&identity) else {
                 continue;
             };
-            let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
-            if free == 0 {
+            if self.draining(m, now) {
                 continue;
             }
-            let take = free.min(self.queue.len());
-            let tasks: Vec<TaskSpec> = self.queue.drain(..take).collect();
+            let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
+            let mut tasks = Vec::with_capacity(free.min(self.queue.len()));
+            while tasks.len() < free {
+                let Some(t) = self.queue.pop_front() else {
+                    break;
+                };
+                if self.tasks.contains_key(&t.task_id) {
+                    tasks.push(t);
+                }
+            }
+            if tasks.is_empty() {
+                continue;
+            }
+            let m = self.managers.get_mut(&identity).expect("checked above");
             let mut functions = Vec::new();
             for t in &tasks {
                 m.in_hand.insert(t.task_id);
@@ -240,20 +289,37 @@ impl Dispatcher {
                     }
                 }
             }
-            out.push((identity.clone(), BrokerMessage::Tasks { functions, tasks }));
+            out.push((identity, BrokerMessage::Tasks { functions, tasks }));
         }
         out
     }
 
-    /// Current load.
-    pub fn load(&self) -> Load {
-        let mut blocks: Vec<String> = self
-            .managers
-            .values()
-            .map(|m| m.info.block_id.clone())
-            .collect();
-        blocks.sort();
-        blocks.dedup();
+    /// Current load at wall time `now` (Unix seconds).
+    pub fn load(&self, now: f64) -> Load {
+        let mut blocks: Vec<BlockLoad> = Vec::new();
+        for m in self.managers.values() {
+            let i = match blocks.iter().position(|b| b.block_id == m.info.block_id) {
+                Some(i) => i,
+                None => {
+                    blocks.push(BlockLoad {
+                        block_id: m.info.block_id.clone(),
+                        ..Default::default()
+                    });
+                    blocks.len() - 1
+                }
+            };
+            let b = &mut blocks[i];
+            b.job_id = b.job_id.take().or(m.info.job_id.clone());
+            b.managers += 1;
+            b.workers += m.info.workers;
+            b.in_hand += m.in_hand.len() as u64;
+            b.draining |= self.draining(m, now);
+            b.deadline = match (b.deadline, m.info.deadline) {
+                (Some(a), Some(c)) => Some(a.min(c)),
+                (a, c) => a.or(c),
+            };
+        }
+        blocks.sort_by(|a, b| a.block_id.cmp(&b.block_id));
         let total: u32 = self.managers.values().map(|m| m.info.workers).sum();
         let busy: u32 = self
             .managers
@@ -287,6 +353,7 @@ mod tests {
             cores: workers,
             workers,
             prefetch,
+            deadline: None,
         }
     }
 
@@ -325,7 +392,7 @@ mod tests {
     #[test]
     fn dispatch_respects_capacity_and_sends_code_once() {
         let now = Instant::now();
-        let mut d = Dispatcher::new(0, Duration::from_secs(10));
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
         d.register(b"a".to_vec(), info("a", "0", 2, 1), now)
             .unwrap();
         d.register(b"b".to_vec(), info("b", "0", 1, 0), now)
@@ -339,40 +406,72 @@ mod tests {
             }],
             ts.clone(),
         );
-        let out = d.dispatch();
+        let out = d.dispatch(0.0);
         assert_eq!(sent(&out, b"a"), (1, 3));
         assert_eq!(sent(&out, b"b"), (1, 1));
-        assert_eq!(d.load().queued, 6);
-        assert_eq!(d.load().idle_workers, 0);
-        assert!(d.dispatch().is_empty(), "no capacity left");
+        assert_eq!(d.load(0.0).queued, 6);
+        assert_eq!(d.load(0.0).idle_workers, 0);
+        assert!(d.dispatch(0.0).is_empty(), "no capacity left");
         let first: Vec<Uuid> = match &out[0].1 {
             BrokerMessage::Tasks { tasks, .. } => tasks.iter().map(|t| t.task_id).collect(),
             _ => unreachable!(),
         };
         let reported = d.complete(b"a", first.iter().map(|&t| ok(t)).collect());
         assert_eq!(reported.len(), 3);
-        let out = d.dispatch();
+        let out = d.dispatch(0.0);
         assert_eq!(sent(&out, b"a"), (0, 3), "code is not sent twice");
     }
 
     #[test]
+    fn draining_managers_get_no_work_and_say_so() {
+        let now = Instant::now();
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
+        let mut near = info("near", "1", 1, 0);
+        near.deadline = Some(1000.0);
+        d.register(b"near".to_vec(), near, now).unwrap();
+        d.register(b"far".to_vec(), info("far", "2", 1, 0), now)
+            .unwrap();
+        d.submit(vec![], tasks(4, Uuid::new_v4()));
+        let out = d.dispatch(950.0);
+        assert_eq!(sent(&out, b"near"), (0, 0), "within 60 s of its deadline");
+        assert_eq!(sent(&out, b"far"), (0, 1));
+        let load = d.load(950.0);
+        let near = load.blocks.iter().find(|b| b.block_id == "1").unwrap();
+        assert!(near.draining);
+        assert_eq!(near.deadline, Some(1000.0));
+        assert!(
+            !load
+                .blocks
+                .iter()
+                .find(|b| b.block_id == "2")
+                .unwrap()
+                .draining
+        );
+        assert_eq!(
+            sent(&d.dispatch(100.0), b"near"),
+            (0, 1),
+            "far from it: work"
+        );
+    }
+
+    #[test]
     fn duplicate_submissions_are_ignored() {
-        let mut d = Dispatcher::new(0, Duration::from_secs(10));
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
         let ts = tasks(3, Uuid::new_v4());
         d.submit(vec![], ts.clone());
         d.submit(vec![], ts);
-        assert_eq!(d.load().queued, 3);
+        assert_eq!(d.load(0.0).queued, 3);
     }
 
     #[test]
     fn lost_manager_fails_or_retries_its_tasks() {
         let now = Instant::now();
         for (retries, expect_failed) in [(0, 2), (1, 0)] {
-            let mut d = Dispatcher::new(retries, Duration::from_secs(1));
+            let mut d = Dispatcher::new(retries, Duration::from_secs(1), 60.0);
             d.register(b"a".to_vec(), info("a", "7", 2, 0), now)
                 .unwrap();
             d.submit(vec![], tasks(2, Uuid::new_v4()));
-            d.dispatch();
+            d.dispatch(0.0);
             assert!(d.silent_managers(now).is_empty());
             let silent = d.silent_managers(now + Duration::from_secs(2));
             assert_eq!(silent, vec![b"a".to_vec()]);
@@ -391,33 +490,33 @@ mod tests {
                     _ => panic!("expected a failure"),
                 }
             }
-            assert_eq!(d.load().queued, 2 - expect_failed as u64);
+            assert_eq!(d.load(0.0).queued, 2 - expect_failed as u64);
         }
     }
 
     #[test]
     fn worker_lost_is_retried_within_budget() {
         let now = Instant::now();
-        let mut d = Dispatcher::new(1, Duration::from_secs(10));
+        let mut d = Dispatcher::new(1, Duration::from_secs(10), 60.0);
         d.register(b"a".to_vec(), info("a", "0", 1, 0), now)
             .unwrap();
         let ts = tasks(1, Uuid::new_v4());
         let id = ts[0].task_id;
         d.submit(vec![], ts);
         let lost = || TaskResult::failed(id, ExceptionInfo::system(WORKER_LOST, "died"));
-        d.dispatch();
+        d.dispatch(0.0);
         assert!(
             d.complete(b"a", vec![lost()]).is_empty(),
             "first loss is retried"
         );
-        assert_eq!(d.dispatch().len(), 1);
+        assert_eq!(d.dispatch(0.0).len(), 1);
         assert_eq!(d.complete(b"a", vec![lost()]).len(), 1, "budget spent");
     }
 
     #[test]
     fn wrong_version_and_empty_managers_are_refused() {
         let now = Instant::now();
-        let mut d = Dispatcher::new(0, Duration::from_secs(10));
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
         let mut old = info("a", "0", 1, 0);
         old.version = 999;
         assert!(d

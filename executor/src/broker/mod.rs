@@ -11,7 +11,7 @@ pub mod dispatch;
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerMessage};
-use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
+use hpfaas_protocol::task::{now_unix, FunctionCode, TaskResult, TaskSpec};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -25,12 +25,17 @@ pub struct BrokerConfig {
     pub address: String,
     /// Inclusive port range to bind in; any free port when `None`.
     pub port_range: Option<(u16, u16)>,
+    /// Port to try first: the one a previous run of this endpoint used, so
+    /// managers of blocks that outlived a restart find the broker again.
+    pub preferred_port: Option<u16>,
     /// Heartbeat interval towards managers.
     pub heartbeat_period: Duration,
     /// Silence after which a manager is lost.
     pub heartbeat_threshold: Duration,
     /// Re-runs after `ManagerLost`/`WorkerLost`.
     pub max_retries: u32,
+    /// Seconds before a block's walltime ends when it stops getting work.
+    pub drain_period: f64,
 }
 
 /// What the agent asks of the broker.
@@ -102,7 +107,17 @@ pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 
 fn bind(router: &zmq::Socket, config: &BrokerConfig) -> anyhow::Result<String> {
     let addr = &config.address;
+    let in_range = |p: u16| {
+        config
+            .port_range
+            .is_none_or(|(lo, hi)| (lo..=hi).contains(&p))
+    };
+    let reused = config
+        .preferred_port
+        .filter(|&p| in_range(p))
+        .is_some_and(|p| router.bind(&format!("tcp://{addr}:{p}")).is_ok());
     match config.port_range {
+        _ if reused => {}
         None => router.bind(&format!("tcp://{addr}:*"))?,
         Some((lo, hi)) => {
             let free = (lo..=hi).find(|port| router.bind(&format!("tcp://{addr}:{port}")).is_ok());
@@ -134,7 +149,11 @@ async fn run(
     _context: zmq::Context,
 ) {
     let mut broker = Broker {
-        dispatcher: Dispatcher::new(config.max_retries, config.heartbeat_threshold),
+        dispatcher: Dispatcher::new(
+            config.max_retries,
+            config.heartbeat_threshold,
+            config.drain_period,
+        ),
         out: bridge.sender.clone(),
         events,
         config: config.clone(),
@@ -171,7 +190,7 @@ impl Broker {
     }
 
     fn dispatch(&mut self) {
-        for (identity, message) in self.dispatcher.dispatch() {
+        for (identity, message) in self.dispatcher.dispatch(now_unix()) {
             self.send(identity, &message);
         }
     }
@@ -258,7 +277,9 @@ impl Broker {
         for identity in self.dispatcher.all_managers() {
             self.send(identity, &BrokerMessage::Heartbeat);
         }
-        let _ = self.events.send(BrokerEvent::Load(self.dispatcher.load()));
+        let _ = self
+            .events
+            .send(BrokerEvent::Load(self.dispatcher.load(now_unix())));
     }
 
     fn block_ended(&mut self, block_id: &str, reason: &str) {

@@ -43,6 +43,16 @@ pub struct ManagerConfig {
     pub worker_python: String,
     /// How long to wait for the broker's answer to registration.
     pub register_timeout: Duration,
+    /// The block's walltime, counted from this manager's start; the broker
+    /// stops giving work within its drain period of the end.
+    pub walltime: Option<Duration>,
+}
+
+/// The batch-system job id from the job's environment, if any.
+pub fn job_id_from_env() -> Option<String> {
+    ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|id| !id.is_empty()))
 }
 
 /// A function as the manager runs it.
@@ -76,13 +86,14 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         version: PROTOCOL_VERSION,
         manager_id: Uuid::new_v4().to_string(),
         block_id: config.block_id.clone(),
-        job_id: config.job_id.clone(),
+        job_id: config.job_id.clone().or_else(job_id_from_env),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         rank: 0,
         pid: std::process::id(),
         cores,
         workers,
         prefetch: config.prefetch,
+        deadline: config.walltime.map(|w| now_unix() + w.as_secs_f64()),
     };
 
     let context = zmq::Context::new();
@@ -134,7 +145,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         runtime_dir,
         count: workers,
     });
-    let mut manager = Manager::new(workers as usize, settings, out.clone());
+    let mut manager = Manager::new(workers as usize, settings, out.clone(), info);
     let result = manager.serve(&mut bridge.incoming, period, threshold).await;
     manager.shutdown().await;
     bridge.sender.close();
@@ -153,9 +164,10 @@ fn decode_frame(frames: &[Vec<u8>]) -> anyhow::Result<BrokerMessage> {
 
 struct Manager {
     out: BridgeSender,
+    info: ManagerInfo,
     functions: HashMap<Uuid, Function>,
     queue: VecDeque<TaskSpec>,
-    /// One job sender per slot; `None` while the slot is busy.
+    /// Which slots have nothing to do.
     idle: Vec<bool>,
     slots: Vec<mpsc::UnboundedSender<PythonJob>>,
     done_tx: mpsc::UnboundedSender<(usize, TaskResult)>,
@@ -166,7 +178,12 @@ struct Manager {
 }
 
 impl Manager {
-    fn new(workers: usize, settings: Arc<WorkerSettings>, out: BridgeSender) -> Self {
+    fn new(
+        workers: usize,
+        settings: Arc<WorkerSettings>,
+        out: BridgeSender,
+        info: ManagerInfo,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut slots = Vec::with_capacity(workers);
         let mut slot_tasks = Vec::with_capacity(workers);
@@ -182,6 +199,7 @@ impl Manager {
         }
         Manager {
             out,
+            info,
             functions: HashMap::new(),
             queue: VecDeque::new(),
             idle: vec![true; workers],
@@ -212,6 +230,10 @@ impl Manager {
                     match decode_frame(&frames) {
                         Ok(BrokerMessage::Tasks { functions, tasks }) => self.accept(functions, tasks),
                         Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => {}
+                        Ok(BrokerMessage::Reregister) => {
+                            tracing::info!("the broker restarted; registering again");
+                            send(&self.out, &ManagerMessage::Register(self.info.clone()));
+                        }
                         Ok(BrokerMessage::Shutdown) => {
                             tracing::info!("the broker asked this manager to shut down");
                             return Ok(());
