@@ -84,9 +84,7 @@ def service():
             )
         try:
             try:
-                up = wait_until(
-                    lambda: _read_up_json(up_json, proc), STARTUP_TIMEOUT, f"{up_json}"
-                )
+                up = wait_until(lambda: _read_up_json(up_json, proc), STARTUP_TIMEOUT, f"{up_json}")
             except AssertionError as exc:
                 pytest.fail(f"hpfaas up did not start: {exc}; log:\n{_log_tail(log)}")
             yield Service(up["url"], up["token"], up["endpoint_id"], home, log)

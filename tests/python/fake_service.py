@@ -61,7 +61,9 @@ class FakeService:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._serving = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
         )
 
     @property
@@ -164,6 +166,13 @@ class FakeService:
             "endpoint_id": endpoint_id,
             "tasks": ids,
         }
+
+    def results_after(self, seq: int) -> Optional[List[Tuple[int, str, str]]]:
+        """Wait for results stored after `seq` and return them; None once stopping."""
+        with self.changed:
+            # Sequence numbers count from 1, so result `seq` sits at index `seq - 1`.
+            self.changed.wait_for(lambda: self.stopping or len(self.results) > seq)
+            return None if self.stopping else self.results[seq:]
 
     def public(self, task_id: str) -> dict:
         """The task document as the service shows it."""
@@ -280,16 +289,14 @@ def _handler_for(service: FakeService):
             self.wfile.write(b": keep-alive\n\n")
             sent = 0
             while True:
-                with service.changed:
-                    service.changed.wait_for(
-                        lambda: service.stopping or (service.results and service.results[-1][0] > last)
+                new = service.results_after(last)
+                if new is None:
+                    return
+                last = new[-1][0]
+                for seq, _, task_id in (r for r in new if r[1] == task_group_id):
+                    event = (
+                        f"id: {seq}\nevent: result\ndata: {json.dumps(service.public(task_id))}\n\n"
                     )
-                    if service.stopping:
-                        return
-                    new = [r for r in service.results if r[0] > last and r[1] == task_group_id]
-                    last = service.results[-1][0]
-                for seq, _, task_id in new:
-                    event = f"id: {seq}\nevent: result\ndata: {json.dumps(service.public(task_id))}\n\n"
                     self.wfile.write(event.encode() * (2 if service.repeat_events else 1))
                     self.wfile.flush()
                     sent += 1

@@ -9,7 +9,14 @@ import pytest
 from fake_service import TOKEN
 from helpers import wait_until
 
-from hpfaas import Client, HpfaasError, ShellFunction, ShellResult, TaskExecutionFailed, TaskPending
+from hpfaas import (
+    Client,
+    HpfaasError,
+    ShellFunction,
+    ShellResult,
+    TaskExecutionFailed,
+    TaskPending,
+)
 from hpfaas.errors import HTTPError
 
 TIMEOUT = 10.0
@@ -33,7 +40,9 @@ def home(tmp_path, monkeypatch):
 
 
 def write_up_json(home, url, token="up-token", endpoint_id="ep-from-up-json"):
-    (home / "up.json").write_text(json.dumps({"url": url, "token": token, "endpoint_id": endpoint_id}))
+    (home / "up.json").write_text(
+        json.dumps({"url": url, "token": token, "endpoint_id": endpoint_id})
+    )
 
 
 # -- finding the service -----------------------------------------------------------
@@ -79,8 +88,10 @@ def test_register_run_and_get_result(fake, fake_client):
     function_id = fake_client.register_function(add, description="adds")
     assert fake.functions[function_id]["function_name"] == "add"
     assert fake.functions[function_id]["description"] == "adds"
-    assert fake_client.get_function(function_id)["function_code"].split("\n", 1)[1].startswith(
-        "st\nadd:"
+    assert (
+        fake_client.get_function(function_id)["function_code"]
+        .split("\n", 1)[1]
+        .startswith("st\nadd:")
     )
     task_id = fake_client.run(1, endpoint_id=fake.endpoint_id, function_id=function_id, b=2)
     assert wait_until(lambda: not fake_client.get_task(task_id)["pending"], TIMEOUT, "the task")
@@ -111,7 +122,10 @@ def test_remote_exception_becomes_task_execution_failed(fake, fake_client):
     assert str(exc).startswith("ValueError: boom\n")
     assert "in fails_with_boom" in str(exc)
     copy = pickle.loads(pickle.dumps(exc))
-    assert (copy.remote_type, copy.remote_traceback) == ("ValueError", exc.remote_traceback)
+    assert (copy.remote_type, copy.remote_traceback) == (
+        "ValueError",
+        exc.remote_traceback,
+    )
 
 
 def test_batch_run_and_get_batch_result(fake, fake_client):

@@ -11,7 +11,13 @@ import threading
 import pytest
 from fake_service import TOKEN
 
-from hpfaas import Executor, HpfaasError, ShellFunction, ShellResult, TaskExecutionFailed
+from hpfaas import (
+    Executor,
+    HpfaasError,
+    ShellFunction,
+    ShellResult,
+    TaskExecutionFailed,
+)
 from hpfaas.errors import HTTPError
 from hpfaas.executor import _sse_events
 
@@ -121,7 +127,11 @@ def test_reload_tasks_reattaches_to_a_task_group(fake, fake_client):
     first.shutdown(wait=False)  # sends the queued calls, does not wait for results
     assert all(f.task_id for f in submitted)
 
-    with Executor(endpoint_id=fake.endpoint_id, client=fake_client, task_group_id=first.task_group_id) as second:
+    with Executor(
+        endpoint_id=fake.endpoint_id,
+        client=fake_client,
+        task_group_id=first.task_group_id,
+    ) as second:
         fake.run_tasks.set()
         submitted[0].result(TIMEOUT)  # some results now come from the replay
         reloaded = second.reload_tasks()
@@ -179,7 +189,7 @@ def test_executor_without_any_endpoint_is_a_clear_error(fake, fake_client):
 def test_sse_parser():
     stream = io.BytesIO(
         b": keep-alive\r\n\r\n"
-        b"id: 1\r\nevent: result\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+        b'id: 1\r\nevent: result\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'
         b"data:no space\n\n"
         b"id: 7\nevent: other\ndata: x\n\n"
         b"id: 9\ndata: cut off by the end of the stream\n"

@@ -1,0 +1,343 @@
+"""The REST client: `Client` and `Batch`, named as Globus Compute names them.
+
+`Client` speaks the routes of docs/api.md over one keep-alive `http.client`
+connection per thread (a fresh urllib request per call would cost a TCP
+handshake each time). It also finds the service: arguments, then
+`HPFAAS_URL`/`HPFAAS_TOKEN`, then the `up.json` that `hpfaas up` writes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import select
+import socket
+import threading
+import urllib.parse
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from hpfaas.errors import HpfaasError, HTTPError, TaskExecutionFailed, TaskPending
+from hpfaas.serialize import (
+    SHELL_FUNCTION,
+    deserialize,
+    pack,
+    serialize,
+    serialize_function,
+    serialize_json,
+    unpack,
+)
+from hpfaas.shell import ShellFunction
+from hpfaas.version import __version__
+
+#: Seconds a REST call may wait for the service before failing.
+REQUEST_TIMEOUT = 60.0
+
+# Errors that mean a reused keep-alive connection had been closed by the server.
+_DROPPED_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+# Types reported for tasks that ended without an exception of their own.
+_STATUS_EXCEPTION_TYPES = {"cancelled": "TaskCancelled", "unknown": "UnknownTask"}
+
+
+def hpfaas_home() -> str:
+    """The hpfaas state directory: `$HPFAAS_HOME`, else `~/.hpfaas`."""
+    return os.environ.get("HPFAAS_HOME") or os.path.expanduser("~/.hpfaas")
+
+
+def _read_up_json() -> Tuple[str, dict]:
+    path = os.path.join(hpfaas_home(), "up.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, json.load(f)
+    except FileNotFoundError:
+        return path, {}
+    except ValueError as exc:
+        raise HpfaasError(
+            f"{path} is not valid JSON ({exc}); remove it or run `hpfaas up`"
+        ) from exc
+
+
+def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False) -> str:
+    """A task payload: `pack([args, kwargs])`, as JSON when the manager must read it."""
+    encode = serialize_json if as_json else serialize
+    return pack([encode(tuple(args)), encode(dict(kwargs or {}))])
+
+
+def task_result(doc: dict) -> Any:
+    """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`."""
+    status = doc.get("status", "unknown")
+    if doc.get("pending"):
+        raise TaskPending(doc["task_id"], status)
+    if status == "success":
+        return deserialize(doc["result"])
+    raise TaskExecutionFailed(
+        doc.get("exception_type") or _STATUS_EXCEPTION_TYPES.get(status, "TaskFailed"),
+        doc.get("exception_message") or doc.get("reason") or f"task ended as {status}",
+        doc.get("exception", ""),
+        doc.get("completion_t"),
+    )
+
+
+def _readable(sock: socket.socket) -> bool:
+    # poll, unlike select, works for descriptors numbered above 1024.
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _error_from(status: int, body: bytes) -> HTTPError:
+    try:
+        doc = json.loads(body)
+        return HTTPError(status, doc["code"], doc["error"])
+    except (ValueError, TypeError, KeyError):
+        return HTTPError(status, "http_error", body.decode("utf-8", "replace").strip())
+
+
+class Batch:
+    """Tasks to submit in one request (`Client.create_batch`, then `Client.batch_run`)."""
+
+    def __init__(
+        self,
+        task_group_id: Optional[str] = None,
+        resource_specification: Optional[dict] = None,
+        result_serializers: Optional[List[str]] = None,
+        is_shell_function: Callable[[str], bool] = lambda function_id: False,
+    ):
+        self.task_group_id = task_group_id
+        self.resource_specification = resource_specification
+        self.result_serializers = result_serializers
+        self.tasks: Dict[str, List[str]] = {}
+        #: Characters of payload held, to keep a request under the service's size limit.
+        self.payload_size = 0
+        self._is_shell_function = is_shell_function
+
+    def add(self, function_id: str, args: Iterable = (), kwargs: Optional[dict] = None) -> None:
+        """Add a call of a registered function."""
+        as_json = self._is_shell_function(function_id)
+        self.add_payload(function_id, pack_arguments(args, kwargs, as_json))
+
+    def add_payload(self, function_id: str, payload: str) -> None:
+        """Add a call whose arguments are already packed (`pack_arguments`)."""
+        self.tasks.setdefault(function_id, []).append(payload)
+        self.payload_size += len(payload)
+
+    def prepare(self) -> dict:
+        """The JSON body of `POST /v3/endpoints/{id}/submit`."""
+        body: Dict[str, Any] = {"tasks": self.tasks}
+        if self.task_group_id is not None:
+            body["task_group_id"] = self.task_group_id
+        if self.resource_specification is not None:
+            body["resource_specification"] = self.resource_specification
+        if self.result_serializers is not None:
+            body["result_serializers"] = self.result_serializers
+        return body
+
+
+class Client:
+    """A connection to an hpfaas service."""
+
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None):
+        url = url or os.environ.get("HPFAAS_URL")
+        token = token or os.environ.get("HPFAAS_TOKEN")
+        up_path, up = _read_up_json()
+        url = url or up.get("url")
+        token = token or up.get("token")
+        if not url or not token:
+            raise HpfaasError(
+                f"no hpfaas service {'token' if url else 'URL'} found: pass url= and token=,"
+                f" set HPFAAS_URL and HPFAAS_TOKEN, or run `hpfaas up` (which writes {up_path})"
+            )
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise HpfaasError(f"service URL {url!r} is not an http:// or https:// URL")
+        self.url = url.rstrip("/")
+        #: The local endpoint `hpfaas up` started, when up.json describes this service.
+        self.default_endpoint_id: Optional[str] = (
+            up.get("endpoint_id") if up.get("url", "").rstrip("/") == self.url else None
+        )
+        self._connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self._host, self._port = parts.hostname, parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._local = threading.local()
+        self._shell_function_ids: set = set()
+
+    # -- functions --------------------------------------------------------
+
+    def register_function(
+        self,
+        function: Union[Callable, ShellFunction],
+        function_name: Optional[str] = None,
+        description: Optional[str] = None,
+    ) -> str:
+        """Register a function (or a `ShellFunction`) and return its id."""
+        body = {
+            "function_name": function_name or getattr(function, "__name__", repr(function)),
+            "function_code": pack([serialize_function(function)]),
+            "metadata": {"python_version": platform.python_version(), "sdk_version": __version__},
+        }
+        if description is not None:
+            body["description"] = description
+        response = self._request("POST", "/v3/functions", body, idempotent=False)
+        function_id = response["function_uuid"]
+        if isinstance(function, ShellFunction):
+            self._shell_function_ids.add(function_id)
+        return function_id
+
+    def get_function(self, function_id: str) -> dict:
+        """The function's document, code included."""
+        doc = self._request("GET", f"/v2/functions/{function_id}")
+        # Learn shell functions registered elsewhere, so `run` sends them JSON arguments.
+        if unpack(doc["function_code"])[0].startswith(SHELL_FUNCTION):
+            self._shell_function_ids.add(function_id)
+        return doc
+
+    def delete_function(self, function_id: str) -> dict:
+        """Delete a function."""
+        self._shell_function_ids.discard(function_id)
+        return self._request("DELETE", f"/v2/functions/{function_id}")
+
+    def is_shell_function(self, function_id: str) -> bool:
+        """Whether this client knows the function to be a `ShellFunction`."""
+        return function_id in self._shell_function_ids
+
+    # -- tasks ------------------------------------------------------------
+
+    def run(self, *args: Any, endpoint_id: str, function_id: str, **kwargs: Any) -> str:
+        """Run one call of a registered function; returns the task id."""
+        batch = self.create_batch()
+        batch.add(function_id, args, kwargs)
+        return self.batch_run(endpoint_id, batch)["tasks"][function_id][0]
+
+    def create_batch(
+        self,
+        task_group_id: Optional[str] = None,
+        result_serializers: Optional[List[str]] = None,
+        resource_specification: Optional[dict] = None,
+    ) -> Batch:
+        """An empty `Batch` that knows this client's shell functions."""
+        return Batch(
+            task_group_id, resource_specification, result_serializers, self.is_shell_function
+        )
+
+    def batch_run(self, endpoint_id: str, batch: Batch) -> dict:
+        """Submit a batch; returns `{"request_id", "task_group_id", "endpoint_id", "tasks"}`."""
+        return self._request(
+            "POST", f"/v3/endpoints/{endpoint_id}/submit", batch.prepare(), idempotent=False
+        )
+
+    def get_task(self, task_id: str) -> dict:
+        """The task document (status, and result or exception once finished)."""
+        return self._request("GET", f"/v2/tasks/{task_id}")
+
+    def get_result(self, task_id: str) -> Any:
+        """The task's value; raises `TaskPending` or `TaskExecutionFailed`."""
+        return task_result(self.get_task(task_id))
+
+    def get_batch_status(self, task_ids: List[str]) -> Dict[str, dict]:
+        """Task documents of many tasks in one request, by task id."""
+        return self._request("POST", "/v2/batch_status", {"task_ids": list(task_ids)})["results"]
+
+    def get_batch_result(self, task_ids: List[str]) -> Dict[str, dict]:
+        """`{tid: {"pending", "status", "result" | "exception"}}` for many tasks."""
+        results = {}
+        for task_id, doc in self.get_batch_status(task_ids).items():
+            entry = {"pending": bool(doc.get("pending")), "status": doc.get("status")}
+            if not entry["pending"]:
+                try:
+                    entry["result"] = task_result(doc)
+                except Exception as exc:
+                    entry["exception"] = exc
+            results[task_id] = entry
+        return results
+
+    def get_taskgroup_tasks(self, task_group_id: str) -> List[dict]:
+        """The group's tasks in submission order: `[{"id", "function_id", "status"}]`."""
+        return self._request("GET", f"/v2/taskgroup/{task_group_id}")["tasks"]
+
+    # -- endpoints and service -------------------------------------------
+
+    def get_endpoints(self) -> List[dict]:
+        """Your endpoints."""
+        return self._request("GET", "/v2/endpoints")
+
+    def get_endpoint_status(self, endpoint_id: str) -> dict:
+        """`{"status": "online" | "offline", "details": {...}}`."""
+        return self._request("GET", f"/v2/endpoints/{endpoint_id}/status")
+
+    def version(self) -> dict:
+        """The service's versions: `{"api", "hpfaas", "min_sdk_version", ...}`."""
+        return self._request("GET", "/v2/version?service=all")
+
+    # -- HTTP -------------------------------------------------------------
+
+    def open_stream(
+        self, path: str, headers: Dict[str, str], timeout: float
+    ) -> Tuple[http.client.HTTPResponse, socket.socket]:
+        """Start a long-lived GET on a connection of its own; raises `HTTPError` unless 200.
+
+        Returns the response and its socket: shutting the socket down is how
+        another thread interrupts a blocked read.
+        """
+        conn = self._new_connection(timeout)
+        try:
+            conn.request("GET", self._prefix + path, headers={**self._headers, **headers})
+            sock = conn.sock  # getresponse() drops it from `conn` when the server will close
+            response = conn.getresponse()
+            if response.status != 200:
+                raise _error_from(response.status, response.read())
+        except BaseException:
+            conn.close()
+            raise
+        return response, sock
+
+    def _new_connection(self, timeout: float = REQUEST_TIMEOUT) -> http.client.HTTPConnection:
+        return self._connection_class(self._host, self._port, timeout=timeout)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._new_connection()
+        elif conn.sock is not None and _readable(conn.sock):
+            # An idle keep-alive socket that is readable has been closed by the
+            # server (or holds garbage): start afresh rather than fail on it.
+            conn.close()
+        return conn
+
+    def _request(self, method: str, path: str, body: Any = None, idempotent: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        conn = self._connection()
+        reused = conn.sock is not None
+        try:
+            status, raw = self._exchange(conn, method, self._prefix + path, data)
+        except _DROPPED_CONNECTION:
+            # The server may close an idle connection just as we reuse it; only
+            # a request that cannot create anything twice is sent again.
+            if not (reused and idempotent):
+                raise
+            status, raw = self._exchange(conn, method, self._prefix + path, data)
+        if not 200 <= status < 300:
+            raise _error_from(status, raw)
+        return json.loads(raw) if raw else None
+
+    def _exchange(
+        self, conn: http.client.HTTPConnection, method: str, path: str, data: Optional[bytes]
+    ) -> Tuple[int, bytes]:
+        headers = self._headers if data is None else self._json_headers
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except BaseException:
+            conn.close()
+            raise
+        if response.will_close:
+            conn.close()
+        return response.status, raw

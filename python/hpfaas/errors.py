@@ -1,0 +1,65 @@
+"""Exceptions the SDK raises: one base class, and one class per kind of failure."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class HpfaasError(Exception):
+    """Base class of every error raised by hpfaas."""
+
+
+class TaskPending(HpfaasError):
+    """The task has no result yet."""
+
+    def __init__(self, task_id: str, status: str):
+        super().__init__(f"task {task_id} is still pending (status: {status})")
+        self.task_id = task_id
+        self.status = status
+
+    def __reduce__(self):
+        return (type(self), (self.task_id, self.status))
+
+
+class TaskExecutionFailed(HpfaasError):
+    """The task ran and failed: the remote exception's type, message and traceback."""
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        completion_t: Optional[str] = None,
+    ):
+        text = f"{remote_type}: {remote_message}"
+        if remote_traceback:
+            text += "\n--- remote traceback ---\n" + remote_traceback.rstrip("\n")
+        super().__init__(text)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.completion_t = completion_t
+
+    @property
+    def remote_data(self) -> str:
+        """The remote traceback text (Globus Compute's attribute name)."""
+        return self.remote_traceback
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.remote_type, self.remote_message, self.remote_traceback, self.completion_t),
+        )
+
+
+class HTTPError(HpfaasError):
+    """The service answered with a non-2xx status; carries its JSON error."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"HTTP {status} ({code}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.status, self.code, self.message))

@@ -1,0 +1,429 @@
+"""`Executor`: a `concurrent.futures.Executor` whose calls run on an hpfaas endpoint.
+
+Three parties share the work. `submit` registers the function (once per
+function object), serializes the arguments and queues them. A submitter thread
+sends everything queued as one request whenever the queue goes idle, so a lone
+call is sent at once and a burst shares requests, with no timer to wait for. A
+result thread reads the task group's server-sent-event stream, one long-lived
+response for all of the executor's tasks, and resolves their futures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import logging
+import queue
+import socket
+import threading
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from hpfaas.client import Client, pack_arguments, task_result
+from hpfaas.errors import HpfaasError, HTTPError
+from hpfaas.shell import ShellFunction
+
+logger = logging.getLogger(__name__)
+
+#: Most tasks sent in one submit request.
+MAX_BATCH_TASKS = 4096
+#: Most payload characters in one submit request, under the service's 10 MiB body limit.
+MAX_BATCH_CHARS = 8 * 1024 * 1024
+#: Silence after which the result stream is deemed dead (the service pings every 15 s).
+STREAM_READ_TIMEOUT = 60.0
+#: Bounds of the wait before reconnecting the result stream; it doubles per failure.
+RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX = 0.1, 5.0
+
+
+class TaskFuture(concurrent.futures.Future):
+    """The future of one task; `task_id` is set once the task has been submitted."""
+
+    task_id: Optional[str] = None
+
+
+class _Submission(NamedTuple):
+    future: TaskFuture
+    function_id: str
+    payload: str
+
+
+# Queued by `shutdown` after the last submission: the submitter thread stops there.
+_STOP = object()
+
+
+def _resolve(future: TaskFuture, doc: dict) -> None:
+    try:
+        value = task_result(doc)
+    except Exception as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs calls on an hpfaas endpoint; futures resolve from one result stream."""
+
+    def __init__(
+        self,
+        endpoint_id: Optional[str] = None,
+        client: Optional[Client] = None,
+        task_group_id: Optional[str] = None,
+        batch_size: int = MAX_BATCH_TASKS,
+        resource_specification: Optional[dict] = None,
+    ):
+        self.client = client or Client()
+        self.endpoint_id = endpoint_id or self.client.default_endpoint_id
+        if not self.endpoint_id:
+            raise HpfaasError(
+                "no endpoint_id given, and no up.json from `hpfaas up` names one for"
+                f" {self.client.url}"
+            )
+        # Chosen here rather than by the service, so every submit names the
+        # same group and the result stream can be opened by id.
+        self.task_group_id = task_group_id or str(uuid.uuid4())
+        self.batch_size = batch_size
+        self.resource_specification = resource_specification
+
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._registered: Dict[int, Tuple[Callable, str]] = {}
+        self._register_lock = threading.Lock()
+        self._submitter: Optional[threading.Thread] = None
+        self._stream: Optional[_ResultStream] = None
+
+        # The lock guards the fields below it, shared by callers and both threads.
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._draining = False  # shut down without waiting; stop the stream once idle
+        self._pending: Dict[str, TaskFuture] = {}  # submitted, unresolved
+        self._finished: set = set()  # task ids resolved, to drop repeated results
+        self._unclaimed: Dict[str, dict] = {}  # results that came before their future
+        self._stream_failure: Optional[BaseException] = None
+
+    @property
+    def resource_specification(self) -> Optional[dict]:
+        """Resources each task asks for (e.g. `{"num_nodes": 2}`), sent with every submit."""
+        return self._resource_specification
+
+    @resource_specification.setter
+    def resource_specification(self, spec: Optional[dict]) -> None:
+        if spec is not None and not isinstance(spec, dict):
+            raise TypeError(f"resource_specification must be a dict, not {type(spec).__name__}")
+        self._resource_specification = spec
+
+    # -- the concurrent.futures.Executor interface ------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        function_id = self._function_id(fn)
+        # Shell functions are run by the manager, which reads JSON, not pickle.
+        payload = pack_arguments(args, kwargs, as_json=isinstance(fn, ShellFunction))
+        future = TaskFuture()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._submitter is None:
+                self._submitter = threading.Thread(
+                    target=self._submit_loop, name="hpfaas-submit", daemon=True
+                )
+                self._submitter.start()
+            self._queue.put(_Submission(future, function_id, payload))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Send queued calls (or cancel them), then wait for every future if `wait`.
+
+        With `wait=False` the result thread lives on until the futures already
+        submitted have resolved, as `ThreadPoolExecutor`'s workers do.
+        """
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._cancel_queued()
+        self._queue.put(_STOP)
+        if self._submitter is not None:
+            self._submitter.join()
+        if wait:
+            with self._lock:
+                outstanding = list(self._pending.values())
+            concurrent.futures.wait(outstanding)
+        with self._lock:
+            self._draining = True
+        self._stop_stream_if_idle()
+        if wait and self._stream is not None:
+            self._stream.join()
+
+    def reload_tasks(self) -> List[TaskFuture]:
+        """Futures for every task of this executor's task group, in submission order."""
+        futures, new = [], []
+        tasks = self.client.get_taskgroup_tasks(self.task_group_id)
+        with self._lock:
+            for task in tasks:
+                future = self._pending.get(task["id"])
+                if future is None:
+                    future = TaskFuture()
+                    future.task_id = task["id"]
+                    future.set_running_or_notify_cancel()
+                    new.append(future)
+                futures.append(future)
+        self._track(new)
+        self._ensure_stream()
+        return futures
+
+    # -- submitting -------------------------------------------------------
+
+    def _function_id(self, fn: Callable) -> str:
+        # Keyed by id() so unhashable callables work; the entry keeps `fn`
+        # alive, so its id cannot be reused by another object.
+        entry = self._registered.get(id(fn))
+        if entry is None:
+            with self._register_lock:
+                entry = self._registered.get(id(fn))
+                if entry is None:
+                    entry = self._registered[id(fn)] = (fn, self.client.register_function(fn))
+        return entry[1]
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item.future.cancel():
+                # Only this call lets `concurrent.futures.wait` see the cancellation.
+                item.future.set_running_or_notify_cancel()
+
+    def _submit_loop(self) -> None:
+        carried = None
+        while True:
+            item = carried if carried is not None else self._queue.get()
+            carried = None
+            if item is _STOP:
+                return
+            batch = self.client.create_batch(
+                self.task_group_id, resource_specification=self.resource_specification
+            )
+            sent: List[_Submission] = []
+            while True:
+                # A future cancelled while queued is dropped; from here on it cannot be.
+                if item.future.set_running_or_notify_cancel():
+                    batch.add_payload(item.function_id, item.payload)
+                    sent.append(item)
+                if len(sent) >= self.batch_size:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break  # the queue went idle: send what we have now
+                if item is _STOP or batch.payload_size + len(item.payload) > MAX_BATCH_CHARS:
+                    carried = item
+                    break
+            if sent:
+                self._send(batch, sent)
+
+    def _send(self, batch, sent: List[_Submission]) -> None:
+        try:
+            response = self.client.batch_run(self.endpoint_id, batch)
+            task_ids = {fid: iter(response["tasks"].get(fid, ())) for fid in batch.tasks}
+            for item in sent:
+                item.future.task_id = next(task_ids[item.function_id], None)
+                if item.future.task_id is None:
+                    raise HpfaasError(
+                        f"the service returned too few task ids for {item.function_id}"
+                    )
+        except Exception as exc:
+            for item in sent:
+                item.future.set_exception(exc)
+            return
+        self._track([item.future for item in sent])
+        self._ensure_stream()
+
+    # -- results ----------------------------------------------------------
+
+    def _track(self, futures: List[TaskFuture]) -> None:
+        """Start expecting results for submitted futures."""
+        ready, refetch, failed = [], [], []
+        with self._lock:
+            for future in futures:
+                if future.task_id in self._unclaimed:
+                    ready.append((future, self._unclaimed.pop(future.task_id)))
+                    self._finished.add(future.task_id)
+                elif future.task_id in self._finished:
+                    # Only `reload_tasks` asks again for a result already delivered.
+                    refetch.append(future)
+                elif self._stream_failure is not None:
+                    failed.append(future)
+                else:
+                    self._pending[future.task_id] = future
+            failure = self._stream_failure
+        for future in failed:
+            future.set_exception(failure)
+        if refetch:
+            try:
+                docs = self.client.get_batch_status([f.task_id for f in refetch])
+                ready.extend((future, docs[future.task_id]) for future in refetch)
+            except Exception as exc:
+                for future in refetch:
+                    future.set_exception(exc)
+        for future, doc in ready:
+            _resolve(future, doc)
+
+    def _on_result(self, doc: dict) -> None:
+        task_id = doc["task_id"]
+        with self._lock:
+            if task_id in self._finished:
+                return  # delivery is at least once: a replay may repeat a result
+            future = self._pending.pop(task_id, None)
+            if future is None:
+                self._unclaimed[task_id] = doc
+                return
+            self._finished.add(task_id)
+        _resolve(future, doc)
+        self._stop_stream_if_idle()
+
+    def _on_stream_failure(self, exc: BaseException) -> None:
+        with self._lock:
+            self._stream_failure = exc
+            stranded = list(self._pending.values())
+            self._pending.clear()
+        for future in stranded:
+            future.set_exception(exc)
+
+    def _ensure_stream(self) -> None:
+        with self._lock:
+            if self._stream is None:
+                self._stream = _ResultStream(
+                    self.client, self.task_group_id, self._on_result, self._on_stream_failure
+                )
+                self._stream.start()
+
+    def _stop_stream_if_idle(self) -> None:
+        with self._lock:
+            idle = self._draining and not self._pending
+        if idle and self._stream is not None:
+            self._stream.stop()
+
+
+def _sse_events(response: http.client.HTTPResponse) -> Iterator[Tuple[str, Optional[str], str]]:
+    """Yield `(event, last_event_id, data)` for each event of a text/event-stream."""
+    event, last_event_id, data = "message", None, []
+    while True:
+        raw = response.readline()
+        if not raw:
+            return
+        line = raw.rstrip(b"\r\n").decode("utf-8")
+        if not line:  # a blank line ends an event
+            if data:
+                yield event, last_event_id, "\n".join(data)
+            event, data = "message", []
+        elif not line.startswith(":"):  # ':' opens a comment, e.g. the keep-alive
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                event = value
+            elif field == "id":
+                last_event_id = value
+
+
+class _ResultStream:
+    """Reads a task group's result stream on its own thread, resuming after drops."""
+
+    def __init__(
+        self,
+        client: Client,
+        task_group_id: str,
+        on_result: Callable[[dict], None],
+        on_failure: Callable[[BaseException], None],
+    ):
+        self._client = client
+        self._path = f"/v3/taskgroup/{task_group_id}/stream"
+        self._on_result = on_result
+        self._on_failure = on_failure
+        self._last_event_id: Optional[str] = None
+        self._stopped = threading.Event()
+        self._sock_lock = threading.Lock()
+        self._sock: Optional[socket.socket] = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"hpfaas-results-{task_group_id[:8]}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start reading."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading, interrupting a blocked read."""
+        self._stopped.set()
+        with self._sock_lock:
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+    def join(self) -> None:
+        """Wait for the thread to end (after `stop`)."""
+        self._thread.join()
+
+    def _run(self) -> None:
+        delay = RECONNECT_DELAY_MIN
+        while not self._stopped.is_set():
+            level = logging.WARNING
+            try:
+                self._read()
+                level, reason, delay = logging.INFO, "the service ended it", RECONNECT_DELAY_MIN
+            except HTTPError as exc:
+                if exc.status < 500 and exc.status not in (408, 429):
+                    self._on_failure(exc)  # asking again would get the same answer
+                    return
+                reason = str(exc)
+            # ValueError covers undecodable bytes, which a fresh connection may not repeat.
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if self._stopped.is_set():
+                return
+            logger.log(
+                level,
+                "result stream %s lost (%s); reconnecting in %.1f s",
+                self._path,
+                reason,
+                delay,
+            )
+            if self._stopped.wait(delay):
+                return
+            delay = min(delay * 2, RECONNECT_DELAY_MAX)
+
+    def _read(self) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if self._last_event_id is not None:
+            headers["Last-Event-ID"] = self._last_event_id
+        response, sock = self._client.open_stream(self._path, headers, STREAM_READ_TIMEOUT)
+        with self._sock_lock:
+            self._sock = sock
+        try:
+            if self._stopped.is_set():  # stop() came while connecting
+                return
+            for event, event_id, data in _sse_events(response):
+                if event == "result":
+                    self._dispatch(data)
+                # Advanced only once the result is handled, so a drop re-delivers it.
+                self._last_event_id = event_id
+        finally:
+            with self._sock_lock:
+                self._sock = None
+            response.close()
+            sock.close()
+
+    def _dispatch(self, data: str) -> None:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or "task_id" not in doc:
+            logger.error("result stream %s: skipped a malformed result: %.200s", self._path, data)
+            return
+        self._on_result(doc)

@@ -1,0 +1,133 @@
+"""The worker runtime: a warm Python process that runs tasks for the manager.
+
+The manager starts it with the runtime directory on `sys.path` and talks to it
+over the worker's stdin/stdout (docs/api.md, "Worker pipe protocol"): frames of
+a 4-byte big-endian length and UTF-8 JSON. Standard library only, so a compute
+node needs nothing but an interpreter. A user's exception, even a SystemExit,
+becomes a failed result; only the end of the manager's pipe ends the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import struct
+import traceback
+from types import TracebackType
+from typing import Any, BinaryIO, Callable, Dict, Optional
+
+from hpfaas.serialize import JSON, PICKLE, deserialize, serialize, serialize_json, unpack
+
+_RESULT_ENCODERS = {PICKLE: serialize, JSON: serialize_json}
+_HEADER = struct.Struct(">I")
+
+
+class TaskRunner:
+    """Runs task messages, caching each decoded function by its id."""
+
+    def __init__(self) -> None:
+        self._functions: Dict[str, Callable] = {}
+
+    def run(self, msg: dict) -> dict:
+        """Run one task message and return the reply message; never raises."""
+        task_id = msg.get("task_id")
+        try:
+            fn = self._function(msg["function_id"], msg.get("function_code"))
+            args, kwargs = _decode_arguments(msg["payload"])
+        except BaseException as exc:
+            return _failure(task_id, exc, exc.__traceback__)
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            # Skip this frame: the user's traceback starts in their function.
+            return _failure(task_id, exc, exc.__traceback__.tb_next)
+        try:
+            result = _encode_result(value, msg.get("result_serializers") or ())
+        except BaseException as exc:
+            return _failure(task_id, exc, exc.__traceback__)
+        return {"task_id": task_id, "ok": True, "result": result}
+
+    def _function(self, function_id: str, function_code: Optional[str]) -> Callable:
+        if function_code is not None:
+            (buffer,) = unpack(function_code)
+            self._functions[function_id] = deserialize(buffer)
+        try:
+            return self._functions[function_id]
+        except KeyError:
+            raise LookupError(f"function {function_id} was neither sent nor cached") from None
+
+
+def _decode_arguments(payload: str) -> tuple:
+    buffers = unpack(payload)
+    if len(buffers) != 2:
+        raise ValueError(f"a task payload packs 2 buffers (args, kwargs), not {len(buffers)}")
+    args, kwargs = (deserialize(buf) for buf in buffers)
+    return args, kwargs
+
+
+def _encode_result(value: Any, result_serializers) -> str:
+    encoder = next(
+        (_RESULT_ENCODERS[s] for s in result_serializers if s in _RESULT_ENCODERS), serialize
+    )
+    return encoder(value)
+
+
+def _failure(task_id: Any, exc: BaseException, tb: Optional[TracebackType]) -> dict:
+    return {
+        "task_id": task_id,
+        "ok": False,
+        "exception": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+        },
+    }
+
+
+def _read_frame(stream: BinaryIO) -> Optional[dict]:
+    """The next message, or None at a clean end of input."""
+    header = stream.read(_HEADER.size)
+    if not header:
+        return None
+    length = _HEADER.unpack(header)[0] if len(header) == _HEADER.size else -1
+    body = stream.read(length) if length >= 0 else b""
+    if len(body) != length:
+        raise EOFError("the manager's pipe closed in the middle of a frame")
+    return json.loads(body)
+
+
+def _write_frame(stream: BinaryIO, msg: dict) -> None:
+    body = json.dumps(msg).encode("utf-8")
+    stream.write(_HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+def main() -> None:
+    """Serve tasks over the inherited stdin/stdout until the manager closes stdin."""
+    # os.dup makes non-inheritable descriptors: a process the user's code
+    # starts cannot hold the protocol pipe open after this worker dies.
+    protocol_in = os.fdopen(os.dup(0), "rb")
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    # From here on fd 0 reads nothing and the user's prints land in the worker log.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    # A Ctrl-C at a terminal reaches the whole process group; the manager, not
+    # the terminal, decides when a worker stops (by closing its pipe).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    ready = {"ready": True, "pid": os.getpid(), "python": platform.python_version()}
+    _write_frame(protocol_out, ready)
+    runner = TaskRunner()
+    while True:
+        msg = _read_frame(protocol_in)
+        if msg is None:
+            return
+        _write_frame(protocol_out, runner.run(msg))
+
+
+if __name__ == "__main__":
+    main()
