@@ -172,7 +172,10 @@ mod tests {
             idle_since: None,
             draining: true,
         };
-        assert_eq!(decide(&S, &[draining.clone()], 5, false, now).submit, 1);
+        assert_eq!(
+            decide(&S, std::slice::from_ref(&draining), 5, false, now).submit,
+            1
+        );
         let s = Scaling { max_blocks: 1, ..S };
         assert_eq!(
             decide(&s, &[draining], 5, false, now).submit,

@@ -61,6 +61,9 @@ pub enum BlocksEvent {
     },
 }
 
+/// Builds the manager command line for a block id.
+pub type ManagerCommand = Box<dyn Fn(&str) -> Vec<String> + Send>;
+
 /// Static facts the blocks thread needs.
 pub struct BlocksSetup {
     /// The provider.
@@ -70,7 +73,7 @@ pub struct BlocksSetup {
     /// Nodes per block.
     pub nodes: u32,
     /// Builds the manager command for a block id.
-    pub manager_command: Box<dyn Fn(&str) -> Vec<String> + Send>,
+    pub manager_command: ManagerCommand,
     /// Prefix of job names, unique per endpoint.
     pub job_prefix: String,
     /// Where job scripts and block output go; `blocks.json` lives beside it.
