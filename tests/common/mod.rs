@@ -156,3 +156,135 @@ pub fn pack(buffers: &[&str]) -> String {
         .map(|b| format!("{}\n{b}", b.chars().count()))
         .collect()
 }
+
+/// True when a real Slurm is up (`scripts/slurm.sh up` and `HPFAAS_SLURM=1`);
+/// otherwise prints why the test is skipped — or fails it under `CI=true`.
+pub fn slurm_available(test: &str) -> bool {
+    if std::env::var("HPFAAS_SLURM").as_deref() == Ok("1") {
+        return true;
+    }
+    let reason = format!("{test}: skipped: no Slurm (run `scripts/slurm.sh up` as root and set HPFAAS_SLURM=1)");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}, and CI=true requires it");
+    eprintln!("{reason}");
+    false
+}
+
+/// A configured endpoint in a private home, with helpers to drive it.
+pub struct Endpoint<'a> {
+    pub svc: &'a Service,
+    pub token: String,
+    pub home: PathBuf,
+    pub name: String,
+    /// Extra PATH entries first (emulated PBS/LSF tools).
+    pub path_prefix: Option<String>,
+}
+
+impl<'a> Endpoint<'a> {
+    /// Configures `name` with `config` (a whole config.toml).
+    pub fn new(svc: &'a Service, token: &str, name: &str, config: &str) -> Endpoint<'a> {
+        let home = temp_dir(name);
+        let dir = home.join("endpoints").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        Endpoint { svc, token: token.to_string(), home, name: name.to_string(), path_prefix: None }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.home.join("endpoints").join(&self.name)
+    }
+
+    /// Runs `hpfaas endpoint ARGS... NAME`.
+    pub fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut c = hpfaas();
+        c.arg("endpoint")
+            .args(args)
+            .env("HPFAAS_HOME", &self.home)
+            .env("HPFAAS_URL", &self.svc.url)
+            .env("HPFAAS_TOKEN", &self.token);
+        if let Some(prefix) = &self.path_prefix {
+            c.env("PATH", format!("{prefix}:{}", std::env::var("PATH").unwrap_or_default()));
+        }
+        c.output().unwrap()
+    }
+
+    /// Starts the agent, asserting success.
+    pub fn start(&self) {
+        let out = self.cmd(&["start", &self.name]);
+        assert!(
+            out.status.success(),
+            "start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn endpoint_id(&self) -> String {
+        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(self.dir().join("endpoint.json")).unwrap()).unwrap();
+        c["endpoint_id"].as_str().unwrap().to_string()
+    }
+
+    /// The agent's published state (`agent.json`).
+    pub fn state(&self) -> serde_json::Value {
+        std::fs::read(self.dir().join("agent.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Registers a Python function given as `name` and its source.
+    pub fn register(&self, name: &str, source: &str) -> String {
+        let code = pack(&[&format!("st\n{name}:{source}")]);
+        post(
+            &format!("{}/v3/functions", self.svc.url),
+            &self.token,
+            serde_json::json!({"function_name": name, "function_code": code}),
+        )
+        .unwrap()["function_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Submits one task per JSON argument list; returns the task ids in order.
+    pub fn submit_json(&self, function_id: &str, args: &[serde_json::Value]) -> Vec<String> {
+        let payloads: Vec<String> = args.iter().map(|a| pack(&[&format!("11\n{a}"), "11\n{}"])).collect();
+        let reply = post(
+            &format!("{}/v3/endpoints/{}/submit", self.svc.url, self.endpoint_id()),
+            &self.token,
+            serde_json::json!({"tasks": {function_id: payloads}, "result_serializers": ["11\n"]}),
+        )
+        .unwrap();
+        reply["tasks"][function_id].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+    }
+
+    /// Waits until every task is final; returns their documents in order.
+    pub fn wait_all(&self, task_ids: &[String], limit: Duration) -> Vec<serde_json::Value> {
+        let url = format!("{}/v2/batch_status", self.svc.url);
+        wait_for(limit, "tasks to finish", || {
+            let r = post(&url, &self.token, serde_json::json!({"task_ids": task_ids})).unwrap();
+            let docs: Vec<serde_json::Value> = task_ids.iter().map(|t| r["results"][t].clone()).collect();
+            docs.iter().all(|d| d["pending"] == serde_json::json!(false)).then_some(docs)
+        })
+    }
+
+    /// The task document of one task.
+    pub fn task(&self, task_id: &str) -> serde_json::Value {
+        get(&format!("{}/v2/tasks/{task_id}", self.svc.url), &self.token).unwrap()
+    }
+}
+
+impl Drop for Endpoint<'_> {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["stop", &self.name]);
+    }
+}
+
+/// Names of the queued or running Slurm jobs whose name starts with `prefix`.
+pub fn slurm_jobs(prefix: &str) -> Vec<String> {
+    let out = Command::new("squeue").args(["--noheader", "--format=%j %i %T"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}

@@ -1,4 +1,5 @@
-"""Shared fixtures: the working tree's SDK on sys.path, and a real `hpfaas up` for e2e tests."""
+"""Shared fixtures: the working tree's SDK on sys.path, a real `hpfaas up` for every test
+that needs a service, a second user of it, a TCP relay to it, and a gate tasks wait at."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Service:
     endpoint_id: str
     home: Path
     log: Path
+    binary: Path
 
 
 def _read_up_json(path: Path, proc: subprocess.Popen) -> dict:
@@ -87,7 +89,7 @@ def service():
                 up = wait_until(lambda: _read_up_json(up_json, proc), STARTUP_TIMEOUT, f"{up_json}")
             except AssertionError as exc:
                 pytest.fail(f"hpfaas up did not start: {exc}; log:\n{_log_tail(log)}")
-            yield Service(up["url"], up["token"], up["endpoint_id"], home, log)
+            yield Service(up["url"], up["token"], up["endpoint_id"], home, log, binary)
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -99,22 +101,37 @@ def service():
         assert not up_json.exists(), "hpfaas up left up.json behind after SIGINT"
 
 
+@pytest.fixture(scope="session")
+def other_user_token(service):
+    """A token of a second user of the same service, who owns none of its endpoints."""
+    done = subprocess.run(
+        [str(service.binary), "token", "create", "--user", "other"]
+        + ["--data-dir", str(service.home / "up")],  # where `hpfaas up` keeps its database
+        env={**os.environ, "HPFAAS_HOME": str(service.home)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+    )
+    assert done.returncode == 0, f"hpfaas token create failed: {done.stderr}"
+    return done.stdout.strip()
+
+
 @pytest.fixture
-def fake():
-    """An in-process stand-in for the service (tests/python/fake_service.py)."""
-    from fake_service import FakeService
+def relay(service):
+    """A TCP relay to the service (tests/python/relay.py), for network faults."""
+    from relay import Relay
 
-    svc = FakeService()
-    svc.start()
-    yield svc
-    svc.stop()
+    proxy = Relay(service.url)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture
-def fake_client(fake):
-    """A `Client` of the fake service."""
-    from fake_service import TOKEN
+def gate():
+    """A `helpers.Gate` that tasks running `helpers.gated` wait at; opened at teardown."""
+    from helpers import Gate
 
-    from hpfaas import Client
-
-    return Client(fake.url, TOKEN)
+    barrier = Gate()
+    yield barrier
+    barrier.close()
