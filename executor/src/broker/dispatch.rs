@@ -106,11 +106,18 @@ impl Dispatcher {
         if info.capacity() == 0 {
             return Err("a manager must offer at least one worker".into());
         }
-        if self.managers.contains_key(&identity) {
-            return Err(format!(
-                "manager identity {} is already registered",
-                info.manager_id
-            ));
+        if let Some(m) = self.managers.get_mut(&identity) {
+            // A manager repeating its registration (it answered several
+            // Reregister prompts at once) is the same manager: keep its tasks.
+            if m.info.manager_id != info.manager_id {
+                return Err(format!(
+                    "manager identity {} is already registered",
+                    info.manager_id
+                ));
+            }
+            m.info = info;
+            m.last_seen = now;
+            return Ok(());
         }
         self.order.push(identity.clone());
         self.managers.insert(
@@ -511,6 +518,22 @@ mod tests {
         );
         assert_eq!(d.dispatch(0.0).len(), 1);
         assert_eq!(d.complete(b"a", vec![lost()]).len(), 1, "budget spent");
+    }
+
+    #[test]
+    fn repeated_registration_is_idempotent() {
+        let now = Instant::now();
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), now)
+            .unwrap();
+        d.submit(vec![], tasks(1, Uuid::new_v4()));
+        d.dispatch(0.0);
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), now)
+            .unwrap();
+        assert_eq!(d.load(0.0).in_hand, 1, "its task stays in hand");
+        assert!(d
+            .register(b"a".to_vec(), info("other", "0", 1, 0), now)
+            .is_err());
     }
 
     #[test]

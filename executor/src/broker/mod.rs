@@ -238,10 +238,9 @@ impl Broker {
             return;
         }
         if !self.dispatcher.is_registered(&identity) {
-            let reason =
-                "this manager is not registered (it was declared lost, or the endpoint restarted)"
-                    .to_string();
-            self.send(identity, &BrokerMessage::Refused { reason });
+            // The agent restarted (or declared this manager lost): let the
+            // manager register again instead of abandoning a live block.
+            self.send(identity, &BrokerMessage::Reregister);
             return;
         }
         self.dispatcher.seen(&identity, now);
