@@ -15,10 +15,13 @@ stage() {
     echo "=== ${name}: ok in $((SECONDS - start)) s"
 }
 
+slurm_started=
 cleanup() {
     # Anything a failed test left behind: agents, managers, `hpfaas up`.
     # Only on CI, where nothing else of the user's can be running.
     [[ ${CI:-} == true ]] && pkill -f "target/debug/hpfaas" 2>/dev/null
+    # The Slurm this run started (a Slurm that was already up stays up).
+    [[ -n $slurm_started ]] && scripts/slurm.sh down
     return 0
 }
 trap cleanup EXIT
@@ -27,6 +30,25 @@ stage "setup" 900 scripts/setup.sh
 stage "build" 1200 cargo build --workspace --all-targets
 stage "format" 60 cargo fmt --all -- --check
 stage "lint" 900 cargo clippy --workspace --all-targets -- -D warnings
+
+# The emulated PBS Pro and LSF tools (they hand jobs to the local Slurm).
+export HPFAAS_EMULATORS=$PWD/tests/emulators/bin
+# A real single-node Slurm for the batch-system tests: HPFAAS_SLURM=1 tells
+# them it is there. Starting one needs root; without it they skip (and fail
+# under CI=true).
+if [[ $(id -u) -ne 0 ]]; then
+    echo "=== slurm: not started: starting Slurm needs root; tests that need Slurm will skip"
+elif scripts/slurm.sh status >/dev/null 2>&1; then
+    echo "=== slurm: already running; using it, and leaving it running"
+    export HPFAAS_SLURM=1
+else
+    slurm_started=1
+    stage "slurm" 600 scripts/slurm.sh up
+    export HPFAAS_SLURM=1
+fi
+if [[ -n ${HPFAAS_SLURM:-} ]]; then
+    stage "emulator self-test" 300 tests/emulators/selftest.sh
+fi
 if command -v cargo-nextest >/dev/null; then
     stage "rust tests" 900 cargo nextest run --workspace --no-fail-fast
 else

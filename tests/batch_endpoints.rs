@@ -14,13 +14,18 @@ const WHERE: &str = "def where(x):\n    import os\n    job = os.environ.get('SLU
 const SLEEP: &str = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n";
 
 fn unique(tag: &str) -> String {
-    format!("it-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "it-{tag}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 fn config(provider: &str, extra_provider: &str, extra_engine: &str) -> String {
+    // The emulated PBS and LSF jobs start managers with OpenMPI's mpiexec,
+    // which refuses root unless told: exactly what a site's worker_init does.
     let placement = match provider {
         "slurm" => "partition = \"debug\"",
-        _ => "queue = \"debug\"",
+        _ => "queue = \"debug\"\nworker_init = \"export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\"",
     };
     format!(
         "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n{extra_engine}\n\
@@ -29,8 +34,11 @@ fn config(provider: &str, extra_provider: &str, extra_engine: &str) -> String {
 }
 
 fn job_of(doc: &serde_json::Value) -> String {
-    let result = doc["result"].as_str().unwrap_or_else(|| panic!("no result: {doc}"));
-    let value: serde_json::Value = serde_json::from_str(result.strip_prefix("11\n").unwrap()).unwrap();
+    let result = doc["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no result: {doc}"));
+    let value: serde_json::Value =
+        serde_json::from_str(result.strip_prefix("11\n").unwrap()).unwrap();
     value[0].as_str().unwrap().to_string()
 }
 
@@ -48,30 +56,53 @@ fn scale_out_run_and_scale_in(provider: &str) {
         &svc,
         &token,
         &name,
-        &config(provider, "init_blocks = 0\nmin_blocks = 0\nmax_blocks = 2\nmax_idletime = 3", ""),
+        &config(
+            provider,
+            "init_blocks = 0\nmin_blocks = 0\nmax_blocks = 2\nmax_idletime = 3",
+            "",
+        ),
     );
     if provider != "slurm" {
         ep.path_prefix = Some(emulators());
     }
     ep.start();
-    assert!(ep.state()["blocks"].as_array().is_none_or(|b| b.is_empty()), "no block before work");
+    assert!(
+        ep.state()["blocks"].as_array().is_none_or(|b| b.is_empty()),
+        "no block before work"
+    );
     let f = ep.register("where", WHERE);
     let args: Vec<serde_json::Value> = (0..500).map(|i| json!([i])).collect();
     let ids = ep.submit_json(&f, &args);
     let docs = ep.wait_all(&ids, Duration::from_secs(180));
     for (i, doc) in docs.iter().enumerate() {
         assert_eq!(doc["status"], "success", "{doc}");
-        assert!(!job_of(doc).is_empty(), "task {i} did not run inside a batch job: {doc}");
+        assert!(
+            !job_of(doc).is_empty(),
+            "task {i} did not run inside a batch job: {doc}"
+        );
     }
     // Idle for max_idletime: every block is cancelled, down to min_blocks = 0.
     wait_for(Duration::from_secs(60), "blocks to scale in to 0", || {
-        ep.state()["blocks"].as_array().is_some_and(|b| b.is_empty()).then_some(())
+        ep.state()["blocks"]
+            .as_array()
+            .is_some_and(|b| b.is_empty())
+            .then_some(())
     });
     let out = ep.cmd(&["stop", &name]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for(Duration::from_secs(30), "no job of ours left in squeue", || {
-        slurm_jobs(&format!("hpfaas-{name}")).is_empty().then_some(())
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "no job of ours left in squeue",
+        || {
+            slurm_jobs(&format!("hpfaas-{name}"))
+                .is_empty()
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -103,13 +134,27 @@ fn scancel_of_a_block_fails_its_tasks_with_manager_lost() {
     let svc = Service::start();
     let token = svc.token("batch");
     let name = unique("scancel");
-    let ep = Endpoint::new(&svc, &token, &name, &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""));
+    let ep = Endpoint::new(
+        &svc,
+        &token,
+        &name,
+        &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""),
+    );
     ep.start();
     let f = ep.register("nap", SLEEP);
     let ids = ep.submit_json(&f, &[json!([120])]);
-    wait_for(Duration::from_secs(60), "the task to run", || (ep.task(&ids[0])["status"] == "running").then_some(()));
-    let job = ep.state()["blocks"][0]["job_id"].as_str().unwrap().to_string();
-    assert!(std::process::Command::new("scancel").arg(&job).status().unwrap().success());
+    wait_for(Duration::from_secs(60), "the task to run", || {
+        (ep.task(&ids[0])["status"] == "running").then_some(())
+    });
+    let job = ep.state()["blocks"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::process::Command::new("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
     let doc = ep.wait_all(&ids, Duration::from_secs(60)).remove(0);
     assert_eq!(doc["status"], "failed", "{doc}");
     assert_eq!(doc["exception_type"], "ManagerLost", "{doc}");
@@ -123,12 +168,15 @@ fn invalid_partition_is_shown_in_status() {
     let svc = Service::start();
     let token = svc.token("batch");
     let name = unique("badpart");
-    let text = config("slurm", "init_blocks = 1", "").replace("partition = \"debug\"", "partition = \"no-such-partition\"");
+    let text = config("slurm", "init_blocks = 1", "")
+        .replace("partition = \"debug\"", "partition = \"no-such-partition\"");
     let ep = Endpoint::new(&svc, &token, &name, &text);
     ep.start();
-    let error = wait_for(Duration::from_secs(30), "the sbatch error in the agent state", || {
-        ep.state()["last_error"].as_str().map(str::to_string)
-    });
+    let error = wait_for(
+        Duration::from_secs(30),
+        "the sbatch error in the agent state",
+        || ep.state()["last_error"].as_str().map(str::to_string),
+    );
     assert!(error.contains("invalid partition"), "{error}");
     let out = ep.cmd(&["status", &name]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
@@ -143,20 +191,37 @@ fn a_killed_agent_readopts_its_blocks() {
     let svc = Service::start();
     let token = svc.token("batch");
     let name = unique("readopt");
-    let ep = Endpoint::new(&svc, &token, &name, &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""));
+    let ep = Endpoint::new(
+        &svc,
+        &token,
+        &name,
+        &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""),
+    );
     ep.start();
     let f = ep.register("where", WHERE);
     let first = ep.wait_all(&ep.submit_json(&f, &[json!([1])]), Duration::from_secs(60));
     let job = job_of(&first[0]);
     let pid = ep.state()["pid"].as_u64().unwrap() as i32;
-    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     wait_for(Duration::from_secs(10), "the agent to die", || {
         (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     });
     ep.start();
     let again = ep.wait_all(&ep.submit_json(&f, &[json!([2])]), Duration::from_secs(60));
-    assert_eq!(job_of(&again[0]), job, "the re-adopted block serves the task");
-    assert_eq!(slurm_jobs(&format!("hpfaas-{name}")).len(), 1, "no duplicate block was submitted");
+    assert_eq!(
+        job_of(&again[0]),
+        job,
+        "the re-adopted block serves the task"
+    );
+    assert_eq!(
+        slurm_jobs(&format!("hpfaas-{name}")).len(),
+        1,
+        "no duplicate block was submitted"
+    );
 }
 
 #[test]
@@ -182,11 +247,27 @@ fn a_users_own_sbatch_script_joins_the_endpoint() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new("sbatch").arg("--parsable").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let job = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string();
+    let out = std::process::Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let f = ep.register("where", WHERE);
-    let docs = ep.wait_all(&ep.submit_json(&f, &[json!([1]), json!([2])]), Duration::from_secs(90));
+    let docs = ep.wait_all(
+        &ep.submit_json(&f, &[json!([1]), json!([2])]),
+        Duration::from_secs(90),
+    );
     for doc in &docs {
         assert_eq!(job_of(doc), job, "{doc}");
     }
@@ -203,15 +284,25 @@ fn walltime_draining_starts_a_replacement_block() {
     let name = unique("drain");
     // A 10-minute block that drains 9m50s before its end: after ~10 s it
     // takes no new work, so the endpoint must start a replacement for it.
-    let text = config("slurm", "init_blocks = 1\nmin_blocks = 1\nmax_blocks = 2\ndrain_period = 590", "");
+    let text = config(
+        "slurm",
+        "init_blocks = 1\nmin_blocks = 1\nmax_blocks = 2\ndrain_period = 590",
+        "",
+    );
     let ep = Endpoint::new(&svc, &token, &name, &text);
     ep.start();
     let f = ep.register("where", WHERE);
-    let first = job_of(&ep.wait_all(&ep.submit_json(&f, &[json!([1])]), Duration::from_secs(60))[0]);
+    let first =
+        job_of(&ep.wait_all(&ep.submit_json(&f, &[json!([1])]), Duration::from_secs(60))[0]);
     wait_for(Duration::from_secs(60), "the first block to drain", || {
         let blocks = ep.state()["blocks"].clone();
-        blocks.as_array()?.iter().any(|b| b["state"] == "draining").then_some(())
+        blocks
+            .as_array()?
+            .iter()
+            .any(|b| b["state"] == "draining")
+            .then_some(())
     });
-    let later = job_of(&ep.wait_all(&ep.submit_json(&f, &[json!([2])]), Duration::from_secs(90))[0]);
+    let later =
+        job_of(&ep.wait_all(&ep.submit_json(&f, &[json!([2])]), Duration::from_secs(90))[0]);
     assert_ne!(later, first, "a draining block must not take new work");
 }

@@ -170,10 +170,16 @@ impl ProviderConfig {
                 self.parallelism
             ));
         }
+        if !(self.cmd_timeout > 0.0 && self.cmd_timeout.is_finite()) {
+            // Zero would fail every scheduler command.
+            return Err(format!(
+                "provider.cmd_timeout = {} must be a positive number of seconds",
+                self.cmd_timeout
+            ));
+        }
         for (key, value) in [
             ("max_idletime", self.max_idletime),
             ("drain_period", self.drain_period),
-            ("cmd_timeout", self.cmd_timeout),
         ] {
             if !(value >= 0.0 && value.is_finite()) {
                 return Err(format!(
@@ -242,5 +248,10 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("cobalt"));
+        let c = ProviderConfig {
+            cmd_timeout: 0.0,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("cmd_timeout"));
     }
 }

@@ -3,11 +3,23 @@
 //!
 //! A provider only talks to its batch system; deciding how many blocks to run
 //! is the endpoint's strategy (`executor/src/strategy.rs`). Calls may block on
-//! scheduler commands, so the endpoint runs them off its event loop.
+//! scheduler commands (each bounded by `provider.cmd_timeout`), so the
+//! endpoint runs them off its event loop.
+//!
+//! `local` runs blocks as process groups; `slurm`, `pbs` and `lsf` share one
+//! flow ([`batch::BatchProvider`]) over their own commands and formats
+//! ([`slurm`], [`pbs`], [`lsf`]), with job scripts laid out by [`script`] and
+//! commands run by [`command`].
 
+pub mod batch;
+pub mod command;
 pub mod config;
 pub mod launcher;
 pub mod local;
+pub mod lsf;
+pub mod pbs;
+pub mod script;
+pub mod slurm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,6 +27,7 @@ use std::path::PathBuf;
 /// A batch-system job id as the scheduler prints it (e.g. `1234`, `1234.server`).
 pub type JobId = String;
 
+use batch::BatchProvider;
 pub use config::ProviderConfig;
 
 /// What to start: one block of managers. Its size, walltime, placement,
@@ -66,6 +79,16 @@ pub struct ProviderError {
     pub message: String,
 }
 
+impl ProviderError {
+    /// An error of `provider` saying `message`.
+    pub fn new(provider: &'static str, message: impl Into<String>) -> Self {
+        ProviderError {
+            provider,
+            message: message.into(),
+        }
+    }
+}
+
 /// One batch system.
 pub trait Provider: Send {
     /// Short name (`local`, `slurm`, ...), used in messages.
@@ -85,6 +108,11 @@ pub fn build(config: &ProviderConfig) -> Result<Box<dyn Provider>, String> {
     config.validate()?;
     match config.kind.as_str() {
         "local" => Ok(Box::new(local::LocalProvider::new(config.clone()))),
+        "slurm" => Ok(Box::new(BatchProvider::<slurm::Slurm>::new(
+            config.clone(),
+        )?)),
+        "pbs" => Ok(Box::new(BatchProvider::<pbs::Pbs>::new(config.clone())?)),
+        "lsf" => Ok(Box::new(BatchProvider::<lsf::Lsf>::new(config.clone())?)),
         other => Err(format!(
             "provider.type = {other:?} is not available in this build"
         )),
@@ -105,4 +133,11 @@ pub fn script_preamble(request: &BlockRequest, worker_init: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A captured scheduler output from `tests/fixtures/` (e.g. `pbs/qsub.txt`).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -163,8 +163,13 @@ pub fn slurm_available(test: &str) -> bool {
     if std::env::var("HPFAAS_SLURM").as_deref() == Ok("1") {
         return true;
     }
-    let reason = format!("{test}: skipped: no Slurm (run `scripts/slurm.sh up` as root and set HPFAAS_SLURM=1)");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}, and CI=true requires it");
+    let reason = format!(
+        "{test}: skipped: no Slurm (run `scripts/slurm.sh up` as root and set HPFAAS_SLURM=1)"
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{reason}, and CI=true requires it"
+    );
     eprintln!("{reason}");
     false
 }
@@ -186,7 +191,13 @@ impl<'a> Endpoint<'a> {
         let dir = home.join("endpoints").join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.toml"), config).unwrap();
-        Endpoint { svc, token: token.to_string(), home, name: name.to_string(), path_prefix: None }
+        Endpoint {
+            svc,
+            token: token.to_string(),
+            home,
+            name: name.to_string(),
+            path_prefix: None,
+        }
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -202,7 +213,10 @@ impl<'a> Endpoint<'a> {
             .env("HPFAAS_URL", &self.svc.url)
             .env("HPFAAS_TOKEN", &self.token);
         if let Some(prefix) = &self.path_prefix {
-            c.env("PATH", format!("{prefix}:{}", std::env::var("PATH").unwrap_or_default()));
+            c.env(
+                "PATH",
+                format!("{prefix}:{}", std::env::var("PATH").unwrap_or_default()),
+            );
         }
         c.output().unwrap()
     }
@@ -219,7 +233,9 @@ impl<'a> Endpoint<'a> {
     }
 
     pub fn endpoint_id(&self) -> String {
-        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(self.dir().join("endpoint.json")).unwrap()).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir().join("endpoint.json")).unwrap())
+                .unwrap();
         c["endpoint_id"].as_str().unwrap().to_string()
     }
 
@@ -247,14 +263,26 @@ impl<'a> Endpoint<'a> {
 
     /// Submits one task per JSON argument list; returns the task ids in order.
     pub fn submit_json(&self, function_id: &str, args: &[serde_json::Value]) -> Vec<String> {
-        let payloads: Vec<String> = args.iter().map(|a| pack(&[&format!("11\n{a}"), "11\n{}"])).collect();
+        let payloads: Vec<String> = args
+            .iter()
+            .map(|a| pack(&[&format!("11\n{a}"), "11\n{}"]))
+            .collect();
         let reply = post(
-            &format!("{}/v3/endpoints/{}/submit", self.svc.url, self.endpoint_id()),
+            &format!(
+                "{}/v3/endpoints/{}/submit",
+                self.svc.url,
+                self.endpoint_id()
+            ),
             &self.token,
             serde_json::json!({"tasks": {function_id: payloads}, "result_serializers": ["11\n"]}),
         )
         .unwrap();
-        reply["tasks"][function_id].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+        reply["tasks"][function_id]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Waits until every task is final; returns their documents in order.
@@ -262,8 +290,11 @@ impl<'a> Endpoint<'a> {
         let url = format!("{}/v2/batch_status", self.svc.url);
         wait_for(limit, "tasks to finish", || {
             let r = post(&url, &self.token, serde_json::json!({"task_ids": task_ids})).unwrap();
-            let docs: Vec<serde_json::Value> = task_ids.iter().map(|t| r["results"][t].clone()).collect();
-            docs.iter().all(|d| d["pending"] == serde_json::json!(false)).then_some(docs)
+            let docs: Vec<serde_json::Value> =
+                task_ids.iter().map(|t| r["results"][t].clone()).collect();
+            docs.iter()
+                .all(|d| d["pending"] == serde_json::json!(false))
+                .then_some(docs)
         })
     }
 
@@ -281,7 +312,10 @@ impl Drop for Endpoint<'_> {
 
 /// Names of the queued or running Slurm jobs whose name starts with `prefix`.
 pub fn slurm_jobs(prefix: &str) -> Vec<String> {
-    let out = Command::new("squeue").args(["--noheader", "--format=%j %i %T"]).output().unwrap();
+    let out = Command::new("squeue")
+        .args(["--noheader", "--format=%j %i %T"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with(prefix))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Relay:
         #: Cut each result stream once it has passed on this many events that no
         #: earlier stream passed on (so a replay of old events does not count).
         self.cut_streams_after: Optional[int] = None
+        #: Cut streams with a TCP reset rather than an orderly close.
+        self.cut_with_reset = False
 
         self._start(self._accept_loop, "relay-accept")
 
@@ -217,10 +220,27 @@ class _Connection:
         self.client = client
         self.upstream = upstream
         self.stream: Optional[StreamRecord] = None
+        #: Set when the client connection is to end with a reset (see `cut`).
+        self.reset = False
 
     def close(self) -> None:
-        _shutdown(self.client)
+        if self.reset:
+            try:
+                self.client.shutdown(socket.SHUT_RD)  # unlike SHUT_WR, sends no FIN
+            except OSError:
+                pass
+        else:
+            _shutdown(self.client)
         _shutdown(self.upstream)
+
+    def cut(self) -> None:
+        """End both connections; the client's with a reset if the relay says so."""
+        if self.relay.cut_with_reset:
+            # With linger 0 the last close sends RST, as a dead peer or middlebox would;
+            # pump_up makes that close once its read, woken by SHUT_RD, has ended.
+            self.reset = True
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
     def pump_up(self) -> None:
         """Client to service, one parsed request at a time."""
@@ -255,6 +275,8 @@ class _Connection:
         finally:
             reader.close()
             self.close()
+            if self.reset:
+                self.client.close()
 
     @staticmethod
     def _rewrite(headers, changes: Dict[str, Optional[str]]):
@@ -276,12 +298,15 @@ class _Connection:
                 if parser is None:
                     parser = _StreamParser()
                 for piece, event_ids in parser.feed(data):
-                    self.client.sendall(piece)
+                    # Recorded before they are passed on, so a test that has seen
+                    # a result can count on the relay having recorded it.
                     cut = False
                     for event_id in event_ids:
                         cut = self.relay._on_event(self.stream, event_id) or cut
+                    self.client.sendall(piece)
                     if cut:
                         self.stream.cut = True
+                        self.cut()
                         return
         except OSError:
             return

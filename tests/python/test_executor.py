@@ -1,4 +1,9 @@
-"""`Executor` against the in-process fake service: batching, the result stream, shutdown."""
+"""`Executor` against the real service: batching, the result stream, shutdown.
+
+Faults the service would not make on its own come from the network: a TCP relay
+(tests/python/relay.py) holds submits back, cuts result streams, or changes a
+header on the way, and every answer is still the real service's.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import io
 import json
 import logging
 import threading
+import uuid
 
 import pytest
-from fake_service import TOKEN
+from helpers import gated
 
 from hpfaas import (
+    Client,
     Executor,
     HpfaasError,
     ShellFunction,
@@ -19,9 +26,10 @@ from hpfaas import (
     TaskExecutionFailed,
 )
 from hpfaas.errors import HTTPError
-from hpfaas.executor import _sse_events
+from hpfaas.executor import RECONNECT_DELAY_MIN, _sse_events
 
-TIMEOUT = 10.0
+#: Generous: a debug build on a busy 2-core machine.
+TIMEOUT = 60.0
 
 
 def square(x):
@@ -32,9 +40,26 @@ def fails_with_boom():
     raise ValueError("boom")
 
 
+@pytest.fixture(scope="module")
+def client(service):
+    return Client(service.url, service.token)
+
+
 @pytest.fixture
-def executor(fake, fake_client):
-    with Executor(endpoint_id=fake.endpoint_id, client=fake_client) as ex:
+def relay_client(service, relay):
+    """A `Client` of the service through the relay."""
+    return Client(relay.url, service.token)
+
+
+@pytest.fixture
+def executor(service, client):
+    with Executor(endpoint_id=service.endpoint_id, client=client) as ex:
+        yield ex
+
+
+@pytest.fixture
+def relayed_executor(service, relay_client):
+    with Executor(endpoint_id=service.endpoint_id, client=relay_client) as ex:
         yield ex
 
 
@@ -42,24 +67,36 @@ def hpfaas_threads():
     return [t for t in threading.enumerate() if t.name.startswith("hpfaas-")]
 
 
-def test_map_returns_results_in_order_with_few_requests(fake, executor):
-    assert list(executor.map(square, range(1000), timeout=TIMEOUT)) == [x * x for x in range(1000)]
-    assert len(fake.functions) == 1, "the function is registered once"
+def tasks_per_submit(relay):
+    return [sum(map(len, body["tasks"].values())) for body in relay.submits()]
+
+
+def test_map_returns_results_in_order_with_few_requests(client, relay, relayed_executor):
+    ex = relayed_executor
+    assert list(ex.map(square, range(1000), timeout=TIMEOUT)) == [x * x for x in range(1000)]
+    registered = [r for r in relay.requests if (r.method, r.path) == ("POST", "/v3/functions")]
+    assert len(registered) == 1, "the function is registered once"
     # Submits are batched while a request is in flight, not sent one by one.
-    assert len(fake.submit_bodies) < 100
-    assert {body["task_group_id"] for body in fake.submit_bodies} == {executor.task_group_id}
+    assert sum(tasks_per_submit(relay)) == 1000
+    assert len(relay.submits()) < 100
+    assert {body["task_group_id"] for body in relay.submits()} == {ex.task_group_id}
+    # The service agrees: one group of 1000 tasks of one function.
+    tasks = client.get_taskgroup_tasks(ex.task_group_id)
+    assert len(tasks) == 1000 and len({t["function_id"] for t in tasks}) == 1
 
 
-def test_batch_size_caps_a_request(fake, fake_client):
-    fake.accept_submits.clear()
-    with Executor(endpoint_id=fake.endpoint_id, client=fake_client, batch_size=7) as ex:
+def test_batch_size_caps_a_request(service, relay, relay_client):
+    relay.hold_submits()
+    with Executor(endpoint_id=service.endpoint_id, client=relay_client, batch_size=7) as ex:
         futures = [ex.submit(square, i) for i in range(50)]
-        fake.accept_submits.set()
+        relay.wait_held(1, TIMEOUT)  # the first request waits; the rest queue up behind it
+        relay.release_submits()
         assert [f.result(TIMEOUT) for f in futures] == [i * i for i in range(50)]
-    assert max(sum(map(len, b["tasks"].values())) for b in fake.submit_bodies) == 7
+    sizes = tasks_per_submit(relay)
+    assert max(sizes) == 7 and sum(sizes) == 50
 
 
-def test_futures_carry_task_ids_and_exceptions(executor):
+def test_futures_carry_task_ids_and_exceptions(client, executor):
     ok = executor.submit(square, 3)
     bad = executor.submit(fails_with_boom)
     assert ok.result(TIMEOUT) == 9
@@ -67,14 +104,17 @@ def test_futures_carry_task_ids_and_exceptions(executor):
     assert isinstance(exc, TaskExecutionFailed)
     assert (exc.remote_type, exc.remote_message) == ("ValueError", "boom")
     assert ok.task_id and bad.task_id and ok.task_id != bad.task_id
+    assert client.get_task(ok.task_id)["status"] == "success"
+    assert client.get_task(bad.task_id)["status"] == "failed"
 
 
-def test_resource_specification_is_sent(fake, executor):
+def test_resource_specification_is_sent(relay, relayed_executor):
+    executor = relayed_executor
     with pytest.raises(TypeError):
         executor.resource_specification = ["not", "a", "dict"]
-    executor.resource_specification = {"num_nodes": 2}
-    executor.submit(square, 2).result(TIMEOUT)
-    assert fake.submit_bodies[-1]["resource_specification"] == {"num_nodes": 2}
+    executor.resource_specification = {"num_nodes": 1}
+    assert executor.submit(square, 2).result(TIMEOUT) == 4
+    assert relay.submits()[-1]["resource_specification"] == {"num_nodes": 1}
 
 
 def test_shell_function(executor):
@@ -82,57 +122,91 @@ def test_shell_function(executor):
     assert result == ShellResult(0, "hi\n", "", "echo hi")
 
 
-def test_stream_resumes_after_drops_with_last_event_id(fake, executor):
-    fake.drop_stream_after = 3
-    assert list(executor.map(square, range(20), timeout=TIMEOUT)) == [x * x for x in range(20)]
-    assert len(fake.stream_last_event_ids) > 1
-    assert fake.stream_last_event_ids[0] is None
-    resumed = [int(i) for i in fake.stream_last_event_ids[1:]]
-    assert resumed == sorted(resumed) and resumed[0] >= 3
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_stream_resumes_after_drops_with_last_event_id(relay, relayed_executor, caplog, reset):
+    relay.cut_streams_after = 3
+    relay.cut_with_reset = reset
+    with caplog.at_level(logging.INFO, logger="hpfaas.executor"):
+        results = list(relayed_executor.map(square, range(20), timeout=TIMEOUT))
+    assert results == [x * x for x in range(20)]
+    streams = relay.streams
+    assert len(streams) > 1 and streams[0].cut
+    assert streams[0].last_event_id is None
+    for before, after in zip(streams, streams[1:]):
+        # Each reconnection resumes right after the last event the client was given.
+        assert after.last_event_id == str(before.event_ids[-1])
+    delivered = [e for s in streams for e in s.event_ids]
+    assert delivered == sorted(delivered) and len(delivered) == len(set(delivered)) == 20
+    # A stream that delivered results before it dropped is no failure to back off from.
+    delays = [r.args[-1] for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert delays and all(d == RECONNECT_DELAY_MIN for d in delays), delays
 
 
-def test_repeated_events_resolve_each_future_once(fake, executor, caplog):
-    fake.repeat_events = True
+def test_repeated_events_resolve_each_future_once(relay, relayed_executor, caplog):
+    # Without Last-Event-ID the service replays the group from its start: each
+    # reconnection repeats every result already delivered.
+    relay.stream_headers = {"Last-Event-ID": None}
+    relay.cut_streams_after = 4
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # a stream thread killed by a repeat would hang the second round
-            assert list(executor.map(square, range(10), timeout=TIMEOUT)) == [
+            assert list(relayed_executor.map(square, range(10), timeout=TIMEOUT)) == [
                 x * x for x in range(10)
             ]
+    delivered = [e for s in relay.streams for e in s.event_ids]
+    assert len(set(delivered)) == 20 and len(delivered) > 20, "some results came again"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_failed_submit_fails_its_futures(fake, executor):
-    fake.fail_submits = (413, "payload_too_large", "body over 10 MiB")
-    futures = [executor.submit(square, i) for i in range(5)]
-    done, not_done = concurrent.futures.wait(futures, TIMEOUT)
-    assert not not_done
-    for future in futures:
-        exc = future.exception()
-        assert isinstance(exc, HTTPError)
-        assert (exc.status, exc.code) == (413, "payload_too_large")
+@pytest.mark.parametrize("case", ["too large", "unknown endpoint", "another user's endpoint"])
+def test_failed_submit_fails_its_futures(service, client, other_user_token, case):
+    endpoint_id, by, args, expected = {
+        # One call over the 10 MiB body limit: it is sent alone.
+        "too large": (service.endpoint_id, client, b"x" * (8 * 2**20), (413, "payload_too_large")),
+        "unknown endpoint": (str(uuid.uuid4()), client, 1, (404, "not_found")),
+        "another user's endpoint": (
+            service.endpoint_id,
+            Client(service.url, other_user_token),
+            1,
+            (403, "forbidden"),
+        ),
+    }[case]
+    with Executor(endpoint_id=endpoint_id, client=by) as executor:
+        futures = [executor.submit(square, args) for _ in range(3)]
+        done, not_done = concurrent.futures.wait(futures, TIMEOUT)
+        assert not not_done
+        for future in futures:
+            exc = future.exception()
+            assert isinstance(exc, HTTPError), exc
+            assert (exc.status, exc.code) == expected
+        if case == "too large":  # the executor goes on with calls the service accepts
+            assert executor.submit(square, 5).result(TIMEOUT) == 25
 
 
-def test_refused_stream_fails_outstanding_futures(fake, executor):
-    fake.fail_streams = (403, "forbidden", "not your task group")
-    exc = executor.submit(square, 2).exception(TIMEOUT)
-    assert isinstance(exc, HTTPError) and exc.status == 403
+def test_refused_stream_fails_outstanding_futures(relay, relayed_executor, other_user_token):
+    # The stream request reaches the service with another user's token: the
+    # service refuses that user the task group, as it must.
+    relay.stream_headers = {"Authorization": f"Bearer {other_user_token}"}
+    exc = relayed_executor.submit(square, 2).exception(TIMEOUT)
+    assert isinstance(exc, HTTPError) and (exc.status, exc.code) == (404, "not_found")
+    assert relayed_executor.task_group_id in exc.message
     # Later futures fail at once rather than wait for a stream that gave up.
-    assert isinstance(executor.submit(square, 3).exception(TIMEOUT), HTTPError)
+    assert isinstance(relayed_executor.submit(square, 3).exception(TIMEOUT), HTTPError)
+    assert len(relay.streams) == 1, "a refused stream is not asked for again"
 
 
-def test_reload_tasks_reattaches_to_a_task_group(fake, fake_client):
-    fake.run_tasks.clear()
-    first = Executor(endpoint_id=fake.endpoint_id, client=fake_client)
-    submitted = [first.submit(square, i) for i in range(6)]
+def test_reload_tasks_reattaches_to_a_task_group(service, client, gate):
+    first = Executor(endpoint_id=service.endpoint_id, client=client)
+    submitted = [first.submit(gated, gate.port, i * i) for i in range(6)]
     first.shutdown(wait=False)  # sends the queued calls, does not wait for results
     assert all(f.task_id for f in submitted)
+    assert not any(f.done() for f in submitted)
 
     with Executor(
-        endpoint_id=fake.endpoint_id,
-        client=fake_client,
+        endpoint_id=service.endpoint_id,
+        client=client,
         task_group_id=first.task_group_id,
     ) as second:
-        fake.run_tasks.set()
+        gate.open()
         submitted[0].result(TIMEOUT)  # some results now come from the replay
         reloaded = second.reload_tasks()
         assert [f.task_id for f in reloaded] == [f.task_id for f in submitted]
@@ -142,12 +216,13 @@ def test_reload_tasks_reattaches_to_a_task_group(fake, fake_client):
     assert [f.result(TIMEOUT) for f in submitted] == [i * i for i in range(6)]
 
 
-def test_shutdown_waits_and_stops_threads(fake, fake_client):
-    ex = Executor(endpoint_id=fake.endpoint_id, client=fake_client)
+def test_shutdown_waits_and_stops_threads(service, client):
+    ex = Executor(endpoint_id=service.endpoint_id, client=client)
     futures = [ex.submit(square, i) for i in range(20)]
     threads = hpfaas_threads()
     ex.shutdown(wait=True)
     assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [i * i for i in range(20)]
     for thread in threads:
         thread.join(TIMEOUT)
         assert not thread.is_alive(), thread.name
@@ -155,35 +230,38 @@ def test_shutdown_waits_and_stops_threads(fake, fake_client):
         ex.submit(square, 1)
 
 
-def test_shutdown_can_cancel_queued_calls(fake, fake_client):
-    fake.accept_submits.clear()
-    ex = Executor(endpoint_id=fake.endpoint_id, client=fake_client)
+def test_shutdown_can_cancel_queued_calls(service, relay, relay_client):
+    relay.hold_submits()
+    ex = Executor(endpoint_id=service.endpoint_id, client=relay_client)
     in_flight = ex.submit(square, 2)
-    assert fake.submit_arrived.wait(TIMEOUT)
+    relay.wait_held(1, TIMEOUT)
     queued = [ex.submit(square, i) for i in range(5)]
     stopper = threading.Thread(target=ex.shutdown, kwargs={"cancel_futures": True})
     stopper.start()
     done, _ = concurrent.futures.wait(queued, TIMEOUT)
     assert all(f.cancelled() for f in done) and len(done) == 5
-    fake.accept_submits.set()
+    relay.release_submits()
     stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
     assert in_flight.result(TIMEOUT) == 4
+    assert tasks_per_submit(relay) == [1], "the cancelled calls were never sent"
 
 
-def test_executor_without_endpoint_uses_up_json(fake, tmp_path, monkeypatch):
+def test_executor_without_endpoint_uses_up_json(service, tmp_path, monkeypatch):
     monkeypatch.setenv("HPFAAS_HOME", str(tmp_path))
     monkeypatch.delenv("HPFAAS_URL", raising=False)
     monkeypatch.delenv("HPFAAS_TOKEN", raising=False)
-    up = {"url": fake.url, "token": TOKEN, "endpoint_id": fake.endpoint_id}
+    up = {"url": service.url, "token": service.token, "endpoint_id": service.endpoint_id}
     (tmp_path / "up.json").write_text(json.dumps(up))
     with Executor() as ex:
-        assert ex.endpoint_id == fake.endpoint_id
+        assert ex.endpoint_id == service.endpoint_id
         assert ex.submit(square, 5).result(TIMEOUT) == 25
 
 
-def test_executor_without_any_endpoint_is_a_clear_error(fake, fake_client):
+def test_executor_without_any_endpoint_is_a_clear_error(service, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPFAAS_HOME", str(tmp_path))  # no up.json there
     with pytest.raises(HpfaasError, match="no endpoint_id"):
-        Executor(client=fake_client)
+        Executor(client=Client(service.url, service.token))
 
 
 def test_sse_parser():
@@ -199,3 +277,20 @@ def test_sse_parser():
         ("message", "1", "no space"),
         ("other", "7", "x"),
     ]
+
+
+def test_batches_stay_under_the_body_limit_once_encoded(service, relay, relay_client):
+    # Shell arguments travel as JSON inside the JSON body, where each quote
+    # costs four bytes: three calls of 2.8 M characters fit the executor's
+    # 8 M-character budget per request, but not the service's 10 MiB.
+    quotes = '"' * (1400 * 1024)
+    relay.hold_submits()
+    echo = ShellFunction("echo {n}")
+    with Executor(endpoint_id=service.endpoint_id, client=relay_client) as ex:
+        first = ex.submit(echo, n=0)
+        relay.wait_held(1, TIMEOUT)  # the others queue up behind it, to share requests
+        futures = [ex.submit(echo, n=i, pad=quotes) for i in range(1, 4)]
+        relay.release_submits()
+        results = [f.result(TIMEOUT) for f in [first] + futures]
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert all(len(r.body) <= 10 * 2**20 for r in relay.requests)

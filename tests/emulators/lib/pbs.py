@@ -253,7 +253,6 @@ def qsub(argv):
         "output_path": "%s:%s" % (host, (err_path if join == "eo" else out_path).replace(SEQ, str(job_id))),
         "error_path": "%s:%s" % (host, (out_path if join == "oe" else err_path).replace(SEQ, str(job_id))),
         "join": join,
-        "hold": o["hold"],
         "variables": variable_list,
         "submit_args": " ".join(argv),
         "submit_host": host,

@@ -1,0 +1,178 @@
+//! Job scripts for batch systems. Every provider's script has one layout:
+//!
+//! ```text
+//! #!/bin/bash
+//! #SBATCH --job-name=...          <- the provider's directives
+//! #SBATCH --gres=gpu:4            <- provider.scheduler_options, verbatim
+//!
+//! # hpfaas block ...
+//! export HPFAAS_...=...           <- script_preamble: exports, worker_init
+//! cd /path/to/log_dir || exit 1   <- PBS and LSF only: their jobs start in $HOME
+//! srun ... /abs/path/hpfaas manager ...
+//! ```
+//!
+//! A provider supplies only its directive prefix and the directive arguments;
+//! the layout, the options and the launch line are assembled here.
+
+use std::time::Duration;
+
+use crate::launcher::{shell_quote, Launcher};
+use crate::{script_preamble, BlockRequest, ProviderConfig};
+
+/// How one batch system's scripts differ from the others'.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect {
+    /// Directive prefix, e.g. `#SBATCH`.
+    pub prefix: &'static str,
+    /// True when jobs start in `$HOME` rather than where they were submitted.
+    pub starts_in_home: bool,
+}
+
+/// The complete job script for one block.
+pub fn render(
+    dialect: Dialect,
+    directives: &[String],
+    config: &ProviderConfig,
+    launcher: &Launcher,
+    request: &BlockRequest,
+) -> String {
+    let mut out = String::from("#!/bin/bash\n");
+    for directive in directives {
+        out.push_str(&format!("{} {directive}\n", dialect.prefix));
+    }
+    for line in config
+        .scheduler_options
+        .iter()
+        .flat_map(|option| option.lines())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+    {
+        // Users write whole directive lines; a bare option gets the prefix so
+        // that `--constraint=cpu` (Parsl's habit) still works.
+        if line.starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str(&format!("{} {line}", dialect.prefix));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n# hpfaas block {} ({}), written by the endpoint agent\n",
+        request.block_id, request.job_name
+    ));
+    out.push_str(&script_preamble(request, &config.worker_init));
+    if dialect.starts_in_home {
+        out.push_str(&format!(
+            "cd {} || exit 1\n",
+            word(&request.log_dir.display().to_string())
+        ));
+    }
+    out.push_str(&launcher.line(
+        config.nodes_per_block,
+        &shell_quote(&request.manager_command),
+    ));
+    out.push('\n');
+    out
+}
+
+/// One directive value, quoted only when it needs to be.
+pub fn word(value: &str) -> String {
+    shell_quote(&[value])
+}
+
+/// The block's output file (`block-<id>.out`) or error file (`.err`).
+pub fn log_file(request: &BlockRequest, extension: &str) -> String {
+    request
+        .log_dir
+        .join(format!("block-{}.{extension}", request.block_id))
+        .display()
+        .to_string()
+}
+
+/// Whole minutes, rounded up: Slurm and LSF count walltime in minutes.
+pub fn whole_minutes(walltime: Duration) -> u64 {
+    walltime.as_secs().div_ceil(60)
+}
+
+/// `HH:MM:SS` (hours may exceed 99).
+pub fn hh_mm_ss(seconds: u64) -> String {
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn request() -> BlockRequest {
+        BlockRequest {
+            block_id: "7".into(),
+            job_name: "hpfaas-ep-7".into(),
+            manager_command: vec!["/opt/hpfaas/bin/hpfaas".into(), "manager".into()],
+            env: vec![("HPFAAS_X".into(), "a b".into())],
+            log_dir: PathBuf::from("/home/u/.hpfaas/blocks"),
+        }
+    }
+
+    #[test]
+    fn layout_options_and_cd() {
+        let config = ProviderConfig {
+            kind: "pbs".into(),
+            scheduler_options: vec![
+                "#PBS -l filesystems=home:eagle".into(),
+                "  -l place=scatter  ".into(),
+                "".into(),
+            ],
+            worker_init: "module load cray-python\n".into(),
+            launcher: Some("single-node".into()),
+            ..Default::default()
+        };
+        let dialect = Dialect {
+            prefix: "#PBS",
+            starts_in_home: true,
+        };
+        let launcher = Launcher::from_config(&config).unwrap();
+        let script = render(
+            dialect,
+            &["-N hpfaas-ep-7".into()],
+            &config,
+            &launcher,
+            &request(),
+        );
+        assert_eq!(
+            script,
+            "#!/bin/bash\n\
+             #PBS -N hpfaas-ep-7\n\
+             #PBS -l filesystems=home:eagle\n\
+             #PBS -l place=scatter\n\
+             \n\
+             # hpfaas block 7 (hpfaas-ep-7), written by the endpoint agent\n\
+             export HPFAAS_X='a b'\n\
+             module load cray-python\n\
+             cd /home/u/.hpfaas/blocks || exit 1\n\
+             /opt/hpfaas/bin/hpfaas manager\n"
+        );
+    }
+
+    #[test]
+    fn walltimes_round_up_to_minutes() {
+        assert_eq!(whole_minutes(Duration::from_secs(1800)), 30);
+        assert_eq!(whole_minutes(Duration::from_secs(1801)), 31);
+        assert_eq!(whole_minutes(Duration::from_secs(1)), 1);
+        assert_eq!(hh_mm_ss(3605), "01:00:05");
+        assert_eq!(hh_mm_ss(100 * 3600), "100:00:00");
+    }
+
+    #[test]
+    fn log_files_are_named_by_block() {
+        assert_eq!(
+            log_file(&request(), "out"),
+            "/home/u/.hpfaas/blocks/block-7.out"
+        );
+    }
+}
