@@ -61,9 +61,9 @@ pub struct EngineSection {
     /// Seconds of silence after which a manager is declared lost.
     #[serde(default = "default_heartbeat_threshold")]
     pub heartbeat_threshold: f64,
-    /// Address the broker listens on for managers.
-    #[serde(default = "default_address")]
-    pub address: String,
+    /// IP or interface name the broker listens on for managers; default:
+    /// loopback for the local provider, else the first non-loopback interface.
+    pub address: Option<String>,
     /// Port range `"a-b"` for the broker; any free port when absent.
     pub port_range: Option<String>,
 }
@@ -77,7 +77,7 @@ impl Default for EngineSection {
             prefetch_capacity: default_prefetch(),
             heartbeat_period: default_heartbeat_period(),
             heartbeat_threshold: default_heartbeat_threshold(),
-            address: default_address(),
+            address: None,
             port_range: None,
         }
     }
@@ -94,9 +94,6 @@ fn default_heartbeat_period() -> f64 {
 }
 fn default_heartbeat_threshold() -> f64 {
     10.0
-}
-fn default_address() -> String {
-    "127.0.0.1".into()
 }
 
 /// A configuration file that cannot be used, with the reason.
@@ -183,7 +180,7 @@ pub fn template(service_url: Option<&str>) -> String {
 # prefetch_capacity = 8
 # heartbeat_period = 2.0
 # heartbeat_threshold = 10.0
-# address = "127.0.0.1"                 # where the broker listens for managers
+# address = "ib0"                       # IP or interface for managers; default: first non-loopback
 # port_range = "55000-55100"
 
 [provider]
@@ -252,5 +249,29 @@ mod tests {
             .contains("cobalt"));
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
         assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
+    }
+}
+
+#[cfg(test)]
+mod site_config_tests {
+    use super::*;
+
+    /// Every shipped site config loads through the same code as an endpoint's.
+    #[test]
+    fn site_configs_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                EndpointConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 6,
+            "only {seen} site configs found in {}",
+            dir.display()
+        );
     }
 }

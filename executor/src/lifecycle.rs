@@ -289,8 +289,14 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
     let spec = agent_spec(name)?;
     let provider =
         hpfaas_scheduler_adapters::build(&spec.config.provider).map_err(anyhow::Error::msg)?;
-    let broker_url = broker_url(&spec.dir)
-        .unwrap_or_else(|| format!("tcp://{}:PORT-CHOSEN-AT-START", spec.config.engine.address));
+    let broker_url = broker_url(&spec.dir).unwrap_or_else(|| {
+        let address = crate::broker::address::resolve(
+            spec.config.engine.address.as_deref(),
+            spec.config.provider.kind == "local",
+        )
+        .unwrap_or_else(|e| e);
+        format!("tcp://{address}:PORT-CHOSEN-AT-START")
+    });
     let block = "0";
     let request = hpfaas_scheduler_adapters::BlockRequest {
         block_id: block.into(),

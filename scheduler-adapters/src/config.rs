@@ -64,6 +64,9 @@ pub struct ProviderConfig {
     /// Seconds a scheduler command may take before it counts as failed.
     #[serde(default = "default_cmd_timeout")]
     pub cmd_timeout: f64,
+    /// Seconds between status queries to the scheduler (one batched command
+    /// each); default 10 for batch systems, 1 for `local`.
+    pub poll_period: Option<f64>,
 }
 
 impl Default for ProviderConfig {
@@ -90,6 +93,7 @@ impl Default for ProviderConfig {
             launcher: None,
             launcher_template: None,
             cmd_timeout: default_cmd_timeout(),
+            poll_period: None,
         }
     }
 }
@@ -136,6 +140,13 @@ pub fn parse_walltime(text: &str) -> Result<Duration, String> {
 }
 
 impl ProviderConfig {
+    /// Seconds between status queries: controllers of real clusters ask
+    /// users not to poll more often than every few seconds.
+    pub fn poll_period(&self) -> Duration {
+        let default = if self.kind == "local" { 1.0 } else { 10.0 };
+        Duration::from_secs_f64(self.poll_period.unwrap_or(default))
+    }
+
     /// The block walltime (validated by [`ProviderConfig::validate`]).
     pub fn walltime(&self) -> Duration {
         parse_walltime(&self.walltime).unwrap_or(Duration::from_secs(1800))
@@ -169,6 +180,13 @@ impl ProviderConfig {
                 "provider.parallelism = {} must be in (0, 1]",
                 self.parallelism
             ));
+        }
+        if let Some(p) = self.poll_period {
+            if !(p > 0.0 && p.is_finite()) {
+                return Err(format!(
+                    "provider.poll_period = {p} must be a positive number of seconds"
+                ));
+            }
         }
         if !(self.cmd_timeout > 0.0 && self.cmd_timeout.is_finite()) {
             // Zero would fail every scheduler command.

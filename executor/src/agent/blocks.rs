@@ -78,6 +78,8 @@ pub struct BlocksSetup {
     pub job_prefix: String,
     /// Where job scripts and block output go; `blocks.json` lives beside it.
     pub dir: PathBuf,
+    /// Least time between two status queries to the scheduler.
+    pub poll_period: Duration,
 }
 
 /// The agent's handle on the blocks thread.
@@ -153,6 +155,9 @@ struct Blocks {
     hold_until: Option<Instant>,
     backoff: Duration,
     last_error: Option<String>,
+    last_poll: Option<Instant>,
+    /// A block lost its managers: ask the scheduler now, not at the next period.
+    poll_now: bool,
 }
 
 /// A block that ended sooner than this after starting counts as a failed start.
@@ -192,6 +197,8 @@ impl Blocks {
             hold_until: None,
             backoff: Duration::from_secs(1),
             last_error: None,
+            last_poll: None,
+            poll_now: false,
         }
     }
 
@@ -280,7 +287,10 @@ impl Blocks {
                         b.idle_since = Some(now);
                     }
                 }
-                None => b.managers = 0,
+                None => {
+                    self.poll_now |= b.managers > 0;
+                    b.managers = 0;
+                }
             }
         }
     }
@@ -331,9 +341,14 @@ impl Blocks {
     }
 
     fn poll(&mut self) -> Vec<EndedBlock> {
-        if self.live.is_empty() {
+        let due = self
+            .last_poll
+            .is_none_or(|t| t.elapsed() >= self.setup.poll_period);
+        if self.live.is_empty() || !(due || self.poll_now) {
             return Vec::new();
         }
+        self.last_poll = Some(Instant::now());
+        self.poll_now = false;
         let jobs: Vec<JobId> = self.live.iter().map(|b| b.record.job_id.clone()).collect();
         let states: HashMap<JobId, JobState> = match self.setup.provider.status(&jobs) {
             Ok(states) => states,

@@ -93,7 +93,11 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut broker = broker::start(BrokerConfig {
-        address: engine.address.clone(),
+        address: broker::address::resolve(
+            engine.address.as_deref(),
+            spec.config.provider.kind == "local",
+        )
+        .map_err(anyhow::Error::msg)?,
         port_range: engine
             .port_range
             .as_deref()
@@ -294,6 +298,7 @@ fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetu
         manager_command: Box::new(move |block_id| manager_command(&owned, &url, block_id)),
         job_prefix: format!("hpfaas-{}", spec.name),
         dir: spec.dir.clone(),
+        poll_period: provider.poll_period(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! retried or failed with `ManagerLost`). The agent talks to the broker
 //! through [`BrokerCommand`]s and [`BrokerEvent`]s.
 
+pub mod address;
 pub mod dispatch;
 
 use std::time::{Duration, Instant};
