@@ -65,6 +65,12 @@ def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False
     return pack([encode(tuple(args)), encode(dict(kwargs or {}))])
 
 
+def encoded_size(payload: str) -> int:
+    """Bytes a payload takes in a request body: JSON escapes double some characters."""
+    # The body is ASCII (json.dumps escapes the rest), so characters are bytes.
+    return len(json.dumps(payload))
+
+
 def task_result(doc: dict) -> Any:
     """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`."""
     status = doc.get("status", "unknown")
@@ -111,7 +117,7 @@ class Batch:
         self.resource_specification = resource_specification
         self.result_serializers = result_serializers
         self.tasks: Dict[str, List[str]] = {}
-        #: Characters of payload held, to keep a request under the service's size limit.
+        #: Bytes the payloads take in the request body, to keep it under the service's limit.
         self.payload_size = 0
         self._is_shell_function = is_shell_function
 
@@ -120,10 +126,13 @@ class Batch:
         as_json = self._is_shell_function(function_id)
         self.add_payload(function_id, pack_arguments(args, kwargs, as_json))
 
-    def add_payload(self, function_id: str, payload: str) -> None:
-        """Add a call whose arguments are already packed (`pack_arguments`)."""
+    def add_payload(self, function_id: str, payload: str, size: Optional[int] = None) -> None:
+        """Add a call whose arguments are already packed (`pack_arguments`).
+
+        `size` is its `encoded_size`, when the caller has it already.
+        """
         self.tasks.setdefault(function_id, []).append(payload)
-        self.payload_size += len(payload)
+        self.payload_size += encoded_size(payload) if size is None else size
 
     def prepare(self) -> dict:
         """The JSON body of `POST /v3/endpoints/{id}/submit`."""
@@ -332,12 +341,37 @@ class Client:
     ) -> Tuple[int, bytes]:
         headers = self._headers if data is None else self._json_headers
         try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+            except _DROPPED_CONNECTION as exc:
+                response = self._answer_despite(conn, exc)
+            else:
+                response = conn.getresponse()
             raw = response.read()
         except BaseException:
             conn.close()
             raise
-        if response.will_close:
+        # A refusal of a request with a body may come before the service has
+        # read all of it (413 over the size limit, 401); the service then
+        # closes the connection without saying so. Reused, it would take our
+        # next request down with it: start the next one afresh.
+        refused_body = data is not None and not 200 <= response.status < 300
+        if response.will_close or refused_body:
             conn.close()
         return response.status, raw
+
+    @staticmethod
+    def _answer_despite(
+        conn: http.client.HTTPConnection, send_error: BaseException
+    ) -> http.client.HTTPResponse:
+        """The answer a server sent before it stopped reading our request, if any.
+
+        A server may refuse a body early (413 over its size limit) and close
+        without reading the rest: sending then fails, yet its answer, which
+        names the limit, is waiting to be read. With no answer there, the
+        send's own error stands (and `_request` may retry on a fresh connection).
+        """
+        try:
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            raise send_error from None

@@ -20,7 +20,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import Client, pack_arguments, task_result
+from hpfaas.client import Client, encoded_size, pack_arguments, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.shell import ShellFunction
 
@@ -28,11 +28,13 @@ logger = logging.getLogger(__name__)
 
 #: Most tasks sent in one submit request.
 MAX_BATCH_TASKS = 4096
-#: Most payload characters in one submit request, under the service's 10 MiB body limit.
+#: Most payload bytes (as encoded in the body) in one submit request, under the
+#: service's 10 MiB body limit.
 MAX_BATCH_CHARS = 8 * 1024 * 1024
 #: Silence after which the result stream is deemed dead (the service pings every 15 s).
 STREAM_READ_TIMEOUT = 60.0
-#: Bounds of the wait before reconnecting the result stream; it doubles per failure.
+#: Bounds of the wait before reconnecting the result stream; it doubles per failure
+#: in a row (a connection that delivered events ends the series).
 RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX = 0.1, 5.0
 
 
@@ -46,6 +48,7 @@ class _Submission(NamedTuple):
     future: TaskFuture
     function_id: str
     payload: str
+    size: int  # encoded_size(payload)
 
 
 # Queued by `shutdown` after the last submission: the submitter thread stops there.
@@ -129,7 +132,7 @@ class Executor(concurrent.futures.Executor):
                     target=self._submit_loop, name="hpfaas-submit", daemon=True
                 )
                 self._submitter.start()
-            self._queue.put(_Submission(future, function_id, payload))
+            self._queue.put(_Submission(future, function_id, payload, encoded_size(payload)))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -209,7 +212,7 @@ class Executor(concurrent.futures.Executor):
             while True:
                 # A future cancelled while queued is dropped; from here on it cannot be.
                 if item.future.set_running_or_notify_cancel():
-                    batch.add_payload(item.function_id, item.payload)
+                    batch.add_payload(item.function_id, item.payload, item.size)
                     sent.append(item)
                 if len(sent) >= self.batch_size:
                     break
@@ -217,7 +220,7 @@ class Executor(concurrent.futures.Executor):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break  # the queue went idle: send what we have now
-                if item is _STOP or batch.payload_size + len(item.payload) > MAX_BATCH_CHARS:
+                if item is _STOP or batch.payload_size + item.size > MAX_BATCH_CHARS:
                     carried = item
                     break
             if sent:
@@ -373,6 +376,7 @@ class _ResultStream:
         delay = RECONNECT_DELAY_MIN
         while not self._stopped.is_set():
             level = logging.WARNING
+            resumed_from = self._last_event_id
             try:
                 self._read()
                 level, reason, delay = logging.INFO, "the service ended it", RECONNECT_DELAY_MIN
@@ -386,6 +390,10 @@ class _ResultStream:
                 reason = f"{type(exc).__name__}: {exc}"
             if self._stopped.is_set():
                 return
+            if self._last_event_id != resumed_from:
+                # The connection delivered events before it broke: this is a new
+                # failure, not one more of a series, so the backoff starts afresh.
+                delay = RECONNECT_DELAY_MIN
             logger.log(
                 level,
                 "result stream %s lost (%s); reconnecting in %.1f s",

@@ -2,9 +2,10 @@
 
 Only the network is played with here: every answer comes from the real
 service. The relay reads the HTTP requests going up, so it can record them,
-hold submits back, or change a header on the way as a proxy might; answers go
+hold submits back, or change a header on the way as a proxy might. Answers go
 down as they come, except on result streams, whose chunked server-sent events
-it follows so that it can cut a stream after some events.
+it follows so that it can cut a stream (by close or reset) after some events;
+and the service's close of a connection can be made to reach the client late.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class Relay:
         self.cut_streams_after: Optional[int] = None
         #: Cut streams with a TCP reset rather than an orderly close.
         self.cut_with_reset = False
+        #: Pass the service's close of a connection on only once the client has
+        #: sent another request on it, as when the FIN is slower than the client.
+        self.late_closes = False
 
         self._start(self._accept_loop, "relay-accept")
 
@@ -222,6 +226,11 @@ class _Connection:
         self.stream: Optional[StreamRecord] = None
         #: Set when the client connection is to end with a reset (see `cut`).
         self.reset = False
+        # Guarded by `_lock`: whether the service closed while `late_closes` keeps
+        # the client from knowing, and whether a request awaits its answer.
+        self._lock = threading.Lock()
+        self.closed_late = False
+        self._awaiting_answer = False
 
     def close(self) -> None:
         if self.reset:
@@ -245,6 +254,7 @@ class _Connection:
     def pump_up(self) -> None:
         """Client to service, one parsed request at a time."""
         reader = self.client.makefile("rb")
+        upstream_failed = False
         try:
             while True:
                 request_line = reader.readline()
@@ -262,6 +272,10 @@ class _Connection:
                 method, target, _ = request_line.decode("latin-1").split(" ", 2)
                 path = target.split("?", 1)[0]
                 request = Request(method, path, named, body)
+                with self._lock:
+                    if upstream_failed or self.closed_late:
+                        return  # the service is gone: the client learns it now
+                    self._awaiting_answer = True
                 record = self.relay._on_request(request)
                 if record is not None:
                     headers = self._rewrite(headers, self.relay.stream_headers)
@@ -269,7 +283,12 @@ class _Connection:
                 head = request_line + b"".join(
                     f"{name}: {value}\r\n".encode("latin-1") for name, value in headers
                 )
-                self.upstream.sendall(head + b"\r\n" + body)
+                try:
+                    self.upstream.sendall(head + b"\r\n" + body)
+                except OSError:
+                    # The service stopped reading (it refused the body, say): passing
+                    # on its answer and its close is pump_down's part.
+                    upstream_failed = True
         except OSError:
             return
         finally:
@@ -290,8 +309,16 @@ class _Connection:
         try:
             while True:
                 data = self.upstream.recv(65536)
-                if not data:
-                    return
+                with self._lock:
+                    if not data:
+                        # Closed between requests: with late_closes, the client is
+                        # told only when it sends the next (pump_up does it).
+                        late = self.relay.late_closes and self.stream is None
+                        self.closed_late = late and not self._awaiting_answer
+                        return
+                    # No pipelining (http.client waits for each answer): these bytes
+                    # answer the last request forwarded.
+                    self._awaiting_answer = False
                 if self.stream is None:
                     self.client.sendall(data)
                     continue
@@ -311,7 +338,10 @@ class _Connection:
         except OSError:
             return
         finally:
-            self.close()
+            if self.closed_late:
+                _shutdown(self.upstream)
+            else:
+                self.close()
 
 
 class _StreamParser:

@@ -331,3 +331,21 @@ def test_requests_share_one_keep_alive_connection(service, relay):
     assert relay.connections == 1
     assert len(relay.requests) == 20
     assert client.get_endpoint_status(service.endpoint_id)["status"] == "online"
+
+
+def test_a_refused_body_does_not_spoil_the_next_request(service, relay):
+    # The service refuses a body well over its limit before reading it, then
+    # closes the connection without announcing it (no `Connection: close`).
+    # Here that close reaches the client only once it sends its next request on
+    # that connection, as a slow FIN would.
+    relay.late_closes = True
+    client = Client(relay.url, service.token)
+    function_id = client.register_function(add)
+    batch = client.create_batch()
+    batch.add_payload(function_id, "x" * (12 * 2**20))
+    with pytest.raises(HTTPError) as info:
+        client.batch_run(service.endpoint_id, batch)
+    assert info.value.status == 413
+    # Registering is not idempotent, so a dropped connection would not be retried.
+    assert client.register_function(add)
+    assert relay.connections == 2
