@@ -29,6 +29,16 @@ pub enum AgentMessage {
         host: String,
         /// Process id of the agent.
         pid: u32,
+        /// The endpoint's `allowed_functions`: the service refuses a submit of
+        /// any other function (403). Empty (the default) allows all of the
+        /// owner's functions. Missing from older agents.
+        #[serde(default)]
+        allowed_functions: Vec<Uuid>,
+        /// The endpoint accepts only JSON (`11\n`) arguments: the service
+        /// refuses a submit whose payload buffers use any other strategy (400).
+        /// Missing from older agents (`false`).
+        #[serde(default)]
+        json_only: bool,
     },
     /// These tasks are journaled by the agent; the service stops re-sending
     /// them on this connection and marks them `waiting-for-launch`.
@@ -83,6 +93,17 @@ pub enum ServiceMessage {
         /// Acknowledged task ids.
         task_ids: Vec<Uuid>,
     },
+    /// The owner cancelled these tasks (already `cancelled` in the service):
+    /// drop them if queued, kill them if running. The agent answers with
+    /// [`AgentMessage::Ack`] of the ids once it has recorded the cancellation
+    /// (ids it never held included); until an `Ack` or a result for a task
+    /// arrives, the service repeats the cancel on every reconnect. A result
+    /// that still arrives for a cancelled task is acknowledged and dropped.
+    /// An agent older than this message logs it as unknown and ignores it.
+    Cancel {
+        /// Cancelled task ids.
+        task_ids: Vec<Uuid>,
+    },
 }
 
 /// Capacity and load of an endpoint, as reported in heartbeats and shown by
@@ -124,6 +145,8 @@ mod tests {
                 version: 1,
                 host: "login1".into(),
                 pid: 42,
+                allowed_functions: vec![id],
+                json_only: true,
             },
             AgentMessage::Ack { task_ids: vec![id] },
             AgentMessage::States {
@@ -150,8 +173,31 @@ mod tests {
             version: 1,
             host: "h".into(),
             pid: 1,
+            allowed_functions: vec![],
+            json_only: false,
         });
         assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
+    }
+
+    #[test]
+    fn older_peers_still_parse() {
+        // A hello from an agent that predates the policy fields.
+        let old = r#"{"type":"hello","version":1,"host":"h","pid":7}"#;
+        assert_eq!(
+            from_json::<AgentMessage>(old).unwrap(),
+            AgentMessage::Hello {
+                version: 1,
+                host: "h".into(),
+                pid: 7,
+                allowed_functions: vec![],
+                json_only: false,
+            }
+        );
+        let id = Uuid::new_v4();
+        let cancel = ServiceMessage::Cancel { task_ids: vec![id] };
+        let text = to_json(&cancel);
+        assert_eq!(from_json::<ServiceMessage>(&text).unwrap(), cancel);
+        assert!(text.starts_with("{\"type\":\"cancel\""), "{text}");
     }
 
     #[test]

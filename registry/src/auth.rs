@@ -4,6 +4,17 @@
 //! of the database does not leak usable tokens. An endpoint credential is a
 //! token scoped to one endpoint: it can connect that endpoint's WebSocket and
 //! read its status, and nothing else.
+//!
+//! Tokens are found by their hash (an indexed SQLite lookup, and a hash map
+//! in [`TokenCache`]), not compared byte by byte against a secret. That is
+//! constant-time enough: the comparisons that could take a variable time
+//! run on SHA-256 digests, so the most a timing attacker could learn is how
+//! many leading bytes of the *digest* of their guess match a stored digest,
+//! which tells nothing about a preimage; and a token is 256 random bits, so
+//! guessing one is hopeless anyway.
+//!
+//! Revocation ([`crate::revocation`]) is checked before the cache on every
+//! request, so a revoked token is refused on its next request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +27,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 pub use crate::db::catalog::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// A new random token (64 hex characters).
@@ -31,12 +42,24 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Characters of a token kept in clear (`tokens.prefix`), so its owner can
+/// recognise it: 32 of its 256 bits, leaving 224 unknown.
+pub const PREFIX_CHARS: usize = 8;
+
+/// What the database keeps of `token`.
+pub fn stored_token(token: &str) -> crate::db::catalog::StoredToken {
+    crate::db::catalog::StoredToken {
+        hash: hash_token(token),
+        prefix: token.chars().take(PREFIX_CHARS).collect(),
+    }
+}
+
 /// Entries kept before the cache starts over.
 const CACHE_LIMIT: usize = 10_000;
 
 /// Recently verified tokens, so most requests skip the database lookup.
 ///
-/// Revocations happen only inside this service, which then calls
+/// Every revocation, in this service or seen through the stamp file, calls
 /// [`TokenCache::invalidate`]. The generation counter stops a lookup that
 /// raced with a revocation from caching the revoked token.
 #[derive(Default)]
@@ -93,6 +116,7 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
         let hash = hash_token(token);
+        state.check_revocations();
         if let Some(p) = state.tokens.get(&hash) {
             return Ok(Caller(p));
         }
@@ -112,6 +136,17 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// True if the token with this SHA-256 is still live, for long-lived
+/// connections that re-check after a revocation.
+pub async fn still_valid(state: &AppState, hash: &str) -> ApiResult<bool> {
+    let lookup = hash.to_string();
+    let found = state
+        .db
+        .read(move |c| crate::db::catalog::lookup_token(c, &lookup))
+        .await?;
+    Ok(found.is_some())
+}
+
 /// A caller holding a user token (not an endpoint credential).
 #[derive(Debug, Clone)]
 pub struct User {
@@ -119,6 +154,8 @@ pub struct User {
     pub id: i64,
     /// The user's name.
     pub name: String,
+    /// SHA-256 of the token used, to re-check it later.
+    pub token_hash: String,
 }
 
 impl FromRequestParts<AppState> for User {
@@ -130,6 +167,7 @@ impl FromRequestParts<AppState> for User {
             None => Ok(User {
                 id: p.user_id,
                 name: p.user_name,
+                token_hash: p.token_hash,
             }),
             Some(endpoint) => Err(ApiError::forbidden(format!(
                 "this is the credential of endpoint {endpoint}: it can only connect that endpoint \
@@ -165,6 +203,7 @@ mod tests {
             user_id: 1,
             user_name: "a".into(),
             endpoint: None,
+            token_hash: "h".into(),
         };
         let generation = cache.generation.load(Ordering::SeqCst);
         cache.invalidate();

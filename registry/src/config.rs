@@ -1,9 +1,20 @@
 //! The service's settings: where it listens, where it keeps its database, and
 //! the limits it enforces. The CLI fills this from flags; tests shorten the
-//! heartbeat here rather than sleeping in the code under test.
+//! heartbeat, the purge period and the expiry times here rather than sleeping
+//! in the code under test.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// A certificate chain and its private key, both PEM files, for HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
 
 /// Settings for one [`crate::Service`].
 #[derive(Debug, Clone)]
@@ -14,14 +25,43 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// Largest request body accepted, bytes; larger ones get `413`.
     pub max_request_bytes: usize,
+    /// Most tasks in one submit; more get `413`.
+    pub max_tasks_per_submit: usize,
+    /// Largest result (or exception text) stored, bytes; a larger result
+    /// fails its task with `ResultTooLarge`.
+    pub max_result_bytes: usize,
+    /// A result nobody fetched within this time is purged (`ResultExpired`).
+    pub result_ttl: Duration,
+    /// Finished tasks and idempotency keys older than this are deleted.
+    pub retention: Duration,
+    /// How often expiry and retention run.
+    pub purge_interval: Duration,
+    /// How often the service looks for tokens revoked by another process
+    /// (`hpfaas token revoke`), to close streams and agent links using them.
+    /// Requests check at once regardless.
+    pub revocation_poll: Duration,
     /// Seconds between agent heartbeats, sent to agents in `Welcome`; an agent
     /// silent for three periods is dropped.
     pub heartbeat_period: f64,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServiceConfig {
     /// Default request limit: 10 MiB, as documented in `docs/api.md`.
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+    /// Default most tasks per submit.
+    pub const DEFAULT_MAX_TASKS_PER_SUBMIT: usize = 100_000;
+    /// Default largest stored result: 10 MiB.
+    pub const DEFAULT_MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
+    /// Default result time-to-live: 7 days.
+    pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(7 * 86_400);
+    /// Default retention of finished tasks: 30 days.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+    /// Default purge period: one minute.
+    pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+    /// Default revocation poll: one second.
+    pub const DEFAULT_REVOCATION_POLL: Duration = Duration::from_secs(1);
     /// Default heartbeat period, seconds.
     pub const DEFAULT_HEARTBEAT_PERIOD: f64 = 2.0;
 
@@ -31,7 +71,14 @@ impl ServiceConfig {
             listen,
             data_dir: data_dir.into(),
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
+            max_tasks_per_submit: Self::DEFAULT_MAX_TASKS_PER_SUBMIT,
+            max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
+            result_ttl: Self::DEFAULT_RESULT_TTL,
+            retention: Self::DEFAULT_RETENTION,
+            purge_interval: Self::DEFAULT_PURGE_INTERVAL,
+            revocation_poll: Self::DEFAULT_REVOCATION_POLL,
             heartbeat_period: Self::DEFAULT_HEARTBEAT_PERIOD,
+            tls: None,
         }
     }
 
@@ -47,12 +94,66 @@ impl ServiceConfig {
     }
 
     /// How long an agent may stay silent before it is dropped.
-    pub(crate) fn heartbeat_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.effective_heartbeat_period() * 3.0)
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.effective_heartbeat_period() * 3.0)
     }
 
     /// Path of the SQLite database inside `data_dir`.
     pub(crate) fn db_path(&self) -> PathBuf {
         crate::db::db_path(&self.data_dir)
+    }
+}
+
+/// Parses a duration such as `90`, `90s`, `15m`, `12h`, `7d` or `1.5d`
+/// (seconds when no unit is given), for the CLI's `--result-ttl` and
+/// `--retention`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
+        "w" | "week" | "weeks" => 7.0 * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m, h, d or w"
+            ))
+        }
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 15m, 12h or 7d"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs <= 0.0 || secs > 100.0 * 365.0 * 86_400.0 {
+        return Err(format!(
+            "invalid duration {text:?}: it must be positive and at most 100 years"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-3d").is_err());
+        assert!(parse_duration("3y").unwrap_err().contains("unit"));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

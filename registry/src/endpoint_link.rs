@@ -6,7 +6,14 @@
 //! on the endpoint's wake-up between pages; a sender task owns the socket's
 //! write half and flushes when its queue runs dry. The database is the
 //! queue, so a reconnecting agent simply starts again at cursor 0 and gets
-//! every non-final task (it drops duplicates).
+//! every non-final task (it drops duplicates), and every cancel it has not
+//! answered yet.
+//!
+//! The hello carries the endpoint's policy (`allowed_functions`,
+//! `json_only`), stored for submit-time checks. A result over the size
+//! limit is stored as a `ResultTooLarge` failure instead. When a token is
+//! revoked anywhere, the link re-checks its credential and closes if that
+//! was the one.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,11 +26,14 @@ use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult};
 use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{self, Caller};
+use crate::db::cancel as db_cancel;
+use crate::db::catalog::{self, EndpointPolicy};
 use crate::db::tasks as db_tasks;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
@@ -83,7 +93,7 @@ pub async fn connect(
         .on_failed_upgrade(
             move |e| tracing::warn!(%endpoint, error = %e, "agent WebSocket upgrade failed"),
         )
-        .on_upgrade(move |socket| run(state, endpoint, socket)))
+        .on_upgrade(move |socket| run(state, endpoint, caller.token_hash, socket)))
 }
 
 /// How a connection ended.
@@ -134,12 +144,19 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_frame(code, reason))).await;
 }
 
+/// What the agent said in its hello.
+struct Hello {
+    host: String,
+    pid: u32,
+    policy: EndpointPolicy,
+}
+
 /// Reads the hello; `None` when the connection was closed or refused.
 async fn handshake(
     state: &AppState,
     endpoint: Uuid,
     mut socket: WebSocket,
-) -> Option<(WebSocket, String, u32)> {
+) -> Option<(WebSocket, Hello)> {
     let first = tokio::select! {
         first = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()) => first,
         _ = state.shutting_down() => {
@@ -167,7 +184,13 @@ async fn handshake(
         }
     };
     match from_json::<AgentMessage>(text.as_str()) {
-        Ok(AgentMessage::Hello { version, host, pid }) => {
+        Ok(AgentMessage::Hello {
+            version,
+            host,
+            pid,
+            allowed_functions,
+            json_only,
+        }) => {
             if version != PROTOCOL_VERSION {
                 refuse(
                     socket,
@@ -177,7 +200,11 @@ async fn handshake(
                 .await;
                 return None;
             }
-            Some((socket, host, pid))
+            let policy = EndpointPolicy {
+                allowed_functions,
+                json_only,
+            };
+            Some((socket, Hello { host, pid, policy }))
         }
         Ok(_) => {
             tracing::warn!(%endpoint, "endpoint agent's first frame was not a hello");
@@ -203,11 +230,14 @@ async fn handshake(
 }
 
 /// One agent connection, from hello to close.
-async fn run(state: AppState, endpoint: Uuid, socket: WebSocket) {
+async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSocket) {
     let _link = state.link_guard();
-    let Some((mut socket, host, pid)) = handshake(&state, endpoint, socket).await else {
+    // Watch from before the hello, so a revocation during it is not missed.
+    let revocations = state.revocations.subscribe();
+    let Some((mut socket, hello)) = handshake(&state, endpoint, socket).await else {
         return;
     };
+    let Hello { host, pid, policy } = hello;
     let claim = match state.live.claim(endpoint, &host, pid) {
         Ok(claim) => claim,
         Err((holder, holder_pid)) => {
@@ -219,6 +249,23 @@ async fn run(state: AppState, endpoint: Uuid, socket: WebSocket) {
             return;
         }
     };
+    // The policy is in force before any task of this connection is sent.
+    let allowed = policy.allowed_functions.len();
+    let json_only = policy.json_only;
+    let stored = state
+        .db
+        .write(move |c, _| catalog::set_endpoint_policy(c, endpoint, &policy))
+        .await;
+    if let Err(e) = stored {
+        tracing::error!(%endpoint, error = %e, "storing the endpoint's policy failed");
+        close(
+            socket,
+            close_code::AWAY,
+            "the service could not record this endpoint's policy; retry",
+        )
+        .await;
+        return;
+    }
     let welcome = ServiceMessage::Welcome {
         version: PROTOCOL_VERSION,
         heartbeat_period: state.config.effective_heartbeat_period(),
@@ -226,7 +273,7 @@ async fn run(state: AppState, endpoint: Uuid, socket: WebSocket) {
     if socket.send(text(&welcome)).await.is_err() {
         return;
     }
-    tracing::info!(%endpoint, %host, pid, "endpoint agent connected");
+    tracing::info!(%endpoint, %host, pid, allowed_functions = allowed, json_only, "endpoint agent connected");
 
     let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(16);
@@ -237,7 +284,14 @@ async fn run(state: AppState, endpoint: Uuid, socket: WebSocket) {
         claim.wake(),
         out.clone(),
     ));
-    let end = receive_loop(&state, endpoint, &claim, stream, &out).await;
+    let link = Link {
+        state: &state,
+        endpoint,
+        claim: &claim,
+        credential: &credential,
+        out: &out,
+    };
+    let end = receive_loop(&link, stream, revocations).await;
     dispatcher.abort();
     // Offline as soon as the connection is over, not after the close dance.
     drop(claim);
@@ -284,8 +338,9 @@ async fn send_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Rec
     }
 }
 
-/// Pages the endpoint's non-final tasks to the agent, sleeping on `wake`
-/// (poked after each committed submit) when it has caught up.
+/// Pages the endpoint's pending cancels and non-final tasks to the agent,
+/// sleeping on `wake` (poked after each committed submit or cancel) when it
+/// has caught up.
 async fn dispatch_loop(
     state: AppState,
     endpoint: Uuid,
@@ -293,8 +348,34 @@ async fn dispatch_loop(
     out: mpsc::Sender<Message>,
 ) {
     let mut cursor = 0i64;
+    let mut cancel_cursor = 0i64;
     let mut sent_functions = HashSet::new();
     loop {
+        let after = cancel_cursor;
+        let cancels = state
+            .db
+            .read(move |c| db_cancel::pending_cancels(c, endpoint, after, PAGE_TASKS))
+            .await;
+        match cancels {
+            Ok((task_ids, last)) if !task_ids.is_empty() => {
+                cancel_cursor = last;
+                tracing::debug!(%endpoint, tasks = task_ids.len(), "cancels sent");
+                if out
+                    .send(text(&ServiceMessage::Cancel { task_ids }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(%endpoint, error = %e, "reading pending cancels failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
         let sent = std::mem::take(&mut sent_functions);
         let page = state
             .db
@@ -326,23 +407,53 @@ async fn dispatch_loop(
     }
 }
 
+/// What the handlers of one connection share.
+struct Link<'a> {
+    state: &'a AppState,
+    endpoint: Uuid,
+    claim: &'a Claim,
+    /// SHA-256 of the credential the agent connected with.
+    credential: &'a str,
+    out: &'a mpsc::Sender<Message>,
+}
+
+fn revoked() -> End {
+    End::Close(
+        close_code::POLICY,
+        "the endpoint's credential was revoked (endpoint re-registered or deleted, or hpfaas token revoke)"
+            .into(),
+    )
+}
+
 /// Handles the agent's frames until the connection must end.
 async fn receive_loop(
-    state: &AppState,
-    endpoint: Uuid,
-    claim: &Claim,
+    link: &Link<'_>,
     mut stream: SplitStream<WebSocket>,
-    out: &mpsc::Sender<Message>,
+    mut revocations: watch::Receiver<u64>,
 ) -> End {
+    let (state, endpoint) = (link.state, link.endpoint);
     let silence = state.config.heartbeat_timeout();
     let in_flight = Arc::new(Semaphore::new(RESULT_BATCHES_IN_FLIGHT));
+    // A revocation between the credential check and the subscription is
+    // caught here.
+    revocations.mark_unchanged();
+    if !auth::still_valid(state, link.credential)
+        .await
+        .unwrap_or(true)
+    {
+        return revoked();
+    }
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(silence, stream.next()) => next,
-            _ = claim.kicked() => return End::Close(
-                close_code::POLICY,
-                "the endpoint's credential was revoked (endpoint re-registered or deleted)".into(),
-            ),
+            _ = link.claim.kicked() => return revoked(),
+            _ = crate::revocation::next(&mut revocations) => {
+                // A failed lookup keeps the link: the next request decides.
+                if !auth::still_valid(state, link.credential).await.unwrap_or(true) {
+                    return revoked();
+                }
+                continue;
+            }
             _ = state.shutting_down() => return End::Close(close_code::AWAY, "the service is shutting down".into()),
         };
         let msg = match next {
@@ -381,7 +492,7 @@ async fn receive_loop(
                 return End::Close(close_code::INVALID, format!("malformed frame: {e}"));
             }
         };
-        if let Err(end) = handle(state, endpoint, claim, msg, out, &in_flight).await {
+        if let Err(end) = handle(link, msg, &in_flight).await {
             return end;
         }
     }
@@ -391,14 +502,55 @@ fn shutting_down(_: ApiError) -> End {
     End::Close(close_code::AWAY, "the service is shutting down".into())
 }
 
-async fn handle(
-    state: &AppState,
-    endpoint: Uuid,
-    claim: &Claim,
-    msg: AgentMessage,
-    out: &mpsc::Sender<Message>,
-    in_flight: &Arc<Semaphore>,
-) -> Result<(), End> {
+/// Longest exception type name kept, bytes.
+const MAX_EXC_TYPE: usize = 256;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, saying so.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let note = format!("... [cut at {max} bytes of {}]", s.len());
+        let mut cut = max.saturating_sub(note.len());
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(&note);
+    }
+}
+
+/// Enforces `--max-result-bytes`: a larger result fails its task with
+/// `ResultTooLarge` (naming the size and the limit) instead of being
+/// stored; an oversized exception text is cut.
+pub fn cap_results(results: &mut [TaskResult], limit: usize) {
+    for r in results {
+        match &mut r.outcome {
+            Outcome::Success { result } if result.len() > limit => {
+                let size = result.len();
+                tracing::warn!(task = %r.task_id, size, limit, "result too large; failing the task");
+                r.outcome = Outcome::Failed {
+                    exception: ExceptionInfo::system(
+                        "ResultTooLarge",
+                        format!(
+                            "the result is {size} bytes, more than the service's limit of {limit} \
+                             bytes (--max-result-bytes); return less data, or write it to a file \
+                             and return its path"
+                        ),
+                    ),
+                };
+            }
+            Outcome::Success { .. } => {}
+            Outcome::Failed { exception } => {
+                truncate(&mut exception.exc_type, MAX_EXC_TYPE);
+                let half = (limit / 2).max(256);
+                truncate(&mut exception.message, half);
+                truncate(&mut exception.traceback, half);
+            }
+        }
+    }
+}
+
+async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) -> Result<(), End> {
+    let (state, endpoint, out) = (link.state, link.endpoint, link.out);
     match msg {
         AgentMessage::Hello { .. } => {
             tracing::warn!(%endpoint, "second hello from endpoint agent");
@@ -420,10 +572,11 @@ async fn handle(
                 .enqueue(move |c, _| db_tasks::update_states(c, endpoint, &updates))
                 .map_err(shutting_down)?;
         }
-        AgentMessage::Results { results } if !results.is_empty() => {
+        AgentMessage::Results { mut results } if !results.is_empty() => {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return Ok(());
             };
+            cap_results(&mut results, state.config.max_result_bytes);
             let ids: Vec<Uuid> = results.iter().map(|r| r.task_id).collect();
             let committed = state
                 .db
@@ -453,8 +606,68 @@ async fn handle(
                 }
             });
         }
-        AgentMessage::Heartbeat { status } => claim.heartbeat(status),
+        AgentMessage::Heartbeat { status } => link.claim.heartbeat(status),
         AgentMessage::Ack { .. } | AgentMessage::States { .. } | AgentMessage::Results { .. } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_results_fail_and_long_exceptions_are_cut() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut results = vec![
+            TaskResult {
+                task_id: a,
+                outcome: Outcome::Success {
+                    result: "x".repeat(2000),
+                },
+                completed_at: 1.0,
+            },
+            TaskResult {
+                task_id: b,
+                outcome: Outcome::Success {
+                    result: "y".repeat(1000),
+                },
+                completed_at: 1.0,
+            },
+            TaskResult::failed(c, ExceptionInfo::system("E", "é".repeat(5000))),
+        ];
+        cap_results(&mut results, 1000);
+        match &results[0].outcome {
+            Outcome::Failed { exception } => {
+                assert_eq!(exception.exc_type, "ResultTooLarge");
+                assert!(
+                    exception.message.contains("2000 bytes"),
+                    "{}",
+                    exception.message
+                );
+                assert!(
+                    exception.message.contains("1000 bytes"),
+                    "{}",
+                    exception.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&results[1].outcome, Outcome::Success { result } if result.len() == 1000));
+        match &results[2].outcome {
+            Outcome::Failed { exception } => {
+                assert!(
+                    exception.message.len() <= 500,
+                    "{}",
+                    exception.message.len()
+                );
+                assert!(
+                    exception.message.ends_with("of 10000]"),
+                    "{}",
+                    exception.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

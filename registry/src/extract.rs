@@ -1,22 +1,23 @@
 //! Request extractors whose rejections are JSON errors naming the problem,
-//! replacing axum's plain-text ones: a JSON body, and a path id.
+//! replacing axum's plain-text ones: a raw body, a JSON body, and a path id.
+
+use std::marker::PhantomData;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// A JSON request body; malformed JSON, wrong types and missing fields give
-/// `400` naming the field, an over-limit body `413`.
+/// The raw request body, within the size limit (`413` beyond it).
 #[derive(Debug)]
-pub struct Json<T>(pub T);
+pub struct Body(pub Bytes);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -33,27 +34,52 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
                 ))
             }
         })?;
+        Ok(Body(bytes))
+    }
+}
+
+/// A JSON request body; malformed JSON, wrong types and missing fields give
+/// `400` naming the field, an over-limit body `413`.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let Body(bytes) = Body::from_request(req, state).await?;
         parse_json(&bytes).map(Json)
     }
 }
 
 /// Parses a JSON body, naming the path of the offending field on error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    parse_json_seed(bytes, PhantomData::<T>)
+}
+
+/// [`parse_json`] with a seed, for bodies whose parsing needs settings
+/// (e.g. a limit checked while reading).
+pub fn parse_json_seed<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> ApiResult<S::Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "the request body is empty; expected a JSON object",
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::bad_request(format!("invalid JSON body: {inner}"))
-        } else {
-            ApiError::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
-        }
-    })?;
+    let mut track = serde_path_to_error::Track::new();
+    let value = seed
+        .deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+        .map_err(|inner| {
+            let path = track.path().to_string();
+            if path == "." || path.is_empty() {
+                ApiError::bad_request(format!("invalid JSON body: {inner}"))
+            } else {
+                ApiError::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
+            }
+        })?;
     de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     Ok(value)

@@ -1,18 +1,24 @@
 //! The hpfaas service: REST for clients, server-sent result streams, and the
-//! endpoint agents' WebSocket, all on one port, over one SQLite database.
+//! endpoint agents' WebSocket, all on one port (HTTP or HTTPS), over one
+//! SQLite database.
 //!
 //! * [`config`]: settings ([`ServiceConfig`]).
 //! * [`error`]: the JSON error answer every route uses.
 //! * [`auth`]: bearer tokens; user tokens versus endpoint credentials.
+//! * [`revocation`]: revoked tokens reaching a running service.
+//! * [`admin`]: `hpfaas token create|list|revoke` on the database.
 //! * [`extract`]: request extractors with JSON rejections.
 //! * [`db`]: SQLite: schema, group-commit writer, read pool, queries.
 //! * [`live`]: connected endpoints, dispatch wake-ups, result notifications.
 //! * [`routes`]: the route table, the handlers, and `/openapi.json`.
 //! * [`endpoint_link`]: one endpoint agent's WebSocket connection.
+//! * [`purge`]: result expiry and retention, periodically.
+//! * [`tls`]: serving HTTPS.
 //!
-//! The CLI's `hpfaas service`, `hpfaas token create` and `hpfaas up` are thin
-//! wrappers over [`Service`] and [`create_token`].
+//! The CLI's `hpfaas service`, `hpfaas token ...` and `hpfaas up` are thin
+//! wrappers over [`Service`] and the [`admin`] functions.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -20,13 +26,15 @@ pub mod endpoint_link;
 pub mod error;
 pub mod extract;
 pub mod live;
+pub mod purge;
+pub mod revocation;
 pub mod routes;
 pub mod state;
+pub mod tls;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,7 +42,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::ServiceConfig;
+pub use admin::{create_token, list_tokens, revoke_token, TokenInfo};
+pub use config::{parse_duration, ServiceConfig, TlsFiles};
 use state::AppState;
 
 /// How long shutdown waits for open HTTP responses and agent links.
@@ -46,12 +55,14 @@ pub struct Service {
     listener: TcpListener,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Service {
-    /// Creates `data_dir`, opens (and migrates) `data_dir/registry.db`, and
-    /// binds the listening socket.
+    /// Creates `data_dir`, opens (and migrates) `data_dir/registry.db`,
+    /// loads the TLS files if any, and binds the listening socket.
     pub async fn bind(config: ServiceConfig) -> anyhow::Result<Service> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         create_private_dir(&config.data_dir)?;
         let path = config.db_path();
         let db = tokio::task::spawn_blocking(move || {
@@ -63,25 +74,25 @@ impl Service {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (stop, shutdown) = watch::channel(false);
-        let state = AppState {
-            db: Arc::new(db),
-            live: Arc::default(),
-            config: Arc::new(config),
-            tokens: Arc::default(),
-            shutdown,
-            links: Arc::new(watch::channel(0).0),
-        };
+        let state = AppState::new(db, config, shutdown);
         Ok(Service {
             state,
             listener,
             local_addr,
             stop,
+            tls,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The service's base URL: `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, closes agent
@@ -95,19 +106,34 @@ impl Service {
             listener,
             local_addr,
             stop,
+            tls,
         } = self;
-        tracing::info!(addr = %local_addr, data_dir = %state.config.data_dir.display(), "hpfaas service listening");
-        let listener = listener.tap_io(|tcp| {
-            // Small frames (acks, single results) must not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
+        tracing::info!(addr = %local_addr, tls = tls.is_some(),
+            data_dir = %state.config.data_dir.display(), "hpfaas service listening");
+        let purge = tokio::spawn(purge::run(state.clone()));
+        let revocations = tokio::spawn(revocation::poll_loop(state.clone()));
         let router = routes::router(state.clone());
         let mut stopping = state.shutdown.clone();
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            })
-            .into_future();
+        let stopping = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            Some(acceptor) => Box::pin(async move {
+                tls::serve(listener, acceptor, router, stopping).await;
+                Ok(())
+            }),
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    // Small frames (acks, single results) must not wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
+                });
+                Box::pin(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopping)
+                        .into_future(),
+                )
+            }
+        };
         tokio::pin!(serve);
         let result = tokio::select! {
             r = &mut serve => r,
@@ -127,33 +153,16 @@ impl Service {
         if !state.links_closed(SHUTDOWN_GRACE).await {
             tracing::warn!("endpoint links did not close in time");
         }
+        let _ = purge.await;
+        let _ = revocations.await;
         state.db.shutdown().await;
         tracing::info!("hpfaas service stopped");
         result.context("serving HTTP")
     }
 }
 
-/// Creates `user` in the database under `data_dir` if missing and returns a
-/// new API token for them; only the token's SHA-256 is stored.
-pub fn create_token(data_dir: &Path, user: &str) -> anyhow::Result<String> {
-    let user = user.trim();
-    if user.is_empty() || user.chars().any(char::is_control) {
-        anyhow::bail!("invalid user name {user:?}: it must be non-empty printable text");
-    }
-    create_private_dir(data_dir)?;
-    let path = db::db_path(data_dir);
-    let conn = db::open_for_writing(&path)
-        .with_context(|| format!("opening database {}", path.display()))?;
-    let token = auth::new_token();
-    let tx = conn.unchecked_transaction()?;
-    let user_id = db::catalog::ensure_user(&tx, user)?;
-    db::catalog::insert_token(&tx, &auth::hash_token(&token), user_id, None)?;
-    tx.commit()?;
-    Ok(token)
-}
-
 /// Creates the data directory, readable only by its owner when new.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -1,5 +1,5 @@
 //! What every handler shares: the database, the live state, the settings,
-//! the token cache and the shutdown signal.
+//! the token cache, revocations and the shutdown signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use crate::auth::TokenCache;
 use crate::config::ServiceConfig;
 use crate::db::Db;
 use crate::live::Live;
+use crate::revocation::Revocations;
 
 /// Shared state handed to every route.
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub config: Arc<ServiceConfig>,
     /// Recently seen tokens.
     pub tokens: Arc<TokenCache>,
+    /// Revocations, from this service or another process.
+    pub revocations: Arc<Revocations>,
     /// Becomes `true` when the service shuts down; long-lived responses end.
     pub shutdown: watch::Receiver<bool>,
     /// Count of live endpoint links, so shutdown can wait for them.
@@ -29,6 +32,35 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Builds the state over an open database.
+    pub fn new(db: Db, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> AppState {
+        let revocations = Arc::new(Revocations::new(&config.data_dir));
+        AppState {
+            db: Arc::new(db),
+            live: Arc::default(),
+            config: Arc::new(config),
+            tokens: Arc::default(),
+            revocations,
+            shutdown,
+            links: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Some token was revoked in this service: forget cached tokens and
+    /// tell long-lived connections to re-check theirs.
+    pub fn tokens_revoked(&self) {
+        self.tokens.invalidate();
+        self.revocations.notify();
+    }
+
+    /// Looks for revocations made by another process (see
+    /// [`crate::revocation`]); forgets cached tokens if there were any.
+    pub fn check_revocations(&self) {
+        if self.revocations.poll() {
+            self.tokens.invalidate();
+        }
+    }
+
     /// Completes once shutdown has begun.
     pub async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();
@@ -70,14 +102,8 @@ impl AppState {
         let config = ServiceConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
         let db = Db::open(&config.db_path()).unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let state = AppState {
-            db: Arc::new(db),
-            live: Arc::new(live),
-            config: Arc::new(config),
-            tokens: Arc::default(),
-            shutdown,
-            links: Arc::new(watch::channel(0).0),
-        };
+        let mut state = AppState::new(db, config, shutdown);
+        state.live = Arc::new(live);
         (state, stop, dir)
     }
 }

@@ -504,6 +504,8 @@ fn agent_handshake_failures_are_explained() {
         version: 999,
         host: "h".into(),
         pid: 1,
+        allowed_functions: vec![],
+        json_only: false,
     });
     match old.recv() {
         Some(ServiceMessage::Refused { reason }) => assert!(reason.contains("version"), "{reason}"),

@@ -6,7 +6,10 @@
 //! small pool of connections under `spawn_blocking`; every write goes through
 //! the one writer thread ([`writer`]).
 
+pub mod cancel;
 pub mod catalog;
+pub mod idempotency;
+pub mod purge;
 pub mod schema;
 pub mod tasks;
 pub mod writer;

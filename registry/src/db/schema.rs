@@ -79,6 +79,48 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_results ON tasks(group_id, result_seq) WHERE result_seq IS NOT NULL;
     CREATE UNIQUE INDEX tasks_result_seq ON tasks(result_seq) WHERE result_seq IS NOT NULL;
     "#,
+    // 2: revocation details, endpoint policy and sharing, idempotent submits,
+    // cancellation, result expiry and retention.
+    r#"
+    -- prefix: the token's first characters, so its owner can recognise it in
+    -- `hpfaas token list` (never enough of it to be usable).
+    ALTER TABLE tokens ADD COLUMN prefix TEXT;
+    ALTER TABLE tokens ADD COLUMN revoked_at REAL;
+    CREATE INDEX tokens_by_user ON tokens(user_id);
+    -- What the endpoint's agent declared in its last hello.
+    ALTER TABLE endpoints ADD COLUMN allowed_functions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE endpoints ADD COLUMN json_only INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE endpoint_shares (
+        endpoint_id TEXT NOT NULL,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        created     REAL NOT NULL,
+        PRIMARY KEY (endpoint_id, user_id)
+    );
+    -- One row per (user, key): the answer of the submit that used it, and a
+    -- hash of that request, so a retry gets the same answer and a different
+    -- request under the same key is refused.
+    CREATE TABLE idempotency_keys (
+        owner        INTEGER NOT NULL REFERENCES users(id),
+        key          TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        answer       TEXT NOT NULL,
+        created      REAL NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created);
+    -- stored: service time when the task became final (completed is the
+    -- endpoint's clock). result_fate: 0 = result not fetched yet, 1 = fetched
+    -- or nothing to fetch, 2 = expired and purged. cancel_pending: cancelled
+    -- while the endpoint may hold it; repeated to the agent until it answers.
+    ALTER TABLE tasks ADD COLUMN stored REAL;
+    ALTER TABLE tasks ADD COLUMN result_fate INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN cancel_pending INTEGER NOT NULL DEFAULT 0;
+    UPDATE tasks SET stored = COALESCE(completed, created) WHERE done = 1;
+    CREATE INDEX tasks_unfetched ON tasks(stored) WHERE done = 1 AND result_fate = 0;
+    CREATE INDEX tasks_finished ON tasks(stored) WHERE done = 1;
+    CREATE INDEX tasks_cancels ON tasks(endpoint_id, result_seq) WHERE cancel_pending = 1;
+    CREATE INDEX task_groups_by_age ON task_groups(created);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -42,10 +42,20 @@ pub struct TaskRow {
     pub completed: Option<f64>,
     /// Position in the result streams, once final.
     pub result_seq: Option<i64>,
+    /// True once a final task's result was read by its owner (or there is
+    /// nothing to read, or it expired).
+    pub fetched: bool,
 }
 
 const TASK_COLUMNS: &str = "id, group_id, function_id, endpoint_id, state, result, exc_type, \
-     exc_message, exc_traceback, created, completed, result_seq";
+     exc_message, exc_traceback, created, completed, result_seq, result_fate";
+
+/// `result_fate`: the result waits to be fetched.
+pub const FATE_UNFETCHED: i64 = 0;
+/// `result_fate`: fetched, or nothing to fetch.
+pub const FATE_FETCHED: i64 = 1;
+/// `result_fate`: purged unfetched after the result TTL.
+pub const FATE_EXPIRED: i64 = 2;
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(4)?;
@@ -63,6 +73,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         created: r.get(9)?,
         completed: r.get(10)?,
         result_seq: r.get(11)?,
+        fetched: r.get::<_, i64>(12)? != FATE_UNFETCHED,
     })
 }
 
@@ -103,20 +114,75 @@ pub struct Submission {
     pub result_serializers: String,
     /// JSON object, if given.
     pub resource_spec: Option<String>,
+    /// The idempotency key, with the request's hash and the answer to store.
+    pub idempotency: Option<IdempotentRequest>,
 }
 
-/// Checks ownership of everything a submission names and stores its tasks.
-pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<()> {
-    match catalog::endpoint_owner(conn, s.endpoint)? {
-        None => return Err(ApiError::not_found_id("endpoint", s.endpoint)),
-        Some(owner) if owner != s.owner => {
-            return Err(ApiError::forbidden(format!(
-                "endpoint {} belongs to another user; you can submit only to your own endpoints",
-                s.endpoint
-            )))
-        }
-        Some(_) => {}
+/// A submit carrying an idempotency key.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    /// The client's key.
+    pub key: String,
+    /// SHA-256 of what the request asks (endpoint and body).
+    pub request_hash: String,
+    /// The answer (JSON text) to give this request and its retries.
+    pub answer: String,
+}
+
+/// What a submit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// The tasks were stored.
+    Created,
+    /// A retry: nothing stored; this is the first request's answer.
+    Replayed(String),
+}
+
+/// Refuses a user with no right to submit to `endpoint`: 404 when there is
+/// no such endpoint, 403 when it is someone else's and not shared with them.
+pub fn check_submit_access(
+    conn: &Connection,
+    user: i64,
+    endpoint: Uuid,
+    access: catalog::Access,
+) -> ApiResult<()> {
+    match access {
+        catalog::Access::Owner | catalog::Access::Shared => Ok(()),
+        catalog::Access::None => match catalog::endpoint_owner(conn, endpoint)? {
+            Some(owner) if owner != user => Err(ApiError::forbidden(format!(
+                "endpoint {endpoint} belongs to another user and is not shared with you; you can \
+                 submit only to your own endpoints and those shared with you"
+            ))),
+            _ => Err(ApiError::not_found_id("endpoint", endpoint)),
+        },
     }
+}
+
+/// A stored answer for this key, or 409 if the key was used for another
+/// request; `None` if the key is new.
+pub fn replay(conn: &Connection, owner: i64, req: &IdempotentRequest) -> ApiResult<Option<String>> {
+    match super::idempotency::lookup(conn, owner, &req.key)? {
+        None => Ok(None),
+        Some((hash, answer)) if hash == req.request_hash => Ok(Some(answer)),
+        Some(_) => Err(ApiError::conflict(format!(
+            "idempotency key {:?} was already used for a different request (another endpoint or \
+             body); use a new key for a new submission",
+            req.key
+        ))),
+    }
+}
+
+/// Checks everything a submission names and stores its tasks (and its
+/// idempotency key), or replays the answer of an earlier request with the
+/// same key.
+pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
+    if let Some(req) = &s.idempotency {
+        if let Some(answer) = replay(conn, s.owner, req)? {
+            return Ok(Submitted::Replayed(answer));
+        }
+    }
+    let (access, _) = catalog::endpoint_access(conn, s.owner, s.endpoint)?;
+    check_submit_access(conn, s.owner, s.endpoint, access)?;
     for (sent_as, id) in &s.functions {
         if !catalog::owns_function(conn, s.owner, *id)? {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
@@ -143,7 +209,10 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<()> {
             created
         ])?;
     }
-    Ok(())
+    if let Some(req) = &s.idempotency {
+        super::idempotency::insert(conn, s.owner, req)?;
+    }
+    Ok(Submitted::Created)
 }
 
 /// Creates task group `id` for `owner` if new; refuses another user's.
@@ -176,13 +245,20 @@ pub fn get_task(conn: &Connection, owner: i64, id: Uuid) -> ApiResult<Option<Tas
         .optional()?)
 }
 
-/// (task id, function id, state) of every task in a group, in submission order.
-pub fn group_tasks(conn: &Connection, group: Uuid) -> ApiResult<Vec<(Uuid, Uuid, String)>> {
+/// (rid, task id, function id, state) of a group's tasks after `after_rid`,
+/// in submission order, at most `limit`.
+pub fn group_tasks(
+    conn: &Connection,
+    group: Uuid,
+    after_rid: i64,
+    limit: usize,
+) -> ApiResult<Vec<(i64, Uuid, Uuid, String)>> {
     let mut st = conn.prepare_cached(
-        "SELECT id, function_id, state FROM tasks WHERE group_id = ?1 ORDER BY rid",
+        "SELECT rid, id, function_id, state FROM tasks WHERE group_id = ?1 AND rid > ?2
+         ORDER BY rid LIMIT ?3",
     )?;
-    let rows = st.query_map([group.to_string()], |r| {
-        Ok((uuid_col(r, 0)?, uuid_col(r, 1)?, r.get(2)?))
+    let rows = st.query_map(params![group.to_string(), after_rid, limit as i64], |r| {
+        Ok((r.get(0)?, uuid_col(r, 1)?, uuid_col(r, 2)?, r.get(3)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -203,6 +279,19 @@ pub fn results_after(
         task_from_row,
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The owner has read these final tasks' results: the result TTL no
+/// longer applies to them.
+pub fn mark_fetched(conn: &Connection, ids: &[Uuid]) -> ApiResult<usize> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET result_fate = 1 WHERE id = ?1 AND done = 1 AND result_fate = 0",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += st.execute([id.to_string()])?;
+    }
+    Ok(n)
 }
 
 /// One `ServiceMessage::Tasks` frame's worth of an endpoint's queue.
@@ -297,7 +386,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<String> {
 }
 
 /// The agent journaled these tasks: `waiting-for-launch`, unless they have
-/// moved on already (a re-sent task may be running or finished).
+/// moved on already (a re-sent task may be running or finished). For a
+/// cancelled task the ack answers the cancel: it is not repeated.
 pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = 'waiting-for-launch'
@@ -306,7 +396,12 @@ pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> 
     let endpoint = endpoint.to_string();
     let mut n = 0;
     for id in ids {
-        n += st.execute(params![id.to_string(), endpoint])?;
+        let id = id.to_string();
+        let changed = st.execute(params![id, endpoint])?;
+        if changed == 0 {
+            super::cancel::cancel_delivered(conn, &id, &endpoint)?;
+        }
+        n += changed;
     }
     Ok(n)
 }
@@ -335,7 +430,9 @@ pub fn update_states(
 
 /// Stores results for non-final tasks of this endpoint, each with the next
 /// `result_seq`; returns (task group, seq) of each stored one. Results for
-/// tasks already final (duplicates) or unknown are ignored: first one wins.
+/// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
+/// first one wins. The payload of a finished task is no longer needed and
+/// is dropped to keep the database small.
 pub fn store_results(
     conn: &Connection,
     ctx: &mut WriteCtx,
@@ -344,10 +441,12 @@ pub fn store_results(
 ) -> ApiResult<Vec<(Uuid, i64)>> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
-                          exc_traceback = ?7, completed = ?8, result_seq = ?9
+                          exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
+                          result_fate = 0, payload = ''
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
          RETURNING group_id",
     )?;
+    let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
     for res in results {
@@ -372,7 +471,8 @@ pub fn store_results(
                     exc.map(|e| e.message.as_str()),
                     exc.map(|e| e.traceback.as_str()),
                     completed,
-                    seq
+                    seq,
+                    stored_at
                 ],
                 |r| r.get(0),
             )
@@ -382,8 +482,12 @@ pub fn store_results(
                 ctx.next_result_seq += 1;
                 stored.push((group, seq));
             }
-            None => tracing::debug!(task = %res.task_id, %endpoint,
-                "result for a task that is already final or not this endpoint's; ignored"),
+            None => {
+                // A cancelled task's late result also answers the cancel.
+                super::cancel::cancel_delivered(conn, &res.task_id.to_string(), &endpoint_text)?;
+                tracing::debug!(task = %res.task_id, %endpoint,
+                    "result for a task that is already final or not this endpoint's; ignored")
+            }
         }
     }
     Ok(stored)
@@ -415,7 +519,11 @@ mod tests {
             display_name: "ep".into(),
             metadata: serde_json::json!({}),
         };
-        let endpoint = register_endpoint(&conn, owner, &reg, "cred").unwrap();
+        let cred = crate::db::catalog::StoredToken {
+            hash: "cred".into(),
+            prefix: "cred".into(),
+        };
+        let endpoint = register_endpoint(&conn, owner, &reg, &cred).unwrap();
         let function = Uuid::new_v4();
         let f = FunctionRow {
             id: function,
@@ -450,8 +558,9 @@ mod tests {
             tasks: tasks.clone(),
             result_serializers: "[]".into(),
             resource_spec: None,
+            idempotency: None,
         };
-        submit(&fx.conn, &s).unwrap();
+        assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
         tasks.into_iter().map(|t| t.id).collect()
     }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::auth::{hash_token, new_token, Caller, User};
+use crate::auth::{new_token, stored_token, Caller, User};
 use crate::db::catalog::{self, EndpointRegistration, EndpointRow};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
@@ -46,16 +46,16 @@ pub async fn register(
         metadata: Value::Object(body.metadata.unwrap_or_default()),
     };
     let credential = new_token();
-    let hash = hash_token(&credential);
+    let stored = stored_token(&credential);
     let name = reg.name.clone();
     let id = state
         .db
-        .write(move |c, _| catalog::register_endpoint(c, user.id, &reg, &hash))
+        .write(move |c, _| catalog::register_endpoint(c, user.id, &reg, &stored))
         .await?;
     if body.endpoint_id.is_some() {
         // Earlier credentials were revoked: forget them and drop an agent
         // still connected with one.
-        state.tokens.invalidate();
+        state.tokens_revoked();
         state.live.kick(id);
     }
     tracing::info!(endpoint = %id, user = %user.name, "endpoint registered");
@@ -100,13 +100,17 @@ pub async fn get(
     IdPath(raw): IdPath,
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id("endpoint", &raw)?;
-    let e = state
+    let (e, shared) = state
         .db
-        .read(move |c| catalog::get_endpoint(c, user.id, id))
+        .read(move |c| match catalog::get_endpoint(c, user.id, id)? {
+            Some(e) => Ok(Some((e, catalog::shared_with(c, id)?))),
+            None => Ok(None),
+        })
         .await?
         .ok_or_else(|| ApiError::not_found_id("endpoint", &raw))?;
     let mut doc = summary(&state, &e);
     doc["created_t"] = json!(time_str(e.created));
+    doc["shared_with"] = json!(shared);
     Ok(axum::Json(doc))
 }
 
@@ -125,7 +129,7 @@ pub async fn delete(
     if !deleted {
         return Err(ApiError::not_found_id("endpoint", &raw));
     }
-    state.tokens.invalidate();
+    state.tokens_revoked();
     state.live.kick(id);
     tracing::info!(endpoint = %id, "endpoint deleted");
     Ok(axum::Json(json!({"endpoint_id": id, "deleted": true})))

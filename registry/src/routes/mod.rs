@@ -5,15 +5,20 @@
 //! from it, and a test checks it against the table in `docs/api.md`, so the
 //! three cannot drift apart.
 
+pub mod cancel;
 pub mod endpoints;
 pub mod functions;
 pub mod openapi;
+pub mod shares;
 pub mod stream;
+pub mod submit;
 pub mod tasks;
 pub mod version;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde_json::Value;
@@ -161,13 +166,34 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        path: "/v3/endpoints/{id}/share",
+        summary: "Share your endpoint with named users (they may submit to it)",
+        auth: Auth::User,
+        request: Some(schemas::share),
+        response: schemas::shared,
+        produces: JSON,
+        handler: |m| on(m, shares::share),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v3/endpoints/{id}/share",
+        summary: "Stop sharing your endpoint with named users",
+        auth: Auth::User,
+        request: Some(schemas::share),
+        response: schemas::shared,
+        produces: JSON,
+        handler: |m| on(m, shares::unshare),
+    },
+    Route {
+        method: "POST",
         path: "/v3/endpoints/{id}/submit",
-        summary: "Submit tasks; answered once they are durable",
+        summary:
+            "Submit tasks; answered once they are durable; `Idempotency-Key` makes retries safe",
         auth: Auth::User,
         request: Some(schemas::submit),
         response: schemas::submitted,
         produces: JSON,
-        handler: |m| on(m, tasks::submit),
+        handler: |m| on(m, submit::submit),
     },
     Route {
         method: "GET",
@@ -178,6 +204,16 @@ pub static ROUTES: &[Route] = &[
         response: schemas::task_ref,
         produces: JSON,
         handler: |m| on(m, tasks::get),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/tasks/{id}/cancel",
+        summary: "Cancel a task that has not finished",
+        auth: Auth::User,
+        request: None,
+        response: schemas::task_cancelled,
+        produces: JSON,
+        handler: |m| on(m, cancel::cancel_task),
     },
     Route {
         method: "POST",
@@ -208,6 +244,16 @@ pub static ROUTES: &[Route] = &[
         response: schemas::event_stream,
         produces: "text/event-stream",
         handler: |m| on(m, stream::stream),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/taskgroup/{id}/cancel",
+        summary: "Cancel every task of a task group that has not finished",
+        auth: Auth::User,
+        request: None,
+        response: schemas::group_cancelled,
+        produces: JSON,
+        handler: |m| on(m, cancel::cancel_group),
     },
     Route {
         method: "GET",
@@ -242,7 +288,19 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
+}
+
+/// A refused oversized body may be left unread, so the connection cannot be
+/// reused: say so with `Connection: close` (hyper then closes it after the
+/// answer) instead of leaving the client to find a dead connection.
+async fn close_after_413(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -279,6 +337,34 @@ pub fn time_str(t: f64) -> String {
     format!("{t:.6}")
 }
 
+/// Unix seconds as RFC 3339 UTC with milliseconds, e.g.
+/// `2023-11-14T22:13:20.250Z`, for messages people read.
+pub fn rfc3339(t: f64) -> String {
+    if !t.is_finite() || t.abs() > 1e13 {
+        return "an unknown time".into();
+    }
+    let whole = t.floor();
+    let millis = (((t - whole) * 1000.0) as u32).min(999);
+    let secs = whole as i64;
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +393,7 @@ mod tests {
             .collect();
         let documented = documented_routes();
         assert!(
-            documented.len() >= 16,
+            documented.len() >= 20,
             "parsed too few routes from docs/api.md: {documented:?}"
         );
         let undocumented: Vec<_> = routed.difference(&documented).collect();
@@ -325,6 +411,14 @@ mod tests {
             ROUTES.len(),
             "a route appears twice in ROUTES"
         );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000.25), "2023-11-14T22:13:20.250Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(f64::NAN), "an unknown time");
     }
 
     #[test]

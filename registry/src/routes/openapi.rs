@@ -37,11 +37,22 @@ fn build() -> Value {
                 },
             },
         });
+        let mut parameters = Vec::new();
         if route.path.contains("{id}") {
-            op["parameters"] = json!([{
+            parameters.push(json!({
                 "name": "id", "in": "path", "required": true,
                 "schema": {"type": "string", "format": "uuid"},
-            }]);
+            }));
+        }
+        if route.path.ends_with("/submit") {
+            parameters.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "A retry with the same key gets the first answer; nothing is created twice.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }));
+        }
+        if !parameters.is_empty() {
+            op["parameters"] = Value::Array(parameters);
         }
         op["security"] = match route.auth {
             Auth::None => json!([]),
@@ -178,7 +189,8 @@ pub mod schemas {
         object(
             &["endpoint_id", "name", "status"],
             json!({"endpoint_id": id(), "uuid": id(), "name": s(), "display_name": s(),
-                   "status": {"type": "string", "enum": ["online", "offline"]}, "created_t": s()}),
+                   "status": {"type": "string", "enum": ["online", "offline"]}, "created_t": s(),
+                   "shared_with": {"type": "array", "items": s()}}),
         )
     }
 
@@ -210,6 +222,7 @@ pub mod schemas {
             json!({
                 "tasks": {"type": "object", "additionalProperties": {"type": "array", "items": s()}},
                 "task_group_id": id(), "create_queue": {"type": "boolean"},
+                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
                 "result_serializers": {"type": "array", "items": s()},
                 "resource_specification": any_object(), "user_endpoint_config": any_object(),
             }),
@@ -222,6 +235,38 @@ pub mod schemas {
             &["request_id", "task_group_id", "endpoint_id", "tasks"],
             json!({"request_id": id(), "task_group_id": id(), "endpoint_id": id(),
                    "tasks": {"type": "object", "additionalProperties": {"type": "array", "items": id()}}}),
+        )
+    }
+
+    /// `POST`/`DELETE /v3/endpoints/{id}/share` body.
+    pub fn share() -> Value {
+        object(
+            &["users"],
+            json!({"users": {"type": "array", "items": s()}}),
+        )
+    }
+
+    /// `POST`/`DELETE /v3/endpoints/{id}/share` answer.
+    pub fn shared() -> Value {
+        object(
+            &["endpoint_id", "shared_with"],
+            json!({"endpoint_id": id(), "shared_with": {"type": "array", "items": s()}}),
+        )
+    }
+
+    /// `POST /v3/tasks/{id}/cancel` answer.
+    pub fn task_cancelled() -> Value {
+        object(
+            &["task_id", "status"],
+            json!({"task_id": id(), "status": s()}),
+        )
+    }
+
+    /// `POST /v3/taskgroup/{id}/cancel` answer.
+    pub fn group_cancelled() -> Value {
+        object(
+            &["taskgroup_id", "status", "cancelled"],
+            json!({"taskgroup_id": id(), "status": s(), "cancelled": {"type": "integer"}}),
         )
     }
 

@@ -7,6 +7,10 @@
 //! result with seq S"; the stream always reads the results themselves from
 //! the database after its last sent seq, so a reader that lagged behind the
 //! broadcast channel just re-reads and loses nothing.
+//!
+//! The stream re-checks its token when any token is revoked and at every
+//! keep-alive; once the token is revoked it sends one `event: error` with a
+//! JSON `unauthorized` error and ends, and the client's reconnect gets `401`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,15 +21,15 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
-use crate::auth::User;
+use crate::auth::{self, User};
 use crate::db::tasks as db_tasks;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
 use crate::live::ResultEvent;
-use crate::routes::tasks::task_document;
+use crate::routes::tasks::{mark_fetched, task_document};
 use crate::state::AppState;
 
 /// Results read from the database per query.
@@ -81,6 +85,7 @@ pub async fn stream(
     };
     // Subscribe before reading anything, so no result falls in between.
     let notifications = state.live.subscribe_results();
+    let revocations = state.revocations.subscribe();
     let owner = state
         .db
         .read(move |c| db_tasks::group_owner(c, group))
@@ -89,21 +94,48 @@ pub async fn stream(
         return Err(ApiError::not_found_id("task group", &raw));
     }
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(pump(state, group, last, notifications, tx));
+    let watch = Watch {
+        notifications,
+        revocations,
+        token_hash: user.token_hash,
+    };
+    tokio::spawn(pump(state, group, last, watch, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }
 
-/// Feeds one stream until the client goes away or the service stops.
-async fn pump(
-    state: AppState,
-    group: Uuid,
-    mut last: i64,
-    mut notifications: broadcast::Receiver<ResultEvent>,
-    tx: mpsc::Sender<Event>,
-) {
+/// What a stream listens to besides its client.
+struct Watch {
+    notifications: broadcast::Receiver<ResultEvent>,
+    revocations: watch::Receiver<u64>,
+    /// SHA-256 of the token the stream was opened with.
+    token_hash: String,
+}
+
+/// The last event of a stream whose token was revoked.
+fn revoked_event() -> Event {
+    Event::default().event("error").data(
+        serde_json::json!({"code": "unauthorized", "error": "the token was revoked; this stream is closed"})
+            .to_string(),
+    )
+}
+
+/// False once the stream's token is known to be revoked (a failed lookup
+/// keeps the stream; the next check decides).
+async fn token_live(state: &AppState, hash: &str) -> bool {
+    auth::still_valid(state, hash).await.unwrap_or(true)
+}
+
+/// Feeds one stream until the client goes away, its token is revoked, or
+/// the service stops.
+async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mpsc::Sender<Event>) {
+    let Watch {
+        mut notifications,
+        mut revocations,
+        token_hash,
+    } = watch;
     let mut stale = true;
     loop {
         if stale {
@@ -118,15 +150,29 @@ async fn pump(
                 }
             }
         }
-        stale = tokio::select! {
-            n = notifications.recv() => match n {
-                Ok((g, seq)) => g == group && seq > last,
-                Err(broadcast::error::RecvError::Lagged(_)) => true,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+        let check = tokio::select! {
+            n = notifications.recv() => {
+                stale = match n {
+                    Ok((g, seq)) => g == group && seq > last,
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                false
+            }
+            _ = crate::revocation::next(&mut revocations) => true,
+            // Silence: the response sends a keep-alive about now.
+            _ = tokio::time::sleep(KEEP_ALIVE) => true,
             _ = tx.closed() => return,
             _ = state.shutting_down() => return,
         };
+        if check {
+            stale = false;
+            if !token_live(&state, &token_hash).await {
+                tracing::info!(%group, "result stream closed: its token was revoked");
+                let _ = tx.send(revoked_event()).await;
+                return;
+            }
+        }
     }
 }
 
@@ -145,19 +191,20 @@ async fn send_after(
             .read(move |c| db_tasks::results_after(c, group, after, PAGE))
             .await?;
         let full = rows.len() == PAGE;
-        for row in rows {
+        for row in &rows {
             let Some(seq) = row.result_seq.filter(|s| *s > *last) else {
                 continue;
             };
             let event = Event::default()
                 .id(seq.to_string())
                 .event("result")
-                .data(task_document(&row).to_string());
+                .data(task_document(row).to_string());
             if tx.send(event).await.is_err() {
                 return Ok(false);
             }
             *last = seq;
         }
+        mark_fetched(state, &rows.iter().collect::<Vec<_>>());
         if !full {
             return Ok(true);
         }
@@ -215,7 +262,11 @@ mod tests {
                     display_name: "ep".into(),
                     metadata: serde_json::json!({}),
                 };
-                let endpoint = catalog::register_endpoint(c, owner, &reg, "cred")?;
+                let cred = catalog::StoredToken {
+                    hash: "cred".into(),
+                    prefix: "cred".into(),
+                };
+                let endpoint = catalog::register_endpoint(c, owner, &reg, &cred)?;
                 let f = FunctionRow {
                     id: function,
                     name: "f".into(),
@@ -235,6 +286,7 @@ mod tests {
                         tasks: new_tasks,
                         result_serializers: "[]".into(),
                         resource_spec: None,
+                        idempotency: None,
                     },
                 )?;
                 Ok(endpoint)
@@ -245,13 +297,12 @@ mod tests {
 
         // A reader that holds one event and reads nothing more.
         let (tx, mut rx) = mpsc::channel(1);
-        let pump = tokio::spawn(pump(
-            state.clone(),
-            group,
-            0,
-            state.live.subscribe_results(),
-            tx,
-        ));
+        let watch = Watch {
+            notifications: state.live.subscribe_results(),
+            revocations: state.revocations.subscribe(),
+            token_hash: "unused".into(),
+        };
+        let pump = tokio::spawn(pump(state.clone(), group, 0, watch, tx));
         let first = rx.recv().await.unwrap();
         // Ten more results overflow the 4-slot notification channel.
         finish(&state, endpoint, &ids[2..]).await;

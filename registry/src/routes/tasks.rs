@@ -1,140 +1,41 @@
-//! Submitting tasks and reading them back: `POST /v3/endpoints/{id}/submit`,
-//! `GET /v2/tasks/{id}`, `POST /v2/batch_status`, `GET /v2/taskgroup/{id}`,
-//! and the task document they (and the result stream) share.
+//! Reading tasks back: `GET /v2/tasks/{id}`, `POST /v2/batch_status`,
+//! `GET /v2/taskgroup/{id}`, and the task document they (and the result
+//! stream) share. Reading a final task's result marks it fetched, so the
+//! result TTL no longer applies to it.
 
-use std::collections::HashSet;
-use std::fmt;
+use std::convert::Infallible;
 
+use axum::body::Bytes;
 use axum::extract::State;
-use hpfaas_protocol::task::TaskState;
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::auth::User;
-use crate::db::tasks::{self as db_tasks, NewTask, Submission, TaskRow};
+use crate::db::tasks::{self as db_tasks, TaskRow};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
 use crate::routes::time_str;
 use crate::state::AppState;
 
-/// `{function_id: [payload, ...]}` in the order sent, so task ids follow
-/// the client's order.
-#[derive(Debug, Default)]
-pub struct OrderedTasks(Vec<(String, Vec<String>)>);
+/// Tasks read per query when listing a task group.
+const GROUP_PAGE: usize = 10_000;
 
-impl<'de> Deserialize<'de> for OrderedTasks {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedTasks;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object mapping function ids to lists of payload strings")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedTasks, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Vec<String>>()? {
-                    out.push(entry);
-                }
-                Ok(OrderedTasks(out))
-            }
-        }
-        d.deserialize_map(V)
+/// Marks these final tasks fetched, without waiting (the next read would
+/// just mark them again).
+pub fn mark_fetched(state: &AppState, rows: &[&TaskRow]) {
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .filter(|t| t.state.is_final() && !t.fetched)
+        .map(|t| t.id)
+        .collect();
+    if !ids.is_empty() {
+        let _ = state
+            .db
+            .enqueue(move |c, _| db_tasks::mark_fetched(c, &ids));
     }
-}
-
-/// Body of `POST /v3/endpoints/{id}/submit` (Globus Compute's shape).
-#[derive(Debug, Deserialize)]
-pub struct SubmitBody {
-    tasks: OrderedTasks,
-    #[serde(default)]
-    task_group_id: Option<Uuid>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    create_queue: Option<bool>,
-    #[serde(default)]
-    result_serializers: Option<Vec<String>>,
-    #[serde(default)]
-    resource_specification: Option<Map<String, Value>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    user_endpoint_config: Option<Value>,
-}
-
-/// `POST /v3/endpoints/{id}/submit`: answered only once the tasks are
-/// committed.
-pub async fn submit(
-    State(state): State<AppState>,
-    user: User,
-    IdPath(raw): IdPath,
-    Json(body): Json<SubmitBody>,
-) -> ApiResult<axum::Json<Value>> {
-    let endpoint = parse_id("endpoint", &raw)?;
-    let mut functions = Vec::new();
-    let mut seen = HashSet::new();
-    let mut new_tasks = Vec::new();
-    let mut echo = Map::new();
-    for (key, payloads) in body.tasks.0 {
-        let function = Uuid::parse_str(&key).map_err(|e| {
-            ApiError::bad_request(format!(
-                "invalid function id {key:?} in `tasks`: not a UUID ({e})"
-            ))
-        })?;
-        if echo.contains_key(&key) {
-            return Err(ApiError::bad_request(format!(
-                "function id {key} appears twice in `tasks`"
-            )));
-        }
-        if seen.insert(function) {
-            functions.push((key.clone(), function));
-        }
-        let ids: Vec<Uuid> = payloads
-            .into_iter()
-            .map(|payload| {
-                let id = Uuid::new_v4();
-                new_tasks.push(NewTask {
-                    id,
-                    function,
-                    payload,
-                });
-                id
-            })
-            .collect();
-        echo.insert(key, json!(ids));
-    }
-    let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
-    let online = state.live.is_online(endpoint);
-    let count = new_tasks.len();
-    let submission = Submission {
-        owner: user.id,
-        endpoint,
-        group,
-        state: if online {
-            TaskState::Received
-        } else {
-            TaskState::WaitingForEp
-        },
-        functions,
-        tasks: new_tasks,
-        result_serializers: json!(body.result_serializers.unwrap_or_default()).to_string(),
-        resource_spec: body
-            .resource_specification
-            .map(|m| Value::Object(m).to_string()),
-    };
-    state
-        .db
-        .write(move |c, _| db_tasks::submit(c, &submission))
-        .await?;
-    if count > 0 {
-        state.live.poke(endpoint);
-    }
-    Ok(axum::Json(json!({
-        "request_id": Uuid::new_v4(),
-        "task_group_id": group,
-        "endpoint_id": endpoint,
-        "tasks": echo,
-    })))
 }
 
 /// The task document of docs/api.md.
@@ -151,9 +52,11 @@ pub fn task_document(t: &TaskRow) -> Value {
     if let Some(result) = &t.result {
         doc["result"] = json!(result);
     }
-    if t.state == TaskState::Failed {
+    // Failed, cancelled (`TaskCancelled`), or a result that expired
+    // (`ResultExpired`, whatever the status).
+    if let Some(exc_type) = &t.exc_type {
         doc["exception"] = json!(t.exc_traceback.as_deref().unwrap_or(""));
-        doc["exception_type"] = json!(t.exc_type.as_deref().unwrap_or(""));
+        doc["exception_type"] = json!(exc_type);
         doc["exception_message"] = json!(t.exc_message.as_deref().unwrap_or(""));
     }
     if let Some(done) = t.completed {
@@ -174,6 +77,7 @@ pub async fn get(
         .read(move |c| db_tasks::get_task(c, user.id, id))
         .await?
         .ok_or_else(|| ApiError::not_found_id("task", &raw))?;
+    mark_fetched(&state, &[&task]);
     Ok(axum::Json(task_document(&task)))
 }
 
@@ -195,13 +99,18 @@ pub async fn batch_status(
         .into_iter()
         .map(|raw| parse_id("task", &raw).map(|id| (raw, id)))
         .collect::<ApiResult<Vec<_>>>()?;
-    let results = state
+    let (results, rows) = state
         .db
         .read(move |c| {
             let mut results = Map::new();
+            let mut rows = Vec::new();
             for (raw, id) in ids {
                 let doc = match db_tasks::get_task(c, user.id, id)? {
-                    Some(task) => task_document(&task),
+                    Some(task) => {
+                        let doc = task_document(&task);
+                        rows.push(task);
+                        doc
+                    }
                     None => json!({
                         "task_id": raw,
                         "status": "unknown",
@@ -211,32 +120,84 @@ pub async fn batch_status(
                 };
                 results.insert(raw, doc);
             }
-            Ok(results)
+            Ok((results, rows))
         })
         .await?;
+    mark_fetched(&state, &rows.iter().collect::<Vec<_>>());
     Ok(axum::Json(json!({"response": "batch", "results": results})))
 }
 
-/// `GET /v2/taskgroup/{id}`.
+/// `GET /v2/taskgroup/{id}`: written in pages as it is read, so a group of
+/// a million tasks never sits in memory whole.
 pub async fn taskgroup(
     State(state): State<AppState>,
     user: User,
     IdPath(raw): IdPath,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<Response> {
     let id = parse_id("task group", &raw)?;
-    let tasks = state
+    let first = state
         .db
         .read(move |c| {
             if db_tasks::group_owner(c, id)? != Some(user.id) {
                 return Ok(None);
             }
-            db_tasks::group_tasks(c, id).map(Some)
+            db_tasks::group_tasks(c, id, 0, GROUP_PAGE).map(Some)
         })
         .await?
         .ok_or_else(|| ApiError::not_found_id("task group", &raw))?;
-    let tasks: Vec<Value> = tasks
-        .into_iter()
-        .map(|(task, function, status)| json!({"id": task, "function_id": function, "status": status}))
-        .collect();
-    Ok(axum::Json(json!({"taskgroup_id": id, "tasks": tasks})))
+    let head = format!(r#"{{"taskgroup_id":"{id}","tasks":["#);
+    // (rows to write, cursor, rows written so far, finished)
+    let start = (Some(first), 0i64, 0usize, false);
+    let pages = futures_util::stream::unfold(start, move |(rows, cursor, written, done)| {
+        let state = state.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let rows = match rows {
+                Some(rows) => rows,
+                None => {
+                    match state
+                        .db
+                        .read(move |c| db_tasks::group_tasks(c, id, cursor, GROUP_PAGE))
+                        .await
+                    {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            // The status is sent already: cut the body short,
+                            // which the client sees as malformed JSON.
+                            tracing::error!(group = %id, error = %e, "listing a task group failed");
+                            return None;
+                        }
+                    }
+                }
+            };
+            let full = rows.len() == GROUP_PAGE;
+            let mut chunk = String::with_capacity(rows.len() * 120 + 2);
+            let mut next = cursor;
+            for (i, (rid, task, function, status)) in rows.iter().enumerate() {
+                if written + i > 0 {
+                    chunk.push(',');
+                }
+                let item = json!({"id": task, "function_id": function, "status": status});
+                chunk.push_str(&item.to_string());
+                next = *rid;
+            }
+            let written = written + rows.len();
+            if !full {
+                chunk.push_str("]}");
+            }
+            Some((
+                Ok::<_, Infallible>(Bytes::from(chunk)),
+                (None, next, written, !full),
+            ))
+        }
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) })
+        .chain(pages);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

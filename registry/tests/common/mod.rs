@@ -48,6 +48,13 @@ impl TestService {
     fn start_in(dir: PathBuf, tweak: fn(&mut ServiceConfig)) -> TestService {
         let mut config = ServiceConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
         tweak(&mut config);
+        Self::start_config(config, tweak)
+    }
+
+    /// Starts a service with this exact configuration (its data_dir is
+    /// removed when the service is dropped).
+    pub fn start_config(config: ServiceConfig, tweak: fn(&mut ServiceConfig)) -> TestService {
+        let dir = config.data_dir.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -116,6 +123,11 @@ impl TestService {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// A fresh temporary data directory path (not created).
+    pub fn fresh_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("hpfaas-registry-test-{}", uuid::Uuid::new_v4()))
+    }
 }
 
 impl Drop for TestService {
@@ -138,6 +150,18 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub content_type: String,
+    /// (lowercase name, value) of every header.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The value of header `name` (lowercase), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Answer {
@@ -182,7 +206,22 @@ impl Http {
         }
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
+    /// A client for `base` (e.g. `https://...`) using `agent`.
+    pub fn with_agent(base: String, token: Option<String>, agent: ureq::Agent) -> Http {
+        Http { base, token, agent }
+    }
+
+    /// The same client acting with another token.
+    pub fn as_token(&self, token: &str) -> Http {
+        Http {
+            base: self.base.clone(),
+            token: Some(token.to_string()),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// A request with the token set, for custom headers.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
         let req = self
             .agent
             .request(method, &format!("{}{}", self.base, path));
@@ -192,7 +231,12 @@ impl Http {
         }
     }
 
-    fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
+    /// Sends a prepared request with a JSON body.
+    pub fn send(&self, req: ureq::Request, body: &Value) -> Answer {
+        Self::answer(req.send_json(body))
+    }
+
+    pub fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
         let resp = match result {
             Ok(resp) => resp,
             Err(ureq::Error::Status(_, resp)) => resp,
@@ -200,6 +244,14 @@ impl Http {
         };
         let status = resp.status();
         let content_type = resp.header("content-type").unwrap_or("").to_string();
+        let headers: Vec<(String, String)> = resp
+            .headers_names()
+            .into_iter()
+            .map(|n| {
+                let v = resp.header(&n).unwrap_or("").to_string();
+                (n, v)
+            })
+            .collect();
         let text = resp.into_string().expect("body");
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"));
@@ -208,6 +260,7 @@ impl Http {
             status,
             body,
             content_type,
+            headers,
         }
     }
 
@@ -415,17 +468,32 @@ pub struct Closed {
 impl Agent {
     /// Opens the WebSocket for `endpoint` with `token`.
     pub fn connect(addr: SocketAddr, endpoint: &str, token: &str) -> Result<Agent, Rejected> {
+        Self::connect_url(&format!("ws://{addr}"), endpoint, token, None)
+    }
+
+    /// Opens the WebSocket at `base` (`ws://...` or `wss://...`), with a
+    /// TLS connector for `wss`.
+    pub fn connect_url(
+        base: &str,
+        endpoint: &str,
+        token: &str,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> Result<Agent, Rejected> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let mut req = format!("ws://{addr}/v3/endpoints/{endpoint}/connect")
+        let mut req = format!("{base}/v3/endpoints/{endpoint}/connect")
             .into_client_request()
             .unwrap();
         req.headers_mut()
             .insert("Authorization", format!("Bearer {token}").parse().unwrap());
         let result = rt.block_on(async {
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await
+            tokio::time::timeout(
+                WAIT,
+                tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector),
+            )
+            .await
         });
         match result.expect("WebSocket connect timed out") {
             Ok((ws, _)) => Ok(Agent { rt, ws }),
@@ -462,12 +530,40 @@ impl Agent {
 
     /// Sends hello and returns the answer (welcome or refusal).
     pub fn hello(&mut self, host: &str, pid: u32) -> ServiceMessage {
+        self.hello_with(host, pid, vec![], false)
+    }
+
+    /// Sends a hello declaring a policy; returns the answer.
+    pub fn hello_with(
+        &mut self,
+        host: &str,
+        pid: u32,
+        allowed_functions: Vec<uuid::Uuid>,
+        json_only: bool,
+    ) -> ServiceMessage {
         self.send(&AgentMessage::Hello {
             version: hpfaas_protocol::PROTOCOL_VERSION,
             host: host.into(),
             pid,
+            allowed_functions,
+            json_only,
         });
         self.recv().expect("an answer to hello")
+    }
+
+    /// Connects and says a hello declaring a policy; panics unless welcomed.
+    pub fn online_with_policy(
+        addr: SocketAddr,
+        endpoint: &str,
+        credential: &str,
+        allowed_functions: Vec<uuid::Uuid>,
+        json_only: bool,
+    ) -> Agent {
+        let mut agent = Agent::connect(addr, endpoint, credential).expect("connect");
+        match agent.hello_with("login1", 4242, allowed_functions, json_only) {
+            ServiceMessage::Welcome { .. } => agent,
+            other => panic!("expected welcome, got {other:?}"),
+        }
     }
 
     pub fn send(&mut self, msg: &AgentMessage) {
@@ -585,4 +681,69 @@ pub fn tasks_in_db(dir: &Path) -> Vec<(String, String)> {
         .unwrap();
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// A UUID from a JSON string.
+pub fn uuid(v: &Value) -> uuid::Uuid {
+    uuid::Uuid::parse_str(v.as_str().expect("a uuid string")).expect("a uuid")
+}
+
+/// A successful result.
+pub fn success(id: uuid::Uuid, result: &str) -> hpfaas_protocol::task::TaskResult {
+    hpfaas_protocol::task::TaskResult {
+        task_id: id,
+        outcome: hpfaas_protocol::task::Outcome::Success {
+            result: result.into(),
+        },
+        completed_at: 1_700_000_000.5,
+    }
+}
+
+/// A failed result.
+pub fn failure(id: uuid::Uuid) -> hpfaas_protocol::task::TaskResult {
+    hpfaas_protocol::task::TaskResult::failed(
+        id,
+        hpfaas_protocol::task::ExceptionInfo {
+            exc_type: "ZeroDivisionError".into(),
+            message: "division by zero".into(),
+            traceback: "Traceback (most recent call last):\nZeroDivisionError: division by zero"
+                .into(),
+        },
+    )
+}
+
+/// The task ids of a submit answer for `function`, in order.
+pub fn task_ids(answer: &Value, function: &str) -> Vec<uuid::Uuid> {
+    answer["tasks"][function]
+        .as_array()
+        .expect("task ids")
+        .iter()
+        .map(uuid)
+        .collect()
+}
+
+impl Agent {
+    /// The ids of the next `Cancel` frame (skipping result acks).
+    pub fn recv_cancel(&mut self) -> Vec<uuid::Uuid> {
+        loop {
+            match self.recv() {
+                Some(ServiceMessage::Cancel { task_ids }) => return task_ids,
+                Some(ServiceMessage::ResultAck { .. }) => continue,
+                other => panic!("expected a cancel, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The process's resident memory (`VmRSS`) and its peak (`VmHWM`), KiB.
+pub fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -1,0 +1,158 @@
+//! Cancelling tasks: a task that is not final becomes `cancelled` (a final
+//! state with `TaskCancelled`, so it reaches the result streams like any
+//! other), leaves the dispatch queue, and is flagged `cancel_pending` until
+//! its endpoint's agent answers the cancel (an `Ack`, or a late result,
+//! which is acknowledged and dropped).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{now, uuid_col, WriteCtx};
+use crate::error::{ApiError, ApiResult};
+
+/// A task just cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The task.
+    pub task: Uuid,
+    /// Its group, for the result streams.
+    pub group: Uuid,
+    /// Its `result_seq`.
+    pub seq: i64,
+    /// Its endpoint, to tell the agent.
+    pub endpoint: Uuid,
+}
+
+/// The exception message of a cancelled task: who and when.
+pub fn message(user: &str, at: f64) -> String {
+    format!(
+        "cancelled by user {user} at {} (unix time {at:.3})",
+        crate::routes::rfc3339(at)
+    )
+}
+
+fn cancel_row(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    rid: i64,
+    text: &str,
+    at: f64,
+) -> ApiResult<Option<Cancelled>> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = 'cancelled', done = 1, result = NULL,
+                exc_type = 'TaskCancelled', exc_message = ?2, exc_traceback = ?3,
+                completed = ?4, stored = ?4, result_seq = ?5, result_fate = 1,
+                cancel_pending = 1, payload = ''
+         WHERE rid = ?1 AND done = 0
+         RETURNING id, group_id, endpoint_id",
+    )?;
+    let seq = ctx.next_result_seq;
+    let traceback = format!("TaskCancelled: {text}");
+    let row = st
+        .query_row(params![rid, text, traceback, at, seq], |r| {
+            Ok(Cancelled {
+                task: uuid_col(r, 0)?,
+                group: uuid_col(r, 1)?,
+                endpoint: uuid_col(r, 2)?,
+                seq,
+            })
+        })
+        .optional()?;
+    if row.is_some() {
+        ctx.next_result_seq += 1;
+    }
+    Ok(row)
+}
+
+/// Cancels `owner`'s task `id`: 404 if it is not theirs, 409 naming its
+/// state if it is final already.
+pub fn cancel_task(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    owner: i64,
+    user_name: &str,
+    id: Uuid,
+) -> ApiResult<Cancelled> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT rid, state FROM tasks WHERE id = ?1 AND owner = ?2")?
+        .query_row(params![id.to_string(), owner], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((rid, state)) = row else {
+        return Err(ApiError::not_found_id("task", id));
+    };
+    let at = now();
+    cancel_row(conn, ctx, rid, &message(user_name, at), at)?.ok_or_else(|| {
+        ApiError::conflict(format!(
+            "task {id} is already {state}; only a task that has not finished can be cancelled"
+        ))
+    })
+}
+
+/// Cancels up to `limit` non-final tasks of `owner`'s group after `after_rid`
+/// (a cursor, so a huge group is done in bounded steps); returns them and
+/// the cursor to continue from (`None` when the group is done).
+pub fn cancel_group_page(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    owner: i64,
+    user_name: &str,
+    group: Uuid,
+    after_rid: i64,
+    limit: usize,
+) -> ApiResult<(Vec<Cancelled>, Option<i64>)> {
+    let rids: Vec<i64> = {
+        let mut st = conn.prepare_cached(
+            "SELECT rid FROM tasks WHERE group_id = ?1 AND owner = ?2 AND rid > ?3 AND done = 0
+             ORDER BY rid LIMIT ?4",
+        )?;
+        let rows = st.query_map(
+            params![group.to_string(), owner, after_rid, limit as i64],
+            |r| r.get(0),
+        )?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let at = now();
+    let text = message(user_name, at);
+    let mut out = Vec::with_capacity(rids.len());
+    for rid in &rids {
+        out.extend(cancel_row(conn, ctx, *rid, &text, at)?);
+    }
+    let next = (rids.len() == limit).then(|| rids.last().copied().unwrap_or(after_rid));
+    Ok((out, next))
+}
+
+/// The agent has answered the cancel of task `id` (an ack or a result).
+pub fn cancel_delivered(conn: &Connection, id: &str, endpoint: &str) -> ApiResult<()> {
+    conn.prepare_cached(
+        "UPDATE tasks SET cancel_pending = 0 WHERE id = ?1 AND endpoint_id = ?2 AND cancel_pending = 1",
+    )?
+    .execute(params![id, endpoint])?;
+    Ok(())
+}
+
+/// Cancelled tasks of `endpoint` whose cancel the agent has not answered,
+/// after `after_seq` in cancellation order (`result_seq`, assigned when
+/// cancelled, so a cursor never skips a later cancel), at most `limit`;
+/// with the cursor to continue from.
+pub fn pending_cancels(
+    conn: &Connection,
+    endpoint: Uuid,
+    after_seq: i64,
+    limit: usize,
+) -> ApiResult<(Vec<Uuid>, i64)> {
+    let mut st = conn.prepare_cached(
+        "SELECT result_seq, id FROM tasks
+         WHERE endpoint_id = ?1 AND cancel_pending = 1 AND result_seq > ?2
+         ORDER BY result_seq LIMIT ?3",
+    )?;
+    let mut last = after_seq;
+    let mut ids = Vec::new();
+    let mut rows = st.query(params![endpoint.to_string(), after_seq, limit as i64])?;
+    while let Some(r) = rows.next()? {
+        last = r.get(0)?;
+        ids.push(uuid_col(r, 1)?);
+    }
+    Ok((ids, last))
+}

@@ -1,0 +1,125 @@
+//! The periodic purge: every `purge_interval`, expire unfetched results past
+//! the result TTL, then delete finished tasks, idempotency keys and empty
+//! task groups past the retention period ([`crate::db::purge`]). Each step
+//! is one short writer job of at most [`BATCH`] rows, repeated until nothing
+//! is left, so a purge of millions of rows never holds the writer for long.
+
+use std::time::Duration;
+
+use crate::db::{self, purge};
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+/// Rows per writer job.
+pub const BATCH: usize = 1000;
+
+/// What one purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Results expired.
+    pub expired: usize,
+    /// Finished tasks deleted.
+    pub tasks: usize,
+    /// Idempotency keys deleted.
+    pub keys: usize,
+    /// Empty task groups deleted.
+    pub groups: usize,
+}
+
+/// `7d`, `12h`, `90s`: a duration as people write it.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    // (`is_multiple_of` is newer than the workspace's rust-version.)
+    let whole = |unit: u64| s / unit * unit == s;
+    if d.subsec_nanos() != 0 || s == 0 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else if whole(86_400) {
+        format!("{}d", s / 86_400)
+    } else if whole(3600) {
+        format!("{}h", s / 3600)
+    } else if whole(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Repeats `step` (rows handled per call) until a call handles less than a
+/// full batch or the service stops.
+async fn drain<F>(state: &AppState, step: F) -> ApiResult<usize>
+where
+    F: Fn(&rusqlite::Connection) -> ApiResult<usize> + Clone + Send + 'static,
+{
+    let mut total = 0;
+    loop {
+        let step = step.clone();
+        let n = state.db.write(move |c, _| step(c)).await?;
+        total += n;
+        if n < BATCH || *state.shutdown.borrow() {
+            return Ok(total);
+        }
+    }
+}
+
+/// One purge pass, now.
+pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
+    let now = db::now();
+    let ttl = state.config.result_ttl;
+    let ttl_cut = now - ttl.as_secs_f64();
+    let keep_cut = now - state.config.retention.as_secs_f64();
+    let ttl_text = human(ttl);
+    let expired = drain(state, move |c| {
+        purge::expire_results(c, ttl_cut, BATCH, &ttl_text)
+    })
+    .await?;
+    let tasks = drain(state, move |c| purge::delete_finished(c, keep_cut, BATCH)).await?;
+    let keys = drain(state, move |c| purge::delete_keys(c, keep_cut, BATCH)).await?;
+    let groups = drain(state, move |c| {
+        purge::delete_empty_groups(c, keep_cut, BATCH)
+    })
+    .await?;
+    Ok(Purged {
+        expired,
+        tasks,
+        keys,
+        groups,
+    })
+}
+
+/// Purges every `purge_interval` until shutdown.
+pub async fn run(state: AppState) {
+    let period = state.config.purge_interval.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutting_down() => return,
+        }
+        match purge_once(&state).await {
+            Ok(p) if p != Purged::default() => tracing::info!(
+                expired = p.expired,
+                tasks = p.tasks,
+                keys = p.keys,
+                groups = p.groups,
+                "purged expired results and old records"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purge failed; trying again next period"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_flags() {
+        assert_eq!(human(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(human(Duration::from_secs(7200)), "2h");
+        assert_eq!(human(Duration::from_secs(120)), "2m");
+        assert_eq!(human(Duration::from_secs(61)), "61s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.500s");
+    }
+}

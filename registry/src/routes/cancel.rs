@@ -1,0 +1,99 @@
+//! `POST /v3/tasks/{id}/cancel` and `POST /v3/taskgroup/{id}/cancel`: the
+//! owner cancels tasks that have not finished. Each becomes `cancelled`
+//! (`TaskCancelled`, naming who and when), leaves dispatch, appears in the
+//! result stream like any final task, and its endpoint's agent is told with
+//! `ServiceMessage::Cancel` (now if connected, else when it reconnects).
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use serde_json::{json, Value};
+
+use crate::auth::User;
+use crate::db::cancel::{self, Cancelled};
+use crate::db::tasks as db_tasks;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, IdPath};
+use crate::state::AppState;
+
+/// Tasks of a group cancelled per writer job.
+const GROUP_BATCH: usize = 2000;
+
+/// Announces cancelled tasks to the result streams and their endpoints.
+fn announce(state: &AppState, cancelled: &[Cancelled]) {
+    let mut endpoints = BTreeSet::new();
+    for c in cancelled {
+        state.live.publish_result((c.group, c.seq));
+        endpoints.insert(c.endpoint);
+    }
+    for endpoint in endpoints {
+        state.live.poke(endpoint);
+    }
+}
+
+/// `POST /v3/tasks/{id}/cancel`.
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id("task", &raw)?;
+    let name = user.name.clone();
+    let cancelled = state
+        .db
+        .write(move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id))
+        .await?;
+    announce(&state, std::slice::from_ref(&cancelled));
+    tracing::info!(task = %id, user = %user.name, "task cancelled");
+    Ok(axum::Json(json!({"task_id": id, "status": "cancelled"})))
+}
+
+/// `POST /v3/taskgroup/{id}/cancel`: every task of the group not final yet,
+/// in bounded batches.
+pub async fn cancel_group(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let group = parse_id("task group", &raw)?;
+    let owner = state
+        .db
+        .read(move |c| db_tasks::group_owner(c, group))
+        .await?;
+    if owner != Some(user.id) {
+        return Err(ApiError::not_found_id("task group", &raw));
+    }
+    let mut cursor = 0i64;
+    let mut total = 0usize;
+    loop {
+        let name = user.name.clone();
+        let (cancelled, next) = state
+            .db
+            .write(move |c, ctx| {
+                cancel::cancel_group_page(c, ctx, user.id, &name, group, cursor, GROUP_BATCH)
+            })
+            .await?;
+        total += cancelled.len();
+        announce(&state, &cancelled);
+        match next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    tracing::info!(%group, user = %user.name, tasks = total, "task group cancelled");
+    Ok(axum::Json(
+        json!({"taskgroup_id": group, "status": "cancelled", "cancelled": total}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_says_who_and_when() {
+        let m = cancel::message("alice", 1_700_000_000.25);
+        assert!(m.contains("alice"), "{m}");
+        assert!(m.contains("2023-11-14T22:13:20"), "{m}");
+    }
+}

@@ -1,0 +1,488 @@
+//! `POST /v3/endpoints/{id}/submit`: the submit body (read with the task
+//! limit enforced while parsing, so an oversized batch never fills memory),
+//! idempotency keys, the endpoint's policy, and storing the tasks.
+//!
+//! The answer is given only once the tasks are committed. A request with an
+//! idempotency key (header `Idempotency-Key` or body `idempotency_key`) that
+//! was seen before from the same user gets the first answer again and
+//! creates nothing; the same key on a different request is `409`.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use hpfaas_protocol::payload::{strategy_of, unpack, STRATEGY_JSON};
+use hpfaas_protocol::task::TaskState;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::User;
+use crate::db::catalog::{self, EndpointPolicy};
+use crate::db::idempotency::validate_key;
+use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, parse_json_seed, Body, IdPath};
+use crate::state::AppState;
+
+/// The header carrying an idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Set on an answer replayed for a known idempotency key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Body of a submit (Globus Compute's shape, plus `idempotency_key`).
+#[derive(Debug, Default)]
+pub struct SubmitBody {
+    /// `{function_id: [payload, ...]}` in the order sent.
+    pub tasks: Vec<(String, Vec<String>)>,
+    /// Client-chosen task group.
+    pub task_group_id: Option<Uuid>,
+    /// Strategy ids accepted for results.
+    pub result_serializers: Option<Vec<String>>,
+    /// Free JSON object handed to the endpoint.
+    pub resource_specification: Option<Map<String, Value>>,
+    /// Idempotency key given in the body.
+    pub idempotency_key: Option<String>,
+}
+
+/// Reads a submit body, refusing more than `max_tasks` tasks with `413`
+/// as soon as the limit is passed.
+pub fn parse_submit(bytes: &[u8], max_tasks: usize) -> ApiResult<SubmitBody> {
+    let over = Cell::new(false);
+    let seed = BodySeed {
+        max_tasks,
+        over: &over,
+    };
+    parse_json_seed(bytes, seed).map_err(|e| {
+        if over.get() {
+            ApiError::payload_too_large(format!(
+                "the submit holds more than {max_tasks} tasks, the service's limit per submit \
+                 (--max-tasks-per-submit); split it into several submits"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+struct BodySeed<'a> {
+    max_tasks: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = SubmitBody;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SubmitBody, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_> {
+    type Value = SubmitBody;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a submit object with `tasks`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SubmitBody, A::Error> {
+        let mut body = SubmitBody::default();
+        let mut seen = HashSet::new();
+        let mut has_tasks = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(A::Error::custom(format!("duplicate field `{key}`")));
+            }
+            match key.as_str() {
+                "tasks" => {
+                    has_tasks = true;
+                    body.tasks = map.next_value_seed(TasksSeed {
+                        max_tasks: self.max_tasks,
+                        over: self.over,
+                    })?;
+                }
+                "task_group_id" => body.task_group_id = map.next_value()?,
+                "result_serializers" => body.result_serializers = map.next_value()?,
+                "resource_specification" => body.resource_specification = map.next_value()?,
+                "idempotency_key" => body.idempotency_key = map.next_value()?,
+                "create_queue" => {
+                    let _: Option<bool> = map.next_value()?;
+                }
+                // `user_endpoint_config` and keys of newer clients.
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !has_tasks {
+            return Err(A::Error::missing_field("tasks"));
+        }
+        Ok(body)
+    }
+}
+
+/// `{function_id: [payload, ...]}`, counting tasks as they are read.
+struct TasksSeed<'a> {
+    max_tasks: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for TasksSeed<'_> {
+    type Value = Vec<(String, Vec<String>)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TasksSeed<'_> {
+    type Value = Vec<(String, Vec<String>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object mapping function ids to lists of payload strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        let mut count = 0usize;
+        while let Some(key) = map.next_key::<String>()? {
+            let payloads = map.next_value_seed(PayloadsSeed {
+                max_tasks: self.max_tasks,
+                over: self.over,
+                count: &mut count,
+            })?;
+            out.push((key, payloads));
+        }
+        Ok(out)
+    }
+}
+
+struct PayloadsSeed<'a, 'c> {
+    max_tasks: usize,
+    over: &'a Cell<bool>,
+    count: &'c mut usize,
+}
+
+impl<'de> DeserializeSeed<'de> for PayloadsSeed<'_, '_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadsSeed<'_, '_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of payload strings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(payload) = seq.next_element::<String>()? {
+            *self.count += 1;
+            if *self.count > self.max_tasks {
+                self.over.set(true);
+                return Err(A::Error::custom(format!(
+                    "more than {} tasks in one submit",
+                    self.max_tasks
+                )));
+            }
+            out.push(payload);
+        }
+        Ok(out)
+    }
+}
+
+/// The idempotency key of a request: header or body field (equal if both).
+fn idempotency_key(headers: &HeaderMap, body: &SubmitBody) -> ApiResult<Option<String>> {
+    let header = match headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(h) => {
+            let text = h.to_str().map_err(|_| {
+                ApiError::bad_request("invalid Idempotency-Key header: not printable ASCII")
+            })?;
+            validate_key(text, "Idempotency-Key header")?;
+            Some(text.to_string())
+        }
+    };
+    if let Some(key) = &body.idempotency_key {
+        validate_key(key, "idempotency_key")?;
+    }
+    match (header, &body.idempotency_key) {
+        (Some(h), Some(b)) if h != *b => Err(ApiError::bad_request(format!(
+            "the Idempotency-Key header ({h:?}) and the body's idempotency_key ({b:?}) differ; \
+             send one key"
+        ))),
+        (Some(h), _) => Ok(Some(h)),
+        (None, b) => Ok(b.clone()),
+    }
+}
+
+/// SHA-256 over what a request asks: its endpoint and its exact body.
+fn request_hash(endpoint: Uuid, bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(endpoint.as_bytes());
+    h.update(bytes);
+    hex::encode(h.finalize())
+}
+
+/// Checks the tasks against what the endpoint declared it runs.
+fn check_policy(endpoint: Uuid, policy: &EndpointPolicy, body: &SubmitBody) -> ApiResult<()> {
+    let mut index = 0usize;
+    for (key, payloads) in &body.tasks {
+        if !policy.allowed_functions.is_empty() {
+            // A key that is no UUID is refused with 400 after this.
+            let allowed =
+                Uuid::parse_str(key).map_or(true, |f| policy.allowed_functions.contains(&f));
+            if !allowed {
+                return Err(ApiError::forbidden(format!(
+                    "function {key} is not in the allowed_functions of endpoint {endpoint}"
+                )));
+            }
+        }
+        if policy.json_only {
+            for (i, payload) in payloads.iter().enumerate() {
+                let buffers = unpack(payload).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "task index {} (tasks[{key:?}][{i}]): its payload is not packed buffers \
+                         ({e}); endpoint {endpoint} accepts only JSON (11\\n) arguments",
+                        index + i
+                    ))
+                })?;
+                for buffer in buffers {
+                    if strategy_of(buffer) != Some(STRATEGY_JSON) {
+                        let strategy: String = buffer.chars().take(3).collect();
+                        return Err(ApiError::bad_request(format!(
+                            "task index {} (tasks[{key:?}][{i}]) has a buffer with strategy \
+                             {strategy:?}; endpoint {endpoint} accepts only JSON (11\\n) arguments",
+                            index + i,
+                        )));
+                    }
+                }
+            }
+        }
+        index += payloads.len();
+    }
+    Ok(())
+}
+
+/// What the read before a submit found.
+enum Before {
+    /// A retry: the first answer.
+    Replay(String),
+    /// Allowed so far, under this policy.
+    Allowed(EndpointPolicy),
+}
+
+fn json_answer(text: String, replayed: bool) -> Response {
+    let mut resp = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// `POST /v3/endpoints/{id}/submit`.
+pub async fn submit(
+    State(state): State<AppState>,
+    user: User,
+    IdPath(raw): IdPath,
+    headers: HeaderMap,
+    Body(bytes): Body,
+) -> ApiResult<Response> {
+    let endpoint = parse_id("endpoint", &raw)?;
+    let body = parse_submit(&bytes, state.config.max_tasks_per_submit)?;
+    let key = idempotency_key(&headers, &body)?;
+    let request_hash = key.as_ref().map(|_| request_hash(endpoint, &bytes));
+    drop(bytes);
+
+    let probe = key.clone().zip(request_hash.clone());
+    let before = state
+        .db
+        .read(move |c| {
+            if let Some((key, hash)) = probe {
+                let req = IdempotentRequest {
+                    key,
+                    request_hash: hash,
+                    answer: String::new(),
+                };
+                if let Some(answer) = db_tasks::replay(c, user.id, &req)? {
+                    return Ok(Before::Replay(answer));
+                }
+            }
+            let (access, policy) = catalog::endpoint_access(c, user.id, endpoint)?;
+            db_tasks::check_submit_access(c, user.id, endpoint, access)?;
+            Ok(Before::Allowed(policy))
+        })
+        .await?;
+    let policy = match before {
+        Before::Replay(answer) => return Ok(json_answer(answer, true)),
+        Before::Allowed(policy) => policy,
+    };
+    check_policy(endpoint, &policy, &body)?;
+
+    let mut functions = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_tasks = Vec::new();
+    let mut echo = Map::new();
+    for (key, payloads) in body.tasks {
+        let function = Uuid::parse_str(&key).map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid function id {key:?} in `tasks`: not a UUID ({e})"
+            ))
+        })?;
+        if echo.contains_key(&key) {
+            return Err(ApiError::bad_request(format!(
+                "function id {key} appears twice in `tasks`"
+            )));
+        }
+        if seen.insert(function) {
+            functions.push((key.clone(), function));
+        }
+        let ids: Vec<Uuid> = payloads
+            .into_iter()
+            .map(|payload| {
+                let id = Uuid::new_v4();
+                new_tasks.push(NewTask {
+                    id,
+                    function,
+                    payload,
+                });
+                id
+            })
+            .collect();
+        echo.insert(key, json!(ids));
+    }
+    let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
+    let answer = json!({
+        "request_id": Uuid::new_v4(),
+        "task_group_id": group,
+        "endpoint_id": endpoint,
+        "tasks": echo,
+    })
+    .to_string();
+    let online = state.live.is_online(endpoint);
+    let count = new_tasks.len();
+    let submission = Submission {
+        owner: user.id,
+        endpoint,
+        group,
+        state: if online {
+            TaskState::Received
+        } else {
+            TaskState::WaitingForEp
+        },
+        functions,
+        tasks: new_tasks,
+        result_serializers: json!(body.result_serializers.unwrap_or_default()).to_string(),
+        resource_spec: body
+            .resource_specification
+            .map(|m| Value::Object(m).to_string()),
+        idempotency: key
+            .zip(request_hash)
+            .map(|(key, request_hash)| IdempotentRequest {
+                key,
+                request_hash,
+                answer: answer.clone(),
+            }),
+    };
+    let done = state
+        .db
+        .write(move |c, _| db_tasks::submit(c, &submission))
+        .await?;
+    match done {
+        Submitted::Created => {
+            if count > 0 {
+                state.live.poke(endpoint);
+            }
+            Ok(json_answer(answer, false))
+        }
+        Submitted::Replayed(first) => Ok(json_answer(first, true)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_limit_is_enforced_while_parsing() {
+        let f = Uuid::new_v4();
+        let body = json!({"tasks": {f.to_string(): ["a", "b", "c"]}}).to_string();
+        assert_eq!(
+            parse_submit(body.as_bytes(), 3).unwrap().tasks[0].1.len(),
+            3
+        );
+        let e = parse_submit(body.as_bytes(), 2).unwrap_err();
+        assert_eq!(e.code, "payload_too_large");
+        assert!(e.message.contains(" 2 "), "{}", e.message);
+        // Other errors stay 400s naming the field.
+        let e = parse_submit(br#"{"tasks": {"f": [1]}}"#, 10).unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.contains("tasks.f[0]"), "{}", e.message);
+        let e = parse_submit(br#"{"task_group_id": "x"}"#, 10).unwrap_err();
+        assert!(e.message.contains("task_group_id"), "{}", e.message);
+        let e = parse_submit(br#"{"create_queue": true}"#, 10).unwrap_err();
+        assert!(e.message.contains("missing field `tasks`"), "{}", e.message);
+        let e = parse_submit(br#"{"tasks": {}, "tasks": {}}"#, 10).unwrap_err();
+        assert!(e.message.contains("duplicate"), "{}", e.message);
+        let ok = parse_submit(
+            br#"{"tasks": {}, "user_endpoint_config": {"a": [1]}, "idempotency_key": "k", "future": 1}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(ok.idempotency_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn policy_names_the_function_and_the_task_index() {
+        let (ep, f, g) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let body = SubmitBody {
+            tasks: vec![
+                (
+                    f.to_string(),
+                    vec![hpfaas_protocol::payload::pack(&["11\n[1]", "11\n{}"])],
+                ),
+                (
+                    g.to_string(),
+                    vec![
+                        hpfaas_protocol::payload::pack(&["11\n[]", "11\n{}"]),
+                        hpfaas_protocol::payload::pack(&["11\n[]", "00\ngASVAA=="]),
+                    ],
+                ),
+            ],
+            ..Default::default()
+        };
+        let only_f = EndpointPolicy {
+            allowed_functions: vec![f],
+            json_only: false,
+        };
+        let e = check_policy(ep, &only_f, &body).unwrap_err();
+        assert_eq!(e.code, "forbidden");
+        assert!(e.message.contains(&g.to_string()), "{}", e.message);
+        let json_only = EndpointPolicy {
+            allowed_functions: vec![],
+            json_only: true,
+        };
+        let e = check_policy(ep, &json_only, &body).unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.contains("task index 2"), "{}", e.message);
+        assert!(e.message.contains("\"00\\n\""), "{}", e.message);
+        assert!(check_policy(ep, &EndpointPolicy::default(), &body).is_ok());
+    }
+}

@@ -1,0 +1,362 @@
+//! A task's life beyond submit and result: idempotent submits (also across
+//! a restart), cancellation (service side: state, result stream, and the
+//! agent's `Cancel`), and result expiry and retention.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hpfaas_protocol::endpoint::AgentMessage;
+use serde_json::json;
+use uuid::Uuid;
+
+#[test]
+fn an_idempotency_key_makes_a_retry_return_the_first_answer_even_after_a_restart() {
+    let svc = TestService::start();
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
+    let f = alice.register_function("f");
+    let (ep, _) = alice.register_endpoint("ep");
+    let (ep2, _) = alice.register_endpoint("ep2");
+    let path = format!("/v3/endpoints/{ep}/submit");
+    let body = json!({"tasks": {f.clone(): ["a", "b"]}});
+
+    let first = alice.send(
+        alice.request("POST", &path).set("Idempotency-Key", "k1"),
+        &body,
+    );
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let first = first.body;
+    let again = alice.send(
+        alice.request("POST", &path).set("Idempotency-Key", "k1"),
+        &body,
+    );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first, "same request id, group and task ids");
+    assert_eq!(tasks_in_db(&svc.dir).len(), 2, "the retry created nothing");
+
+    // The key may also travel in the body.
+    let in_body = json!({"tasks": {f.clone(): ["c"]}, "idempotency_key": "k2"});
+    let b1 = alice.post(&path, &in_body).ok();
+    assert_eq!(alice.post(&path, &in_body).ok(), b1);
+    assert_eq!(tasks_in_db(&svc.dir).len(), 3);
+
+    // The same key for another request is a conflict naming the key.
+    let other = json!({"tasks": {f.clone(): ["zzz"]}});
+    let msg = alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", "k1"),
+            &other,
+        )
+        .error(409, "conflict");
+    assert!(msg.contains("\"k1\""), "{msg}");
+    let msg = alice
+        .send(
+            alice
+                .request("POST", &format!("/v3/endpoints/{ep2}/submit"))
+                .set("Idempotency-Key", "k1"),
+            &body,
+        )
+        .error(409, "conflict");
+    assert!(msg.contains("k1"), "{msg}");
+    // Header and body disagreeing is a plain mistake.
+    let msg = alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", "k9"),
+            &in_body,
+        )
+        .error(400, "bad_request");
+    assert!(msg.contains("k9") && msg.contains("k2"), "{msg}");
+    alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", ""),
+            &body,
+        )
+        .error(400, "bad_request");
+
+    // A refused first attempt stores no key: the corrected retry goes through.
+    let missing = Uuid::new_v4().to_string();
+    alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", "k3"),
+            &json!({"tasks": {missing: ["x"]}}),
+        )
+        .error(404, "not_found");
+    alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", "k3"),
+            &body,
+        )
+        .ok();
+    assert_eq!(tasks_in_db(&svc.dir).len(), 5);
+
+    // Keys are per user.
+    let bob = svc.client(&svc.token("bob"));
+    let bf = bob.register_function("g");
+    let (bep, _) = bob.register_endpoint("bep");
+    let theirs = bob
+        .send(
+            bob.request("POST", &format!("/v3/endpoints/{bep}/submit"))
+                .set("Idempotency-Key", "k1"),
+            &json!({"tasks": {bf: ["q"]}}),
+        )
+        .ok();
+    assert_ne!(theirs["request_id"], first["request_id"]);
+    assert_eq!(tasks_in_db(&svc.dir).len(), 6);
+
+    // The key survives a restart, with its answer.
+    let svc = svc.restart();
+    let alice = svc.client(&token);
+    let after = alice.send(
+        alice.request("POST", &path).set("Idempotency-Key", "k1"),
+        &body,
+    );
+    assert_eq!(after.header("idempotent-replayed"), Some("true"));
+    assert_eq!(after.body, first);
+    assert_eq!(tasks_in_db(&svc.dir).len(), 6);
+}
+
+#[test]
+fn cancelled_tasks_leave_dispatch_reach_the_stream_and_the_agent() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let bob = svc.client(&svc.token("bob"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let sub = alice.submit(&ep, json!({f.clone(): ["a", "b", "c", "d"]}));
+    let group = sub["task_group_id"].as_str().unwrap().to_string();
+    let t = task_ids(&sub, &f);
+    agent.recv_tasks(4);
+    agent.send(&AgentMessage::Ack {
+        task_ids: t.clone(),
+    });
+    alice.wait_task(&t[0].to_string(), "ack", |d| {
+        d["status"] == "waiting-for-launch"
+    });
+    let mut stream = alice.stream(&group, None);
+
+    let answer = alice
+        .post(&format!("/v3/tasks/{}/cancel", t[0]), &json!({}))
+        .ok();
+    assert_eq!(answer, json!({"task_id": t[0], "status": "cancelled"}));
+    let doc = alice.task(&t[0].to_string());
+    assert_eq!(doc["status"], "cancelled");
+    assert_eq!(doc["pending"], false);
+    assert_eq!(doc["exception_type"], "TaskCancelled");
+    let msg = doc["exception_message"].as_str().unwrap();
+    assert!(msg.contains("alice") && msg.contains("Z ("), "{msg}");
+    assert!(doc.get("result").is_none());
+    assert_eq!(agent.recv_cancel(), vec![t[0]]);
+    let e = stream.next_event();
+    assert_eq!(
+        (uuid(&e.data["task_id"]), e.data["status"].as_str()),
+        (t[0], Some("cancelled"))
+    );
+
+    // Cancelling again, or a finished task, is a conflict naming the state.
+    let msg = alice
+        .post(&format!("/v3/tasks/{}/cancel", t[0]), &json!({}))
+        .error(409, "conflict");
+    assert!(msg.contains("cancelled"), "{msg}");
+    // A late result for the cancelled task is acknowledged and dropped.
+    agent.send(&AgentMessage::Results {
+        results: vec![success(t[0], "late"), success(t[1], "r1")],
+    });
+    let mut acked = agent.recv_result_ack();
+    acked.sort();
+    let mut want = vec![t[0], t[1]];
+    want.sort();
+    assert_eq!(acked, want);
+    assert_eq!(alice.task(&t[0].to_string())["status"], "cancelled");
+    let msg = alice
+        .post(&format!("/v3/tasks/{}/cancel", t[1]), &json!({}))
+        .error(409, "conflict");
+    assert!(msg.contains("success"), "{msg}");
+    assert_eq!(uuid(&stream.next_event().data["task_id"]), t[1]);
+
+    // Only the owner may cancel; ids are checked.
+    bob.post(&format!("/v3/tasks/{}/cancel", t[2]), &json!({}))
+        .error(404, "not_found");
+    bob.post(&format!("/v3/taskgroup/{group}/cancel"), &json!({}))
+        .error(404, "not_found");
+    alice
+        .post(&format!("/v3/tasks/{}/cancel", Uuid::new_v4()), &json!({}))
+        .error(404, "not_found");
+    alice
+        .post("/v3/tasks/nope/cancel", &json!({}))
+        .error(400, "bad_request");
+
+    // The whole group: the two tasks not final yet.
+    let answer = alice
+        .post(&format!("/v3/taskgroup/{group}/cancel"), &json!({}))
+        .ok();
+    assert_eq!(answer["cancelled"], 2);
+    assert_eq!(answer["taskgroup_id"], json!(group));
+    let mut cancelled = agent.recv_cancel();
+    cancelled.sort();
+    let mut want = vec![t[2], t[3]];
+    want.sort();
+    assert_eq!(cancelled, want);
+    let mut streamed = vec![uuid(&stream.next_event().data["task_id"])];
+    streamed.push(uuid(&stream.next_event().data["task_id"]));
+    streamed.sort();
+    assert_eq!(streamed, want);
+    let again = alice
+        .post(&format!("/v3/taskgroup/{group}/cancel"), &json!({}))
+        .ok();
+    assert_eq!(again["cancelled"], 0);
+
+    // t[3]'s cancel is answered with an ack; t[2]'s is not, so a
+    // reconnecting agent hears it again (and only it), before new tasks.
+    agent.send(&AgentMessage::Ack {
+        task_ids: vec![t[3]],
+    });
+    wait_for("the ack to be stored", || {
+        let conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
+        let pending: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM tasks WHERE cancel_pending = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (pending == 1).then_some(())
+    });
+    agent.close();
+    wait_for("offline", || {
+        (alice.endpoint_status(&ep)["status"] == "offline").then_some(())
+    });
+    // Cancelled while offline: never dispatched, cancel sent on connect.
+    let later = alice.submit(&ep, json!({f.clone(): ["e"]}));
+    let e_id = task_ids(&later, &f)[0];
+    alice
+        .post(&format!("/v3/tasks/{e_id}/cancel"), &json!({}))
+        .ok();
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let mut heard = agent.recv_cancel();
+    heard.sort();
+    let mut want = vec![t[2], e_id];
+    want.sort();
+    assert_eq!(heard, want);
+    let fresh = alice.submit(&ep, json!({f.clone(): ["f"]}));
+    let (tasks, _) = agent.recv_tasks(1);
+    assert_eq!(
+        tasks[0].task_id,
+        task_ids(&fresh, &f)[0],
+        "cancelled tasks are not dispatched"
+    );
+    agent.close();
+}
+
+#[test]
+fn unfetched_results_expire_and_old_records_are_deleted() {
+    let svc = TestService::start_with(|c| {
+        c.result_ttl = Duration::from_secs(1);
+        c.retention = Duration::from_secs(3);
+        c.purge_interval = Duration::from_millis(100);
+    });
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let path = format!("/v3/endpoints/{ep}/submit");
+    let body = json!({"tasks": {f.clone(): ["a", "b", "c", "pending"]}});
+    let sub = alice
+        .send(
+            alice.request("POST", &path).set("Idempotency-Key", "old"),
+            &body,
+        )
+        .ok();
+    let group = sub["task_group_id"].as_str().unwrap().to_string();
+    let t = task_ids(&sub, &f);
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    agent.recv_tasks(4);
+    agent.send(&AgentMessage::Results {
+        results: vec![success(t[0], "r0"), failure(t[1]), success(t[2], "r2")],
+    });
+    agent.recv_result_ack();
+    // t[2] is fetched at once, so it keeps its result.
+    assert_eq!(alice.task(&t[2].to_string())["result"], "r2");
+    // Reading a result marks it fetched, so watch the database instead.
+    wait_for("expiry", || {
+        let conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
+        let expired: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM tasks WHERE result_fate = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (expired == 2).then_some(())
+    });
+    let expired = alice.task(&t[0].to_string());
+    assert_eq!(expired["exception_type"], "ResultExpired");
+    assert_eq!(expired["status"], "success");
+    assert_eq!(expired["pending"], false);
+    assert!(expired.get("result").is_none(), "{expired}");
+    assert!(
+        expired["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("1s"),
+        "{expired}"
+    );
+    let failed = alice.task(&t[1].to_string());
+    assert_eq!(
+        (failed["status"].as_str(), failed["exception_type"].as_str()),
+        (Some("failed"), Some("ResultExpired"))
+    );
+    let kept = alice.task(&t[2].to_string());
+    assert_eq!(kept["result"], "r2");
+    assert!(kept.get("exception_type").is_none());
+
+    // Past the retention period the finished tasks and the key are gone;
+    // the pending task stays.
+    wait_for("retention", || {
+        (alice.get(&format!("/v2/tasks/{}", t[2])).status == 404).then_some(())
+    });
+    for id in &t[..3] {
+        alice
+            .get(&format!("/v2/tasks/{id}"))
+            .error(404, "not_found");
+    }
+    assert_eq!(alice.task(&t[3].to_string())["status"], "waiting-for-ep");
+    let tg = alice.get(&format!("/v2/taskgroup/{group}")).ok();
+    assert_eq!(tg["tasks"].as_array().unwrap().len(), 1);
+    let retry = alice.send(
+        alice.request("POST", &path).set("Idempotency-Key", "old"),
+        &body,
+    );
+    assert_eq!(retry.header("idempotent-replayed"), None, "the key expired");
+    assert_ne!(retry.body["request_id"], sub["request_id"]);
+    agent.close();
+}
+
+#[test]
+fn a_large_task_group_lists_completely() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, _) = alice.register_endpoint("ep");
+    // More than one page of the group listing.
+    let payloads: Vec<String> = (0..25_000).map(|i| i.to_string()).collect();
+    let group = Uuid::new_v4().to_string();
+    let sub = alice
+        .post(
+            &format!("/v3/endpoints/{ep}/submit"),
+            &json!({"tasks": {f.clone(): payloads}, "task_group_id": group}),
+        )
+        .ok();
+    let ids = task_ids(&sub, &f);
+    let tg = alice.get(&format!("/v2/taskgroup/{group}")).ok();
+    let listed: Vec<Uuid> = tg["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| uuid(&t["id"]))
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(tg["tasks"][0]["status"], "waiting-for-ep");
+}
