@@ -8,6 +8,8 @@
 //! # hpfaas block ...
 //! export HPFAAS_...=...           <- script_preamble: exports, worker_init
 //! cd /path/to/log_dir || exit 1   <- PBS and LSF only: their jobs start in $HOME
+//! export HPFAAS_JOB_ENV=...       <- the environment before the launcher, for
+//! (umask 077; env -0 > ...)          the managers' children (job_env.rs)
 //! srun ... /abs/path/hpfaas manager ...
 //! ```
 //!
@@ -67,12 +69,23 @@ pub fn render(
             word(&request.log_dir.display().to_string())
         ));
     }
+    out.push_str(&save_environment(request));
     out.push_str(&launcher.line(
         config.nodes_per_block,
         &shell_quote(&request.manager_command),
     ));
     out.push('\n');
     out
+}
+
+/// Saves the job's environment just before the launcher adds its own
+/// variables, so the managers can start their children (workers, user MPI
+/// programs) as the job script would have. Private: it may hold secrets.
+fn save_environment(request: &BlockRequest) -> String {
+    format!(
+        "export HPFAAS_JOB_ENV={}\n(umask 077; env -0 > \"$HPFAAS_JOB_ENV\")\n",
+        word(&log_file(request, "env"))
+    )
 }
 
 /// One directive value, quoted only when it needs to be.
@@ -155,6 +168,8 @@ mod tests {
              export HPFAAS_X='a b'\n\
              module load cray-python\n\
              cd /home/u/.hpfaas/blocks || exit 1\n\
+             export HPFAAS_JOB_ENV=/home/u/.hpfaas/blocks/block-7.env\n\
+             (umask 077; env -0 > \"$HPFAAS_JOB_ENV\")\n\
              /opt/hpfaas/bin/hpfaas manager\n"
         );
     }

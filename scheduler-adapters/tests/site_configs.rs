@@ -20,6 +20,8 @@ const ENDPOINT_KEYS: &[&str] = &[
 ];
 const ENGINE_KEYS: &[&str] = &[
     "max_workers_per_node",
+    "cpu_affinity",
+    "available_accelerators",
     "max_retries_on_system_failure",
     "worker_python",
     "prefetch_capacity",

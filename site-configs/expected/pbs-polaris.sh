@@ -16,4 +16,6 @@ module use /soft/modulefiles
 module load conda
 conda activate base
 cd /home/user/.hpfaas/endpoints/pbs-polaris/blocks || exit 1
+export HPFAAS_JOB_ENV=/home/user/.hpfaas/endpoints/pbs-polaris/blocks/block-1.env
+(umask 077; env -0 > "$HPFAAS_JOB_ENV")
 mpiexec -n 2 --ppn 1 --cpu-bind none /opt/hpfaas/bin/hpfaas manager --broker tcp://10.1.2.3:55001 --prefetch 8 --worker-python python3 --block-id 1

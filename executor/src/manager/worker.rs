@@ -19,6 +19,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::affinity::Placement;
+use super::job_env;
 use crate::broker::dispatch::WORKER_LOST;
 
 /// Largest frame a worker may send (a result beyond it fails the task).
@@ -33,6 +35,8 @@ pub struct WorkerSettings {
     pub runtime_dir: PathBuf,
     /// Workers on this manager (exported as `HPFAAS_WORKER_COUNT`).
     pub count: u32,
+    /// Each slot's CPUs, `OMP_NUM_THREADS` and accelerator, by slot.
+    pub placements: Vec<Placement>,
 }
 
 /// A Python task for a slot, with the function's code.
@@ -140,17 +144,39 @@ pub async fn serve_slot(
 }
 
 async fn start(slot: usize, settings: &WorkerSettings) -> std::io::Result<Process> {
-    let mut child = tokio::process::Command::new(&settings.python)
+    let mut command = tokio::process::Command::new(&settings.python);
+    command
         .arg("-u")
         .arg("-c")
         .arg(super::runtime::bootstrap(&settings.runtime_dir))
+        .env_clear()
+        .envs(job_env::child_environment().iter().cloned())
         .env("HPFAAS_WORKER_RANK", slot.to_string())
         .env("HPFAAS_WORKER_COUNT", settings.count.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some(placement) = settings.placements.get(slot) {
+        command.env("OMP_NUM_THREADS", placement.omp_threads.to_string());
+        if let Some(device) = &placement.accelerator {
+            for var in [
+                "CUDA_VISIBLE_DEVICES",
+                "ROCR_VISIBLE_DEVICES",
+                "ZE_AFFINITY_MASK",
+            ] {
+                command.env(var, device);
+            }
+        }
+        if let Some(mask) = placement.cpu_mask() {
+            // SAFETY: the hook runs between fork and exec, so it may only make
+            // async-signal-safe calls: apply() is one system call on a set
+            // computed here, before the fork. Pinning before exec means the
+            // interpreter, and so all user code, starts bound.
+            unsafe { command.pre_exec(move || mask.apply()) };
+        }
+    }
+    let mut child = command.spawn()?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))
