@@ -172,9 +172,6 @@ impl ProviderConfig {
         if self.nodes_per_block == 0 {
             return Err("provider.nodes_per_block must be at least 1".into());
         }
-        if self.kind == "local" && self.nodes_per_block != 1 {
-            return Err("provider.nodes_per_block must be 1 for the local provider".into());
-        }
         if !(self.parallelism > 0.0 && self.parallelism <= 1.0) {
             return Err(format!(
                 "provider.parallelism = {} must be in (0, 1]",

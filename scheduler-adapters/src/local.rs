@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::launcher::shell_quote;
+use crate::launcher::{shell_quote, Launcher};
 use crate::{
     script_preamble, BlockRequest, JobId, JobState, Provider, ProviderConfig, ProviderError,
 };
@@ -69,13 +69,24 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    /// With an MPI launcher and `nodes_per_block` > 1, the block's managers
+    /// share this machine as one MPI job, each behaving as one node.
     fn job_script(&self, request: &BlockRequest) -> String {
+        let (nodes, cmd) = (
+            self.config.nodes_per_block,
+            shell_quote(&request.manager_command),
+        );
+        let launch = match Launcher::from_config(&self.config) {
+            // One machine: every rank lands here, so no one-per-node mapping.
+            Ok(Launcher::Mpiexec) => format!("mpiexec -n {nodes} --bind-to none {cmd}"),
+            Ok(launcher) => launcher.line(nodes, &cmd),
+            Err(_) => cmd,
+        };
         format!(
-            "#!/bin/sh\n# hpfaas block {} ({})\n{}exec {}\n",
+            "#!/bin/sh\n# hpfaas block {} ({})\n{}exec {launch}\n",
             request.block_id,
             request.job_name,
             script_preamble(request, &self.config.worker_init),
-            shell_quote(&request.manager_command)
         )
     }
 
