@@ -36,6 +36,24 @@ enum Command {
         /// Largest request body accepted, in bytes.
         #[arg(long, default_value_t = 10 << 20)]
         max_request_bytes: usize,
+        /// Most tasks accepted in one submit.
+        #[arg(long, default_value_t = 100_000)]
+        max_tasks_per_submit: usize,
+        /// Largest result stored, in bytes; a larger one fails its task (ResultTooLarge).
+        #[arg(long, default_value_t = 10 << 20)]
+        max_result_bytes: usize,
+        /// Purge results nobody fetched after this long (e.g. 90s, 12h, 7d).
+        #[arg(long, default_value = "7d", value_parser = hpfaas_registry::parse_duration)]
+        result_ttl: Duration,
+        /// Delete finished tasks and idempotency keys older than this (e.g. 30d).
+        #[arg(long, default_value = "30d", value_parser = hpfaas_registry::parse_duration)]
+        retention: Duration,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage API tokens.
     Token {
@@ -58,6 +76,26 @@ enum TokenCommand {
         /// User name.
         #[arg(long)]
         user: String,
+        /// The service's data directory (default: $HPFAAS_HOME/service).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List a user's tokens (ids and first characters, never the token).
+    List {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// The service's data directory (default: $HPFAAS_HOME/service).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once, even while the service runs.
+    Revoke {
+        /// The token, or at least 6 leading characters of its id or of the token.
+        token_or_prefix: String,
         /// The service's data directory (default: $HPFAAS_HOME/service).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -147,6 +185,18 @@ struct ManagerArgs {
     /// Seconds to wait for the broker to accept the registration.
     #[arg(long, default_value_t = 30.0)]
     register_timeout: f64,
+    /// How workers are pinned: none, block, block-reverse, alternating or list:CPUS:CPUS...
+    #[arg(long, default_value = "none")]
+    cpu_affinity: String,
+    /// Accelerator ids, one per worker (comma-separated); caps the worker count.
+    #[arg(long, value_delimiter = ',')]
+    accelerators: Vec<String>,
+    /// How MPI tasks led by this manager are launched: mpiexec (OpenMPI), mpiexec-mpich, srun.
+    #[arg(long, default_value = "mpiexec")]
+    mpi_launcher: String,
+    /// Extra MPI launcher arguments (give as --launcher-options=--flag).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    launcher_options: String,
 }
 
 fn main() {
@@ -182,56 +232,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data_dir,
             max_request_bytes,
+            max_tasks_per_submit,
+            max_result_bytes,
+            result_ttl,
+            retention,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir));
             config.max_request_bytes = max_request_bytes;
+            config.max_tasks_per_submit = max_tasks_per_submit;
+            config.max_result_bytes = max_result_bytes;
+            config.result_ttl = result_ttl;
+            config.retention = retention;
+            config.tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| hpfaas_registry::TlsFiles { cert, key });
             runtime()?.block_on(async {
                 let service = hpfaas_registry::Service::bind(config).await?;
-                eprintln!(
-                    "hpfaas service listening on http://{}",
-                    service.local_addr()
-                );
+                eprintln!("hpfaas service listening on {}", service.url());
                 service.run(shutdown_signal()).await
             })
         }
-        Command::Token {
-            command: TokenCommand::Create { user, data_dir },
-        } => {
-            let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { command } => token(command),
         Command::Endpoint { command } => endpoint(command),
-        Command::Manager(args) => runtime()?.block_on(manager::run(manager::ManagerConfig {
-            broker_url: match (args.broker, &args.endpoint) {
-                (Some(url), _) => url,
-                (None, Some(name)) => {
-                    let dir = lifecycle::endpoint_dir(name)?;
-                    lifecycle::broker_url(&dir).with_context(|| {
-                        format!(
-                            "endpoint {name} has no broker address in {}; is it started?",
-                            dir.display()
-                        )
-                    })?
-                }
-                (None, None) => anyhow::bail!("give --broker URL or --endpoint NAME"),
-            },
-            block_id: args
-                .block_id
-                .unwrap_or_else(|| match manager::job_id_from_env() {
-                    Some(job) => format!("job-{job}"),
-                    None => format!("manual-{}", std::process::id()),
-                }),
-            walltime: args
-                .walltime
-                .filter(|w| *w > 0.0)
-                .map(Duration::from_secs_f64),
-            job_id: args.job_id,
-            workers: args.workers,
-            prefetch: args.prefetch,
-            worker_python: args.worker_python,
-            register_timeout: Duration::from_secs_f64(args.register_timeout.max(0.1)),
-        })),
+        Command::Manager(args) => {
+            // MPI first, on the main thread, before any runtime thread exists;
+            // then every thread and worker inherits this rank's share of the node.
+            let membership = manager::block::Membership::join()?;
+            let cores = membership.pin_to_share()?;
+            tracing::info!(
+                "manager rank {} of {} ({} of {} on this node), cores {:?}",
+                membership.rank,
+                membership.size,
+                membership.local_rank,
+                membership.local_size,
+                cores
+            );
+            let rank = membership.rank;
+            let result = runtime()?.block_on(manager::run(manager::ManagerConfig {
+                rank,
+                broker_url: match (args.broker, &args.endpoint) {
+                    (Some(url), _) => url,
+                    (None, Some(name)) => {
+                        let dir = lifecycle::endpoint_dir(name)?;
+                        lifecycle::broker_url(&dir).with_context(|| {
+                            format!(
+                                "endpoint {name} has no broker address in {}; is it started?",
+                                dir.display()
+                            )
+                        })?
+                    }
+                    (None, None) => anyhow::bail!("give --broker URL or --endpoint NAME"),
+                },
+                block_id: args
+                    .block_id
+                    .unwrap_or_else(|| match manager::job_id_from_env() {
+                        Some(job) => format!("job-{job}"),
+                        None => format!("manual-{}", std::process::id()),
+                    }),
+                walltime: args
+                    .walltime
+                    .filter(|w| *w > 0.0)
+                    .map(Duration::from_secs_f64),
+                job_id: args.job_id,
+                workers: args.workers,
+                prefetch: args.prefetch,
+                worker_python: args.worker_python,
+                register_timeout: Duration::from_secs_f64(args.register_timeout.max(0.1)),
+                cpu_affinity: args.cpu_affinity,
+                accelerators: args.accelerators,
+                mpi_launcher: args.mpi_launcher,
+                launcher_options: args.launcher_options,
+            }));
+            // MPI finalises here, after the runtime and its threads are gone.
+            drop(membership);
+            result
+        }
     }
 }
 
@@ -373,6 +450,64 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `hpfaas token create|list|revoke`.
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    use hpfaas_registry::admin::token_kind;
+    use hpfaas_registry::routes::rfc3339;
+    match command {
+        TokenCommand::Create { user, data_dir } => {
+            let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
+            println!("{token}");
+        }
+        TokenCommand::List {
+            user,
+            data_dir,
+            json,
+        } => {
+            let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir), &user)?;
+            if json {
+                let rows: Vec<serde_json::Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id, "prefix": t.prefix, "user": t.user,
+                            "endpoint_id": t.endpoint, "created": t.created, "revoked": t.revoked,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.prefix.as_ref().map_or("-".into(), |p| format!("{p}...")),
+                            token_kind(t.endpoint),
+                            rfc3339(t.created),
+                            t.revoked.map_or("-".into(), rfc3339),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "STARTS WITH", "KIND", "CREATED", "REVOKED"], &rows);
+            }
+        }
+        TokenCommand::Revoke {
+            token_or_prefix,
+            data_dir,
+        } => {
+            let t = hpfaas_registry::revoke_token(&service_dir(data_dir), &token_or_prefix)?;
+            println!(
+                "revoked token {} of user {} ({})",
+                t.id,
+                t.user,
+                token_kind(t.endpoint)
+            );
         }
     }
     Ok(())

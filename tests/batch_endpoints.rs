@@ -126,20 +126,49 @@ fn lsf_blocks_scale_out_run_tasks_and_scale_in() {
     }
 }
 
-#[test]
-fn scancel_of_a_block_fails_its_tasks_with_manager_lost() {
-    if !slurm_available("scancel_of_a_block_fails_its_tasks_with_manager_lost") {
-        return;
-    }
+/// The scheduler's cancel command for a job of `provider`.
+fn cancel_job(provider: &str, job: &str) {
+    let (tool, path) = match provider {
+        "slurm" => ("scancel", std::env::var("PATH").unwrap_or_default()),
+        "pbs" => (
+            "qdel",
+            format!(
+                "{}:{}",
+                emulators(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+        _ => (
+            "bkill",
+            format!(
+                "{}:{}",
+                emulators(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+    };
+    let status = std::process::Command::new(tool)
+        .arg(job)
+        .env("PATH", path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{tool} {job} failed");
+}
+
+/// Cancelling a block from outside fails its in-flight tasks with ManagerLost.
+fn cancelled_block_fails_its_tasks(provider: &str) {
     let svc = Service::start();
     let token = svc.token("batch");
-    let name = unique("scancel");
-    let ep = Endpoint::new(
+    let name = unique(&format!("cancel-{provider}"));
+    let mut ep = Endpoint::new(
         &svc,
         &token,
         &name,
-        &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""),
+        &config(provider, "init_blocks = 1\nmax_blocks = 1", ""),
     );
+    if provider != "slurm" {
+        ep.path_prefix = Some(emulators());
+    }
     ep.start();
     let f = ep.register("nap", SLEEP);
     let ids = ep.submit_json(&f, &[json!([120])]);
@@ -150,14 +179,31 @@ fn scancel_of_a_block_fails_its_tasks_with_manager_lost() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(std::process::Command::new("scancel")
-        .arg(&job)
-        .status()
-        .unwrap()
-        .success());
+    cancel_job(provider, &job);
     let doc = ep.wait_all(&ids, Duration::from_secs(60)).remove(0);
     assert_eq!(doc["status"], "failed", "{doc}");
     assert_eq!(doc["exception_type"], "ManagerLost", "{doc}");
+}
+
+#[test]
+fn scancel_of_a_block_fails_its_tasks_with_manager_lost() {
+    if slurm_available("scancel_of_a_block_fails_its_tasks_with_manager_lost") {
+        cancelled_block_fails_its_tasks("slurm");
+    }
+}
+
+#[test]
+fn qdel_of_a_block_fails_its_tasks_with_manager_lost() {
+    if slurm_available("qdel_of_a_block_fails_its_tasks_with_manager_lost") {
+        cancelled_block_fails_its_tasks("pbs");
+    }
+}
+
+#[test]
+fn bkill_of_a_block_fails_its_tasks_with_manager_lost() {
+    if slurm_available("bkill_of_a_block_fails_its_tasks_with_manager_lost") {
+        cancelled_block_fails_its_tasks("lsf");
+    }
 }
 
 #[test]
@@ -183,20 +229,21 @@ fn invalid_partition_is_shown_in_status() {
     assert!(table.contains("invalid partition"), "{table}");
 }
 
-#[test]
-fn a_killed_agent_readopts_its_blocks() {
-    if !slurm_available("a_killed_agent_readopts_its_blocks") {
-        return;
-    }
+/// An agent killed with SIGKILL and started again serves tasks from the
+/// block that kept running, and submits no twin.
+fn killed_agent_readopts_its_blocks(provider: &str) {
     let svc = Service::start();
     let token = svc.token("batch");
-    let name = unique("readopt");
-    let ep = Endpoint::new(
+    let name = unique(&format!("readopt-{provider}"));
+    let mut ep = Endpoint::new(
         &svc,
         &token,
         &name,
-        &config("slurm", "init_blocks = 1\nmax_blocks = 1", ""),
+        &config(provider, "init_blocks = 1\nmax_blocks = 1", ""),
     );
+    if provider != "slurm" {
+        ep.path_prefix = Some(emulators());
+    }
     ep.start();
     let f = ep.register("where", WHERE);
     let first = ep.wait_all(&ep.submit_json(&f, &[json!([1])]), Duration::from_secs(60));
@@ -222,6 +269,27 @@ fn a_killed_agent_readopts_its_blocks() {
         1,
         "no duplicate block was submitted"
     );
+}
+
+#[test]
+fn a_killed_agent_readopts_its_blocks() {
+    if slurm_available("a_killed_agent_readopts_its_blocks") {
+        killed_agent_readopts_its_blocks("slurm");
+    }
+}
+
+#[test]
+fn a_killed_pbs_agent_readopts_its_blocks() {
+    if slurm_available("a_killed_pbs_agent_readopts_its_blocks") {
+        killed_agent_readopts_its_blocks("pbs");
+    }
+}
+
+#[test]
+fn a_killed_lsf_agent_readopts_its_blocks() {
+    if slurm_available("a_killed_lsf_agent_readopts_its_blocks") {
+        killed_agent_readopts_its_blocks("lsf");
+    }
 }
 
 #[test]
@@ -271,6 +339,20 @@ fn a_users_own_sbatch_script_joins_the_endpoint() {
     for doc in &docs {
         assert_eq!(job_of(doc), job, "{doc}");
     }
+    // The endpoint shows the job among its blocks, as joined from outside.
+    let shown = wait_for(
+        Duration::from_secs(10),
+        "the job in the endpoint's blocks",
+        || {
+            let blocks = ep.state()["blocks"].clone();
+            blocks
+                .as_array()?
+                .iter()
+                .find(|b| b["job_id"] == job.as_str())
+                .cloned()
+        },
+    );
+    assert_eq!(shown["provider"], "external", "{shown}");
     let _ = std::process::Command::new("scancel").arg(&job).status();
 }
 
@@ -305,4 +387,40 @@ fn walltime_draining_starts_a_replacement_block() {
     let later =
         job_of(&ep.wait_all(&ep.submit_json(&f, &[json!([2])]), Duration::from_secs(90))[0]);
     assert_ne!(later, first, "a draining block must not take new work");
+}
+
+#[test]
+fn a_block_that_hits_its_walltime_is_replaced_and_its_task_retried() {
+    if !slurm_available("a_block_that_hits_its_walltime_is_replaced_and_its_task_retried") {
+        return;
+    }
+    let svc = Service::start();
+    let token = svc.token("batch");
+    let name = unique("walltime");
+    // One-minute blocks (Slurm's smallest) that drain for their last 30 s:
+    // the replacement starts before the first block is killed, and the task
+    // killed with it is retried there (max_retries_on_system_failure = 1).
+    let text = config(
+        "slurm",
+        "init_blocks = 1\nmin_blocks = 1\nmax_blocks = 2\ndrain_period = 30",
+        "max_retries_on_system_failure = 1",
+    )
+    .replace("walltime = \"00:10:00\"", "walltime = \"00:01:00\"");
+    let ep = Endpoint::new(&svc, &token, &name, &text);
+    ep.start();
+    let marker = ep.dir().join("first-attempt");
+    let source = format!(
+        "def once(x):\n    import os, time\n    job = os.environ['SLURM_JOB_ID']\n    if not os.path.exists({m:?}):\n        open({m:?}, 'w').write(job)\n        time.sleep(600)\n    return [job, x]\n",
+        m = marker.display().to_string()
+    );
+    let f = ep.register("once", &source);
+    let ids = ep.submit_json(&f, &[json!([1])]);
+    let doc = ep.wait_all(&ids, Duration::from_secs(240)).remove(0);
+    assert_eq!(doc["status"], "success", "{doc}");
+    let first_job = std::fs::read_to_string(&marker).unwrap();
+    assert_ne!(
+        job_of(&doc),
+        first_job,
+        "the retry ran on the replacement block"
+    );
 }

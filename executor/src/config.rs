@@ -46,6 +46,13 @@ pub struct EndpointSection {
 pub struct EngineSection {
     /// Warm workers per manager; defaults to the cores of the node.
     pub max_workers_per_node: Option<u32>,
+    /// How workers are pinned: `none`, `block`, `block-reverse`,
+    /// `alternating` or `list:...` (Parsl's modes).
+    #[serde(default = "default_cpu_affinity")]
+    pub cpu_affinity: String,
+    /// Accelerator ids, one per worker (an int N in the file means `0..N`).
+    #[serde(default, deserialize_with = "accelerators")]
+    pub available_accelerators: Vec<String>,
     /// Re-runs of a task after `ManagerLost` or `WorkerLost`.
     #[serde(default)]
     pub max_retries_on_system_failure: u32,
@@ -66,12 +73,20 @@ pub struct EngineSection {
     pub address: Option<String>,
     /// Port range `"a-b"` for the broker; any free port when absent.
     pub port_range: Option<String>,
+    /// How MPI tasks are launched: `mpiexec` (OpenMPI), `mpiexec-mpich`, `srun`.
+    #[serde(default = "default_mpi_launcher")]
+    pub mpi_launcher: String,
+    /// Extra arguments for the MPI launcher, before each task's own.
+    #[serde(default)]
+    pub launcher_options: String,
 }
 
 impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             max_workers_per_node: None,
+            cpu_affinity: default_cpu_affinity(),
+            available_accelerators: Vec::new(),
             max_retries_on_system_failure: 0,
             worker_python: default_worker_python(),
             prefetch_capacity: default_prefetch(),
@@ -79,8 +94,57 @@ impl Default for EngineSection {
             heartbeat_threshold: default_heartbeat_threshold(),
             address: None,
             port_range: None,
+            mpi_launcher: default_mpi_launcher(),
+            launcher_options: String::new(),
         }
     }
+}
+
+fn default_mpi_launcher() -> String {
+    "mpiexec".into()
+}
+
+fn default_cpu_affinity() -> String {
+    "none".into()
+}
+
+/// `available_accelerators`: a list of ids (strings or integers), or a
+/// count N meaning `["0", ..., "N-1"]`, as in Globus Compute.
+fn accelerators<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u32),
+    }
+    struct Accelerators;
+    impl<'de> serde::de::Visitor<'de> for Accelerators {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of accelerator ids or a count")
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            let n = u32::try_from(n).map_err(|_| E::custom("a count cannot be negative"))?;
+            Ok((0..n).map(|i| i.to_string()).collect())
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            self.visit_i64(i64::try_from(n).map_err(|_| E::custom("too many accelerators"))?)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut ids = Vec::new();
+            while let Some(id) = seq.next_element::<Id>()? {
+                ids.push(match id {
+                    Id::Text(s) => s,
+                    Id::Number(n) => n.to_string(),
+                });
+            }
+            Ok(ids)
+        }
+    }
+    d.deserialize_any(Accelerators)
 }
 
 fn default_worker_python() -> String {
@@ -143,6 +207,20 @@ impl EndpointConfig {
         if let Some(range) = &e.port_range {
             parse_port_range(range)?;
         }
+        crate::manager::mpi_task::MpiLauncher::parse(&e.mpi_launcher)?;
+        let placement = crate::manager::affinity::Request::new(
+            &e.cpu_affinity,
+            e.max_workers_per_node,
+            e.available_accelerators.clone(),
+        )?;
+        if self.provider.kind == "local" {
+            // Local blocks run on this machine: refuse now what every
+            // manager would refuse at its start.
+            crate::manager::affinity::check_this_machine(
+                &placement,
+                self.provider.nodes_per_block,
+            )?;
+        }
         self.provider.validate()
     }
 }
@@ -175,6 +253,8 @@ pub fn template(service_url: Option<&str>) -> String {
 
 [engine]
 # max_workers_per_node = 4              # default: cores on the node
+# cpu_affinity = "none"                 # none | block | block-reverse | alternating | "list:0-3:4-7"
+# available_accelerators = []           # e.g. ["0","1"] or 2: one per worker, caps the workers
 # max_retries_on_system_failure = 0
 # worker_python = "python3"
 # prefetch_capacity = 8
@@ -182,6 +262,8 @@ pub fn template(service_url: Option<&str>) -> String {
 # heartbeat_threshold = 10.0
 # address = "ib0"                       # IP or interface for managers; default: first non-loopback
 # port_range = "55000-55100"
+# mpi_launcher = "mpiexec"              # MPI tasks: mpiexec (OpenMPI) | mpiexec-mpich | srun
+# launcher_options = ""                 # e.g. "--oversubscribe", added to every MPI launch
 
 [provider]
 type = "local"
@@ -248,7 +330,62 @@ mod tests {
             .unwrap_err()
             .contains("cobalt"));
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
+        assert!(
+            EndpointConfig::parse("[engine]\nmpi_launcher = \"aprun\"\n")
+                .unwrap_err()
+                .contains("aprun")
+        );
         assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    #[test]
+    fn accelerators_are_a_list_or_a_count() {
+        let c = EndpointConfig::parse("").unwrap();
+        assert_eq!(c.engine.cpu_affinity, "none");
+        assert!(c.engine.available_accelerators.is_empty());
+        let c = EndpointConfig::parse("[engine]\navailable_accelerators = 3\n").unwrap();
+        assert_eq!(c.engine.available_accelerators, ["0", "1", "2"]);
+        let c =
+            EndpointConfig::parse("[engine]\navailable_accelerators = [\"GPU-a\", 1]\n").unwrap();
+        assert_eq!(c.engine.available_accelerators, ["GPU-a", "1"]);
+        let err = EndpointConfig::parse("[engine]\navailable_accelerators = -1\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        let err =
+            EndpointConfig::parse("[engine]\navailable_accelerators = \"0,1\"\n").unwrap_err();
+        assert!(err.contains("available_accelerators"), "{err}");
+    }
+
+    #[test]
+    fn impossible_placements_are_refused_at_load() {
+        let err = EndpointConfig::parse("[engine]\ncpu_affinity = \"packed\"\n").unwrap_err();
+        assert!(err.contains("engine.cpu_affinity = \"packed\""), "{err}");
+        let err = EndpointConfig::parse(
+            "[engine]\ncpu_affinity = \"list:0:1\"\nmax_workers_per_node = 3\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("2 workers") && err.contains("3 workers"),
+            "{err}"
+        );
+        // Local blocks run here, so this machine's cores bound the block modes.
+        let cores = crate::manager::affinity::Topology::detect()
+            .unwrap()
+            .cores
+            .len();
+        let text = format!(
+            "[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {}\n",
+            cores + 1
+        );
+        let err = EndpointConfig::parse(&text).unwrap_err();
+        assert!(err.contains(&format!("{} workers", cores + 1)), "{err}");
+        let fits =
+            format!("[engine]\ncpu_affinity = \"alternating\"\nmax_workers_per_node = {cores}\n");
+        EndpointConfig::parse(&fits).unwrap();
     }
 }
 

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::mpi::MpiNode;
 use crate::task::{FunctionCode, TaskResult, TaskSpec};
 use crate::DecodeError;
 
@@ -98,6 +99,17 @@ pub enum BrokerMessage {
         /// The tasks.
         tasks: Vec<TaskSpec>,
     },
+    /// An MPI task for this manager to launch across `nodes`, which the
+    /// broker holds for it (this manager is the first of them) until its
+    /// result comes back.
+    MpiTask {
+        /// Function code not yet sent to this manager.
+        functions: Vec<FunctionCode>,
+        /// The task.
+        task: TaskSpec,
+        /// The reserved nodes in rank order, with the ranks each runs.
+        nodes: Vec<MpiNode>,
+    },
     /// Still alive.
     Heartbeat,
     /// Finish nothing more; exit now.
@@ -167,6 +179,18 @@ mod tests {
             }],
         };
         assert_eq!(decode::<BrokerMessage>(&encode(&tasks)).unwrap(), tasks);
+        let BrokerMessage::Tasks { functions, tasks } = tasks else {
+            unreachable!()
+        };
+        let mpi = BrokerMessage::MpiTask {
+            functions,
+            task: tasks[0].clone(),
+            nodes: vec![MpiNode {
+                host: "node1".into(),
+                ranks: 2,
+            }],
+        };
+        assert_eq!(decode::<BrokerMessage>(&encode(&mpi)).unwrap(), mpi);
     }
 
     #[test]

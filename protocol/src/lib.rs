@@ -7,12 +7,14 @@
 //!   agent's WebSocket (JSON text frames).
 //! * [`broker`]: what the endpoint's ZeroMQ broker and a manager say
 //!   (MessagePack frames).
+//! * [`mpi`]: MPI functions' resource specifications and placements.
 //!
 //! Every conversation opens with a message carrying [`PROTOCOL_VERSION`], so a
 //! mismatched peer is refused with a clear error instead of misreading frames.
 
 pub mod broker;
 pub mod endpoint;
+pub mod mpi;
 pub mod payload;
 pub mod task;
 

@@ -12,7 +12,8 @@ pub enum TaskState {
     Received,
     /// Stored by the service; its endpoint is offline.
     WaitingForEp,
-    /// Journaled by the endpoint; no manager is connected yet.
+    /// Journaled by the endpoint; no manager is connected yet, or (an MPI
+    /// task) not enough nodes of one block are free.
     WaitingForNodes,
     /// Journaled by the endpoint and queued for a worker.
     WaitingForLaunch,

@@ -1,4 +1,4 @@
-"""hpfaas: call Python functions and shell commands on HPC endpoints.
+"""hpfaas: call Python functions, shell commands and MPI programs on HPC endpoints.
 
 The names mirror Globus Compute's SDK, so moving between the two is a
 search-and-replace::
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hpfaas.client import Client
     from hpfaas.errors import HpfaasError, TaskExecutionFailed, TaskPending
     from hpfaas.executor import Executor
+    from hpfaas.mpi import MPIFunction
     from hpfaas.shell import ShellFunction, ShellResult
 
 # The SDK's names are imported on first use: a worker imports `hpfaas.worker`
@@ -30,6 +31,7 @@ _EXPORTS = {
     "Client": "hpfaas.client",
     "Executor": "hpfaas.executor",
     "HpfaasError": "hpfaas.errors",
+    "MPIFunction": "hpfaas.mpi",
     "ShellFunction": "hpfaas.shell",
     "ShellResult": "hpfaas.shell",
     "TaskExecutionFailed": "hpfaas.errors",
@@ -40,6 +42,7 @@ __all__ = [
     "Client",
     "Executor",
     "HpfaasError",
+    "MPIFunction",
     "ShellFunction",
     "ShellResult",
     "TaskExecutionFailed",

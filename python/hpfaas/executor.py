@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 
 from hpfaas.client import Client, encoded_size, pack_arguments, task_result
 from hpfaas.errors import HpfaasError, HTTPError
+from hpfaas.mpi import MPIFunction, validate_resource_specification
 from hpfaas.shell import ShellFunction
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Submission(NamedTuple):
     function_id: str
     payload: str
     size: int  # encoded_size(payload)
+    resource_specification: Optional[dict]  # as it was when submitted
 
 
 # Queued by `shutdown` after the last submission: the submitter thread stops there.
@@ -120,6 +122,10 @@ class Executor(concurrent.futures.Executor):
         """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        # Copied now: a later change of the specification is for later submits.
+        spec = self.resource_specification and dict(self.resource_specification)
+        if isinstance(fn, MPIFunction):
+            validate_resource_specification(spec)
         function_id = self._function_id(fn)
         # Shell functions are run by the manager, which reads JSON, not pickle.
         payload = pack_arguments(args, kwargs, as_json=isinstance(fn, ShellFunction))
@@ -132,7 +138,9 @@ class Executor(concurrent.futures.Executor):
                     target=self._submit_loop, name="hpfaas-submit", daemon=True
                 )
                 self._submitter.start()
-            self._queue.put(_Submission(future, function_id, payload, encoded_size(payload)))
+            self._queue.put(
+                _Submission(future, function_id, payload, encoded_size(payload), spec)
+            )
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -206,7 +214,7 @@ class Executor(concurrent.futures.Executor):
             if item is _STOP:
                 return
             batch = self.client.create_batch(
-                self.task_group_id, resource_specification=self.resource_specification
+                self.task_group_id, resource_specification=item.resource_specification
             )
             sent: List[_Submission] = []
             while True:
@@ -220,7 +228,12 @@ class Executor(concurrent.futures.Executor):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break  # the queue went idle: send what we have now
-                if item is _STOP or batch.payload_size + item.size > MAX_BATCH_CHARS:
+                # One request carries one resource specification for all its tasks.
+                if (
+                    item is _STOP
+                    or batch.payload_size + item.size > MAX_BATCH_CHARS
+                    or item.resource_specification != batch.resource_specification
+                ):
                     carried = item
                     break
             if sent:

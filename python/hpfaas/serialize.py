@@ -170,7 +170,11 @@ def _load_source(body: str) -> Any:
 
 def _load_shell_function(body: str) -> ShellFunction:
     spec = json.loads(body)
-    return ShellFunction(spec["cmd"], spec.get("walltime"), spec.get("snippet_lines", 1000))
+    # Imported here: a worker decoding ordinary functions never needs it.
+    from hpfaas.mpi import MPIFunction
+
+    kind = MPIFunction if spec.get("mpi") else ShellFunction
+    return kind(spec["cmd"], spec.get("walltime"), spec.get("snippet_lines", 1000))
 
 
 def _load_shell_result(body: str) -> ShellResult:

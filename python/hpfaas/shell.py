@@ -51,7 +51,10 @@ class ShellFunction:
 
     def __call__(self, **kwargs) -> ShellResult:
         """Run the command here with `/bin/sh`, as the manager would on an endpoint."""
-        cmd = self.cmd.format(**kwargs)
+        return self.run_line(self.cmd.format(**kwargs))
+
+    def run_line(self, cmd: str) -> ShellResult:
+        """Run a filled-in command line with `/bin/sh`, under this function's walltime."""
         # A session of its own lets a walltime kill reach the command's children too.
         proc = subprocess.Popen(
             cmd,

@@ -147,6 +147,20 @@ struct Block {
     deadline: Option<f64>,
 }
 
+impl Block {
+    /// A block just submitted or re-adopted: idle, no managers seen yet.
+    fn new(record: Record, now: Instant) -> Block {
+        Block {
+            record,
+            started: now,
+            idle_since: Some(now),
+            managers: 0,
+            draining: false,
+            deadline: None,
+        }
+    }
+}
+
 struct Blocks {
     setup: BlocksSetup,
     live: Vec<Block>,
@@ -158,6 +172,9 @@ struct Blocks {
     last_poll: Option<Instant>,
     /// A block lost its managers: ask the scheduler now, not at the next period.
     poll_now: bool,
+    /// Blocks this endpoint did not submit whose managers joined it (a user's
+    /// own job running `hpfaas manager --endpoint NAME`), with when first seen.
+    external: Vec<(crate::broker::dispatch::BlockLoad, f64)>,
 }
 
 /// A block that ended sooner than this after starting counts as a failed start.
@@ -179,14 +196,7 @@ impl Blocks {
                     record.block_id,
                     record.job_id
                 );
-                Block {
-                    record,
-                    started: now,
-                    idle_since: Some(now),
-                    managers: 0,
-                    draining: false,
-                    deadline: None,
-                }
+                Block::new(record, now)
             })
             .collect();
         Blocks {
@@ -199,6 +209,7 @@ impl Blocks {
             last_error: None,
             last_poll: None,
             poll_now: false,
+            external: Vec::new(),
         }
     }
 
@@ -275,6 +286,20 @@ impl Blocks {
 
     /// Folds the broker's view (managers connected, tasks in hand) into the blocks.
     fn observe(&mut self, load: &Load, now: Instant) {
+        let first_seen: HashMap<String, f64> = self
+            .external
+            .drain(..)
+            .map(|(b, seen)| (b.block_id, seen))
+            .collect();
+        for l in &load.blocks {
+            if !self.live.iter().any(|b| b.record.block_id == l.block_id) {
+                let seen = first_seen
+                    .get(&l.block_id)
+                    .copied()
+                    .unwrap_or_else(now_unix);
+                self.external.push((l.clone(), seen));
+            }
+        }
         for b in &mut self.live {
             match load.blocks.iter().find(|l| l.block_id == b.record.block_id) {
                 Some(l) => {
@@ -317,14 +342,7 @@ impl Blocks {
                     job_id,
                     submitted_at: now_unix(),
                 };
-                self.live.push(Block {
-                    record,
-                    started: now,
-                    idle_since: Some(now),
-                    managers: 0,
-                    draining: false,
-                    deadline: None,
-                });
+                self.live.push(Block::new(record, now));
                 self.save();
             }
             Err(e) => {
@@ -428,6 +446,16 @@ impl Blocks {
 
     fn status(&self) -> Vec<BlockStatus> {
         let now = now_unix();
+        let external = self.external.iter().map(|(l, seen)| BlockStatus {
+            block_id: l.block_id.clone(),
+            job_id: l.job_id.clone().unwrap_or_else(|| "-".into()),
+            provider: "external".into(),
+            state: if l.draining { "draining" } else { "running" }.into(),
+            nodes: l.managers,
+            managers: l.managers,
+            age: (now - seen).max(0.0),
+            remaining_walltime: l.deadline.map(|d| (d - now).max(0.0)),
+        });
         self.live
             .iter()
             .map(|b| BlockStatus {
@@ -445,6 +473,7 @@ impl Blocks {
                 age: (now - b.record.submitted_at).max(0.0),
                 remaining_walltime: b.deadline.map(|d| (d - now).max(0.0)),
             })
+            .chain(external)
             .collect()
     }
 }

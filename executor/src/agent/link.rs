@@ -164,6 +164,10 @@ async fn connect_and_serve(
         version: PROTOCOL_VERSION,
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         pid: std::process::id(),
+        // The service enforces these at submit time once the agent sends
+        // them (issue 5, agent side still to do); empty/false = no policy.
+        allowed_functions: Vec::new(),
+        json_only: false,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));

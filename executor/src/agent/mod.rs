@@ -109,6 +109,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         heartbeat_threshold: Duration::from_secs_f64(engine.heartbeat_threshold),
         max_retries: engine.max_retries_on_system_failure,
         drain_period: spec.config.provider.drain_period,
+        nodes_per_block: spec.config.provider.nodes_per_block,
     })?;
     std::fs::write(
         spec.dir.join(BROKER_FILE),
@@ -272,6 +273,26 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
     if let Some(w) = engine.max_workers_per_node {
         argv.extend(["--workers".into(), w.to_string()]);
     }
+    if engine.cpu_affinity != "none" {
+        argv.extend(["--cpu-affinity".into(), engine.cpu_affinity.clone()]);
+    }
+    if !engine.available_accelerators.is_empty() {
+        argv.extend([
+            "--accelerators".into(),
+            engine.available_accelerators.join(","),
+        ]);
+    }
+    // MPI settings only when not the defaults, so most job scripts stay as they were.
+    if engine.mpi_launcher != "mpiexec" {
+        argv.extend(["--mpi-launcher".into(), engine.mpi_launcher.clone()]);
+    }
+    if !engine.launcher_options.trim().is_empty() {
+        // One word with `=`: the value itself usually starts with `--`.
+        argv.push(format!(
+            "--launcher-options={}",
+            engine.launcher_options.trim()
+        ));
+    }
     argv
 }
 
@@ -316,6 +337,14 @@ impl Agent<'_> {
             ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
             ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
             ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
+            // Issue 5, agent side still to do: drop/kill them and Ack the ids.
+            ServiceMessage::Cancel { task_ids } => {
+                tracing::warn!(
+                    tasks = task_ids.len(),
+                    "cancel from the service not handled yet"
+                );
+                Ok(())
+            }
         }
     }
 
@@ -357,6 +386,9 @@ impl Agent<'_> {
                     .into_iter()
                     .map(|id| (id, hpfaas_protocol::task::TaskState::Running))
                     .collect();
+                let _ = self.to_service.send(AgentMessage::States { updates });
+            }
+            BrokerEvent::States(updates) => {
                 let _ = self.to_service.send(AgentMessage::States { updates });
             }
             BrokerEvent::Results(results) => self.finish(results)?,

@@ -1,14 +1,27 @@
 //! The broker's bookkeeping, free of sockets and clocks so it can be tested
-//! directly: which managers exist, what each holds, what is queued, and what
-//! happens to a manager's tasks when it is lost.
+//! directly: which managers exist, what each holds, what is queued, what
+//! happens to a manager's tasks when it is lost, and which managers are held
+//! for an MPI task.
+//!
+//! An MPI task (an `MPIFunction` call) needs whole nodes of one block: the
+//! broker holds that many managers for it ([`placement::choose`]); they take
+//! no new work from then on, and once all are idle the first of them (the
+//! leader) gets the task with the list of nodes. They return to ordinary
+//! work when its result comes back. A task no block could ever hold fails at
+//! once; one that does not fit now waits, reported as `waiting-for-nodes`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{BrokerMessage, ManagerInfo};
-use hpfaas_protocol::task::{ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec};
+use hpfaas_protocol::mpi::{is_mpi_function, MpiNode, MpiRequest, INVALID_RESOURCES};
+use hpfaas_protocol::task::{
+    ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState,
+};
 use hpfaas_protocol::PROTOCOL_VERSION;
 use uuid::Uuid;
+
+use super::placement::{self, Candidate};
 
 /// ZeroMQ routing identity of a manager's DEALER socket.
 pub type Identity = Vec<u8>;
@@ -23,6 +36,30 @@ struct Manager {
     in_hand: HashSet<Uuid>,
     known_functions: HashSet<Uuid>,
     last_seen: Instant,
+    /// The MPI task this manager is held for (waiting to start or running);
+    /// it gets no other work meanwhile.
+    held_for: Option<Uuid>,
+}
+
+/// An MPI task that has not started yet.
+struct MpiWait {
+    task_id: Uuid,
+    request: MpiRequest,
+    /// Managers held for it, leader first; empty until one block has enough.
+    held: Vec<Identity>,
+    /// Whether `waiting-for-nodes` was reported.
+    reported: bool,
+}
+
+impl MpiWait {
+    fn new(task_id: Uuid, request: MpiRequest) -> Self {
+        MpiWait {
+            task_id,
+            request,
+            held: Vec::new(),
+            reported: false,
+        }
+    }
 }
 
 /// Queue, managers and retry budgets of one endpoint's broker.
@@ -39,6 +76,16 @@ pub struct Dispatcher {
     heartbeat_threshold: Duration,
     /// Seconds before a manager's deadline when it stops getting work.
     drain_period: f64,
+    /// Nodes of a block as configured (`provider.nodes_per_block`).
+    nodes_per_block: u32,
+    /// Functions that are `MPIFunction`s.
+    mpi_functions: HashSet<Uuid>,
+    /// What each MPI task the broker owns asks for (waiting or running).
+    mpi_requests: HashMap<Uuid, MpiRequest>,
+    /// MPI tasks not started yet, oldest first.
+    mpi_queue: VecDeque<MpiWait>,
+    /// State changes to report to the agent.
+    states: Vec<(Uuid, TaskState)>,
 }
 
 /// One block as the broker sees it through its managers.
@@ -90,7 +137,18 @@ impl Dispatcher {
             max_retries,
             heartbeat_threshold,
             drain_period,
+            nodes_per_block: 1,
+            mpi_functions: HashSet::new(),
+            mpi_requests: HashMap::new(),
+            mpi_queue: VecDeque::new(),
+            states: Vec::new(),
         }
+    }
+
+    /// Sets the configured nodes per block, the least size an MPI task may rely on.
+    pub fn with_nodes_per_block(mut self, nodes: u32) -> Self {
+        self.nodes_per_block = nodes.max(1);
+        self
     }
 
     /// Accepts a manager, or says why not.
@@ -127,6 +185,7 @@ impl Dispatcher {
                 in_hand: HashSet::new(),
                 known_functions: HashSet::new(),
                 last_seen: now,
+                held_for: None,
             },
         );
         Ok(())
@@ -144,18 +203,72 @@ impl Dispatcher {
         }
     }
 
-    /// Queues tasks (a task already owned is ignored: delivery is at least once).
-    pub fn submit(&mut self, functions: Vec<FunctionCode>, tasks: Vec<TaskSpec>) {
+    /// Queues tasks (a task already owned is ignored: delivery is at least
+    /// once); returns the failures of MPI tasks that can never run.
+    pub fn submit(
+        &mut self,
+        functions: Vec<FunctionCode>,
+        tasks: Vec<TaskSpec>,
+    ) -> Vec<TaskResult> {
         for f in functions {
+            if is_mpi_function(&f.code) {
+                self.mpi_functions.insert(f.function_id);
+            }
             self.functions.insert(f.function_id, f.code);
         }
+        let mut refused = Vec::new();
         for t in tasks {
             if self.tasks.contains_key(&t.task_id) {
+                continue;
+            }
+            if self.mpi_functions.contains(&t.function_id) {
+                match self.mpi_request(&t) {
+                    Ok(request) => {
+                        self.mpi_queue
+                            .push_back(MpiWait::new(t.task_id, request.clone()));
+                        self.mpi_requests.insert(t.task_id, request);
+                        self.tasks.insert(t.task_id, t);
+                    }
+                    Err(why) => refused.push(TaskResult::failed(
+                        t.task_id,
+                        ExceptionInfo::system(INVALID_RESOURCES, why),
+                    )),
+                }
                 continue;
             }
             self.tasks.insert(t.task_id, t.clone());
             self.queue.push_back(t);
         }
+        refused
+    }
+
+    /// What an MPI task asks for, or why no block of this endpoint can ever run it.
+    fn mpi_request(&self, task: &TaskSpec) -> Result<MpiRequest, String> {
+        let request = MpiRequest::parse(task.resource_spec.as_deref())?;
+        let largest = self.largest_block();
+        if request.num_nodes > largest {
+            return Err(format!(
+                "this MPI task needs {} nodes of one block ({} ranks, {} per node), but this \
+                 endpoint's blocks have at most {largest} (provider.nodes_per_block = {}), \
+                 so it can never run",
+                request.num_nodes, request.num_ranks, request.ranks_per_node, self.nodes_per_block
+            ));
+        }
+        Ok(request)
+    }
+
+    /// Most nodes one block may have: as configured, or as many managers as
+    /// a block has registered (one joined by hand may have more).
+    fn largest_block(&self) -> u32 {
+        let mut per_block: HashMap<&str, u32> = HashMap::new();
+        for m in self.managers.values() {
+            *per_block.entry(m.info.block_id.as_str()).or_default() += 1;
+        }
+        per_block
+            .into_values()
+            .max()
+            .unwrap_or(0)
+            .max(self.nodes_per_block)
     }
 
     /// Takes finished tasks from a manager; returns the results to report.
@@ -166,12 +279,16 @@ impl Dispatcher {
             if let Some(m) = self.managers.get_mut(identity) {
                 m.in_hand.remove(&r.task_id);
             }
+            if self.mpi_requests.contains_key(&r.task_id) {
+                self.release(r.task_id);
+            }
             let system_failure = matches!(&r.outcome, Outcome::Failed { exception } if exception.exc_type == WORKER_LOST);
             if system_failure && self.retry(r.task_id) {
                 continue;
             }
             if self.tasks.remove(&r.task_id).is_some() {
                 self.attempts.remove(&r.task_id);
+                self.mpi_requests.remove(&r.task_id);
                 report.push(r);
             }
         }
@@ -188,8 +305,26 @@ impl Dispatcher {
             return false;
         }
         *attempts += 1;
-        self.queue.push_front(spec.clone());
+        match self.mpi_requests.get(&task_id) {
+            Some(request) => self
+                .mpi_queue
+                .push_front(MpiWait::new(task_id, request.clone())),
+            None => self.queue.push_front(spec.clone()),
+        }
         true
+    }
+
+    /// Frees the managers held for an MPI task, so they take ordinary work
+    /// again; a task still waiting will choose its nodes afresh.
+    fn release(&mut self, task_id: Uuid) {
+        for m in self.managers.values_mut() {
+            if m.held_for == Some(task_id) {
+                m.held_for = None;
+            }
+        }
+        if let Some(w) = self.mpi_queue.iter_mut().find(|w| w.task_id == task_id) {
+            w.held.clear();
+        }
     }
 
     /// Removes a manager; its tasks are retried or failed with `ManagerLost`.
@@ -198,10 +333,21 @@ impl Dispatcher {
             return Vec::new();
         };
         self.order.retain(|i| i.as_slice() != identity);
+        if let Some(task_id) = m.held_for {
+            // Before its start the task chooses other nodes; once started,
+            // its leader reports how the run ended without this node.
+            if self.mpi_queue.iter().any(|w| w.task_id == task_id) {
+                self.release(task_id);
+            }
+        }
         let mut failed = Vec::new();
         for task_id in m.in_hand {
+            if self.mpi_requests.contains_key(&task_id) {
+                self.release(task_id);
+            }
             if !self.retry(task_id) && self.tasks.remove(&task_id).is_some() {
                 self.attempts.remove(&task_id);
+                self.mpi_requests.remove(&task_id);
                 let message = format!(
                     "manager {} (block {}, host {}) was lost while running this task: {why}",
                     m.info.manager_id, m.info.block_id, m.info.host
@@ -245,10 +391,11 @@ impl Dispatcher {
             .is_some_and(|d| d - now <= self.drain_period)
     }
 
-    /// Hands queued tasks to managers with free capacity, round-robin;
-    /// `now` is the wall clock (Unix seconds) for walltime draining.
+    /// Holds nodes for MPI tasks and starts those whose nodes are idle, then
+    /// hands queued tasks to the other managers with free capacity,
+    /// round-robin; `now` is the wall clock (Unix seconds) for walltime draining.
     pub fn dispatch(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
-        let mut out = Vec::new();
+        let mut out = self.place_mpi(now);
         // A task re-queued after a restart may have finished meanwhile.
         while self
             .queue
@@ -267,7 +414,7 @@ impl Dispatcher {
             let Some(m) = self.managers.get(&identity) else {
                 continue;
             };
-            if self.draining(m, now) {
+            if self.draining(m, now) || m.held_for.is_some() {
                 continue;
             }
             let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
@@ -284,21 +431,110 @@ impl Dispatcher {
                 continue;
             }
             let m = self.managers.get_mut(&identity).expect("checked above");
-            let mut functions = Vec::new();
-            for t in &tasks {
-                m.in_hand.insert(t.task_id);
-                if m.known_functions.insert(t.function_id) {
-                    if let Some(code) = self.functions.get(&t.function_id) {
-                        functions.push(FunctionCode {
-                            function_id: t.function_id,
-                            code: code.clone(),
-                        });
-                    }
-                }
-            }
+            m.in_hand.extend(tasks.iter().map(|t| t.task_id));
+            let functions = unseen_code(&self.functions, m, &tasks);
             out.push((identity, BrokerMessage::Tasks { functions, tasks }));
         }
         out
+    }
+
+    /// Holds nodes for waiting MPI tasks, oldest first, and starts each task
+    /// whose held nodes have all gone idle.
+    fn place_mpi(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
+        let mut out = Vec::new();
+        for mut w in std::mem::take(&mut self.mpi_queue) {
+            if !self.tasks.contains_key(&w.task_id) {
+                continue;
+            }
+            // A held node about to reach its walltime is a bad place to start.
+            let unusable = w
+                .held
+                .iter()
+                .any(|id| self.managers.get(id).is_none_or(|m| self.draining(m, now)));
+            if unusable {
+                for id in w.held.drain(..) {
+                    if let Some(m) = self.managers.get_mut(&id) {
+                        m.held_for = None;
+                    }
+                }
+            }
+            if w.held.is_empty() {
+                if let Some(chosen) = self.choose_nodes(&w.request, now) {
+                    for id in &chosen {
+                        if let Some(m) = self.managers.get_mut(id) {
+                            m.held_for = Some(w.task_id);
+                        }
+                    }
+                    w.held = chosen;
+                }
+            }
+            let idle = !w.held.is_empty()
+                && w.held
+                    .iter()
+                    .all(|id| self.managers.get(id).is_some_and(|m| m.in_hand.is_empty()));
+            if idle {
+                out.push(self.start_mpi(w));
+                continue;
+            }
+            if !w.reported {
+                w.reported = true;
+                self.states.push((w.task_id, TaskState::WaitingForNodes));
+            }
+            self.mpi_queue.push_back(w);
+        }
+        out
+    }
+
+    /// Managers of one block to hold for an MPI task, leader first, if a block has enough.
+    fn choose_nodes(&self, request: &MpiRequest, now: f64) -> Option<Vec<Identity>> {
+        let candidates: Vec<Candidate<Identity>> = self
+            .order
+            .iter()
+            .filter_map(|id| {
+                let m = self.managers.get(id)?;
+                (m.held_for.is_none() && !self.draining(m, now)).then(|| Candidate {
+                    key: id.clone(),
+                    block_id: m.info.block_id.clone(),
+                    rank: m.info.rank,
+                    busy: m.in_hand.len(),
+                })
+            })
+            .collect();
+        placement::choose(&candidates, request.num_nodes as usize)
+    }
+
+    /// The message that starts an MPI task on the leader of its held nodes.
+    fn start_mpi(&mut self, w: MpiWait) -> (Identity, BrokerMessage) {
+        let nodes: Vec<MpiNode> = w
+            .held
+            .iter()
+            .zip(0..)
+            .map(|(id, i)| MpiNode {
+                host: self.managers[id].info.host.clone(),
+                ranks: w.request.ranks_on(i),
+            })
+            .collect();
+        let task = self.tasks[&w.task_id].clone();
+        let leader = w.held[0].clone();
+        let m = self
+            .managers
+            .get_mut(&leader)
+            .expect("held managers are registered");
+        m.in_hand.insert(task.task_id);
+        let functions = unseen_code(&self.functions, m, std::slice::from_ref(&task));
+        (
+            leader,
+            BrokerMessage::MpiTask {
+                functions,
+                task,
+                nodes,
+            },
+        )
+    }
+
+    /// State changes since the last call (`waiting-for-nodes` of MPI tasks).
+    pub fn take_states(&mut self) -> Vec<(Uuid, TaskState)> {
+        std::mem::take(&mut self.states)
     }
 
     /// Current load at wall time `now` (Unix seconds).
@@ -328,20 +564,44 @@ impl Dispatcher {
         }
         blocks.sort_by(|a, b| a.block_id.cmp(&b.block_id));
         let total: u32 = self.managers.values().map(|m| m.info.workers).sum();
+        // A manager held for an MPI task takes nothing else: none of its workers is free.
         let busy: u32 = self
             .managers
             .values()
-            .map(|m| (m.in_hand.len() as u32).min(m.info.workers))
+            .map(|m| match m.held_for {
+                Some(_) => m.info.workers,
+                None => (m.in_hand.len() as u32).min(m.info.workers),
+            })
             .sum();
         Load {
             managers: self.managers.len() as u32,
             total_workers: total,
             idle_workers: total - busy,
-            queued: self.queue.len() as u64,
+            queued: (self.queue.len() + self.mpi_queue.len()) as u64,
             in_hand: self.managers.values().map(|m| m.in_hand.len() as u64).sum(),
             blocks,
         }
     }
+}
+
+/// Code of the tasks' functions that the manager has not been sent yet.
+fn unseen_code(
+    functions: &HashMap<Uuid, String>,
+    manager: &mut Manager,
+    tasks: &[TaskSpec],
+) -> Vec<FunctionCode> {
+    let mut out = Vec::new();
+    for t in tasks {
+        if manager.known_functions.insert(t.function_id) {
+            if let Some(code) = functions.get(&t.function_id) {
+                out.push(FunctionCode {
+                    function_id: t.function_id,
+                    code: code.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -534,6 +794,182 @@ mod tests {
         assert!(d
             .register(b"a".to_vec(), info("other", "0", 1, 0), now)
             .is_err());
+    }
+
+    /// An MPI function's code and `n` calls of it with this resource specification.
+    fn mpi_tasks(n: usize, spec: &str) -> (Vec<FunctionCode>, Vec<TaskSpec>) {
+        let f = Uuid::new_v4();
+        let code = hpfaas_protocol::payload::pack(&[r#"sh
+{"cmd": "./hello", "mpi": true}"#]);
+        let mut ts = tasks(n, f);
+        for t in &mut ts {
+            t.resource_spec = Some(spec.to_string());
+        }
+        (
+            vec![FunctionCode {
+                function_id: f,
+                code,
+            }],
+            ts,
+        )
+    }
+
+    /// Registers one-worker managers `(name, block, host)` with no prefetch.
+    fn managers(d: &mut Dispatcher, list: &[(&str, &str, &str)]) {
+        for (rank, (name, block, host)) in list.iter().enumerate() {
+            let mut i = info(name, block, 1, 0);
+            i.host = host.to_string();
+            i.rank = rank as u32;
+            d.register(name.as_bytes().to_vec(), i, Instant::now())
+                .unwrap();
+        }
+    }
+
+    fn mpi_sent(msgs: &[(Identity, BrokerMessage)]) -> Vec<(Vec<u8>, Vec<MpiNode>)> {
+        msgs.iter()
+            .filter_map(|(id, m)| match m {
+                BrokerMessage::MpiTask { nodes, .. } => Some((id.clone(), nodes.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failure(r: &TaskResult) -> &ExceptionInfo {
+        match &r.outcome {
+            Outcome::Failed { exception } => exception,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mpi_task_holds_whole_nodes_of_one_block_until_it_ends() {
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0).with_nodes_per_block(2);
+        managers(
+            &mut d,
+            &[("a0", "a", "h0"), ("a1", "a", "h1"), ("b0", "b", "h2")],
+        );
+        // a1 is busy with an ordinary task when the MPI task comes.
+        let small = Uuid::new_v4();
+        let busy = tasks(1, small);
+        d.submit(vec![], busy.clone());
+        let out = d.dispatch(0.0);
+        assert_eq!(out.len(), 1);
+        let busy_one = out[0].0.clone();
+        let (code, mpi) = mpi_tasks(1, r#"{"num_nodes": 2, "ranks_per_node": 2}"#);
+        assert!(d.submit(code, mpi.clone()).is_empty());
+        let more = tasks(4, small);
+        d.submit(vec![], more);
+        let out = d.dispatch(0.0);
+        assert!(mpi_sent(&out).is_empty(), "a node of block a is still busy");
+        assert_eq!(
+            d.take_states(),
+            vec![(mpi[0].task_id, TaskState::WaitingForNodes)]
+        );
+        // The idle node of block a is held: only block b takes small tasks.
+        assert_eq!(sent(&out, b"b0").1, 1);
+        assert_eq!(sent(&out, b"a0").1 + sent(&out, b"a1").1, 0);
+        assert_eq!(
+            d.load(0.0).idle_workers,
+            0,
+            "held nodes are not idle capacity"
+        );
+        d.complete(&busy_one, vec![ok(busy[0].task_id)]);
+        let out = d.dispatch(0.0);
+        let started = mpi_sent(&out);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].0, b"a0".to_vec(), "the first node leads");
+        let hosts: Vec<(&str, u32)> = started[0]
+            .1
+            .iter()
+            .map(|n| (n.host.as_str(), n.ranks))
+            .collect();
+        assert_eq!(hosts, vec![("h0", 2), ("h1", 2)]);
+        assert_eq!(sent(&out, b"a1").1, 0, "a1 stays held while the task runs");
+        assert!(d.take_states().is_empty(), "waiting was reported once");
+        // Its result frees both nodes for ordinary work.
+        let done = d.complete(b"a0", vec![ok(mpi[0].task_id)]);
+        assert_eq!(done.len(), 1);
+        let out = d.dispatch(0.0);
+        assert_eq!((sent(&out, b"a0").1, sent(&out, b"a1").1), (1, 1));
+    }
+
+    #[test]
+    fn mpi_tasks_that_can_never_fit_fail_at_once() {
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0).with_nodes_per_block(2);
+        managers(&mut d, &[("a0", "a", "h0")]);
+        let (code, big) = mpi_tasks(1, r#"{"num_nodes": 3, "ranks_per_node": 2}"#);
+        let refused = d.submit(code, big);
+        assert_eq!(refused.len(), 1);
+        let e = failure(&refused[0]);
+        assert_eq!(e.exc_type, "ValueError");
+        assert!(
+            e.message.contains("needs 3 nodes") && e.message.contains("at most 2"),
+            "{}",
+            e.message
+        );
+        let (code, bad) = mpi_tasks(1, r#"{"nodes": 2}"#);
+        let e = d.submit(code, bad);
+        assert!(failure(&e[0]).message.contains("\"nodes\""), "{:?}", e);
+        let (code, none) = mpi_tasks(1, "{}");
+        let e = d.submit(code, none);
+        assert!(failure(&e[0])
+            .message
+            .contains("needs a resource_specification"));
+        // Two nodes fit a block of 2 even before the second node has come.
+        let (code, fits) = mpi_tasks(1, r#"{"num_nodes": 2}"#);
+        assert!(d.submit(code, fits).is_empty());
+        assert!(d.dispatch(0.0).is_empty());
+        assert_eq!(d.load(0.0).queued, 1);
+        // A block joined by hand by more managers than configured may hold more.
+        managers(&mut d, &[("a1", "a", "h1"), ("a2", "a", "h2")]);
+        let (code, three) = mpi_tasks(1, r#"{"num_nodes": 3}"#);
+        assert!(d.submit(code, three).is_empty());
+    }
+
+    #[test]
+    fn losing_a_held_node_releases_the_others() {
+        let mut d = Dispatcher::new(1, Duration::from_secs(10), 60.0).with_nodes_per_block(2);
+        managers(&mut d, &[("a0", "a", "h0"), ("a1", "a", "h1")]);
+        let busy = tasks(1, Uuid::new_v4());
+        d.submit(vec![], busy);
+        let out = d.dispatch(0.0);
+        let busy_one = out[0].0.clone();
+        let idle_one = if busy_one == b"a0" {
+            b"a1".to_vec()
+        } else {
+            b"a0".to_vec()
+        };
+        let (code, mpi) = mpi_tasks(1, r#"{"num_nodes": 2}"#);
+        d.submit(code, mpi.clone());
+        d.submit(vec![], tasks(1, Uuid::new_v4()));
+        assert!(
+            d.dispatch(0.0).is_empty(),
+            "both nodes are held for the MPI task"
+        );
+        // Before the start: the surviving node goes back to ordinary work.
+        d.remove_manager(&busy_one, "gone");
+        let out = d.dispatch(0.0);
+        assert_eq!(sent(&out, &idle_one).1, 1);
+        // A new node of the block: the MPI task starts once both are idle.
+        let queued: Vec<Uuid> = match &out[0].1 {
+            BrokerMessage::Tasks { tasks, .. } => tasks.iter().map(|t| t.task_id).collect(),
+            _ => unreachable!(),
+        };
+        d.complete(&idle_one, queued.into_iter().map(ok).collect());
+        managers(&mut d, &[("a2", "a", "h2")]);
+        let out = d.dispatch(0.0);
+        let started = mpi_sent(&out);
+        assert_eq!(started.len(), 1);
+        let leader = started[0].0.clone();
+        // Once started, losing the leader retries the task (budget 1) on nodes held afresh.
+        assert!(d.remove_manager(&leader, "gone").is_empty());
+        assert_eq!(
+            d.load(0.0).queued,
+            2,
+            "the MPI task and the small task no free node took"
+        );
+        managers(&mut d, &[("a3", "a", "h3")]);
+        assert_eq!(mpi_sent(&d.dispatch(0.0)).len(), 1);
     }
 
     #[test]

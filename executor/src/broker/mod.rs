@@ -3,16 +3,18 @@
 //! Managers register, the broker pushes tasks to them while they have free
 //! capacity ([`dispatch::Dispatcher`]), collects results, and declares a
 //! manager lost after `heartbeat_threshold` of silence (its tasks are then
-//! retried or failed with `ManagerLost`). The agent talks to the broker
-//! through [`BrokerCommand`]s and [`BrokerEvent`]s.
+//! retried or failed with `ManagerLost`). MPI tasks get whole nodes of one
+//! block ([`placement`]). The agent talks to the broker through
+//! [`BrokerCommand`]s and [`BrokerEvent`]s.
 
 pub mod address;
 pub mod dispatch;
+pub mod placement;
 
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerMessage};
-use hpfaas_protocol::task::{now_unix, FunctionCode, TaskResult, TaskSpec};
+use hpfaas_protocol::task::{now_unix, FunctionCode, TaskResult, TaskSpec, TaskState};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -37,6 +39,8 @@ pub struct BrokerConfig {
     pub max_retries: u32,
     /// Seconds before a block's walltime ends when it stops getting work.
     pub drain_period: f64,
+    /// Nodes per block as configured: an MPI task needing more fails at once.
+    pub nodes_per_block: u32,
 }
 
 /// What the agent asks of the broker.
@@ -67,6 +71,8 @@ pub enum BrokerEvent {
     Running(Vec<Uuid>),
     /// Tasks finished (or failed for good).
     Results(Vec<TaskResult>),
+    /// Other state changes (`waiting-for-nodes` of MPI tasks).
+    States(Vec<(Uuid, TaskState)>),
     /// Periodic load figures.
     Load(Load),
 }
@@ -154,7 +160,8 @@ async fn run(
             config.max_retries,
             config.heartbeat_threshold,
             config.drain_period,
-        ),
+        )
+        .with_nodes_per_block(config.nodes_per_block),
         out: bridge.sender.clone(),
         events,
         config: config.clone(),
@@ -164,7 +171,10 @@ async fn run(
         tokio::select! {
             Some(message) = bridge.incoming.recv() => broker.on_frame(message),
             command = commands.recv() => match command {
-                Some(BrokerCommand::Submit { functions, tasks }) => broker.dispatcher.submit(functions, tasks),
+                Some(BrokerCommand::Submit { functions, tasks }) => {
+                    let refused = broker.dispatcher.submit(functions, tasks);
+                    broker.report(refused);
+                }
                 Some(BrokerCommand::BlockEnded { block_id, reason }) => broker.block_ended(&block_id, &reason),
                 Some(BrokerCommand::Shutdown) | None => break,
             },
@@ -193,6 +203,10 @@ impl Broker {
     fn dispatch(&mut self) {
         for (identity, message) in self.dispatcher.dispatch(now_unix()) {
             self.send(identity, &message);
+        }
+        let states = self.dispatcher.take_states();
+        if !states.is_empty() {
+            let _ = self.events.send(BrokerEvent::States(states));
         }
     }
 

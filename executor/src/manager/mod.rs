@@ -2,10 +2,15 @@
 //!
 //! It registers with the endpoint's broker, receives tasks up to its
 //! capacity (workers + prefetch), runs Python tasks on warm worker processes
-//! ([`worker`]) and shell tasks directly ([`shell`]), and sends results and
+//! ([`worker`]) and shell tasks directly ([`shell`]), launches the MPI tasks
+//! the broker makes it lead ([`mpi_task`]), and sends results and
 //! state changes back in batches. It exits when told to, on SIGTERM (after
 //! saying goodbye), or when the broker has been silent past the threshold.
 
+pub mod affinity;
+pub mod block;
+pub mod job_env;
+pub mod mpi_task;
 pub mod runtime;
 pub mod shell;
 pub mod worker;
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerInfo, ManagerMessage};
+use hpfaas_protocol::mpi::{is_mpi_function, MpiNode};
 use hpfaas_protocol::payload::{self, STRATEGY_SHELL_FUNCTION};
 use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult, TaskSpec};
 use hpfaas_protocol::PROTOCOL_VERSION;
@@ -23,6 +29,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::zmq_bridge::{self, BridgeSender};
+use mpi_task::MpiSettings;
 use shell::ShellSpec;
 use worker::{PythonJob, WorkerSettings};
 
@@ -46,6 +53,16 @@ pub struct ManagerConfig {
     /// The block's walltime, counted from this manager's start; the broker
     /// stops giving work within its drain period of the end.
     pub walltime: Option<Duration>,
+    /// `engine.cpu_affinity`: how workers are pinned ([`affinity::Mode`]).
+    pub cpu_affinity: String,
+    /// `engine.available_accelerators`: one per worker; caps the worker count.
+    pub accelerators: Vec<String>,
+    /// Rank of this manager in its block (from [`block::Membership`]).
+    pub rank: u32,
+    /// `engine.mpi_launcher`: how this manager starts the MPI tasks it leads.
+    pub mpi_launcher: String,
+    /// `engine.launcher_options`: extra arguments for that launcher.
+    pub launcher_options: String,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -59,6 +76,8 @@ pub fn job_id_from_env() -> Option<String> {
 enum Function {
     Python(Arc<str>),
     Shell(Arc<ShellSpec>),
+    /// A shell function run under the MPI launcher (`"mpi": true`).
+    Mpi(Arc<ShellSpec>),
 }
 
 impl Function {
@@ -66,9 +85,15 @@ impl Function {
         let buffers = payload::unpack(code).map_err(|e| format!("bad function code: {e}"))?;
         let first = buffers.first().ok_or("empty function code")?;
         match first.strip_prefix(STRATEGY_SHELL_FUNCTION) {
-            Some(json) => serde_json::from_str(json)
-                .map(|spec| Function::Shell(Arc::new(spec)))
-                .map_err(|e| format!("bad shell function definition: {e}")),
+            Some(json) => {
+                let spec = serde_json::from_str(json)
+                    .map_err(|e| format!("bad shell function definition: {e}"))?;
+                if is_mpi_function(code) {
+                    Ok(Function::Mpi(Arc::new(spec)))
+                } else {
+                    Ok(Function::Shell(Arc::new(spec)))
+                }
+            }
             None => Ok(Function::Python(code.into())),
         }
     }
@@ -79,16 +104,27 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let workers = config.workers.unwrap_or(cores).max(1);
+    // Refuse an impossible placement before registering; this reads the
+    // CPUs this process may use, so any pinning of the manager comes first.
+    let request = affinity::Request::new(
+        &config.cpu_affinity,
+        config.workers,
+        config.accelerators.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let placements = affinity::plan_here(&request, cores).map_err(anyhow::Error::msg)?;
+    let workers = placements.len() as u32;
     let runtime_dir = runtime::install(&std::env::temp_dir())
         .context("cannot write the Python worker runtime")?;
+    let mpi = MpiSettings::new(&config.mpi_launcher, &config.launcher_options)
+        .map_err(anyhow::Error::msg)?;
     let info = ManagerInfo {
         version: PROTOCOL_VERSION,
         manager_id: Uuid::new_v4().to_string(),
         block_id: config.block_id.clone(),
         job_id: config.job_id.clone().or_else(job_id_from_env),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
-        rank: 0,
+        rank: config.rank,
         pid: std::process::id(),
         cores,
         workers,
@@ -144,8 +180,9 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         python: config.worker_python.clone(),
         runtime_dir,
         count: workers,
+        placements,
     });
-    let mut manager = Manager::new(workers as usize, settings, out.clone(), info);
+    let mut manager = Manager::new(workers as usize, settings, out.clone(), info, mpi);
     let result = manager.serve(&mut bridge.incoming, period, threshold).await;
     manager.shutdown().await;
     bridge.sender.close();
@@ -175,6 +212,10 @@ struct Manager {
     slot_tasks: Vec<tokio::task::JoinHandle<()>>,
     results: Vec<TaskResult>,
     started: Vec<Uuid>,
+    /// How MPI tasks led by this manager are launched.
+    mpi: Arc<MpiSettings>,
+    /// Nodes of the MPI tasks this manager leads, until each starts.
+    mpi_nodes: HashMap<Uuid, Vec<MpiNode>>,
 }
 
 impl Manager {
@@ -183,6 +224,7 @@ impl Manager {
         settings: Arc<WorkerSettings>,
         out: BridgeSender,
         info: ManagerInfo,
+        mpi: MpiSettings,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut slots = Vec::with_capacity(workers);
@@ -209,6 +251,8 @@ impl Manager {
             slot_tasks,
             results: Vec::new(),
             started: Vec::new(),
+            mpi: Arc::new(mpi),
+            mpi_nodes: HashMap::new(),
         }
     }
 
@@ -229,6 +273,10 @@ impl Manager {
                     last_heard = Instant::now();
                     match decode_frame(&frames) {
                         Ok(BrokerMessage::Tasks { functions, tasks }) => self.accept(functions, tasks),
+                        Ok(BrokerMessage::MpiTask { functions, task, nodes }) => {
+                            self.mpi_nodes.insert(task.task_id, nodes);
+                            self.accept(functions, vec![task]);
+                        }
                         Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => {}
                         Ok(BrokerMessage::Reregister) => {
                             tracing::info!("the broker restarted; registering again");
@@ -323,6 +371,24 @@ impl Manager {
                     let (shell_spec, done) = (shell_spec.clone(), self.done_tx.clone());
                     tokio::spawn(async move {
                         let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
+                        let _ = done.send((
+                            slot,
+                            TaskResult {
+                                task_id,
+                                outcome,
+                                completed_at: now_unix(),
+                            },
+                        ));
+                    });
+                }
+                Some(Function::Mpi(shell_spec)) => {
+                    // Only the broker's MpiTask carries nodes; an MPI task
+                    // reaching a manager any other way cannot be placed.
+                    let nodes = self.mpi_nodes.remove(&task_id).unwrap_or_default();
+                    let (shell_spec, settings) = (shell_spec.clone(), self.mpi.clone());
+                    let done = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = mpi_task::run(&shell_spec, &spec, &nodes, &settings).await;
                         let _ = done.send((
                             slot,
                             TaskResult {

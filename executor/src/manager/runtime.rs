@@ -20,6 +20,7 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../python/hpfaas/errors.py"),
     ),
     ("shell.py", include_str!("../../../python/hpfaas/shell.py")),
+    ("mpi.py", include_str!("../../../python/hpfaas/mpi.py")),
     (
         "client.py",
         include_str!("../../../python/hpfaas/client.py"),
@@ -86,5 +87,21 @@ mod tests {
         }
         assert!(bootstrap(&a).contains("hpfaas.worker"));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A module missing here breaks any worker that imports it (or imports
+    /// a module that does), so every file of the package must be embedded.
+    #[test]
+    fn every_package_file_is_embedded() {
+        let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/hpfaas");
+        for entry in std::fs::read_dir(&package).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".py") {
+                assert!(
+                    FILES.iter().any(|(f, _)| *f == name),
+                    "python/hpfaas/{name} is not embedded in the worker runtime"
+                );
+            }
+        }
     }
 }

@@ -13,6 +13,9 @@ use tokio::io::AsyncReadExt;
 /// Return code of a command killed for exceeding its walltime (as `timeout(1)`).
 pub const WALLTIME_RETURNCODE: i32 = 124;
 
+/// How long a command past its walltime has to end after SIGTERM before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
 /// Exception type for a shell task that could not even be started.
 const SHELL_ERROR: &str = "ShellFunctionError";
 
@@ -48,15 +51,23 @@ pub struct ShellResult {
 
 /// Runs one shell task and returns its outcome.
 pub async fn run(spec: &ShellSpec, payload: &str) -> Outcome {
-    let cmd = match render_command(spec, payload) {
-        Ok(cmd) => cmd,
-        Err(message) => {
-            return Outcome::Failed {
-                exception: ExceptionInfo::system(SHELL_ERROR, message),
-            }
-        }
-    };
-    match execute(spec, &cmd).await {
+    match render_command(spec, payload) {
+        Ok(cmd) => run_line(spec, &cmd, &[], &cmd).await,
+        Err(message) => Outcome::Failed {
+            exception: ExceptionInfo::system(SHELL_ERROR, message),
+        },
+    }
+}
+
+/// Runs a rendered command line for `/bin/sh -c` with `env` added, under the
+/// spec's walltime and snippet size; `shown` is what the result names as `cmd`.
+pub async fn run_line(
+    spec: &ShellSpec,
+    line: &str,
+    env: &[(&str, String)],
+    shown: &str,
+) -> Outcome {
+    match execute(spec, line, env, shown).await {
         Ok(result) => Outcome::Success {
             result: format!(
                 "{STRATEGY_SHELL_RESULT}{}",
@@ -64,7 +75,7 @@ pub async fn run(spec: &ShellSpec, payload: &str) -> Outcome {
             ),
         },
         Err(e) => Outcome::Failed {
-            exception: ExceptionInfo::system(SHELL_ERROR, format!("cannot run `{cmd}`: {e}")),
+            exception: ExceptionInfo::system(SHELL_ERROR, format!("cannot run `{shown}`: {e}")),
         },
     }
 }
@@ -131,10 +142,20 @@ fn format_placeholders(
     Ok(out)
 }
 
-async fn execute(spec: &ShellSpec, cmd: &str) -> std::io::Result<ShellResult> {
+async fn execute(
+    spec: &ShellSpec,
+    line: &str,
+    env: &[(&str, String)],
+    shown: &str,
+) -> std::io::Result<ShellResult> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(cmd)
+        .arg(line)
+        // The job's environment, not the managers' MPI job's: a user's own
+        // mpiexec or srun (and an MPI task's launcher) must not join it.
+        .env_clear()
+        .envs(super::job_env::child_environment().iter().cloned())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,10 +174,20 @@ async fn execute(spec: &ShellSpec, cmd: &str) -> std::io::Result<ShellResult> {
         Ok::<_, std::io::Error>((status, out, err))
     };
     let limit = spec.walltime.filter(|w| w.is_finite() && *w > 0.0);
+    tokio::pin!(collect);
     let finished = match limit {
-        Some(w) => tokio::time::timeout(Duration::from_secs_f64(w), collect)
-            .await
-            .ok(),
+        Some(w) => match tokio::time::timeout(Duration::from_secs_f64(w), &mut collect).await {
+            Ok(result) => Some(result),
+            Err(_) => {
+                // SIGTERM first: MPI launchers put each rank in a process
+                // group of its own, out of the group kill's reach, and end
+                // the ranks only when they are asked to end themselves.
+                signal_group(pid, libc::SIGTERM);
+                let _ = tokio::time::timeout(KILL_GRACE, &mut collect).await;
+                signal_group(pid, libc::SIGKILL);
+                None
+            }
+        },
         None => Some(collect.await),
     };
     let tail = |bytes: &[u8]| last_lines(&String::from_utf8_lossy(bytes), spec.snippet_lines);
@@ -169,24 +200,26 @@ async fn execute(spec: &ShellSpec, cmd: &str) -> std::io::Result<ShellResult> {
                 returncode,
                 stdout: tail(&out),
                 stderr: tail(&err),
-                cmd: cmd.to_string(),
+                cmd: shown.to_string(),
             })
         }
-        None => {
-            if let Some(pid) = pid {
-                // SAFETY: kill(2) on the process group we created for this command.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            Ok(ShellResult {
-                returncode: WALLTIME_RETURNCODE,
-                stdout: String::new(),
-                stderr: format!(
-                    "hpfaas: command exceeded its walltime of {} s and was killed",
-                    limit.unwrap_or_default()
-                ),
-                cmd: cmd.to_string(),
-            })
-        }
+        None => Ok(ShellResult {
+            returncode: WALLTIME_RETURNCODE,
+            stdout: String::new(),
+            stderr: format!(
+                "hpfaas: command exceeded its walltime of {} s and was killed",
+                limit.unwrap_or_default()
+            ),
+            cmd: shown.to_string(),
+        }),
+    }
+}
+
+/// Sends `signal` to the process group the command leads, if it started.
+fn signal_group(pid: Option<u32>, signal: libc::c_int) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) on the process group we created for this command.
+        unsafe { libc::kill(-(pid as i32), signal) };
     }
 }
 

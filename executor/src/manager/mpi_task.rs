@@ -1,0 +1,227 @@
+//! MPI functions (`MPIFunction` in the SDK), started by the first manager
+//! (the leader) of the nodes the broker held for the task. The command is
+//! filled in as a shell function's and run by [`shell`] as
+//! `$HPFAAS_MPI_PREFIX <cmd>`, as Globus Compute does, the prefix being the
+//! endpoint's `mpi_launcher` aimed at the held hosts; the return code and the
+//! output come back as a shell function's (`sr\n`).
+
+use hpfaas_protocol::mpi::{MpiNode, MpiRequest};
+use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskSpec};
+
+use super::shell::{self, ShellSpec};
+
+/// Exception type of an MPI task that could not be started.
+const MPI_ERROR: &str = "MPIFunctionError";
+
+/// How MPI tasks are started (`engine.mpi_launcher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MpiLauncher {
+    /// OpenMPI's `mpiexec`: `--host h1:R,h2:R --map-by ppr:R:node`.
+    OpenMpi,
+    /// MPICH's (Hydra) `mpiexec`: `-hosts h1,h2 -ppn R`.
+    Mpich,
+    /// Slurm's `srun`, in a step overlapping the managers' (Slurm blocks only).
+    Srun,
+}
+
+impl MpiLauncher {
+    /// The names `engine.mpi_launcher` accepts.
+    pub const NAMES: [&'static str; 3] = ["mpiexec", "mpiexec-mpich", "srun"];
+
+    /// Reads an `engine.mpi_launcher` value.
+    pub fn parse(name: &str) -> Result<MpiLauncher, String> {
+        match name {
+            "mpiexec" => Ok(MpiLauncher::OpenMpi),
+            "mpiexec-mpich" => Ok(MpiLauncher::Mpich),
+            "srun" => Ok(MpiLauncher::Srun),
+            other => Err(format!(
+                "engine.mpi_launcher = {other:?} is unknown; use one of {}",
+                MpiLauncher::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// The endpoint's MPI settings, as every manager is given them.
+#[derive(Debug, Clone)]
+pub struct MpiSettings {
+    /// Which launcher starts the ranks.
+    pub launcher: MpiLauncher,
+    /// `engine.launcher_options`, placed before a task's own options.
+    pub options: String,
+}
+
+impl MpiSettings {
+    /// Settings from the manager's `--mpi-launcher` and `--launcher-options`.
+    pub fn new(launcher: &str, options: &str) -> Result<MpiSettings, String> {
+        Ok(MpiSettings {
+            launcher: MpiLauncher::parse(launcher)?,
+            options: options.trim().to_string(),
+        })
+    }
+}
+
+/// Hosts in order with their ranks; managers sharing a machine are one entry,
+/// since launchers refuse a host named twice.
+fn hosts(nodes: &[MpiNode]) -> Vec<(&str, u32)> {
+    let mut out: Vec<(&str, u32)> = Vec::new();
+    for n in nodes {
+        match out.iter_mut().find(|(h, _)| *h == n.host) {
+            Some((_, ranks)) => *ranks += n.ranks,
+            None => out.push((n.host.as_str(), n.ranks)),
+        }
+    }
+    out
+}
+
+/// The launcher command line that starts the task's ranks on `nodes`.
+pub fn prefix(launcher: MpiLauncher, nodes: &[MpiNode], options: &str) -> String {
+    let hosts = hosts(nodes);
+    let ranks: u32 = hosts.iter().map(|(_, r)| r).sum();
+    // Only the last node may have fewer ranks; the most on one host bounds all.
+    let most = hosts.iter().map(|(_, r)| *r).max().unwrap_or(1);
+    let uniform = hosts.iter().all(|(_, r)| *r == most);
+    let names = || hosts.iter().map(|(h, _)| *h).collect::<Vec<_>>().join(",");
+    let counted = || {
+        hosts
+            .iter()
+            .map(|(h, r)| format!("{h}:{r}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut line = match launcher {
+        // Launched unbound, like the managers: the ranks share cores the
+        // managers' workers are pinned to, and binding them would fight that.
+        MpiLauncher::OpenMpi => format!(
+            "mpiexec -n {ranks} --host {} --map-by ppr:{most}:node --bind-to none",
+            counted()
+        ),
+        MpiLauncher::Mpich if uniform => {
+            format!("mpiexec -n {ranks} -hosts {} -ppn {most}", names())
+        }
+        MpiLauncher::Mpich => format!("mpiexec -n {ranks} -hosts {}", counted()),
+        // With --ntasks, --ntasks-per-node is a maximum: the last node may have fewer.
+        MpiLauncher::Srun => format!(
+            "srun --overlap --mpi=pmix --nodes {} --ntasks-per-node {most} --ntasks {ranks} --nodelist {}",
+            hosts.len(),
+            names()
+        ),
+    };
+    if !options.trim().is_empty() {
+        line.push(' ');
+        line.push_str(options.trim());
+    }
+    line
+}
+
+/// A hostfile (OpenMPI's syntax): one line per host, `host slots=R`.
+pub fn hostfile(nodes: &[MpiNode]) -> String {
+    hosts(nodes)
+        .iter()
+        .map(|(h, r)| format!("{h} slots={r}\n"))
+        .collect()
+}
+
+/// Runs one MPI task across `nodes` and returns its outcome.
+pub async fn run(
+    spec: &ShellSpec,
+    task: &TaskSpec,
+    nodes: &[MpiNode],
+    settings: &MpiSettings,
+) -> Outcome {
+    let fail = |message: String| Outcome::Failed {
+        exception: ExceptionInfo::system(MPI_ERROR, message),
+    };
+    let request = match MpiRequest::parse(task.resource_spec.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if nodes.is_empty() {
+        return fail("the broker sent this MPI task without nodes".into());
+    }
+    let cmd = match shell::render_command(spec, &task.payload) {
+        Ok(cmd) => cmd,
+        Err(e) => return fail(e),
+    };
+    let options = format!("{} {}", settings.options, request.launcher_options);
+    let prefix = prefix(settings.launcher, nodes, &options);
+    let path = std::env::temp_dir().join(format!("hpfaas-mpi-{}.hosts", task.task_id));
+    if let Err(e) = std::fs::write(&path, hostfile(nodes)) {
+        return fail(format!("cannot write the hostfile {}: {e}", path.display()));
+    }
+    let ranks: u32 = nodes.iter().map(|n| n.ranks).sum();
+    let env = [
+        ("HPFAAS_MPI_PREFIX", prefix.clone()),
+        // Scripts written for Globus Compute (Parsl) read this name.
+        ("PARSL_MPI_PREFIX", prefix.clone()),
+        ("HPFAAS_MPI_HOSTFILE", path.display().to_string()),
+        ("HPFAAS_NUM_RANKS", ranks.to_string()),
+        ("HPFAAS_NUM_NODES", nodes.len().to_string()),
+    ];
+    // The variable, not its text, goes in the line: the shell splits it into
+    // words without re-reading quotes, exactly as under Globus Compute.
+    let line = format!("$HPFAAS_MPI_PREFIX {cmd}");
+    let outcome = shell::run_line(spec, &line, &env, &format!("{prefix} {cmd}")).await;
+    let _ = std::fs::remove_file(&path);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(list: &[(&str, u32)]) -> Vec<MpiNode> {
+        list.iter()
+            .map(|(h, r)| MpiNode {
+                host: h.to_string(),
+                ranks: *r,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefixes_per_launcher() {
+        let two = nodes(&[("n1", 2), ("n2", 2)]);
+        assert_eq!(
+            prefix(MpiLauncher::OpenMpi, &two, ""),
+            "mpiexec -n 4 --host n1:2,n2:2 --map-by ppr:2:node --bind-to none"
+        );
+        assert_eq!(
+            prefix(MpiLauncher::Mpich, &two, " -genv A 1 "),
+            "mpiexec -n 4 -hosts n1,n2 -ppn 2 -genv A 1"
+        );
+        assert_eq!(
+            prefix(MpiLauncher::Srun, &two, ""),
+            "srun --overlap --mpi=pmix --nodes 2 --ntasks-per-node 2 --ntasks 4 --nodelist n1,n2"
+        );
+        let uneven = nodes(&[("n1", 2), ("n2", 1)]);
+        assert_eq!(
+            prefix(MpiLauncher::Mpich, &uneven, ""),
+            "mpiexec -n 3 -hosts n1:2,n2:1"
+        );
+    }
+
+    #[test]
+    fn managers_sharing_a_machine_merge_into_one_host() {
+        let shared = nodes(&[("vm", 2), ("vm", 2)]);
+        assert_eq!(
+            prefix(MpiLauncher::OpenMpi, &shared, "--oversubscribe"),
+            "mpiexec -n 4 --host vm:4 --map-by ppr:4:node --bind-to none --oversubscribe"
+        );
+        assert_eq!(hostfile(&shared), "vm slots=4\n");
+        assert_eq!(
+            hostfile(&nodes(&[("a", 2), ("b", 2), ("a", 1)])),
+            "a slots=3\nb slots=2\n"
+        );
+    }
+
+    #[test]
+    fn launcher_names() {
+        assert_eq!(MpiLauncher::parse("srun"), Ok(MpiLauncher::Srun));
+        let err = MpiLauncher::parse("aprun").unwrap_err();
+        assert!(
+            err.contains("aprun") && err.contains("mpiexec-mpich"),
+            "{err}"
+        );
+    }
+}
