@@ -15,11 +15,12 @@ use crate::payload::{self, STRATEGY_SHELL_FUNCTION};
 pub const INVALID_RESOURCES: &str = "ValueError";
 
 /// Keys a resource specification may hold, as Globus Compute and Parsl name them.
-pub const RESOURCE_KEYS: [&str; 4] = [
+pub const RESOURCE_KEYS: [&str; 5] = [
     "num_nodes",
     "ranks_per_node",
     "num_ranks",
     "launcher_options",
+    "walltime",
 ];
 
 /// Largest node or rank count accepted; anything above is a typo, not a machine.

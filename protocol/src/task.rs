@@ -95,6 +95,27 @@ pub struct TaskSpec {
     pub resource_spec: Option<String>,
 }
 
+impl TaskSpec {
+    /// The task's own walltime in seconds (`"walltime"` in its
+    /// `resource_specification`), or why it is unusable.
+    pub fn walltime(&self) -> Result<Option<f64>, String> {
+        let Some(text) = self.resource_spec.as_deref() else {
+            return Ok(None);
+        };
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("resource_specification is not valid JSON: {e}"))?;
+        match value.get("walltime") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(w) => match w.as_f64() {
+                Some(s) if s > 0.0 && s.is_finite() => Ok(Some(s)),
+                _ => Err(format!(
+                    "resource_specification walltime must be a positive number of seconds, not {w}"
+                )),
+            },
+        }
+    }
+}
+
 /// A remote exception: what the user sees in `TaskExecutionFailed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExceptionInfo {
@@ -168,6 +189,25 @@ pub fn now_unix() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_walltimes() {
+        let spec = |rs: Option<&str>| TaskSpec {
+            task_id: uuid::Uuid::nil(),
+            function_id: uuid::Uuid::nil(),
+            payload: String::new(),
+            result_serializers: vec![],
+            resource_spec: rs.map(str::to_string),
+        };
+        assert_eq!(spec(None).walltime(), Ok(None));
+        assert_eq!(spec(Some(r#"{"num_nodes": 2}"#)).walltime(), Ok(None));
+        assert_eq!(spec(Some(r#"{"walltime": 90}"#)).walltime(), Ok(Some(90.0)));
+        assert!(spec(Some(r#"{"walltime": -1}"#)).walltime().is_err());
+        assert!(spec(Some(r#"{"walltime": "1h"}"#))
+            .walltime()
+            .unwrap_err()
+            .contains("walltime"));
+    }
 
     #[test]
     fn state_names_round_trip() {

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 from hpfaas.shell import ShellFunction, ShellResult
 
 #: Keys a resource specification may hold (Globus Compute's and Parsl's names).
-RESOURCE_KEYS = ("num_nodes", "ranks_per_node", "num_ranks", "launcher_options")
+RESOURCE_KEYS = ("num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "walltime")
 _EXAMPLE = '{"num_nodes": 2, "ranks_per_node": 2} or {"num_ranks": 4}'
 
 

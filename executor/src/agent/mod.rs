@@ -110,6 +110,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         max_retries: engine.max_retries_on_system_failure,
         drain_period: spec.config.provider.drain_period,
         nodes_per_block: spec.config.provider.nodes_per_block,
+        block_walltime: block_walltime(&spec),
     })?;
     std::fs::write(
         spec.dir.join(BROKER_FILE),
@@ -253,6 +254,11 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
     .await?
 }
 
+/// The walltime after which the batch system ends a block; `None` for local blocks.
+pub fn block_walltime(spec: &AgentSpec) -> Option<Duration> {
+    (spec.config.provider.kind != "local").then(|| spec.config.provider.walltime())
+}
+
 /// The manager command line for a block: what the job script runs on each node.
 pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Vec<String> {
     let engine = &spec.config.engine;
@@ -267,9 +273,12 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         engine.prefetch_capacity.to_string(),
         "--worker-python".into(),
         engine.worker_python.clone(),
-        "--walltime".into(),
-        spec.config.provider.walltime().as_secs().to_string(),
     ];
+    // Only batch systems end a block at its walltime; a local block lives
+    // until cancelled, so giving it a deadline would drain it for nothing.
+    if let Some(walltime) = block_walltime(spec) {
+        argv.extend(["--walltime".into(), walltime.as_secs().to_string()]);
+    }
     if let Some(w) = engine.max_workers_per_node {
         argv.extend(["--workers".into(), w.to_string()]);
     }

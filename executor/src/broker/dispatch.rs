@@ -76,6 +76,8 @@ pub struct Dispatcher {
     heartbeat_threshold: Duration,
     /// Seconds before a manager's deadline when it stops getting work.
     drain_period: f64,
+    /// Walltime of a block (batch systems only), the most a task may ask for.
+    block_walltime: Option<f64>,
     /// Nodes of a block as configured (`provider.nodes_per_block`).
     nodes_per_block: u32,
     /// Functions that are `MPIFunction`s.
@@ -137,11 +139,41 @@ impl Dispatcher {
             max_retries,
             heartbeat_threshold,
             drain_period,
+            block_walltime: None,
             nodes_per_block: 1,
             mpi_functions: HashSet::new(),
             mpi_requests: HashMap::new(),
             mpi_queue: VecDeque::new(),
             states: Vec::new(),
+        }
+    }
+
+    /// Sets the walltime of the endpoint's blocks (batch systems only): a task
+    /// asking for more can never run and fails at once.
+    pub fn with_block_walltime(mut self, seconds: Option<f64>) -> Self {
+        self.block_walltime = seconds;
+        self
+    }
+
+    /// True if the manager's block has walltime left for a task needing `walltime` s.
+    fn fits(m: &Manager, walltime: Option<f64>, now: f64) -> bool {
+        match (walltime, m.info.deadline) {
+            (Some(w), Some(deadline)) => deadline - now >= w,
+            _ => true,
+        }
+    }
+
+    /// Why a task can never run here, judged by its own walltime.
+    fn walltime_refusal(&self, task: &TaskSpec) -> Option<String> {
+        match task.walltime() {
+            Err(why) => Some(why),
+            Ok(Some(w)) => self.block_walltime.filter(|&b| w > b).map(|b| {
+                format!(
+                    "this task's walltime of {w} s exceeds the endpoint's block walltime of {b} s \
+                     (provider.walltime), so no block could ever hold it"
+                )
+            }),
+            Ok(None) => None,
         }
     }
 
@@ -219,6 +251,13 @@ impl Dispatcher {
         let mut refused = Vec::new();
         for t in tasks {
             if self.tasks.contains_key(&t.task_id) {
+                continue;
+            }
+            if let Some(why) = self.walltime_refusal(&t) {
+                refused.push(TaskResult::failed(
+                    t.task_id,
+                    ExceptionInfo::system(INVALID_RESOURCES, why),
+                ));
                 continue;
             }
             if self.mpi_functions.contains(&t.function_id) {
@@ -419,13 +458,24 @@ impl Dispatcher {
             }
             let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
             let mut tasks = Vec::with_capacity(free.min(self.queue.len()));
+            // Tasks whose own walltime this block can no longer hold wait
+            // for another block (the strategy starts one if none is left).
+            let mut too_long = Vec::new();
             while tasks.len() < free {
                 let Some(t) = self.queue.pop_front() else {
                     break;
                 };
-                if self.tasks.contains_key(&t.task_id) {
-                    tasks.push(t);
+                if !self.tasks.contains_key(&t.task_id) {
+                    continue;
                 }
+                if Self::fits(m, t.walltime().ok().flatten(), now) {
+                    tasks.push(t);
+                } else {
+                    too_long.push(t);
+                }
+            }
+            for t in too_long.into_iter().rev() {
+                self.queue.push_front(t);
             }
             if tasks.is_empty() {
                 continue;
@@ -459,7 +509,8 @@ impl Dispatcher {
                 }
             }
             if w.held.is_empty() {
-                if let Some(chosen) = self.choose_nodes(&w.request, now) {
+                let walltime = self.tasks[&w.task_id].walltime().ok().flatten();
+                if let Some(chosen) = self.choose_nodes(&w.request, walltime, now) {
                     for id in &chosen {
                         if let Some(m) = self.managers.get_mut(id) {
                             m.held_for = Some(w.task_id);
@@ -486,13 +537,20 @@ impl Dispatcher {
     }
 
     /// Managers of one block to hold for an MPI task, leader first, if a block has enough.
-    fn choose_nodes(&self, request: &MpiRequest, now: f64) -> Option<Vec<Identity>> {
+    fn choose_nodes(
+        &self,
+        request: &MpiRequest,
+        walltime: Option<f64>,
+        now: f64,
+    ) -> Option<Vec<Identity>> {
         let candidates: Vec<Candidate<Identity>> = self
             .order
             .iter()
             .filter_map(|id| {
                 let m = self.managers.get(id)?;
-                (m.held_for.is_none() && !self.draining(m, now)).then(|| Candidate {
+                let usable =
+                    m.held_for.is_none() && !self.draining(m, now) && Self::fits(m, walltime, now);
+                usable.then(|| Candidate {
                     key: id.clone(),
                     block_id: m.info.block_id.clone(),
                     rank: m.info.rank,
@@ -687,6 +745,31 @@ mod tests {
         assert_eq!(reported.len(), 3);
         let out = d.dispatch(0.0);
         assert_eq!(sent(&out, b"a"), (0, 3), "code is not sent twice");
+    }
+
+    #[test]
+    fn tasks_go_only_where_their_walltime_fits() {
+        let now = Instant::now();
+        let mut d =
+            Dispatcher::new(0, Duration::from_secs(10), 10.0).with_block_walltime(Some(600.0));
+        let mut short = info("short", "1", 1, 0);
+        short.deadline = Some(1100.0);
+        d.register(b"short".to_vec(), short, now).unwrap();
+        let mut long = tasks(1, Uuid::new_v4());
+        long[0].resource_spec = Some(r#"{"walltime": 300}"#.into());
+        let mut huge = tasks(1, Uuid::new_v4());
+        huge[0].resource_spec = Some(r#"{"walltime": 3600}"#.into());
+        let refused = d.submit(vec![], [long, huge.clone()].concat());
+        assert_eq!(refused.len(), 1, "longer than any block can ever be");
+        assert_eq!(refused[0].task_id, huge[0].task_id);
+        assert!(
+            d.dispatch(1000.0).is_empty(),
+            "100 s left cannot hold 300 s"
+        );
+        let mut fresh = info("fresh", "2", 1, 0);
+        fresh.deadline = Some(1590.0);
+        d.register(b"fresh".to_vec(), fresh, now).unwrap();
+        assert_eq!(sent(&d.dispatch(1000.0), b"fresh"), (0, 1));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct BrokerConfig {
     pub drain_period: f64,
     /// Nodes per block as configured: an MPI task needing more fails at once.
     pub nodes_per_block: u32,
+    /// Walltime of the endpoint's blocks, when a batch system enforces one.
+    pub block_walltime: Option<Duration>,
 }
 
 /// What the agent asks of the broker.
@@ -161,7 +163,8 @@ async fn run(
             config.heartbeat_threshold,
             config.drain_period,
         )
-        .with_nodes_per_block(config.nodes_per_block),
+        .with_nodes_per_block(config.nodes_per_block)
+        .with_block_walltime(config.block_walltime.map(|w| w.as_secs_f64())),
         out: bridge.sender.clone(),
         events,
         config: config.clone(),
