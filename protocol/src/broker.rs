@@ -114,6 +114,14 @@ pub enum BrokerMessage {
     Heartbeat,
     /// Finish nothing more; exit now.
     Shutdown,
+    /// The owner cancelled these tasks: drop them if queued, kill them if
+    /// running. Each one the manager holds still comes back as a result
+    /// (failed with `TaskCancelled`), so the broker's count of what the
+    /// manager holds stays right. Ids the manager does not hold are ignored.
+    Cancel {
+        /// Cancelled task ids.
+        task_ids: Vec<Uuid>,
+    },
 }
 
 /// Serializes a frame as MessagePack (named fields, so peers can evolve).
@@ -191,6 +199,8 @@ mod tests {
             }],
         };
         assert_eq!(decode::<BrokerMessage>(&encode(&mpi)).unwrap(), mpi);
+        let cancel = BrokerMessage::Cancel { task_ids: vec![id] };
+        assert_eq!(decode::<BrokerMessage>(&encode(&cancel)).unwrap(), cancel);
     }
 
     #[test]

@@ -127,6 +127,24 @@ impl Journal {
         Ok(())
     }
 
+    /// Drops cancelled tasks that have no result yet, so a restarted agent
+    /// does not run them again. A result that still comes for one is stored
+    /// and sent like any other (the service acknowledges and drops it).
+    pub fn cancel(&mut self, task_ids: &[Uuid]) -> anyhow::Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
+            for id in task_ids {
+                del.execute([id.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        for id in task_ids {
+            self.outstanding.remove(id);
+        }
+        Ok(())
+    }
+
     /// Journaled tasks without results, with the code of their functions.
     pub fn pending(&self) -> anyhow::Result<(Vec<FunctionCode>, Vec<TaskSpec>)> {
         let mut tasks = Vec::new();
@@ -222,10 +240,20 @@ mod tests {
         let mut j = Journal::open(&path).unwrap();
         let (functions, tasks) = j.pending().unwrap();
         assert_eq!(functions, vec![code]);
-        assert_eq!(tasks, vec![b]);
+        assert_eq!(tasks, vec![b.clone()]);
         assert_eq!(j.unacknowledged().unwrap().len(), 1);
         j.forget_results(&[a.task_id]).unwrap();
         assert!(j.unacknowledged().unwrap().is_empty());
+        j.cancel(&[b.task_id, Uuid::new_v4()]).unwrap();
+        assert_eq!(
+            j.outstanding(),
+            0,
+            "a cancelled task is no longer outstanding"
+        );
+        assert!(
+            j.pending().unwrap().1.is_empty(),
+            "nor re-run after a restart"
+        );
         drop(j);
         std::fs::remove_file(&path).ok();
     }

@@ -9,6 +9,11 @@
 //! leader) gets the task with the list of nodes. They return to ordinary
 //! work when its result comes back. A task no block could ever hold fails at
 //! once; one that does not fit now waits, reported as `waiting-for-nodes`.
+//!
+//! A cancelled task still queued is dropped (a waiting MPI task lets go of
+//! the nodes it held); one in a manager's hands is cancelled there, and
+//! whatever result it then sends is reported as `TaskCancelled`, never
+//! retried.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -30,6 +35,8 @@ pub type Identity = Vec<u8>;
 pub const MANAGER_LOST: &str = "ManagerLost";
 /// Exception type of a task whose worker process died.
 pub const WORKER_LOST: &str = "WorkerLost";
+/// Exception type of a task its owner cancelled while a manager held it.
+pub const TASK_CANCELLED: &str = "TaskCancelled";
 
 struct Manager {
     info: ManagerInfo,
@@ -88,6 +95,8 @@ pub struct Dispatcher {
     mpi_queue: VecDeque<MpiWait>,
     /// State changes to report to the agent.
     states: Vec<(Uuid, TaskState)>,
+    /// Cancelled tasks still in a manager's hands, until their result.
+    cancelled: HashSet<Uuid>,
 }
 
 /// One block as the broker sees it through its managers.
@@ -145,6 +154,7 @@ impl Dispatcher {
             mpi_requests: HashMap::new(),
             mpi_queue: VecDeque::new(),
             states: Vec::new(),
+            cancelled: HashSet::new(),
         }
     }
 
@@ -321,6 +331,12 @@ impl Dispatcher {
             if self.mpi_requests.contains_key(&r.task_id) {
                 self.release(r.task_id);
             }
+            let r = if self.cancelled.remove(&r.task_id) {
+                // A killed worker looks like WorkerLost; it must not run again.
+                cancelled(r.task_id, "it was stopped on its manager")
+            } else {
+                r
+            };
             let system_failure = matches!(&r.outcome, Outcome::Failed { exception } if exception.exc_type == WORKER_LOST);
             if system_failure && self.retry(r.task_id) {
                 continue;
@@ -384,6 +400,14 @@ impl Dispatcher {
             if self.mpi_requests.contains_key(&task_id) {
                 self.release(task_id);
             }
+            if self.cancelled.remove(&task_id) {
+                if self.tasks.remove(&task_id).is_some() {
+                    self.attempts.remove(&task_id);
+                    self.mpi_requests.remove(&task_id);
+                    failed.push(cancelled(task_id, "its manager was lost meanwhile"));
+                }
+                continue;
+            }
             if !self.retry(task_id) && self.tasks.remove(&task_id).is_some() {
                 self.attempts.remove(&task_id);
                 self.mpi_requests.remove(&task_id);
@@ -398,6 +422,46 @@ impl Dispatcher {
             }
         }
         failed
+    }
+
+    /// Cancels tasks: a queued one is dropped at once (a waiting MPI task
+    /// releases the nodes it held); for one in a manager's hands the returned
+    /// `Cancel` messages tell its manager, and its result, when it comes, is
+    /// reported as `TaskCancelled`. Ids the broker does not own are ignored.
+    pub fn cancel(&mut self, task_ids: &[Uuid]) -> Vec<(Identity, BrokerMessage)> {
+        let mut per_manager: HashMap<Identity, Vec<Uuid>> = HashMap::new();
+        let mut dropped = HashSet::new();
+        for &id in task_ids {
+            if !self.tasks.contains_key(&id) {
+                continue;
+            }
+            let holder = self.order.iter().find(|i| {
+                self.managers
+                    .get(*i)
+                    .is_some_and(|m| m.in_hand.contains(&id))
+            });
+            match holder {
+                Some(identity) => {
+                    self.cancelled.insert(id);
+                    per_manager.entry(identity.clone()).or_default().push(id);
+                }
+                None => {
+                    self.release(id);
+                    self.tasks.remove(&id);
+                    self.attempts.remove(&id);
+                    self.mpi_requests.remove(&id);
+                    dropped.insert(id);
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            self.queue.retain(|t| !dropped.contains(&t.task_id));
+            self.mpi_queue.retain(|w| !dropped.contains(&w.task_id));
+        }
+        per_manager
+            .into_iter()
+            .map(|(identity, task_ids)| (identity, BrokerMessage::Cancel { task_ids }))
+            .collect()
     }
 
     /// Managers silent for longer than the heartbeat threshold.
@@ -640,6 +704,17 @@ impl Dispatcher {
             blocks,
         }
     }
+}
+
+/// The result reported for a cancelled task that a manager held.
+fn cancelled(task_id: Uuid, how: &str) -> TaskResult {
+    TaskResult::failed(
+        task_id,
+        ExceptionInfo::system(
+            TASK_CANCELLED,
+            format!("the task was cancelled by its owner; {how}"),
+        ),
+    )
 }
 
 /// Code of the tasks' functions that the manager has not been sent yet.
@@ -1053,6 +1128,75 @@ mod tests {
         );
         managers(&mut d, &[("a3", "a", "h3")]);
         assert_eq!(mpi_sent(&d.dispatch(0.0)).len(), 1);
+    }
+
+    #[test]
+    fn cancel_drops_queued_tasks_and_asks_the_holder_for_running_ones() {
+        let mut d = Dispatcher::new(1, Duration::from_secs(10), 60.0);
+        managers(&mut d, &[("a", "0", "h0")]);
+        let ts = tasks(3, Uuid::new_v4());
+        let (running, queued) = (ts[0].task_id, ts[1].task_id);
+        d.submit(vec![], ts.clone());
+        assert_eq!(sent(&d.dispatch(0.0), b"a").1, 1);
+        let out = d.cancel(&[running, queued, Uuid::new_v4()]);
+        assert_eq!(
+            out,
+            vec![(
+                b"a".to_vec(),
+                BrokerMessage::Cancel {
+                    task_ids: vec![running]
+                }
+            )],
+            "only the held task goes to its manager; unknown ids are ignored"
+        );
+        assert_eq!(d.load(0.0).queued, 1, "the queued task is gone");
+        // The killed worker reports WorkerLost: reported as cancelled, not retried.
+        let lost = TaskResult::failed(running, ExceptionInfo::system(WORKER_LOST, "killed"));
+        let done = d.complete(b"a", vec![lost]);
+        assert_eq!(done.len(), 1);
+        assert_eq!(failure(&done[0]).exc_type, TASK_CANCELLED);
+        // The freed capacity goes to the remaining task, never to the cancelled one.
+        let out = d.dispatch(0.0);
+        let BrokerMessage::Tasks { tasks: next, .. } = &out[0].1 else {
+            panic!("expected tasks")
+        };
+        assert_eq!(next[0].task_id, ts[2].task_id);
+        assert!(d.dispatch(0.0).is_empty());
+    }
+
+    #[test]
+    fn cancelling_a_waiting_mpi_task_releases_its_nodes() {
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0).with_nodes_per_block(2);
+        managers(&mut d, &[("a0", "a", "h0"), ("a1", "a", "h1")]);
+        let busy = tasks(1, Uuid::new_v4());
+        d.submit(vec![], busy);
+        let busy_one = d.dispatch(0.0)[0].0.clone();
+        let (code, mpi) = mpi_tasks(1, r#"{"num_nodes": 2}"#);
+        d.submit(code, mpi.clone());
+        d.submit(vec![], tasks(1, Uuid::new_v4()));
+        assert!(
+            d.dispatch(0.0).is_empty(),
+            "both nodes held for the MPI task"
+        );
+        assert!(d.cancel(&[mpi[0].task_id]).is_empty(), "it was never sent");
+        let out = d.dispatch(0.0);
+        assert_eq!(out.len(), 1, "the idle node takes ordinary work again");
+        assert_ne!(out[0].0, busy_one);
+        assert_eq!(d.load(0.0).queued, 0);
+    }
+
+    #[test]
+    fn a_cancelled_task_on_a_lost_manager_is_not_retried() {
+        let mut d = Dispatcher::new(3, Duration::from_secs(10), 60.0);
+        managers(&mut d, &[("a", "0", "h0")]);
+        let ts = tasks(1, Uuid::new_v4());
+        d.submit(vec![], ts.clone());
+        d.dispatch(0.0);
+        assert_eq!(d.cancel(&[ts[0].task_id]).len(), 1);
+        let failed = d.remove_manager(b"a", "gone");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failure(&failed[0]).exc_type, TASK_CANCELLED);
+        assert_eq!(d.load(0.0).queued, 0);
     }
 
     #[test]

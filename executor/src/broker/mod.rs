@@ -62,6 +62,12 @@ pub enum BrokerCommand {
         /// How it ended, for the `ManagerLost` message.
         reason: String,
     },
+    /// The owner cancelled these tasks: drop them if queued, have their
+    /// managers kill them if running.
+    Cancel {
+        /// Cancelled task ids.
+        task_ids: Vec<Uuid>,
+    },
     /// Tell every manager to exit, then stop.
     Shutdown,
 }
@@ -179,6 +185,11 @@ async fn run(
                     broker.report(refused);
                 }
                 Some(BrokerCommand::BlockEnded { block_id, reason }) => broker.block_ended(&block_id, &reason),
+                Some(BrokerCommand::Cancel { task_ids }) => {
+                    for (identity, message) in broker.dispatcher.cancel(&task_ids) {
+                        broker.send(identity, &message);
+                    }
+                }
                 Some(BrokerCommand::Shutdown) | None => break,
             },
             _ = tick.tick() => broker.on_tick(),

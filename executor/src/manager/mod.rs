@@ -4,7 +4,9 @@
 //! capacity (workers + prefetch), runs Python tasks on warm worker processes
 //! ([`worker`]) and shell tasks directly ([`shell`]), launches the MPI tasks
 //! the broker makes it lead ([`mpi_task`]), and sends results and
-//! state changes back in batches. It exits when told to, on SIGTERM (after
+//! state changes back in batches. A cancelled task is dropped from the queue,
+//! or killed where it runs (its Python worker, or its command's process
+//! group), and reported as failed with `TaskCancelled`. It exits when told to, on SIGTERM (after
 //! saying goodbye), or when the broker has been silent past the threshold.
 
 pub mod affinity;
@@ -15,7 +17,8 @@ pub mod runtime;
 pub mod shell;
 pub mod worker;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ use hpfaas_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::broker::dispatch::TASK_CANCELLED;
 use crate::zmq_bridge::{self, BridgeSender};
 use mpi_task::MpiSettings;
 use shell::ShellSpec;
@@ -204,9 +208,17 @@ struct Manager {
     info: ManagerInfo,
     functions: HashMap<Uuid, Function>,
     queue: VecDeque<TaskSpec>,
-    /// Which slots have nothing to do.
-    idle: Vec<bool>,
+    /// The task each slot runs; `None` for an idle slot.
+    busy: Vec<Option<Uuid>>,
     slots: Vec<mpsc::UnboundedSender<PythonJob>>,
+    /// Pid of each slot's Python worker process (0: none right now).
+    worker_pids: Vec<Arc<AtomicU32>>,
+    /// Python tasks whose worker was killed to cancel them: whatever result
+    /// comes back for them is reported as `TaskCancelled`.
+    cancelled: HashSet<Uuid>,
+    /// Running shell and MPI tasks; aborting one drops its command, which
+    /// kills the command's process group.
+    commands: HashMap<Uuid, tokio::task::AbortHandle>,
     done_tx: mpsc::UnboundedSender<(usize, TaskResult)>,
     done_rx: mpsc::UnboundedReceiver<(usize, TaskResult)>,
     slot_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -229,14 +241,18 @@ impl Manager {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut slots = Vec::with_capacity(workers);
         let mut slot_tasks = Vec::with_capacity(workers);
+        let mut worker_pids = Vec::with_capacity(workers);
         for slot in 0..workers {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.push(tx);
+            let pid = Arc::new(AtomicU32::new(0));
+            worker_pids.push(pid.clone());
             slot_tasks.push(tokio::spawn(worker::serve_slot(
                 slot,
                 settings.clone(),
                 rx,
                 done_tx.clone(),
+                pid,
             )));
         }
         Manager {
@@ -244,8 +260,11 @@ impl Manager {
             info,
             functions: HashMap::new(),
             queue: VecDeque::new(),
-            idle: vec![true; workers],
+            busy: vec![None; workers],
             slots,
+            worker_pids,
+            cancelled: HashSet::new(),
+            commands: HashMap::new(),
             done_tx,
             done_rx,
             slot_tasks,
@@ -277,6 +296,7 @@ impl Manager {
                             self.mpi_nodes.insert(task.task_id, nodes);
                             self.accept(functions, vec![task]);
                         }
+                        Ok(BrokerMessage::Cancel { task_ids }) => self.cancel(&task_ids),
                         Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => {}
                         Ok(BrokerMessage::Reregister) => {
                             tracing::info!("the broker restarted; registering again");
@@ -329,14 +349,73 @@ impl Manager {
         self.queue.extend(tasks);
     }
 
-    fn finish(&mut self, slot: usize, result: TaskResult) {
-        self.idle[slot] = true;
+    fn finish(&mut self, slot: usize, mut result: TaskResult) {
+        if self.busy[slot] != Some(result.task_id) {
+            // A command cancelled after it finished but before its result
+            // was read: the cancellation was reported already.
+            return;
+        }
+        self.busy[slot] = None;
+        self.commands.remove(&result.task_id);
+        if self.cancelled.remove(&result.task_id) {
+            // Killing the worker shows up as WorkerLost, which the broker
+            // would retry; the owner asked for the task to stop.
+            result = cancelled(result.task_id);
+        }
         self.results.push(result);
+    }
+
+    /// Drops queued tasks and kills running ones; every task this manager
+    /// holds is reported (now, or when its killed worker reports) as
+    /// `TaskCancelled`, so the broker frees its capacity.
+    fn cancel(&mut self, task_ids: &[Uuid]) {
+        let ids: HashSet<Uuid> = task_ids.iter().copied().collect();
+        let mut dropped = Vec::new();
+        self.queue.retain(|t| {
+            let keep = !ids.contains(&t.task_id);
+            if !keep {
+                dropped.push(t.task_id);
+            }
+            keep
+        });
+        for id in dropped {
+            self.mpi_nodes.remove(&id);
+            self.results.push(cancelled(id));
+        }
+        for &id in &ids {
+            // Ids neither queued nor running here finished already (their
+            // result is on its way) or never came: nothing to do.
+            let Some(slot) = self.busy.iter().position(|t| *t == Some(id)) else {
+                continue;
+            };
+            match self.commands.remove(&id) {
+                Some(command) => {
+                    command.abort();
+                    self.busy[slot] = None;
+                    self.results.push(cancelled(id));
+                }
+                None => {
+                    if !self.cancelled.insert(id) {
+                        continue;
+                    }
+                    let pid = self.worker_pids[slot].load(Ordering::SeqCst);
+                    if pid == 0 {
+                        // The slot has not spawned its worker yet (a moment's
+                        // window): the task runs, but is reported cancelled.
+                        tracing::warn!("task {id} cancelled before its worker existed");
+                        continue;
+                    }
+                    tracing::info!("cancelling task {id}: killing worker process {pid}");
+                    // SAFETY: kill(2) on the worker process this slot started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
     }
 
     fn start_tasks(&mut self) {
         while !self.queue.is_empty() {
-            let Some(slot) = self.idle.iter().position(|&idle| idle) else {
+            let Some(slot) = self.busy.iter().position(Option::is_none) else {
                 return;
             };
             let spec = self.queue.pop_front().expect("not empty");
@@ -369,7 +448,7 @@ impl Manager {
                 }
                 Some(Function::Shell(shell_spec)) => {
                     let (shell_spec, done) = (shell_spec.clone(), self.done_tx.clone());
-                    tokio::spawn(async move {
+                    let command = tokio::spawn(async move {
                         let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
                         let _ = done.send((
                             slot,
@@ -380,6 +459,7 @@ impl Manager {
                             },
                         ));
                     });
+                    self.commands.insert(task_id, command.abort_handle());
                 }
                 Some(Function::Mpi(shell_spec)) => {
                     // Only the broker's MpiTask carries nodes; an MPI task
@@ -387,7 +467,7 @@ impl Manager {
                     let nodes = self.mpi_nodes.remove(&task_id).unwrap_or_default();
                     let (shell_spec, settings) = (shell_spec.clone(), self.mpi.clone());
                     let done = self.done_tx.clone();
-                    tokio::spawn(async move {
+                    let command = tokio::spawn(async move {
                         let outcome = mpi_task::run(&shell_spec, &spec, &nodes, &settings).await;
                         let _ = done.send((
                             slot,
@@ -398,9 +478,10 @@ impl Manager {
                             },
                         ));
                     });
+                    self.commands.insert(task_id, command.abort_handle());
                 }
             }
-            self.idle[slot] = false;
+            self.busy[slot] = Some(task_id);
             self.started.push(task_id);
         }
     }
@@ -422,4 +503,15 @@ impl Manager {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// The result reported for a task cancelled on this manager.
+fn cancelled(task_id: Uuid) -> TaskResult {
+    TaskResult::failed(
+        task_id,
+        ExceptionInfo::system(
+            TASK_CANCELLED,
+            "the task was cancelled by its owner and stopped on the endpoint",
+        ),
+    )
 }

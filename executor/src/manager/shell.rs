@@ -163,6 +163,10 @@ async fn execute(
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id();
+    // Cancelling a task drops this future; kill_on_drop alone would reach
+    // only `/bin/sh`, not what it started.
+    let mut group = GroupGuard(pid);
+
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let collect = async {
@@ -190,6 +194,8 @@ async fn execute(
         },
         None => Some(collect.await),
     };
+    // Reaped (or killed above): its group id may belong to someone else soon.
+    group.0 = None;
     let tail = |bytes: &[u8]| last_lines(&String::from_utf8_lossy(bytes), spec.snippet_lines);
     match finished {
         Some(result) => {
@@ -212,6 +218,25 @@ async fn execute(
             ),
             cmd: shown.to_string(),
         }),
+    }
+}
+
+/// Ends the command's process group when dropped while still armed, i.e.
+/// when the task is cancelled mid-run: SIGTERM at once (an MPI launcher then
+/// ends its ranks, which sit in groups of their own), SIGKILL after
+/// [`KILL_GRACE`] for whatever ignored it.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            signal_group(Some(pid), libc::SIGTERM);
+            // Drop cannot wait; a detached thread gives the grace period.
+            std::thread::spawn(move || {
+                std::thread::sleep(KILL_GRACE);
+                signal_group(Some(pid), libc::SIGKILL);
+            });
+        }
     }
 }
 

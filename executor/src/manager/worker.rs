@@ -4,11 +4,13 @@
 //! (docs/api.md, "Worker pipe protocol"). A slot task owns the process: it
 //! feeds it one task at a time, sends each outcome back to the manager, and
 //! when the process dies fails the task in hand with `WorkerLost` and starts
-//! a fresh process.
+//! a fresh process. The slot publishes the pid of its current process, so
+//! the manager can kill it to cancel the task it runs.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,23 +83,34 @@ struct Process {
 }
 
 /// Serves one slot until `jobs` closes: runs each job and sends
-/// `(slot, result)` to `done`.
+/// `(slot, result)` to `done`. `pid` holds the pid of the slot's worker
+/// process while there is one, 0 otherwise.
 pub async fn serve_slot(
     slot: usize,
     settings: Arc<WorkerSettings>,
     mut jobs: mpsc::UnboundedReceiver<PythonJob>,
     done: mpsc::UnboundedSender<(usize, TaskResult)>,
+    pid: Arc<AtomicU32>,
 ) {
     let mut process: Option<Process> = None;
     let mut backoff = Duration::from_millis(100);
     while let Some(job) = jobs.recv().await {
+        // A worker that died while idle (killed to cancel a task that had
+        // just finished, say) is replaced before it can fail this task.
+        if let Some(p) = process.as_mut() {
+            if !matches!(p.child.try_wait(), Ok(None)) {
+                pid.store(0, Ordering::SeqCst);
+                process = None;
+            }
+        }
         if process.is_none() {
-            match start(slot, &settings).await {
+            match start(slot, &settings, &pid).await {
                 Ok(p) => {
                     backoff = Duration::from_millis(100);
                     process = Some(p);
                 }
                 Err(e) => {
+                    pid.store(0, Ordering::SeqCst);
                     let message = format!(
                         "cannot start a Python worker with worker_python = {:?}: {e}",
                         settings.python
@@ -120,6 +133,7 @@ pub async fn serve_slot(
         let outcome = match run_one(p, &job).await {
             Ok(outcome) => outcome,
             Err(e) => {
+                pid.store(0, Ordering::SeqCst);
                 let (pid, status) = reap(process.take().expect("present")).await;
                 let message =
                     format!("worker process {pid} died while running this task ({status}): {e}");
@@ -139,11 +153,19 @@ pub async fn serve_slot(
         }
     }
     if let Some(p) = process {
+        pid.store(0, Ordering::SeqCst);
         stop(p).await;
     }
 }
 
-async fn start(slot: usize, settings: &WorkerSettings) -> std::io::Result<Process> {
+/// Starts a worker and waits for its ready frame; `pid` is set as soon as
+/// the process exists, so a task cancelled while its worker starts up is
+/// stopped too.
+async fn start(
+    slot: usize,
+    settings: &WorkerSettings,
+    pid: &AtomicU32,
+) -> std::io::Result<Process> {
     let mut command = tokio::process::Command::new(&settings.python);
     command
         .arg("-u")
@@ -177,6 +199,7 @@ async fn start(slot: usize, settings: &WorkerSettings) -> std::io::Result<Proces
         }
     }
     let mut child = command.spawn()?;
+    pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))

@@ -1,0 +1,163 @@
+//! Cancelling tasks through the real stack (`hpfaas service`, `hpfaas
+//! endpoint start`, a local block): a running Python task's worker process
+//! is killed and replaced, a running shell task's command is killed with
+//! everything it started, and queued tasks (in the manager's queue and in
+//! the broker's) never run.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Writes the worker's pid to `path`, then sleeps.
+const NAP: &str = "def nap(path, seconds):\n    import os, time\n    with open(path, 'w') as f:\n        f.write(str(os.getpid()))\n    time.sleep(seconds)\n    return os.getpid()\n";
+
+/// A pid written to `path`, once the file is complete.
+fn pid_in(path: &Path, what: &str) -> i32 {
+    wait_for(Duration::from_secs(30), what, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+/// True while `pid` runs (a zombie waiting for its parent counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32, what: &str) {
+    wait_for(Duration::from_secs(6), what, || (!alive(pid)).then_some(()));
+}
+
+#[test]
+fn cancel_kills_running_tasks_and_drops_queued_ones() {
+    let started = Instant::now();
+    let svc = Service::start();
+    let token = svc.token("canceller");
+    let name = format!("it-cancel-{}", std::process::id());
+    // Two slots and a prefetch of one: two tasks run, one waits in the
+    // manager's queue, the rest in the broker's.
+    let config = "[engine]\nmax_workers_per_node = 2\nprefetch_capacity = 1\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+                  [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
+    let ep = Endpoint::new(&svc, &token, &name, config);
+    ep.start();
+    let files = temp_dir("cancel-files");
+    let file = |n: &str| files.join(n).display().to_string();
+    let nap = ep.register("nap", NAP);
+    let shell = post(
+        &format!("{}/v3/functions", svc.url),
+        &token,
+        json!({"function_name": "bg", "function_code":
+            pack(&[r#"sh
+{"cmd": "sleep 60 & echo $! > {path}; wait"}"#])}),
+    )
+    .unwrap()["function_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let submit = |function: &str, payload: String| -> String {
+        let reply = post(
+            &format!("{}/v3/endpoints/{}/submit", svc.url, ep.endpoint_id()),
+            &token,
+            json!({"tasks": {function: [payload]}, "result_serializers": ["11\n"]}),
+        )
+        .unwrap();
+        reply["tasks"][function][0].as_str().unwrap().to_string()
+    };
+    let nap_task = |path: &str, seconds: u32| {
+        submit(
+            &nap,
+            pack(&[&format!("11\n[{}, {seconds}]", json!(path)), "11\n{}"]),
+        )
+    };
+    let cancel = |task_id: &str| {
+        let r = post(
+            &format!("{}/v3/tasks/{task_id}/cancel", svc.url),
+            &token,
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(r["status"], "cancelled", "{r}");
+    };
+    let wait_running = |task_id: &str| {
+        wait_for(Duration::from_secs(30), "the task to run", || {
+            (ep.task(task_id)["status"] == "running").then_some(())
+        })
+    };
+
+    let python = nap_task(&file("python.pid"), 60);
+    let worker_pid = pid_in(&files.join("python.pid"), "the Python task to start");
+    let sh = submit(
+        &shell,
+        pack(&[
+            "11\n[]",
+            &format!("11\n{}", json!({"path": file("shell.pid")})),
+        ]),
+    );
+    let sleep_pid = pid_in(&files.join("shell.pid"), "the shell task to start");
+    wait_running(&python);
+    wait_running(&sh);
+    assert!(alive(worker_pid) && alive(sleep_pid));
+    let queued: Vec<String> = (0..2)
+        .map(|i| nap_task(&file(&format!("queued{i}.pid")), 0))
+        .collect();
+
+    // Queued first: cancelling the running ones frees slots at once.
+    std::thread::sleep(Duration::from_millis(300));
+    for q in &queued {
+        cancel(q);
+    }
+    cancel(&python);
+    cancel(&sh);
+    for t in queued.iter().chain([&python, &sh]) {
+        let doc = ep.task(t);
+        assert_eq!(doc["status"], "cancelled", "{doc}");
+        assert_eq!(doc["exception_type"], "TaskCancelled", "{doc}");
+    }
+    wait_gone(worker_pid, "the cancelled task's worker process to die");
+    wait_gone(sleep_pid, "the cancelled shell command's child to die");
+
+    // The slot has a fresh worker, and the queued tasks never ran.
+    let after = nap_task(&file("after.pid"), 0);
+    let doc = ep.wait_all(std::slice::from_ref(&after), Duration::from_secs(30))[0].clone();
+    assert_eq!(doc["status"], "success", "{doc}");
+    let new_pid: i32 = doc["result"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("11\n"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_ne!(new_pid, worker_pid, "a fresh worker runs the next task");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        assert!(
+            !files.join(format!("queued{i}.pid")).exists(),
+            "cancelled queued task {i} ran"
+        );
+    }
+    // The endpoint answered every cancel: nothing is left outstanding there.
+    wait_for(
+        Duration::from_secs(5),
+        "the endpoint to hold no tasks",
+        || {
+            let status = get(
+                &format!("{}/v2/endpoints/{}/status", svc.url, ep.endpoint_id()),
+                &token,
+            )
+            .ok()?;
+            (status.to_string().contains("\"outstanding_tasks\":0")).then_some(())
+        },
+    );
+    eprintln!("cancellation test took {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&files);
+}
