@@ -36,8 +36,15 @@ pub struct EndpointSection {
     /// Functions this endpoint will run; empty means all of the owner's.
     #[serde(default)]
     pub allowed_functions: Vec<Uuid>,
+    /// Accept only JSON (`11\n`) arguments and return results as JSON, so
+    /// nothing from a submitter is ever unpickled here.
+    #[serde(default)]
+    pub json_only: bool,
     /// Name shown in listings; defaults to the endpoint's directory name.
     pub display_name: Option<String>,
+    /// PEM CA to trust (besides the system roots) for an `https://` service;
+    /// falls back to `HPFAAS_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[engine]`.
@@ -249,7 +256,9 @@ pub fn template(service_url: Option<&str>) -> String {
 {url}
 # token_file = "~/.hpfaas/token"        # owner token for the first registration, else $HPFAAS_TOKEN
 # allowed_functions = []                # empty = all of the owner's functions
+# json_only = false                     # true: JSON (11) arguments and results only, no pickle
 # display_name = "my endpoint"
+# ca_file = "/path/to/ca.pem"           # CA of an https:// service with a private CA, else $HPFAAS_CA_FILE
 
 [engine]
 # max_workers_per_node = 4              # default: cores on the node

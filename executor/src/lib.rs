@@ -7,4 +7,5 @@ pub mod config;
 pub mod lifecycle;
 pub mod manager;
 pub mod strategy;
+pub mod tls;
 pub mod zmq_bridge;

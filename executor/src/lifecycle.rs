@@ -62,6 +62,7 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
         bail!("endpoint {name} is not configured; run `hpfaas endpoint configure {name}`");
     }
     let config = EndpointConfig::load(&path)?;
+    crate::tls::set_ca_file(config.endpoint.ca_file.clone());
     let service_url = config
         .endpoint
         .service_url
@@ -265,8 +266,10 @@ pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
         c.service_url.trim_end_matches('/'),
         c.endpoint_id
     );
-    let agent = ureq::AgentBuilder::new()
-        .try_proxy_from_env(true)
+    let ca_file = EndpointConfig::load(&dir.join("config.toml"))
+        .ok()
+        .and_then(|config| config.endpoint.ca_file);
+    let agent = crate::tls::ureq_agent(ca_file.as_deref())?
         .timeout(Duration::from_secs(10))
         .build();
     match agent

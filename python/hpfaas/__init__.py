@@ -19,7 +19,14 @@ from hpfaas.version import __version__
 
 if TYPE_CHECKING:
     from hpfaas.client import Client
-    from hpfaas.errors import HpfaasError, TaskExecutionFailed, TaskPending
+    from hpfaas.errors import (
+        HpfaasError,
+        HTTPError,
+        ResultExpired,
+        TaskCancelled,
+        TaskExecutionFailed,
+        TaskPending,
+    )
     from hpfaas.executor import Executor
     from hpfaas.mpi import MPIFunction
     from hpfaas.shell import ShellFunction, ShellResult
@@ -31,6 +38,9 @@ _EXPORTS = {
     "Client": "hpfaas.client",
     "Executor": "hpfaas.executor",
     "HpfaasError": "hpfaas.errors",
+    "HTTPError": "hpfaas.errors",
+    "ResultExpired": "hpfaas.errors",
+    "TaskCancelled": "hpfaas.errors",
     "MPIFunction": "hpfaas.mpi",
     "ShellFunction": "hpfaas.shell",
     "ShellResult": "hpfaas.shell",
@@ -42,9 +52,12 @@ __all__ = [
     "Client",
     "Executor",
     "HpfaasError",
+    "HTTPError",
     "MPIFunction",
+    "ResultExpired",
     "ShellFunction",
     "ShellResult",
+    "TaskCancelled",
     "TaskExecutionFailed",
     "TaskPending",
     "__version__",

@@ -14,11 +14,19 @@ import os
 import platform
 import select
 import socket
+import ssl
 import threading
 import urllib.parse
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from hpfaas.errors import HpfaasError, HTTPError, TaskExecutionFailed, TaskPending
+from hpfaas.errors import (
+    EXCEPTION_TYPES,
+    HpfaasError,
+    HTTPError,
+    TaskExecutionFailed,
+    TaskPending,
+)
 from hpfaas.serialize import (
     SHELL_FUNCTION,
     deserialize,
@@ -36,6 +44,9 @@ REQUEST_TIMEOUT = 60.0
 
 # Errors that mean a reused keep-alive connection had been closed by the server.
 _DROPPED_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# Errors that mean a connection broke before its answer was read in full: a
+# submit that carries an idempotency key is sent again once after them.
+_LOST_ANSWER = _DROPPED_CONNECTION + (ConnectionAbortedError, http.client.IncompleteRead)
 
 # Types reported for tasks that ended without an exception of their own.
 _STATUS_EXCEPTION_TYPES = {"cancelled": "TaskCancelled", "unknown": "UnknownTask"}
@@ -72,14 +83,20 @@ def encoded_size(payload: str) -> int:
 
 
 def task_result(doc: dict) -> Any:
-    """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`."""
+    """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`.
+
+    A cancelled task raises `TaskCancelled`, and one whose result the service
+    purged unfetched raises `ResultExpired` (both `TaskExecutionFailed`).
+    """
     status = doc.get("status", "unknown")
     if doc.get("pending"):
         raise TaskPending(doc["task_id"], status)
-    if status == "success":
+    exception_type = doc.get("exception_type") or _STATUS_EXCEPTION_TYPES.get(status)
+    if status == "success" and "result" in doc and exception_type != "ResultExpired":
         return deserialize(doc["result"])
-    raise TaskExecutionFailed(
-        doc.get("exception_type") or _STATUS_EXCEPTION_TYPES.get(status, "TaskFailed"),
+    error_class = EXCEPTION_TYPES.get(exception_type, TaskExecutionFailed)
+    raise error_class(
+        exception_type or "TaskFailed",
         doc.get("exception_message") or doc.get("reason") or f"task ended as {status}",
         doc.get("exception", ""),
         doc.get("completion_t"),
@@ -149,7 +166,16 @@ class Batch:
 class Client:
     """A connection to an hpfaas service."""
 
-    def __init__(self, url: Optional[str] = None, token: Optional[str] = None):
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        verify: bool = True,
+    ):
+        """`ca_file` (else `$HPFAAS_CA_FILE`): a PEM CA to trust, besides the
+        system's, for an `https://` service; `verify=False` checks no
+        certificate at all (for tests only)."""
         url = url or os.environ.get("HPFAAS_URL")
         token = token or os.environ.get("HPFAAS_TOKEN")
         up_path, up = _read_up_json()
@@ -168,9 +194,17 @@ class Client:
         self.default_endpoint_id: Optional[str] = (
             up.get("endpoint_id") if up.get("url", "").rstrip("/") == self.url else None
         )
-        self._connection_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
+        self._ssl_context: Optional[ssl.SSLContext] = None
+        if parts.scheme == "https":
+            ca_file = ca_file or os.environ.get("HPFAAS_CA_FILE") or None
+            try:
+                context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise HpfaasError(f"cannot load the CA file {ca_file!r}: {exc}") from exc
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._ssl_context = context
         self._host, self._port = parts.hostname, parts.port
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -236,10 +270,23 @@ class Client:
             task_group_id, resource_specification, result_serializers, self.is_shell_function
         )
 
-    def batch_run(self, endpoint_id: str, batch: Batch) -> dict:
-        """Submit a batch; returns `{"request_id", "task_group_id", "endpoint_id", "tasks"}`."""
+    def batch_run(
+        self, endpoint_id: str, batch: Batch, idempotency_key: Optional[str] = None
+    ) -> dict:
+        """Submit a batch; returns `{"request_id", "task_group_id", "endpoint_id", "tasks"}`.
+
+        The request carries an `Idempotency-Key` (a fresh uuid4 unless given),
+        so when the connection drops before the answer it is sent once more
+        with the same key: the service answers the original answer and creates
+        nothing twice.
+        """
+        key = idempotency_key or str(uuid.uuid4())
         return self._request(
-            "POST", f"/v3/endpoints/{endpoint_id}/submit", batch.prepare(), idempotent=False
+            "POST",
+            f"/v3/endpoints/{endpoint_id}/submit",
+            batch.prepare(),
+            headers={"Idempotency-Key": key},
+            retry_lost_answer=True,
         )
 
     def get_task(self, task_id: str) -> dict:
@@ -249,6 +296,17 @@ class Client:
     def get_result(self, task_id: str) -> Any:
         """The task's value; raises `TaskPending` or `TaskExecutionFailed`."""
         return task_result(self.get_task(task_id))
+
+    def cancel(self, task_id: str) -> dict:
+        """Cancel a task that is not final: `{"task_id", "status": "cancelled"}`.
+
+        Raises `HTTPError` 409 if the task is final already.
+        """
+        return self._request("POST", f"/v3/tasks/{task_id}/cancel", idempotent=False)
+
+    def cancel_task_group(self, task_group_id: str) -> dict:
+        """Cancel every task of the group not final yet: `{..., "cancelled": n}`."""
+        return self._request("POST", f"/v3/taskgroup/{task_group_id}/cancel", idempotent=False)
 
     def get_batch_status(self, task_ids: List[str]) -> Dict[str, dict]:
         """Task documents of many tasks in one request, by task id."""
@@ -308,7 +366,11 @@ class Client:
         return response, sock
 
     def _new_connection(self, timeout: float = REQUEST_TIMEOUT) -> http.client.HTTPConnection:
-        return self._connection_class(self._host, self._port, timeout=timeout)
+        if self._ssl_context is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=self._ssl_context
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -320,26 +382,44 @@ class Client:
             conn.close()
         return conn
 
-    def _request(self, method: str, path: str, body: Any = None, idempotent: bool = True) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        idempotent: bool = True,
+        headers: Optional[Dict[str, str]] = None,
+        retry_lost_answer: bool = False,
+    ) -> Any:
+        """One call; `retry_lost_answer` (for a request the service deduplicates,
+        an idempotent submit) sends it once more whenever its answer was lost."""
         data = None if body is None else json.dumps(body).encode("utf-8")
         conn = self._connection()
         reused = conn.sock is not None
         try:
-            status, raw = self._exchange(conn, method, self._prefix + path, data)
-        except _DROPPED_CONNECTION:
+            status, raw = self._exchange(conn, method, self._prefix + path, data, headers)
+        except _LOST_ANSWER as exc:
             # The server may close an idle connection just as we reuse it; only
             # a request that cannot create anything twice is sent again.
-            if not (reused and idempotent):
+            dropped_idle = reused and idempotent and isinstance(exc, _DROPPED_CONNECTION)
+            if not (retry_lost_answer or dropped_idle):
                 raise
-            status, raw = self._exchange(conn, method, self._prefix + path, data)
+            status, raw = self._exchange(conn, method, self._prefix + path, data, headers)
         if not 200 <= status < 300:
             raise _error_from(status, raw)
         return json.loads(raw) if raw else None
 
     def _exchange(
-        self, conn: http.client.HTTPConnection, method: str, path: str, data: Optional[bytes]
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        data: Optional[bytes],
+        extra_headers: Optional[Dict[str, str]] = None,
     ) -> Tuple[int, bytes]:
         headers = self._headers if data is None else self._json_headers
+        if extra_headers:
+            headers = {**headers, **extra_headers}
         try:
             try:
                 conn.request(method, path, body=data, headers=headers)

@@ -63,3 +63,19 @@ class HTTPError(HpfaasError):
 
     def __reduce__(self):
         return (type(self), (self.status, self.code, self.message))
+
+
+class TaskCancelled(TaskExecutionFailed):
+    """The task was cancelled (`Client.cancel`, a task group's cancel) before it finished.
+
+    A `TaskExecutionFailed`, so code that handles failed tasks handles it too;
+    `remote_message` says who cancelled it and when.
+    """
+
+
+class ResultExpired(TaskExecutionFailed):
+    """The task finished, but nobody fetched its result in time and the service purged it."""
+
+
+#: The `TaskExecutionFailed` subclass raised for a task's `exception_type`.
+EXCEPTION_TYPES = {"TaskCancelled": TaskCancelled, "ResultExpired": ResultExpired}

@@ -43,6 +43,38 @@ class TaskFuture(concurrent.futures.Future):
     """The future of one task; `task_id` is set once the task has been submitted."""
 
     task_id: Optional[str] = None
+    # The executor that tracks this future, to cancel a submitted task through it.
+    _executor: Optional["Executor"] = None
+
+    def cancel(self) -> bool:
+        """Cancel the call; True if it is cancelled.
+
+        A call not yet sent is dropped here. A submitted task that is not done
+        is cancelled in the service (`POST /v3/tasks/{id}/cancel`) and the
+        future then resolves as cancelled (`result()` raises
+        `concurrent.futures.CancelledError`). False when the task has finished
+        already, or is being sent at this very moment (no task id yet).
+        """
+        if super().cancel():
+            return True
+        executor = self._executor
+        if self.done() or self.task_id is None or executor is None:
+            return False
+        return executor._cancel_submitted(self)
+
+    def _mark_cancelled(self) -> bool:
+        """Resolve a running future as cancelled; False if it was done already."""
+        # Future.cancel() refuses a running future, so the states are set here
+        # as cancel() followed by set_running_or_notify_cancel() would set them.
+        with self._condition:
+            if self._state != concurrent.futures._base.RUNNING:
+                return False
+            self._state = concurrent.futures._base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
 
 
 class _Submission(NamedTuple):
@@ -59,11 +91,14 @@ _STOP = object()
 
 def _resolve(future: TaskFuture, doc: dict) -> None:
     try:
-        value = task_result(doc)
-    except Exception as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(value)
+        try:
+            value = task_result(doc)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by `TaskFuture.cancel` meanwhile
 
 
 class Executor(concurrent.futures.Executor):
@@ -103,6 +138,9 @@ class Executor(concurrent.futures.Executor):
         self._pending: Dict[str, TaskFuture] = {}  # submitted, unresolved
         self._finished: set = set()  # task ids resolved, to drop repeated results
         self._unclaimed: Dict[str, dict] = {}  # results that came before their future
+        # Tasks whose cancel request is in flight, with a result the stream
+        # brought meanwhile (held until the service has answered the cancel).
+        self._cancelling: Dict[str, Optional[dict]] = {}
         self._stream_failure: Optional[BaseException] = None
 
     @property
@@ -130,6 +168,7 @@ class Executor(concurrent.futures.Executor):
         # Shell functions are run by the manager, which reads JSON, not pickle.
         payload = pack_arguments(args, kwargs, as_json=isinstance(fn, ShellFunction))
         future = TaskFuture()
+        future._executor = self
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -175,6 +214,7 @@ class Executor(concurrent.futures.Executor):
                 future = self._pending.get(task["id"])
                 if future is None:
                     future = TaskFuture()
+                    future._executor = self
                     future.task_id = task["id"]
                     future.set_running_or_notify_cancel()
                     new.append(future)
@@ -291,6 +331,9 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if task_id in self._finished:
                 return  # delivery is at least once: a replay may repeat a result
+            if task_id in self._cancelling:
+                self._cancelling[task_id] = doc  # `_cancel_submitted` decides
+                return
             future = self._pending.pop(task_id, None)
             if future is None:
                 self._unclaimed[task_id] = doc
@@ -298,6 +341,32 @@ class Executor(concurrent.futures.Executor):
             self._finished.add(task_id)
         _resolve(future, doc)
         self._stop_stream_if_idle()
+
+    def _cancel_submitted(self, future: TaskFuture) -> bool:
+        """Cancel a submitted task in the service, then resolve its future as cancelled."""
+        task_id = future.task_id
+        with self._lock:
+            if task_id not in self._pending or task_id in self._cancelling:
+                return False
+            self._cancelling[task_id] = None
+        try:
+            self.client.cancel(task_id)
+        except BaseException as exc:
+            with self._lock:
+                held = self._cancelling.pop(task_id)
+            if held is not None:
+                self._on_result(held)  # finished first: resolve with its result
+            if isinstance(exc, HTTPError) and exc.status == 409:
+                return False  # final already: its result is here or on its way
+            raise
+        with self._lock:
+            self._cancelling.pop(task_id)
+            self._pending.pop(task_id, None)
+            # The stream carries the cancelled task too: it is dropped there.
+            self._finished.add(task_id)
+        cancelled = future._mark_cancelled()
+        self._stop_stream_if_idle()
+        return cancelled
 
     def _on_stream_failure(self, exc: BaseException) -> None:
         with self._lock:
@@ -343,6 +412,22 @@ def _sse_events(response: http.client.HTTPResponse) -> Iterator[Tuple[str, Optio
                 event = value
             elif field == "id":
                 last_event_id = value
+
+
+#: Statuses for the codes of a result stream's `event: error`.
+_STREAM_ERROR_STATUS = {"unauthorized": 401, "forbidden": 403, "not_found": 404}
+
+
+def _stream_error(data: str) -> HTTPError:
+    """The error a result stream's `event: error` reports (a revoked token, say)."""
+    try:
+        doc = json.loads(data)
+        code, message = str(doc["code"]), str(doc["error"])
+    except (ValueError, TypeError, KeyError):
+        code, message = "stream_error", data
+    return HTTPError(
+        _STREAM_ERROR_STATUS.get(code, 400), code, f"the result stream ended: {message}"
+    )
 
 
 class _ResultStream:
@@ -431,6 +516,8 @@ class _ResultStream:
             for event, event_id, data in _sse_events(response):
                 if event == "result":
                     self._dispatch(data)
+                elif event == "error":
+                    raise _stream_error(data)
                 # Advanced only once the result is handled, so a drop re-delivers it.
                 self._last_event_id = event_id
         finally:

@@ -29,10 +29,16 @@ pub struct Service {
 
 impl Service {
     pub fn start() -> Service {
+        Service::start_with(&[])
+    }
+
+    /// `hpfaas service` with extra arguments (e.g. `--tls-cert`, `--tls-key`).
+    pub fn start_with(extra: &[&std::ffi::OsStr]) -> Service {
         let data_dir = temp_dir("service");
         let mut child = hpfaas()
             .args(["service", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

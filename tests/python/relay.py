@@ -97,6 +97,9 @@ class Relay:
         #: Pass the service's close of a connection on only once the client has
         #: sent another request on it, as when the FIN is slower than the client.
         self.late_closes = False
+        #: Cut this many submits' connections once the service has answered them,
+        #: before the answer reaches the client (so the tasks exist, unbeknown to it).
+        self.cut_submit_answers = 0
 
         self._start(self._accept_loop, "relay-accept")
 
@@ -205,6 +208,14 @@ class Relay:
             self._streams.append(record)
             return record
 
+    def _take_submit_cut(self) -> bool:
+        """True if this submit's answer is to be lost (counts it)."""
+        with self._changed:
+            if self.cut_submit_answers <= 0:
+                return False
+            self.cut_submit_answers -= 1
+            return True
+
     def _on_event(self, record: StreamRecord, event_id: int) -> bool:
         """Note an event passed on; True once the stream is to be cut."""
         with self._changed:
@@ -231,6 +242,7 @@ class _Connection:
         self._lock = threading.Lock()
         self.closed_late = False
         self._awaiting_answer = False
+        self._awaiting_submit = False
 
     def close(self) -> None:
         if self.reset:
@@ -276,6 +288,7 @@ class _Connection:
                     if upstream_failed or self.closed_late:
                         return  # the service is gone: the client learns it now
                     self._awaiting_answer = True
+                    self._awaiting_submit = _is_submit(method, path)
                 record = self.relay._on_request(request)
                 if record is not None:
                     headers = self._rewrite(headers, self.relay.stream_headers)
@@ -319,6 +332,10 @@ class _Connection:
                     # No pipelining (http.client waits for each answer): these bytes
                     # answer the last request forwarded.
                     self._awaiting_answer = False
+                    answered_submit, self._awaiting_submit = self._awaiting_submit, False
+                if answered_submit and self.relay._take_submit_cut():
+                    self.cut()
+                    return
                 if self.stream is None:
                     self.client.sendall(data)
                     continue

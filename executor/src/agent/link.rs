@@ -41,6 +41,10 @@ pub struct LinkTarget {
     pub endpoint_id: String,
     /// This endpoint's credential.
     pub credential: String,
+    /// `endpoint.allowed_functions`, declared in the hello.
+    pub allowed_functions: Vec<uuid::Uuid>,
+    /// `endpoint.json_only`, declared in the hello.
+    pub json_only: bool,
 }
 
 /// Frames queued while disconnected are dropped: results are re-sent from
@@ -137,8 +141,13 @@ async fn connect_and_serve(
     let config = WebSocketConfig::default()
         .max_message_size(Some(256 << 20))
         .max_frame_size(Some(256 << 20));
+    // endpoint.ca_file (or HPFAAS_CA_FILE) is trusted besides the system roots.
+    let tls = match crate::tls::configured_client_config() {
+        Ok(tls) => tls.map(tokio_tungstenite::Connector::Rustls),
+        Err(e) => return Ended::Refused(format!("{e:#}")),
+    };
     let (mut ws, _) =
-        match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), None)
+        match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), tls)
             .await
         {
             Ok(pair) => pair,
@@ -164,10 +173,10 @@ async fn connect_and_serve(
         version: PROTOCOL_VERSION,
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         pid: std::process::id(),
-        // The service enforces these at submit time once the agent sends
-        // them (issue 5, agent side still to do); empty/false = no policy.
-        allowed_functions: Vec::new(),
-        json_only: false,
+        // Declared so the service refuses what this endpoint would refuse
+        // anyway, at submit time instead of after a round trip.
+        allowed_functions: target.allowed_functions.clone(),
+        json_only: target.json_only,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));

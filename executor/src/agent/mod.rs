@@ -6,6 +6,7 @@
 pub mod blocks;
 pub mod journal;
 pub mod link;
+pub mod policy;
 pub mod registration;
 pub mod state_file;
 
@@ -15,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hpfaas_protocol::endpoint::{AgentMessage, EndpointReport, ServiceMessage};
-use hpfaas_protocol::task::{ExceptionInfo, FunctionCode, TaskResult, TaskSpec};
+use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent};
 use crate::config::{parse_port_range, EndpointConfig};
@@ -137,6 +139,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
         credential: credential.credential.clone(),
+        allowed_functions: spec.config.endpoint.allowed_functions.clone(),
+        json_only: spec.config.endpoint.json_only,
     });
 
     let mut agent = Agent {
@@ -346,38 +350,34 @@ impl Agent<'_> {
             ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
             ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
             ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
-            // Issue 5, agent side still to do: drop/kill them and Ack the ids.
-            ServiceMessage::Cancel { task_ids } => {
-                tracing::warn!(
-                    tasks = task_ids.len(),
-                    "cancel from the service not handled yet"
-                );
-                Ok(())
-            }
+            ServiceMessage::Cancel { task_ids } => self.cancel(task_ids),
         }
     }
 
-    /// Journals tasks, acknowledges them, then hands the new ones to the broker.
+    /// Journals tasks, acknowledges them, then hands the new ones to the
+    /// broker; tasks the endpoint's policy refuses fail at once.
     fn accept(&mut self, functions: Vec<FunctionCode>, tasks: Vec<TaskSpec>) -> anyhow::Result<()> {
-        let allowed = &self.spec.config.endpoint.allowed_functions;
-        let (tasks, refused): (Vec<TaskSpec>, Vec<TaskSpec>) = tasks
-            .into_iter()
-            .partition(|t| allowed.is_empty() || allowed.contains(&t.function_id));
-        let task_ids = tasks.iter().chain(&refused).map(|t| t.task_id).collect();
-        let fresh = self.journal.accept(&functions, tasks)?;
+        let endpoint = &self.spec.config.endpoint;
+        let mut accepted = Vec::with_capacity(tasks.len());
+        let mut refused = Vec::new();
+        for mut t in tasks {
+            match policy::refusal(endpoint, &t) {
+                Some(why) => refused.push(TaskResult::failed(t.task_id, why)),
+                None => {
+                    policy::prepare(endpoint, &mut t);
+                    accepted.push(t);
+                }
+            }
+        }
+        let task_ids = accepted
+            .iter()
+            .map(|t| t.task_id)
+            .chain(refused.iter().map(|r| r.task_id))
+            .collect();
+        let fresh = self.journal.accept(&functions, accepted)?;
         let _ = self.to_service.send(AgentMessage::Ack { task_ids });
         if !refused.is_empty() {
-            let results: Vec<TaskResult> = refused
-                .iter()
-                .map(|t| {
-                    let why = format!(
-                        "function {} is not in this endpoint's allowed_functions",
-                        t.function_id
-                    );
-                    TaskResult::failed(t.task_id, ExceptionInfo::system("FunctionNotAllowed", why))
-                })
-                .collect();
-            self.finish(results)?;
+            self.finish(refused)?;
         }
         if !fresh.is_empty() {
             let _ = self.broker.send(BrokerCommand::Submit {
@@ -385,6 +385,19 @@ impl Agent<'_> {
                 tasks: fresh,
             });
         }
+        Ok(())
+    }
+
+    /// Forgets cancelled tasks, has the broker drop or kill them, and
+    /// acknowledges the ids (all of them: the service stops repeating the
+    /// cancel once it knows the agent recorded it).
+    fn cancel(&mut self, task_ids: Vec<Uuid>) -> anyhow::Result<()> {
+        tracing::info!(tasks = task_ids.len(), "cancelling tasks");
+        self.journal.cancel(&task_ids)?;
+        let _ = self.broker.send(BrokerCommand::Cancel {
+            task_ids: task_ids.clone(),
+        });
+        let _ = self.to_service.send(AgentMessage::Ack { task_ids });
         Ok(())
     }
 

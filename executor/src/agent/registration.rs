@@ -50,7 +50,7 @@ pub fn register(
     if let Some(id) = endpoint_id {
         body["endpoint_id"] = serde_json::Value::String(id.to_string());
     }
-    let agent = ureq::AgentBuilder::new().try_proxy_from_env(true).build();
+    let agent = crate::tls::ureq_agent(None)?.build();
     let reply: serde_json::Value = match agent
         .post(&url)
         .set("Authorization", &format!("Bearer {owner_token}"))
