@@ -203,7 +203,22 @@ fn decode_frame(frames: &[Vec<u8>]) -> anyhow::Result<BrokerMessage> {
     Ok(decode(payload)?)
 }
 
+/// How long a worker killed by SIGTERM waits for the manager's own SIGTERM.
+const SIGTERM_GRACE: Duration = Duration::from_secs(1);
+
+/// Sleeps until `deadline` (never returns when there is none).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Manager {
+    /// Results of workers killed by SIGTERM, held for [`SIGTERM_GRACE`].
+    lost_to_sigterm: Vec<TaskResult>,
+    /// When the held results are released, if any are held.
+    sigterm_grace: Option<Instant>,
     out: BridgeSender,
     info: ManagerInfo,
     functions: HashMap<Uuid, Function>,
@@ -256,6 +271,8 @@ impl Manager {
             )));
         }
         Manager {
+            lost_to_sigterm: Vec::new(),
+            sigterm_grace: None,
             out,
             info,
             functions: HashMap::new(),
@@ -311,6 +328,11 @@ impl Manager {
                     }
                 }
                 Some((slot, result)) = self.done_rx.recv() => self.finish(slot, result),
+                _ = sleep_until(self.sigterm_grace), if self.sigterm_grace.is_some() => {
+                    // No SIGTERM for this manager: the workers' deaths were their own.
+                    self.sigterm_grace = None;
+                    self.results.append(&mut self.lost_to_sigterm);
+                }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > threshold {
                         anyhow::bail!("no word from the broker for {:.1} s; assuming the endpoint is gone", threshold.as_secs_f64());
@@ -319,6 +341,9 @@ impl Manager {
                 }
                 _ = sigterm.recv() => {
                     tracing::info!("SIGTERM: leaving");
+                    // Tasks whose workers the same SIGTERM killed are the
+                    // broker's to settle as ManagerLost (retried if allowed).
+                    self.lost_to_sigterm.clear();
                     send(&self.out, &ManagerMessage::Bye);
                     return Ok(());
                 }
@@ -361,6 +386,16 @@ impl Manager {
             // Killing the worker shows up as WorkerLost, which the broker
             // would retry; the owner asked for the task to stop.
             result = cancelled(result.task_id);
+        }
+        if matches!(&result.outcome, Outcome::Failed { exception } if worker::lost_to_sigterm(exception))
+        {
+            // A batch system ending the job signals every process at once:
+            // the worker may die before this manager sees its own SIGTERM.
+            // Wait briefly, so a block's end is reported as the block's.
+            self.sigterm_grace
+                .get_or_insert(Instant::now() + SIGTERM_GRACE);
+            self.lost_to_sigterm.push(result);
+            return;
         }
         self.results.push(result);
     }

@@ -25,6 +25,13 @@ use super::affinity::Placement;
 use super::job_env;
 use crate::broker::dispatch::WORKER_LOST;
 
+/// True if a `WorkerLost` failure came from a SIGTERM the worker received
+/// from outside (a batch system ending the job signals every process), judged
+/// from the message [`serve_slot`] writes.
+pub fn lost_to_sigterm(exception: &ExceptionInfo) -> bool {
+    exception.exc_type == WORKER_LOST && exception.message.contains("(SIGTERM)")
+}
+
 /// Largest frame a worker may send (a result beyond it fails the task).
 const MAX_FRAME: usize = 1 << 30;
 
