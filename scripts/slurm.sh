@@ -195,7 +195,16 @@ ensure_munge_key() {
     chmod 400 "$key"
 }
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# True when the pid file names a live process (a zombie, killed but not yet
+# reaped by its parent, is not alive).
+pid_alive() {
+    [[ -s $1 ]] || return 1
+    local pid state
+    pid=$(cat "$1")
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ $state != Z ]]
+}
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -215,7 +224,8 @@ record_started() { echo "$1" >>"$STARTED_FILE"; }
 start_daemons() {
     check_port_free slurmctld "$CTLD_PID" "$CTLD_PORT" HPFAAS_SLURMCTLD_PORT
     check_port_free slurmd "$SLURMD_PID" "$SLURMD_PORT" HPFAAS_SLURMD_PORT
-    if pid_alive "$MUNGE_PID" || timeout 5 munge -n </dev/null >/dev/null 2>&1; then
+    # Only a credential that encodes proves munged works; a pid file can lie.
+    if timeout 5 munge -n </dev/null >/dev/null 2>&1; then
         say "munged already runs"
     else
         runuser -u munge -- /usr/sbin/munged --force
