@@ -309,6 +309,22 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
     argv
 }
 
+/// Workers a manager will run, as far as the agent can tell without seeing
+/// the node: the configured count, capped by accelerators (one each).
+fn workers_estimate(engine: &crate::config::EngineSection, cores: u32) -> u32 {
+    let accelerators = engine.available_accelerators.len() as u32;
+    let workers = engine.max_workers_per_node.unwrap_or(if accelerators > 0 {
+        accelerators
+    } else {
+        cores
+    });
+    if accelerators > 0 {
+        workers.min(accelerators)
+    } else {
+        workers
+    }
+}
+
 fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetup> {
     let engine = &spec.config.engine;
     let provider = &spec.config.provider;
@@ -319,7 +335,7 @@ fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetu
         init_blocks: provider.init_blocks,
         min_blocks: provider.min_blocks,
         max_blocks: provider.max_blocks,
-        slots_per_block: (engine.max_workers_per_node.unwrap_or(cores) + engine.prefetch_capacity)
+        slots_per_block: (workers_estimate(engine, cores) + engine.prefetch_capacity)
             * provider.nodes_per_block,
         parallelism: provider.parallelism,
         max_idletime: Duration::from_secs_f64(provider.max_idletime),
