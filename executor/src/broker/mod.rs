@@ -5,9 +5,12 @@
 //! manager lost after `heartbeat_threshold` of silence (its tasks are then
 //! retried or failed with `ManagerLost`). MPI tasks get whole nodes of one
 //! block ([`placement`]). The agent talks to the broker through
-//! [`BrokerCommand`]s and [`BrokerEvent`]s.
+//! [`BrokerCommand`]s and [`BrokerEvent`]s. The link is CurveZMQ-encrypted
+//! by default, with a ZAP handler admitting only the endpoint's client key
+//! ([`curve`]).
 
 pub mod address;
+pub mod curve;
 pub mod dispatch;
 pub mod placement;
 
@@ -43,6 +46,9 @@ pub struct BrokerConfig {
     pub nodes_per_block: u32,
     /// Walltime of the endpoint's blocks, when a batch system enforces one.
     pub block_walltime: Option<Duration>,
+    /// CurveZMQ keys: the broker encrypts the link and admits only the
+    /// endpoint's client keys; `None` (`engine.encrypted = false`) runs in clear.
+    pub curve: Option<curve::ServerKeys>,
 }
 
 /// What the agent asks of the broker.
@@ -107,11 +113,20 @@ pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     router.set_sndhwm(0)?;
     router.set_rcvhwm(0)?;
     router.set_linger(1000)?;
+    // The ZAP handler must be bound before the socket accepts connections.
+    let zap = match &config.curve {
+        Some(keys) => {
+            let zap = curve::start_zap(&context, keys.clients.clone())?;
+            curve::make_server(&router, keys)?;
+            Some(zap)
+        }
+        None => None,
+    };
     let url = bind(&router, &config)?;
     let bridge = zmq_bridge::spawn(&context, router, "broker")?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(config, bridge, cmd_rx, ev_tx, context));
+    let task = tokio::spawn(run(config, bridge, cmd_rx, ev_tx, (context, zap)));
     Ok(BrokerHandle {
         url,
         commands: cmd_tx,
@@ -161,7 +176,7 @@ async fn run(
     mut bridge: zmq_bridge::Bridge,
     mut commands: mpsc::UnboundedReceiver<BrokerCommand>,
     events: mpsc::UnboundedSender<BrokerEvent>,
-    _context: zmq::Context,
+    _keep: (zmq::Context, Option<curve::ZapHandler>),
 ) {
     let mut broker = Broker {
         dispatcher: Dispatcher::new(
