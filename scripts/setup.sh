@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing hpfaas needs, when it is missing:
 # Debian packages (as root, via apt-get) and a Python venv at .venv with the
-# SDK (editable) and pytest. Safe to run again; does nothing when all is there.
+# SDK (editable), pytest and schemathesis (API fuzzing), and .venv-gc with the
+# Globus Compute SDK. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,18 @@ fi
 if ! .venv/bin/python -c "import pytest, hpfaas" 2>/dev/null; then
     echo "setup: installing the SDK and pytest into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ./python pytest
+fi
+
+# The real Globus Compute SDK, in its own venv so .venv stays stdlib-only
+# (tests/python/test_globus_compute.py). About 5-30 s with network access; a
+# failed install only skips those tests (outside CI).
+if ! .venv-gc/bin/python -c "import globus_compute_sdk, dill" 2>/dev/null; then
+    echo "setup: installing globus-compute-sdk into .venv-gc"
+    [[ -x .venv-gc/bin/python ]] || python3 -m venv .venv-gc
+    .venv-gc/bin/python -m pip install -q --disable-pip-version-check "globus-compute-sdk>=4,<5" \
+        || echo "setup: could not install globus-compute-sdk; its tests will skip" >&2
+fi
+if [[ ! -x .venv/bin/schemathesis ]]; then
+    echo "setup: installing schemathesis into .venv (API fuzzing)"
+    .venv/bin/python -m pip install -q --disable-pip-version-check schemathesis
 fi

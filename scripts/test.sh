@@ -58,4 +58,7 @@ if command -v cargo-nextest >/dev/null; then
 else
     stage "rust tests" 900 cargo test --workspace --no-fail-fast
 fi
+# schemathesis against the service's own /openapi.json (>= 2,000 requests,
+# zero 5xx, the service still alive); about 20 s.
+stage "api fuzz" 300 env HPFAAS_BIN="$PWD/target/debug/hpfaas" tests/fuzz/api_fuzz.sh
 stage "python tests" 900 env HPFAAS_BIN="$PWD/target/debug/hpfaas" .venv/bin/python -m pytest tests/python -q -rs

@@ -197,6 +197,17 @@ struct ManagerArgs {
     /// Extra MPI launcher arguments (give as --launcher-options=--flag).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     launcher_options: String,
+    /// Run each task in its own directory, DIR/<task_id>/ (engine.run_in_sandbox).
+    #[arg(long)]
+    sandbox_dir: Option<PathBuf>,
+    /// CURVE key file (mode 0600) with this manager's keypair, and the
+    /// broker's public key unless --server-key gives it; with --endpoint the
+    /// endpoint directory's curve.json is used. Secret keys never go in argv.
+    #[arg(long)]
+    curve_file: Option<PathBuf>,
+    /// The broker's CURVE public key (Z85), overriding the key file's.
+    #[arg(long)]
+    server_key: Option<String>,
 }
 
 fn main() {
@@ -270,6 +281,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cores
             );
             let rank = membership.rank;
+            let endpoint_dir = args
+                .endpoint
+                .as_deref()
+                .map(lifecycle::endpoint_dir)
+                .transpose()?;
+            let curve = hpfaas_executor::broker::curve::for_manager(
+                args.curve_file.as_deref(),
+                args.server_key.as_deref(),
+                endpoint_dir.as_deref(),
+            )?;
             let result = runtime()?.block_on(manager::run(manager::ManagerConfig {
                 rank,
                 broker_url: match (args.broker, &args.endpoint) {
@@ -304,6 +325,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 accelerators: args.accelerators,
                 mpi_launcher: args.mpi_launcher,
                 launcher_options: args.launcher_options,
+                sandbox_dir: args.sandbox_dir,
+                curve,
             }));
             // MPI finalises here, after the runtime and its threads are gone.
             drop(membership);

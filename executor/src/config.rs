@@ -86,6 +86,14 @@ pub struct EngineSection {
     /// Extra arguments for the MPI launcher, before each task's own.
     #[serde(default)]
     pub launcher_options: String,
+    /// Run each task in its own working directory,
+    /// `<manager's directory>/tasks/<task_id>/` (Globus Compute's name).
+    #[serde(default)]
+    pub run_in_sandbox: bool,
+    /// CurveZMQ on the broker↔manager link (keys in the endpoint directory);
+    /// `false` only for debugging: tasks then cross the network in clear.
+    #[serde(default = "default_encrypted")]
+    pub encrypted: bool,
 }
 
 impl Default for EngineSection {
@@ -103,12 +111,18 @@ impl Default for EngineSection {
             port_range: None,
             mpi_launcher: default_mpi_launcher(),
             launcher_options: String::new(),
+            run_in_sandbox: false,
+            encrypted: true,
         }
     }
 }
 
 fn default_mpi_launcher() -> String {
     "mpiexec".into()
+}
+
+fn default_encrypted() -> bool {
+    true
 }
 
 fn default_cpu_affinity() -> String {
@@ -202,10 +216,15 @@ impl EndpointConfig {
         if e.max_workers_per_node == Some(0) {
             return Err("engine.max_workers_per_node must be at least 1".into());
         }
-        if !(e.heartbeat_period > 0.0 && e.heartbeat_period.is_finite()) {
-            return Err("engine.heartbeat_period must be a positive number of seconds".into());
+        // Bounded, so both are valid `Duration`s (`from_secs_f64` panics
+        // beyond `u64` seconds).
+        let max = hpfaas_scheduler_adapters::config::MAX_SECONDS;
+        if !(e.heartbeat_period > 0.0 && e.heartbeat_period <= max) {
+            return Err(format!(
+                "engine.heartbeat_period must be a positive number of seconds up to {max}"
+            ));
         }
-        if !(e.heartbeat_threshold > e.heartbeat_period && e.heartbeat_threshold.is_finite()) {
+        if !(e.heartbeat_threshold > e.heartbeat_period && e.heartbeat_threshold <= max) {
             return Err(format!(
                 "engine.heartbeat_threshold ({}) must be larger than engine.heartbeat_period ({})",
                 e.heartbeat_threshold, e.heartbeat_period
@@ -273,6 +292,8 @@ pub fn template(service_url: Option<&str>) -> String {
 # port_range = "55000-55100"
 # mpi_launcher = "mpiexec"              # MPI tasks: mpiexec (OpenMPI) | mpiexec-mpich | srun
 # launcher_options = ""                 # e.g. "--oversubscribe", added to every MPI launch
+# encrypted = true                      # CurveZMQ broker<->managers; false only for debugging
+# run_in_sandbox = false                # true: each task runs in tasks/<task_id>/ of its block
 
 [provider]
 type = "local"

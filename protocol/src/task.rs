@@ -95,6 +95,9 @@ pub struct TaskSpec {
     pub resource_spec: Option<String>,
 }
 
+/// Longest per-task walltime accepted, in seconds (about 31 years).
+pub const MAX_WALLTIME: f64 = 1e9;
+
 impl TaskSpec {
     /// The task's own walltime in seconds (`"walltime"` in its
     /// `resource_specification`), or why it is unusable.
@@ -107,9 +110,11 @@ impl TaskSpec {
         match value.get("walltime") {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(w) => match w.as_f64() {
-                Some(s) if s > 0.0 && s.is_finite() => Ok(Some(s)),
+                // Bounded, so every accepted walltime is a valid `Duration`.
+                Some(s) if s > 0.0 && s <= MAX_WALLTIME => Ok(Some(s)),
                 _ => Err(format!(
-                    "resource_specification walltime must be a positive number of seconds, not {w}"
+                    "resource_specification walltime must be a positive number of seconds \
+                     up to {MAX_WALLTIME}, not {w}"
                 )),
             },
         }
@@ -203,6 +208,7 @@ mod tests {
         assert_eq!(spec(Some(r#"{"num_nodes": 2}"#)).walltime(), Ok(None));
         assert_eq!(spec(Some(r#"{"walltime": 90}"#)).walltime(), Ok(Some(90.0)));
         assert!(spec(Some(r#"{"walltime": -1}"#)).walltime().is_err());
+        assert!(spec(Some(r#"{"walltime": 1e300}"#)).walltime().is_err());
         assert!(spec(Some(r#"{"walltime": "1h"}"#))
             .walltime()
             .unwrap_err()

@@ -28,6 +28,13 @@ JSON = "11\n"
 SOURCE = "st\n"
 SOURCE_DILL = "sd\n"
 SHELL_FUNCTION = "sh\n"
+# Globus Compute's other strategies, decoded (never produced) here: see docs/globus-compute.md.
+GC_PICKLE_CODE = "02\n"  # PickleCode (deprecated): base64 of a plain pickle of a function
+GC_DILL_TEXT_INSPECT = "03\n"  # DillCodeTextInspect: base64 pickle of (name, source)
+GC_DILL_SOURCE = "04\n"  # DillCodeSource: the same layout as 03
+GC_COMBINED_CODE = "10\n"  # CombinedCode (deprecated): "id:body" chunks joined by ':'
+ALL_CODE = "12\n"  # AllCodeStrategies: pack() of whole buffers, each with its own id
+ALL_DATA = "13\n"  # AllDataStrategies: the same layout, for data
 SHELL_RESULT = "sr\n"
 
 PICKLE_PROTOCOL = 4
@@ -83,6 +90,25 @@ def _loads() -> Callable[[bytes], Any]:
     except ImportError:
         return pickle.loads
     return dill.loads
+
+
+class MissingDill(ImportError):
+    """A dill pickle reached a Python without dill (a Globus Compute client's default)."""
+
+
+def _pickle_loads(data: bytes) -> Any:
+    """Load a pickle; a dill pickle without dill installed becomes `MissingDill`."""
+    try:
+        return _loads()(data)
+    except ModuleNotFoundError as exc:
+        if exc.name != "dill" and not str(exc).startswith("No module named 'dill"):
+            raise
+        raise MissingDill(
+            "this payload was pickled with dill (Globus Compute's default strategies),"
+            " but dill is not installed in the worker's Python: install dill there"
+            " (`pip install dill`, the same version as the client's), or serialize"
+            " with a source strategy (PureSourceTextInspect for code, JSONData for data)"
+        ) from exc
 
 
 def _b64(data: bytes) -> str:
@@ -151,7 +177,65 @@ def _module_level_source(fn: Callable) -> Optional[str]:
 
 
 def _load_pickle(body: str) -> Any:
-    return _loads()(base64.b64decode(body))
+    # Globus Compute's base64 carries a newline every 76 characters; b64decode skips them.
+    return _pickle_loads(base64.b64decode(body))
+
+
+def _exec_source(name: str, source: str) -> Any:
+    # Registering the source with linecache puts its lines into remote tracebacks.
+    filename = f"<hpfaas function {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
+
+
+def _load_pickled_source(body: str) -> Any:
+    """`03\\n`/`04\\n`: base64 of a pickle of the tuple (name, source text)."""
+    name, source = _pickle_loads(base64.b64decode(body))
+    return _exec_source(name, source)
+
+
+def _load_combo(body: str) -> Any:
+    """`12\\n`/`13\\n`: packed whole buffers, each of another strategy; the first that decodes wins.
+
+    A source strategy usually comes first, so a worker without dill still runs
+    what the client's default combination sent."""
+    return _first_decodable(unpack(body))
+
+
+def _load_combined_code(body: str) -> Any:
+    """`10\\n`: ":"-joined pairs of strategy id and body (ids keep their newline).
+
+    A source body holds ':' itself, so the chunks are found by their ids rather
+    than by splitting: each chunk starts at ':' + a known id, or at the start."""
+    ids = (GC_DILL_SOURCE, BY_VALUE_PICKLE, GC_DILL_TEXT_INSPECT, SOURCE_DILL, SOURCE)
+    starts = [0] if body[:3] in ids else []
+    for ident in ids:
+        pos = body.find(":" + ident)
+        while pos >= 0:
+            starts.append(pos + 1)
+            pos = body.find(":" + ident, pos + 1)
+    starts.sort()
+    chunks = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] - 1 if i + 1 < len(starts) else len(body)
+        ident, rest = body[start : start + 3], body[start + 4 : end]
+        chunks.append(ident + rest)  # the ':' after the id is dropped
+    return _first_decodable(chunks)
+
+
+def _first_decodable(buffers: List[str]) -> Any:
+    errors = []
+    for buffer in buffers:
+        try:
+            return deserialize(buffer)
+        except Exception as exc:  # try the next strategy, as Globus Compute does
+            errors.append(f"{buffer[:2]!r}: {type(exc).__name__}: {exc}")
+    detail = "; ".join(errors) or "it is empty"
+    if any(": MissingDill: " in e for e in errors):
+        raise MissingDill(f"no strategy of this combined buffer decodes: {detail}")
+    raise ValueError(f"no strategy of this combined buffer decodes: {detail}")
 
 
 def _load_source(body: str) -> Any:
@@ -160,12 +244,7 @@ def _load_source(body: str) -> Any:
     if ":" not in body:
         body = base64.b64decode(body).decode("utf-8")
     name, source = body.split(":", 1)
-    # Registering the source with linecache puts its lines into remote tracebacks.
-    filename = f"<hpfaas function {name}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    exec(compile(source, filename, "exec"), namespace)
-    return namespace[name]
+    return _exec_source(name, source)
 
 
 def _load_shell_function(body: str) -> ShellFunction:
@@ -190,7 +269,42 @@ _DECODERS = {
     SOURCE_DILL: _load_source,
     SHELL_FUNCTION: _load_shell_function,
     SHELL_RESULT: _load_shell_result,
+    GC_PICKLE_CODE: _load_pickle,
+    GC_DILL_TEXT_INSPECT: _load_pickled_source,
+    GC_DILL_SOURCE: _load_pickled_source,
+    GC_COMBINED_CODE: _load_combined_code,
+    ALL_CODE: _load_combo,
+    ALL_DATA: _load_combo,
 }
+
+# Globus Compute's `result_serializers` name strategies by import path
+# (`globus_compute_sdk.serialize.DillDataBase64`, or `...concretes.JSONData`):
+# the class name picks the strategy id.
+GC_RESULT_STRATEGIES = {
+    "DillDataBase64": PICKLE,
+    "JSONData": JSON,
+    "AllDataStrategies": ALL_DATA,
+}
+
+
+def result_strategy(name: str) -> Optional[str]:
+    """The strategy id a `result_serializers` entry names (an id or a GC import path), or None."""
+    if name in (PICKLE, JSON, ALL_DATA):
+        return name
+    if name.startswith("globus_compute_sdk."):
+        return GC_RESULT_STRATEGIES.get(name.rpartition(".")[2])
+    return None
+
+
+def serialize_all_data(obj: Any) -> str:
+    """`13\\n`: JSON (when the value is JSON data) then pickle, packed, as Globus Compute does."""
+    buffers = []
+    try:
+        buffers.append(serialize_json(obj))
+    except (TypeError, ValueError):
+        pass
+    buffers.append(serialize(obj))
+    return ALL_DATA + pack(buffers)
 
 
 def deserialize(buffer: str) -> Any:

@@ -18,9 +18,19 @@ import traceback
 from types import TracebackType
 from typing import Any, BinaryIO, Callable, Dict, Optional
 
-from hpfaas.serialize import JSON, PICKLE, deserialize, serialize, serialize_json, unpack
+from hpfaas.serialize import (
+    ALL_DATA,
+    JSON,
+    PICKLE,
+    deserialize,
+    result_strategy,
+    serialize,
+    serialize_all_data,
+    serialize_json,
+    unpack,
+)
 
-_RESULT_ENCODERS = {PICKLE: serialize, JSON: serialize_json}
+_RESULT_ENCODERS = {PICKLE: serialize, JSON: serialize_json, ALL_DATA: serialize_all_data}
 _HEADER = struct.Struct(">I")
 
 
@@ -36,6 +46,7 @@ class TaskRunner:
         try:
             fn = self._function(msg["function_id"], msg.get("function_code"))
             args, kwargs = _decode_arguments(msg["payload"])
+            home = _enter_sandbox(msg.get("sandbox_dir"))
         except BaseException as exc:
             return _failure(task_id, exc, exc.__traceback__)
         try:
@@ -43,6 +54,9 @@ class TaskRunner:
         except BaseException as exc:
             # Skip this frame: the user's traceback starts in their function.
             return _failure(task_id, exc, exc.__traceback__.tb_next)
+        finally:
+            if home is not None:
+                os.chdir(home)
         try:
             result = _encode_result(value, msg.get("result_serializers") or ())
         except BaseException as exc:
@@ -59,6 +73,15 @@ class TaskRunner:
             raise LookupError(f"function {function_id} was neither sent nor cached") from None
 
 
+def _enter_sandbox(directory: Optional[str]) -> Optional[str]:
+    """With run_in_sandbox: chdir into the task's directory; returns where to go back."""
+    if not directory:
+        return None
+    home = os.getcwd()
+    os.chdir(directory)
+    return home
+
+
 def _decode_arguments(payload: str) -> tuple:
     buffers = unpack(payload)
     if len(buffers) != 2:
@@ -68,10 +91,21 @@ def _decode_arguments(payload: str) -> tuple:
 
 
 def _encode_result(value: Any, result_serializers) -> str:
-    encoder = next(
-        (_RESULT_ENCODERS[s] for s in result_serializers if s in _RESULT_ENCODERS), serialize
+    """The first allowed strategy that can encode the value (ids, or Globus Compute's
+    import paths); pickle (`00\\n`) when none is named or known."""
+    strategies = [s for s in map(result_strategy, result_serializers) if s is not None]
+    errors = []
+    for strategy in strategies or [PICKLE]:
+        try:
+            return _RESULT_ENCODERS[strategy](value)
+        except Exception as exc:  # as Globus Compute's endpoint: try the next one
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise TypeError(
+        "no allowed result serializer could encode the result: "
+        + "; ".join(f"{type(e).__name__}: {e}" for e in errors)
     )
-    return encoder(value)
 
 
 def _failure(task_id: Any, exc: BaseException, tb: Optional[TracebackType]) -> dict:

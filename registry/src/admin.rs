@@ -31,6 +31,11 @@ pub fn create_token(data_dir: &Path, user: &str) -> anyhow::Result<String> {
     let user_id = catalog::ensure_user(&tx, user)?;
     catalog::insert_token(&tx, &auth::stored_token(&token), user_id, None)?;
     tx.commit()?;
+    audit_now(
+        data_dir,
+        serde_json::json!({"event": "token_created", "user": user,
+            "token_prefix": &token[..auth::PREFIX_CHARS.min(token.len())]}),
+    );
     Ok(token)
 }
 
@@ -104,7 +109,18 @@ pub fn revoke_token(data_dir: &Path, token_or_prefix: &str) -> anyhow::Result<To
     })?;
     let mut info = info;
     info.revoked = Some(db::now());
+    audit_now(
+        data_dir,
+        serde_json::json!({"event": "token_revoked", "user": info.user, "token_id": info.id}),
+    );
     Ok(info)
+}
+
+/// Appends to the audit log from the CLI; a failure is reported, not fatal.
+fn audit_now(data_dir: &Path, event: serde_json::Value) {
+    if let Err(e) = crate::audit::append_now(data_dir, event) {
+        eprintln!("hpfaas: warning: cannot write the audit log: {e}");
+    }
 }
 
 /// Describes a token's kind for people: `user` or `endpoint <id>`.

@@ -26,7 +26,7 @@ use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
-use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult};
+use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult, TaskState};
 use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use uuid::Uuid;
@@ -567,6 +567,9 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 .map_err(shutting_down)?;
         }
         AgentMessage::States { updates } if !updates.is_empty() => {
+            for (task, _) in updates.iter().filter(|(_, s)| *s == TaskState::Running) {
+                state.audit.running(*task, endpoint);
+            }
             state
                 .db
                 .enqueue(move |c, _| db_tasks::update_states(c, endpoint, &updates))
@@ -578,6 +581,14 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
             };
             cap_results(&mut results, state.config.max_result_bytes);
             let ids: Vec<Uuid> = results.iter().map(|r| r.task_id).collect();
+            let ended: Vec<(Uuid, Option<String>)> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Outcome::Success { .. } => (r.task_id, None),
+                    Outcome::Failed { exception } => (r.task_id, Some(exception.exc_type.clone())),
+                })
+                .collect();
+            let audit = state.audit.clone();
             let committed = state
                 .db
                 .enqueue(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
@@ -588,6 +599,14 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 let _permit = permit;
                 match committed.await {
                     Ok(Ok(stored)) => {
+                        for (task, exc_type) in ended {
+                            let how = if exc_type.is_some() {
+                                "failed"
+                            } else {
+                                "success"
+                            };
+                            audit.finished(task, Some(endpoint), how, exc_type.as_deref());
+                        }
                         // Durable now: the agent may forget them, and
                         // streams may read them.
                         let _ = out

@@ -6,6 +6,7 @@
 //! * [`error`]: the JSON error answer every route uses.
 //! * [`auth`]: bearer tokens; user tokens versus endpoint credentials.
 //! * [`revocation`]: revoked tokens reaching a running service.
+//! * [`audit`]: the audit log (`audit.log`), written off the request path.
 //! * [`admin`]: `hpfaas token create|list|revoke` on the database.
 //! * [`extract`]: request extractors with JSON rejections.
 //! * [`db`]: SQLite: schema, group-commit writer, read pool, queries.
@@ -19,6 +20,7 @@
 //! wrappers over [`Service`] and the [`admin`] functions.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;

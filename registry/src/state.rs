@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::audit::Audit;
 use crate::auth::TokenCache;
 use crate::config::ServiceConfig;
 use crate::db::Db;
@@ -29,12 +30,15 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Count of live endpoint links, so shutdown can wait for them.
     pub links: Arc<watch::Sender<usize>>,
+    /// The audit log.
+    pub audit: Arc<Audit>,
 }
 
 impl AppState {
     /// Builds the state over an open database.
     pub fn new(db: Db, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> AppState {
         let revocations = Arc::new(Revocations::new(&config.data_dir));
+        let audit = Arc::new(Audit::start(&config.data_dir));
         AppState {
             db: Arc::new(db),
             live: Arc::default(),
@@ -43,6 +47,7 @@ impl AppState {
             revocations,
             shutdown,
             links: Arc::new(watch::channel(0).0),
+            audit,
         }
     }
 

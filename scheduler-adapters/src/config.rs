@@ -120,6 +120,11 @@ fn default_cmd_timeout() -> f64 {
     30.0
 }
 
+/// Longest duration any provider key accepts, in seconds (about 31 years):
+/// every accepted value is then a valid `Duration` (`from_secs_f64` panics
+/// on values beyond `u64` seconds).
+pub const MAX_SECONDS: f64 = 1e9;
+
 /// Parses `HH:MM:SS` (or `MM:SS`, or whole minutes) into a duration.
 pub fn parse_walltime(text: &str) -> Result<Duration, String> {
     let bad = || format!("provider.walltime = {text:?} is not HH:MM:SS");
@@ -127,13 +132,17 @@ pub fn parse_walltime(text: &str) -> Result<Duration, String> {
         .split(':')
         .map(|p| p.trim().parse::<u64>().map_err(|_| bad()))
         .collect::<Result<_, _>>()?;
+    // Checked: a huge field is an error, not an arithmetic overflow.
     let seconds = match parts[..] {
-        [m] => m * 60,
-        [m, s] if s < 60 => m * 60 + s,
-        [h, m, s] if m < 60 && s < 60 => h * 3600 + m * 60 + s,
+        [m] => m.checked_mul(60),
+        [m, s] if s < 60 => m.checked_mul(60).and_then(|t| t.checked_add(s)),
+        [h, m, s] if m < 60 && s < 60 => {
+            h.checked_mul(3600).and_then(|t| t.checked_add(m * 60 + s))
+        }
         _ => return Err(bad()),
-    };
-    if seconds == 0 {
+    }
+    .ok_or_else(bad)?;
+    if seconds == 0 || seconds as f64 > MAX_SECONDS {
         return Err(bad());
     }
     Ok(Duration::from_secs(seconds))
@@ -179,13 +188,13 @@ impl ProviderConfig {
             ));
         }
         if let Some(p) = self.poll_period {
-            if !(p > 0.0 && p.is_finite()) {
+            if !(p > 0.0 && p <= MAX_SECONDS) {
                 return Err(format!(
                     "provider.poll_period = {p} must be a positive number of seconds"
                 ));
             }
         }
-        if !(self.cmd_timeout > 0.0 && self.cmd_timeout.is_finite()) {
+        if !(self.cmd_timeout > 0.0 && self.cmd_timeout <= MAX_SECONDS) {
             // Zero would fail every scheduler command.
             return Err(format!(
                 "provider.cmd_timeout = {} must be a positive number of seconds",
@@ -196,9 +205,9 @@ impl ProviderConfig {
             ("max_idletime", self.max_idletime),
             ("drain_period", self.drain_period),
         ] {
-            if !(value >= 0.0 && value.is_finite()) {
+            if !(0.0..=MAX_SECONDS).contains(&value) {
                 return Err(format!(
-                    "provider.{key} = {value} must be a non-negative number of seconds"
+                    "provider.{key} = {value} must be a non-negative number of seconds up to {MAX_SECONDS}"
                 ));
             }
         }
@@ -239,7 +248,17 @@ mod tests {
             Duration::from_secs(3605)
         );
         assert_eq!(parse_walltime("10").unwrap(), Duration::from_secs(600));
-        for bad in ["", "0", "00:61:00", "a:b:c", "1:2:3:4"] {
+        for bad in [
+            "",
+            "0",
+            "00:61:00",
+            "a:b:c",
+            "1:2:3:4",
+            // Overflowing or absurd values are errors, not panics.
+            "18446744073709551615",
+            "18446744073709551615:00:00",
+            "300000:00:00",
+        ] {
             assert!(parse_walltime(bad).is_err(), "{bad}");
         }
     }

@@ -67,6 +67,10 @@ pub enum Shutdown {
 pub struct BrokerRecord {
     /// Address managers connect to.
     pub url: String,
+    /// The broker's CURVE public key (Z85); absent when the link is not
+    /// encrypted (`engine.encrypted = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 /// File name of [`BrokerRecord`] in the endpoint directory.
@@ -94,6 +98,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let curve = if engine.encrypted {
+        Some(broker::curve::load_or_create(&spec.dir)?)
+    } else {
+        tracing::warn!(
+            "engine.encrypted = false: tasks and results cross the broker link in clear"
+        );
+        None
+    };
     let mut broker = broker::start(BrokerConfig {
         address: broker::address::resolve(
             engine.address.as_deref(),
@@ -113,11 +125,13 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         drain_period: spec.config.provider.drain_period,
         nodes_per_block: spec.config.provider.nodes_per_block,
         block_walltime: block_walltime(&spec),
+        curve: curve.as_ref().map(|c| c.server_keys()).transpose()?,
     })?;
     std::fs::write(
         spec.dir.join(BROKER_FILE),
         serde_json::to_vec_pretty(&BrokerRecord {
             url: broker.url.clone(),
+            server_key: curve.and_then(|c| c.server_public),
         })?,
     )?;
     tracing::info!(
@@ -294,6 +308,20 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
             "--accelerators".into(),
             engine.available_accelerators.join(","),
         ]);
+    }
+    // Only the file's path: secret keys never go on a command line.
+    if engine.encrypted {
+        argv.extend([
+            "--curve-file".into(),
+            broker::curve::endpoint_file(&spec.dir)
+                .display()
+                .to_string(),
+        ]);
+    }
+    if engine.run_in_sandbox {
+        // In the endpoint's directory, which batch jobs see too (shared $HPFAAS_HOME).
+        let root = spec.dir.join("tasks");
+        argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
     }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
     if engine.mpi_launcher != "mpiexec" {

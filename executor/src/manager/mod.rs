@@ -67,6 +67,12 @@ pub struct ManagerConfig {
     pub mpi_launcher: String,
     /// `engine.launcher_options`: extra arguments for that launcher.
     pub launcher_options: String,
+    /// `engine.run_in_sandbox`: each task runs in `<sandbox_dir>/<task_id>/`
+    /// (the agent gives `<endpoint dir>/tasks`).
+    pub sandbox_dir: Option<std::path::PathBuf>,
+    /// CurveZMQ keys for the broker link; `None` connects in clear (to a
+    /// broker with `engine.encrypted = false`).
+    pub curve: Option<crate::broker::curve::ClientKeys>,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -101,6 +107,17 @@ impl Function {
             None => Ok(Function::Python(code.into())),
         }
     }
+}
+
+/// A duration the broker sent, kept within sane bounds: a forged or corrupt
+/// frame must not crash the manager (NaN and infinities included).
+fn seconds_from_broker(seconds: f64, least: f64) -> Duration {
+    let bounded = if seconds.is_nan() {
+        least
+    } else {
+        seconds.clamp(least, 1e6)
+    };
+    Duration::from_secs_f64(bounded)
 }
 
 /// Runs a manager until it is told to stop; an error explains why it could not run.
@@ -142,6 +159,11 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     dealer.set_linger(2000)?;
     dealer.set_sndhwm(0)?;
     dealer.set_rcvhwm(0)?;
+    if let Some(keys) = &config.curve {
+        crate::broker::curve::make_client(&dealer, keys)
+            .context("cannot set the manager's CURVE keys")?;
+    }
+    let mut handshake = watch_handshake(&context, &dealer)?;
     dealer
         .connect(&config.broker_url)
         .with_context(|| format!("cannot connect to the broker at {}", config.broker_url))?;
@@ -149,23 +171,37 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let out = bridge.sender.clone();
     send(&out, &ManagerMessage::Register(info.clone()));
 
-    let answer = tokio::time::timeout(config.register_timeout, bridge.incoming.recv())
+    let wait = async {
+        tokio::select! {
+            answer = bridge.incoming.recv() => answer.context("the broker connection closed"),
+            Some(why) = handshake.failures.recv() => Err(anyhow::anyhow!(
+                "cannot register with the broker at {}: {why}",
+                config.broker_url
+            )),
+        }
+    };
+    let answer = tokio::time::timeout(config.register_timeout, wait)
         .await
         .map_err(|_| {
             anyhow::anyhow!(
-                "the broker at {} did not answer within {:?}",
+                "the broker at {} did not answer within {:?}{}",
                 config.broker_url,
-                config.register_timeout
+                config.register_timeout,
+                if config.curve.is_some() {
+                    " (is it the endpoint's broker, with this endpoint's CURVE keys?)"
+                } else {
+                    " (an encrypted endpoint's manager needs its keys: --curve-file or --endpoint)"
+                }
             )
-        })?
-        .context("the broker connection closed")?;
+        })??;
+    drop(handshake);
     let (period, threshold) = match decode_frame(&answer)? {
         BrokerMessage::Registered {
             heartbeat_period,
             heartbeat_threshold,
         } => (
-            Duration::from_secs_f64(heartbeat_period.max(0.01)),
-            Duration::from_secs_f64(heartbeat_threshold.max(0.02)),
+            seconds_from_broker(heartbeat_period, 0.01),
+            seconds_from_broker(heartbeat_threshold, 0.02),
         ),
         BrokerMessage::Refused { reason } => {
             anyhow::bail!("the broker refused this manager: {reason}")
@@ -185,6 +221,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         runtime_dir,
         count: workers,
         placements,
+        sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
     });
     let mut manager = Manager::new(workers as usize, settings, out.clone(), info, mpi);
     let result = manager.serve(&mut bridge.incoming, period, threshold).await;
@@ -192,6 +229,89 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     bridge.sender.close();
     let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
     result
+}
+
+/// Where tasks' own directories go with `run_in_sandbox`, created and made
+/// absolute (a task's `chdir` must not depend on the one before).
+fn sandbox_root(dir: Option<&std::path::Path>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let root = std::env::current_dir()
+        .context("cannot read the manager's working directory")?
+        .join(dir);
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create the sandbox directory {}", root.display()))?;
+    Ok(Some(root))
+}
+
+/// Handshake failures on the broker link, from a socket monitor, while
+/// registering: a refused CURVE key fails at once instead of at the timeout.
+struct HandshakeWatch {
+    failures: mpsc::UnboundedReceiver<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for HandshakeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn watch_handshake(context: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<HandshakeWatch> {
+    let address = format!("inproc://hpfaas-monitor-{}", Uuid::new_v4());
+    socket.monitor(
+        &address,
+        (zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
+            | (zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32)
+            | (zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32),
+    )?;
+    let monitor = context.socket(zmq::PAIR)?;
+    monitor.set_linger(0)?;
+    monitor.connect(&address)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("zmq-monitor".into())
+        .spawn(move || {
+            let mut unexplained = 0;
+            while !flag.load(Ordering::Acquire) {
+                if !matches!(monitor.poll(zmq::POLLIN, 200), Ok(n) if n > 0) {
+                    continue;
+                }
+                let Ok(frames) = monitor.recv_multipart(0) else {
+                    break;
+                };
+                let Some(head) = frames.first().filter(|h| h.len() >= 6) else {
+                    continue;
+                };
+                let event = u16::from_le_bytes([head[0], head[1]]);
+                let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+                let why = if event == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16 {
+                    format!(
+                        "the broker refused this manager's CURVE key (ZAP status {value}); \
+                         a manager needs the endpoint's own keys (--curve-file or --endpoint)"
+                    )
+                } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16 {
+                    "the handshake failed: the manager and the broker disagree on encryption \
+                     (engine.encrypted, --curve-file) or on the broker's public key"
+                        .to_string()
+                } else {
+                    // A dropped handshake can be a broker restart; a few in a
+                    // row are a key the broker cannot read.
+                    unexplained += 1;
+                    if unexplained < 3 {
+                        continue;
+                    }
+                    "the broker keeps dropping the handshake: wrong broker public key?".to_string()
+                };
+                if tx.send(why).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(HandshakeWatch { failures: rx, stop })
 }
 
 fn send(out: &BridgeSender, message: &ManagerMessage) {
@@ -226,6 +346,8 @@ struct Manager {
     /// The task each slot runs; `None` for an idle slot.
     busy: Vec<Option<Uuid>>,
     slots: Vec<mpsc::UnboundedSender<PythonJob>>,
+    /// Per-task working directories' parent (`run_in_sandbox`), if on.
+    sandbox_root: Option<std::path::PathBuf>,
     /// Pid of each slot's Python worker process (0: none right now).
     worker_pids: Vec<Arc<AtomicU32>>,
     /// Python tasks whose worker was killed to cancel them: whatever result
@@ -254,6 +376,7 @@ impl Manager {
         mpi: MpiSettings,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let sandbox_root = settings.sandbox_root.clone();
         let mut slots = Vec::with_capacity(workers);
         let mut slot_tasks = Vec::with_capacity(workers);
         let mut worker_pids = Vec::with_capacity(workers);
@@ -279,6 +402,7 @@ impl Manager {
             queue: VecDeque::new(),
             busy: vec![None; workers],
             slots,
+            sandbox_root,
             worker_pids,
             cancelled: HashSet::new(),
             commands: HashMap::new(),
@@ -482,7 +606,11 @@ impl Manager {
                     }
                 }
                 Some(Function::Shell(shell_spec)) => {
-                    let (shell_spec, done) = (shell_spec.clone(), self.done_tx.clone());
+                    let function = shell_spec.clone();
+                    let Some(shell_spec) = self.shell_for_task(&function, &spec) else {
+                        continue;
+                    };
+                    let done = self.done_tx.clone();
                     let command = tokio::spawn(async move {
                         let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
                         let _ = done.send((
@@ -500,7 +628,11 @@ impl Manager {
                     // Only the broker's MpiTask carries nodes; an MPI task
                     // reaching a manager any other way cannot be placed.
                     let nodes = self.mpi_nodes.remove(&task_id).unwrap_or_default();
-                    let (shell_spec, settings) = (shell_spec.clone(), self.mpi.clone());
+                    let function = shell_spec.clone();
+                    let Some(shell_spec) = self.shell_for_task(&function, &spec) else {
+                        continue;
+                    };
+                    let settings = self.mpi.clone();
                     let done = self.done_tx.clone();
                     let command = tokio::spawn(async move {
                         let outcome = mpi_task::run(&shell_spec, &spec, &nodes, &settings).await;
@@ -519,6 +651,27 @@ impl Manager {
             self.busy[slot] = Some(task_id);
             self.started.push(task_id);
         }
+    }
+
+    /// A shell or MPI function's spec for one task: the task's own walltime
+    /// applies too (the smaller wins), and with `run_in_sandbox` it runs in
+    /// the task's directory. `None` (the task failed) if that cannot be made.
+    fn shell_for_task(&mut self, shell_spec: &ShellSpec, spec: &TaskSpec) -> Option<ShellSpec> {
+        let cwd = match &self.sandbox_root {
+            Some(root) => match worker::sandbox_dir(root, spec.task_id) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    let e = ExceptionInfo::system(
+                        "SandboxError",
+                        format!("cannot create the task's sandbox directory: {e}"),
+                    );
+                    self.results.push(TaskResult::failed(spec.task_id, e));
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(shell_spec.for_task(spec.walltime().ok().flatten(), cwd))
     }
 
     fn flush(&mut self) {

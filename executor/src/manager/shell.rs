@@ -30,6 +30,29 @@ pub struct ShellSpec {
     /// Lines kept from the end of stdout and stderr.
     #[serde(default = "default_snippet_lines")]
     pub snippet_lines: usize,
+    /// Working directory for the command (`run_in_sandbox`); set by the
+    /// manager per task, never by the function's definition.
+    #[serde(skip)]
+    pub cwd: Option<std::path::PathBuf>,
+}
+
+impl ShellSpec {
+    /// This spec for one task: the task's own walltime (seconds) applies
+    /// too, the smaller of the two winning; `cwd` is the task's directory.
+    pub fn for_task(&self, task_walltime: Option<f64>, cwd: Option<std::path::PathBuf>) -> Self {
+        let walltime = match (
+            self.walltime.filter(|w| w.is_finite() && *w > 0.0),
+            task_walltime,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ShellSpec {
+            walltime,
+            cwd,
+            ..self.clone()
+        }
+    }
 }
 
 fn default_snippet_lines() -> usize {
@@ -148,7 +171,11 @@ async fn execute(
     env: &[(&str, String)],
     shown: &str,
 ) -> std::io::Result<ShellResult> {
-    let mut child = tokio::process::Command::new("/bin/sh")
+    let mut command = tokio::process::Command::new("/bin/sh");
+    if let Some(dir) = &spec.cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .arg("-c")
         .arg(line)
         // The job's environment, not the managers' MPI job's: a user's own
@@ -263,6 +290,7 @@ mod tests {
 
     fn spec(cmd: &str, walltime: Option<f64>) -> ShellSpec {
         ShellSpec {
+            cwd: None,
             cmd: cmd.into(),
             walltime,
             snippet_lines: 1000,

@@ -46,6 +46,19 @@ pub struct WorkerSettings {
     pub count: u32,
     /// Each slot's CPUs, `OMP_NUM_THREADS` and accelerator, by slot.
     pub placements: Vec<Placement>,
+    /// `engine.run_in_sandbox`: the directory under which each task gets its
+    /// own working directory (`<dir>/<task_id>/`); `None` when off.
+    pub sandbox_root: Option<PathBuf>,
+}
+
+/// Exception type of a task killed for running past its own walltime.
+pub const TASK_TIMEOUT: &str = "TaskTimeout";
+
+/// A task's own working directory under `root` (`run_in_sandbox`), created.
+pub fn sandbox_dir(root: &std::path::Path, task_id: Uuid) -> std::io::Result<PathBuf> {
+    let dir = root.join(task_id.to_string());
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// A Python task for a slot, with the function's code.
@@ -65,6 +78,9 @@ struct Request<'a> {
     function_code: Option<&'a str>,
     payload: &'a str,
     result_serializers: &'a [String],
+    /// Working directory for this task (`run_in_sandbox`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox_dir: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -137,9 +153,51 @@ pub async fn serve_slot(
             }
         }
         let p = process.as_mut().expect("started above");
-        let outcome = match run_one(p, &job).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
+        let sandbox = match &settings.sandbox_root {
+            Some(root) => match sandbox_dir(root, job.spec.task_id) {
+                Ok(dir) => Some(dir.display().to_string()),
+                Err(e) => {
+                    let message = format!("cannot create the task's sandbox directory: {e}");
+                    let result = TaskResult::failed(
+                        job.spec.task_id,
+                        ExceptionInfo::system("SandboxError", message),
+                    );
+                    if done.send((slot, result)).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => None,
+        };
+        // A malformed walltime was refused by the broker; none means no limit.
+        let walltime = job.spec.walltime().ok().flatten();
+        let started = std::time::Instant::now();
+        let run = run_one(p, &job, sandbox.as_deref());
+        let ran = match walltime {
+            Some(w) => tokio::time::timeout(Duration::from_secs_f64(w), run)
+                .await
+                .map_err(|_| w),
+            None => Ok(run.await),
+        };
+        let outcome = match ran {
+            Err(w) => {
+                // Past its walltime: kill the worker (the next job starts a
+                // fresh one) and say why, not WorkerLost, so it is not retried.
+                pid.store(0, Ordering::SeqCst);
+                let (dead, _) = reap(process.take().expect("present")).await;
+                let message = format!(
+                    "the task exceeded its walltime of {w} s and was killed after {:.1} s \
+                     (worker process {dead})",
+                    started.elapsed().as_secs_f64()
+                );
+                tracing::warn!("slot {slot}: task {}: {message}", job.spec.task_id);
+                Outcome::Failed {
+                    exception: ExceptionInfo::system(TASK_TIMEOUT, message),
+                }
+            }
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
                 pid.store(0, Ordering::SeqCst);
                 let (pid, status) = reap(process.take().expect("present")).await;
                 let message =
@@ -226,7 +284,11 @@ async fn start(
     })
 }
 
-async fn run_one(p: &mut Process, job: &PythonJob) -> std::io::Result<Outcome> {
+async fn run_one(
+    p: &mut Process,
+    job: &PythonJob,
+    sandbox_dir: Option<&str>,
+) -> std::io::Result<Outcome> {
     let first_time = p.known.insert(job.spec.function_id);
     let request = Request {
         task_id: job.spec.task_id,
@@ -234,6 +296,7 @@ async fn run_one(p: &mut Process, job: &PythonJob) -> std::io::Result<Outcome> {
         function_code: first_time.then_some(&*job.code),
         payload: &job.spec.payload,
         result_serializers: &job.spec.result_serializers,
+        sandbox_dir,
     };
     let body = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
     let mut frame = Vec::with_capacity(body.len() + 4);

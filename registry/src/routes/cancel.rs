@@ -44,6 +44,10 @@ pub async fn cancel_task(
         .write(move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id))
         .await?;
     announce(&state, std::slice::from_ref(&cancelled));
+    state
+        .audit
+        .record(serde_json::json!({"event": "task_finished", "task_id": id,
+        "outcome": "cancelled", "cancelled_by": user.name}));
     tracing::info!(task = %id, user = %user.name, "task cancelled");
     Ok(axum::Json(json!({"task_id": id, "status": "cancelled"})))
 }
@@ -80,6 +84,10 @@ pub async fn cancel_group(
             None => break,
         }
     }
+    state
+        .audit
+        .record(serde_json::json!({"event": "task_group_cancelled",
+        "task_group_id": group, "user": user.name, "tasks": total}));
     tracing::info!(%group, user = %user.name, tasks = total, "task group cancelled");
     Ok(axum::Json(
         json!({"taskgroup_id": group, "status": "cancelled", "cancelled": total}),

@@ -58,6 +58,10 @@ pub async fn register(
         state.tokens_revoked();
         state.live.kick(id);
     }
+    state
+        .audit
+        .record(json!({"event": "endpoint_registered", "user": user.name,
+        "endpoint_id": id, "name": name, "reregistered": body.endpoint_id.is_some()}));
     tracing::info!(endpoint = %id, user = %user.name, "endpoint registered");
     Ok(axum::Json(
         json!({"endpoint_id": id, "name": name, "credential": credential}),

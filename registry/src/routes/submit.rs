@@ -378,6 +378,7 @@ pub async fn submit(
     .to_string();
     let online = state.live.is_online(endpoint);
     let count = new_tasks.len();
+    let audited: Vec<(Uuid, Uuid)> = new_tasks.iter().map(|t| (t.id, t.function)).collect();
     let submission = Submission {
         owner: user.id,
         endpoint,
@@ -409,6 +410,11 @@ pub async fn submit(
         Submitted::Created => {
             if count > 0 {
                 state.live.poke(endpoint);
+            }
+            for (task, function) in audited {
+                state
+                    .audit
+                    .submitted(&user.name, task, function, endpoint, group);
             }
             Ok(json_answer(answer, false))
         }
