@@ -62,3 +62,8 @@ fi
 # zero 5xx, the service still alive); about 20 s.
 stage "api fuzz" 300 env HPFAAS_BIN="$PWD/target/debug/hpfaas" tests/fuzz/api_fuzz.sh
 stage "python tests" 900 env HPFAAS_BIN="$PWD/target/debug/hpfaas" .venv/bin/python -m pytest tests/python -q -rs
+# Fault injection (tests/faults): SIGKILL of a worker, a manager, the endpoint
+# agent and the service mid-run; every task's result exactly once. 5,000 tasks
+# per run here (about 1 min); by hand the default is 20,000.
+stage "fault injection" 600 env HPFAAS_BIN="$PWD/target/debug/hpfaas" HPFAAS_FAULT_TASKS=5000 \
+    .venv/bin/python -m pytest tests/faults -q -rs
