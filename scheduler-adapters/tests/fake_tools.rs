@@ -56,13 +56,17 @@ cat "$FIX/lsf/bsub-queue.txt""#,
     ),
 ];
 
-/// The directory of fake commands, first on `PATH` (set up once, before any
-/// test runs a command), and a lock serialising the tests that read its log.
+/// The directory of fake commands, first on `PATH` (set up once per process,
+/// before any test runs a command), and a lock serialising the tests that
+/// read its log.
 fn fakes() -> (&'static Path, MutexGuard<'static, ()>) {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
     let dir = DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-tools");
+        // One directory per test process: nextest runs each test in its own
+        // process, and a shared directory would be wiped under a sibling.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake-tools-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -263,13 +263,40 @@ async fn start(
             unsafe { command.pre_exec(move || mask.apply()) };
         }
     }
+    // SAFETY: prctl is one async-signal-safe system call. A worker must not
+    // outlive its manager (a manager killed with SIGKILL cannot clean up),
+    // or it would hold its cores and memory on the node for nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
     let mut child = command.spawn()?;
     pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))
-        .await
-        .map_err(|_| std::io::Error::other("the worker did not report ready within 60 s"))??;
+    let frame = match tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout)).await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e)) => {
+            // Say how it ended: a worker killed at start-up by the batch
+            // system's SIGTERM must read as such (see `lost_to_sigterm`).
+            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(status)) => status.to_string(),
+                _ => "still running".into(),
+            };
+            return Err(std::io::Error::other(format!(
+                "the worker ended before it was ready ({status}): {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(std::io::Error::other(
+                "the worker did not report ready within 60 s",
+            ))
+        }
+    };
     let ready: Ready = serde_json::from_slice(&frame)
         .map_err(|e| std::io::Error::other(format!("bad ready frame from worker: {e}")))?;
     if !ready.ready {
