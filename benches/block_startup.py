@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
-from hpfaas import Client, Executor, MPIFunction, TaskPending  # noqa: E402
+from _service import create_token, start_service, stop_service, wait_result  # noqa: E402
+from hpfaas import Client, Executor, MPIFunction  # noqa: E402
 
 ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
@@ -41,17 +42,9 @@ def main():
         sys.exit("no mpiexec here: apt-get install openmpi-bin")
 
     home = Path(tempfile.mkdtemp(prefix="hpfaas-bench-block-"))
-    service = subprocess.Popen(
-        [args.bin, "service", "--listen", "127.0.0.1:0", "--data-dir", str(home / "service")],
-        stderr=subprocess.PIPE, text=True,
-    )
+    service, url = start_service(args.bin, home)
     try:
-        url = next(m.group(1) for line in service.stderr
-                   if (m := re.search(r"listening on (http://\S+)", line)))
-        token = subprocess.run(
-            [args.bin, "token", "create", "--user", "bench", "--data-dir", str(home / "service")],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
+        token = create_token(args.bin, home)
         d = home / "endpoints" / "block"
         d.mkdir(parents=True)
         exports = " ".join(f"{k}={v}" for k, v in ROOT_ENV.items())
@@ -68,12 +61,7 @@ def main():
         subprocess.run([args.bin, "endpoint", "start", "block"], env=env, check=True, capture_output=True)
         eid = re.search(r'"endpoint_id": "([^"]+)"', (d / "endpoint.json").read_text()).group(1)
         task = client.run(endpoint_id=eid, function_id=function_id)
-        while True:
-            try:
-                client.get_result(task)
-                break
-            except TaskPending:
-                time.sleep(0.005)
+        wait_result(client, task, 0.005)
         first = time.perf_counter() - t0
 
         bare, wrapped = [], []
@@ -97,9 +85,7 @@ def main():
         print(f"MPIFunction('true') on 4 ranks: median {w:.1f} ms; bare mpiexec -n 4 true: median {b:.1f} ms; "
               f"overhead {w - b:.1f} ms ({args.runs} runs)")
     finally:
-        service.terminate()
-        service.wait()
-        shutil.rmtree(home, ignore_errors=True)
+        stop_service(service, home)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
-from hpfaas import Client, TaskPending  # noqa: E402
+from _service import create_token, start_service, stop_service, wait_result  # noqa: E402
+from hpfaas import Client  # noqa: E402
 
 TOOLS = ["sbatch", "squeue", "sacct", "scancel"]
 
@@ -29,19 +30,6 @@ def where():
     import os
 
     return os.environ.get("SLURM_JOB_ID")
-
-
-def start_service(binary, home):
-    proc = subprocess.Popen(
-        [binary, "service", "--listen", "127.0.0.1:0", "--data-dir", str(home / "service")],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stderr:
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    raise RuntimeError("the service did not start")
 
 
 def make_shims(directory, log):
@@ -79,10 +67,7 @@ def main():
     make_shims(home / "shims", log)
     service, url = start_service(args.bin, home)
     try:
-        token = subprocess.run(
-            [args.bin, "token", "create", "--user", "bench", "--data-dir", str(home / "service")],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
+        token = create_token(args.bin, home)
         env = dict(os.environ, HPFAAS_HOME=str(home), HPFAAS_URL=url, HPFAAS_TOKEN=token,
                    PATH=f"{home / 'shims'}:{os.environ['PATH']}")
         client = Client(url=url, token=token)
@@ -95,12 +80,7 @@ def main():
         eid = (home / "endpoints/bench-first/endpoint.json").read_text()
         eid = re.search(r'"endpoint_id": "([^"]+)"', eid).group(1)
         task = client.run(endpoint_id=eid, function_id=function_id)
-        while True:
-            try:
-                job = client.get_result(task)
-                break
-            except TaskPending:
-                time.sleep(0.01)
+        job = wait_result(client, task, 0.01)
         first = time.perf_counter() - t0
         endpoint(args.bin, env, "stop", "bench-first")
 
@@ -128,9 +108,7 @@ def main():
         print(f"scheduler commands/min, 4 blocks up: {total:.1f} "
               + ", ".join(f"{t} {n:.1f}" for t, n in per_minute.items()))
     finally:
-        service.terminate()
-        service.wait()
-        shutil.rmtree(home, ignore_errors=True)
+        stop_service(service, home)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,17 @@ fn unique(tag: &str) -> String {
     )
 }
 
+/// An endpoint (configured with `text`, not started) of a new user of
+/// `svc`, named `unique(tag)`; PBS and LSF see the emulated tools first.
+fn batch_endpoint<'a>(svc: &'a Service, tag: &str, provider: &str, text: &str) -> Endpoint<'a> {
+    let token = svc.token("batch");
+    let mut ep = Endpoint::new(svc, &token, &unique(tag), text);
+    if provider != "slurm" {
+        ep.path_prefix = Some(emulators());
+    }
+    ep
+}
+
 fn config(provider: &str, extra_provider: &str, extra_engine: &str) -> String {
     // The emulated PBS and LSF jobs start managers with OpenMPI's mpiexec,
     // which refuses root unless told: exactly what a site's worker_init does.
@@ -50,21 +61,13 @@ fn emulators() -> String {
 /// 500 tasks through pilot jobs that scale out from 0 and back to 0.
 fn scale_out_run_and_scale_in(provider: &str) {
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique(provider);
-    let mut ep = Endpoint::new(
-        &svc,
-        &token,
-        &name,
-        &config(
-            provider,
-            "init_blocks = 0\nmin_blocks = 0\nmax_blocks = 2\nmax_idletime = 3",
-            "",
-        ),
+    let text = config(
+        provider,
+        "init_blocks = 0\nmin_blocks = 0\nmax_blocks = 2\nmax_idletime = 3",
+        "",
     );
-    if provider != "slurm" {
-        ep.path_prefix = Some(emulators());
-    }
+    let ep = batch_endpoint(&svc, provider, provider, &text);
+    let name = ep.name.clone();
     ep.start();
     assert!(
         ep.state()["blocks"].as_array().is_none_or(|b| b.is_empty()),
@@ -89,11 +92,7 @@ fn scale_out_run_and_scale_in(provider: &str) {
             .then_some(())
     });
     let out = ep.cmd(&["stop", &name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     wait_for(
         Duration::from_secs(30),
         "no job of ours left in squeue",
@@ -158,17 +157,8 @@ fn cancel_job(provider: &str, job: &str) {
 /// Cancelling a block from outside fails its in-flight tasks with ManagerLost.
 fn cancelled_block_fails_its_tasks(provider: &str) {
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique(&format!("cancel-{provider}"));
-    let mut ep = Endpoint::new(
-        &svc,
-        &token,
-        &name,
-        &config(provider, "init_blocks = 1\nmax_blocks = 1", ""),
-    );
-    if provider != "slurm" {
-        ep.path_prefix = Some(emulators());
-    }
+    let text = config(provider, "init_blocks = 1\nmax_blocks = 1", "");
+    let ep = batch_endpoint(&svc, &format!("cancel-{provider}"), provider, &text);
     ep.start();
     let f = ep.register("nap", SLEEP);
     let ids = ep.submit_json(&f, &[json!([120])]);
@@ -212,11 +202,10 @@ fn invalid_partition_is_shown_in_status() {
         return;
     }
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique("badpart");
     let text = config("slurm", "init_blocks = 1", "")
         .replace("partition = \"debug\"", "partition = \"no-such-partition\"");
-    let ep = Endpoint::new(&svc, &token, &name, &text);
+    let ep = batch_endpoint(&svc, "badpart", "slurm", &text);
+    let name = ep.name.clone();
     ep.start();
     let error = wait_for(
         Duration::from_secs(30),
@@ -233,17 +222,9 @@ fn invalid_partition_is_shown_in_status() {
 /// block that kept running, and submits no twin.
 fn killed_agent_readopts_its_blocks(provider: &str) {
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique(&format!("readopt-{provider}"));
-    let mut ep = Endpoint::new(
-        &svc,
-        &token,
-        &name,
-        &config(provider, "init_blocks = 1\nmax_blocks = 1", ""),
-    );
-    if provider != "slurm" {
-        ep.path_prefix = Some(emulators());
-    }
+    let text = config(provider, "init_blocks = 1\nmax_blocks = 1", "");
+    let ep = batch_endpoint(&svc, &format!("readopt-{provider}"), provider, &text);
+    let name = ep.name.clone();
     ep.start();
     let f = ep.register("where", WHERE);
     let first = ep.wait_all(&ep.submit_json(&f, &[json!([1])]), Duration::from_secs(60));
@@ -298,9 +279,13 @@ fn a_users_own_sbatch_script_joins_the_endpoint() {
         return;
     }
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique("ownjob");
-    let ep = Endpoint::new(&svc, &token, &name, &config("slurm", "max_blocks = 0", ""));
+    let ep = batch_endpoint(
+        &svc,
+        "ownjob",
+        "slurm",
+        &config("slurm", "max_blocks = 0", ""),
+    );
+    let name = ep.name.clone();
     ep.start();
     let script = ep.dir().join("own.sbatch");
     std::fs::write(
@@ -320,11 +305,7 @@ fn a_users_own_sbatch_script_joins_the_endpoint() {
         .arg(&script)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let job = String::from_utf8_lossy(&out.stdout)
         .trim()
         .split(';')
@@ -362,8 +343,6 @@ fn walltime_draining_starts_a_replacement_block() {
         return;
     }
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique("drain");
     // A 10-minute block that drains 9m50s before its end: after ~10 s it
     // takes no new work, so the endpoint must start a replacement for it.
     let text = config(
@@ -371,7 +350,7 @@ fn walltime_draining_starts_a_replacement_block() {
         "init_blocks = 1\nmin_blocks = 1\nmax_blocks = 2\ndrain_period = 590",
         "",
     );
-    let ep = Endpoint::new(&svc, &token, &name, &text);
+    let ep = batch_endpoint(&svc, "drain", "slurm", &text);
     ep.start();
     let f = ep.register("where", WHERE);
     let first =
@@ -395,8 +374,6 @@ fn a_block_that_hits_its_walltime_is_replaced_and_its_task_retried() {
         return;
     }
     let svc = Service::start();
-    let token = svc.token("batch");
-    let name = unique("walltime");
     // One-minute blocks (Slurm's smallest) that drain for their last 30 s:
     // the replacement starts before the first block is killed, and the task
     // killed with it is retried there (max_retries_on_system_failure = 1).
@@ -406,7 +383,7 @@ fn a_block_that_hits_its_walltime_is_replaced_and_its_task_retried() {
         "max_retries_on_system_failure = 1",
     )
     .replace("walltime = \"00:10:00\"", "walltime = \"00:01:00\"");
-    let ep = Endpoint::new(&svc, &token, &name, &text);
+    let ep = batch_endpoint(&svc, "walltime", "slurm", &text);
     ep.start();
     let marker = ep.dir().join("first-attempt");
     let source = format!(

@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// Writes the worker's pid to `path`, then sleeps.
-const NAP: &str = "def nap(path, seconds):\n    import os, time\n    with open(path, 'w') as f:\n        f.write(str(os.getpid()))\n    time.sleep(seconds)\n    return os.getpid()\n";
-
 /// A pid written to `path`, once the file is complete.
 fn pid_in(path: &Path, what: &str) -> i32 {
     wait_for(Duration::from_secs(30), what, || {
@@ -22,17 +19,6 @@ fn pid_in(path: &Path, what: &str) -> i32 {
             .ok()
             .and_then(|s| s.trim().parse().ok())
     })
-}
-
-/// True while `pid` runs (a zombie waiting for its parent counts as gone).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 fn wait_gone(pid: i32, what: &str) {
@@ -54,7 +40,7 @@ fn cancel_kills_running_tasks_and_drops_queued_ones() {
     ep.start();
     let files = temp_dir("cancel-files");
     let file = |n: &str| files.join(n).display().to_string();
-    let nap = ep.register("nap", NAP);
+    let nap = ep.register("nap", NAP_WITH_PID);
     let shell = post(
         &format!("{}/v3/functions", svc.url),
         &token,

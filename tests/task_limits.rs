@@ -13,20 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// Sleeps, reporting the worker's pid first through `path`.
-const NAP: &str = "def nap(path, seconds):\n    import os, time\n    with open(path, 'w') as f:\n        f.write(str(os.getpid()))\n    time.sleep(seconds)\n    return os.getpid()\n";
-
 /// Writes `out.txt` in the working directory; returns that directory.
 const WRITE: &str = "def write(text):\n    import os\n    with open('out.txt', 'w') as f:\n        f.write(text)\n    return os.getcwd()\n";
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 fn json_result(doc: &serde_json::Value) -> serde_json::Value {
     doc["result"]
@@ -59,7 +47,7 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
     };
 
     // A Python task past its walltime: killed with its worker, TaskTimeout.
-    let nap = ep.register("nap", NAP);
+    let nap = ep.register("nap", NAP_WITH_PID);
     let pid_file = files.join("nap.pid");
     let payload = pack(&[
         &format!("11\n[{}, 30]", json!(pid_file.display().to_string())),

@@ -46,12 +46,7 @@ fn self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 }
 
 fn endpoint_cmd(home: &Path, url: &str, token: &str, args: &[&str]) -> std::process::Output {
-    hpfaas()
-        .arg("endpoint")
-        .args(args)
-        .env("HPFAAS_HOME", home)
-        .env("HPFAAS_URL", url)
-        .env("HPFAAS_TOKEN", token)
+    endpoint_command(home, url, token, args)
         .env_remove("HPFAAS_CA_FILE")
         .output()
         .unwrap()

@@ -31,21 +31,11 @@ class MPIShape(NamedTuple):
 class MPIFunction(ShellFunction):
     """A shell command line run as ``$HPFAAS_MPI_PREFIX <cmd>`` on reserved nodes."""
 
-    def __init__(
-        self,
-        cmd: str,
-        walltime: Optional[float] = None,
-        snippet_lines: int = 1000,
-        name: Optional[str] = None,
-    ):
-        super().__init__(cmd, walltime, snippet_lines, name or f"MPIFunction: {cmd}")
+    _kind = "MPIFunction"
 
     def to_dict(self) -> dict:
         """The wire form: a shell function the manager runs under the MPI launcher."""
         return {**super().to_dict(), "mpi": True}
-
-    def __repr__(self) -> str:
-        return f"MPIFunction({self.cmd!r}, walltime={self.walltime!r})"
 
     def __call__(self, **kwargs) -> ShellResult:
         """Run here as on an endpoint: the prefix is whatever `$HPFAAS_MPI_PREFIX` holds."""

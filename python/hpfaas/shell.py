@@ -29,6 +29,9 @@ class ShellResult:
 class ShellFunction:
     """A shell command line whose `{name}` placeholders are filled from keyword arguments."""
 
+    #: The class name the default `__name__` and the repr show.
+    _kind = "ShellFunction"
+
     def __init__(
         self,
         cmd: str,
@@ -40,14 +43,14 @@ class ShellFunction:
         self.walltime = walltime
         self.snippet_lines = snippet_lines
         # Registration names the function after `__name__`, like a Python function.
-        self.__name__ = name or f"ShellFunction: {cmd}"
+        self.__name__ = name or f"{self._kind}: {cmd}"
 
     def to_dict(self) -> dict:
         """The wire form the manager reads (`sh\\n` strategy)."""
         return {"cmd": self.cmd, "walltime": self.walltime, "snippet_lines": self.snippet_lines}
 
     def __repr__(self) -> str:
-        return f"ShellFunction({self.cmd!r}, walltime={self.walltime!r})"
+        return f"{self._kind}({self.cmd!r}, walltime={self.walltime!r})"
 
     def __call__(self, **kwargs) -> ShellResult:
         """Run the command here with `/bin/sh`, as the manager would on an endpoint."""

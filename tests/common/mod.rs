@@ -70,11 +70,7 @@ impl Service {
             .arg(&self.data_dir)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 }
@@ -86,16 +82,45 @@ impl Drop for Service {
     }
 }
 
-/// `hpfaas endpoint ...` with a private home, pointed at `url` with `token`.
-pub fn endpoint_cmd(home: &Path, url: &str, token: &str, args: &[&str]) -> std::process::Output {
-    hpfaas()
-        .arg("endpoint")
+/// Asserts that a command succeeded, showing its stderr if not.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The command `hpfaas endpoint ...` with a private home, pointed at `url`
+/// with `token`, not run yet.
+pub fn endpoint_command(home: &Path, url: &str, token: &str, args: &[&str]) -> Command {
+    let mut c = hpfaas();
+    c.arg("endpoint")
         .args(args)
         .env("HPFAAS_HOME", home)
         .env("HPFAAS_URL", url)
-        .env("HPFAAS_TOKEN", token)
-        .output()
-        .unwrap()
+        .env("HPFAAS_TOKEN", token);
+    c
+}
+
+/// `hpfaas endpoint ...` with a private home, pointed at `url` with `token`.
+pub fn endpoint_cmd(home: &Path, url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    endpoint_command(home, url, token, args).output().unwrap()
+}
+
+/// Writes the worker's pid to `path`, then sleeps `seconds`; returns the pid.
+pub const NAP_WITH_PID: &str = "def nap(path, seconds):\n    import os, time\n    with open(path, 'w') as f:\n        f.write(str(os.getpid()))\n    time.sleep(seconds)\n    return os.getpid()\n";
+
+/// True while `pid` runs (a zombie waiting for its parent counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// Stops an endpoint when dropped, so a failing test leaves no agent behind.

@@ -10,22 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ENGINE_CONFIG,
-    REPO,
-    SHUTDOWN_TIMEOUT,
-    STARTUP_TIMEOUT,
-    Service,
-    _log_tail,
-    _read_up_json,
-)
+from conftest import REPO, Service, hpfaas_binary, running_up
 from helpers import wait_until
 
 from hpfaas import Client
@@ -71,39 +61,12 @@ def _python_has_dill(python: str) -> bool:
 @pytest.fixture(scope="module")
 def gc_service(gc_python):
     """A second `hpfaas up` whose workers run `.venv-gc/bin/python`, where dill is installed."""
-    binary = Path(os.environ.get("HPFAAS_BIN") or REPO / "target" / "debug" / "hpfaas")
+    binary = hpfaas_binary()
     if not binary.exists():
         pytest.skip(f"hpfaas binary not found at {binary}")
-    with tempfile.TemporaryDirectory(prefix="hpfaas-gc-") as tmp:
-        home = Path(tmp)
-        config = home / "engine.toml"
-        config.write_text(ENGINE_CONFIG + f"worker_python = {json.dumps(str(gc_python))}\n")
-        log = home / "hpfaas-up.log"
-        up_json = home / "up.json"
-        env = {k: v for k, v in os.environ.items() if k not in ("HPFAAS_URL", "HPFAAS_TOKEN")}
-        env["HPFAAS_HOME"] = str(home)
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(
-                [str(binary), "up", "--workers", "2", "--listen", "127.0.0.1:0"]
-                + ["--config", str(config)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            try:
-                up = wait_until(lambda: _read_up_json(up_json, proc), STARTUP_TIMEOUT, f"{up_json}")
-            except AssertionError as exc:
-                pytest.fail(f"hpfaas up did not start: {exc}; log:\n{_log_tail(log)}")
-            yield Service(up["url"], up["token"], up["endpoint_id"], home, log, binary)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(SHUTDOWN_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    extra = f"worker_python = {json.dumps(str(gc_python))}\n"
+    with running_up(binary, "hpfaas-gc-", extra, strict_shutdown=False) as up:
+        yield up
 
 
 # --- the worker runtime decodes every Globus Compute strategy ---------------------------

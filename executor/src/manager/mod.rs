@@ -610,19 +610,9 @@ impl Manager {
                     let Some(shell_spec) = self.shell_for_task(&function, &spec) else {
                         continue;
                     };
-                    let done = self.done_tx.clone();
-                    let command = tokio::spawn(async move {
-                        let outcome: Outcome = shell::run(&shell_spec, &spec.payload).await;
-                        let _ = done.send((
-                            slot,
-                            TaskResult {
-                                task_id,
-                                outcome,
-                                completed_at: now_unix(),
-                            },
-                        ));
+                    self.spawn_command(slot, task_id, async move {
+                        shell::run(&shell_spec, &spec.payload).await
                     });
-                    self.commands.insert(task_id, command.abort_handle());
                 }
                 Some(Function::Mpi(shell_spec)) => {
                     // Only the broker's MpiTask carries nodes; an MPI task
@@ -633,24 +623,37 @@ impl Manager {
                         continue;
                     };
                     let settings = self.mpi.clone();
-                    let done = self.done_tx.clone();
-                    let command = tokio::spawn(async move {
-                        let outcome = mpi_task::run(&shell_spec, &spec, &nodes, &settings).await;
-                        let _ = done.send((
-                            slot,
-                            TaskResult {
-                                task_id,
-                                outcome,
-                                completed_at: now_unix(),
-                            },
-                        ));
+                    self.spawn_command(slot, task_id, async move {
+                        mpi_task::run(&shell_spec, &spec, &nodes, &settings).await
                     });
-                    self.commands.insert(task_id, command.abort_handle());
                 }
             }
             self.busy[slot] = Some(task_id);
             self.started.push(task_id);
         }
+    }
+
+    /// Runs a shell or MPI task's command on its own, reporting its outcome
+    /// for `slot` when done; the command can be aborted through `commands`.
+    fn spawn_command(
+        &mut self,
+        slot: usize,
+        task_id: Uuid,
+        run: impl std::future::Future<Output = Outcome> + Send + 'static,
+    ) {
+        let done = self.done_tx.clone();
+        let command = tokio::spawn(async move {
+            let outcome = run.await;
+            let _ = done.send((
+                slot,
+                TaskResult {
+                    task_id,
+                    outcome,
+                    completed_at: now_unix(),
+                },
+            ));
+        });
+        self.commands.insert(task_id, command.abort_handle());
     }
 
     /// A shell or MPI function's spec for one task: the task's own walltime

@@ -444,20 +444,16 @@ pub fn share_endpoint(
     id: Uuid,
     users: &[String],
 ) -> ApiResult<bool> {
-    if get_endpoint(conn, owner, id)?.is_none() {
-        return Ok(false);
-    }
-    for name in users {
+    for_each_user_of_owned_endpoint(conn, owner, id, users, |name| {
         let user = ensure_user(conn, name)?;
-        if user == owner {
-            continue;
+        if user != owner {
+            conn.execute(
+                "INSERT OR IGNORE INTO endpoint_shares (endpoint_id, user_id, created) VALUES (?1, ?2, ?3)",
+                params![id.to_string(), user, now()],
+            )?;
         }
-        conn.execute(
-            "INSERT OR IGNORE INTO endpoint_shares (endpoint_id, user_id, created) VALUES (?1, ?2, ?3)",
-            params![id.to_string(), user, now()],
-        )?;
-    }
-    Ok(true)
+        Ok(())
+    })
 }
 
 /// Stops sharing the owner's endpoint with these users; false if the owner
@@ -468,15 +464,30 @@ pub fn unshare_endpoint(
     id: Uuid,
     users: &[String],
 ) -> ApiResult<bool> {
-    if get_endpoint(conn, owner, id)?.is_none() {
-        return Ok(false);
-    }
-    for name in users {
+    for_each_user_of_owned_endpoint(conn, owner, id, users, |name| {
         conn.execute(
             "DELETE FROM endpoint_shares WHERE endpoint_id = ?1
              AND user_id = (SELECT id FROM users WHERE name = ?2)",
             params![id.to_string(), name],
         )?;
+        Ok(())
+    })
+}
+
+/// Calls `f` for each of these user names if the owner has endpoint `id`;
+/// false (and no call) if not.
+fn for_each_user_of_owned_endpoint(
+    conn: &Connection,
+    owner: i64,
+    id: Uuid,
+    users: &[String],
+    mut f: impl FnMut(&str) -> ApiResult<()>,
+) -> ApiResult<bool> {
+    if get_endpoint(conn, owner, id)?.is_none() {
+        return Ok(false);
+    }
+    for name in users {
+        f(name)?;
     }
     Ok(true)
 }

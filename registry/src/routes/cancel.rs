@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use crate::auth::User;
 use crate::db::cancel::{self, Cancelled};
-use crate::db::tasks as db_tasks;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{parse_id, IdPath};
+use crate::routes::tasks::require_group_owner;
 use crate::state::AppState;
 
 /// Tasks of a group cancelled per writer job.
@@ -60,13 +60,7 @@ pub async fn cancel_group(
     IdPath(raw): IdPath,
 ) -> ApiResult<axum::Json<Value>> {
     let group = parse_id("task group", &raw)?;
-    let owner = state
-        .db
-        .read(move |c| db_tasks::group_owner(c, group))
-        .await?;
-    if owner != Some(user.id) {
-        return Err(ApiError::not_found_id("task group", &raw));
-    }
+    require_group_owner(&state, &user, group, &raw).await?;
     let mut cursor = 0i64;
     let mut total = 0usize;
     loop {

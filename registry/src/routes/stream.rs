@@ -29,7 +29,7 @@ use crate::db::tasks as db_tasks;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
 use crate::live::ResultEvent;
-use crate::routes::tasks::{mark_fetched, task_document};
+use crate::routes::tasks::{mark_fetched, require_group_owner, task_document};
 use crate::state::AppState;
 
 /// Results read from the database per query.
@@ -86,13 +86,7 @@ pub async fn stream(
     // Subscribe before reading anything, so no result falls in between.
     let notifications = state.live.subscribe_results();
     let revocations = state.revocations.subscribe();
-    let owner = state
-        .db
-        .read(move |c| db_tasks::group_owner(c, group))
-        .await?;
-    if owner != Some(user.id) {
-        return Err(ApiError::not_found_id("task group", &raw));
-    }
+    require_group_owner(&state, &user, group, &raw).await?;
     let (tx, rx) = mpsc::channel(64);
     let watch = Watch {
         notifications,

@@ -127,6 +127,24 @@ pub async fn batch_status(
     Ok(axum::Json(json!({"response": "batch", "results": results})))
 }
 
+/// Task group `group` (`raw` as the client wrote it) is `user`'s; not found
+/// otherwise.
+pub async fn require_group_owner(
+    state: &AppState,
+    user: &User,
+    group: Uuid,
+    raw: &str,
+) -> ApiResult<()> {
+    let owner = state
+        .db
+        .read(move |c| db_tasks::group_owner(c, group))
+        .await?;
+    if owner != Some(user.id) {
+        return Err(ApiError::not_found_id("task group", raw));
+    }
+    Ok(())
+}
+
 /// `GET /v2/taskgroup/{id}`: written in pages as it is read, so a group of
 /// a million tasks never sits in memory whole.
 pub async fn taskgroup(
