@@ -440,6 +440,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 print_table(&["FIELD", "VALUE"], &rows);
                 if !local.blocks.is_empty() {
                     println!();
+                    let now = hpfaas_protocol::task::now_unix();
                     let blocks: Vec<Vec<String>> = local
                         .blocks
                         .iter()
@@ -451,8 +452,9 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                                 b.state.clone(),
                                 b.nodes.to_string(),
                                 b.managers.to_string(),
-                                format!("{:.0}s", b.age),
-                                b.remaining_walltime
+                                format!("{:.0}s", (now - b.submitted_at).max(0.0)),
+                                b.deadline
+                                    .map(|d| (d - now).max(0.0))
                                     .map(|r| format!("{r:.0}s"))
                                     .unwrap_or_else(|| "-".into()),
                             ]

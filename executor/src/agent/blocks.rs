@@ -41,10 +41,11 @@ pub struct BlockStatus {
     pub nodes: u32,
     /// Connected managers.
     pub managers: u32,
-    /// Seconds since submission.
-    pub age: f64,
-    /// Seconds of walltime left, when known.
-    pub remaining_walltime: Option<f64>,
+    /// When it was submitted (or first seen), Unix seconds. Times, not ages,
+    /// so `agent.json` changes only when a block does, not every tick.
+    pub submitted_at: f64,
+    /// When its walltime ends (Unix seconds), when known.
+    pub deadline: Option<f64>,
 }
 
 /// What the blocks thread reports.
@@ -445,7 +446,6 @@ impl Blocks {
     }
 
     fn status(&self) -> Vec<BlockStatus> {
-        let now = now_unix();
         let external = self.external.iter().map(|(l, seen)| BlockStatus {
             block_id: l.block_id.clone(),
             job_id: l.job_id.clone().unwrap_or_else(|| "-".into()),
@@ -453,8 +453,8 @@ impl Blocks {
             state: if l.draining { "draining" } else { "running" }.into(),
             nodes: l.managers,
             managers: l.managers,
-            age: (now - seen).max(0.0),
-            remaining_walltime: l.deadline.map(|d| (d - now).max(0.0)),
+            submitted_at: *seen,
+            deadline: l.deadline,
         });
         self.live
             .iter()
@@ -470,8 +470,8 @@ impl Blocks {
                 .into(),
                 nodes: self.setup.nodes,
                 managers: b.managers,
-                age: (now - b.record.submitted_at).max(0.0),
-                remaining_walltime: b.deadline.map(|d| (d - now).max(0.0)),
+                submitted_at: b.record.submitted_at,
+                deadline: b.deadline,
             })
             .chain(external)
             .collect()
