@@ -123,8 +123,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 fn live_up_pid(path: &std::path::Path) -> Option<u32> {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let pid = info["pid"].as_u64()? as u32;
-    // SAFETY: signal 0 only checks that the process exists.
-    (pid != std::process::id() && unsafe { libc::kill(pid as i32, 0) } == 0).then_some(pid)
+    (pid != std::process::id() && hpfaas_executor::agent::state_file::pid_alive(pid)).then_some(pid)
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -226,14 +226,21 @@ class Executor(concurrent.futures.Executor):
     # -- submitting -------------------------------------------------------
 
     def _function_id(self, fn: Callable) -> str:
-        # Keyed by id() so unhashable callables work; the entry keeps `fn`
-        # alive, so its id cannot be reused by another object.
-        entry = self._registered.get(id(fn))
+        # Keyed by the callable itself, so a bound method (a new object on
+        # every attribute access, but equal to the last) registers once;
+        # unhashable callables fall back to id(), and the entry keeps `fn`
+        # alive so that id cannot be reused by another object.
+        key: object = fn
+        try:
+            hash(fn)
+        except TypeError:
+            key = id(fn)
+        entry = self._registered.get(key)
         if entry is None:
             with self._register_lock:
-                entry = self._registered.get(id(fn))
+                entry = self._registered.get(key)
                 if entry is None:
-                    entry = self._registered[id(fn)] = (fn, self.client.register_function(fn))
+                    entry = self._registered[key] = (fn, self.client.register_function(fn))
         return entry[1]
 
     def _cancel_queued(self) -> None:

@@ -39,6 +39,7 @@ class TaskRunner:
 
     def __init__(self) -> None:
         self._functions: Dict[str, Callable] = {}
+        self._broken: Dict[str, BaseException] = {}
 
     def run(self, msg: dict) -> dict:
         """Run one task message and return the reply message; never raises."""
@@ -65,11 +66,19 @@ class TaskRunner:
 
     def _function(self, function_id: str, function_code: Optional[str]) -> Callable:
         if function_code is not None:
-            (buffer,) = unpack(function_code)
-            self._functions[function_id] = deserialize(buffer)
+            try:
+                (buffer,) = unpack(function_code)
+                self._functions[function_id] = deserialize(buffer)
+            except BaseException as exc:
+                # The manager sends the code once per worker; remember why it
+                # could not be decoded, so later calls report the same cause.
+                self._broken[function_id] = exc
+                raise
         try:
             return self._functions[function_id]
         except KeyError:
+            if function_id in self._broken:
+                raise self._broken[function_id]
             raise LookupError(f"function {function_id} was neither sent nor cached") from None
 
 

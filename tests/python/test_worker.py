@@ -261,3 +261,18 @@ def test_json_arguments_and_json_result_serializer(worker):
 def test_eof_exits_cleanly(worker):
     worker.receive()
     assert worker.close() == 0
+
+
+def test_a_function_that_cannot_be_decoded_reports_its_cause_every_time(tmp_path):
+    """The manager sends code once per worker: later calls must not turn the
+    decoding error into 'neither sent nor cached'."""
+    from hpfaas.serialize import pack
+    from hpfaas.worker import TaskRunner
+
+    runner = TaskRunner()
+    broken = pack(["st\nf:def f(:\n"])
+    args = pack(["11\n[]", "11\n{}"])
+    first = runner.run({"task_id": "t1", "function_id": "f1", "function_code": broken, "payload": args})
+    again = runner.run({"task_id": "t2", "function_id": "f1", "payload": args})
+    assert first["exception"]["type"] == "SyntaxError"
+    assert again["exception"]["type"] == "SyntaxError", again

@@ -466,21 +466,28 @@ impl Agent<'_> {
     /// Stores results, then sends them; they stay journaled until acknowledged.
     fn finish(&mut self, results: Vec<TaskResult>) -> anyhow::Result<()> {
         self.journal.store_results(&results)?;
-        for chunk in results.chunks(RESULTS_PER_FRAME) {
-            let _ = self.to_service.send(AgentMessage::Results {
-                results: chunk.to_vec(),
-            });
-        }
+        self.send_results(results);
         Ok(())
     }
 
     fn resend_results(&mut self) -> anyhow::Result<()> {
         let results = self.journal.unacknowledged()?;
-        for chunk in results.chunks(RESULTS_PER_FRAME) {
-            let _ = self.to_service.send(AgentMessage::Results {
-                results: chunk.to_vec(),
-            });
-        }
+        self.send_results(results);
         Ok(())
+    }
+
+    /// Sends results in frames of at most [`RESULTS_PER_FRAME`], moving them
+    /// (results carry user payloads; no copy on the result path).
+    fn send_results(&self, results: Vec<TaskResult>) {
+        let mut rest = results.into_iter();
+        loop {
+            let chunk: Vec<TaskResult> = rest.by_ref().take(RESULTS_PER_FRAME).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            let _ = self
+                .to_service
+                .send(AgentMessage::Results { results: chunk });
+        }
     }
 }

@@ -45,23 +45,28 @@ impl AgentState {
         serde_json::from_slice(&std::fs::read(dir.join(FILE)).ok()?).ok()
     }
 
-    /// True if the process named in the file is alive (a killed agent not
-    /// yet reaped by its parent is a zombie, and not alive).
+    /// True if the process named in the file is alive.
     pub fn is_alive(&self) -> bool {
-        // SAFETY: signal 0 performs only the existence and permission check.
-        if self.pid == 0 || unsafe { libc::kill(self.pid as i32, 0) } != 0 {
-            return false;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // The state follows the parenthesised command name, which may hold spaces.
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        state != Some('Z')
+        pid_alive(self.pid)
     }
 
     /// Removes the file.
     pub fn remove(dir: &Path) {
         let _ = std::fs::remove_file(dir.join(FILE));
     }
+}
+
+/// True if process `pid` is alive: a killed process not yet reaped by its
+/// parent is a zombie, and not alive.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 performs only the existence and permission check.
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name, which may hold spaces.
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    state != Some('Z')
 }

@@ -356,8 +356,8 @@ struct Manager {
     /// Running shell and MPI tasks; aborting one drops its command, which
     /// kills the command's process group.
     commands: HashMap<Uuid, tokio::task::AbortHandle>,
-    done_tx: mpsc::UnboundedSender<(usize, TaskResult)>,
-    done_rx: mpsc::UnboundedReceiver<(usize, TaskResult)>,
+    done_tx: mpsc::UnboundedSender<worker::Done>,
+    done_rx: mpsc::UnboundedReceiver<worker::Done>,
     slot_tasks: Vec<tokio::task::JoinHandle<()>>,
     results: Vec<TaskResult>,
     started: Vec<Uuid>,
@@ -451,7 +451,7 @@ impl Manager {
                         Err(e) => tracing::warn!("ignoring an undecodable message from the broker: {e}"),
                     }
                 }
-                Some((slot, result)) = self.done_rx.recv() => self.finish(slot, result),
+                Some(done) = self.done_rx.recv() => self.finish(done),
                 _ = sleep_until(self.sigterm_grace), if self.sigterm_grace.is_some() => {
                     // No SIGTERM for this manager: the workers' deaths were their own.
                     self.sigterm_grace = None;
@@ -474,8 +474,8 @@ impl Manager {
             }
             // Collect whatever else finished meanwhile, so one message carries
             // a whole burst of results instead of one each.
-            while let Ok((slot, result)) = self.done_rx.try_recv() {
-                self.finish(slot, result);
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.finish(done);
             }
             self.start_tasks();
             self.flush();
@@ -498,7 +498,12 @@ impl Manager {
         self.queue.extend(tasks);
     }
 
-    fn finish(&mut self, slot: usize, mut result: TaskResult) {
+    fn finish(&mut self, done: worker::Done) {
+        let worker::Done {
+            slot,
+            mut result,
+            killed_by_sigterm,
+        } = done;
         if self.busy[slot] != Some(result.task_id) {
             // A command cancelled after it finished but before its result
             // was read: the cancellation was reported already.
@@ -511,8 +516,7 @@ impl Manager {
             // would retry; the owner asked for the task to stop.
             result = cancelled(result.task_id);
         }
-        if matches!(&result.outcome, Outcome::Failed { exception } if worker::lost_to_sigterm(exception))
-        {
+        if killed_by_sigterm && !matches!(result.outcome, Outcome::Success { .. }) {
             // A batch system ending the job signals every process at once:
             // the worker may die before this manager sees its own SIGTERM.
             // Wait briefly, so a block's end is reported as the block's.
@@ -644,14 +648,12 @@ impl Manager {
         let done = self.done_tx.clone();
         let command = tokio::spawn(async move {
             let outcome = run.await;
-            let _ = done.send((
-                slot,
-                TaskResult {
-                    task_id,
-                    outcome,
-                    completed_at: now_unix(),
-                },
-            ));
+            let result = TaskResult {
+                task_id,
+                outcome,
+                completed_at: now_unix(),
+            };
+            let _ = done.send(worker::Done::new(slot, result));
         });
         self.commands.insert(task_id, command.abort_handle());
     }

@@ -25,12 +25,78 @@ use super::affinity::Placement;
 use super::job_env;
 use crate::broker::dispatch::WORKER_LOST;
 
-/// True if a `WorkerLost` failure came from a SIGTERM the worker received
-/// from outside (a batch system ending the job signals every process), judged
-/// from the message [`serve_slot`] writes.
-pub fn lost_to_sigterm(exception: &ExceptionInfo) -> bool {
-    exception.exc_type == WORKER_LOST && exception.message.contains("(SIGTERM)")
+/// A task's outcome from a slot, and whether its worker was killed by a
+/// SIGTERM from outside (a batch system ending the job signals every
+/// process; the manager then waits for its own SIGTERM before reporting).
+#[derive(Debug)]
+pub struct Done {
+    /// The slot that ran the task.
+    pub slot: usize,
+    /// The outcome.
+    pub result: TaskResult,
+    /// The worker died of SIGTERM while running or starting for this task.
+    pub killed_by_sigterm: bool,
 }
+
+impl Done {
+    /// A result not caused by a worker's death.
+    pub fn new(slot: usize, result: TaskResult) -> Done {
+        Done {
+            slot,
+            result,
+            killed_by_sigterm: false,
+        }
+    }
+}
+
+/// How a worker process ended, for messages and the SIGTERM check.
+#[derive(Debug)]
+struct Ended {
+    description: String,
+    by_sigterm: bool,
+}
+
+impl Ended {
+    fn of(status: std::process::ExitStatus) -> Ended {
+        use std::os::unix::process::ExitStatusExt;
+        Ended {
+            description: status.to_string(),
+            by_sigterm: status.signal() == Some(libc::SIGTERM),
+        }
+    }
+
+    fn unknown(what: &str) -> Ended {
+        Ended {
+            description: what.into(),
+            by_sigterm: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// A worker that exited before it was ready (carried inside `io::Error`).
+#[derive(Debug)]
+struct EndedBeforeReady {
+    ended: Ended,
+    cause: std::io::Error,
+}
+
+impl std::fmt::Display for EndedBeforeReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the worker ended before it was ready ({}): {}",
+            self.ended, self.cause
+        )
+    }
+}
+
+impl std::error::Error for EndedBeforeReady {}
 
 /// Largest frame a worker may send (a result beyond it fails the task).
 const MAX_FRAME: usize = 1 << 30;
@@ -112,7 +178,7 @@ pub async fn serve_slot(
     slot: usize,
     settings: Arc<WorkerSettings>,
     mut jobs: mpsc::UnboundedReceiver<PythonJob>,
-    done: mpsc::UnboundedSender<(usize, TaskResult)>,
+    done: mpsc::UnboundedSender<Done>,
     pid: Arc<AtomicU32>,
 ) {
     let mut process: Option<Process> = None;
@@ -134,18 +200,24 @@ pub async fn serve_slot(
                 }
                 Err(e) => {
                     pid.store(0, Ordering::SeqCst);
+                    let killed_by_sigterm = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<EndedBeforeReady>())
+                        .is_some_and(|ended| ended.ended.by_sigterm);
                     let message = format!(
                         "cannot start a Python worker with worker_python = {:?}: {e}",
                         settings.python
                     );
                     tracing::error!("{message}");
-                    let _ = done.send((
+                    let result = TaskResult::failed(
+                        job.spec.task_id,
+                        ExceptionInfo::system(WORKER_LOST, message),
+                    );
+                    let _ = done.send(Done {
                         slot,
-                        TaskResult::failed(
-                            job.spec.task_id,
-                            ExceptionInfo::system(WORKER_LOST, message),
-                        ),
-                    ));
+                        result,
+                        killed_by_sigterm,
+                    });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -162,7 +234,7 @@ pub async fn serve_slot(
                         job.spec.task_id,
                         ExceptionInfo::system("SandboxError", message),
                     );
-                    if done.send((slot, result)).is_err() {
+                    if done.send(Done::new(slot, result)).is_err() {
                         break;
                     }
                     continue;
@@ -180,6 +252,7 @@ pub async fn serve_slot(
                 .map_err(|_| w),
             None => Ok(run.await),
         };
+        let mut killed_by_sigterm = false;
         let outcome = match ran {
             Err(w) => {
                 // Past its walltime: kill the worker (the next job starts a
@@ -199,9 +272,10 @@ pub async fn serve_slot(
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 pid.store(0, Ordering::SeqCst);
-                let (pid, status) = reap(process.take().expect("present")).await;
+                let (pid, ended) = reap(process.take().expect("present")).await;
+                killed_by_sigterm = ended.by_sigterm;
                 let message =
-                    format!("worker process {pid} died while running this task ({status}): {e}");
+                    format!("worker process {pid} died while running this task ({ended}): {e}");
                 tracing::warn!("slot {slot}: {message}");
                 Outcome::Failed {
                     exception: ExceptionInfo::system(WORKER_LOST, message),
@@ -213,7 +287,14 @@ pub async fn serve_slot(
             outcome,
             completed_at: now_unix(),
         };
-        if done.send((slot, result)).is_err() {
+        if done
+            .send(Done {
+                slot,
+                result,
+                killed_by_sigterm,
+            })
+            .is_err()
+        {
             break;
         }
     }
@@ -282,14 +363,12 @@ async fn start(
         Ok(Ok(frame)) => frame,
         Ok(Err(e)) => {
             // Say how it ended: a worker killed at start-up by the batch
-            // system's SIGTERM must read as such (see `lost_to_sigterm`).
-            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-                Ok(Ok(status)) => status.to_string(),
-                _ => "still running".into(),
+            // system's SIGTERM must count as such (see `Done`).
+            let ended = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(status)) => Ended::of(status),
+                _ => Ended::unknown("still running"),
             };
-            return Err(std::io::Error::other(format!(
-                "the worker ended before it was ready ({status}): {e}"
-            )));
+            return Err(std::io::Error::other(EndedBeforeReady { ended, cause: e }));
         }
         Err(_) => {
             return Err(std::io::Error::other(
@@ -364,11 +443,11 @@ async fn read_frame(stdout: &mut ChildStdout) -> std::io::Result<Vec<u8>> {
 }
 
 /// Waits briefly for a dead worker; returns its pid and how it ended.
-async fn reap(mut p: Process) -> (u32, String) {
+async fn reap(mut p: Process) -> (u32, Ended) {
     let _ = p.child.start_kill();
     match tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await {
-        Ok(Ok(status)) => (p.pid, status.to_string()),
-        _ => (p.pid, "exit status unknown".into()),
+        Ok(Ok(status)) => (p.pid, Ended::of(status)),
+        _ => (p.pid, Ended::unknown("exit status unknown")),
     }
 }
 
