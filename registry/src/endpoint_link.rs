@@ -599,7 +599,14 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 let _permit = permit;
                 match committed.await {
                     Ok(Ok(stored)) => {
+                        // Only results actually stored: a re-sent duplicate
+                        // or a late result for a cancelled task is no event.
+                        let kept: std::collections::HashSet<Uuid> =
+                            stored.iter().map(|(task, _, _)| *task).collect();
                         for (task, exc_type) in ended {
+                            if !kept.contains(&task) {
+                                continue;
+                            }
                             let how = if exc_type.is_some() {
                                 "failed"
                             } else {
@@ -612,8 +619,8 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                         let _ = out
                             .send(text(&ServiceMessage::ResultAck { task_ids: ids }))
                             .await;
-                        for event in stored {
-                            live.publish_result(event);
+                        for (_, group, seq) in stored {
+                            live.publish_result((group, seq));
                         }
                     }
                     // Not acknowledged, so the agent re-sends them after it

@@ -429,7 +429,7 @@ pub fn update_states(
 }
 
 /// Stores results for non-final tasks of this endpoint, each with the next
-/// `result_seq`; returns (task group, seq) of each stored one. Results for
+/// `result_seq`; returns (task, task group, seq) of each stored one. Results for
 /// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
 /// first one wins. The payload of a finished task is no longer needed and
 /// is dropped to keep the database small.
@@ -438,7 +438,7 @@ pub fn store_results(
     ctx: &mut WriteCtx,
     endpoint: Uuid,
     results: &[TaskResult],
-) -> ApiResult<Vec<(Uuid, i64)>> {
+) -> ApiResult<Vec<(Uuid, Uuid, i64)>> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
@@ -480,7 +480,7 @@ pub fn store_results(
         match group.and_then(|g| Uuid::parse_str(&g).ok()) {
             Some(group) => {
                 ctx.next_result_seq += 1;
-                stored.push((group, seq));
+                stored.push((res.task_id, group, seq));
             }
             None => {
                 // A cancelled task's late result also answers the cancel.
@@ -620,7 +620,7 @@ mod tests {
         };
         let failed = TaskResult::failed(ids[0], ExceptionInfo::system("WorkerLost", "gone"));
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
-        assert_eq!(stored, vec![(group, 7)]);
+        assert_eq!(stored, vec![(ids[0], group, 7)]);
         assert_eq!(ctx.next_result_seq, 8);
         let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
         assert_eq!(row.state, TaskState::Success);

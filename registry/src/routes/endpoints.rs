@@ -54,8 +54,9 @@ pub async fn register(
         .await?;
     if body.endpoint_id.is_some() {
         // Earlier credentials were revoked: forget them and drop an agent
-        // still connected with one.
-        state.tokens_revoked();
+        // still connected with one. Only this endpoint's credentials changed,
+        // so streams and other links need no re-check.
+        state.tokens.invalidate();
         state.live.kick(id);
     }
     state
@@ -133,7 +134,7 @@ pub async fn delete(
     if !deleted {
         return Err(ApiError::not_found_id("endpoint", &raw));
     }
-    state.tokens_revoked();
+    state.tokens.invalidate();
     state.live.kick(id);
     tracing::info!(endpoint = %id, "endpoint deleted");
     Ok(axum::Json(json!({"endpoint_id": id, "deleted": true})))

@@ -131,6 +131,8 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         token_hash,
     } = watch;
     let mut stale = true;
+    let keep_alive = tokio::time::sleep(KEEP_ALIVE);
+    tokio::pin!(keep_alive);
     loop {
         if stale {
             match send_after(&state, group, &mut last, &tx).await {
@@ -154,8 +156,13 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
                 false
             }
             _ = crate::revocation::next(&mut revocations) => true,
-            // Silence: the response sends a keep-alive about now.
-            _ = tokio::time::sleep(KEEP_ALIVE) => true,
+            // Silence: the response sends a keep-alive about now. One timer
+            // for the stream, re-armed only here, so a busy service (whose
+            // every result wakes this loop) cannot postpone the token check.
+            _ = &mut keep_alive => {
+                keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
+                true
+            }
             _ = tx.closed() => return,
             _ = state.shutting_down() => return,
         };
@@ -228,8 +235,8 @@ mod tests {
             .write(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
             .await
             .unwrap();
-        for event in stored {
-            state.live.publish_result(event);
+        for (_, group, seq) in stored {
+            state.live.publish_result((group, seq));
         }
     }
 
