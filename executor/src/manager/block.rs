@@ -91,11 +91,13 @@ impl Membership {
     /// Pins this process to its share of the node's cores (when the node is
     /// shared with other ranks of the block); threads and children started
     /// afterwards inherit it. Returns the CPUs of the share.
-    pub fn pin_to_share(&self) -> std::io::Result<Vec<usize>> {
-        let allowed = current_affinity()?;
+    pub fn pin_to_share(&self) -> std::io::Result<Vec<u32>> {
+        let allowed = super::affinity::allowed_cpus().map_err(std::io::Error::other)?;
         let share = share_of_node(&allowed, self.local_rank, self.local_size);
         if share.len() != allowed.len() {
-            set_affinity(&share)?;
+            super::affinity::CpuMask::new(&share)
+                .map_err(std::io::Error::other)?
+                .apply()?;
         }
         Ok(share)
     }
@@ -104,7 +106,7 @@ impl Membership {
 /// The `local_rank`-th of `local_size` contiguous, near-equal slices of the
 /// node's CPUs (the first ranks get the extra CPU when it does not divide).
 /// Every rank gets at least one CPU, even when ranks outnumber CPUs.
-pub fn share_of_node(cpus: &[usize], local_rank: u32, local_size: u32) -> Vec<usize> {
+pub fn share_of_node(cpus: &[u32], local_rank: u32, local_size: u32) -> Vec<u32> {
     let (n, size, rank) = (cpus.len(), local_size.max(1) as usize, local_rank as usize);
     if n == 0 {
         return Vec::new();
@@ -118,42 +120,13 @@ pub fn share_of_node(cpus: &[usize], local_rank: u32, local_size: u32) -> Vec<us
     cpus[start..start + len].to_vec()
 }
 
-/// CPUs this process may run on.
-pub fn current_affinity() -> std::io::Result<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect())
-    }
-}
-
-fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: builds a cpu_set_t from CPU numbers below CPU_SETSIZE and
-    // applies it to the calling thread (the main thread, before others start).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn shares_split_the_node_evenly_and_cover_it() {
-        let cpus: Vec<usize> = (0..10).collect();
+        let cpus: Vec<u32> = (0..10).collect();
         let shares: Vec<Vec<usize>> = (0..3).map(|r| share_of_node(&cpus, r, 3)).collect();
         assert_eq!(shares, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
         assert_eq!(share_of_node(&cpus, 0, 1), cpus);
@@ -170,6 +143,6 @@ mod tests {
     fn a_plain_manager_is_a_block_of_one() {
         let m = Membership::alone();
         assert_eq!((m.rank, m.size, m.local_rank, m.local_size), (0, 1, 0, 1));
-        assert!(!current_affinity().unwrap().is_empty());
+        assert!(!super::super::affinity::allowed_cpus().unwrap().is_empty());
     }
 }
