@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn shares_split_the_node_evenly_and_cover_it() {
         let cpus: Vec<u32> = (0..10).collect();
-        let shares: Vec<Vec<usize>> = (0..3).map(|r| share_of_node(&cpus, r, 3)).collect();
+        let shares: Vec<Vec<u32>> = (0..3).map(|r| share_of_node(&cpus, r, 3)).collect();
         assert_eq!(shares, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
         assert_eq!(share_of_node(&cpus, 0, 1), cpus);
         assert_eq!(share_of_node(&[4, 6], 1, 2), vec![6]);
