@@ -510,11 +510,11 @@ impl Dispatcher {
         if self.queue.is_empty() {
             return out;
         }
-        for identity in self.order.clone() {
+        for i in 0..self.order.len() {
             if self.queue.is_empty() {
                 break;
             }
-            let Some(m) = self.managers.get(&identity) else {
+            let Some(m) = self.managers.get(&self.order[i]) else {
                 continue;
             };
             if self.draining(m, now) || m.held_for.is_some() {
@@ -532,7 +532,9 @@ impl Dispatcher {
                 if !self.tasks.contains_key(&t.task_id) {
                     continue;
                 }
-                if Self::fits(m, t.walltime().ok().flatten(), now) {
+                // Only a block with a deadline can be too short; parse the
+                // task's walltime only then (this loop runs per frame).
+                if m.info.deadline.is_none() || Self::fits(m, t.walltime().ok().flatten(), now) {
                     tasks.push(t);
                 } else {
                     too_long.push(t);
@@ -544,6 +546,7 @@ impl Dispatcher {
             if tasks.is_empty() {
                 continue;
             }
+            let identity = self.order[i].clone();
             let m = self.managers.get_mut(&identity).expect("checked above");
             m.in_hand.extend(tasks.iter().map(|t| t.task_id));
             let functions = unseen_code(&self.functions, m, &tasks);
