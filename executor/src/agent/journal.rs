@@ -1,8 +1,13 @@
-//! The agent's journal: a local SQLite file that holds every task accepted
-//! from the service until its result is stored, and every result until the
-//! service acknowledges it. A task is journaled before it is acknowledged, so
-//! a killed agent loses nothing: on restart it re-runs journaled tasks and
-//! re-sends unacknowledged results.
+//! The agent's journal: a local SQLite file that holds every result until
+//! the service acknowledges it, so a killed agent re-sends results instead
+//! of re-running their tasks.
+//!
+//! Tasks themselves are not journaled: the service keeps every task until
+//! its result is stored and re-sends all non-final ones to each new agent
+//! connection, so a restarted agent gets back everything it had accepted.
+//! Journaling them as well used to write each argument payload twice more
+//! (WAL and checkpoint) on the hot path. Which tasks this agent is running
+//! is kept in memory, to ignore the copies a reconnect re-sends.
 //!
 //! The file is opened with `locking_mode=EXCLUSIVE`: WAL then needs no shared
 //! memory (so it works on NFS and Lustre home directories), and a second
@@ -12,15 +17,17 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Context as _;
-use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
-use rusqlite::{params, Connection, OptionalExtension};
+use hpfaas_protocol::task::{TaskResult, TaskSpec};
+use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 /// The open journal.
 pub struct Journal {
     db: Connection,
-    /// Ids of journaled tasks without a result yet.
+    /// Ids of tasks accepted by this agent and not finished yet.
     outstanding: HashSet<Uuid>,
+    /// Ids of the results in the file (stored, not yet acknowledged).
+    unacknowledged: HashSet<Uuid>,
 }
 
 impl Journal {
@@ -28,13 +35,15 @@ impl Journal {
     pub fn open(path: &Path) -> anyhow::Result<Journal> {
         let db = Connection::open(path)
             .with_context(|| format!("cannot open the journal {}", path.display()))?;
+        // `tasks` and `functions` are what journals of earlier versions held;
+        // the service re-sends those tasks, so they are dropped.
         db.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS functions (id TEXT PRIMARY KEY, code TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, result TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, result TEXT NOT NULL);
+             DROP TABLE IF EXISTS tasks;
+             DROP TABLE IF EXISTS functions;",
         )
         .map_err(|e| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DatabaseBusy) => anyhow::anyhow!(
@@ -43,73 +52,49 @@ impl Journal {
             ),
             _ => anyhow::anyhow!("cannot initialise the journal {}: {e}", path.display()),
         })?;
-        let mut outstanding = HashSet::new();
+        let mut unacknowledged = HashSet::new();
         {
-            let mut stmt = db.prepare("SELECT id FROM tasks")?;
+            let mut stmt = db.prepare("SELECT id FROM results")?;
             for id in stmt.query_map([], |row| row.get::<_, String>(0))? {
                 if let Ok(id) = Uuid::parse_str(&id?) {
-                    outstanding.insert(id);
+                    unacknowledged.insert(id);
                 }
             }
         }
-        Ok(Journal { db, outstanding })
+        Ok(Journal {
+            db,
+            outstanding: HashSet::new(),
+            unacknowledged,
+        })
     }
 
-    /// Journals new tasks and their functions; returns the tasks not seen
-    /// before (a re-sent task that is journaled or already has a result is
+    /// Takes new tasks; returns those not seen before (a re-sent task that
+    /// is running here or has a result waiting for its acknowledgement is
     /// not run twice).
-    pub fn accept(
-        &mut self,
-        functions: &[FunctionCode],
-        tasks: Vec<TaskSpec>,
-    ) -> anyhow::Result<Vec<TaskSpec>> {
-        let tx = self.db.transaction()?;
+    pub fn accept(&mut self, tasks: Vec<TaskSpec>) -> Vec<TaskSpec> {
         let mut fresh = Vec::with_capacity(tasks.len());
-        {
-            let mut put_fn =
-                tx.prepare_cached("INSERT OR REPLACE INTO functions (id, code) VALUES (?1, ?2)")?;
-            for f in functions {
-                put_fn.execute(params![f.function_id.to_string(), f.code])?;
-            }
-            let mut has_result = tx.prepare_cached("SELECT 1 FROM results WHERE id = ?1")?;
-            let mut put_task = tx.prepare_cached("INSERT INTO tasks (id, spec) VALUES (?1, ?2)")?;
-            for t in tasks {
-                if self.outstanding.contains(&t.task_id) {
-                    continue;
-                }
-                let id = t.task_id.to_string();
-                if has_result
-                    .query_row([&id], |_| Ok(()))
-                    .optional()?
-                    .is_some()
-                {
-                    continue;
-                }
-                put_task.execute(params![id, serde_json::to_string(&t)?])?;
+        for t in tasks {
+            if !self.unacknowledged.contains(&t.task_id) && self.outstanding.insert(t.task_id) {
                 fresh.push(t);
             }
         }
-        tx.commit()?;
-        self.outstanding.extend(fresh.iter().map(|t| t.task_id));
-        Ok(fresh)
+        fresh
     }
 
-    /// Stores results (replacing their tasks) until the service acknowledges them.
+    /// Stores results until the service acknowledges them.
     pub fn store_results(&mut self, results: &[TaskResult]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         {
             let mut put =
                 tx.prepare_cached("INSERT OR REPLACE INTO results (id, result) VALUES (?1, ?2)")?;
-            let mut del = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
             for r in results {
-                let id = r.task_id.to_string();
-                put.execute(params![id, serde_json::to_string(r)?])?;
-                del.execute([&id])?;
+                put.execute(params![r.task_id.to_string(), serde_json::to_string(r)?])?;
             }
         }
         tx.commit()?;
         for r in results {
             self.outstanding.remove(&r.task_id);
+            self.unacknowledged.insert(r.task_id);
         }
         Ok(())
     }
@@ -124,48 +109,19 @@ impl Journal {
             }
         }
         tx.commit()?;
+        for id in task_ids {
+            self.unacknowledged.remove(id);
+        }
         Ok(())
     }
 
-    /// Drops cancelled tasks that have no result yet, so a restarted agent
-    /// does not run them again. A result that still comes for one is stored
-    /// and sent like any other (the service acknowledges and drops it).
-    pub fn cancel(&mut self, task_ids: &[Uuid]) -> anyhow::Result<()> {
-        let tx = self.db.transaction()?;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
-            for id in task_ids {
-                del.execute([id.to_string()])?;
-            }
-        }
-        tx.commit()?;
+    /// Stops counting cancelled tasks as outstanding. A result that still
+    /// comes for one is stored and sent like any other (the service
+    /// acknowledges and drops it).
+    pub fn cancel(&mut self, task_ids: &[Uuid]) {
         for id in task_ids {
             self.outstanding.remove(id);
         }
-        Ok(())
-    }
-
-    /// Journaled tasks without results, with the code of their functions.
-    pub fn pending(&self) -> anyhow::Result<(Vec<FunctionCode>, Vec<TaskSpec>)> {
-        let mut tasks = Vec::new();
-        let mut stmt = self.db.prepare("SELECT spec FROM tasks")?;
-        for spec in stmt.query_map([], |row| row.get::<_, String>(0))? {
-            tasks.push(serde_json::from_str::<TaskSpec>(&spec?)?);
-        }
-        let needed: HashSet<Uuid> = tasks.iter().map(|t| t.function_id).collect();
-        let mut functions = Vec::new();
-        let mut stmt = self.db.prepare("SELECT id, code FROM functions")?;
-        for row in stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })? {
-            let (id, code) = row?;
-            if let Ok(function_id) = Uuid::parse_str(&id) {
-                if needed.contains(&function_id) {
-                    functions.push(FunctionCode { function_id, code });
-                }
-            }
-        }
-        Ok((functions, tasks))
     }
 
     /// Results the service has not acknowledged yet.
@@ -194,66 +150,78 @@ mod tests {
         std::env::temp_dir().join(format!("hpfaas-journal-{}.db", Uuid::new_v4()))
     }
 
-    fn task(function_id: Uuid) -> TaskSpec {
+    fn task() -> TaskSpec {
         TaskSpec {
             task_id: Uuid::new_v4(),
-            function_id,
+            function_id: Uuid::new_v4(),
             payload: "p".into(),
             result_serializers: vec![],
             resource_spec: None,
         }
     }
 
+    fn result(task_id: Uuid) -> TaskResult {
+        TaskResult {
+            task_id,
+            outcome: Outcome::Success { result: "r".into() },
+            completed_at: 1.0,
+        }
+    }
+
     #[test]
-    fn survives_reopen_and_drops_duplicates() {
+    fn results_survive_reopen_until_acknowledged() {
         let path = temp_path();
-        let f = Uuid::new_v4();
-        let code = FunctionCode {
-            function_id: f,
-            code: "c".into(),
-        };
-        let (a, b) = (task(f), task(f));
+        let (a, b) = (task(), task());
         {
             let mut j = Journal::open(&path).unwrap();
-            assert_eq!(
-                j.accept(std::slice::from_ref(&code), vec![a.clone(), b.clone()])
-                    .unwrap()
-                    .len(),
-                2
-            );
+            assert_eq!(j.accept(vec![a.clone(), b.clone()]).len(), 2);
+            assert!(j.accept(vec![a.clone()]).is_empty(), "re-sent task ignored");
+            j.store_results(&[result(a.task_id)]).unwrap();
             assert!(
-                j.accept(&[], vec![a.clone()]).unwrap().is_empty(),
-                "re-sent task ignored"
-            );
-            let r = TaskResult {
-                task_id: a.task_id,
-                outcome: Outcome::Success { result: "r".into() },
-                completed_at: 1.0,
-            };
-            j.store_results(std::slice::from_ref(&r)).unwrap();
-            assert!(
-                j.accept(&[], vec![a.clone()]).unwrap().is_empty(),
+                j.accept(vec![a.clone()]).is_empty(),
                 "finished task not re-run"
             );
             assert_eq!(j.outstanding(), 1);
         }
         let mut j = Journal::open(&path).unwrap();
-        let (functions, tasks) = j.pending().unwrap();
-        assert_eq!(functions, vec![code]);
-        assert_eq!(tasks, vec![b.clone()]);
-        assert_eq!(j.unacknowledged().unwrap().len(), 1);
+        assert_eq!(j.outstanding(), 0, "tasks are the service's to re-send");
+        assert_eq!(j.unacknowledged().unwrap(), vec![result(a.task_id)]);
+        assert!(
+            j.accept(vec![a.clone()]).is_empty(),
+            "a task whose result waits for its acknowledgement is not re-run"
+        );
+        assert_eq!(
+            j.accept(vec![b.clone()]),
+            vec![b.clone()],
+            "re-sent task runs"
+        );
         j.forget_results(&[a.task_id]).unwrap();
         assert!(j.unacknowledged().unwrap().is_empty());
-        j.cancel(&[b.task_id, Uuid::new_v4()]).unwrap();
+        j.cancel(&[b.task_id, Uuid::new_v4()]);
         assert_eq!(
             j.outstanding(),
             0,
             "a cancelled task is no longer outstanding"
         );
-        assert!(
-            j.pending().unwrap().1.is_empty(),
-            "nor re-run after a restart"
-        );
+        drop(j);
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn a_journal_of_an_earlier_version_opens() {
+        let path = temp_path();
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE functions (id TEXT PRIMARY KEY, code TEXT NOT NULL);
+                 CREATE TABLE tasks (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
+                 CREATE TABLE results (id TEXT PRIMARY KEY, result TEXT NOT NULL);
+                 INSERT INTO tasks VALUES ('x', '{}');",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.outstanding(), 0);
         drop(j);
         std::fs::remove_file(&path).ok();
     }

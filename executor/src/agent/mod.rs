@@ -140,13 +140,6 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         credential.endpoint_id,
         broker.url
     );
-    let (functions, tasks) = journal.pending()?;
-    if !tasks.is_empty() {
-        tracing::info!("re-running {} tasks from the journal", tasks.len());
-        let _ = broker
-            .commands
-            .send(BrokerCommand::Submit { functions, tasks });
-    }
 
     let mut blocks = BlocksHandle::start(blocks_setup(&spec, &broker.url)?)?;
     let (to_service, mut from_service) = link::spawn(LinkTarget {
@@ -398,7 +391,7 @@ impl Agent<'_> {
         }
     }
 
-    /// Journals tasks, acknowledges them, then hands the new ones to the
+    /// Takes tasks, acknowledges them, then hands the new ones to the
     /// broker; tasks the endpoint's policy refuses fail at once.
     fn accept(&mut self, functions: Vec<FunctionCode>, tasks: Vec<TaskSpec>) -> anyhow::Result<()> {
         let endpoint = &self.spec.config.endpoint;
@@ -418,7 +411,7 @@ impl Agent<'_> {
             .map(|t| t.task_id)
             .chain(refused.iter().map(|r| r.task_id))
             .collect();
-        let fresh = self.journal.accept(&functions, accepted)?;
+        let fresh = self.journal.accept(accepted);
         let _ = self.to_service.send(AgentMessage::Ack { task_ids });
         if !refused.is_empty() {
             self.finish(refused)?;
@@ -437,7 +430,7 @@ impl Agent<'_> {
     /// cancel once it knows the agent recorded it).
     fn cancel(&mut self, task_ids: Vec<Uuid>) -> anyhow::Result<()> {
         tracing::info!(tasks = task_ids.len(), "cancelling tasks");
-        self.journal.cancel(&task_ids)?;
+        self.journal.cancel(&task_ids);
         let _ = self.broker.send(BrokerCommand::Cancel {
             task_ids: task_ids.clone(),
         });

@@ -42,10 +42,12 @@ fn cancel_row(
         "UPDATE tasks SET state = 'cancelled', done = 1, result = NULL,
                 exc_type = 'TaskCancelled', exc_message = ?2, exc_traceback = ?3,
                 completed = ?4, stored = ?4, result_seq = ?5, result_fate = 1,
-                cancel_pending = 1, payload = ''
+                cancel_pending = 1
          WHERE rid = ?1 AND done = 0
          RETURNING id, group_id, endpoint_id",
     )?;
+    conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1")?
+        .execute([rid])?;
     let seq = ctx.next_result_seq;
     let traceback = format!("TaskCancelled: {text}");
     let row = st

@@ -121,6 +121,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_cancels ON tasks(endpoint_id, result_seq) WHERE cancel_pending = 1;
     CREATE INDEX task_groups_by_age ON task_groups(created);
     "#,
+    // 3: argument payloads in their own table, keyed by the task's rid.
+    // SQLite rewrites a whole row on every UPDATE, so with the payload in
+    // `tasks` each state change (acknowledged, running, final) copied it
+    // once more; a 1 MiB argument was written four times. A payload is
+    // deleted when its task becomes final.
+    r#"
+    CREATE TABLE task_payloads (
+        rid     INTEGER PRIMARY KEY,
+        payload TEXT NOT NULL
+    );
+    INSERT INTO task_payloads (rid, payload) SELECT rid, payload FROM tasks WHERE done = 0;
+    ALTER TABLE tasks DROP COLUMN payload;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -158,6 +171,34 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v as usize, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn version_3_moves_queued_payloads_out_of_tasks() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.execute_batch(
+            "INSERT INTO users VALUES (1, 'u', 0);
+             INSERT INTO tasks (rid, id, owner, endpoint_id, function_id, group_id, state,
+                                done, payload, created)
+             VALUES (1, 'a', 1, 'e', 'f', 'g', 'received', 0, 'queued', 0),
+                    (2, 'b', 1, 'e', 'f', 'g', 'success', 1, '', 0);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap();
+        let moved: Vec<(i64, String)> = conn
+            .prepare("SELECT rid, payload FROM task_payloads")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(moved, vec![(1, "queued".to_string())]);
     }
 
     #[test]

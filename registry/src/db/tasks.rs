@@ -190,24 +190,26 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     }
     ensure_group(conn, s.owner, s.group)?;
     let mut st = conn.prepare_cached(
-        "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state, payload,
+        "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
                             result_serializers, resource_spec, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    let mut put_payload =
+        conn.prepare_cached("INSERT INTO task_payloads (rid, payload) VALUES (?1, ?2)")?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     for t in &s.tasks {
-        st.execute(params![
+        let rid = st.insert(params![
             t.id.to_string(),
             s.owner,
             endpoint,
             t.function.to_string(),
             group,
             s.state.as_str(),
-            t.payload,
             s.result_serializers,
             s.resource_spec,
             created
         ])?;
+        put_payload.execute(params![rid, t.payload])?;
     }
     if let Some(req) = &s.idempotency {
         super::idempotency::insert(conn, s.owner, req)?;
@@ -319,8 +321,9 @@ pub fn dispatch_page(
     max_bytes: usize,
 ) -> ApiResult<DispatchPage> {
     let mut st = conn.prepare_cached(
-        "SELECT rid, id, function_id, payload, result_serializers, resource_spec FROM tasks
-         WHERE endpoint_id = ?1 AND done = 0 AND rid > ?2 ORDER BY rid LIMIT ?3",
+        "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers, t.resource_spec
+         FROM tasks t JOIN task_payloads p ON p.rid = t.rid
+         WHERE t.endpoint_id = ?1 AND t.done = 0 AND t.rid > ?2 ORDER BY t.rid LIMIT ?3",
     )?;
     let mut rows = st.query(params![endpoint.to_string(), after, max_tasks as i64])?;
     let (mut functions, mut tasks) = (String::new(), String::new());
@@ -431,8 +434,7 @@ pub fn update_states(
 /// Stores results for non-final tasks of this endpoint, each with the next
 /// `result_seq`; returns (task, task group, seq) of each stored one. Results for
 /// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
-/// first one wins. The payload of a finished task is no longer needed and
-/// is dropped to keep the database small.
+/// first one wins.
 pub fn store_results(
     conn: &Connection,
     ctx: &mut WriteCtx,
@@ -442,10 +444,12 @@ pub fn store_results(
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
-                          result_fate = 0, payload = ''
+                          result_fate = 0
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-         RETURNING group_id",
+         RETURNING group_id, rid",
     )?;
+    // The payload of a finished task is no longer needed.
+    let mut drop_payload = conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1")?;
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
@@ -460,7 +464,7 @@ pub fn store_results(
             Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
         };
         let seq = ctx.next_result_seq;
-        let group: Option<String> = st
+        let row: Option<(String, i64)> = st
             .query_row(
                 params![
                     res.task_id.to_string(),
@@ -474,11 +478,12 @@ pub fn store_results(
                     seq,
                     stored_at
                 ],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        match group.and_then(|g| Uuid::parse_str(&g).ok()) {
-            Some(group) => {
+        match row.and_then(|(g, rid)| Some((Uuid::parse_str(&g).ok()?, rid))) {
+            Some((group, rid)) => {
+                drop_payload.execute([rid])?;
                 ctx.next_result_seq += 1;
                 stored.push((res.task_id, group, seq));
             }
@@ -629,6 +634,14 @@ mod tests {
         assert_eq!(page.count, 1);
         assert_eq!(results_after(&fx.conn, group, 0, 10).unwrap().len(), 1);
         assert!(results_after(&fx.conn, group, 7, 10).unwrap().is_empty());
+        let payloads: i64 = fx
+            .conn
+            .query_row("SELECT COUNT(*) FROM task_payloads", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            payloads, 1,
+            "the finished task's payload is dropped, the other's kept"
+        );
     }
 
     #[test]
