@@ -4,11 +4,13 @@
 //!
 //! Handlers only [`Audit::record`] an event: a bounded channel carries it to
 //! a writer thread, so a request never waits for the disk. The writer adds
-//! the user's name and the function of `running` and `finished` events from
-//! its own read-only connection to the database, appends, and flushes each
+//! the user's name and the function of `running` and `finished` events —
+//! remembered from the task's `task_submitted` line, else read from the
+//! database with its own read-only connection — appends, and flushes each
 //! burst. A full channel or a failing disk is logged and costs only audit
 //! lines, never the service.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -21,6 +23,10 @@ pub const FILE: &str = "audit.log";
 
 /// Events waiting for the writer before new ones are dropped (and logged).
 const CAPACITY: usize = 1 << 16;
+
+/// Unfinished tasks whose submitter the writer remembers; past this many the
+/// memory is cleared and later events of older tasks read the database.
+const REMEMBERED_TASKS: usize = 1 << 18;
 
 /// The sending side, shared by every handler.
 pub struct Audit {
@@ -106,6 +112,7 @@ fn writer(dir: PathBuf, rx: Receiver<Value>) {
     let path = dir.join(FILE);
     let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
     let mut db: Option<rusqlite::Connection> = None;
+    let mut known = Submitters::default();
     let mut failing = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -125,7 +132,7 @@ fn writer(dir: PathBuf, rx: Receiver<Value>) {
         let out = file.as_mut().expect("opened above");
         let mut result = Ok(());
         for mut event in batch {
-            complete(&dir, &mut db, &mut event);
+            known.complete(&dir, &mut db, &mut event);
             result = result.and_then(|()| out.write_all(format!("{event}\n").as_bytes()));
         }
         match result.and_then(|()| out.flush()) {
@@ -142,18 +149,62 @@ fn writer(dir: PathBuf, rx: Receiver<Value>) {
     }
 }
 
-/// Adds the submitter's name and the function to a task event that lacks them.
-fn complete(dir: &Path, db: &mut Option<rusqlite::Connection>, event: &mut Value) {
-    if event.get("user").is_some() {
-        return;
+/// Who submitted each unfinished task, and what it calls where, from its
+/// `task_submitted` event: the later events of a task need no database read.
+#[derive(Default)]
+struct Submitters(HashMap<String, [Value; 3]>);
+
+impl Submitters {
+    /// Adds the submitter's name and the function to a task event that lacks them.
+    fn complete(&mut self, dir: &Path, db: &mut Option<rusqlite::Connection>, event: &mut Value) {
+        let Some(task) = event
+            .get("task_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let finished = event.get("event").and_then(Value::as_str) == Some("task_finished");
+        if let Some(user) = event.get("user") {
+            if !finished {
+                if self.0.len() >= REMEMBERED_TASKS {
+                    self.0.clear();
+                }
+                let field = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
+                self.0.insert(
+                    task,
+                    [user.clone(), field("function_id"), field("endpoint_id")],
+                );
+            }
+            return;
+        }
+        let known = if finished {
+            self.0.remove(&task)
+        } else {
+            self.0.get(&task).cloned()
+        };
+        let found = match known {
+            Some(fields) => Some(fields),
+            None => lookup(dir, db, &task).map(|(u, f, e)| [json!(u), json!(f), json!(e)]),
+        };
+        if let Some([user, function, endpoint]) = found {
+            event["user"] = user;
+            event["function_id"] = function;
+            event
+                .as_object_mut()
+                .expect("an object")
+                .entry("endpoint_id")
+                .or_insert(endpoint);
+        }
     }
-    let Some(task) = event
-        .get("task_id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-    else {
-        return;
-    };
+}
+
+/// (user name, function id, endpoint id) of a task, from the database.
+fn lookup(
+    dir: &Path,
+    db: &mut Option<rusqlite::Connection>,
+    task: &str,
+) -> Option<(String, String, String)> {
     if db.is_none() {
         *db = rusqlite::Connection::open_with_flags(
             crate::db::db_path(dir),
@@ -162,26 +213,13 @@ fn complete(dir: &Path, db: &mut Option<rusqlite::Connection>, event: &mut Value
         .map_err(|e| tracing::warn!(error = %e, "audit log: cannot read the database"))
         .ok();
     }
-    let Some(conn) = db.as_ref() else { return };
-    let found = conn
+    db.as_ref()?
         .prepare_cached(
             "SELECT u.name, t.function_id, t.endpoint_id FROM tasks t JOIN users u ON u.id = t.owner
              WHERE t.id = ?1",
         )
-        .and_then(|mut st| {
-            st.query_row([&task], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })
-        });
-    if let Ok((user, function, endpoint)) = found {
-        event["user"] = json!(user);
-        event["function_id"] = json!(function);
-        event
-            .as_object_mut()
-            .expect("an object")
-            .entry("endpoint_id")
-            .or_insert(json!(endpoint));
-    }
+        .and_then(|mut st| st.query_row([task], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .ok()
 }
 
 #[cfg(test)]
@@ -215,6 +253,31 @@ mod tests {
         }
         drop(audit);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn later_events_of_a_task_get_its_submitter_without_the_database() {
+        let dir = std::env::temp_dir().join(format!("hpfaas-audit-nodb-{}", Uuid::new_v4()));
+        let mut known = Submitters::default();
+        let mut db = None;
+        let (task, function, endpoint) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut submitted = json!({"event": "task_submitted", "user": "ada", "task_id": task,
+            "function_id": function, "endpoint_id": endpoint});
+        known.complete(&dir, &mut db, &mut submitted);
+        let mut running = json!({"event": "task_running", "task_id": task});
+        known.complete(&dir, &mut db, &mut running);
+        assert_eq!(running["user"], "ada");
+        assert_eq!(running["endpoint_id"], json!(endpoint));
+        let mut finished = json!({"event": "task_finished", "task_id": task, "outcome": "success"});
+        known.complete(&dir, &mut db, &mut finished);
+        assert_eq!(finished["function_id"], json!(function));
+        assert!(known.0.is_empty(), "a finished task is forgotten");
+        let mut unknown = json!({"event": "task_running", "task_id": Uuid::new_v4()});
+        known.complete(&dir, &mut db, &mut unknown);
+        assert!(
+            unknown.get("user").is_none(),
+            "no database, no name, no panic"
+        );
     }
 
     #[test]
