@@ -74,7 +74,7 @@ fn every_413_says_connection_close_and_closes() {
     );
     assert!(answer.contains("more than 10 tasks"), "{answer}");
 
-    // The same through a client, and other answers keep the connection.
+    // The same through a client; a success keeps the connection.
     let a = alice.post(&submit, &json!({"tasks": {f.clone(): vec!["p"; 11]}}));
     assert_eq!(a.header("connection"), Some("close"));
     let msg = a.error(413, "payload_too_large");
@@ -90,9 +90,16 @@ fn every_413_says_connection_close_and_closes() {
         10,
         "nothing of the refused batches was stored"
     );
+    // Any refusal of a request with a body closes: the body may be unread
+    // (here the path is refused before the body is looked at).
     let bad = alice.post(&submit, &json!({"tasks": 5}));
-    assert_ne!(bad.header("connection"), Some("close"));
+    assert_eq!(bad.header("connection"), Some("close"));
     bad.error(400, "bad_request");
+    let bad_path = alice.post("/v3/tasks/nope/cancel", &json!({}));
+    assert_eq!(bad_path.header("connection"), Some("close"));
+    bad_path.error(400, "bad_request");
+    let get = alice.get("/v3/tasks/nope");
+    assert_ne!(get.header("connection"), Some("close"), "no body, nothing unread");
 }
 
 #[test]

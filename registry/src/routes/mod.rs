@@ -16,8 +16,9 @@ pub mod tasks;
 pub mod version;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::header::CONNECTION;
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
@@ -288,15 +289,23 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
-        .layer(axum::middleware::map_response(close_after_413))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
         .with_state(state)
 }
 
-/// A refused oversized body may be left unread, so the connection cannot be
-/// reused: say so with `Connection: close` (hyper then closes it after the
-/// answer) instead of leaving the client to find a dead connection.
-async fn close_after_413(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+/// A request refused before its body was read (413 over the size limit, a
+/// bad id in the path, a bad token) leaves the body unread, so hyper closes
+/// the connection after the answer: say so with `Connection: close` instead
+/// of leaving the client to reuse a connection that is about to die.
+async fn close_after_refused_body(request: axum::extract::Request, next: Next) -> Response {
+    let has_body = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .is_some_and(|len| len.as_bytes() != b"0")
+        || request.headers().contains_key(TRANSFER_ENCODING);
+    let mut resp = next.run(request).await;
+    let refused = resp.status().is_client_error() || resp.status().is_server_error();
+    if has_body && refused {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
