@@ -563,7 +563,7 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
             // Nobody waits for the answer: the agent expects none.
             state
                 .db
-                .enqueue(move |c, _| db_tasks::ack(c, endpoint, &task_ids))
+                .enqueue_lazy(move |c, _| db_tasks::ack(c, endpoint, &task_ids))
                 .map_err(shutting_down)?;
         }
         AgentMessage::States { updates } if !updates.is_empty() => {
@@ -572,7 +572,7 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
             }
             state
                 .db
-                .enqueue(move |c, _| db_tasks::update_states(c, endpoint, &updates))
+                .enqueue_lazy(move |c, _| db_tasks::update_states(c, endpoint, &updates))
                 .map_err(shutting_down)?;
         }
         AgentMessage::Results { mut results } if !results.is_empty() => {

@@ -143,6 +143,19 @@ impl Db {
         self.writer.enqueue(f)
     }
 
+    /// Queues `f` like [`Db::enqueue`] for a write that need not be durable
+    /// on its own (a non-final state change): its commit may skip the fsync.
+    pub fn enqueue_lazy<T, F>(
+        &self,
+        f: F,
+    ) -> ApiResult<tokio::sync::oneshot::Receiver<ApiResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.writer.enqueue_lazy(f)
+    }
+
     /// Commits what is queued and stops the writer.
     pub async fn shutdown(&self) {
         self.writer.shutdown().await;

@@ -5,6 +5,13 @@
 //! (one fsync for the whole batch), and only then answers each caller. So a
 //! submit is durable before it is acknowledged, yet a thousand concurrent
 //! submits cost one fsync, not a thousand.
+//!
+//! Some writes need not be durable on their own: a task's move to
+//! `waiting-for-launch` or `running` lost in a power cut is harmless (the
+//! task is still queued and is re-sent). Those are queued with
+//! [`Writer::enqueue_lazy`]; a batch holding nothing else commits with
+//! `synchronous=NORMAL`, skipping the fsync, and becomes durable with the
+//! next batch that syncs (WAL keeps commits in order).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -30,12 +37,15 @@ pub struct WriteCtx {
 trait Job: Send {
     fn apply(&mut self, conn: &Connection, ctx: &mut WriteCtx);
     fn finish(self: Box<Self>, committed: Result<(), ApiError>);
+    /// Whether its commit must reach the disk before it is answered.
+    fn durable(&self) -> bool;
 }
 
 struct TypedJob<T, F> {
     f: Option<F>,
     out: Option<ApiResult<T>>,
     reply: oneshot::Sender<ApiResult<T>>,
+    durable: bool,
 }
 
 impl<T, F> Job for TypedJob<T, F>
@@ -75,6 +85,10 @@ where
         // The caller may have gone away (client disconnected); nothing to do.
         let _ = self.reply.send(out);
     }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
 }
 
 enum Msg {
@@ -108,11 +122,30 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
+        self.queue(f, true)
+    }
+
+    /// Queues `f` like [`Writer::enqueue`], but its commit may skip the
+    /// fsync: it becomes durable with the next batch that syncs.
+    pub fn enqueue_lazy<T, F>(&self, f: F) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.queue(f, false)
+    }
+
+    fn queue<T, F>(&self, f: F, durable: bool) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = TypedJob {
             f: Some(f),
             out: None,
             reply,
+            durable,
         };
         self.tx
             .send(Msg::Job(Box::new(job)))
@@ -145,6 +178,7 @@ fn shutting_down() -> ApiError {
 }
 
 fn run(conn: Connection, mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut syncing = true; // the connection is opened with synchronous=FULL
     let mut open = true;
     while open {
         let Some(first) = rx.blocking_recv() else {
@@ -162,6 +196,15 @@ fn run(conn: Connection, mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+        let durable = batch.iter().any(|job| job.durable());
+        if durable != syncing {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => syncing = durable,
+                // Still FULL, or still NORMAL with nothing durable queued.
+                Err(e) => tracing::warn!(error = %e, "cannot set synchronous={mode}"),
             }
         }
         commit_batch(&conn, &mut ctx, batch);
@@ -229,6 +272,18 @@ mod tests {
         w.shutdown().await;
         let err = w.write(|_, _| Ok(())).await.unwrap_err();
         assert_eq!(err.code, "unavailable");
+    }
+
+    #[tokio::test]
+    async fn only_a_batch_of_lazy_jobs_skips_the_fsync() {
+        let w = writer();
+        let sync = |c: &Connection| -> ApiResult<i64> {
+            Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+        };
+        let lazy = w.enqueue_lazy(move |c, _| sync(c)).unwrap();
+        assert_eq!(lazy.await.unwrap(), Ok(1), "NORMAL");
+        assert_eq!(w.write(move |c, _| sync(c)).await, Ok(2), "FULL");
+        w.shutdown().await;
     }
 
     #[tokio::test]

@@ -32,9 +32,11 @@ pub fn mark_fetched(state: &AppState, rows: &[&TaskRow]) {
         .map(|t| t.id)
         .collect();
     if !ids.is_empty() {
+        // Lazy: a mark lost in a power cut only lets the result TTL purge a
+        // result its owner has read already.
         let _ = state
             .db
-            .enqueue(move |c, _| db_tasks::mark_fetched(c, &ids));
+            .enqueue_lazy(move |c, _| db_tasks::mark_fetched(c, &ids));
     }
 }
 
