@@ -31,6 +31,9 @@ use state_file::AgentState;
 /// Results per frame to the service, so one frame stays well under the
 /// WebSocket message limit even with large results.
 const RESULTS_PER_FRAME: usize = 1000;
+/// Most broker events handled in one turn of the agent's loop, so a flood of
+/// results cannot starve the service link and the timers.
+const BROKER_EVENTS_PER_TURN: usize = 256;
 
 /// Everything an agent needs to run.
 #[derive(Debug, Clone)]
@@ -185,7 +188,18 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                 Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
                 None => break Err(anyhow::anyhow!("the service link stopped")),
             },
-            Some(event) = broker.events.recv() => agent.on_broker_event(event)?,
+            Some(event) = broker.events.recv() => {
+                // Whatever else the broker queued meanwhile goes along, so
+                // one journal transaction and one frame carry a whole burst.
+                let mut events = vec![event];
+                while events.len() < BROKER_EVENTS_PER_TURN {
+                    match broker.events.try_recv() {
+                        Ok(more) => events.push(more),
+                        Err(_) => break,
+                    }
+                }
+                agent.on_broker_events(events)?
+            }
             _ = heartbeat.tick() => {
                 let status = EndpointReport {
                     managers: agent.load.managers,
@@ -438,20 +452,27 @@ impl Agent<'_> {
         Ok(())
     }
 
-    fn on_broker_event(&mut self, event: BrokerEvent) -> anyhow::Result<()> {
-        match event {
-            BrokerEvent::Running(task_ids) => {
-                let updates = task_ids
-                    .into_iter()
-                    .map(|id| (id, hpfaas_protocol::task::TaskState::Running))
-                    .collect();
-                let _ = self.to_service.send(AgentMessage::States { updates });
+    /// Passes on a burst of broker events: their state changes in one
+    /// message, then their results in one journal transaction.
+    fn on_broker_events(&mut self, events: Vec<BrokerEvent>) -> anyhow::Result<()> {
+        let (mut updates, mut results) = (Vec::new(), Vec::new());
+        for event in events {
+            match event {
+                BrokerEvent::Running(task_ids) => updates.extend(
+                    task_ids
+                        .into_iter()
+                        .map(|id| (id, hpfaas_protocol::task::TaskState::Running)),
+                ),
+                BrokerEvent::States(more) => updates.extend(more),
+                BrokerEvent::Results(more) => results.extend(more),
+                BrokerEvent::Load(load) => self.load = load,
             }
-            BrokerEvent::States(updates) => {
-                let _ = self.to_service.send(AgentMessage::States { updates });
-            }
-            BrokerEvent::Results(results) => self.finish(results)?,
-            BrokerEvent::Load(load) => self.load = load,
+        }
+        if !updates.is_empty() {
+            let _ = self.to_service.send(AgentMessage::States { updates });
+        }
+        if !results.is_empty() {
+            self.finish(results)?;
         }
         Ok(())
     }
