@@ -76,10 +76,14 @@ def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False
     return pack([encode(tuple(args)), encode(dict(kwargs or {}))])
 
 
-def encoded_size(payload: str) -> int:
-    """Bytes a payload takes in a request body: JSON escapes double some characters."""
-    # The body is ASCII (json.dumps escapes the rest), so characters are bytes.
-    return len(json.dumps(payload))
+def encode_payload(payload: str) -> str:
+    """A payload as the JSON string it is sent as; its length is its size in the body.
+
+    A submit body is assembled from these (`Batch.body`), so a payload is
+    JSON-encoded once, on the caller's thread, not again for the request.
+    """
+    # ASCII (json.dumps escapes the rest), so characters are bytes.
+    return json.dumps(payload)
 
 
 def task_result(doc: dict) -> Any:
@@ -134,6 +138,8 @@ class Batch:
         self.resource_specification = resource_specification
         self.result_serializers = result_serializers
         self.tasks: Dict[str, List[str]] = {}
+        # The payloads of `tasks` as JSON strings (`encode_payload`).
+        self._encoded: Dict[str, List[str]] = {}
         #: Bytes the payloads take in the request body, to keep it under the service's limit.
         self.payload_size = 0
         self._is_shell_function = is_shell_function
@@ -143,24 +149,38 @@ class Batch:
         as_json = self._is_shell_function(function_id)
         self.add_payload(function_id, pack_arguments(args, kwargs, as_json))
 
-    def add_payload(self, function_id: str, payload: str, size: Optional[int] = None) -> None:
+    def add_payload(self, function_id: str, payload: str, encoded: Optional[str] = None) -> None:
         """Add a call whose arguments are already packed (`pack_arguments`).
 
-        `size` is its `encoded_size`, when the caller has it already.
+        `encoded` is its `encode_payload`, when the caller has it already.
         """
+        if encoded is None:
+            encoded = encode_payload(payload)
         self.tasks.setdefault(function_id, []).append(payload)
-        self.payload_size += encoded_size(payload) if size is None else size
+        self._encoded.setdefault(function_id, []).append(encoded)
+        self.payload_size += len(encoded)
+
+    def _options(self) -> Dict[str, Any]:
+        options: Dict[str, Any] = {}
+        if self.task_group_id is not None:
+            options["task_group_id"] = self.task_group_id
+        if self.resource_specification is not None:
+            options["resource_specification"] = self.resource_specification
+        if self.result_serializers is not None:
+            options["result_serializers"] = self.result_serializers
+        return options
 
     def prepare(self) -> dict:
-        """The JSON body of `POST /v3/endpoints/{id}/submit`."""
-        body: Dict[str, Any] = {"tasks": self.tasks}
-        if self.task_group_id is not None:
-            body["task_group_id"] = self.task_group_id
-        if self.resource_specification is not None:
-            body["resource_specification"] = self.resource_specification
-        if self.result_serializers is not None:
-            body["result_serializers"] = self.result_serializers
-        return body
+        """The JSON body of `POST /v3/endpoints/{id}/submit`, as a dict."""
+        return {"tasks": self.tasks, **self._options()}
+
+    def body(self) -> bytes:
+        """`prepare()` as JSON bytes, spliced from the already encoded payloads."""
+        tasks = ",".join(
+            f"{json.dumps(fid)}:[{','.join(encoded)}]" for fid, encoded in self._encoded.items()
+        )
+        options = json.dumps(self._options())[1:-1]
+        return f'{{"tasks":{{{tasks}}}{"," if options else ""}{options}}}'.encode("ascii")
 
 
 class Client:
@@ -284,9 +304,9 @@ class Client:
         return self._request(
             "POST",
             f"/v3/endpoints/{endpoint_id}/submit",
-            batch.prepare(),
             headers={"Idempotency-Key": key},
             retry_lost_answer=True,
+            data=batch.body(),
         )
 
     def get_task(self, task_id: str) -> dict:
@@ -390,10 +410,13 @@ class Client:
         idempotent: bool = True,
         headers: Optional[Dict[str, str]] = None,
         retry_lost_answer: bool = False,
+        data: Optional[bytes] = None,
     ) -> Any:
-        """One call; `retry_lost_answer` (for a request the service deduplicates,
-        an idempotent submit) sends it once more whenever its answer was lost."""
-        data = None if body is None else json.dumps(body).encode("utf-8")
+        """One call with `body` as JSON (or `data`, JSON already encoded);
+        `retry_lost_answer` (for a request the service deduplicates, an
+        idempotent submit) sends it once more whenever its answer was lost."""
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
         conn = self._connection()
         reused = conn.sock is not None
         try:

@@ -20,7 +20,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import Client, encoded_size, pack_arguments, task_result
+from hpfaas.client import Client, encode_payload, pack_arguments, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
 from hpfaas.shell import ShellFunction
@@ -81,7 +81,7 @@ class _Submission(NamedTuple):
     future: TaskFuture
     function_id: str
     payload: str
-    size: int  # encoded_size(payload)
+    encoded: str  # encode_payload(payload)
     resource_specification: Optional[dict]  # as it was when submitted
 
 
@@ -178,7 +178,7 @@ class Executor(concurrent.futures.Executor):
                 )
                 self._submitter.start()
             self._queue.put(
-                _Submission(future, function_id, payload, encoded_size(payload), spec)
+                _Submission(future, function_id, payload, encode_payload(payload), spec)
             )
         return future
 
@@ -267,7 +267,7 @@ class Executor(concurrent.futures.Executor):
             while True:
                 # A future cancelled while queued is dropped; from here on it cannot be.
                 if item.future.set_running_or_notify_cancel():
-                    batch.add_payload(item.function_id, item.payload, item.size)
+                    batch.add_payload(item.function_id, item.payload, item.encoded)
                     sent.append(item)
                 if len(sent) >= self.batch_size:
                     break
@@ -278,7 +278,7 @@ class Executor(concurrent.futures.Executor):
                 # One request carries one resource specification for all its tasks.
                 if (
                     item is _STOP
-                    or batch.payload_size + item.size > MAX_BATCH_CHARS
+                    or batch.payload_size + len(item.encoded) > MAX_BATCH_CHARS
                     or item.resource_specification != batch.resource_specification
                 ):
                     carried = item

@@ -289,6 +289,17 @@ def test_failed_submits_raise_http_error(service, client, other_user_token):
     assert client.get_endpoint_status(service.endpoint_id)["status"] == "online"
 
 
+def test_a_batch_body_is_its_prepared_document_as_json():
+    from hpfaas.client import Batch
+
+    batch = Batch("g", {"num_nodes": 2}, ["11\n"])
+    for function_id, payload in [("f", 'a\n"b\\'), ("h", "c\u00e9"), ("f", "d")]:
+        batch.add_payload(function_id, payload)
+    assert json.loads(batch.body()) == batch.prepare()
+    assert batch.payload_size == sum(len(json.dumps(p)) for ps in batch.tasks.values() for p in ps)
+    assert json.loads(Batch().body()) == {"tasks": {}}
+
+
 def test_stream_replays_after_last_event_id(service, client):
     # What the Executor's result stream relies on: every finished task of the
     # group after Last-Event-ID, in increasing ids (the replay), then live ones.
