@@ -72,13 +72,26 @@ impl MpiWait {
 /// Queue, managers and retry budgets of one endpoint's broker.
 pub struct Dispatcher {
     functions: HashMap<Uuid, String>,
-    queue: VecDeque<TaskSpec>,
+    /// Ids of queued tasks, oldest first; the specs stay in `tasks` alone,
+    /// so a million queued tasks are held once, not twice.
+    queue: VecDeque<Uuid>,
     /// Every task the broker owns (queued or in a manager's hands).
     tasks: HashMap<Uuid, TaskSpec>,
     attempts: HashMap<Uuid, u32>,
     managers: HashMap<Identity, Manager>,
     /// Round-robin order of registration, so no manager starves.
     order: Vec<Identity>,
+    /// Managers that freed capacity since the last dispatch. Only they can
+    /// take queued work, unless `rescan` says more changed: looking at
+    /// these alone keeps a results frame O(1) in the number of managers.
+    freed: Vec<Identity>,
+    /// Whether the next dispatch must look at every manager: tasks were
+    /// queued, or a manager registered or stopped being held for MPI.
+    rescan: bool,
+    /// Wall time of the last dispatch: as time goes on, managers only lose
+    /// eligibility (drain periods, deadlines), so only a clock stepped back
+    /// calls for a rescan.
+    last_now: f64,
     max_retries: u32,
     heartbeat_threshold: Duration,
     /// Seconds before a manager's deadline when it stops getting work.
@@ -145,6 +158,9 @@ impl Dispatcher {
             attempts: HashMap::new(),
             managers: HashMap::new(),
             order: Vec::new(),
+            freed: Vec::new(),
+            rescan: false,
+            last_now: f64::NEG_INFINITY,
             max_retries,
             heartbeat_threshold,
             drain_period,
@@ -217,8 +233,10 @@ impl Dispatcher {
             }
             m.info = info;
             m.last_seen = now;
+            self.rescan = true;
             return Ok(());
         }
+        self.rescan = true;
         self.order.push(identity.clone());
         self.managers.insert(
             identity,
@@ -285,8 +303,9 @@ impl Dispatcher {
                 }
                 continue;
             }
-            self.tasks.insert(t.task_id, t.clone());
-            self.queue.push_back(t);
+            self.queue.push_back(t.task_id);
+            self.tasks.insert(t.task_id, t);
+            self.rescan = true;
         }
         refused
     }
@@ -324,14 +343,22 @@ impl Dispatcher {
     /// A `WorkerLost` failure with retries left is re-queued instead.
     pub fn complete(&mut self, identity: &[u8], results: Vec<TaskResult>) -> Vec<TaskResult> {
         let mut report = Vec::with_capacity(results.len());
-        for r in results {
-            if let Some(m) = self.managers.get_mut(identity) {
+        if let Some(m) = self.managers.get_mut(identity) {
+            let before = m.in_hand.len();
+            for r in &results {
                 m.in_hand.remove(&r.task_id);
             }
-            if self.mpi_requests.contains_key(&r.task_id) {
+            if m.in_hand.len() < before {
+                self.freed.push(identity.to_vec());
+            }
+        }
+        for r in results {
+            // The guards skip hashing the id into maps that are empty in
+            // ordinary (non-MPI, uncancelled, first-try) work.
+            if !self.mpi_requests.is_empty() && self.mpi_requests.contains_key(&r.task_id) {
                 self.release(r.task_id);
             }
-            let r = if self.cancelled.remove(&r.task_id) {
+            let r = if !self.cancelled.is_empty() && self.cancelled.remove(&r.task_id) {
                 // A killed worker looks like WorkerLost; it must not run again.
                 cancelled(r.task_id, "it was stopped on its manager")
             } else {
@@ -342,8 +369,12 @@ impl Dispatcher {
                 continue;
             }
             if self.tasks.remove(&r.task_id).is_some() {
-                self.attempts.remove(&r.task_id);
-                self.mpi_requests.remove(&r.task_id);
+                if !self.attempts.is_empty() {
+                    self.attempts.remove(&r.task_id);
+                }
+                if !self.mpi_requests.is_empty() {
+                    self.mpi_requests.remove(&r.task_id);
+                }
                 report.push(r);
             }
         }
@@ -364,7 +395,10 @@ impl Dispatcher {
             Some(request) => self
                 .mpi_queue
                 .push_front(MpiWait::new(task_id, request.clone())),
-            None => self.queue.push_front(spec.clone()),
+            None => {
+                self.queue.push_front(spec.task_id);
+                self.rescan = true;
+            }
         }
         true
     }
@@ -375,6 +409,7 @@ impl Dispatcher {
         for m in self.managers.values_mut() {
             if m.held_for == Some(task_id) {
                 m.held_for = None;
+                self.rescan = true;
             }
         }
         if let Some(w) = self.mpi_queue.iter_mut().find(|w| w.task_id == task_id) {
@@ -455,7 +490,7 @@ impl Dispatcher {
             }
         }
         if !dropped.is_empty() {
-            self.queue.retain(|t| !dropped.contains(&t.task_id));
+            self.queue.retain(|id| !dropped.contains(id));
             self.mpi_queue.retain(|w| !dropped.contains(&w.task_id));
         }
         per_manager
@@ -503,56 +538,84 @@ impl Dispatcher {
         while self
             .queue
             .front()
-            .is_some_and(|t| !self.tasks.contains_key(&t.task_id))
+            .is_some_and(|id| !self.tasks.contains_key(id))
         {
             self.queue.pop_front();
         }
         if self.queue.is_empty() {
+            // Managers with room are looked at again when tasks come.
+            self.freed.clear();
             return out;
         }
-        for i in 0..self.order.len() {
-            if self.queue.is_empty() {
-                break;
-            }
-            let Some(m) = self.managers.get(&self.order[i]) else {
-                continue;
-            };
-            if self.draining(m, now) || m.held_for.is_some() {
-                continue;
-            }
-            let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
-            let mut tasks = Vec::with_capacity(free.min(self.queue.len()));
-            // Tasks whose own walltime this block can no longer hold wait
-            // for another block (the strategy starts one if none is left).
-            let mut too_long = Vec::new();
-            while tasks.len() < free {
-                let Some(t) = self.queue.pop_front() else {
+        if now < self.last_now {
+            self.rescan = true;
+        }
+        self.last_now = now;
+        if std::mem::take(&mut self.rescan) {
+            self.freed.clear();
+            let order = std::mem::take(&mut self.order);
+            for identity in &order {
+                if self.queue.is_empty() {
                     break;
-                };
-                if !self.tasks.contains_key(&t.task_id) {
-                    continue;
                 }
-                // Only a block with a deadline can be too short; parse the
-                // task's walltime only then (this loop runs per frame).
-                if m.info.deadline.is_none() || Self::fits(m, t.walltime().ok().flatten(), now) {
-                    tasks.push(t);
-                } else {
-                    too_long.push(t);
+                if let Some(message) = self.fill(identity, now) {
+                    out.push((identity.clone(), message));
                 }
             }
-            for t in too_long.into_iter().rev() {
-                self.queue.push_front(t);
+            self.order = order;
+        } else {
+            for identity in std::mem::take(&mut self.freed) {
+                if self.queue.is_empty() {
+                    break;
+                }
+                if let Some(message) = self.fill(&identity, now) {
+                    out.push((identity, message));
+                }
             }
-            if tasks.is_empty() {
-                continue;
-            }
-            let identity = self.order[i].clone();
-            let m = self.managers.get_mut(&identity).expect("checked above");
-            m.in_hand.extend(tasks.iter().map(|t| t.task_id));
-            let functions = unseen_code(&self.functions, m, &tasks);
-            out.push((identity, BrokerMessage::Tasks { functions, tasks }));
         }
         out
+    }
+
+    /// Hands a manager as many queued tasks as it has room for (none while
+    /// it drains or is held for an MPI task); the `Tasks` message, if any.
+    fn fill(&mut self, identity: &[u8], now: f64) -> Option<BrokerMessage> {
+        let m = self.managers.get(identity)?;
+        if self.draining(m, now) || m.held_for.is_some() {
+            return None;
+        }
+        let free = (m.info.capacity() as usize).saturating_sub(m.in_hand.len());
+        if free == 0 {
+            return None;
+        }
+        let mut tasks = Vec::with_capacity(free.min(self.queue.len()));
+        // Tasks whose own walltime this block can no longer hold wait
+        // for another block (the strategy starts one if none is left).
+        let mut too_long = Vec::new();
+        while tasks.len() < free {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            // Only a block with a deadline can be too short; parse the
+            // task's walltime only then (this loop runs per frame).
+            if m.info.deadline.is_none() || Self::fits(m, t.walltime().ok().flatten(), now) {
+                tasks.push(t.clone());
+            } else {
+                too_long.push(id);
+            }
+        }
+        for id in too_long.into_iter().rev() {
+            self.queue.push_front(id);
+        }
+        if tasks.is_empty() {
+            return None;
+        }
+        let m = self.managers.get_mut(identity)?;
+        m.in_hand.extend(tasks.iter().map(|t| t.task_id));
+        let functions = unseen_code(&self.functions, m, &tasks);
+        Some(BrokerMessage::Tasks { functions, tasks })
     }
 
     /// Holds nodes for waiting MPI tasks, oldest first, and starts each task
