@@ -208,6 +208,15 @@ struct ManagerArgs {
     /// The broker's CURVE public key (Z85), overriding the key file's.
     #[arg(long)]
     server_key: Option<String>,
+    /// Benchmarking: complete each task at once with a successful None
+    /// result instead of running it (no Python, no processes), speaking the
+    /// real protocol to the broker.
+    #[arg(long)]
+    simulate: bool,
+    /// With --simulate: manager identities this process runs, each with
+    /// its own connection, registration and --workers slots.
+    #[arg(long, default_value_t = 1, requires = "simulate")]
+    simulate_managers: u32,
 }
 
 fn main() {
@@ -291,7 +300,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.server_key.as_deref(),
                 endpoint_dir.as_deref(),
             )?;
-            let result = runtime()?.block_on(manager::run(manager::ManagerConfig {
+            let simulate = args.simulate.then_some(args.simulate_managers);
+            let config = manager::ManagerConfig {
                 rank,
                 broker_url: match (args.broker, &args.endpoint) {
                     (Some(url), _) => url,
@@ -327,7 +337,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher_options: args.launcher_options,
                 sandbox_dir: args.sandbox_dir,
                 curve,
-            }));
+            };
+            let result = runtime()?.block_on(async move {
+                match simulate {
+                    Some(managers) => manager::simulate::run(config, managers).await,
+                    None => manager::run(config).await,
+                }
+            });
             // MPI finalises here, after the runtime and its threads are gone.
             drop(membership);
             result

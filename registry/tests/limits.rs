@@ -99,7 +99,11 @@ fn every_413_says_connection_close_and_closes() {
     assert_eq!(bad_path.header("connection"), Some("close"));
     bad_path.error(400, "bad_request");
     let get = alice.get("/v3/tasks/nope");
-    assert_ne!(get.header("connection"), Some("close"), "no body, nothing unread");
+    assert_ne!(
+        get.header("connection"),
+        Some("close"),
+        "no body, nothing unread"
+    );
 }
 
 #[test]

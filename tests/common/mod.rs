@@ -353,3 +353,52 @@ pub fn slurm_jobs(prefix: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// `hpfaas manager --simulate` processes against a broker, killed on drop.
+pub struct SimulatedManagers {
+    pub child: Child,
+}
+
+impl SimulatedManagers {
+    /// One process running `managers` simulated managers of `workers` slots
+    /// each, connecting to `broker_url` (with `curve_file`'s keys, if any).
+    pub fn start(
+        broker_url: &str,
+        managers: u32,
+        workers: u32,
+        curve_file: Option<&Path>,
+    ) -> SimulatedManagers {
+        let mut command = hpfaas();
+        command
+            .args(["manager", "--simulate", "--broker", broker_url])
+            .args(["--simulate-managers", &managers.to_string()])
+            .args(["--workers", &workers.to_string(), "--block-id", "sim"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(file) = curve_file {
+            command.arg("--curve-file").arg(file);
+        }
+        SimulatedManagers {
+            child: command.spawn().unwrap(),
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for SimulatedManagers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -51,6 +51,29 @@ pub struct BrokerConfig {
     pub curve: Option<curve::ServerKeys>,
 }
 
+impl BrokerConfig {
+    /// A broker on 127.0.0.1 (any free port) with no retries, drain period
+    /// or walltime: what benchmarks and tests that drive it directly need.
+    pub fn loopback(
+        heartbeat_period: Duration,
+        heartbeat_threshold: Duration,
+        curve: Option<curve::ServerKeys>,
+    ) -> Self {
+        BrokerConfig {
+            address: "127.0.0.1".into(),
+            port_range: None,
+            preferred_port: None,
+            heartbeat_period,
+            heartbeat_threshold,
+            max_retries: 0,
+            drain_period: 0.0,
+            nodes_per_block: 1,
+            block_walltime: None,
+            curve,
+        }
+    }
+}
+
 /// What the agent asks of the broker.
 #[derive(Debug)]
 pub enum BrokerCommand {

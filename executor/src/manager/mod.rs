@@ -15,6 +15,7 @@ pub mod job_env;
 pub mod mpi_task;
 pub mod runtime;
 pub mod shell;
+pub mod simulate;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,7 +33,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::broker::dispatch::TASK_CANCELLED;
-use crate::zmq_bridge::{self, BridgeSender};
+use crate::zmq_bridge::{self, BridgeSender, Multipart};
 use mpi_task::MpiSettings;
 use shell::ShellSpec;
 use worker::{PythonJob, WorkerSettings};
@@ -139,21 +140,63 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         .context("cannot write the Python worker runtime")?;
     let mpi = MpiSettings::new(&config.mpi_launcher, &config.launcher_options)
         .map_err(anyhow::Error::msg)?;
-    let info = ManagerInfo {
+    let info = manager_info(&config, cores, workers, config.rank);
+    let context = zmq::Context::new();
+    let (mut bridge, link) = connect(&context, &config, info).await?;
+    tracing::info!(
+        "manager {} registered with {} ({} workers, prefetch {})",
+        link.info.manager_id,
+        config.broker_url,
+        workers,
+        config.prefetch
+    );
+
+    let settings = Arc::new(WorkerSettings {
+        python: config.worker_python.clone(),
+        runtime_dir,
+        count: workers,
+        placements,
+        sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
+    });
+    let mut manager = Manager::new(workers as usize, settings, link, mpi);
+    let result = manager.serve(&mut bridge.incoming).await;
+    manager.shutdown().await;
+    bridge.sender.close();
+    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+    result
+}
+
+/// Who this manager is, as it registers: `workers` slots on `cores` cores,
+/// at `rank` in its block.
+pub(crate) fn manager_info(
+    config: &ManagerConfig,
+    cores: u32,
+    workers: u32,
+    rank: u32,
+) -> ManagerInfo {
+    ManagerInfo {
         version: PROTOCOL_VERSION,
         manager_id: Uuid::new_v4().to_string(),
         block_id: config.block_id.clone(),
         job_id: config.job_id.clone().or_else(job_id_from_env),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
-        rank: config.rank,
+        rank,
         pid: std::process::id(),
         cores,
         workers,
         prefetch: config.prefetch,
         deadline: config.walltime.map(|w| now_unix() + w.as_secs_f64()),
-    };
+    }
+}
 
-    let context = zmq::Context::new();
+/// Opens a DEALER on `context` to the broker (with CURVE keys when
+/// configured), registers as `info` and waits for the answer; a refused
+/// registration, key or handshake is an error naming the cause.
+pub(crate) async fn connect(
+    context: &zmq::Context,
+    config: &ManagerConfig,
+    info: ManagerInfo,
+) -> anyhow::Result<(zmq_bridge::Bridge, Link)> {
     let dealer = context.socket(zmq::DEALER)?;
     dealer.set_identity(info.manager_id.as_bytes())?;
     dealer.set_linger(2000)?;
@@ -163,11 +206,11 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         crate::broker::curve::make_client(&dealer, keys)
             .context("cannot set the manager's CURVE keys")?;
     }
-    let mut handshake = watch_handshake(&context, &dealer)?;
+    let mut handshake = watch_handshake(context, &dealer)?;
     dealer
         .connect(&config.broker_url)
         .with_context(|| format!("cannot connect to the broker at {}", config.broker_url))?;
-    let mut bridge = zmq_bridge::spawn(&context, dealer, "manager")?;
+    let mut bridge = zmq_bridge::spawn(context, dealer, "manager")?;
     let out = bridge.sender.clone();
     send(&out, &ManagerMessage::Register(info.clone()));
 
@@ -208,27 +251,118 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
     };
-    tracing::info!(
-        "manager {} registered with {} ({} workers, prefetch {})",
-        info.manager_id,
-        config.broker_url,
-        workers,
-        config.prefetch
-    );
+    let link = Link {
+        out,
+        info,
+        period,
+        threshold,
+        last_heard: Instant::now(),
+    };
+    Ok((bridge, link))
+}
 
-    let settings = Arc::new(WorkerSettings {
-        python: config.worker_python.clone(),
-        runtime_dir,
-        count: workers,
-        placements,
-        sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
-    });
-    let mut manager = Manager::new(workers as usize, settings, out.clone(), info, mpi);
-    let result = manager.serve(&mut bridge.incoming, period, threshold).await;
-    manager.shutdown().await;
-    bridge.sender.close();
-    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
-    result
+/// A registered manager's side of the broker link: the frames that concern
+/// the link itself (heartbeats, re-registration, refusal) are handled here,
+/// so the real manager and [`simulate`] speak the protocol the same way.
+pub(crate) struct Link {
+    out: BridgeSender,
+    info: ManagerInfo,
+    /// Heartbeat interval the broker asked for.
+    pub(crate) period: Duration,
+    threshold: Duration,
+    last_heard: Instant,
+}
+
+/// What a broker message asks of the manager's tasks.
+pub(crate) enum Order {
+    /// Run these tasks (an MPI task comes with the nodes it leads).
+    Tasks {
+        functions: Vec<hpfaas_protocol::task::FunctionCode>,
+        tasks: Vec<TaskSpec>,
+        mpi_nodes: Option<Vec<MpiNode>>,
+    },
+    /// Drop or kill these tasks.
+    Cancel(Vec<Uuid>),
+    /// The broker asked this manager to exit.
+    Shutdown,
+}
+
+impl Link {
+    /// Takes one message from the broker (`None`: the bridge closed); the
+    /// order it carries for the tasks, if any. A refusal is an error.
+    pub(crate) fn on_message(
+        &mut self,
+        frames: Option<Multipart>,
+    ) -> anyhow::Result<Option<Order>> {
+        let frames = frames.context("the broker connection closed")?;
+        self.last_heard = Instant::now();
+        let order = match decode_frame(&frames) {
+            Ok(BrokerMessage::Tasks { functions, tasks }) => Order::Tasks {
+                functions,
+                tasks,
+                mpi_nodes: None,
+            },
+            Ok(BrokerMessage::MpiTask {
+                functions,
+                task,
+                nodes,
+            }) => Order::Tasks {
+                functions,
+                tasks: vec![task],
+                mpi_nodes: Some(nodes),
+            },
+            Ok(BrokerMessage::Cancel { task_ids }) => Order::Cancel(task_ids),
+            Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => return Ok(None),
+            Ok(BrokerMessage::Reregister) => {
+                tracing::info!("the broker restarted; registering again");
+                send(&self.out, &ManagerMessage::Register(self.info.clone()));
+                return Ok(None);
+            }
+            Ok(BrokerMessage::Shutdown) => {
+                tracing::info!("the broker asked this manager to shut down");
+                Order::Shutdown
+            }
+            Ok(BrokerMessage::Refused { reason }) => {
+                anyhow::bail!("the broker dropped this manager: {reason}")
+            }
+            Err(e) => {
+                tracing::warn!("ignoring an undecodable message from the broker: {e}");
+                return Ok(None);
+            }
+        };
+        Ok(Some(order))
+    }
+
+    /// Once per heartbeat period: an error once the broker has been silent
+    /// past the threshold, else a heartbeat to it.
+    pub(crate) fn on_tick(&self) -> anyhow::Result<()> {
+        if self.last_heard.elapsed() > self.threshold {
+            anyhow::bail!(
+                "no word from the broker for {:.1} s; assuming the endpoint is gone",
+                self.threshold.as_secs_f64()
+            );
+        }
+        send(&self.out, &ManagerMessage::Heartbeat);
+        Ok(())
+    }
+
+    /// Reports started tasks and results, each kind in one message, and
+    /// empties both lists.
+    pub(crate) fn flush(&self, started: &mut Vec<Uuid>, results: &mut Vec<TaskResult>) {
+        if !started.is_empty() {
+            let task_ids = std::mem::take(started);
+            send(&self.out, &ManagerMessage::Running { task_ids });
+        }
+        if !results.is_empty() {
+            let results = std::mem::take(results);
+            send(&self.out, &ManagerMessage::Results { results });
+        }
+    }
+
+    /// Tells the broker this manager is leaving.
+    pub(crate) fn bye(&self) {
+        send(&self.out, &ManagerMessage::Bye);
+    }
 }
 
 /// Where tasks' own directories go with `run_in_sandbox`, created and made
@@ -339,8 +473,7 @@ struct Manager {
     lost_to_sigterm: Vec<TaskResult>,
     /// When the held results are released, if any are held.
     sigterm_grace: Option<Instant>,
-    out: BridgeSender,
-    info: ManagerInfo,
+    link: Link,
     functions: HashMap<Uuid, Function>,
     queue: VecDeque<TaskSpec>,
     /// The task each slot runs; `None` for an idle slot.
@@ -368,13 +501,7 @@ struct Manager {
 }
 
 impl Manager {
-    fn new(
-        workers: usize,
-        settings: Arc<WorkerSettings>,
-        out: BridgeSender,
-        info: ManagerInfo,
-        mpi: MpiSettings,
-    ) -> Self {
+    fn new(workers: usize, settings: Arc<WorkerSettings>, link: Link, mpi: MpiSettings) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let sandbox_root = settings.sandbox_root.clone();
         let mut slots = Vec::with_capacity(workers);
@@ -396,8 +523,7 @@ impl Manager {
         Manager {
             lost_to_sigterm: Vec::new(),
             sigterm_grace: None,
-            out,
-            info,
+            link,
             functions: HashMap::new(),
             queue: VecDeque::new(),
             busy: vec![None; workers],
@@ -418,57 +544,37 @@ impl Manager {
 
     async fn serve(
         &mut self,
-        incoming: &mut mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
-        period: Duration,
-        threshold: Duration,
+        incoming: &mut mpsc::UnboundedReceiver<Multipart>,
     ) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(period);
-        let mut last_heard = Instant::now();
+        let mut tick = tokio::time::interval(self.link.period);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
-                frames = incoming.recv() => {
-                    let frames = frames.context("the broker connection closed")?;
-                    last_heard = Instant::now();
-                    match decode_frame(&frames) {
-                        Ok(BrokerMessage::Tasks { functions, tasks }) => self.accept(functions, tasks),
-                        Ok(BrokerMessage::MpiTask { functions, task, nodes }) => {
+                frames = incoming.recv() => match self.link.on_message(frames)? {
+                    Some(Order::Tasks { functions, tasks, mpi_nodes }) => {
+                        if let (Some(nodes), Some(task)) = (mpi_nodes, tasks.first()) {
                             self.mpi_nodes.insert(task.task_id, nodes);
-                            self.accept(functions, vec![task]);
                         }
-                        Ok(BrokerMessage::Cancel { task_ids }) => self.cancel(&task_ids),
-                        Ok(BrokerMessage::Heartbeat | BrokerMessage::Registered { .. }) => {}
-                        Ok(BrokerMessage::Reregister) => {
-                            tracing::info!("the broker restarted; registering again");
-                            send(&self.out, &ManagerMessage::Register(self.info.clone()));
-                        }
-                        Ok(BrokerMessage::Shutdown) => {
-                            tracing::info!("the broker asked this manager to shut down");
-                            return Ok(());
-                        }
-                        Ok(BrokerMessage::Refused { reason }) => anyhow::bail!("the broker dropped this manager: {reason}"),
-                        Err(e) => tracing::warn!("ignoring an undecodable message from the broker: {e}"),
+                        self.accept(functions, tasks);
                     }
-                }
+                    Some(Order::Cancel(task_ids)) => self.cancel(&task_ids),
+                    Some(Order::Shutdown) => return Ok(()),
+                    None => {}
+                },
                 Some(done) = self.done_rx.recv() => self.finish(done),
                 _ = sleep_until(self.sigterm_grace), if self.sigterm_grace.is_some() => {
                     // No SIGTERM for this manager: the workers' deaths were their own.
                     self.sigterm_grace = None;
                     self.results.append(&mut self.lost_to_sigterm);
                 }
-                _ = tick.tick() => {
-                    if last_heard.elapsed() > threshold {
-                        anyhow::bail!("no word from the broker for {:.1} s; assuming the endpoint is gone", threshold.as_secs_f64());
-                    }
-                    send(&self.out, &ManagerMessage::Heartbeat);
-                }
+                _ = tick.tick() => self.link.on_tick()?,
                 _ = sigterm.recv() => {
                     tracing::info!("SIGTERM: leaving");
                     // Tasks whose workers the same SIGTERM killed are the
                     // broker's to settle as ManagerLost (retried if allowed).
                     self.lost_to_sigterm.clear();
-                    send(&self.out, &ManagerMessage::Bye);
+                    self.link.bye();
                     return Ok(());
                 }
             }
@@ -478,7 +584,7 @@ impl Manager {
                 self.finish(done);
             }
             self.start_tasks();
-            self.flush();
+            self.link.flush(&mut self.started, &mut self.results);
         }
     }
 
@@ -677,17 +783,6 @@ impl Manager {
             None => None,
         };
         Some(shell_spec.for_task(spec.walltime().ok().flatten(), cwd))
-    }
-
-    fn flush(&mut self) {
-        if !self.started.is_empty() {
-            let task_ids = std::mem::take(&mut self.started);
-            send(&self.out, &ManagerMessage::Running { task_ids });
-        }
-        if !self.results.is_empty() {
-            let results = std::mem::take(&mut self.results);
-            send(&self.out, &ManagerMessage::Results { results });
-        }
     }
 
     async fn shutdown(&mut self) {
