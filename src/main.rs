@@ -13,6 +13,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hpfaas_executor::{lifecycle, manager};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// High-performance function-as-a-service for HPC.
 #[derive(Parser)]
 #[command(name = "hpfaas", version, about)]
