@@ -67,3 +67,7 @@ stage "python tests" 900 env HPFAAS_BIN="$PWD/target/debug/hpfaas" .venv/bin/pyt
 # per run here (about 1 min); by hand the default is 20,000.
 stage "fault injection" 600 env HPFAAS_BIN="$PWD/target/debug/hpfaas" HPFAAS_FAULT_TASKS=5000 \
     .venv/bin/python -m pytest tests/faults -q -rs
+# The benchmark harness's hpfaas side with tiny sizes and the debug build
+# (benches/run.sh --smoke): every workload runs and returns correct results,
+# so the harness cannot rot; no timing is judged. About 15 s.
+stage "bench smoke" 300 benches/run.sh --smoke --hpfaas-bin target/debug/hpfaas
