@@ -589,11 +589,21 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 })
                 .collect();
             let audit = state.audit.clone();
+            // Streams may read the results once they are visible; the agent
+            // may forget them only once they are durable.
+            let live = state.live.clone();
             let committed = state
                 .db
-                .enqueue(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
+                .enqueue_visible(
+                    move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results),
+                    move |stored: &Vec<(Uuid, Uuid, i64)>| {
+                        for (_, group, seq) in stored {
+                            live.publish_result((*group, *seq));
+                        }
+                    },
+                )
                 .map_err(shutting_down)?;
-            let (live, out) = (state.live.clone(), out.clone());
+            let out = out.clone();
             // Wait for the commit elsewhere, so reading goes on meanwhile.
             tokio::spawn(async move {
                 let _permit = permit;
@@ -614,14 +624,10 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                             };
                             audit.finished(task, Some(endpoint), how, exc_type.as_deref());
                         }
-                        // Durable now: the agent may forget them, and
-                        // streams may read them.
+                        // Durable now: the agent may forget them.
                         let _ = out
                             .send(text(&ServiceMessage::ResultAck { task_ids: ids }))
                             .await;
-                        for (_, group, seq) in stored {
-                            live.publish_result((group, seq));
-                        }
                     }
                     // Not acknowledged, so the agent re-sends them after it
                     // reconnects.

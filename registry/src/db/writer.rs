@@ -1,19 +1,30 @@
 //! Group commit: one thread owns the only write connection.
 //!
 //! Callers send closures over a channel. The thread takes everything queued,
-//! runs each closure inside its own savepoint of ONE transaction, commits
-//! (one fsync for the whole batch), and only then answers each caller. So a
-//! submit is durable before it is acknowledged, yet a thousand concurrent
-//! submits cost one fsync, not a thousand.
+//! runs each closure inside its own savepoint of ONE transaction and
+//! commits. A commit is *visible* at once (readers see it, and a job's
+//! `on_visible` hook runs: wake the endpoint's dispatch, tell result
+//! streams); it is *durable* once the WAL file has been synced, and only then
+//! is a durable job answered. So a submit is durable before it is
+//! acknowledged, yet a thousand concurrent submits cost one sync, and the
+//! work a commit unblocks (dispatching the tasks, streaming the results)
+//! does not wait for the disk.
+//!
+//! The connection runs with `synchronous=NORMAL` (a commit writes the WAL,
+//! no fsync) and a syncer thread `fdatasync`s the WAL file after each batch:
+//! what `synchronous=FULL` does at commit, taken off the writer's path. One
+//! sync covers every commit written before it. A checkpoint syncs the WAL
+//! before copying it, so frames overwritten later are durable in the
+//! database file.
 //!
 //! Some writes need not be durable on their own: a task's move to
 //! `waiting-for-launch` or `running` lost in a power cut is harmless (the
 //! task is still queued and is re-sent). Those are queued with
-//! [`Writer::enqueue_lazy`]; a batch holding nothing else commits with
-//! `synchronous=NORMAL`, skipping the fsync, and becomes durable with the
-//! next batch that syncs (WAL keeps commits in order).
+//! [`Writer::enqueue_lazy`] and answered once visible.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
@@ -32,12 +43,17 @@ pub struct WriteCtx {
     pub next_result_seq: i64,
 }
 
+/// Runs on the writer thread once a job's commit is visible, with its output.
+type OnVisible<T> = Box<dyn FnOnce(&T) + Send>;
+
 /// Work for the writer: applied inside the batch transaction, answered after
-/// the commit.
+/// the commit (durable jobs: after the sync).
 trait Job: Send {
     fn apply(&mut self, conn: &Connection, ctx: &mut WriteCtx);
+    /// The commit holding it is visible.
+    fn visible(&mut self);
     fn finish(self: Box<Self>, committed: Result<(), ApiError>);
-    /// Whether its commit must reach the disk before it is answered.
+    /// Whether it must be on disk before it is answered.
     fn durable(&self) -> bool;
 }
 
@@ -46,6 +62,7 @@ struct TypedJob<T, F> {
     out: Option<ApiResult<T>>,
     reply: oneshot::Sender<ApiResult<T>>,
     durable: bool,
+    on_visible: Option<OnVisible<T>>,
 }
 
 impl<T, F> Job for TypedJob<T, F>
@@ -73,6 +90,14 @@ where
             Ok(()) => out,
             Err(e) => Err(e.into()),
         });
+    }
+
+    fn visible(&mut self) {
+        if let (Some(hook), Some(Ok(out))) = (self.on_visible.take(), &self.out) {
+            if catch_unwind(AssertUnwindSafe(|| hook(out))).is_err() {
+                tracing::error!("a commit's visibility hook panicked");
+            }
+        }
     }
 
     fn finish(self: Box<Self>, committed: Result<(), ApiError>) {
@@ -103,39 +128,72 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
-    pub fn start(conn: Connection, ctx: WriteCtx) -> std::io::Result<Writer> {
+    /// Starts the writer thread on `conn`. With `wal`, the path of the
+    /// database's WAL file, durable jobs are answered after a sync of it (the
+    /// connection must be in WAL mode with `synchronous=NORMAL`); without
+    /// (an in-memory database), once committed.
+    pub fn start(conn: Connection, ctx: WriteCtx, wal: Option<PathBuf>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let syncer = match wal {
+            Some(path) => {
+                let (sync_tx, sync_rx) = std_mpsc::channel();
+                let thread = std::thread::Builder::new()
+                    .name("hpfaas-db-sync".into())
+                    .spawn(move || sync_loop(path, sync_rx))?;
+                Some((sync_tx, thread))
+            }
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("hpfaas-db-writer".into())
-            .spawn(move || run(conn, ctx, rx))?;
+            .spawn(move || run(conn, ctx, rx, syncer))?;
         Ok(Writer {
             tx,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Queues `f`; the receiver answers after the transaction holding it
-    /// has committed (or failed).
+    /// Queues `f`; the receiver answers once the transaction holding it is
+    /// durable (or failed).
     pub fn enqueue<T, F>(&self, f: F) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.queue(f, true)
+        self.queue(f, true, None)
     }
 
-    /// Queues `f` like [`Writer::enqueue`], but its commit may skip the
-    /// fsync: it becomes durable with the next batch that syncs.
+    /// Queues `f` like [`Writer::enqueue`], and runs `on_visible` with its
+    /// output on the writer thread as soon as its commit is visible, before
+    /// it is durable. The hook must be quick and must not block.
+    pub fn enqueue_visible<T, F>(
+        &self,
+        f: F,
+        on_visible: impl FnOnce(&T) + Send + 'static,
+    ) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.queue(f, true, Some(Box::new(on_visible)))
+    }
+
+    /// Queues `f` like [`Writer::enqueue`], but answers as soon as its commit
+    /// is visible: it becomes durable with the next sync.
     pub fn enqueue_lazy<T, F>(&self, f: F) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.queue(f, false)
+        self.queue(f, false, None)
     }
 
-    fn queue<T, F>(&self, f: F, durable: bool) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
+    fn queue<T, F>(
+        &self,
+        f: F,
+        durable: bool,
+        on_visible: Option<OnVisible<T>>,
+    ) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
@@ -146,6 +204,7 @@ impl Writer {
             out: None,
             reply,
             durable,
+            on_visible,
         };
         self.tx
             .send(Msg::Job(Box::new(job)))
@@ -163,7 +222,7 @@ impl Writer {
         rx.await.map_err(|_| shutting_down())?
     }
 
-    /// Commits everything queued so far, then stops the thread.
+    /// Commits (and syncs) everything queued so far, then stops the threads.
     pub async fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
@@ -177,8 +236,15 @@ fn shutting_down() -> ApiError {
     ApiError::unavailable("the service is shutting down")
 }
 
-fn run(conn: Connection, mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut syncing = true; // the connection is opened with synchronous=FULL
+/// The syncer: the channel to it and its thread.
+type Syncer = (std_mpsc::Sender<Vec<Box<dyn Job>>>, JoinHandle<()>);
+
+fn run(
+    conn: Connection,
+    mut ctx: WriteCtx,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    syncer: Option<Syncer>,
+) {
     let mut open = true;
     while open {
         let Some(first) = rx.blocking_recv() else {
@@ -198,41 +264,92 @@ fn run(conn: Connection, mut ctx: WriteCtx, mut rx: mpsc::UnboundedReceiver<Msg>
                 Err(_) => break,
             }
         }
-        let durable = batch.iter().any(|job| job.durable());
-        if durable != syncing {
-            let mode = if durable { "FULL" } else { "NORMAL" };
-            match conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => syncing = durable,
-                // Still FULL, or still NORMAL with nothing durable queued.
-                Err(e) => tracing::warn!(error = %e, "cannot set synchronous={mode}"),
-            }
+        let durable = commit_batch(&conn, &mut ctx, batch);
+        if durable.is_empty() {
+            continue;
         }
-        commit_batch(&conn, &mut ctx, batch);
+        match &syncer {
+            Some((to_syncer, _)) => {
+                if let Err(std_mpsc::SendError(jobs)) = to_syncer.send(durable) {
+                    let err = ApiError::internal("the database sync thread stopped");
+                    jobs.into_iter()
+                        .for_each(|job| job.finish(Err(err.clone())));
+                }
+            }
+            None => durable.into_iter().for_each(|job| job.finish(Ok(()))),
+        }
     }
     // Jobs queued after the shutdown are dropped; their callers see
     // "shutting down" through the closed reply channel.
     rx.close();
+    if let Some((to_syncer, thread)) = syncer {
+        drop(to_syncer); // the syncer syncs what it holds, then ends
+        let _ = thread.join();
+    }
     tracing::debug!("database writer stopped");
 }
 
-fn commit_batch(conn: &Connection, ctx: &mut WriteCtx, mut batch: Vec<Box<dyn Job>>) {
+/// Applies and commits a batch, runs the visibility hooks, answers the jobs
+/// that need no sync, and returns those that do.
+fn commit_batch(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    mut batch: Vec<Box<dyn Job>>,
+) -> Vec<Box<dyn Job>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = ApiError::from(e);
         for job in batch {
             job.finish(Err(err.clone()));
         }
-        return;
+        return Vec::new();
     }
     for job in batch.iter_mut() {
         job.apply(conn, ctx);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+    if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
-        ApiError::from(e)
-    });
-    for job in batch {
-        job.finish(committed.clone());
+        let err = ApiError::from(e);
+        for job in batch {
+            job.finish(Err(err.clone()));
+        }
+        return Vec::new();
     }
+    let mut durable = Vec::new();
+    for mut job in batch {
+        job.visible();
+        if job.durable() {
+            durable.push(job);
+        } else {
+            job.finish(Ok(()));
+        }
+    }
+    durable
+}
+
+/// The syncer thread: syncs the WAL file after each batch of commits (every
+/// batch queued meanwhile shares the sync), then answers their jobs.
+fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
+    while let Ok(mut jobs) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            jobs.extend(more);
+        }
+        let synced = sync_file(&wal).map_err(|e| {
+            tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
+            ApiError::internal(format!("could not make the write durable: {e}"))
+        });
+        for job in jobs {
+            job.finish(synced.clone());
+        }
+    }
+}
+
+/// `fdatasync` of `path`, opened afresh so a WAL file SQLite replaced is
+/// the one synced.
+fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .sync_data()
 }
 
 #[cfg(test)]
@@ -243,7 +360,25 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (x INTEGER NOT NULL)")
             .unwrap();
-        Writer::start(conn, WriteCtx { next_result_seq: 1 }).unwrap()
+        Writer::start(conn, WriteCtx { next_result_seq: 1 }, None).unwrap()
+    }
+
+    /// A writer on a WAL file in a fresh directory, and the database's path.
+    fn file_writer(wal: impl FnOnce(&std::path::Path) -> PathBuf) -> (Writer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("hpfaas-writer-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE t (x INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let wal = wal(&path);
+        (
+            Writer::start(conn, WriteCtx { next_result_seq: 1 }, Some(wal)).unwrap(),
+            path,
+        )
     }
 
     #[tokio::test]
@@ -275,15 +410,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_batch_of_lazy_jobs_skips_the_fsync() {
-        let w = writer();
-        let sync = |c: &Connection| -> ApiResult<i64> {
-            Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?)
-        };
-        let lazy = w.enqueue_lazy(move |c, _| sync(c)).unwrap();
-        assert_eq!(lazy.await.unwrap(), Ok(1), "NORMAL");
-        assert_eq!(w.write(move |c, _| sync(c)).await, Ok(2), "FULL");
+    async fn a_commit_is_visible_to_readers_before_its_durable_answer() {
+        let (w, path) = file_writer(|db| db.with_extension("db-wal"));
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let reader_path = path.clone();
+        let durable = w
+            .enqueue_visible(
+                |c, _| Ok(c.execute("INSERT INTO t VALUES (7)", [])?),
+                move |inserted: &usize| {
+                    let reader = Connection::open(&reader_path).unwrap();
+                    let n: i64 = reader
+                        .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                        .unwrap();
+                    seen_tx.send((*inserted, n)).unwrap();
+                },
+            )
+            .unwrap();
+        assert_eq!(durable.await.unwrap(), Ok(1));
+        assert_eq!(seen_rx.try_recv().unwrap(), (1, 1), "the hook saw the row");
+        let lazy = w.enqueue_lazy(|c, _| Ok(c.execute("INSERT INTO t VALUES (8)", [])?));
+        assert_eq!(lazy.unwrap().await.unwrap(), Ok(1));
         w.shutdown().await;
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_durable_writes_only() {
+        let (w, path) = file_writer(|db| db.with_file_name("missing").join("w.db-wal"));
+        let durable = w
+            .write(|c, _| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .unwrap_err();
+        assert!(durable.to_string().contains("durable"), "{durable}");
+        let lazy = w.enqueue_lazy(|c, _| Ok(c.execute("INSERT INTO t VALUES (2)", [])?));
+        assert_eq!(lazy.unwrap().await.unwrap(), Ok(1));
+        w.shutdown().await;
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]

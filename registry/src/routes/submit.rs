@@ -402,15 +402,23 @@ pub async fn submit(
                 answer: answer.clone(),
             }),
     };
+    // The endpoint's link may dispatch the tasks as soon as they are visible;
+    // the client's answer waits until they are durable.
+    let live = state.live.clone();
     let done = state
         .db
-        .write(move |c, _| db_tasks::submit(c, &submission))
-        .await?;
+        .enqueue_visible(
+            move |c, _| db_tasks::submit(c, &submission),
+            move |done| {
+                if count > 0 && matches!(done, Submitted::Created) {
+                    live.poke(endpoint);
+                }
+            },
+        )?
+        .await
+        .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
     match done {
         Submitted::Created => {
-            if count > 0 {
-                state.live.poke(endpoint);
-            }
             for (task, function) in audited {
                 state
                     .audit
