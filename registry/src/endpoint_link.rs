@@ -351,13 +351,26 @@ async fn dispatch_loop(
     let mut cancel_cursor = 0i64;
     let mut sent_functions = HashSet::new();
     loop {
-        let after = cancel_cursor;
-        let cancels = state
+        let (after_cancel, after) = (cancel_cursor, cursor);
+        let sent = std::mem::take(&mut sent_functions);
+        // One read per turn: cancels first (so a task cancelled meanwhile is
+        // not started), else the next page of tasks.
+        let next = state
             .db
-            .read(move |c| db_cancel::pending_cancels(c, endpoint, after, PAGE_TASKS))
+            .read(move |c| {
+                let (task_ids, last) =
+                    db_cancel::pending_cancels(c, endpoint, after_cancel, PAGE_TASKS)?;
+                if !task_ids.is_empty() {
+                    return Ok(Next::Cancels(task_ids, last, sent));
+                }
+                let page =
+                    db_tasks::dispatch_page(c, endpoint, after, sent, PAGE_TASKS, PAGE_BYTES)?;
+                Ok(Next::Tasks(page))
+            })
             .await;
-        match cancels {
-            Ok((task_ids, last)) if !task_ids.is_empty() => {
+        match next {
+            Ok(Next::Cancels(task_ids, last, sent)) => {
+                sent_functions = sent;
                 cancel_cursor = last;
                 tracing::debug!(%endpoint, tasks = task_ids.len(), "cancels sent");
                 if out
@@ -367,24 +380,8 @@ async fn dispatch_loop(
                 {
                     return;
                 }
-                continue;
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(%endpoint, error = %e, "reading pending cancels failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        }
-        let sent = std::mem::take(&mut sent_functions);
-        let page = state
-            .db
-            .read(move |c| {
-                db_tasks::dispatch_page(c, endpoint, cursor, sent, PAGE_TASKS, PAGE_BYTES)
-            })
-            .await;
-        match page {
-            Ok(page) => {
+            Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
                 match page.frame {
                     Some(frame) => {
@@ -400,11 +397,20 @@ async fn dispatch_loop(
             Err(e) => {
                 // Function codes are re-sent after this (the set was lost);
                 // the agent tolerates that.
-                tracing::error!(%endpoint, error = %e, "reading queued tasks failed; retrying");
+                tracing::error!(%endpoint, error = %e, "reading queued tasks or cancels failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+/// What one turn of the dispatch loop found to send.
+enum Next {
+    /// Cancelled task ids, the cancel cursor after them, and the functions
+    /// sent so far (unchanged).
+    Cancels(Vec<Uuid>, i64, HashSet<Uuid>),
+    /// The next page of queued tasks.
+    Tasks(db_tasks::DispatchPage),
 }
 
 /// What the handlers of one connection share.
