@@ -244,13 +244,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A runtime on the calling thread, for the manager, the endpoint agent and
+/// `hpfaas up`. Their work per task is small (a frame in, a frame out, a
+/// pipe or a socket between), and on a multi-threaded runtime much of their
+/// time went to waking and parking worker threads: the manager's CPU per
+/// task halved on one thread. Blocking work already has threads of its own
+/// (the database writer and syncer, ZeroMQ bridges, `spawn_blocking` reads).
+/// The standalone service keeps a multi-threaded runtime for many clients.
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
     data_dir.unwrap_or_else(|| lifecycle::hpfaas_home().join("service"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Up(args) => single_thread_runtime()?.block_on(up::run(args)),
         Command::Service {
             listen,
             data_dir,
@@ -341,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sandbox_dir: args.sandbox_dir,
                 curve,
             };
-            let result = runtime()?.block_on(async move {
+            let result = single_thread_runtime()?.block_on(async move {
                 match simulate {
                     Some(managers) => manager::simulate::run(config, managers).await,
                     None => manager::run(config).await,
@@ -374,7 +387,8 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 }
             }
             let dir = spec.dir.clone();
-            let result = runtime()?.block_on(hpfaas_executor::agent::run(spec, agent_shutdown()));
+            let result = single_thread_runtime()?
+                .block_on(hpfaas_executor::agent::run(spec, agent_shutdown()));
             hpfaas_executor::agent::state_file::AgentState::remove(&dir);
             result?;
         }
