@@ -76,12 +76,18 @@ def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False
     return pack([encode(tuple(args)), encode(dict(kwargs or {}))])
 
 
-def encode_payload(payload: str) -> str:
+def encode_payload(payload: str, pickled: bool = False) -> str:
     """A payload as the JSON string it is sent as; its length is its size in the body.
 
     A submit body is assembled from these (`Batch.body`), so a payload is
     JSON-encoded once, on the caller's thread, not again for the request.
+    `pickled` says it is `pack_arguments(..., as_json=False)`: framing digits,
+    newlines and base64, of which JSON escapes only the newline, so it is
+    quoted without json.dumps's scan of every character (a third of the
+    SDK's time on a 1 MiB argument).
     """
+    if pickled:
+        return '"' + payload.replace("\n", "\\n") + '"'
     # ASCII (json.dumps escapes the rest), so characters are bytes.
     return json.dumps(payload)
 

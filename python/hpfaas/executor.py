@@ -166,7 +166,8 @@ class Executor(concurrent.futures.Executor):
             validate_resource_specification(spec)
         function_id = self._function_id(fn)
         # Shell functions are run by the manager, which reads JSON, not pickle.
-        payload = pack_arguments(args, kwargs, as_json=isinstance(fn, ShellFunction))
+        as_json = isinstance(fn, ShellFunction)
+        payload = pack_arguments(args, kwargs, as_json=as_json)
         future = TaskFuture()
         future._executor = self
         with self._lock:
@@ -178,7 +179,9 @@ class Executor(concurrent.futures.Executor):
                 )
                 self._submitter.start()
             self._queue.put(
-                _Submission(future, function_id, payload, encode_payload(payload), spec)
+                _Submission(
+                    future, function_id, payload, encode_payload(payload, not as_json), spec
+                )
             )
         return future
 

@@ -300,6 +300,14 @@ def test_a_batch_body_is_its_prepared_document_as_json():
     assert json.loads(Batch().body()) == {"tasks": {}}
 
 
+def test_a_pickled_payload_is_quoted_as_json_dumps_would():
+    from hpfaas.client import encode_payload, pack_arguments
+
+    for args, kwargs in [((b"\x00\n\"" * 1000, "é"), {"k": [1, None]}), ((), None)]:
+        payload = pack_arguments(args, kwargs)
+        assert encode_payload(payload, pickled=True) == json.dumps(payload)
+
+
 def test_stream_replays_after_last_event_id(service, client):
     # What the Executor's result stream relies on: every finished task of the
     # group after Last-Event-ID, in increasing ids (the replay), then live ones.
