@@ -28,9 +28,36 @@ const CAPACITY: usize = 1 << 16;
 /// memory is cleared and later events of older tasks read the database.
 const REMEMBERED_TASKS: usize = 1 << 18;
 
+/// One queued event. Task events, most of the log, stay typed until the
+/// writer formats them: no JSON tree is built per task.
+#[derive(Debug)]
+enum Event {
+    /// Any other event, a JSON object with its `ts`.
+    Other(Value),
+    /// A task was submitted.
+    Submitted {
+        ts: f64,
+        user: String,
+        task: Uuid,
+        function: Uuid,
+        endpoint: Uuid,
+        group: Uuid,
+    },
+    /// The endpoint reported a task running.
+    Running { ts: f64, task: Uuid, endpoint: Uuid },
+    /// A task's result was stored.
+    Finished {
+        ts: f64,
+        task: Uuid,
+        endpoint: Option<Uuid>,
+        how: &'static str,
+        exc_type: Option<String>,
+    },
+}
+
 /// The sending side, shared by every handler.
 pub struct Audit {
-    tx: SyncSender<Value>,
+    tx: SyncSender<Event>,
 }
 
 impl Audit {
@@ -53,10 +80,14 @@ impl Audit {
         if let Some(map) = event.as_object_mut() {
             map.entry("ts").or_insert_with(|| json!(now()));
         }
+        self.send(Event::Other(event));
+    }
+
+    fn send(&self, event: Event) {
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(e)) => {
-                tracing::error!(event = %e, "audit log writer is behind; dropping an audit line")
+                tracing::error!(event = ?e, "audit log writer is behind; dropping an audit line")
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -64,27 +95,40 @@ impl Audit {
 
     /// A task was submitted.
     pub fn submitted(&self, user: &str, task: Uuid, function: Uuid, endpoint: Uuid, group: Uuid) {
-        self.record(
-            json!({"event": "task_submitted", "user": user, "task_id": task,
-            "function_id": function, "endpoint_id": endpoint, "task_group_id": group}),
-        );
+        self.send(Event::Submitted {
+            ts: now(),
+            user: user.to_string(),
+            task,
+            function,
+            endpoint,
+            group,
+        });
     }
 
     /// The endpoint reported the task running.
     pub fn running(&self, task: Uuid, endpoint: Uuid) {
-        self.record(json!({"event": "task_running", "task_id": task, "endpoint_id": endpoint}));
+        self.send(Event::Running {
+            ts: now(),
+            task,
+            endpoint,
+        });
     }
 
     /// The task ended: `how` is `success`, `failed` or `cancelled`.
-    pub fn finished(&self, task: Uuid, endpoint: Option<Uuid>, how: &str, exc_type: Option<&str>) {
-        let mut e = json!({"event": "task_finished", "task_id": task, "outcome": how});
-        if let Some(endpoint) = endpoint {
-            e["endpoint_id"] = json!(endpoint);
-        }
-        if let Some(t) = exc_type {
-            e["exception_type"] = json!(t);
-        }
-        self.record(e);
+    pub fn finished(
+        &self,
+        task: Uuid,
+        endpoint: Option<Uuid>,
+        how: &'static str,
+        exc_type: Option<&str>,
+    ) {
+        self.send(Event::Finished {
+            ts: now(),
+            task,
+            endpoint,
+            how,
+            exc_type: exc_type.map(str::to_string),
+        });
     }
 }
 
@@ -108,12 +152,12 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-fn writer(dir: PathBuf, rx: Receiver<Value>) {
+fn writer(dir: PathBuf, rx: Receiver<Event>) {
     let path = dir.join(FILE);
     let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
-    let mut db: Option<rusqlite::Connection> = None;
-    let mut known = Submitters::default();
+    let mut known = Submitters::new(dir.clone());
     let mut failing = false;
+    let mut line = String::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(4096));
@@ -131,9 +175,10 @@ fn writer(dir: PathBuf, rx: Receiver<Value>) {
         }
         let out = file.as_mut().expect("opened above");
         let mut result = Ok(());
-        for mut event in batch {
-            known.complete(&dir, &mut db, &mut event);
-            result = result.and_then(|()| out.write_all(format!("{event}\n").as_bytes()));
+        for event in batch {
+            line.clear();
+            known.format(event, &mut line);
+            result = result.and_then(|()| out.write_all(line.as_bytes()));
         }
         match result.and_then(|()| out.flush()) {
             Ok(()) => failing = false,
@@ -149,77 +194,163 @@ fn writer(dir: PathBuf, rx: Receiver<Value>) {
     }
 }
 
+/// A task's submitter (as a JSON string), function and endpoint.
+type Submitter = (String, Uuid, Uuid);
+
 /// Who submitted each unfinished task, and what it calls where, from its
-/// `task_submitted` event: the later events of a task need no database read.
-#[derive(Default)]
-struct Submitters(HashMap<String, [Value; 3]>);
+/// `task_submitted` event: the later events of a task need no database read
+/// (a task submitted before the service restarted is looked up).
+struct Submitters {
+    dir: PathBuf,
+    db: Option<rusqlite::Connection>,
+    known: HashMap<Uuid, Submitter>,
+}
 
 impl Submitters {
-    /// Adds the submitter's name and the function to a task event that lacks them.
-    fn complete(&mut self, dir: &Path, db: &mut Option<rusqlite::Connection>, event: &mut Value) {
+    fn new(dir: PathBuf) -> Submitters {
+        Submitters {
+            dir,
+            db: None,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Appends the event's line to `line`, with the submitter's name and the
+    /// function added to the events of a task.
+    fn format(&mut self, event: Event, line: &mut String) {
+        use std::fmt::Write as _;
+        match event {
+            Event::Other(mut value) => {
+                self.complete(&mut value);
+                let _ = writeln!(line, "{value}");
+            }
+            Event::Submitted {
+                ts,
+                user,
+                task,
+                function,
+                endpoint,
+                group,
+            } => {
+                let user = json_string(&user);
+                let _ = writeln!(
+                    line,
+                    r#"{{"endpoint_id":"{endpoint}","event":"task_submitted","function_id":"{function}","task_group_id":"{group}","task_id":"{task}","ts":{ts},"user":{user}}}"#
+                );
+                if self.known.len() >= REMEMBERED_TASKS {
+                    self.known.clear();
+                }
+                self.known.insert(task, (user, function, endpoint));
+            }
+            Event::Running { ts, task, endpoint } => {
+                let _ = write!(
+                    line,
+                    r#"{{"endpoint_id":"{endpoint}","event":"task_running","#
+                );
+                if let Some((user, function, _)) = self.submitter(task, false) {
+                    let _ = write!(line, r#""function_id":"{function}","user":{user},"#);
+                }
+                let _ = writeln!(line, r#""task_id":"{task}","ts":{ts}}}"#);
+            }
+            Event::Finished {
+                ts,
+                task,
+                endpoint,
+                how,
+                exc_type,
+            } => {
+                let submitter = self.submitter(task, true);
+                line.push('{');
+                if let Some(endpoint) = endpoint.or(submitter.as_ref().map(|s| s.2)) {
+                    let _ = write!(line, r#""endpoint_id":"{endpoint}","#);
+                }
+                line.push_str(r#""event":"task_finished","#);
+                if let Some(t) = exc_type {
+                    let _ = write!(line, r#""exception_type":{},"#, json_string(&t));
+                }
+                if let Some((user, function, _)) = &submitter {
+                    let _ = write!(line, r#""function_id":"{function}","user":{user},"#);
+                }
+                let _ = writeln!(
+                    line,
+                    r#""outcome":{},"task_id":"{task}","ts":{ts}}}"#,
+                    json_string(how)
+                );
+            }
+        }
+    }
+
+    /// The task's submitter: remembered (forgotten now if `last`), else read.
+    fn submitter(&mut self, task: Uuid, last: bool) -> Option<Submitter> {
+        let known = if last {
+            self.known.remove(&task)
+        } else {
+            self.known.get(&task).cloned()
+        };
+        known.or_else(|| {
+            let (user, function, endpoint) = self.lookup(task)?;
+            Some((
+                json_string(&user),
+                Uuid::parse_str(&function).ok()?,
+                Uuid::parse_str(&endpoint).ok()?,
+            ))
+        })
+    }
+
+    /// Adds the submitter's name and the function to a generic task event
+    /// (a cancellation) that lacks them.
+    fn complete(&mut self, event: &mut Value) {
+        if event.get("user").is_some() {
+            return;
+        }
         let Some(task) = event
             .get("task_id")
             .and_then(Value::as_str)
-            .map(str::to_string)
+            .and_then(|t| Uuid::parse_str(t).ok())
         else {
             return;
         };
-        let finished = event.get("event").and_then(Value::as_str) == Some("task_finished");
-        if let Some(user) = event.get("user") {
-            if !finished {
-                if self.0.len() >= REMEMBERED_TASKS {
-                    self.0.clear();
-                }
-                let field = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
-                self.0.insert(
-                    task,
-                    [user.clone(), field("function_id"), field("endpoint_id")],
-                );
-            }
-            return;
-        }
-        let known = if finished {
-            self.0.remove(&task)
-        } else {
-            self.0.get(&task).cloned()
-        };
-        let found = match known {
-            Some(fields) => Some(fields),
-            None => lookup(dir, db, &task).map(|(u, f, e)| [json!(u), json!(f), json!(e)]),
-        };
-        if let Some([user, function, endpoint]) = found {
-            event["user"] = user;
-            event["function_id"] = function;
+        let last = event.get("event").and_then(Value::as_str) == Some("task_finished");
+        if let Some((user, function, endpoint)) = self.submitter(task, last) {
+            event["user"] = serde_json::from_str(&user).unwrap_or(Value::Null);
+            event["function_id"] = json!(function);
             event
                 .as_object_mut()
                 .expect("an object")
                 .entry("endpoint_id")
-                .or_insert(endpoint);
+                .or_insert(json!(endpoint));
         }
+    }
+
+    /// (user name, function id, endpoint id) of a task, from the database.
+    fn lookup(&mut self, task: Uuid) -> Option<(String, String, String)> {
+        if self.db.is_none() {
+            self.db = rusqlite::Connection::open_with_flags(
+                crate::db::db_path(&self.dir),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| tracing::warn!(error = %e, "audit log: cannot read the database"))
+            .ok();
+        }
+        self.db
+            .as_ref()?
+            .prepare_cached(
+                "SELECT u.name, t.function_id, t.endpoint_id FROM tasks t
+                 JOIN users u ON u.id = t.owner WHERE t.id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([task.to_string()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+            })
+            .ok()
     }
 }
 
-/// (user name, function id, endpoint id) of a task, from the database.
-fn lookup(
-    dir: &Path,
-    db: &mut Option<rusqlite::Connection>,
-    task: &str,
-) -> Option<(String, String, String)> {
-    if db.is_none() {
-        *db = rusqlite::Connection::open_with_flags(
-            crate::db::db_path(dir),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| tracing::warn!(error = %e, "audit log: cannot read the database"))
-        .ok();
-    }
-    db.as_ref()?
-        .prepare_cached(
-            "SELECT u.name, t.function_id, t.endpoint_id FROM tasks t JOIN users u ON u.id = t.owner
-             WHERE t.id = ?1",
-        )
-        .and_then(|mut st| st.query_row([task], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
-        .ok()
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    Value::from(s).to_string()
 }
 
 #[cfg(test)]
@@ -258,26 +389,74 @@ mod tests {
     #[test]
     fn later_events_of_a_task_get_its_submitter_without_the_database() {
         let dir = std::env::temp_dir().join(format!("hpfaas-audit-nodb-{}", Uuid::new_v4()));
-        let mut known = Submitters::default();
-        let mut db = None;
-        let (task, function, endpoint) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut submitted = json!({"event": "task_submitted", "user": "ada", "task_id": task,
-            "function_id": function, "endpoint_id": endpoint});
-        known.complete(&dir, &mut db, &mut submitted);
-        let mut running = json!({"event": "task_running", "task_id": task});
-        known.complete(&dir, &mut db, &mut running);
-        assert_eq!(running["user"], "ada");
+        let mut known = Submitters::new(dir);
+        let (task, function, endpoint, group) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let mut line = |event: Event| -> Value {
+            let mut text = String::new();
+            known.format(event, &mut text);
+            assert!(
+                text.ends_with('\n') && text.matches('\n').count() == 1,
+                "{text}"
+            );
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        };
+        let submitted = line(Event::Submitted {
+            ts: 1.5,
+            user: "ada \"the\" admin".into(),
+            task,
+            function,
+            endpoint,
+            group,
+        });
+        assert_eq!(submitted["event"], "task_submitted");
+        assert_eq!(submitted["user"], "ada \"the\" admin");
+        assert_eq!(submitted["task_group_id"], json!(group));
+        assert_eq!(submitted["ts"], 1.5);
+        let running = line(Event::Running {
+            ts: 2.0,
+            task,
+            endpoint,
+        });
+        assert_eq!(running["user"], "ada \"the\" admin");
+        assert_eq!(running["function_id"], json!(function));
         assert_eq!(running["endpoint_id"], json!(endpoint));
-        let mut finished = json!({"event": "task_finished", "task_id": task, "outcome": "success"});
-        known.complete(&dir, &mut db, &mut finished);
-        assert_eq!(finished["function_id"], json!(function));
-        assert!(known.0.is_empty(), "a finished task is forgotten");
-        let mut unknown = json!({"event": "task_running", "task_id": Uuid::new_v4()});
-        known.complete(&dir, &mut db, &mut unknown);
+        let finished = line(Event::Finished {
+            ts: 3.0,
+            task,
+            endpoint: None,
+            how: "failed",
+            exc_type: Some("Value\"Error".into()),
+        });
+        assert_eq!(
+            finished["endpoint_id"],
+            json!(endpoint),
+            "taken from the submit"
+        );
+        assert_eq!(finished["exception_type"], "Value\"Error");
+        assert_eq!(finished["outcome"], "failed");
+        assert_eq!(finished["user"], "ada \"the\" admin");
+        let unknown = line(Event::Running {
+            ts: 4.0,
+            task: Uuid::new_v4(),
+            endpoint,
+        });
         assert!(
             unknown.get("user").is_none(),
             "no database, no name, no panic"
         );
+        let cancelled = line(Event::Other(
+            json!({"event": "task_finished", "task_id": task, "outcome": "cancelled"}),
+        ));
+        assert!(
+            cancelled.get("user").is_none(),
+            "a finished task is forgotten"
+        );
+        assert!(known.known.is_empty());
     }
 
     #[test]
