@@ -35,6 +35,7 @@ use crate::auth::{self, Caller};
 use crate::db::cancel as db_cancel;
 use crate::db::catalog::{self, EndpointPolicy};
 use crate::db::tasks as db_tasks;
+use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
 use crate::live::Claim;
@@ -48,8 +49,8 @@ pub const PAGE_TASKS: usize = 2000;
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Result batches of one agent being committed at once; more waits, which
-/// pushes back on the agent through TCP.
+/// Result batches of one agent queued for the writer at once (until their
+/// commit is visible); more waits, which pushes back on the agent through TCP.
 const RESULT_BATCHES_IN_FLIGHT: usize = 8;
 /// How long closing a connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -602,7 +603,10 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 .db
                 .enqueue_visible(
                     move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results),
+                    // Only the agent's acknowledgement waits for the disk.
+                    Durability::Soon,
                     move |stored: &Vec<(Uuid, Uuid, i64)>| {
+                        drop(permit); // applied: the next batch may queue
                         for (_, group, seq) in stored {
                             live.publish_result((*group, *seq));
                         }
@@ -612,7 +616,6 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
             let out = out.clone();
             // Wait for the commit elsewhere, so reading goes on meanwhile.
             tokio::spawn(async move {
-                let _permit = permit;
                 match committed.await {
                     Ok(Ok(stored)) => {
                         // Only results actually stored: a re-sent duplicate

@@ -22,8 +22,8 @@ use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-pub use writer::WriteCtx;
 use writer::Writer;
+pub use writer::{Durability, WriteCtx};
 
 /// How long a connection waits for a lock held by another process (e.g.
 /// `hpfaas token create` while the service runs) before giving up.
@@ -165,18 +165,20 @@ impl Db {
         self.writer.enqueue_lazy(f)
     }
 
-    /// Queues `f` like [`Db::enqueue`]; `on_visible` runs with its output as
-    /// soon as its commit is visible to readers, before it is durable.
+    /// Queues `f` like [`Db::enqueue`], durable as `durability` says;
+    /// `on_visible` runs with its output as soon as its commit is visible to
+    /// readers, before it is durable.
     pub fn enqueue_visible<T, F>(
         &self,
         f: F,
+        durability: Durability,
         on_visible: impl FnOnce(&T) + Send + 'static,
     ) -> ApiResult<tokio::sync::oneshot::Receiver<ApiResult<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.writer.enqueue_visible(f, on_visible)
+        self.writer.enqueue_visible(f, durability, on_visible)
     }
 
     /// Commits what is queued and stops the writer.

@@ -17,6 +17,11 @@
 //! before copying it, so frames overwritten later are durable in the
 //! database file.
 //!
+//! A durable job says how soon ([`Durability`]): a submit's client waits
+//! for its answer, so its sync starts at once; stored results only gate the
+//! agent's acknowledgement (streams read them once visible), so their sync
+//! may wait [`SYNC_DELAY`] to be shared with more.
+//!
 //! Some writes need not be durable on their own: a task's move to
 //! `waiting-for-launch` or `running` lost in a power cut is harmless (the
 //! task is still queued and is re-sent). Those are queued with
@@ -36,6 +41,18 @@ use crate::error::{ApiError, ApiResult};
 /// Most jobs applied in one transaction; bounds how long a commit waits.
 const MAX_BATCH: usize = 4096;
 
+/// Longest a [`Durability::Soon`] job waits for its sync, to share it.
+pub const SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How soon a durable write must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Someone waits for the answer: sync at once.
+    Now,
+    /// Nobody waits on the disk: the sync may wait up to [`SYNC_DELAY`].
+    Soon,
+}
+
 /// State the writer keeps across transactions.
 #[derive(Debug)]
 pub struct WriteCtx {
@@ -53,15 +70,16 @@ trait Job: Send {
     /// The commit holding it is visible.
     fn visible(&mut self);
     fn finish(self: Box<Self>, committed: Result<(), ApiError>);
-    /// Whether it must be on disk before it is answered.
-    fn durable(&self) -> bool;
+    /// How soon it must be on disk before it is answered; `None` (lazy):
+    /// answered once visible.
+    fn durability(&self) -> Option<Durability>;
 }
 
 struct TypedJob<T, F> {
     f: Option<F>,
     out: Option<ApiResult<T>>,
     reply: oneshot::Sender<ApiResult<T>>,
-    durable: bool,
+    durability: Option<Durability>,
     on_visible: Option<OnVisible<T>>,
 }
 
@@ -111,8 +129,8 @@ where
         let _ = self.reply.send(out);
     }
 
-    fn durable(&self) -> bool {
-        self.durable
+    fn durability(&self) -> Option<Durability> {
+        self.durability
     }
 }
 
@@ -160,22 +178,24 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.queue(f, true, None)
+        self.queue(f, Some(Durability::Now), None)
     }
 
-    /// Queues `f` like [`Writer::enqueue`], and runs `on_visible` with its
-    /// output on the writer thread as soon as its commit is visible, before
-    /// it is durable. The hook must be quick and must not block.
+    /// Queues `f` like [`Writer::enqueue`], durable as `durability` says,
+    /// and runs `on_visible` with its output on the writer thread as soon as
+    /// its commit is visible, before it is durable. The hook must be quick
+    /// and must not block.
     pub fn enqueue_visible<T, F>(
         &self,
         f: F,
+        durability: Durability,
         on_visible: impl FnOnce(&T) + Send + 'static,
     ) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.queue(f, true, Some(Box::new(on_visible)))
+        self.queue(f, Some(durability), Some(Box::new(on_visible)))
     }
 
     /// Queues `f` like [`Writer::enqueue`], but answers as soon as its commit
@@ -185,13 +205,13 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
-        self.queue(f, false, None)
+        self.queue(f, None, None)
     }
 
     fn queue<T, F>(
         &self,
         f: F,
-        durable: bool,
+        durability: Option<Durability>,
         on_visible: Option<OnVisible<T>>,
     ) -> ApiResult<oneshot::Receiver<ApiResult<T>>>
     where
@@ -203,7 +223,7 @@ impl Writer {
             f: Some(f),
             out: None,
             reply,
-            durable,
+            durability,
             on_visible,
         };
         self.tx
@@ -317,7 +337,7 @@ fn commit_batch(
     let mut durable = Vec::new();
     for mut job in batch {
         job.visible();
-        if job.durable() {
+        if job.durability().is_some() {
             durable.push(job);
         } else {
             job.finish(Ok(()));
@@ -327,11 +347,24 @@ fn commit_batch(
 }
 
 /// The syncer thread: syncs the WAL file after each batch of commits (every
-/// batch queued meanwhile shares the sync), then answers their jobs.
+/// batch queued meanwhile shares the sync; with no [`Durability::Now`] job
+/// it waits up to [`SYNC_DELAY`] for more), then answers their jobs.
 fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
+    let urgent = |jobs: &[Box<dyn Job>]| {
+        jobs.iter()
+            .any(|job| job.durability() == Some(Durability::Now))
+    };
     while let Ok(mut jobs) = rx.recv() {
         while let Ok(more) = rx.try_recv() {
             jobs.extend(more);
+        }
+        let deadline = std::time::Instant::now() + SYNC_DELAY;
+        while !urgent(&jobs) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(more) => jobs.extend(more),
+                Err(_) => break, // the delay is over, or the writer stopped
+            }
         }
         let synced = sync_file(&wal).map_err(|e| {
             tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
@@ -417,6 +450,7 @@ mod tests {
         let durable = w
             .enqueue_visible(
                 |c, _| Ok(c.execute("INSERT INTO t VALUES (7)", [])?),
+                Durability::Now,
                 move |inserted: &usize| {
                     let reader = Connection::open(&reader_path).unwrap();
                     let n: i64 = reader
@@ -430,6 +464,15 @@ mod tests {
         assert_eq!(seen_rx.try_recv().unwrap(), (1, 1), "the hook saw the row");
         let lazy = w.enqueue_lazy(|c, _| Ok(c.execute("INSERT INTO t VALUES (8)", [])?));
         assert_eq!(lazy.unwrap().await.unwrap(), Ok(1));
+        // Results' durability: the sync waits a moment for company, then comes.
+        let soon = w
+            .enqueue_visible(
+                |c, _| Ok(c.execute("INSERT INTO t VALUES (9)", [])?),
+                Durability::Soon,
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(soon.await.unwrap(), Ok(1));
         w.shutdown().await;
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

@@ -26,6 +26,7 @@ use crate::auth::User;
 use crate::db::catalog::{self, EndpointPolicy};
 use crate::db::idempotency::validate_key;
 use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
+use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, parse_json_seed, Body, IdPath};
 use crate::state::AppState;
@@ -409,6 +410,7 @@ pub async fn submit(
         .db
         .enqueue_visible(
             move |c, _| db_tasks::submit(c, &submission),
+            Durability::Now,
             move |done| {
                 if count > 0 && matches!(done, Submitted::Created) {
                     live.poke(endpoint);
