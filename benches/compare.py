@@ -165,16 +165,22 @@ def run_sleep(runner, sizes, ceilings):
     return out
 
 
+def local_loops(what, program, arg, timeout):
+    """The outputs of 2 local processes running `program arg` at once (no framework)."""
+    procs = [subprocess.Popen([sys.executable, "-c", program, str(arg)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(WORKERS)]
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        check(proc.returncode == 0, f"{what}: the local loop failed")
+        outputs.append(out)
+    return outputs
+
+
 def measure_sleep_floor(sleeps):
     """Seconds 2 local processes take for `sleeps` 10 ms sleeps each (the slower one)."""
-    procs = [subprocess.Popen([sys.executable, "-c", SLEEP_LOOP, str(sleeps)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(WORKERS)]
-    longest = 0.0
-    for proc in procs:
-        out, _ = proc.communicate(timeout=sleeps * SLEEP_S + 60)
-        check(proc.returncode == 0, "sleep floor: the sleep loop failed")
-        longest = max(longest, float(out))
-    return longest
+    outputs = local_loops("sleep floor", SLEEP_LOOP, sleeps, sleeps * SLEEP_S + 60)
+    return max(float(out) for out in outputs)
 
 
 def run_payload(runner, sizes, _):
@@ -209,15 +215,8 @@ def run_shell(runner, sizes, ceilings):
 
 def measure_spawn_ceiling(seconds):
     """Spawns/s of 2 processes each spawning and reaping /bin/true in a tight loop."""
-    procs = [subprocess.Popen([sys.executable, "-c", SPAWN_LOOP, str(seconds)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(WORKERS)]
-    rate = 0.0
-    for proc in procs:
-        out, _ = proc.communicate(timeout=seconds + 60)
-        check(proc.returncode == 0, "spawn ceiling: the spawn loop failed")
-        spawns, elapsed = out.split()
-        rate += int(spawns) / float(elapsed)
-    return rate
+    outputs = local_loops("spawn ceiling", SPAWN_LOOP, seconds, seconds + 60)
+    return sum(int(spawns) / float(elapsed) for spawns, elapsed in map(str.split, outputs))
 
 
 TIMED = {"noop": run_noop, "latency": run_latency, "sleep": run_sleep,
