@@ -147,3 +147,63 @@ fn cancel_kills_running_tasks_and_drops_queued_ones() {
     eprintln!("cancellation test took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&files);
 }
+
+/// A task the manager has already written into a busy worker's pipe, behind
+/// the running one, is cancelled: the running task finishes untouched, the
+/// cancelled one is stopped the moment the worker turns to it (it may have
+/// begun: it was in the worker's hands), and the slot goes on with a fresh
+/// worker.
+#[test]
+fn a_task_waiting_in_a_busy_workers_pipe_is_cancelled_without_running() {
+    let svc = Service::start();
+    let token = svc.token("canceller");
+    let name = format!("it-cancel-pipe-{}", std::process::id());
+    let config = "[engine]\nmax_workers_per_node = 1\nprefetch_capacity = 1\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+                  [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
+    let ep = Endpoint::new(&svc, &token, &name, config);
+    ep.start();
+    let files = temp_dir("cancel-pipe-files");
+    let file = |n: &str| files.join(n).display().to_string();
+    let nap = ep.register("nap", NAP_WITH_PID);
+    let running = ep
+        .submit_json(&nap, &[json!([file("running.pid"), 2])])
+        .remove(0);
+    let worker_pid = pid_in(&files.join("running.pid"), "the first task to start");
+    let waiting = ep
+        .submit_json(&nap, &[json!([file("waiting.pid"), 0])])
+        .remove(0);
+    // Long enough for the task to reach the manager and the worker's pipe.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = post(
+        &format!("{}/v3/tasks/{waiting}/cancel", svc.url),
+        &token,
+        json!({}),
+    )
+    .unwrap();
+    assert_eq!(r["status"], "cancelled", "{r}");
+
+    let doc = ep.wait_all(std::slice::from_ref(&running), Duration::from_secs(30))[0].clone();
+    assert_eq!(
+        doc["status"], "success",
+        "the running task is untouched: {doc}"
+    );
+    assert_eq!(doc["result"], format!("11\n{worker_pid}"), "{doc}");
+    let after = ep
+        .submit_json(&nap, &[json!([file("after.pid"), 0])])
+        .remove(0);
+    let doc = ep.wait_all(std::slice::from_ref(&after), Duration::from_secs(30))[0].clone();
+    assert_eq!(doc["status"], "success", "{doc}");
+    let after_pid = pid_in(&files.join("after.pid"), "the next task to start");
+    assert_ne!(after_pid, worker_pid, "a fresh worker runs the next task");
+    if files.join("waiting.pid").exists() {
+        let pid = pid_in(&files.join("waiting.pid"), "the cancelled task's pid");
+        assert_eq!(pid, worker_pid, "only the worker it was handed to began it");
+    }
+    wait_gone(
+        worker_pid,
+        "the worker that began the cancelled task to die",
+    );
+    assert_eq!(ep.task(&waiting)["status"], "cancelled");
+    let _ = std::fs::remove_dir_all(&files);
+}

@@ -478,6 +478,12 @@ struct Manager {
     queue: VecDeque<TaskSpec>,
     /// The task each slot runs; `None` for an idle slot.
     busy: Vec<Option<Uuid>>,
+    /// A Python task handed to a slot behind its running one: the slot
+    /// writes it into the worker's pipe, so the worker starts it the moment
+    /// the first ends instead of after a round trip through this loop.
+    next: Vec<Option<Uuid>>,
+    /// What each slot runs and skips; see [`worker::SlotTasks`].
+    slot_states: Vec<Arc<std::sync::Mutex<worker::SlotTasks>>>,
     slots: Vec<mpsc::UnboundedSender<PythonJob>>,
     /// Per-task working directories' parent (`run_in_sandbox`), if on.
     sandbox_root: Option<std::path::PathBuf>,
@@ -507,17 +513,21 @@ impl Manager {
         let mut slots = Vec::with_capacity(workers);
         let mut slot_tasks = Vec::with_capacity(workers);
         let mut worker_pids = Vec::with_capacity(workers);
+        let mut slot_states = Vec::with_capacity(workers);
         for slot in 0..workers {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.push(tx);
             let pid = Arc::new(AtomicU32::new(0));
             worker_pids.push(pid.clone());
+            let state = Arc::new(std::sync::Mutex::new(worker::SlotTasks::default()));
+            slot_states.push(state.clone());
             slot_tasks.push(tokio::spawn(worker::serve_slot(
                 slot,
                 settings.clone(),
                 rx,
                 done_tx.clone(),
                 pid,
+                state,
             )));
         }
         Manager {
@@ -527,6 +537,8 @@ impl Manager {
             functions: HashMap::new(),
             queue: VecDeque::new(),
             busy: vec![None; workers],
+            next: vec![None; workers],
+            slot_states,
             slots,
             sandbox_root,
             worker_pids,
@@ -610,12 +622,21 @@ impl Manager {
             mut result,
             killed_by_sigterm,
         } = done;
-        if self.busy[slot] != Some(result.task_id) {
+        if self.busy[slot] == Some(result.task_id) {
+            // The slot goes straight on to the task handed to it behind this one.
+            self.busy[slot] = self.next[slot].take();
+            if let Some(next) = self.busy[slot] {
+                self.started.push(next);
+            }
+        } else if self.next[slot] == Some(result.task_id) {
+            // Ended before it started: cancelled meanwhile, or refused.
+            self.next[slot] = None;
+        } else {
             // A command cancelled after it finished but before its result
             // was read: the cancellation was reported already.
             return;
         }
-        self.busy[slot] = None;
+        self.slot_state(slot).skip.remove(&result.task_id);
         self.commands.remove(&result.task_id);
         if self.cancelled.remove(&result.task_id) {
             // Killing the worker shows up as WorkerLost, which the broker
@@ -654,7 +675,12 @@ impl Manager {
         for &id in &ids {
             // Ids neither queued nor running here finished already (their
             // result is on its way) or never came: nothing to do.
-            let Some(slot) = self.busy.iter().position(|t| *t == Some(id)) else {
+            let Some(slot) = self
+                .busy
+                .iter()
+                .position(|t| *t == Some(id))
+                .or_else(|| self.next.iter().position(|t| *t == Some(id)))
+            else {
                 continue;
             };
             match self.commands.remove(&id) {
@@ -665,6 +691,15 @@ impl Manager {
                 }
                 None => {
                     if !self.cancelled.insert(id) {
+                        continue;
+                    }
+                    // Under the slot's lock: its worker cannot move on to
+                    // another task between this check and the kill.
+                    let mut tasks = self.slot_state(slot);
+                    if tasks.running != Some(id) {
+                        // Waiting in the slot, or finished meanwhile: the
+                        // slot stops it before it runs.
+                        tasks.skip.insert(id);
                         continue;
                     }
                     let pid = self.worker_pids[slot].load(Ordering::SeqCst);
@@ -682,9 +717,56 @@ impl Manager {
         }
     }
 
+    /// Slot `slot`'s running and skipped tasks, locked.
+    fn slot_state(&self, slot: usize) -> std::sync::MutexGuard<'_, worker::SlotTasks> {
+        self.slot_states[slot]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands each slot running a Python task, with none behind it, the next
+    /// queued Python task.
+    fn hand_next_tasks(&mut self) {
+        for slot in 0..self.busy.len() {
+            let Some(running) = self.busy[slot] else {
+                continue;
+            };
+            if self.next[slot].is_some() || self.commands.contains_key(&running) {
+                continue; // one behind already, or a shell/MPI command
+            }
+            let Some(head) = self.queue.front() else {
+                return;
+            };
+            let Some(Function::Python(code)) = self.functions.get(&head.function_id) else {
+                return; // start_tasks gives it a free slot
+            };
+            let job = PythonJob {
+                code: code.clone(),
+                spec: self.queue.pop_front().expect("not empty"),
+            };
+            let task_id = job.spec.task_id;
+            if self.hand_to_slot(slot, job) {
+                self.next[slot] = Some(task_id);
+            }
+        }
+    }
+
+    /// Sends a Python job to slot `slot`; false (and the task failed) if the
+    /// slot has stopped.
+    fn hand_to_slot(&mut self, slot: usize, job: PythonJob) -> bool {
+        let task_id = job.spec.task_id;
+        if self.slots[slot].send(job).is_ok() {
+            return true;
+        }
+        let e = ExceptionInfo::system(crate::broker::dispatch::WORKER_LOST, "worker slot stopped");
+        self.results.push(TaskResult::failed(task_id, e));
+        false
+    }
+
     fn start_tasks(&mut self) {
         while !self.queue.is_empty() {
             let Some(slot) = self.busy.iter().position(Option::is_none) else {
+                self.hand_next_tasks();
                 return;
             };
             let spec = self.queue.pop_front().expect("not empty");
@@ -706,12 +788,7 @@ impl Manager {
                         spec,
                         code: code.clone(),
                     };
-                    if self.slots[slot].send(job).is_err() {
-                        let e = ExceptionInfo::system(
-                            crate::broker::dispatch::WORKER_LOST,
-                            "worker slot stopped",
-                        );
-                        self.results.push(TaskResult::failed(task_id, e));
+                    if !self.hand_to_slot(slot, job) {
                         continue;
                     }
                 }

@@ -7,7 +7,7 @@
 //! a fresh process. The slot publishes the pid of its current process, so
 //! the manager can kill it to cancel the task it runs.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -171,130 +171,273 @@ struct Process {
     known: HashSet<Uuid>,
 }
 
+/// Which task a slot's worker is running, and the tasks handed to the slot
+/// that were cancelled before they started. One lock for both, taken by the
+/// slot when its worker moves to another task and by the manager when it
+/// cancels one, so the manager never kills a worker that has moved on.
+#[derive(Debug, Default)]
+pub struct SlotTasks {
+    /// The task the slot's worker is running (or starting up for).
+    pub running: Option<Uuid>,
+    /// Tasks handed to the slot to report cancelled instead of running.
+    pub skip: HashSet<Uuid>,
+}
+
+/// Requests up to this size are written into a busy worker's pipe behind
+/// its running task, so it starts the next one without waiting for the
+/// manager; a larger one waits until the worker has answered (it could
+/// fill the pipe while the worker's own large answer fills the other).
+const PIPELINED_REQUEST_BYTES: usize = 32 * 1024;
+
+/// A task written to the worker: the job and when it started (`None` while
+/// it waits in the pipe behind the running one).
+struct InPipe {
+    job: PythonJob,
+    started: Option<std::time::Instant>,
+}
+
 /// Serves one slot until `jobs` closes: runs each job and sends
 /// `(slot, result)` to `done`. `pid` holds the pid of the slot's worker
-/// process while there is one, 0 otherwise.
+/// process while there is one, 0 otherwise. The manager may hand a slot a
+/// second job while its first runs; a small one is written into the
+/// worker's pipe at once, so the worker goes on to it without a round trip.
 pub async fn serve_slot(
     slot: usize,
     settings: Arc<WorkerSettings>,
     mut jobs: mpsc::UnboundedReceiver<PythonJob>,
     done: mpsc::UnboundedSender<Done>,
     pid: Arc<AtomicU32>,
+    tasks: Arc<std::sync::Mutex<SlotTasks>>,
 ) {
+    let slot_tasks = || tasks.lock().unwrap_or_else(|e| e.into_inner());
+    let report = |result: TaskResult, killed_by_sigterm: bool| {
+        done.send(Done {
+            slot,
+            result,
+            killed_by_sigterm,
+        })
+        .is_ok()
+    };
     let mut process: Option<Process> = None;
     let mut backoff = Duration::from_millis(100);
-    while let Some(job) = jobs.recv().await {
-        // A worker that died while idle (killed to cancel a task that had
-        // just finished, say) is replaced before it can fail this task.
-        if let Some(p) = process.as_mut() {
-            if !matches!(p.child.try_wait(), Ok(None)) {
-                pid.store(0, Ordering::SeqCst);
-                process = None;
-            }
-        }
-        if process.is_none() {
-            match start(slot, &settings, &pid).await {
-                Ok(p) => {
-                    backoff = Duration::from_millis(100);
-                    process = Some(p);
+    // Taken from `jobs` but not written to a worker yet.
+    let mut held: VecDeque<PythonJob> = VecDeque::new();
+    let mut pipe: VecDeque<InPipe> = VecDeque::new();
+    let mut jobs_open = true;
+    loop {
+        if pipe.is_empty() {
+            let job = match held.pop_front() {
+                Some(job) => job,
+                None if jobs_open => match jobs.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+                None => break,
+            };
+            if slot_tasks().skip.remove(&job.spec.task_id) {
+                if !report(cancelled_before_start(job.spec.task_id), false) {
+                    break;
                 }
-                Err(e) => {
+                continue;
+            }
+            // A worker that died while idle (killed to cancel a task that had
+            // just finished, say) is replaced before it can fail this task.
+            if let Some(p) = process.as_mut() {
+                if !matches!(p.child.try_wait(), Ok(None)) {
                     pid.store(0, Ordering::SeqCst);
-                    let killed_by_sigterm = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<EndedBeforeReady>())
-                        .is_some_and(|ended| ended.ended.by_sigterm);
-                    let message = format!(
-                        "cannot start a Python worker with worker_python = {:?}: {e}",
-                        settings.python
-                    );
-                    tracing::error!("{message}");
-                    let result = TaskResult::failed(
-                        job.spec.task_id,
-                        ExceptionInfo::system(WORKER_LOST, message),
-                    );
-                    let _ = done.send(Done {
-                        slot,
-                        result,
-                        killed_by_sigterm,
-                    });
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+                    process = None;
                 }
             }
-        }
-        let p = process.as_mut().expect("started above");
-        let sandbox = match &settings.sandbox_root {
-            Some(root) => match sandbox_dir(root, job.spec.task_id) {
-                Ok(dir) => Some(dir.display().to_string()),
-                Err(e) => {
-                    let message = format!("cannot create the task's sandbox directory: {e}");
-                    let result = TaskResult::failed(
-                        job.spec.task_id,
-                        ExceptionInfo::system("SandboxError", message),
-                    );
-                    if done.send(Done::new(slot, result)).is_err() {
+            slot_tasks().running = Some(job.spec.task_id);
+            if process.is_none() {
+                match start(slot, &settings, &pid).await {
+                    Ok(p) => {
+                        backoff = Duration::from_millis(100);
+                        process = Some(p);
+                    }
+                    Err(e) => {
+                        pid.store(0, Ordering::SeqCst);
+                        slot_tasks().running = None;
+                        let killed_by_sigterm = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<EndedBeforeReady>())
+                            .is_some_and(|ended| ended.ended.by_sigterm);
+                        let message = format!(
+                            "cannot start a Python worker with worker_python = {:?}: {e}",
+                            settings.python
+                        );
+                        tracing::error!("{message}");
+                        let result = TaskResult::failed(
+                            job.spec.task_id,
+                            ExceptionInfo::system(WORKER_LOST, message),
+                        );
+                        if !report(result, killed_by_sigterm) {
+                            break;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let p = process.as_mut().expect("started above");
+            match write_request(p, &job, &settings).await {
+                Ok(()) => pipe.push_back(InPipe {
+                    job,
+                    started: Some(std::time::Instant::now()),
+                }),
+                Err(Refused(e)) => {
+                    slot_tasks().running = None;
+                    if !report(TaskResult::failed(job.spec.task_id, e), false) {
                         break;
                     }
                     continue;
                 }
-            },
-            None => None,
-        };
+                Err(Broken(e)) => {
+                    // Its death is read from its stdout below.
+                    tracing::debug!("slot {slot}: cannot write to the worker: {e}");
+                    pipe.push_back(InPipe {
+                        job,
+                        started: Some(std::time::Instant::now()),
+                    })
+                }
+            }
+        }
+
+        // Wait for the running task's answer; meanwhile pipeline the next.
+        let p = process.as_mut().expect("a task is in the pipe");
+        let current = pipe.front().expect("not empty");
         // A malformed walltime was refused by the broker; none means no limit.
-        let walltime = job.spec.walltime().ok().flatten();
-        let started = std::time::Instant::now();
-        let run = run_one(p, &job, sandbox.as_deref());
-        let ran = match walltime {
-            Some(w) => tokio::time::timeout(Duration::from_secs_f64(w), run)
-                .await
-                .map_err(|_| w),
-            None => Ok(run.await),
+        let walltime = current.job.spec.walltime().ok().flatten();
+        let started = current.started.unwrap_or_else(std::time::Instant::now);
+        let deadline = walltime.map(|w| started + Duration::from_secs_f64(w));
+        let answer = {
+            let reply = read_frame(&mut p.stdout);
+            tokio::pin!(reply);
+            loop {
+                tokio::select! {
+                    r = &mut reply => break Answer::Frame(r),
+                    _ = sleep_until_opt(deadline) => break Answer::Timeout,
+                    job = jobs.recv(), if jobs_open && pipe.len() < 2 && held.is_empty() => {
+                        // Closed: the manager is going; the running task ends first.
+                        let Some(job) = job else {
+                            jobs_open = false;
+                            continue;
+                        };
+                        let task_id = job.spec.task_id;
+                        if slot_tasks().skip.remove(&task_id) {
+                            if !report(cancelled_before_start(task_id), false) {
+                                break Answer::Closed;
+                            }
+                            continue;
+                        }
+                        if request_size(&job) > PIPELINED_REQUEST_BYTES {
+                            held.push_back(job);
+                            continue;
+                        }
+                        match write_request_parts(&mut p.stdin, &mut p.known, &job, &settings).await {
+                            Ok(()) => pipe.push_back(InPipe { job, started: None }),
+                            Err(Refused(e)) => {
+                                if !report(TaskResult::failed(task_id, e), false) {
+                                    break Answer::Closed;
+                                }
+                            }
+                            // The worker is gone: the job runs on its successor.
+                            Err(Broken(e)) => {
+                                tracing::debug!("slot {slot}: cannot write to the worker: {e}");
+                                held.push_back(job);
+                            }
+                        }
+                    }
+                }
+            }
         };
+        let current = pipe.pop_front().expect("not empty");
+        let task_id = current.job.spec.task_id;
         let mut killed_by_sigterm = false;
-        let outcome = match ran {
-            Err(w) => {
+        let outcome = match answer {
+            Answer::Closed => {
+                pipe.push_front(current);
+                break;
+            }
+            Answer::Frame(Ok(frame)) => match parse_reply(&frame, task_id) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let (pid_was, _) = reap(process.take().expect("present")).await;
+                    pid.store(0, Ordering::SeqCst);
+                    lost(format!("worker process {pid_was} broke the protocol: {e}"))
+                }
+            },
+            Answer::Frame(Err(e)) => {
+                pid.store(0, Ordering::SeqCst);
+                let (pid_was, ended) = reap(process.take().expect("present")).await;
+                killed_by_sigterm = ended.by_sigterm;
+                let message =
+                    format!("worker process {pid_was} died while running this task ({ended}): {e}");
+                tracing::warn!("slot {slot}: {message}");
+                lost(message)
+            }
+            Answer::Timeout => {
                 // Past its walltime: kill the worker (the next job starts a
                 // fresh one) and say why, not WorkerLost, so it is not retried.
                 pid.store(0, Ordering::SeqCst);
                 let (dead, _) = reap(process.take().expect("present")).await;
                 let message = format!(
-                    "the task exceeded its walltime of {w} s and was killed after {:.1} s \
+                    "the task exceeded its walltime of {} s and was killed after {:.1} s \
                      (worker process {dead})",
+                    walltime.unwrap_or_default(),
                     started.elapsed().as_secs_f64()
                 );
-                tracing::warn!("slot {slot}: task {}: {message}", job.spec.task_id);
+                tracing::warn!("slot {slot}: task {task_id}: {message}");
                 Outcome::Failed {
                     exception: ExceptionInfo::system(TASK_TIMEOUT, message),
                 }
             }
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => {
-                pid.store(0, Ordering::SeqCst);
-                let (pid, ended) = reap(process.take().expect("present")).await;
-                killed_by_sigterm = ended.by_sigterm;
-                let message =
-                    format!("worker process {pid} died while running this task ({ended}): {e}");
-                tracing::warn!("slot {slot}: {message}");
-                Outcome::Failed {
-                    exception: ExceptionInfo::system(WORKER_LOST, message),
-                }
-            }
         };
+        if process.is_none() {
+            // Tasks still in the dead worker's pipe had not started: they run
+            // on its successor, in order.
+            while let Some(waiting) = pipe.pop_back() {
+                held.push_front(waiting.job);
+            }
+        }
+        // A task cancelled while it waited in the pipe is starting now:
+        // stop it, as a cancelled running task is stopped.
+        let stop_next = {
+            let mut tasks = slot_tasks();
+            let next = pipe.front().map(|next| next.job.spec.task_id);
+            tasks.running = next;
+            next.filter(|id| tasks.skip.remove(id))
+        };
+        if let Some(next) = stop_next {
+            pid.store(0, Ordering::SeqCst);
+            if let Some(p) = process.take() {
+                let _ = reap(p).await;
+            }
+            pipe.pop_front();
+            while let Some(waiting) = pipe.pop_back() {
+                held.push_front(waiting.job);
+            }
+            slot_tasks().running = None;
+            let result = TaskResult {
+                task_id,
+                outcome,
+                completed_at: now_unix(),
+            };
+            if !report(result, killed_by_sigterm) || !report(cancelled_before_start(next), false) {
+                break;
+            }
+            continue;
+        }
+        if let Some(next) = pipe.front_mut() {
+            next.started = Some(std::time::Instant::now());
+        }
         let result = TaskResult {
-            task_id: job.spec.task_id,
+            task_id,
             outcome,
             completed_at: now_unix(),
         };
-        if done
-            .send(Done {
-                slot,
-                result,
-                killed_by_sigterm,
-            })
-            .is_err()
-        {
+        if !report(result, killed_by_sigterm) {
             break;
         }
     }
@@ -302,6 +445,115 @@ pub async fn serve_slot(
         pid.store(0, Ordering::SeqCst);
         stop(p).await;
     }
+}
+
+/// What ended the wait for the running task's answer.
+enum Answer {
+    Frame(std::io::Result<Vec<u8>>),
+    Timeout,
+    /// The manager's results channel is gone.
+    Closed,
+}
+
+/// Why a request was not written.
+enum WriteError {
+    /// The task cannot run (no sandbox directory): its failure.
+    Refused(ExceptionInfo),
+    /// The worker's pipe is broken: the worker died.
+    Broken(std::io::Error),
+}
+use WriteError::{Broken, Refused};
+
+fn lost(message: String) -> Outcome {
+    Outcome::Failed {
+        exception: ExceptionInfo::system(WORKER_LOST, message),
+    }
+}
+
+/// The result of a task cancelled before its worker started it (the
+/// manager reports it as `TaskCancelled`).
+fn cancelled_before_start(task_id: Uuid) -> TaskResult {
+    TaskResult::failed(
+        task_id,
+        ExceptionInfo::system("TaskCancelled", "cancelled before it started"),
+    )
+}
+
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Roughly how many bytes the job's request takes.
+fn request_size(job: &PythonJob) -> usize {
+    job.spec.payload.len() + job.code.len() + 256
+}
+
+async fn write_request(
+    p: &mut Process,
+    job: &PythonJob,
+    settings: &WorkerSettings,
+) -> Result<(), WriteError> {
+    write_request_parts(&mut p.stdin, &mut p.known, job, settings).await
+}
+
+/// Writes the job's request frame (the function's code the first time this
+/// worker sees it), creating its sandbox directory first if asked.
+async fn write_request_parts(
+    stdin: &mut ChildStdin,
+    known: &mut HashSet<Uuid>,
+    job: &PythonJob,
+    settings: &WorkerSettings,
+) -> Result<(), WriteError> {
+    let sandbox = match &settings.sandbox_root {
+        Some(root) => match sandbox_dir(root, job.spec.task_id) {
+            Ok(dir) => Some(dir.display().to_string()),
+            Err(e) => {
+                return Err(Refused(ExceptionInfo::system(
+                    "SandboxError",
+                    format!("cannot create the task's sandbox directory: {e}"),
+                )))
+            }
+        },
+        None => None,
+    };
+    let first_time = known.insert(job.spec.function_id);
+    let request = Request {
+        task_id: job.spec.task_id,
+        function_id: job.spec.function_id,
+        function_code: first_time.then_some(&*job.code),
+        payload: &job.spec.payload,
+        result_serializers: &job.spec.result_serializers,
+        sandbox_dir: sandbox.as_deref(),
+    };
+    let body = serde_json::to_vec(&request)
+        .map_err(|e| Refused(ExceptionInfo::system(WORKER_LOST, e.to_string())))?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    stdin.write_all(&frame).await.map_err(Broken)?;
+    stdin.flush().await.map_err(Broken)
+}
+
+/// The outcome in a worker's reply to task `task_id`.
+fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
+    let reply: Reply = serde_json::from_slice(frame)
+        .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
+    if reply.task_id != Some(task_id) {
+        return Err(std::io::Error::other("worker replied for another task"));
+    }
+    Ok(match (reply.ok, reply.result, reply.exception) {
+        (true, Some(result), _) => Outcome::Success { result },
+        (false, _, Some(exception)) => Outcome::Failed { exception },
+        _ => Outcome::Failed {
+            exception: ExceptionInfo::system(
+                "WorkerProtocolError",
+                "worker reply had neither result nor exception",
+            ),
+        },
+    })
 }
 
 /// Starts a worker and waits for its ready frame; `pid` is set as soon as
@@ -387,44 +639,6 @@ async fn start(
         stdout,
         pid: ready.pid,
         known: HashSet::new(),
-    })
-}
-
-async fn run_one(
-    p: &mut Process,
-    job: &PythonJob,
-    sandbox_dir: Option<&str>,
-) -> std::io::Result<Outcome> {
-    let first_time = p.known.insert(job.spec.function_id);
-    let request = Request {
-        task_id: job.spec.task_id,
-        function_id: job.spec.function_id,
-        function_code: first_time.then_some(&*job.code),
-        payload: &job.spec.payload,
-        result_serializers: &job.spec.result_serializers,
-        sandbox_dir,
-    };
-    let body = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    p.stdin.write_all(&frame).await?;
-    p.stdin.flush().await?;
-    let reply = read_frame(&mut p.stdout).await?;
-    let reply: Reply = serde_json::from_slice(&reply)
-        .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
-    if reply.task_id != Some(job.spec.task_id) {
-        return Err(std::io::Error::other("worker replied for another task"));
-    }
-    Ok(match (reply.ok, reply.result, reply.exception) {
-        (true, Some(result), _) => Outcome::Success { result },
-        (false, _, Some(exception)) => Outcome::Failed { exception },
-        _ => Outcome::Failed {
-            exception: ExceptionInfo::system(
-                "WorkerProtocolError",
-                "worker reply had neither result nor exception",
-            ),
-        },
     })
 }
 
