@@ -354,6 +354,9 @@ fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
         jobs.iter()
             .any(|job| job.durability() == Some(Durability::Now))
     };
+    // Kept open: SQLite keeps one WAL file (same inode) while the writer's
+    // connection is open; after a failure it is opened afresh.
+    let mut file: Option<std::fs::File> = None;
     while let Ok(mut jobs) = rx.recv() {
         while let Ok(more) = rx.try_recv() {
             jobs.extend(more);
@@ -366,7 +369,8 @@ fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
                 Err(_) => break, // the delay is over, or the writer stopped
             }
         }
-        let synced = sync_file(&wal).map_err(|e| {
+        let synced = sync_file(&mut file, &wal).map_err(|e| {
+            file = None;
             tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
             ApiError::internal(format!("could not make the write durable: {e}"))
         });
@@ -376,13 +380,12 @@ fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
     }
 }
 
-/// `fdatasync` of `path`, opened afresh so a WAL file SQLite replaced is
-/// the one synced.
-fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .sync_data()
+/// `fdatasync` of the file at `path`, opened into `file` if it is not yet.
+fn sync_file(file: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
+    if file.is_none() {
+        *file = Some(std::fs::OpenOptions::new().write(true).open(path)?);
+    }
+    file.as_ref().expect("opened above").sync_data()
 }
 
 #[cfg(test)]
