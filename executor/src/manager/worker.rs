@@ -1,11 +1,14 @@
 //! One warm Python worker process and the slot it serves.
 //!
 //! The worker speaks length-prefixed JSON frames over its stdin/stdout
-//! (docs/api.md, "Worker pipe protocol"). A slot task owns the process: it
-//! feeds it one task at a time, sends each outcome back to the manager, and
-//! when the process dies fails the task in hand with `WorkerLost` and starts
-//! a fresh process. The slot publishes the pid of its current process, so
-//! the manager can kill it to cancel the task it runs.
+//! (docs/api.md, "Worker pipe protocol"). A slot task owns the process: the
+//! worker runs one task at a time, and the slot writes the next small task
+//! into its pipe while the current one runs, so the worker goes straight on
+//! to it. The slot sends each outcome back to the manager; when the process
+//! dies it fails the running task with `WorkerLost`, starts a fresh process
+//! and gives it the tasks that were waiting in the dead one's pipe. The slot
+//! publishes the pid of its current process and the task it runs, so the
+//! manager can kill it to cancel that task.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
