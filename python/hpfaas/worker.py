@@ -143,7 +143,10 @@ def _read_frame(stream: BinaryIO) -> Optional[dict]:
 
 def _write_frame(stream: BinaryIO, msg: dict) -> None:
     body = json.dumps(msg).encode("utf-8")
-    stream.write(_HEADER.pack(len(body)) + body)
+    # Two writes into the buffered stream, not a concatenation: a large
+    # result is not copied once more just to put 4 bytes in front of it.
+    stream.write(_HEADER.pack(len(body)))
+    stream.write(body)
     stream.flush()
 
 
