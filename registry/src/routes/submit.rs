@@ -403,16 +403,23 @@ pub async fn submit(
                 answer: answer.clone(),
             }),
     };
-    // The endpoint's link may dispatch the tasks as soon as they are visible;
-    // the client's answer waits until they are durable.
-    let live = state.live.clone();
+    // The endpoint's link may dispatch the tasks as soon as they are visible
+    // (so the audit log records them as submitted then, before they can be
+    // reported running); the client's answer waits until they are durable.
+    let (live, audit, user_name) = (state.live.clone(), state.audit.clone(), user.name.clone());
     let done = state
         .db
         .enqueue_visible(
             move |c, _| db_tasks::submit(c, &submission),
             Durability::Now,
             move |done| {
-                if count > 0 && matches!(done, Submitted::Created) {
+                if !matches!(done, Submitted::Created) {
+                    return;
+                }
+                for (task, function) in audited {
+                    audit.submitted(&user_name, task, function, endpoint, group);
+                }
+                if count > 0 {
                     live.poke(endpoint);
                 }
             },
@@ -420,14 +427,7 @@ pub async fn submit(
         .await
         .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
     match done {
-        Submitted::Created => {
-            for (task, function) in audited {
-                state
-                    .audit
-                    .submitted(&user.name, task, function, endpoint, group);
-            }
-            Ok(json_answer(answer, false))
-        }
+        Submitted::Created => Ok(json_answer(answer, false)),
         Submitted::Replayed(first) => Ok(json_answer(first, true)),
     }
 }
