@@ -93,10 +93,19 @@ impl Audit {
         }
     }
 
-    /// A task was submitted.
-    pub fn submitted(&self, user: &str, task: Uuid, function: Uuid, endpoint: Uuid, group: Uuid) {
+    /// A task was submitted at `ts` (Unix seconds): stamped by the caller,
+    /// which may queue the line a moment later.
+    pub fn submitted(
+        &self,
+        ts: f64,
+        user: &str,
+        task: Uuid,
+        function: Uuid,
+        endpoint: Uuid,
+        group: Uuid,
+    ) {
         self.send(Event::Submitted {
-            ts: now(),
+            ts,
             user: user.to_string(),
             task,
             function,

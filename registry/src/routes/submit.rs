@@ -416,11 +416,14 @@ pub async fn submit(
                 if !matches!(done, Submitted::Created) {
                     return;
                 }
-                for (task, function) in audited {
-                    audit.submitted(&user_name, task, function, endpoint, group);
-                }
+                // Stamped before the dispatch is poked, so no task can be
+                // reported running earlier; queued after, off its path.
+                let ts = hpfaas_protocol::task::now_unix();
                 if count > 0 {
                     live.poke(endpoint);
+                }
+                for (task, function) in audited {
+                    audit.submitted(ts, &user_name, task, function, endpoint, group);
                 }
             },
         )?
