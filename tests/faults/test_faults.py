@@ -31,8 +31,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "tests" / "python"))  # the suites' shared helpers
 
 from hpfaas import Client, Executor  # noqa: E402
+from helpers import wait_until  # noqa: E402
 
 TASKS = int(os.environ.get("HPFAAS_FAULT_TASKS", "20000"))
 #: A debug build on a busy 2-core machine: generous.
@@ -59,16 +61,6 @@ def noop(x, log):
 
 # -- processes ---------------------------------------------------------------
 
-
-def wait_until(probe, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def free_port() -> int:
