@@ -11,17 +11,9 @@ use std::time::Duration;
 use hpfaas_executor::config::{parse_port_range, template, EndpointConfig};
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "../../tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::config;
 
 fn seeds() -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-configs");

@@ -18,17 +18,9 @@ use hpfaas_protocol::task::{
 use proptest::prelude::*;
 use uuid::Uuid;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "../../tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::config;
 
 /// Byte-level mutations of a valid encoding: flip, truncate, insert, delete.
 #[derive(Debug, Clone)]

@@ -15,17 +15,9 @@ use hpfaas_scheduler_adapters::slurm::{self, Slurm};
 use hpfaas_scheduler_adapters::ProviderConfig;
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "../../tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::config;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
