@@ -284,7 +284,7 @@ pub async fn serve_slot(
                 }
             }
             let p = process.as_mut().expect("started above");
-            match write_request(p, &job, &settings).await {
+            match write_request(&mut p.stdin, &mut p.known, &job, &settings).await {
                 Ok(()) => pipe.push_back(InPipe {
                     job,
                     started: Some(std::time::Instant::now()),
@@ -338,7 +338,7 @@ pub async fn serve_slot(
                             held.push_back(job);
                             continue;
                         }
-                        match write_request_parts(&mut p.stdin, &mut p.known, &job, &settings).await {
+                        match write_request(&mut p.stdin, &mut p.known, &job, &settings).await {
                             Ok(()) => pipe.push_back(InPipe { job, started: None }),
                             Err(Refused(e)) => {
                                 if !report(TaskResult::failed(task_id, e), false) {
@@ -494,17 +494,9 @@ fn request_size(job: &PythonJob) -> usize {
     job.spec.payload.len() + job.code.len() + 256
 }
 
-async fn write_request(
-    p: &mut Process,
-    job: &PythonJob,
-    settings: &WorkerSettings,
-) -> Result<(), WriteError> {
-    write_request_parts(&mut p.stdin, &mut p.known, job, settings).await
-}
-
 /// Writes the job's request frame (the function's code the first time this
 /// worker sees it), creating its sandbox directory first if asked.
-async fn write_request_parts(
+async fn write_request(
     stdin: &mut ChildStdin,
     known: &mut HashSet<Uuid>,
     job: &PythonJob,
