@@ -246,17 +246,14 @@ impl Submitters {
                     line,
                     r#"{{"endpoint_id":"{endpoint}","event":"task_submitted","function_id":"{function}","task_group_id":"{group}","task_id":"{task}","ts":{ts},"user":{user}}}"#
                 );
-                if self.known.len() >= REMEMBERED_TASKS {
-                    self.known.clear();
-                }
-                self.known.insert(task, (user, function, endpoint));
+                self.remember(task, (user, function, endpoint));
             }
             Event::Running { ts, task, endpoint } => {
                 let _ = write!(
                     line,
                     r#"{{"endpoint_id":"{endpoint}","event":"task_running","#
                 );
-                if let Some((user, function, _)) = self.submitter(task, false) {
+                if let Some((user, function, _)) = self.known_submitter(task) {
                     let _ = write!(line, r#""function_id":"{function}","user":{user},"#);
                 }
                 let _ = writeln!(line, r#""task_id":"{task}","ts":{ts}}}"#);
@@ -268,7 +265,7 @@ impl Submitters {
                 how,
                 exc_type,
             } => {
-                let submitter = self.submitter(task, true);
+                let submitter = self.take_submitter(task);
                 line.push('{');
                 if let Some(endpoint) = endpoint.or(submitter.as_ref().map(|s| s.2)) {
                     let _ = write!(line, r#""endpoint_id":"{endpoint}","#);
@@ -289,21 +286,39 @@ impl Submitters {
         }
     }
 
-    /// The task's submitter: remembered (forgotten now if `last`), else read.
-    fn submitter(&mut self, task: Uuid, last: bool) -> Option<Submitter> {
-        let known = if last {
-            self.known.remove(&task)
-        } else {
-            self.known.get(&task).cloned()
-        };
-        known.or_else(|| {
-            let (user, function, endpoint) = self.lookup(task)?;
-            Some((
-                json_string(&user),
-                Uuid::parse_str(&function).ok()?,
-                Uuid::parse_str(&endpoint).ok()?,
-            ))
-        })
+    /// Remembers a task's submitter, forgetting everyone past the bound.
+    fn remember(&mut self, task: Uuid, submitter: Submitter) {
+        if self.known.len() >= REMEMBERED_TASKS {
+            self.known.clear();
+        }
+        self.known.insert(task, submitter);
+    }
+
+    /// The task's submitter, remembered, else read (and remembered): borrowed,
+    /// as every task's running line asks for it.
+    fn known_submitter(&mut self, task: Uuid) -> Option<&Submitter> {
+        if !self.known.contains_key(&task) {
+            let found = self.read_submitter(task)?;
+            self.remember(task, found);
+        }
+        self.known.get(&task)
+    }
+
+    /// The task's submitter, forgotten now: its last line is being written.
+    fn take_submitter(&mut self, task: Uuid) -> Option<Submitter> {
+        self.known
+            .remove(&task)
+            .or_else(|| self.read_submitter(task))
+    }
+
+    /// The task's submitter from the database.
+    fn read_submitter(&mut self, task: Uuid) -> Option<Submitter> {
+        let (user, function, endpoint) = self.lookup(task)?;
+        Some((
+            json_string(&user),
+            Uuid::parse_str(&function).ok()?,
+            Uuid::parse_str(&endpoint).ok()?,
+        ))
     }
 
     /// Adds the submitter's name and the function to a generic task event
@@ -320,7 +335,12 @@ impl Submitters {
             return;
         };
         let last = event.get("event").and_then(Value::as_str) == Some("task_finished");
-        if let Some((user, function, endpoint)) = self.submitter(task, last) {
+        let submitter = if last {
+            self.take_submitter(task)
+        } else {
+            self.known_submitter(task).cloned()
+        };
+        if let Some((user, function, endpoint)) = submitter {
             event["user"] = serde_json::from_str(&user).unwrap_or(Value::Null);
             event["function_id"] = json!(function);
             event
