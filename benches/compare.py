@@ -119,14 +119,21 @@ class Runner:
         return self.submit(fn, *args).result(timeout=self.timeout)
 
 
+def timed_map(runner, fn, n, what):
+    """Seconds from the first submit to the last result of `fn` over range(n),
+    after one warm-up call; every result must equal its input."""
+    runner.call(fn, -1)
+    t0 = time.perf_counter()
+    results = runner.map(fn, range(n))
+    seconds = time.perf_counter() - t0
+    check(results == list(range(n)), f"{what}: a result differs from its input")
+    return seconds
+
+
 def run_noop(runner, sizes, _):
     """`noop`: N identity calls submitted at once, first submit to last result."""
     n = sizes["noop"]
-    runner.call(workloads.ident, -1)
-    t0 = time.perf_counter()
-    results = runner.map(workloads.ident, range(n))
-    seconds = time.perf_counter() - t0
-    check(results == list(range(n)), "noop: a result differs from its input")
+    seconds = timed_map(runner, workloads.ident, n, "noop")
     return {"tasks": n, "seconds": seconds, "tasks_per_s": n / seconds}
 
 
@@ -152,11 +159,7 @@ def run_sleep(runner, sizes, ceilings):
     overshoot the ideal by the machine's timer slack alone.
     """
     n = sizes["sleep"]
-    runner.call(workloads.sleep_10ms, -1)
-    t0 = time.perf_counter()
-    results = runner.map(workloads.sleep_10ms, range(n))
-    seconds = time.perf_counter() - t0
-    check(results == list(range(n)), "sleep: a result differs from its input")
+    seconds = timed_map(runner, workloads.sleep_10ms, n, "sleep")
     ideal = n * SLEEP_S / WORKERS
     out = {"tasks": n, "seconds": seconds, "ideal_s": ideal,
            "overhead_pct": (seconds / ideal - 1) * 100}
