@@ -1,18 +1,22 @@
-//! Bridges one blocking ZeroMQ socket to tokio.
+//! Bridges one ZeroMQ socket to tokio.
 //!
-//! `zmq` sockets are neither thread-safe nor async, so each socket lives on
-//! its own thread driving `zmq::poll`. Incoming multipart messages go to a
-//! tokio channel; outgoing ones are queued on a std channel and the thread is
-//! woken through an inproc PAIR socket, so no side ever polls on a timer.
+//! `zmq` sockets are not async, but each exposes a descriptor (`ZMQ_FD`)
+//! that becomes readable whenever its events may have changed. A tokio task
+//! owns the socket, waits on that descriptor in the runtime's reactor and on
+//! a channel of outgoing messages, and hands incoming multipart messages to
+//! another channel. No thread of ours sits between the runtime and libzmq's
+//! I/O thread, so a message crosses no extra thread wake-up on either side.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::os::fd::{AsRawFd, RawFd};
 
-use tokio::sync::mpsc as tokio_mpsc;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
 /// One ZeroMQ message: its frames.
 pub type Multipart = Vec<Vec<u8>>;
+
+/// Most messages taken off the socket before other tasks get a turn.
+const RECV_BURST: usize = 256;
 
 enum Outgoing {
     Message(Multipart),
@@ -22,124 +26,128 @@ enum Outgoing {
 /// Sending half: cheap to clone, usable from any thread or task.
 #[derive(Clone)]
 pub struct BridgeSender {
-    queue: mpsc::Sender<Outgoing>,
-    waker: Arc<Mutex<zmq::Socket>>,
-    asleep: Arc<AtomicBool>,
+    queue: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl BridgeSender {
     /// Queues a message; returns false once the bridge has stopped.
     pub fn send(&self, message: Multipart) -> bool {
-        self.push(Outgoing::Message(message))
+        self.queue.send(Outgoing::Message(message)).is_ok()
     }
 
-    /// Asks the bridge thread to close the socket (after sending what is queued).
+    /// Asks the bridge to close the socket (after sending what is queued).
     pub fn close(&self) {
-        self.push(Outgoing::Close);
-    }
-
-    fn push(&self, item: Outgoing) -> bool {
-        if self.queue.send(item).is_err() {
-            return false;
-        }
-        // Only wake the thread when it may be blocked in poll; a burst of
-        // sends then costs one wake-up, not one per message.
-        if self.asleep.swap(false, Ordering::AcqRel) {
-            if let Ok(waker) = self.waker.lock() {
-                let _ = waker.send(&[][..], zmq::DONTWAIT);
-            }
-        }
-        true
+        let _ = self.queue.send(Outgoing::Close);
     }
 }
 
-/// A running bridge: the sender, the receiver of incoming messages, and the thread.
+/// A running bridge: the sender, the receiver of incoming messages, and its task.
 pub struct Bridge {
     /// Queue messages for the socket.
     pub sender: BridgeSender,
     /// Messages that arrived on the socket.
-    pub incoming: tokio_mpsc::UnboundedReceiver<Multipart>,
-    /// The socket's thread; joins after [`BridgeSender::close`].
-    pub thread: JoinHandle<()>,
+    pub incoming: mpsc::UnboundedReceiver<Multipart>,
+    /// The socket's task; ends after [`BridgeSender::close`].
+    pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Moves `socket` onto its own thread and returns the bridge to it.
-pub fn spawn(context: &zmq::Context, socket: zmq::Socket, name: &str) -> std::io::Result<Bridge> {
-    let address = format!("inproc://hpfaas-bridge-{}", uuid::Uuid::new_v4());
-    let wake_rx = context.socket(zmq::PAIR).map_err(std::io::Error::other)?;
-    wake_rx.bind(&address).map_err(std::io::Error::other)?;
-    let wake_tx = context.socket(zmq::PAIR).map_err(std::io::Error::other)?;
-    wake_tx.connect(&address).map_err(std::io::Error::other)?;
-    let (queue_tx, queue_rx) = mpsc::channel();
-    let (in_tx, in_rx) = tokio_mpsc::unbounded_channel();
-    let asleep = Arc::new(AtomicBool::new(false));
-    let thread_asleep = asleep.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("zmq-{name}"))
-        .spawn(move || run(socket, wake_rx, queue_rx, in_tx, thread_asleep))?;
-    Ok(Bridge {
-        sender: BridgeSender {
-            queue: queue_tx,
-            waker: Arc::new(Mutex::new(wake_tx)),
-            asleep,
-        },
-        incoming: in_rx,
-        thread,
-    })
-}
+/// The socket's `ZMQ_FD`, registered with the reactor; libzmq owns and closes it.
+struct SignalFd(RawFd);
 
-fn run(
-    socket: zmq::Socket,
-    waker: zmq::Socket,
-    queue: mpsc::Receiver<Outgoing>,
-    incoming: tokio_mpsc::UnboundedSender<Multipart>,
-    asleep: Arc<AtomicBool>,
-) {
-    loop {
-        // Drain the outgoing queue before sleeping, then announce the sleep
-        // and check once more so a message queued in between is not stranded.
-        if !drain_outgoing(&socket, &queue) {
-            return;
-        }
-        asleep.store(true, Ordering::Release);
-        if !drain_outgoing(&socket, &queue) {
-            return;
-        }
-        let mut items = [
-            socket.as_poll_item(zmq::POLLIN),
-            waker.as_poll_item(zmq::POLLIN),
-        ];
-        if zmq::poll(&mut items, -1).is_err() {
-            continue; // EINTR: poll again.
-        }
-        let (socket_ready, waker_ready) = (items[0].is_readable(), items[1].is_readable());
-        if waker_ready {
-            while waker.recv_bytes(zmq::DONTWAIT).is_ok() {}
-        }
-        if socket_ready {
-            while let Ok(message) = socket.recv_multipart(zmq::DONTWAIT) {
-                if incoming.send(message).is_err() {
-                    return; // Nobody listens any more.
-                }
-            }
-        }
+impl AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }
 
-/// Sends every queued message; false when the bridge should stop.
-fn drain_outgoing(socket: &zmq::Socket, queue: &mpsc::Receiver<Outgoing>) -> bool {
-    loop {
-        match queue.try_recv() {
-            Ok(Outgoing::Message(message)) => {
-                if let Err(e) = socket.send_multipart(message, 0) {
-                    // A ROUTER with router_mandatory reports vanished peers
-                    // here; heartbeats declare them lost, so just note it.
-                    tracing::debug!("zmq send failed: {e}");
-                }
+/// Moves `socket` into a task on the current tokio runtime and returns the bridge to it.
+pub fn spawn(socket: zmq::Socket, name: &str) -> std::io::Result<Bridge> {
+    let fd = socket.get_fd().map_err(std::io::Error::other)?;
+    // SAFETY: the descriptor belongs to `socket`, which `run` owns and
+    // drops only after this registration.
+    let signal =
+        unsafe { AsyncFd::register_with_interest(SignalFd(fd), tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::other)?;
+    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(socket, signal, queue_rx, in_tx, name.to_string()));
+    Ok(Bridge {
+        sender: BridgeSender { queue: queue_tx },
+        incoming: in_rx,
+        task,
+    })
+}
+
+/// Drives the socket until it is closed or nobody listens; then
+/// deregisters its descriptor while libzmq still has it open, and closes it.
+async fn run(
+    socket: zmq::Socket,
+    signal: AsyncFd<SignalFd>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    incoming: mpsc::UnboundedSender<Multipart>,
+    name: String,
+) {
+    // The socket is owned here and only borrowed between awaits: it is
+    // `Send` but not `Sync`, so no reference to it may cross an await.
+    'serve: loop {
+        loop {
+            match queue.try_recv() {
+                Ok(Outgoing::Message(message)) => send(&socket, message, &name),
+                Ok(Outgoing::Close) | Err(mpsc::error::TryRecvError::Disconnected) => break 'serve,
+                Err(mpsc::error::TryRecvError::Empty) => break,
             }
-            Ok(Outgoing::Close) | Err(mpsc::TryRecvError::Disconnected) => return false,
-            Err(mpsc::TryRecvError::Empty) => return true,
         }
+        // `ZMQ_FD` is edge-triggered: it signals only after `ZMQ_EVENTS` has
+        // been read, so every turn reads it (a send may have consumed the
+        // signal of a message that arrived meanwhile) before waiting again.
+        let mut taken = 0;
+        while taken < RECV_BURST && readable(&socket) {
+            match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(message) => {
+                    if incoming.send(message).is_err() {
+                        break 'serve; // Nobody listens any more.
+                    }
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if taken == RECV_BURST {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            ready = signal.readable() => match ready {
+                // Cleared before `ZMQ_EVENTS` is read again at the top, so a
+                // signal that comes after that read wakes us once more.
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!("zmq-{name}: cannot wait on the socket: {e}");
+                    break 'serve;
+                }
+            },
+            item = queue.recv() => match item {
+                Some(Outgoing::Message(message)) => send(&socket, message, &name),
+                Some(Outgoing::Close) | None => break 'serve,
+            },
+        }
+    }
+    drop(signal);
+    drop(socket);
+}
+
+fn readable(socket: &zmq::Socket) -> bool {
+    socket
+        .get_events()
+        .is_ok_and(|events| events.contains(zmq::POLLIN))
+}
+
+fn send(socket: &zmq::Socket, message: Multipart, name: &str) {
+    // The sockets have no high-water mark, so a send never has to wait; a
+    // ROUTER with router_mandatory reports vanished peers here, and
+    // heartbeats declare them lost, so just note it.
+    if let Err(e) = socket.send_multipart(message, zmq::DONTWAIT) {
+        tracing::debug!("zmq-{name}: send failed: {e}");
     }
 }
 
@@ -154,23 +162,44 @@ mod tests {
         router.bind("tcp://127.0.0.1:*").unwrap();
         let endpoint = router.get_last_endpoint().unwrap().unwrap();
         let dealer = ctx.socket(zmq::DEALER).unwrap();
+        dealer.set_sndhwm(0).unwrap();
         dealer.connect(&endpoint).unwrap();
-        let mut r = spawn(&ctx, router, "router").unwrap();
-        let mut d = spawn(&ctx, dealer, "dealer").unwrap();
-        for i in 0..1000u32 {
+        let mut r = spawn(router, "router").unwrap();
+        let mut d = spawn(dealer, "dealer").unwrap();
+        // More than one receive burst, so the bridge must come back for the rest.
+        let count = 3 * RECV_BURST as u32 + 7;
+        for i in 0..count {
             assert!(d.sender.send(vec![i.to_be_bytes().to_vec()]));
         }
         let mut identity = Vec::new();
-        for i in 0..1000u32 {
+        for i in 0..count {
             let msg = r.incoming.recv().await.unwrap();
             assert_eq!(msg[1], i.to_be_bytes().to_vec());
             identity = msg[0].clone();
         }
-        r.sender.send(vec![identity, b"pong".to_vec()]);
-        assert_eq!(d.incoming.recv().await.unwrap(), vec![b"pong".to_vec()]);
+        // Replies interleaved with requests: each side sends while it receives.
+        for i in 0..100u32 {
+            r.sender
+                .send(vec![identity.clone(), i.to_be_bytes().to_vec()]);
+            d.sender.send(vec![i.to_be_bytes().to_vec()]);
+        }
+        for i in 0..100u32 {
+            assert_eq!(
+                d.incoming.recv().await.unwrap(),
+                vec![i.to_be_bytes().to_vec()]
+            );
+            assert_eq!(
+                r.incoming.recv().await.unwrap()[1],
+                i.to_be_bytes().to_vec()
+            );
+        }
         r.sender.close();
         d.sender.close();
-        r.thread.join().unwrap();
-        d.thread.join().unwrap();
+        r.task.await.unwrap();
+        d.task.await.unwrap();
+        assert!(
+            !r.sender.send(vec![b"late".to_vec()]),
+            "a closed bridge refuses"
+        );
     }
 }

@@ -146,7 +146,7 @@ pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         None => None,
     };
     let url = bind(&router, &config)?;
-    let bridge = zmq_bridge::spawn(&context, router, "broker")?;
+    let bridge = zmq_bridge::spawn(router, "broker")?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(run(config, bridge, cmd_rx, ev_tx, (context, zap)));
@@ -238,7 +238,7 @@ async fn run(
         broker.send(identity, &BrokerMessage::Shutdown);
     }
     bridge.sender.close();
-    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+    let _ = bridge.task.await;
 }
 
 impl Broker {

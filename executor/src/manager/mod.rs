@@ -162,7 +162,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let result = manager.serve(&mut bridge.incoming).await;
     manager.shutdown().await;
     bridge.sender.close();
-    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+    let _ = bridge.task.await;
     result
 }
 
@@ -210,7 +210,7 @@ pub(crate) async fn connect(
     dealer
         .connect(&config.broker_url)
         .with_context(|| format!("cannot connect to the broker at {}", config.broker_url))?;
-    let mut bridge = zmq_bridge::spawn(context, dealer, "manager")?;
+    let mut bridge = zmq_bridge::spawn(dealer, "manager")?;
     let out = bridge.sender.clone();
     send(&out, &ManagerMessage::Register(info.clone()));
 

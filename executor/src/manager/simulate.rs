@@ -114,6 +114,6 @@ async fn serve_one(
         link.flush(&mut started, &mut results);
     };
     bridge.sender.close();
-    let _ = tokio::task::spawn_blocking(move || bridge.thread.join()).await;
+    let _ = bridge.task.await;
     result
 }
