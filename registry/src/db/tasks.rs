@@ -12,7 +12,10 @@ use hpfaas_protocol::task::{FunctionCode, Outcome, TaskResult, TaskSpec, TaskSta
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::{catalog, now, uuid_col, WriteCtx};
+use hpfaas_protocol::payload::{strategy_of, unpack, STRATEGY_JSON};
+
+use super::catalog::{self, EndpointPolicy};
+use super::{now, uuid_col, WriteCtx};
 use crate::error::{ApiError, ApiResult};
 
 /// A task as the REST routes show it.
@@ -172,6 +175,60 @@ pub fn replay(conn: &Connection, owner: i64, req: &IdempotentRequest) -> ApiResu
     }
 }
 
+/// Refuses a submission the endpoint's policy forbids: a function outside
+/// `allowed_functions` (403), or with `json_only` a payload with a buffer
+/// that is not JSON (400, naming the task's index).
+fn check_policy(policy: &EndpointPolicy, s: &Submission) -> ApiResult<()> {
+    let endpoint = s.endpoint;
+    if !policy.allowed_functions.is_empty() {
+        if let Some((key, _)) = s
+            .functions
+            .iter()
+            .find(|(_, f)| !policy.allowed_functions.contains(f))
+        {
+            return Err(ApiError::forbidden(format!(
+                "function {key} is not in the allowed_functions of endpoint {endpoint}"
+            )));
+        }
+    }
+    if !policy.json_only {
+        return Ok(());
+    }
+    // Tasks come grouped by function, in the body's order.
+    let (mut function, mut i) = (None, 0usize);
+    for (index, task) in s.tasks.iter().enumerate() {
+        if function != Some(task.function) {
+            (function, i) = (Some(task.function), 0);
+        }
+        // The key the body named the function by, only for a refusal.
+        let key = || {
+            s.functions
+                .iter()
+                .find(|(_, f)| *f == task.function)
+                .map_or_else(|| task.function.to_string(), |(key, _)| key.clone())
+        };
+        let buffers = unpack(&task.payload).map_err(|e| {
+            let key = key();
+            ApiError::bad_request(format!(
+                "task index {index} (tasks[{key:?}][{i}]): its payload is not packed buffers \
+                 ({e}); endpoint {endpoint} accepts only JSON (11\\n) arguments"
+            ))
+        })?;
+        if let Some(buffer) = buffers
+            .into_iter()
+            .find(|b| strategy_of(b) != Some(STRATEGY_JSON))
+        {
+            let (strategy, key): (String, _) = (buffer.chars().take(3).collect(), key());
+            return Err(ApiError::bad_request(format!(
+                "task index {index} (tasks[{key:?}][{i}]) has a buffer with strategy \
+                 {strategy:?}; endpoint {endpoint} accepts only JSON (11\\n) arguments"
+            )));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Checks everything a submission names and stores its tasks (and its
 /// idempotency key), or replays the answer of an earlier request with the
 /// same key.
@@ -181,8 +238,9 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             return Ok(Submitted::Replayed(answer));
         }
     }
-    let (access, _) = catalog::endpoint_access(conn, s.owner, s.endpoint)?;
+    let (access, policy) = catalog::endpoint_access(conn, s.owner, s.endpoint)?;
     check_submit_access(conn, s.owner, s.endpoint, access)?;
+    check_policy(&policy, s)?;
     for (sent_as, id) in &s.functions {
         if !catalog::owns_function(conn, s.owner, *id)? {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
@@ -567,6 +625,53 @@ mod tests {
         };
         assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
         tasks.into_iter().map(|t| t.id).collect()
+    }
+
+    #[test]
+    fn policy_names_the_function_and_the_task_index() {
+        let (ep, f, g) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let task = |function, payload: String| NewTask {
+            id: Uuid::new_v4(),
+            function,
+            payload,
+        };
+        let pack = hpfaas_protocol::payload::pack;
+        let s = Submission {
+            owner: 1,
+            endpoint: ep,
+            group: Uuid::new_v4(),
+            state: TaskState::Received,
+            functions: vec![(f.to_string(), f), (g.to_string(), g)],
+            tasks: vec![
+                task(f, pack(&["11\n[1]", "11\n{}"])),
+                task(g, pack(&["11\n[]", "11\n{}"])),
+                task(g, pack(&["11\n[]", "00\ngASVAA=="])),
+            ],
+            result_serializers: "[]".into(),
+            resource_spec: None,
+            idempotency: None,
+        };
+        let only_f = EndpointPolicy {
+            allowed_functions: vec![f],
+            json_only: false,
+        };
+        let e = check_policy(&only_f, &s).unwrap_err();
+        assert_eq!(e.code, "forbidden");
+        assert!(e.message.contains(&g.to_string()), "{}", e.message);
+        let json_only = EndpointPolicy {
+            allowed_functions: vec![],
+            json_only: true,
+        };
+        let e = check_policy(&json_only, &s).unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.contains("task index 2"), "{}", e.message);
+        assert!(
+            e.message.contains(&format!("[{:?}][1]", g.to_string())),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("\"00\\n\""), "{}", e.message);
+        assert!(check_policy(&EndpointPolicy::default(), &s).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `POST /v3/endpoints/{id}/submit`: the submit body (read with the task
 //! limit enforced while parsing, so an oversized batch never fills memory),
-//! idempotency keys, the endpoint's policy, and storing the tasks.
+//! idempotency keys, and storing the tasks (access and the endpoint's
+//! policy are checked in that write, `db::tasks::submit`).
 //!
 //! The answer is given only once the tasks are committed. A request with an
 //! idempotency key (header `Idempotency-Key` or body `idempotency_key`) that
@@ -14,7 +15,6 @@ use std::fmt;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use hpfaas_protocol::payload::{strategy_of, unpack, STRATEGY_JSON};
 use hpfaas_protocol::task::TaskState;
 use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
@@ -23,7 +23,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::User;
-use crate::db::catalog::{self, EndpointPolicy};
 use crate::db::idempotency::validate_key;
 use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
 use crate::db::Durability;
@@ -235,53 +234,6 @@ fn request_hash(endpoint: Uuid, bytes: &[u8]) -> String {
 }
 
 /// Checks the tasks against what the endpoint declared it runs.
-fn check_policy(endpoint: Uuid, policy: &EndpointPolicy, body: &SubmitBody) -> ApiResult<()> {
-    let mut index = 0usize;
-    for (key, payloads) in &body.tasks {
-        if !policy.allowed_functions.is_empty() {
-            // A key that is no UUID is refused with 400 after this.
-            let allowed =
-                Uuid::parse_str(key).map_or(true, |f| policy.allowed_functions.contains(&f));
-            if !allowed {
-                return Err(ApiError::forbidden(format!(
-                    "function {key} is not in the allowed_functions of endpoint {endpoint}"
-                )));
-            }
-        }
-        if policy.json_only {
-            for (i, payload) in payloads.iter().enumerate() {
-                let buffers = unpack(payload).map_err(|e| {
-                    ApiError::bad_request(format!(
-                        "task index {} (tasks[{key:?}][{i}]): its payload is not packed buffers \
-                         ({e}); endpoint {endpoint} accepts only JSON (11\\n) arguments",
-                        index + i
-                    ))
-                })?;
-                for buffer in buffers {
-                    if strategy_of(buffer) != Some(STRATEGY_JSON) {
-                        let strategy: String = buffer.chars().take(3).collect();
-                        return Err(ApiError::bad_request(format!(
-                            "task index {} (tasks[{key:?}][{i}]) has a buffer with strategy \
-                             {strategy:?}; endpoint {endpoint} accepts only JSON (11\\n) arguments",
-                            index + i,
-                        )));
-                    }
-                }
-            }
-        }
-        index += payloads.len();
-    }
-    Ok(())
-}
-
-/// What the read before a submit found.
-enum Before {
-    /// A retry: the first answer.
-    Replay(String),
-    /// Allowed so far, under this policy.
-    Allowed(EndpointPolicy),
-}
-
 fn json_answer(text: String, replayed: bool) -> Response {
     let mut resp = (
         [(
@@ -312,31 +264,9 @@ pub async fn submit(
     let request_hash = key.as_ref().map(|_| request_hash(endpoint, &bytes));
     drop(bytes);
 
-    let probe = key.clone().zip(request_hash.clone());
-    let before = state
-        .db
-        .read(move |c| {
-            if let Some((key, hash)) = probe {
-                let req = IdempotentRequest {
-                    key,
-                    request_hash: hash,
-                    answer: String::new(),
-                };
-                if let Some(answer) = db_tasks::replay(c, user.id, &req)? {
-                    return Ok(Before::Replay(answer));
-                }
-            }
-            let (access, policy) = catalog::endpoint_access(c, user.id, endpoint)?;
-            db_tasks::check_submit_access(c, user.id, endpoint, access)?;
-            Ok(Before::Allowed(policy))
-        })
-        .await?;
-    let policy = match before {
-        Before::Replay(answer) => return Ok(json_answer(answer, true)),
-        Before::Allowed(policy) => policy,
-    };
-    check_policy(endpoint, &policy, &body)?;
-
+    // Access, the endpoint's policy and a replayed key are all checked in
+    // the write itself (`db_tasks::submit`): a read before it would cost
+    // every submit a trip to the reader pool for what the write re-checks.
     let mut functions = Vec::new();
     let mut seen = HashSet::new();
     let mut new_tasks = Vec::new();
@@ -466,42 +396,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.idempotency_key.as_deref(), Some("k"));
-    }
-
-    #[test]
-    fn policy_names_the_function_and_the_task_index() {
-        let (ep, f, g) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let body = SubmitBody {
-            tasks: vec![
-                (
-                    f.to_string(),
-                    vec![hpfaas_protocol::payload::pack(&["11\n[1]", "11\n{}"])],
-                ),
-                (
-                    g.to_string(),
-                    vec![
-                        hpfaas_protocol::payload::pack(&["11\n[]", "11\n{}"]),
-                        hpfaas_protocol::payload::pack(&["11\n[]", "00\ngASVAA=="]),
-                    ],
-                ),
-            ],
-            ..Default::default()
-        };
-        let only_f = EndpointPolicy {
-            allowed_functions: vec![f],
-            json_only: false,
-        };
-        let e = check_policy(ep, &only_f, &body).unwrap_err();
-        assert_eq!(e.code, "forbidden");
-        assert!(e.message.contains(&g.to_string()), "{}", e.message);
-        let json_only = EndpointPolicy {
-            allowed_functions: vec![],
-            json_only: true,
-        };
-        let e = check_policy(ep, &json_only, &body).unwrap_err();
-        assert_eq!(e.code, "bad_request");
-        assert!(e.message.contains("task index 2"), "{}", e.message);
-        assert!(e.message.contains("\"00\\n\""), "{}", e.message);
-        assert!(check_policy(ep, &EndpointPolicy::default(), &body).is_ok());
     }
 }
