@@ -47,6 +47,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const PAGE_TASKS: usize = 2000;
 /// Rough byte cap of one `Tasks` frame, far below [`MAX_MESSAGE_BYTES`].
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Limits of the first page after a wake-up, read on the async thread
+/// ([`crate::db::Db::read_inline`]): a lone submit is dispatched without a
+/// trip through the reader pool; a backlog is paged from the pool.
+const QUICK_PAGE_TASKS: usize = 64;
+const QUICK_PAGE_BYTES: usize = 256 * 1024;
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Result batches of one agent queued for the writer at once (until their
@@ -351,24 +356,33 @@ async fn dispatch_loop(
     let mut cursor = 0i64;
     let mut cancel_cursor = 0i64;
     let mut sent_functions = HashSet::new();
+    // Just woken (or started): the next read is the quick, inline one.
+    let mut woken = true;
     loop {
         let (after_cancel, after) = (cancel_cursor, cursor);
         let sent = std::mem::take(&mut sent_functions);
+        let (max_tasks, max_bytes) = if woken {
+            (QUICK_PAGE_TASKS, QUICK_PAGE_BYTES)
+        } else {
+            (PAGE_TASKS, PAGE_BYTES)
+        };
         // One read per turn: cancels first (so a task cancelled meanwhile is
         // not started), else the next page of tasks.
-        let next = state
-            .db
-            .read(move |c| {
-                let (task_ids, last) =
-                    db_cancel::pending_cancels(c, endpoint, after_cancel, PAGE_TASKS)?;
-                if !task_ids.is_empty() {
-                    return Ok(Next::Cancels(task_ids, last, sent));
-                }
-                let page =
-                    db_tasks::dispatch_page(c, endpoint, after, sent, PAGE_TASKS, PAGE_BYTES)?;
-                Ok(Next::Tasks(page))
-            })
-            .await;
+        let read = move |c: &rusqlite::Connection| {
+            let (task_ids, last) =
+                db_cancel::pending_cancels(c, endpoint, after_cancel, max_tasks)?;
+            if !task_ids.is_empty() {
+                return Ok(Next::Cancels(task_ids, last, sent));
+            }
+            let page = db_tasks::dispatch_page(c, endpoint, after, sent, max_tasks, max_bytes)?;
+            Ok(Next::Tasks(page))
+        };
+        let next = if woken {
+            state.db.read_inline(read)
+        } else {
+            state.db.read(read).await
+        };
+        woken = false;
         match next {
             Ok(Next::Cancels(task_ids, last, sent)) => {
                 sent_functions = sent;
@@ -392,7 +406,10 @@ async fn dispatch_loop(
                             return;
                         }
                     }
-                    None => wake.notified().await,
+                    None => {
+                        wake.notified().await;
+                        woken = true;
+                    }
                 }
             }
             Err(e) => {

@@ -132,6 +132,20 @@ impl Db {
         .map_err(|e| ApiError::internal(format!("database read failed: {e}")))?
     }
 
+    /// Runs a small read-only query on the calling thread, with a pooled
+    /// connection: for a read bounded to a few rows on a latency-critical
+    /// path, where handing it to a pool thread and back costs more than the
+    /// query. Large or unbounded reads use [`Db::read`].
+    pub fn read_inline<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&Connection) -> ApiResult<T>,
+    {
+        let conn = self.readers.take()?;
+        let out = f(&conn);
+        self.readers.give_back(conn);
+        out
+    }
+
     /// Runs `f` in the next group commit and returns once it is durable.
     pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
     where

@@ -34,6 +34,10 @@ use crate::state::AppState;
 
 /// Results read from the database per query.
 const PAGE: usize = 1000;
+/// Results in the first read after a notification, which runs on the async
+/// thread ([`crate::db::Db::read_inline`]): a lone result reaches its stream
+/// without a trip through the reader pool; more are paged from the pool.
+const QUICK_PAGE: usize = 16;
 
 /// Silence after which a keep-alive comment is sent.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -185,13 +189,21 @@ async fn send_after(
     last: &mut i64,
     tx: &mpsc::Sender<Event>,
 ) -> ApiResult<bool> {
+    let mut first = true;
     loop {
         let after = *last;
-        let rows = state
-            .db
-            .read(move |c| db_tasks::results_after(c, group, after, PAGE))
-            .await?;
-        let full = rows.len() == PAGE;
+        let rows = if first {
+            state
+                .db
+                .read_inline(|c| db_tasks::results_after(c, group, after, QUICK_PAGE))?
+        } else {
+            state
+                .db
+                .read(move |c| db_tasks::results_after(c, group, after, PAGE))
+                .await?
+        };
+        let full = rows.len() == if first { QUICK_PAGE } else { PAGE };
+        first = false;
         for row in &rows {
             let Some(seq) = row.result_seq.filter(|s| *s > *last) else {
                 continue;
