@@ -58,6 +58,11 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     // commit still survives a power cut, and the sync is off the writer's path.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Each write job runs in a savepoint, so a statement that may fail a
+    // constraint keeps a statement journal of the pages it changes; in a
+    // temporary file that was a pwrite per page, a fifth of the writer's
+    // time on a stream of results. It never outlives its statement.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
