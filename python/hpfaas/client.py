@@ -8,6 +8,7 @@ handshake each time). It also finds the service: arguments, then
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -73,7 +74,13 @@ def _read_up_json() -> Tuple[str, dict]:
 def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False) -> str:
     """A task payload: `pack([args, kwargs])`, as JSON when the manager must read it."""
     encode = serialize_json if as_json else serialize
-    return pack([encode(tuple(args)), encode(dict(kwargs or {}))])
+    return pack([encode(tuple(args)), encode(dict(kwargs)) if kwargs else _no_kwargs(as_json)])
+
+
+@functools.cache
+def _no_kwargs(as_json: bool) -> str:
+    # Most calls have no keyword arguments: their buffer is encoded once.
+    return serialize_json({}) if as_json else serialize({})
 
 
 def encode_payload(payload: str, pickled: bool = False) -> str:

@@ -404,24 +404,31 @@ class Executor(concurrent.futures.Executor):
 def _sse_events(response: http.client.HTTPResponse) -> Iterator[Tuple[str, Optional[str], str]]:
     """Yield `(event, last_event_id, data)` for each event of a text/event-stream."""
     event, last_event_id, data = "message", None, []
+    partial = b""
     while True:
-        raw = response.readline()
-        if not raw:
+        # Whatever has arrived, split into lines here: a readline per line
+        # through http.client's chunked decoding was most of this thread's
+        # time on a busy stream.
+        chunk = response.read1(65536)
+        if not chunk:
             return
-        line = raw.rstrip(b"\r\n").decode("utf-8")
-        if not line:  # a blank line ends an event
-            if data:
-                yield event, last_event_id, "\n".join(data)
-            event, data = "message", []
-        elif not line.startswith(":"):  # ':' opens a comment, e.g. the keep-alive
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "data":
-                data.append(value)
-            elif field == "event":
-                event = value
-            elif field == "id":
-                last_event_id = value
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8")
+            if not line:  # a blank line ends an event
+                if data:
+                    yield event, last_event_id, "\n".join(data)
+                event, data = "message", []
+            elif not line.startswith(":"):  # ':' opens a comment, e.g. the keep-alive
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "data":
+                    data.append(value)
+                elif field == "event":
+                    event = value
+                elif field == "id":
+                    last_event_id = value
 
 
 #: Statuses for the codes of a result stream's `event: error`.

@@ -46,7 +46,7 @@ _UNPICKLABLE = (pickle.PicklingError, TypeError, AttributeError)
 
 def pack(buffers: List[str]) -> str:
     """Join buffers as Globus Compute does: `f"{len(b)}\\n{b}"` each."""
-    return "".join(f"{len(b)}\n{b}" for b in buffers)
+    return "".join([f"{len(b)}\n{b}" for b in buffers])
 
 
 def unpack(packed: str) -> List[str]:
