@@ -221,7 +221,18 @@ pub async fn serve_slot(
         })
         .is_ok()
     };
-    let mut process: Option<Process> = None;
+    // Warm from the start, as the manager's slots promise: a worker started
+    // on its slot's first task made that task wait for an interpreter (the
+    // second worker of a fresh block began ~110 ms after the first). If it
+    // cannot start, the first task tries again and fails with the cause.
+    let mut process: Option<Process> = match start(slot, &settings, &pid).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            pid.store(0, Ordering::SeqCst);
+            tracing::warn!("slot {slot}: the worker did not start ahead of its first task: {e}");
+            None
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     // Taken from `jobs` but not written to a worker yet.
     let mut held: VecDeque<PythonJob> = VecDeque::new();
