@@ -83,6 +83,7 @@ impl Fixture {
                     id: Uuid::new_v4(),
                     function: self.function,
                     payload: "5\n11\n[]4\n11\n{}".into(),
+                    in_file: false,
                 })
                 .collect();
             ids.extend(tasks.iter().map(|t| t.id));

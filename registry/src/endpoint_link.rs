@@ -15,7 +15,7 @@
 //! revoked anywhere, the link re-checks its credential and closes if that
 //! was the one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -368,13 +368,15 @@ async fn dispatch_loop(
         };
         // One read per turn: cancels first (so a task cancelled meanwhile is
         // not started), else the next page of tasks.
+        let files = state.db.payload_files().clone();
         let read = move |c: &rusqlite::Connection| {
             let (task_ids, last) =
                 db_cancel::pending_cancels(c, endpoint, after_cancel, max_tasks)?;
             if !task_ids.is_empty() {
                 return Ok(Next::Cancels(task_ids, last, sent));
             }
-            let page = db_tasks::dispatch_page(c, endpoint, after, sent, max_tasks, max_bytes)?;
+            let page =
+                db_tasks::dispatch_page(c, &files, endpoint, after, sent, max_tasks, max_bytes)?;
             Ok(Next::Tasks(page))
         };
         let next = if woken {
@@ -398,14 +400,30 @@ async fn dispatch_loop(
             }
             Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
+                cursor = page.last_rid;
+                let lost = !page.lost.is_empty();
+                if lost {
+                    let results = page
+                        .lost
+                        .into_iter()
+                        .map(|(task, why)| {
+                            tracing::error!(%endpoint, %task, "{why}; the task fails");
+                            TaskResult::failed(task, ExceptionInfo::system("PayloadLost", why))
+                        })
+                        .collect();
+                    match store_results(&state, endpoint, results, None) {
+                        Ok(stored) => drop(tokio::spawn(stored)),
+                        Err(_) => return,
+                    }
+                }
                 match page.frame {
                     Some(frame) => {
-                        cursor = page.last_rid;
                         tracing::debug!(%endpoint, tasks = page.count, bytes = frame.len(), "tasks sent");
                         if out.send(Message::Text(frame.into())).await.is_err() {
                             return;
                         }
                     }
+                    None if lost => {} // more may follow the lost ones
                     None => {
                         wake.notified().await;
                         woken = true;
@@ -605,62 +623,17 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
             };
             cap_results(&mut results, state.config.max_result_bytes);
             let ids: Vec<Uuid> = results.iter().map(|r| r.task_id).collect();
-            let ended: Vec<(Uuid, Option<String>)> = results
-                .iter()
-                .map(|r| match &r.outcome {
-                    Outcome::Success { .. } => (r.task_id, None),
-                    Outcome::Failed { exception } => (r.task_id, Some(exception.exc_type.clone())),
-                })
-                .collect();
-            let audit = state.audit.clone();
-            // Streams may read the results once they are visible; the agent
-            // may forget them only once they are durable.
-            let live = state.live.clone();
-            let committed = state
-                .db
-                .enqueue_visible(
-                    move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results),
-                    // Only the agent's acknowledgement waits for the disk.
-                    Durability::Soon,
-                    move |stored: &Vec<(Uuid, Uuid, i64)>| {
-                        drop(permit); // applied: the next batch may queue
-                        for (_, group, seq) in stored {
-                            live.publish_result((*group, *seq));
-                        }
-                    },
-                )
-                .map_err(shutting_down)?;
+            let stored = store_results(state, endpoint, results, Some(permit))?;
             let out = out.clone();
             // Wait for the commit elsewhere, so reading goes on meanwhile.
             tokio::spawn(async move {
-                match committed.await {
-                    Ok(Ok(stored)) => {
-                        // Only results actually stored: a re-sent duplicate
-                        // or a late result for a cancelled task is no event.
-                        let kept: std::collections::HashSet<Uuid> =
-                            stored.iter().map(|(task, _, _)| *task).collect();
-                        for (task, exc_type) in ended {
-                            if !kept.contains(&task) {
-                                continue;
-                            }
-                            let how = if exc_type.is_some() {
-                                "failed"
-                            } else {
-                                "success"
-                            };
-                            audit.finished(task, Some(endpoint), how, exc_type.as_deref());
-                        }
-                        // Durable now: the agent may forget them.
-                        let _ = out
-                            .send(text(&ServiceMessage::ResultAck { task_ids: ids }))
-                            .await;
-                    }
-                    // Not acknowledged, so the agent re-sends them after it
-                    // reconnects.
-                    Ok(Err(e)) => tracing::error!(%endpoint, error = %e, "storing results failed"),
-                    Err(_) => {
-                        tracing::debug!(%endpoint, "results not stored: the service is stopping")
-                    }
+                // Durable now: the agent may forget them. Results not stored
+                // are not acknowledged, so the agent re-sends them after it
+                // reconnects.
+                if stored.await {
+                    let _ = out
+                        .send(text(&ServiceMessage::ResultAck { task_ids: ids }))
+                        .await;
                 }
             });
         }
@@ -668,6 +641,70 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
         AgentMessage::Ack { .. } | AgentMessage::States { .. } | AgentMessage::Results { .. } => {}
     }
     Ok(())
+}
+
+/// Queues `results` for the writer. Result streams may read them once they
+/// are visible (`permit`, a slot of the agent's batches in flight, is freed
+/// then); once they are durable, each one stored (not a duplicate, not a late
+/// result of a cancelled task) gets its audit line and loses its payload
+/// file. The future says whether they were stored.
+fn store_results(
+    state: &AppState,
+    endpoint: Uuid,
+    results: Vec<TaskResult>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<impl std::future::Future<Output = bool> + Send + 'static, End> {
+    let ended: HashMap<Uuid, Option<String>> = results
+        .iter()
+        .map(|r| match &r.outcome {
+            Outcome::Success { .. } => (r.task_id, None),
+            Outcome::Failed { exception } => (r.task_id, Some(exception.exc_type.clone())),
+        })
+        .collect();
+    let (audit, live, files) = (
+        state.audit.clone(),
+        state.live.clone(),
+        state.db.payload_files().clone(),
+    );
+    let committed = state
+        .db
+        .enqueue_visible(
+            move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results),
+            // Only the agent's acknowledgement waits for the disk.
+            Durability::Soon,
+            move |stored: &Vec<db_tasks::StoredResult>| {
+                drop(permit); // applied: the next batch may queue
+                for r in stored {
+                    live.publish_result((r.group, r.seq));
+                }
+            },
+        )
+        .map_err(shutting_down)?;
+    Ok(async move {
+        match committed.await {
+            Ok(Ok(stored)) => {
+                for r in &stored {
+                    let exc_type = ended.get(&r.task).cloned().flatten();
+                    let how = if exc_type.is_some() {
+                        "failed"
+                    } else {
+                        "success"
+                    };
+                    audit.finished(r.task, Some(endpoint), how, exc_type.as_deref());
+                }
+                files.remove(stored.iter().filter(|r| r.payload_file).map(|r| r.task));
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(%endpoint, error = %e, "storing results failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(%endpoint, "results not stored: the service is stopping");
+                false
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! task groups past the retention period ([`crate::db::purge`]). Each step
 //! is one short writer job of at most [`BATCH`] rows, repeated until nothing
 //! is left, so a purge of millions of rows never holds the writer for long.
+//! Last, payload files no task needs any more (a cancelled task's, say) are
+//! removed ([`crate::db::payload_files`]).
 
 use std::time::Duration;
 
 use crate::db::{self, purge};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// Rows per writer job.
@@ -24,6 +26,8 @@ pub struct Purged {
     pub keys: usize,
     /// Empty task groups deleted.
     pub groups: usize,
+    /// Payload files removed.
+    pub payload_files: usize,
 }
 
 /// `7d`, `12h`, `90s`: a duration as people write it.
@@ -78,11 +82,21 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
         purge::delete_empty_groups(c, keep_cut, BATCH)
     })
     .await?;
+    let files = state.db.payload_files().clone();
+    let payload_files = state
+        .db
+        .read(move |c| {
+            files
+                .sweep(c, true)
+                .map_err(|e| ApiError::internal(format!("sweeping payload files failed: {e}")))
+        })
+        .await?;
     Ok(Purged {
         expired,
         tasks,
         keys,
         groups,
+        payload_files,
     })
 }
 
@@ -102,6 +116,7 @@ pub async fn run(state: AppState) {
                 tasks = p.tasks,
                 keys = p.keys,
                 groups = p.groups,
+                payload_files = p.payload_files,
                 "purged expired results and old records"
             ),
             Ok(_) => {}

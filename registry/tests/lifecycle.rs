@@ -360,3 +360,104 @@ fn a_large_task_group_lists_completely() {
     assert_eq!(listed, ids);
     assert_eq!(tg["tasks"][0]["status"], "waiting-for-ep");
 }
+
+#[test]
+fn large_arguments_live_in_files_until_their_task_ends() {
+    let svc = TestService::start();
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let files = svc.dir.join("payloads");
+    let file_of = |id: &str| files.join(id);
+    // Over payload_files::INLINE_MAX, with characters JSON must escape.
+    let big = format!("{}\"\\\n{}", "a".repeat(70_000), "z".repeat(10));
+    let small = "11\n[1]".to_string();
+
+    // Queued while the endpoint is offline: the big one is a file, durable
+    // across a restart; the small one is not.
+    let answer = alice.submit(&ep, json!({f.clone(): [big.clone(), small.clone()]}));
+    let ids: Vec<String> = answer["tasks"][&f]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        file_of(&ids[0]).exists(),
+        "the large argument is in its file"
+    );
+    assert!(
+        !file_of(&ids[1]).exists(),
+        "a small one stays in the database"
+    );
+    std::fs::write(files.join(Uuid::new_v4().to_string()), "orphan").unwrap();
+    let svc = svc.restart();
+    let alice = svc.client(&token);
+    let left: Vec<_> = std::fs::read_dir(&files).unwrap().collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "start-up removed the orphan, kept the queued task's file"
+    );
+
+    // Dispatched with its exact text; the file goes once the result is durable.
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let (tasks, _) = agent.recv_tasks(2);
+    let sent = tasks
+        .iter()
+        .find(|t| t.task_id.to_string() == ids[0])
+        .unwrap();
+    assert_eq!(sent.payload, big);
+    agent.send(&AgentMessage::Results {
+        results: tasks.iter().map(|t| success(t.task_id, "00\nr")).collect(),
+    });
+    assert_eq!(agent.recv_result_ack().len(), 2);
+    wait_for("the payload file removed", || {
+        (!file_of(&ids[0]).exists()).then_some(())
+    });
+    assert_eq!(alice.task(&ids[0])["status"], "success");
+
+    // A replayed submit leaves no file behind; a refused one neither.
+    let path = format!("/v3/endpoints/{ep}/submit");
+    let body = json!({"tasks": {f.clone(): [big.clone()]}});
+    let submit = || {
+        alice
+            .send(
+                alice.request("POST", &path).set("Idempotency-Key", "big"),
+                &body,
+            )
+            .ok()
+    };
+    let first = submit();
+    assert_eq!(submit(), first);
+    let missing = Uuid::new_v4().to_string();
+    alice
+        .post(&path, &json!({"tasks": {missing: [big.clone()]}}))
+        .error(404, "not_found");
+    let kept: Vec<_> = std::fs::read_dir(&files).unwrap().collect();
+    assert_eq!(kept.len(), 1, "only the first submit's file");
+
+    // A file lost under a queued task fails that task, naming the cause,
+    // and dispatch goes on with the tasks after it.
+    let lost = first["tasks"][&f][0].as_str().unwrap().to_string();
+    agent.recv_tasks(1);
+    drop(agent);
+    std::fs::remove_file(file_of(&lost)).unwrap();
+    let after = alice.submit(&ep, json!({f.clone(): [small]}));
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let (tasks, _) = agent.recv_tasks(1);
+    assert_eq!(
+        tasks[0].task_id.to_string(),
+        after["tasks"][&f][0].as_str().unwrap()
+    );
+    let failed = alice.wait_task(&lost, "the task failed", |t| t["status"] == "failed");
+    assert_eq!(failed["exception_type"], "PayloadLost");
+    assert!(
+        failed["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("argument file"),
+        "{failed}"
+    );
+}

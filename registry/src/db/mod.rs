@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod idempotency;
+pub mod payload_files;
 pub mod purge;
 pub mod schema;
 pub mod tasks;
@@ -22,6 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use payload_files::PayloadFiles;
 use writer::Writer;
 pub use writer::{Durability, WriteCtx};
 
@@ -100,16 +102,23 @@ impl ReadPool {
     }
 }
 
-/// The database: read pool plus writer.
+/// The database: read pool plus writer, and the files of large payloads.
 pub struct Db {
     readers: Arc<ReadPool>,
     writer: Writer,
+    payload_files: PayloadFiles,
 }
 
 impl Db {
-    /// Opens the database at `path`, migrates it, and starts the writer.
+    /// Opens the database at `path`, migrates it, removes payload files no
+    /// task needs (a crash may leave some), and starts the writer.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         let conn = open_for_writing(path)?;
+        let payload_files = PayloadFiles::beside(path)?;
+        let swept = payload_files.sweep(&conn, false)?;
+        if swept > 0 {
+            tracing::info!("removed {swept} payload files no task needs");
+        }
         let next_result_seq = tasks::max_result_seq(&conn)? + 1;
         let wal = wal_path(path);
         let writer = Writer::start(conn, WriteCtx { next_result_seq }, Some(wal))?;
@@ -117,7 +126,16 @@ impl Db {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
         });
-        Ok(Db { readers, writer })
+        Ok(Db {
+            readers,
+            writer,
+            payload_files,
+        })
+    }
+
+    /// Where payloads over [`payload_files::INLINE_MAX`] are kept.
+    pub fn payload_files(&self) -> &PayloadFiles {
+        &self.payload_files
     }
 
     /// Runs a read-only query on a pooled connection, off the async threads.

@@ -134,6 +134,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO task_payloads (rid, payload) SELECT rid, payload FROM tasks WHERE done = 0;
     ALTER TABLE tasks DROP COLUMN payload;
     "#,
+    // 4: a payload over payload_files::INLINE_MAX is kept in a file of its
+    // own (`payloads/<task id>`); its row then holds '' and `in_file = 1`.
+    r#"
+    ALTER TABLE task_payloads ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

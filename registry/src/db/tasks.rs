@@ -15,6 +15,7 @@ use uuid::Uuid;
 use hpfaas_protocol::payload::{strategy_of, unpack, STRATEGY_JSON};
 
 use super::catalog::{self, EndpointPolicy};
+use super::payload_files::PayloadFiles;
 use super::{now, uuid_col, WriteCtx};
 use crate::error::{ApiError, ApiResult};
 
@@ -94,8 +95,11 @@ pub struct NewTask {
     pub id: Uuid,
     /// The function to run.
     pub function: Uuid,
-    /// Packed `[args, kwargs]`.
+    /// Packed `[args, kwargs]` (checked against the endpoint's policy).
     pub payload: String,
+    /// The payload is in its file ([`super::payload_files`]), written
+    /// before this submit: the row stores ''.
+    pub in_file: bool,
 }
 
 /// A whole `POST /v3/endpoints/{id}/submit`, checked and applied at once.
@@ -252,8 +256,8 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
                             result_serializers, resource_spec, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut put_payload =
-        conn.prepare_cached("INSERT INTO task_payloads (rid, payload) VALUES (?1, ?2)")?;
+    let mut put_payload = conn
+        .prepare_cached("INSERT INTO task_payloads (rid, payload, in_file) VALUES (?1, ?2, ?3)")?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     for t in &s.tasks {
         let rid = st.insert(params![
@@ -267,7 +271,8 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             s.resource_spec,
             created
         ])?;
-        put_payload.execute(params![rid, t.payload])?;
+        let inline = if t.in_file { "" } else { t.payload.as_str() };
+        put_payload.execute(params![rid, inline, t.in_file])?;
     }
     if let Some(req) = &s.idempotency {
         super::idempotency::insert(conn, s.owner, req)?;
@@ -365,6 +370,9 @@ pub struct DispatchPage {
     pub count: usize,
     /// Functions whose code this connection has now been sent.
     pub sent_functions: HashSet<Uuid>,
+    /// Tasks left out because their payload file is gone (with the error);
+    /// the caller fails them.
+    pub lost: Vec<(Uuid, String)>,
 }
 
 /// Reads the endpoint's non-final tasks after `after` (at most `max_tasks`,
@@ -372,6 +380,7 @@ pub struct DispatchPage {
 /// not in `sent_functions`, as the text of one `ServiceMessage::Tasks` frame.
 pub fn dispatch_page(
     conn: &Connection,
+    files: &PayloadFiles,
     endpoint: Uuid,
     after: i64,
     mut sent_functions: HashSet<Uuid>,
@@ -379,20 +388,38 @@ pub fn dispatch_page(
     max_bytes: usize,
 ) -> ApiResult<DispatchPage> {
     let mut st = conn.prepare_cached(
-        "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers, t.resource_spec
+        "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers, t.resource_spec,
+                p.in_file
          FROM tasks t JOIN task_payloads p ON p.rid = t.rid
          WHERE t.endpoint_id = ?1 AND t.done = 0 AND t.rid > ?2 ORDER BY t.rid LIMIT ?3",
     )?;
     let mut rows = st.query(params![endpoint.to_string(), after, max_tasks as i64])?;
     let (mut functions, mut tasks) = (String::new(), String::new());
     let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
+    let mut lost = Vec::new();
     while let Some(r) = rows.next()? {
         let rid: i64 = r.get(0)?;
         let serializers: String = r.get(4)?;
+        let task_id = uuid_col(r, 1)?;
+        let payload = if r.get(6)? {
+            match files.read(task_id) {
+                Ok(text) => text,
+                Err(e) => {
+                    lost.push((
+                        task_id,
+                        format!("the task's argument file is unreadable: {e}"),
+                    ));
+                    last_rid = rid;
+                    continue;
+                }
+            }
+        } else {
+            r.get(3)?
+        };
         let spec = TaskSpec {
-            task_id: uuid_col(r, 1)?,
+            task_id,
             function_id: uuid_col(r, 2)?,
-            payload: r.get(3)?,
+            payload,
             result_serializers: serde_json::from_str(&serializers).unwrap_or_default(),
             resource_spec: r.get(5)?,
         };
@@ -438,6 +465,7 @@ pub fn dispatch_page(
         last_rid,
         count,
         sent_functions,
+        lost,
     })
 }
 
@@ -489,8 +517,21 @@ pub fn update_states(
     Ok(n)
 }
 
+/// A result [`store_results`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredResult {
+    /// The task.
+    pub task: Uuid,
+    /// Its task group.
+    pub group: Uuid,
+    /// The result's `result_seq`.
+    pub seq: i64,
+    /// Its payload was in a file, to remove once this is durable.
+    pub payload_file: bool,
+}
+
 /// Stores results for non-final tasks of this endpoint, each with the next
-/// `result_seq`; returns (task, task group, seq) of each stored one. Results for
+/// `result_seq`; returns each stored one. Results for
 /// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
 /// first one wins.
 pub fn store_results(
@@ -498,7 +539,7 @@ pub fn store_results(
     ctx: &mut WriteCtx,
     endpoint: Uuid,
     results: &[TaskResult],
-) -> ApiResult<Vec<(Uuid, Uuid, i64)>> {
+) -> ApiResult<Vec<StoredResult>> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
@@ -507,7 +548,8 @@ pub fn store_results(
          RETURNING group_id, rid",
     )?;
     // The payload of a finished task is no longer needed.
-    let mut drop_payload = conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1")?;
+    let mut drop_payload =
+        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file")?;
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
@@ -541,9 +583,15 @@ pub fn store_results(
             .optional()?;
         match row.and_then(|(g, rid)| Some((Uuid::parse_str(&g).ok()?, rid))) {
             Some((group, rid)) => {
-                drop_payload.execute([rid])?;
+                let payload_file: Option<bool> =
+                    drop_payload.query_row([rid], |r| r.get(0)).optional()?;
                 ctx.next_result_seq += 1;
-                stored.push((res.task_id, group, seq));
+                stored.push(StoredResult {
+                    task: res.task_id,
+                    group,
+                    seq,
+                    payload_file: payload_file.unwrap_or(false),
+                });
             }
             None => {
                 // A cancelled task's late result also answers the cancel.
@@ -567,6 +615,7 @@ mod tests {
 
     struct Fixture {
         conn: Connection,
+        files: PayloadFiles,
         owner: i64,
         endpoint: Uuid,
         function: Uuid,
@@ -596,8 +645,11 @@ mod tests {
             metadata: serde_json::json!({}),
         };
         insert_function(&conn, owner, &f).unwrap();
+        let dir = std::env::temp_dir().join(format!("hpfaas-tasks-{}", Uuid::new_v4()));
+        let files = PayloadFiles::beside(&dir.join("registry.db")).unwrap();
         Fixture {
             conn,
+            files,
             owner,
             endpoint,
             function,
@@ -610,6 +662,7 @@ mod tests {
                 id: Uuid::new_v4(),
                 function: fx.function,
                 payload: "x".repeat(payload_len),
+                in_file: false,
             })
             .collect();
         let s = Submission {
@@ -634,6 +687,7 @@ mod tests {
             id: Uuid::new_v4(),
             function,
             payload,
+            in_file: false,
         };
         let pack = hpfaas_protocol::payload::pack;
         let s = Submission {
@@ -678,7 +732,16 @@ mod tests {
     fn pages_respect_counts_bytes_and_send_code_once() {
         let fx = fixture();
         let ids = submit_n(&fx, Uuid::new_v4(), 5, 1000);
-        let page = dispatch_page(&fx.conn, fx.endpoint, 0, HashSet::new(), 2, 1 << 20).unwrap();
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            0,
+            HashSet::new(),
+            2,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(page.count, 2);
         let Ok(ServiceMessage::Tasks { functions, tasks }) =
             from_json(page.frame.as_deref().unwrap())
@@ -693,6 +756,7 @@ mod tests {
         // Next page: byte cap of ~1.5 tasks still sends one, and no code again.
         let page = dispatch_page(
             &fx.conn,
+            &fx.files,
             fx.endpoint,
             page.last_rid,
             page.sent_functions,
@@ -730,12 +794,27 @@ mod tests {
         };
         let failed = TaskResult::failed(ids[0], ExceptionInfo::system("WorkerLost", "gone"));
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
-        assert_eq!(stored, vec![(ids[0], group, 7)]);
+        let first = StoredResult {
+            task: ids[0],
+            group,
+            seq: 7,
+            payload_file: false,
+        };
+        assert_eq!(stored, vec![first]);
         assert_eq!(ctx.next_result_seq, 8);
         let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
         assert_eq!(row.state, TaskState::Success);
         assert_eq!(row.result.as_deref(), Some("r"));
-        let page = dispatch_page(&fx.conn, fx.endpoint, 0, HashSet::new(), 10, 1 << 20).unwrap();
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            0,
+            HashSet::new(),
+            10,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(page.count, 1);
         assert_eq!(results_after(&fx.conn, group, 0, 10).unwrap().len(), 1);
         assert!(results_after(&fx.conn, group, 7, 10).unwrap().is_empty());

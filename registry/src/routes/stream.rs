@@ -247,8 +247,8 @@ mod tests {
             .write(move |c, ctx| db_tasks::store_results(c, ctx, endpoint, &results))
             .await
             .unwrap();
-        for (_, group, seq) in stored {
-            state.live.publish_result((group, seq));
+        for r in stored {
+            state.live.publish_result((r.group, r.seq));
         }
     }
 
@@ -263,6 +263,7 @@ mod tests {
                 id: *id,
                 function,
                 payload: "p".into(),
+                in_file: false,
             })
             .collect();
         let endpoint = state

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::User;
 use crate::db::idempotency::validate_key;
+use crate::db::payload_files::INLINE_MAX;
 use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
@@ -292,6 +293,7 @@ pub async fn submit(
                 new_tasks.push(NewTask {
                     id,
                     function,
+                    in_file: payload.len() > INLINE_MAX,
                     payload,
                 });
                 id
@@ -307,6 +309,33 @@ pub async fn submit(
         "tasks": echo,
     })
     .to_string();
+    // Large payloads go to files, durable before the rows that name them.
+    let in_files: Vec<Uuid> = new_tasks
+        .iter()
+        .filter(|t| t.in_file)
+        .map(|t| t.id)
+        .collect();
+    if !in_files.is_empty() {
+        let files = state.db.payload_files().clone();
+        new_tasks = tokio::task::spawn_blocking(move || {
+            let pairs: Vec<(Uuid, &str)> = new_tasks
+                .iter()
+                .filter(|t| t.in_file)
+                .map(|t| (t.id, t.payload.as_str()))
+                .collect();
+            match files.write(&pairs) {
+                Ok(()) => Ok(new_tasks),
+                Err(e) => {
+                    files.remove(pairs.iter().map(|(id, _)| *id));
+                    Err(ApiError::internal(format!(
+                        "cannot store the tasks' arguments: {e}"
+                    )))
+                }
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("storing the tasks' arguments failed: {e}")))??;
+    }
     let online = state.live.is_online(endpoint);
     let count = new_tasks.len();
     let audited: Vec<(Uuid, Uuid)> = new_tasks.iter().map(|t| (t.id, t.function)).collect();
@@ -356,10 +385,21 @@ pub async fn submit(
                     audit.submitted(ts, &user_name, task, function, endpoint, group);
                 }
             },
-        )?
-        .await
-        .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
-    match done {
+        )
+        .map(|reply| async move {
+            reply
+                .await
+                .map_err(|_| ApiError::unavailable("the service is shutting down"))?
+        });
+    let done = match done {
+        Ok(reply) => reply.await,
+        Err(e) => Err(e),
+    };
+    if !matches!(done, Ok(Submitted::Created)) {
+        // Refused, failed or replayed: no row names these files.
+        state.db.payload_files().remove(in_files);
+    }
+    match done? {
         Submitted::Created => Ok(json_answer(answer, false)),
         Submitted::Replayed(first) => Ok(json_answer(first, true)),
     }
