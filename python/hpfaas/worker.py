@@ -2,7 +2,8 @@
 
 The manager starts it with the runtime directory on `sys.path` and talks to it
 over the worker's stdin/stdout (docs/api.md, "Worker pipe protocol"): frames of
-a 4-byte big-endian length and UTF-8 JSON. Standard library only, so a compute
+a 4-byte big-endian length and UTF-8 JSON (a request's payload follows its
+JSON header and a newline, unescaped). Standard library only, so a compute
 node needs nothing but an interpreter. A user's exception, even a SystemExit,
 becomes a failed result; only the end of the manager's pipe ends the worker.
 """
@@ -130,7 +131,8 @@ def _failure(task_id: Any, exc: BaseException, tb: Optional[TracebackType]) -> d
 
 
 def _read_frame(stream: BinaryIO) -> Optional[dict]:
-    """The next message, or None at a clean end of input."""
+    """The next request, or None at a clean end of input: its JSON header up
+    to the first newline, with the rest of the frame as its `payload`."""
     header = stream.read(_HEADER.size)
     if not header:
         return None
@@ -138,7 +140,12 @@ def _read_frame(stream: BinaryIO) -> Optional[dict]:
     body = stream.read(length) if length >= 0 else b""
     if len(body) != length:
         raise EOFError("the manager's pipe closed in the middle of a frame")
-    return json.loads(body)
+    newline = body.find(b"\n")
+    if newline < 0:
+        raise ValueError("a request frame without the newline after its JSON header")
+    msg = json.loads(body[:newline])
+    msg["payload"] = body[newline + 1 :].decode("utf-8")
+    return msg
 
 
 def _write_frame(stream: BinaryIO, msg: dict) -> None:

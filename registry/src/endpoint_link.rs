@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::auth::{self, Caller};
 use crate::db::cancel as db_cancel;
 use crate::db::catalog::{self, EndpointPolicy};
-use crate::db::tasks as db_tasks;
+use crate::db::tasks::{self as db_tasks, PageLimits};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
@@ -361,22 +361,31 @@ async fn dispatch_loop(
     loop {
         let (after_cancel, after) = (cancel_cursor, cursor);
         let sent = std::mem::take(&mut sent_functions);
-        let (max_tasks, max_bytes) = if woken {
-            (QUICK_PAGE_TASKS, QUICK_PAGE_BYTES)
+        // The quick page leaves payload files to the pool: reading one on
+        // the async thread would hold up everything else on it.
+        let limits = if woken {
+            PageLimits {
+                tasks: QUICK_PAGE_TASKS,
+                bytes: QUICK_PAGE_BYTES,
+                read_files: false,
+            }
         } else {
-            (PAGE_TASKS, PAGE_BYTES)
+            PageLimits {
+                tasks: PAGE_TASKS,
+                bytes: PAGE_BYTES,
+                read_files: true,
+            }
         };
         // One read per turn: cancels first (so a task cancelled meanwhile is
         // not started), else the next page of tasks.
         let files = state.db.payload_files().clone();
         let read = move |c: &rusqlite::Connection| {
             let (task_ids, last) =
-                db_cancel::pending_cancels(c, endpoint, after_cancel, max_tasks)?;
+                db_cancel::pending_cancels(c, endpoint, after_cancel, limits.tasks)?;
             if !task_ids.is_empty() {
                 return Ok(Next::Cancels(task_ids, last, sent));
             }
-            let page =
-                db_tasks::dispatch_page(c, &files, endpoint, after, sent, max_tasks, max_bytes)?;
+            let page = db_tasks::dispatch_page(c, &files, endpoint, after, sent, limits)?;
             Ok(Next::Tasks(page))
         };
         let next = if woken {
@@ -401,7 +410,7 @@ async fn dispatch_loop(
             Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
                 cursor = page.last_rid;
-                let lost = !page.lost.is_empty();
+                let (lost, more) = (!page.lost.is_empty(), page.more);
                 if lost {
                     let results = page
                         .lost
@@ -423,7 +432,7 @@ async fn dispatch_loop(
                             return;
                         }
                     }
-                    None if lost => {} // more may follow the lost ones
+                    None if lost || more => {} // more follows; read it now
                     None => {
                         wake.notified().await;
                         woken = true;

@@ -82,7 +82,9 @@ class Worker:
         self._buffer = b""
 
     def send(self, msg: dict) -> None:
-        body = json.dumps(msg).encode()
+        """A request as the manager frames it: JSON header, newline, payload."""
+        header = {k: v for k, v in msg.items() if k != "payload"}
+        body = json.dumps(header).encode() + b"\n" + msg.get("payload", "").encode()
         self.proc.stdin.write(struct.pack(">I", len(body)) + body)
         self.proc.stdin.flush()
 
@@ -256,6 +258,26 @@ def test_json_arguments_and_json_result_serializer(worker):
     )
     reply = worker.receive()
     assert reply == {"task_id": "t2", "ok": True, "result": '11\n"hello json!"'}
+
+
+def test_a_payload_reaches_the_function_exactly_as_sent(worker):
+    # The payload follows the request's JSON header unescaped: its framing
+    # newlines, quotes, backslashes and raw UTF-8 must arrive as they were.
+    worker.receive()
+    text = 'line1\nline2 "q" \\ é ✓'
+    args = '11\n["' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"]'
+    worker.send(
+        {
+            "task_id": "t3",
+            "function_id": "f3",
+            "function_code": pack([serialize_function(greet)]),
+            "payload": pack([args, serialize_json({})]),
+            "result_serializers": ["11\n"],
+        }
+    )
+    reply = worker.receive()
+    assert reply["ok"], reply
+    assert json.loads(reply["result"][3:]) == f"hello {text}!"
 
 
 def test_eof_exits_cleanly(worker):

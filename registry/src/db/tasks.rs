@@ -373,19 +373,32 @@ pub struct DispatchPage {
     /// Tasks left out because their payload file is gone (with the error);
     /// the caller fails them.
     pub lost: Vec<(Uuid, String)>,
+    /// The page ended at a payload file it was not to read: more is queued.
+    pub more: bool,
 }
 
-/// Reads the endpoint's non-final tasks after `after` (at most `max_tasks`,
-/// and no more than about `max_bytes` of JSON), with the code of functions
-/// not in `sent_functions`, as the text of one `ServiceMessage::Tasks` frame.
+/// How much one [`dispatch_page`] may take.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    /// Most tasks.
+    pub tasks: usize,
+    /// About this many bytes of JSON at most (a single larger task still goes, alone).
+    pub bytes: usize,
+    /// Read payload files ([`super::payload_files`]); if not, the page ends
+    /// before the first task whose payload is in a file.
+    pub read_files: bool,
+}
+
+/// Reads the endpoint's non-final tasks after `after` (within `limits`),
+/// with the code of functions not in `sent_functions`, as the text of one
+/// `ServiceMessage::Tasks` frame.
 pub fn dispatch_page(
     conn: &Connection,
     files: &PayloadFiles,
     endpoint: Uuid,
     after: i64,
     mut sent_functions: HashSet<Uuid>,
-    max_tasks: usize,
-    max_bytes: usize,
+    limits: PageLimits,
 ) -> ApiResult<DispatchPage> {
     let mut st = conn.prepare_cached(
         "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers, t.resource_spec,
@@ -393,15 +406,19 @@ pub fn dispatch_page(
          FROM tasks t JOIN task_payloads p ON p.rid = t.rid
          WHERE t.endpoint_id = ?1 AND t.done = 0 AND t.rid > ?2 ORDER BY t.rid LIMIT ?3",
     )?;
-    let mut rows = st.query(params![endpoint.to_string(), after, max_tasks as i64])?;
+    let mut rows = st.query(params![endpoint.to_string(), after, limits.tasks as i64])?;
     let (mut functions, mut tasks) = (String::new(), String::new());
     let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
-    let mut lost = Vec::new();
+    let (mut lost, mut more) = (Vec::new(), false);
     while let Some(r) = rows.next()? {
         let rid: i64 = r.get(0)?;
         let serializers: String = r.get(4)?;
         let task_id = uuid_col(r, 1)?;
         let payload = if r.get(6)? {
+            if !limits.read_files {
+                more = true;
+                break;
+            }
             match files.read(task_id) {
                 Ok(text) => text,
                 Err(e) => {
@@ -440,7 +457,7 @@ pub fn dispatch_page(
         let item = task_json.len() + code_json.as_ref().map_or(0, |c| c.len() + 1) + 1;
         // The byte cap keeps frames far below the WebSocket message limit;
         // a single oversized task still goes, alone.
-        if count > 0 && bytes + item > max_bytes {
+        if count > 0 && bytes + item > limits.bytes {
             break;
         }
         if let Some(code) = code_json {
@@ -466,6 +483,7 @@ pub fn dispatch_page(
         count,
         sent_functions,
         lost,
+        more,
     })
 }
 
@@ -656,6 +674,14 @@ mod tests {
         }
     }
 
+    fn limits(tasks: usize, bytes: usize) -> PageLimits {
+        PageLimits {
+            tasks,
+            bytes,
+            read_files: true,
+        }
+    }
+
     fn submit_n(fx: &Fixture, group: Uuid, n: usize, payload_len: usize) -> Vec<Uuid> {
         let tasks: Vec<NewTask> = (0..n)
             .map(|_| NewTask {
@@ -738,8 +764,7 @@ mod tests {
             fx.endpoint,
             0,
             HashSet::new(),
-            2,
-            1 << 20,
+            limits(2, 1 << 20),
         )
         .unwrap();
         assert_eq!(page.count, 2);
@@ -760,8 +785,7 @@ mod tests {
             fx.endpoint,
             page.last_rid,
             page.sent_functions,
-            100,
-            1500,
+            limits(100, 1500),
         )
         .unwrap();
         assert_eq!(page.count, 1);
@@ -811,8 +835,7 @@ mod tests {
             fx.endpoint,
             0,
             HashSet::new(),
-            10,
-            1 << 20,
+            limits(10, 1 << 20),
         )
         .unwrap();
         assert_eq!(page.count, 1);

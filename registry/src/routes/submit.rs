@@ -33,6 +33,8 @@ use crate::state::AppState;
 
 /// The header carrying an idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Bodies larger than this are parsed on a blocking thread.
+const BLOCKING_BODY_BYTES: usize = 256 * 1024;
 /// Set on an answer replayed for a known idempotency key.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
@@ -260,10 +262,23 @@ pub async fn submit(
     Body(bytes): Body,
 ) -> ApiResult<Response> {
     let endpoint = parse_id("endpoint", &raw)?;
-    let body = parse_submit(&bytes, state.config.max_tasks_per_submit)?;
-    let key = idempotency_key(&headers, &body)?;
-    let request_hash = key.as_ref().map(|_| request_hash(endpoint, &bytes));
-    drop(bytes);
+    let max_tasks = state.config.max_tasks_per_submit;
+    let large = bytes.len() > BLOCKING_BODY_BYTES;
+    let read = move || -> ApiResult<_> {
+        let body = parse_submit(&bytes, max_tasks)?;
+        let key = idempotency_key(&headers, &body)?;
+        let request_hash = key.as_ref().map(|_| request_hash(endpoint, &bytes));
+        Ok((body, key, request_hash))
+    };
+    // Parsing and hashing a large body takes milliseconds: off the async
+    // thread, which `hpfaas up` shares with the endpoint's agent.
+    let (body, key, request_hash) = if large {
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| ApiError::internal(format!("reading the submit failed: {e}")))??
+    } else {
+        read()?
+    };
 
     // Access, the endpoint's policy and a replayed key are all checked in
     // the write itself (`db_tasks::submit`): a read before it would cost
