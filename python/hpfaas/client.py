@@ -187,13 +187,25 @@ class Batch:
         """The JSON body of `POST /v3/endpoints/{id}/submit`, as a dict."""
         return {"tasks": self.tasks, **self._options()}
 
-    def body(self) -> bytes:
-        """`prepare()` as JSON bytes, spliced from the already encoded payloads."""
-        tasks = ",".join(
-            f"{json.dumps(fid)}:[{','.join(encoded)}]" for fid, encoded in self._encoded.items()
-        )
+    def body_parts(self) -> List[bytes]:
+        """`prepare()` as JSON, in pieces spliced from the already encoded
+        payloads: sent one after another, so a body of many MiB is never
+        joined into one more copy."""
+        parts = [b'{"tasks":{']
+        for i, (fid, encoded) in enumerate(self._encoded.items()):
+            parts.append(f'{"," if i else ""}{json.dumps(fid)}:['.encode("ascii"))
+            for j, payload in enumerate(encoded):
+                if j:
+                    parts.append(b",")
+                parts.append(payload.encode("ascii"))
+            parts.append(b"]")
         options = json.dumps(self._options())[1:-1]
-        return f'{{"tasks":{{{tasks}}}{"," if options else ""}{options}}}'.encode("ascii")
+        parts.append(f'}}{"," if options else ""}{options}}}'.encode("ascii"))
+        return parts
+
+    def body(self) -> bytes:
+        """`prepare()` as JSON bytes (`body_parts`, joined)."""
+        return b"".join(self.body_parts())
 
 
 class Client:
@@ -319,7 +331,7 @@ class Client:
             f"/v3/endpoints/{endpoint_id}/submit",
             headers={"Idempotency-Key": key},
             retry_lost_answer=True,
-            data=batch.body(),
+            data=batch.body_parts(),
         )
 
     def get_task(self, task_id: str) -> dict:
@@ -423,9 +435,9 @@ class Client:
         idempotent: bool = True,
         headers: Optional[Dict[str, str]] = None,
         retry_lost_answer: bool = False,
-        data: Optional[bytes] = None,
+        data: Optional[Union[bytes, List[bytes]]] = None,
     ) -> Any:
-        """One call with `body` as JSON (or `data`, JSON already encoded);
+        """One call with `body` as JSON (or `data`, JSON already encoded, maybe in parts);
         `retry_lost_answer` (for a request the service deduplicates, an
         idempotent submit) sends it once more whenever its answer was lost."""
         if body is not None:
@@ -450,12 +462,15 @@ class Client:
         conn: http.client.HTTPConnection,
         method: str,
         path: str,
-        data: Optional[bytes],
+        data: Optional[Union[bytes, List[bytes]]],
         extra_headers: Optional[Dict[str, str]] = None,
     ) -> Tuple[int, bytes]:
         headers = self._headers if data is None else self._json_headers
         if extra_headers:
             headers = {**headers, **extra_headers}
+        if isinstance(data, list):
+            # Sent part after part; without a length http.client would chunk it.
+            headers = {**headers, "Content-Length": str(sum(map(len, data)))}
         try:
             try:
                 conn.request(method, path, body=data, headers=headers)
