@@ -64,6 +64,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let endpoint_dir = data_dir.join("endpoint");
     std::fs::create_dir_all(&endpoint_dir)?;
+    // Its managers run here: the broker listens on a Unix socket in the
+    // endpoint's private directory, which needs no CurveZMQ (the cost of
+    // encrypting every argument twice on one machine), unless the
+    // configuration names an address or the path is too long for a socket.
+    let socket_fits = endpoint_dir
+        .join("broker.sock")
+        .to_str()
+        .is_some_and(|p| p.len() <= hpfaas_executor::broker::address::MAX_SOCKET_PATH);
+    if config.engine.address.is_none() && config.provider.kind == "local" && socket_fits {
+        config.engine.address = Some(hpfaas_executor::config::UNIX_ADDRESS.into());
+    }
     let previous = registration::load(&endpoint_dir)
         .ok()
         .flatten()

@@ -2,7 +2,8 @@
 //! manager with only the broker's public key and a key of its own (or no
 //! key) is not registered, and the bytes on the link carry no function
 //! source or argument in clear — unless `engine.encrypted = false`, which
-//! shows the capture would see them.
+//! shows the capture would see them. With `engine.address = "unix"` (what
+//! `hpfaas up` uses) the link is a Unix socket only the owner can open.
 
 mod common;
 
@@ -198,4 +199,34 @@ fn link_carries_no_source_or_argument_in_clear() {
     let bytes = capture("it-curve-clear", false);
     assert!(contains(&bytes, "zebra_source_marker_"));
     assert!(contains(&bytes, "quokka_argument_marker"));
+}
+
+#[test]
+fn a_unix_socket_broker_is_private_and_runs_tasks_without_keys() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let svc = Service::start();
+    let token = svc.token("alice");
+    let config = format!(
+        "{CONFIG}address = \"unix\"\n[provider]\ntype = \"local\"\ninit_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n"
+    );
+    let ep = Endpoint::new(&svc, &token, "it-unix-broker", &config);
+    ep.start();
+    wait_for(Duration::from_secs(60), "the block's manager", || {
+        (managers(&ep) == json!(1)).then_some(())
+    });
+    let record = broker_record(&ep);
+    let socket = ep.dir().join("broker.sock");
+    assert_eq!(record["url"], json!(format!("ipc://{}", socket.display())));
+    assert!(record.get("server_key").is_none(), "{record}");
+    assert!(!ep.dir().join("curve.json").exists(), "no keys are needed");
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+    let mode = std::fs::metadata(ep.dir()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "only the owner may reach the socket");
+
+    let fid = ep.register("twice", "def twice(x):\n    return 2 * x\n");
+    let ids = ep.submit_json(&fid, &[json!([21])]);
+    let docs = ep.wait_all(&ids, Duration::from_secs(60));
+    assert_eq!(docs[0]["status"], json!("success"), "{}", docs[0]);
+    assert_eq!(docs[0]["result"], json!("11\n42"));
+    let _ = ep.cmd(&["stop", "it-unix-broker"]);
 }

@@ -76,7 +76,10 @@ pub struct EngineSection {
     #[serde(default = "default_heartbeat_threshold")]
     pub heartbeat_threshold: f64,
     /// IP or interface name the broker listens on for managers; default:
-    /// loopback for the local provider, else the first non-loopback interface.
+    /// loopback for the local provider, else the first non-loopback
+    /// interface. `"unix"` (local provider only): a Unix socket in the
+    /// endpoint's private directory, which only its owner can open, so the
+    /// link needs no CurveZMQ ([`EngineSection::curve`]).
     pub address: Option<String>,
     /// Port range `"a-b"` for the broker; any free port when absent.
     pub port_range: Option<String>,
@@ -94,6 +97,22 @@ pub struct EngineSection {
     /// `false` only for debugging: tasks then cross the network in clear.
     #[serde(default = "default_encrypted")]
     pub encrypted: bool,
+}
+
+/// `engine.address` for a broker on a Unix socket ([`EngineSection::address`]).
+pub const UNIX_ADDRESS: &str = "unix";
+
+impl EngineSection {
+    /// The broker listens on a Unix socket in the endpoint directory.
+    pub fn unix_socket(&self) -> bool {
+        self.address.as_deref() == Some(UNIX_ADDRESS)
+    }
+
+    /// The broker link uses CurveZMQ: `encrypted`, over TCP (a Unix socket
+    /// in a directory only the owner can open is private already).
+    pub fn curve(&self) -> bool {
+        self.encrypted && !self.unix_socket()
+    }
 }
 
 impl Default for EngineSection {
@@ -233,6 +252,13 @@ impl EndpointConfig {
         if let Some(range) = &e.port_range {
             parse_port_range(range)?;
         }
+        if e.unix_socket() && self.provider.kind != "local" {
+            return Err(format!(
+                "engine.address = \"{UNIX_ADDRESS}\" needs provider.kind = \"local\": managers \
+                 of {} blocks run on other nodes, which cannot open a Unix socket on this one",
+                self.provider.kind
+            ));
+        }
         crate::manager::mpi_task::MpiLauncher::parse(&e.mpi_launcher)?;
         let placement = crate::manager::affinity::Request::new(
             &e.cpu_affinity,
@@ -360,6 +386,9 @@ mod tests {
             .unwrap_err()
             .contains("cobalt"));
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
+        let unix = "[engine]\naddress = \"unix\"\n[provider]\ntype = \"slurm\"\n";
+        let e = EndpointConfig::parse(unix).unwrap_err().to_string();
+        assert!(e.contains("provider.kind = \"local\""), "{e}");
         assert!(
             EndpointConfig::parse("[engine]\nmpi_launcher = \"aprun\"\n")
                 .unwrap_err()

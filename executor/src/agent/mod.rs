@@ -101,20 +101,27 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let curve = if engine.encrypted {
+    let curve = if engine.curve() {
         Some(broker::curve::load_or_create(&spec.dir)?)
     } else {
-        tracing::warn!(
-            "engine.encrypted = false: tasks and results cross the broker link in clear"
-        );
+        if !engine.unix_socket() {
+            tracing::warn!(
+                "engine.encrypted = false: tasks and results cross the broker link in clear"
+            );
+        }
         None
     };
-    let mut broker = broker::start(BrokerConfig {
-        address: broker::address::resolve(
+    let address = if engine.unix_socket() {
+        broker::address::unix_socket(&spec.dir).map_err(anyhow::Error::msg)?
+    } else {
+        broker::address::resolve(
             engine.address.as_deref(),
             spec.config.provider.kind == "local",
         )
-        .map_err(anyhow::Error::msg)?,
+        .map_err(anyhow::Error::msg)?
+    };
+    let mut broker = broker::start(BrokerConfig {
+        address,
         port_range: engine
             .port_range
             .as_deref()
@@ -317,7 +324,7 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         ]);
     }
     // Only the file's path: secret keys never go on a command line.
-    if engine.encrypted {
+    if engine.curve() {
         argv.extend([
             "--curve-file".into(),
             broker::curve::endpoint_file(&spec.dir)

@@ -1,7 +1,8 @@
 //! Where the broker listens: an address compute nodes can reach. The
 //! default is loopback for the local provider and the first non-loopback
 //! interface otherwise; `engine.address` may name an IP or an interface
-//! (`ib0`, `hsn0`) for clusters whose nodes reach the login node on one network.
+//! (`ib0`, `hsn0`) for clusters whose nodes reach the login node on one network,
+//! or `unix` for a Unix socket in the endpoint directory ([`unix_socket`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -56,6 +57,29 @@ pub fn resolve(configured: Option<&str>, local_provider: bool) -> Result<String,
             .unwrap_or(Ipv4Addr::LOCALHOST)
             .to_string()),
     }
+}
+
+/// Longest socket path a `sockaddr_un` holds (108 bytes with its NUL, on Linux).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// `ipc://<dir>/broker.sock` for `engine.address = "unix"`, with `dir` made
+/// private (0700): only the endpoint's owner can reach the socket, which is
+/// what CurveZMQ's keys guarantee on TCP.
+pub fn unix_socket(dir: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("broker.sock");
+    let text = path
+        .to_str()
+        .ok_or_else(|| format!("the endpoint directory {} is not UTF-8", dir.display()))?;
+    if text.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "engine.address = \"unix\": the socket path {text} is longer than a Unix socket \
+             allows ({MAX_SOCKET_PATH} bytes); use a shorter $HPFAAS_HOME or a TCP address"
+        ));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+    Ok(format!("ipc://{text}"))
 }
 
 #[cfg(test)]

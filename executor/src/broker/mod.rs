@@ -27,7 +27,8 @@ use dispatch::{Dispatcher, Identity, Load};
 /// How the broker listens and judges liveness.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Interface address to bind (e.g. `127.0.0.1`, `0.0.0.0`).
+    /// Interface address to bind (e.g. `127.0.0.1`, `0.0.0.0`), or a whole
+    /// `ipc://` endpoint (a Unix socket; no port).
     pub address: String,
     /// Inclusive port range to bind in; any free port when `None`.
     pub port_range: Option<(u16, u16)>,
@@ -160,6 +161,13 @@ pub fn start(config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
 
 fn bind(router: &zmq::Socket, config: &BrokerConfig) -> anyhow::Result<String> {
     let addr = &config.address;
+    if addr.starts_with("ipc://") {
+        // libzmq replaces a socket file a previous run left behind.
+        router
+            .bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        return Ok(addr.clone());
+    }
     let in_range = |p: u16| {
         config
             .port_range
