@@ -236,7 +236,6 @@ fn request_hash(endpoint: Uuid, bytes: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Checks the tasks against what the endpoint declared it runs.
 fn json_answer(text: String, replayed: bool) -> Response {
     let mut resp = (
         [(
