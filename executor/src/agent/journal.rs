@@ -1,29 +1,55 @@
-//! The agent's journal: a local SQLite file that holds every result until
-//! the service acknowledges it, so a killed agent re-sends results instead
-//! of re-running their tasks.
+//! The agent's journal: a local append-only file that holds every result
+//! until the service acknowledges it, so a killed agent re-sends results
+//! instead of re-running their tasks.
 //!
-//! Tasks themselves are not journaled: the service keeps every task until
-//! its result is stored and re-sends all non-final ones to each new agent
-//! connection, so a restarted agent gets back everything it had accepted.
-//! Journaling them as well used to write each argument payload twice more
-//! (WAL and checkpoint) on the hot path. Which tasks this agent is running
-//! is kept in memory, to ignore the copies a reconnect re-sends.
+//! Each line is one JSON record: `{"result": <TaskResult>}` when a result
+//! arrives, `{"acked": [<task id>...]}` when the service has made results
+//! durable. Opening the file replays it. A write is one `write` of whole
+//! lines; a torn last line (the agent killed mid-write) is cut off at the
+//! next open. The file is emptied whenever nothing is unacknowledged, and
+//! rewritten with only the unacknowledged results once it outgrows
+//! [`COMPACT_BYTES`]. Like the SQLite journal it replaces (a result insert
+//! and delete per task were a tenth of `hpfaas up`), it survives the
+//! agent's death, not the machine's: the service keeps every task that has
+//! no durable result and sends it again.
 //!
-//! The file is opened with `locking_mode=EXCLUSIVE`: WAL then needs no shared
-//! memory (so it works on NFS and Lustre home directories), and a second
-//! agent for the same endpoint cannot open it.
+//! Tasks themselves are not journaled: the service re-sends all non-final
+//! ones to each new agent connection. Which tasks this agent is running is
+//! kept in memory, to ignore the copies a reconnect re-sends.
+//!
+//! An exclusive `flock` keeps a second agent for the same endpoint out.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use hpfaas_protocol::task::{TaskResult, TaskSpec};
-use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// Size past which the file is rewritten with only what is unacknowledged.
+const COMPACT_BYTES: u64 = 64 << 20;
+
+/// One line of the file.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Record<R> {
+    /// A result, stored until acknowledged.
+    Result(R),
+    /// Results the service acknowledged.
+    Acked(Vec<Uuid>),
+}
 
 /// The open journal.
 pub struct Journal {
-    db: Connection,
+    path: PathBuf,
+    /// Opened for appending, and locked.
+    file: File,
+    /// Bytes in the file.
+    size: u64,
     /// Ids of tasks accepted by this agent and not finished yet.
     outstanding: HashSet<Uuid>,
     /// Ids of the results in the file (stored, not yet acknowledged).
@@ -31,41 +57,51 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal at `path`.
+    /// Opens (creating if needed) the journal at `path`, taking over the
+    /// results of an earlier version's SQLite journal (`journal.db` beside it).
     pub fn open(path: &Path) -> anyhow::Result<Journal> {
-        let db = Connection::open(path)
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
             .with_context(|| format!("cannot open the journal {}", path.display()))?;
-        // `tasks` and `functions` are what journals of earlier versions held;
-        // the service re-sends those tasks, so they are dropped.
-        db.execute_batch(
-            "PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, result TEXT NOT NULL);
-             DROP TABLE IF EXISTS tasks;
-             DROP TABLE IF EXISTS functions;",
-        )
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy) => anyhow::anyhow!(
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
                 "the journal {} is held by another agent for this endpoint",
                 path.display()
-            ),
-            _ => anyhow::anyhow!("cannot initialise the journal {}: {e}", path.display()),
-        })?;
-        let mut unacknowledged = HashSet::new();
-        {
-            let mut stmt = db.prepare("SELECT id FROM results")?;
-            for id in stmt.query_map([], |row| row.get::<_, String>(0))? {
-                if let Ok(id) = Uuid::parse_str(&id?) {
-                    unacknowledged.insert(id);
-                }
-            }
+            );
         }
-        Ok(Journal {
-            db,
+        let (results, good) = replay(path)?;
+        let mut journal = Journal {
+            path: path.to_path_buf(),
+            size: good,
+            file,
             outstanding: HashSet::new(),
-            unacknowledged,
-        })
+            unacknowledged: results.keys().copied().collect(),
+        };
+        // Cut off a torn last line, so the next record starts on its own.
+        journal.file.set_len(good)?;
+        let old = path.with_file_name("journal.db");
+        if old.exists() {
+            let earlier = sqlite_results(&old)?;
+            journal.store_results(&earlier)?;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = old.clone().into_os_string();
+                name.push(suffix);
+                let _ = std::fs::remove_file(name);
+            }
+            tracing::info!(
+                "took {} unacknowledged results over from {}",
+                earlier.len(),
+                old.display()
+            );
+        }
+        if journal.unacknowledged.is_empty() {
+            journal.empty()?;
+        }
+        Ok(journal)
     }
 
     /// Takes new tasks; returns those not seen before (a re-sent task that
@@ -83,15 +119,12 @@ impl Journal {
 
     /// Stores results until the service acknowledges them.
     pub fn store_results(&mut self, results: &[TaskResult]) -> anyhow::Result<()> {
-        let tx = self.db.transaction()?;
-        {
-            let mut put =
-                tx.prepare_cached("INSERT OR REPLACE INTO results (id, result) VALUES (?1, ?2)")?;
-            for r in results {
-                put.execute(params![r.task_id.to_string(), serde_json::to_string(r)?])?;
-            }
+        let mut lines = Vec::new();
+        for r in results {
+            serde_json::to_writer(&mut lines, &Record::Result(r))?;
+            lines.push(b'\n');
         }
-        tx.commit()?;
+        self.append(&lines)?;
         for r in results {
             self.outstanding.remove(&r.task_id);
             self.unacknowledged.insert(r.task_id);
@@ -101,16 +134,17 @@ impl Journal {
 
     /// Forgets results the service has made durable.
     pub fn forget_results(&mut self, task_ids: &[Uuid]) -> anyhow::Result<()> {
-        let tx = self.db.transaction()?;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM results WHERE id = ?1")?;
-            for id in task_ids {
-                del.execute([id.to_string()])?;
-            }
-        }
-        tx.commit()?;
         for id in task_ids {
             self.unacknowledged.remove(id);
+        }
+        if self.unacknowledged.is_empty() {
+            return self.empty();
+        }
+        let mut line = serde_json::to_vec(&Record::<()>::Acked(task_ids.to_vec()))?;
+        line.push(b'\n');
+        self.append(&line)?;
+        if self.size > COMPACT_BYTES {
+            self.compact()?;
         }
         Ok(())
     }
@@ -126,19 +160,105 @@ impl Journal {
 
     /// Results the service has not acknowledged yet.
     pub fn unacknowledged(&self) -> anyhow::Result<Vec<TaskResult>> {
-        let mut stmt = self.db.prepare("SELECT result FROM results")?;
-        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(serde_json::from_str(&r?)?);
-        }
-        Ok(out)
+        let (mut results, _) = replay(&self.path)?;
+        Ok(self
+            .unacknowledged
+            .iter()
+            .filter_map(|id| results.remove(id))
+            .collect())
     }
 
     /// Tasks accepted and not yet finished.
     pub fn outstanding(&self) -> u64 {
         self.outstanding.len() as u64
     }
+
+    fn append(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.file
+            .write_all(bytes)
+            .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Nothing is unacknowledged: the file starts over.
+    fn empty(&mut self) -> anyhow::Result<()> {
+        if self.size > 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the file in place with only the unacknowledged results.
+    fn compact(&mut self) -> anyhow::Result<()> {
+        let keep = self.unacknowledged()?;
+        let mut lines = Vec::new();
+        for r in &keep {
+            serde_json::to_writer(&mut lines, &Record::Result(r))?;
+            lines.push(b'\n');
+        }
+        // In place (not a new file and a rename), so the lock stays with it.
+        self.file.set_len(0)?;
+        self.size = 0;
+        self.append(&lines)?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// The unacknowledged results in the file at `path` (the last one stored
+/// for each task), and the length of its whole lines.
+fn replay(path: &Path) -> anyhow::Result<(HashMap<Uuid, TaskResult>, u64)> {
+    let mut file =
+        File::open(path).with_context(|| format!("cannot read the journal {}", path.display()))?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(file);
+    let (mut results, mut good, mut line) = (HashMap::new(), 0u64, Vec::new());
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break; // the end, or a torn last line
+        }
+        match serde_json::from_slice::<Record<TaskResult>>(&line) {
+            Ok(Record::Result(r)) => {
+                results.insert(r.task_id, r);
+            }
+            Ok(Record::Acked(ids)) => {
+                for id in ids {
+                    results.remove(&id);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "skipping an unreadable line of the journal {} at byte {good}: {e}",
+                path.display()
+            ),
+        }
+        good += n as u64;
+    }
+    Ok((results, good))
+}
+
+/// The results in an earlier version's SQLite journal.
+fn sqlite_results(path: &Path) -> anyhow::Result<Vec<TaskResult>> {
+    let db = rusqlite::Connection::open(path)
+        .with_context(|| format!("cannot open the old journal {}", path.display()))?;
+    let has_results: bool = db.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'results'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_results {
+        return Ok(Vec::new());
+    }
+    let mut stmt = db.prepare("SELECT result FROM results")?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(serde_json::from_str(&r?)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -146,8 +266,10 @@ mod tests {
     use super::*;
     use hpfaas_protocol::task::Outcome;
 
-    fn temp_path() -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("hpfaas-journal-{}.db", Uuid::new_v4()))
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hpfaas-journal-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     fn task() -> TaskSpec {
@@ -170,13 +292,15 @@ mod tests {
 
     #[test]
     fn results_survive_reopen_until_acknowledged() {
-        let path = temp_path();
-        let (a, b) = (task(), task());
+        let path = temp_dir().join("journal.log");
+        let (a, b, c) = (task(), task(), task());
         {
             let mut j = Journal::open(&path).unwrap();
-            assert_eq!(j.accept(vec![a.clone(), b.clone()]).len(), 2);
+            assert_eq!(j.accept(vec![a.clone(), b.clone(), c.clone()]).len(), 3);
             assert!(j.accept(vec![a.clone()]).is_empty(), "re-sent task ignored");
-            j.store_results(&[result(a.task_id)]).unwrap();
+            j.store_results(&[result(a.task_id), result(c.task_id)])
+                .unwrap();
+            j.forget_results(&[c.task_id]).unwrap();
             assert!(
                 j.accept(vec![a.clone()]).is_empty(),
                 "finished task not re-run"
@@ -197,21 +321,81 @@ mod tests {
         );
         j.forget_results(&[a.task_id]).unwrap();
         assert!(j.unacknowledged().unwrap().is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied");
         j.cancel(&[b.task_id, Uuid::new_v4()]);
         assert_eq!(
             j.outstanding(),
             0,
             "a cancelled task is no longer outstanding"
         );
-        drop(j);
-        std::fs::remove_file(&path).ok();
     }
 
     #[test]
-    fn a_journal_of_an_earlier_version_opens() {
-        let path = temp_path();
+    fn a_torn_last_line_is_cut_off() {
+        let path = temp_dir().join("journal.log");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         {
-            let db = Connection::open(&path).unwrap();
+            let mut j = Journal::open(&path).unwrap();
+            j.store_results(&[result(a)]).unwrap();
+        }
+        // Killed in the middle of writing b's line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"result":{"task_id":"#).unwrap();
+        drop(f);
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.unacknowledged().unwrap(), vec![result(a)]);
+        j.store_results(&[result(b)]).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        let mut ids: Vec<Uuid> = j
+            .unacknowledged()
+            .unwrap()
+            .iter()
+            .map(|r| r.task_id)
+            .collect();
+        ids.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(ids, want, "the next record starts on a line of its own");
+    }
+
+    #[test]
+    fn a_long_file_is_compacted_to_what_is_unacknowledged() {
+        let path = temp_dir().join("journal.log");
+        let mut j = Journal::open(&path).unwrap();
+        let kept = Uuid::new_v4();
+        j.store_results(&[result(kept)]).unwrap();
+        let big = "x".repeat(1 << 20);
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let mut rounds = 0;
+        loop {
+            let (before, id) = (size(), Uuid::new_v4());
+            let mut r = result(id);
+            r.outcome = Outcome::Success {
+                result: big.clone(),
+            };
+            j.store_results(&[r]).unwrap();
+            j.forget_results(&[id]).unwrap();
+            rounds += 1;
+            if size() < before {
+                break;
+            }
+            assert!(rounds <= (COMPACT_BYTES >> 20) + 1, "never compacted");
+        }
+        assert!(rounds > (COMPACT_BYTES >> 20) - 2, "compacted early");
+        assert!(size() < 4096, "{} bytes left", size());
+        assert_eq!(j.unacknowledged().unwrap(), vec![result(kept)]);
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.unacknowledged().unwrap(), vec![result(kept)]);
+    }
+
+    #[test]
+    fn results_of_an_earlier_sqlite_journal_are_taken_over() {
+        let dir = temp_dir();
+        let a = Uuid::new_v4();
+        {
+            let db = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
             db.execute_batch(
                 "CREATE TABLE functions (id TEXT PRIMARY KEY, code TEXT NOT NULL);
                  CREATE TABLE tasks (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
@@ -219,16 +403,21 @@ mod tests {
                  INSERT INTO tasks VALUES ('x', '{}');",
             )
             .unwrap();
+            db.execute(
+                "INSERT INTO results VALUES (?1, ?2)",
+                [a.to_string(), serde_json::to_string(&result(a)).unwrap()],
+            )
+            .unwrap();
         }
-        let j = Journal::open(&path).unwrap();
+        let j = Journal::open(&dir.join("journal.log")).unwrap();
         assert_eq!(j.outstanding(), 0);
-        drop(j);
-        std::fs::remove_file(&path).ok();
+        assert_eq!(j.unacknowledged().unwrap(), vec![result(a)]);
+        assert!(!dir.join("journal.db").exists(), "the old file is gone");
     }
 
     #[test]
     fn a_second_opener_is_refused() {
-        let path = temp_path();
+        let path = temp_dir().join("journal.log");
         let _first = Journal::open(&path).unwrap();
         let err = Journal::open(&path)
             .err()

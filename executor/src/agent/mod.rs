@@ -96,7 +96,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     state.state = "connecting".into();
     state.write(&spec.dir)?;
 
-    let journal = Journal::open(&spec.dir.join("journal.db"))?;
+    let journal = Journal::open(&spec.dir.join("journal.log"))?;
     let engine = &spec.config.engine;
     let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
         .ok()
