@@ -38,7 +38,7 @@ use crate::db::tasks::{self as db_tasks, PageLimits};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
-use crate::live::Claim;
+use crate::live::{Claim, ResultEvent};
 use crate::state::AppState;
 
 /// Largest WebSocket message accepted (tungstenite's default is 16 MiB).
@@ -684,7 +684,11 @@ fn store_results(
             move |stored: &Vec<db_tasks::StoredResult>| {
                 drop(permit); // applied: the next batch may queue
                 for r in stored {
-                    live.publish_result((r.group, r.seq));
+                    live.publish_result(ResultEvent {
+                        group: r.group,
+                        seq: r.seq,
+                        row: r.row.clone(),
+                    });
                 }
             },
         )

@@ -11,8 +11,20 @@ use hpfaas_protocol::endpoint::EndpointReport;
 use tokio::sync::{broadcast, Notify};
 use uuid::Uuid;
 
-/// A result was stored: (task group, result_seq).
-pub type ResultEvent = (Uuid, i64);
+use crate::db::tasks::TaskRow;
+
+/// A result was stored. Published from the writer's visibility hooks, so
+/// events come in `result_seq` order.
+#[derive(Debug, Clone)]
+pub struct ResultEvent {
+    /// The task's group.
+    pub group: Uuid,
+    /// The result's `result_seq`.
+    pub seq: i64,
+    /// The task's row when it is small enough to hand to the streams
+    /// ([`crate::db::tasks::StoredResult::row`]); else they read it.
+    pub row: Option<Arc<TaskRow>>,
+}
 
 /// How many result notifications a slow stream may fall behind before it
 /// re-reads from the database instead.

@@ -461,3 +461,73 @@ fn large_arguments_live_in_files_until_their_task_ends() {
         "{failed}"
     );
 }
+
+#[test]
+fn a_live_stream_gets_results_and_cancels_in_order_as_the_service_reads_them() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let group = Uuid::new_v4().to_string();
+    let payloads: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
+    let answer = alice
+        .post(
+            &format!("/v3/endpoints/{ep}/submit"),
+            &json!({"tasks": {f.clone(): payloads}, "task_group_id": group}),
+        )
+        .ok();
+    let ids: Vec<Uuid> = answer["tasks"][&f]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(uuid)
+        .collect();
+    let mut stream = alice.stream(&group, None);
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    agent.recv_tasks(ids.len());
+
+    // Results (handed to the stream in memory, one a large one it reads
+    // back) interleaved with cancels (which it reads), in small batches.
+    let big = "x".repeat(20 * 1024);
+    for (i, chunk) in ids.chunks(3).enumerate() {
+        if i % 2 == 0 {
+            let results = chunk
+                .iter()
+                .map(|id| success(*id, if *id == ids[0] { &big } else { "00\nr" }))
+                .collect();
+            agent.send(&AgentMessage::Results { results });
+            // The agent is told of the cancels meanwhile.
+            loop {
+                match agent.recv() {
+                    Some(hpfaas_protocol::endpoint::ServiceMessage::ResultAck { .. }) => break,
+                    Some(hpfaas_protocol::endpoint::ServiceMessage::Cancel { .. }) => {}
+                    other => panic!("expected a result ack, got {other:?}"),
+                }
+            }
+        } else {
+            for id in chunk {
+                alice
+                    .post(&format!("/v3/tasks/{id}/cancel"), &json!({}))
+                    .ok();
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut last = 0i64;
+    for _ in 0..ids.len() {
+        let e = stream.next_event();
+        let seq: i64 = e.id.parse().unwrap();
+        assert!(seq > last, "event {seq} after {last}");
+        last = seq;
+        let task = uuid(&e.data["task_id"]);
+        assert!(seen.insert(task), "{task} twice");
+        // The document streamed is the one the service returns for the task.
+        let mut read = alice.task(&task.to_string());
+        let mut streamed = e.data.clone();
+        for doc in [&mut read, &mut streamed] {
+            doc.as_object_mut().unwrap().remove("fetched");
+        }
+        assert_eq!(streamed, read);
+    }
+    assert_eq!(seen.len(), ids.len());
+}

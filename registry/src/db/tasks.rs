@@ -536,7 +536,7 @@ pub fn update_states(
 }
 
 /// A result [`store_results`] stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredResult {
     /// The task.
     pub task: Uuid,
@@ -546,7 +546,14 @@ pub struct StoredResult {
     pub seq: i64,
     /// Its payload was in a file, to remove once this is durable.
     pub payload_file: bool,
+    /// The task's row as stored, when its result and exception text are at
+    /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
+    /// it back.
+    pub row: Option<std::sync::Arc<TaskRow>>,
 }
+
+/// Largest result (or traceback) handed to the result streams in memory.
+pub const STREAMED_ROW_BYTES: usize = 16 * 1024;
 
 /// Stores results for non-final tasks of this endpoint, each with the next
 /// `result_seq`; returns each stored one. Results for
@@ -563,7 +570,7 @@ pub fn store_results(
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
                           result_fate = 0
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-         RETURNING group_id, rid",
+         RETURNING group_id, rid, function_id, created",
     )?;
     // The payload of a finished task is no longer needed.
     let mut drop_payload =
@@ -582,7 +589,7 @@ pub fn store_results(
             Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
         };
         let seq = ctx.next_result_seq;
-        let row: Option<(String, i64)> = st
+        let row: Option<(String, i64, String, f64)> = st
             .query_row(
                 params![
                     res.task_id.to_string(),
@@ -596,19 +603,46 @@ pub fn store_results(
                     seq,
                     stored_at
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        match row.and_then(|(g, rid)| Some((Uuid::parse_str(&g).ok()?, rid))) {
-            Some((group, rid)) => {
+        let parsed = row.and_then(|(g, rid, f, created)| {
+            Some((
+                Uuid::parse_str(&g).ok()?,
+                rid,
+                Uuid::parse_str(&f).ok()?,
+                created,
+            ))
+        });
+        match parsed {
+            Some((group, rid, function, created)) => {
                 let payload_file: Option<bool> =
                     drop_payload.query_row([rid], |r| r.get(0)).optional()?;
                 ctx.next_result_seq += 1;
+                let text = result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len());
+                let row = (text <= STREAMED_ROW_BYTES).then(|| {
+                    std::sync::Arc::new(TaskRow {
+                        id: res.task_id,
+                        group,
+                        function,
+                        endpoint,
+                        state,
+                        result: result.map(str::to_string),
+                        exc_type: exc.map(|e| e.exc_type.clone()),
+                        exc_message: exc.map(|e| e.message.clone()),
+                        exc_traceback: exc.map(|e| e.traceback.clone()),
+                        created,
+                        completed: Some(completed),
+                        result_seq: Some(seq),
+                        fetched: false,
+                    })
+                });
                 stored.push(StoredResult {
                     task: res.task_id,
                     group,
                     seq,
                     payload_file: payload_file.unwrap_or(false),
+                    row,
                 });
             }
             None => {
@@ -818,17 +852,19 @@ mod tests {
         };
         let failed = TaskResult::failed(ids[0], ExceptionInfo::system("WorkerLost", "gone"));
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
+        assert_eq!(ctx.next_result_seq, 8);
+        let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Success);
+        assert_eq!(row.result.as_deref(), Some("r"));
+        // The row the streams get in memory is the row they would read.
         let first = StoredResult {
             task: ids[0],
             group,
             seq: 7,
             payload_file: false,
+            row: Some(std::sync::Arc::new(row)),
         };
         assert_eq!(stored, vec![first]);
-        assert_eq!(ctx.next_result_seq, 8);
-        let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
-        assert_eq!(row.state, TaskState::Success);
-        assert_eq!(row.result.as_deref(), Some("r"));
         let page = dispatch_page(
             &fx.conn,
             &fx.files,
@@ -849,6 +885,16 @@ mod tests {
             payloads, 1,
             "the finished task's payload is dropped, the other's kept"
         );
+        // A large result is left for the streams to read.
+        let big = TaskResult {
+            task_id: ids[1],
+            outcome: Outcome::Success {
+                result: "r".repeat(STREAMED_ROW_BYTES + 1),
+            },
+            completed_at: 6.0,
+        };
+        let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[big]).unwrap();
+        assert_eq!((stored[0].seq, stored[0].row.is_none()), (8, true));
     }
 
     #[test]

@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 
 use crate::auth::User;
 use crate::db::cancel::{self, Cancelled};
-use crate::error::ApiResult;
+use crate::db::Durability;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
+use crate::live::{Live, ResultEvent};
 use crate::routes::tasks::require_group_owner;
 use crate::state::AppState;
 
@@ -20,14 +22,20 @@ use crate::state::AppState;
 const GROUP_BATCH: usize = 2000;
 
 /// Announces cancelled tasks to the result streams and their endpoints.
-fn announce(state: &AppState, cancelled: &[Cancelled]) {
+/// Runs as the cancel's commit becomes visible: result events must come in
+/// `result_seq` order ([`ResultEvent`]).
+fn announce(live: &Live, cancelled: &[Cancelled]) {
     let mut endpoints = BTreeSet::new();
     for c in cancelled {
-        state.live.publish_result((c.group, c.seq));
+        live.publish_result(ResultEvent {
+            group: c.group,
+            seq: c.seq,
+            row: None,
+        });
         endpoints.insert(c.endpoint);
     }
     for endpoint in endpoints {
-        state.live.poke(endpoint);
+        live.poke(endpoint);
     }
 }
 
@@ -39,11 +47,16 @@ pub async fn cancel_task(
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id("task", &raw)?;
     let name = user.name.clone();
-    let cancelled = state
+    let live = state.live.clone();
+    state
         .db
-        .write(move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id))
-        .await?;
-    announce(&state, std::slice::from_ref(&cancelled));
+        .enqueue_visible(
+            move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id),
+            Durability::Now,
+            move |cancelled| announce(&live, std::slice::from_ref(cancelled)),
+        )?
+        .await
+        .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
     state
         .audit
         .record(serde_json::json!({"event": "task_finished", "task_id": id,
@@ -65,14 +78,19 @@ pub async fn cancel_group(
     let mut total = 0usize;
     loop {
         let name = user.name.clone();
+        let live = state.live.clone();
         let (cancelled, next) = state
             .db
-            .write(move |c, ctx| {
-                cancel::cancel_group_page(c, ctx, user.id, &name, group, cursor, GROUP_BATCH)
-            })
-            .await?;
+            .enqueue_visible(
+                move |c, ctx| {
+                    cancel::cancel_group_page(c, ctx, user.id, &name, group, cursor, GROUP_BATCH)
+                },
+                Durability::Now,
+                move |(cancelled, _)| announce(&live, cancelled),
+            )?
+            .await
+            .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
         total += cancelled.len();
-        announce(&state, &cancelled);
         match next {
             Some(next) => cursor = next,
             None => break,

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, User};
 use crate::db::tasks as db_tasks;
+use crate::db::tasks::TaskRow;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
 use crate::live::ResultEvent;
@@ -152,11 +153,24 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         }
         let check = tokio::select! {
             n = notifications.recv() => {
-                stale = match n {
-                    Ok((g, seq)) => g == group && seq > last,
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                stale = false;
+                match n {
+                    Ok(event) if event.group == group && event.seq > last => match event.row {
+                        // Events come in result_seq order, and every one
+                        // before this was sent or read: send it as it is.
+                        Some(row) => {
+                            if tx.send(result_event(&row)).await.is_err() {
+                                return;
+                            }
+                            last = event.seq;
+                            mark_fetched(&state, &[&row]);
+                        }
+                        None => stale = true,
+                    },
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => stale = true,
                     Err(broadcast::error::RecvError::Closed) => return,
-                };
+                }
                 false
             }
             _ = crate::revocation::next(&mut revocations) => true,
@@ -208,11 +222,7 @@ async fn send_after(
             let Some(seq) = row.result_seq.filter(|s| *s > *last) else {
                 continue;
             };
-            let event = Event::default()
-                .id(seq.to_string())
-                .event("result")
-                .data(task_document(row).to_string());
-            if tx.send(event).await.is_err() {
+            if tx.send(result_event(row)).await.is_err() {
                 return Ok(false);
             }
             *last = seq;
@@ -222,6 +232,14 @@ async fn send_after(
             return Ok(true);
         }
     }
+}
+
+/// The `result` event of a final task.
+fn result_event(row: &TaskRow) -> Event {
+    Event::default()
+        .id(row.result_seq.unwrap_or_default().to_string())
+        .event("result")
+        .data(task_document(row).to_string())
 }
 
 #[cfg(test)]
@@ -248,7 +266,11 @@ mod tests {
             .await
             .unwrap();
         for r in stored {
-            state.live.publish_result((r.group, r.seq));
+            state.live.publish_result(ResultEvent {
+                group: r.group,
+                seq: r.seq,
+                row: r.row,
+            });
         }
     }
 
