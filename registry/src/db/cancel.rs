@@ -62,6 +62,7 @@ fn cancel_row(
         .optional()?;
     if row.is_some() {
         ctx.next_result_seq += 1;
+        super::tasks::save_result_seq(conn, ctx)?;
     }
     Ok(row)
 }

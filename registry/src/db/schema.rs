@@ -139,6 +139,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE task_payloads ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: the last result_seq handed out is kept in a row, written once per
+    // write job, instead of a UNIQUE index on tasks(result_seq) that every
+    // stored result updated (and that made each result's UPDATE keep a
+    // statement journal) only so start-up could read MAX(result_seq).
+    r#"
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'result_seq', COALESCE(MAX(result_seq), 0) FROM tasks;
+    DROP INDEX tasks_result_seq;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -204,6 +214,30 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(moved, vec![(1, "queued".to_string())]);
+    }
+
+    #[test]
+    fn version_5_keeps_the_last_result_seq_in_a_row() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..4] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 4).unwrap();
+        tx.execute_batch(
+            "INSERT INTO users VALUES (1, 'u', 0);
+             INSERT INTO tasks (rid, id, owner, endpoint_id, function_id, group_id, state,
+                                done, created, result_seq)
+             VALUES (1, 'a', 1, 'e', 'f', 'g', 'success', 1, 0, 41),
+                    (2, 'b', 1, 'e', 'f', 'g', 'received', 0, 0, NULL);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(crate::db::tasks::max_result_seq(&conn).unwrap(), 41);
+        let mut empty = Connection::open_in_memory().unwrap();
+        migrate(&mut empty).unwrap();
+        assert_eq!(crate::db::tasks::max_result_seq(&empty).unwrap(), 0);
     }
 
     #[test]

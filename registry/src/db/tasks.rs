@@ -83,9 +83,18 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 
 /// Highest `result_seq` stored (0 when none), to continue the sequence.
 pub fn max_result_seq(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT COALESCE(MAX(result_seq), 0) FROM tasks", [], |r| {
-        r.get(0)
-    })
+    conn.query_row(
+        "SELECT value FROM counters WHERE name = 'result_seq'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Records the last `result_seq` handed out, in the job that handed it out.
+pub fn save_result_seq(conn: &Connection, ctx: &WriteCtx) -> ApiResult<()> {
+    conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'result_seq'")?
+        .execute([ctx.next_result_seq - 1])?;
+    Ok(())
 }
 
 /// One task of a submission.
@@ -652,6 +661,9 @@ pub fn store_results(
                     "result for a task that is already final or not this endpoint's; ignored")
             }
         }
+    }
+    if !stored.is_empty() {
+        save_result_seq(conn, ctx)?;
     }
     Ok(stored)
 }
