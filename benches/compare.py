@@ -41,9 +41,9 @@ ENGINE_WORKLOADS = ("dispatch", "scale")  # hpfaas only: the broker_bench exampl
 
 # Task counts per workload; `shell_htex` is the bash_app count on HTEX.
 SIZES = {
-    "full": {"noop": 20_000, "latency": 500, "sleep": 2_000, "payload": 200,
+    "full": {"noop": 20_000, "noop_runs": 3, "latency": 500, "sleep": 2_000, "payload": 200,
              "shell": 20_000, "shell_htex": 20_000, "spawn_s": 3.0, "timeout": 900},
-    "smoke": {"noop": 500, "latency": 50, "sleep": 100, "payload": 20,
+    "smoke": {"noop": 500, "noop_runs": 1, "latency": 50, "sleep": 100, "payload": 20,
               "shell": 500, "shell_htex": 500, "spawn_s": 0.5, "timeout": 120},
 }
 # broker_bench arguments: processes, managers per process, slots, tasks.
@@ -131,10 +131,13 @@ def timed_map(runner, fn, n, what):
 
 
 def run_noop(runner, sizes, _):
-    """`noop`: N identity calls submitted at once, first submit to last result."""
+    """`noop`: N identity calls submitted at once, first submit to last result;
+    repeated, and the median run reported (this machine's noise is ±10 %)."""
     n = sizes["noop"]
-    seconds = timed_map(runner, workloads.ident, n, "noop")
-    return {"tasks": n, "seconds": seconds, "tasks_per_s": n / seconds}
+    runs = [round(n / timed_map(runner, workloads.ident, n, "noop"), 1)
+            for _ in range(sizes["noop_runs"])]
+    return {"tasks": n, "runs_tasks_per_s": runs, "tasks_per_s": statistics.median(runs),
+            "seconds": n / statistics.median(runs)}
 
 
 def run_latency(runner, sizes, _):
