@@ -178,6 +178,22 @@ impl Db {
         self.writer.write(f).await
     }
 
+    /// Runs `f` in the next group commit, durable as `durability` says;
+    /// `on_visible` runs with its output as soon as the commit is visible,
+    /// and the call returns once it is durable.
+    pub async fn write_visible<T, F>(
+        &self,
+        f: F,
+        durability: Durability,
+        on_visible: impl FnOnce(&T) + Send + 'static,
+    ) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        self.writer.write_visible(f, durability, on_visible).await
+    }
+
     /// Queues `f` now (so writes from one connection keep their order) and
     /// returns the receiver of its post-commit answer; errors only if the
     /// writer has stopped.

@@ -16,6 +16,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension};
@@ -28,10 +29,11 @@ pub const INLINE_MAX: usize = 64 * 1024;
 /// a sweep while the service runs leaves it alone.
 const SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 
-/// The directory of payload files.
+/// The directory of payload files (cheap to clone: every dispatch turn and
+/// result batch takes one).
 #[derive(Debug, Clone)]
 pub struct PayloadFiles {
-    dir: PathBuf,
+    dir: Arc<Path>,
 }
 
 impl PayloadFiles {
@@ -43,7 +45,7 @@ impl PayloadFiles {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&dir)?;
-        Ok(PayloadFiles { dir })
+        Ok(PayloadFiles { dir: dir.into() })
     }
 
     fn path(&self, task: Uuid) -> PathBuf {
@@ -65,7 +67,7 @@ impl PayloadFiles {
             file.sync_data()?;
         }
         if !files.is_empty() {
-            std::fs::File::open(&self.dir)?.sync_all()?;
+            std::fs::File::open(&*self.dir)?.sync_all()?;
         }
         Ok(())
     }
@@ -97,7 +99,7 @@ impl PayloadFiles {
             )
             .map_err(std::io::Error::other)?;
         let mut removed = 0;
-        for entry in std::fs::read_dir(&self.dir)? {
+        for entry in std::fs::read_dir(&*self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let task = name.to_str().and_then(|n| Uuid::parse_str(n).ok());

@@ -242,6 +242,22 @@ impl Writer {
         rx.await.map_err(|_| shutting_down())?
     }
 
+    /// Runs `f` like [`Writer::enqueue_visible`] and returns once it is
+    /// durable (or failed).
+    pub async fn write_visible<T, F>(
+        &self,
+        f: F,
+        durability: Durability,
+        on_visible: impl FnOnce(&T) + Send + 'static,
+    ) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
+    {
+        let rx = self.enqueue_visible(f, durability, on_visible)?;
+        rx.await.map_err(|_| shutting_down())?
+    }
+
     /// Commits (and syncs) everything queued so far, then stops the threads.
     pub async fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);

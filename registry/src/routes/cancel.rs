@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::auth::User;
 use crate::db::cancel::{self, Cancelled};
 use crate::db::Durability;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{parse_id, IdPath};
 use crate::live::{Live, ResultEvent};
 use crate::routes::tasks::require_group_owner;
@@ -50,13 +50,12 @@ pub async fn cancel_task(
     let live = state.live.clone();
     state
         .db
-        .enqueue_visible(
+        .write_visible(
             move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id),
             Durability::Now,
             move |cancelled| announce(&live, std::slice::from_ref(cancelled)),
-        )?
-        .await
-        .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
+        )
+        .await?;
     state
         .audit
         .record(serde_json::json!({"event": "task_finished", "task_id": id,
@@ -81,15 +80,14 @@ pub async fn cancel_group(
         let live = state.live.clone();
         let (cancelled, next) = state
             .db
-            .enqueue_visible(
+            .write_visible(
                 move |c, ctx| {
                     cancel::cancel_group_page(c, ctx, user.id, &name, group, cursor, GROUP_BATCH)
                 },
                 Durability::Now,
                 move |(cancelled, _)| announce(&live, cancelled),
-            )?
-            .await
-            .map_err(|_| ApiError::unavailable("the service is shutting down"))??;
+            )
+            .await?;
         total += cancelled.len();
         match next {
             Some(next) => cursor = next,

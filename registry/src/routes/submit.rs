@@ -382,7 +382,7 @@ pub async fn submit(
     let (live, audit, user_name) = (state.live.clone(), state.audit.clone(), user.name.clone());
     let done = state
         .db
-        .enqueue_visible(
+        .write_visible(
             move |c, _| db_tasks::submit(c, &submission),
             Durability::Now,
             move |done| {
@@ -400,15 +400,7 @@ pub async fn submit(
                 }
             },
         )
-        .map(|reply| async move {
-            reply
-                .await
-                .map_err(|_| ApiError::unavailable("the service is shutting down"))?
-        });
-    let done = match done {
-        Ok(reply) => reply.await,
-        Err(e) => Err(e),
-    };
+        .await;
     if !matches!(done, Ok(Submitted::Created)) {
         // Refused, failed or replayed: no row names these files.
         state.db.payload_files().remove(in_files);
