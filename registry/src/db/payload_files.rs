@@ -77,6 +77,11 @@ impl PayloadFiles {
         std::fs::read_to_string(self.path(task))
     }
 
+    /// The size in bytes of `task`'s payload file.
+    pub fn size(&self, task: Uuid) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(self.path(task))?.len())
+    }
+
     /// Removes the files of these tasks (those without one are skipped).
     pub fn remove(&self, tasks: impl IntoIterator<Item = Uuid>) {
         for task in tasks {

@@ -428,6 +428,12 @@ pub fn dispatch_page(
                 more = true;
                 break;
             }
+            // A file that would not fit the page is not read (and then
+            // dropped): the next page starts with it.
+            let size = files.size(task_id).unwrap_or(0) as usize;
+            if count > 0 && bytes + size > limits.bytes {
+                break;
+            }
             match files.read(task_id) {
                 Ok(text) => text,
                 Err(e) => {
@@ -798,6 +804,71 @@ mod tests {
         );
         assert!(e.message.contains("\"00\\n\""), "{}", e.message);
         assert!(check_policy(&EndpointPolicy::default(), &s).is_ok());
+    }
+
+    #[test]
+    fn a_payload_file_that_does_not_fit_the_page_waits_for_the_next() {
+        let fx = fixture();
+        let tasks: Vec<NewTask> = (0..2)
+            .map(|_| NewTask {
+                id: Uuid::new_v4(),
+                function: fx.function,
+                payload: "y".repeat(100_000),
+                in_file: true,
+            })
+            .collect();
+        let pairs: Vec<(Uuid, &str)> = tasks.iter().map(|t| (t.id, t.payload.as_str())).collect();
+        fx.files.write(&pairs).unwrap();
+        let s = Submission {
+            owner: fx.owner,
+            endpoint: fx.endpoint,
+            group: Uuid::new_v4(),
+            state: TaskState::Received,
+            functions: vec![(fx.function.to_string(), fx.function)],
+            tasks: tasks.clone(),
+            result_serializers: "[]".into(),
+            resource_spec: None,
+            idempotency: None,
+        };
+        submit(&fx.conn, &s).unwrap();
+        let quick = PageLimits {
+            read_files: false,
+            ..limits(10, 1 << 20)
+        };
+        let page =
+            dispatch_page(&fx.conn, &fx.files, fx.endpoint, 0, HashSet::new(), quick).unwrap();
+        assert_eq!(
+            (page.count, page.more),
+            (0, true),
+            "left to a page that reads files"
+        );
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            0,
+            HashSet::new(),
+            limits(10, 150_000),
+        )
+        .unwrap();
+        assert_eq!(page.count, 1, "the second file does not fit");
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            page.last_rid,
+            page.sent_functions,
+            limits(10, 150_000),
+        )
+        .unwrap();
+        assert_eq!(page.count, 1);
+        let Ok(ServiceMessage::Tasks { tasks: sent, .. }) =
+            from_json(page.frame.as_deref().unwrap())
+        else {
+            panic!("not a tasks frame")
+        };
+        assert_eq!(sent[0].task_id, tasks[1].id);
+        assert_eq!(sent[0].payload, tasks[1].payload);
     }
 
     #[test]
