@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -210,9 +210,8 @@ impl Journal {
 /// The unacknowledged results in the file at `path` (the last one stored
 /// for each task), and the length of its whole lines.
 fn replay(path: &Path) -> anyhow::Result<(HashMap<Uuid, TaskResult>, u64)> {
-    let mut file =
+    let file =
         File::open(path).with_context(|| format!("cannot read the journal {}", path.display()))?;
-    file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::new(file);
     let (mut results, mut good, mut line) = (HashMap::new(), 0u64, Vec::new());
     loop {
