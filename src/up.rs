@@ -68,10 +68,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // endpoint's private directory, which needs no CurveZMQ (the cost of
     // encrypting every argument twice on one machine), unless the
     // configuration names an address or the path is too long for a socket.
-    let socket_fits = endpoint_dir
-        .join("broker.sock")
-        .to_str()
-        .is_some_and(|p| p.len() <= hpfaas_executor::broker::address::MAX_SOCKET_PATH);
+    let socket_fits = hpfaas_executor::broker::address::socket_path(&endpoint_dir).is_ok();
     if config.engine.address.is_none() && config.provider.kind == "local" && socket_fits {
         config.engine.address = Some(hpfaas_executor::config::UNIX_ADDRESS.into());
     }

@@ -60,13 +60,11 @@ pub fn resolve(configured: Option<&str>, local_provider: bool) -> Result<String,
 }
 
 /// Longest socket path a `sockaddr_un` holds (108 bytes with its NUL, on Linux).
-pub const MAX_SOCKET_PATH: usize = 107;
+const MAX_SOCKET_PATH: usize = 107;
 
-/// `ipc://<dir>/broker.sock` for `engine.address = "unix"`, with `dir` made
-/// private (0700): only the endpoint's owner can reach the socket, which is
-/// what CurveZMQ's keys guarantee on TCP.
-pub fn unix_socket(dir: &std::path::Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
+/// The broker's socket path in `dir`, as text; an error names why it cannot
+/// be one (not UTF-8, or longer than a Unix socket path may be).
+pub fn socket_path(dir: &std::path::Path) -> Result<String, String> {
     let path = dir.join("broker.sock");
     let text = path
         .to_str()
@@ -77,6 +75,15 @@ pub fn unix_socket(dir: &std::path::Path) -> Result<String, String> {
              allows ({MAX_SOCKET_PATH} bytes); use a shorter $HPFAAS_HOME or a TCP address"
         ));
     }
+    Ok(text.to_string())
+}
+
+/// `ipc://<dir>/broker.sock` for `engine.address = "unix"`, with `dir` made
+/// private (0700): only the endpoint's owner can reach the socket, which is
+/// what CurveZMQ's keys guarantee on TCP.
+pub fn unix_socket(dir: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = socket_path(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
     Ok(format!("ipc://{text}"))
