@@ -1,5 +1,5 @@
 //! The periodic purge: every `purge_interval`, expire unfetched results past
-//! the result TTL, then delete finished tasks, idempotency keys and empty
+//! the result TTL, then delete idempotency keys, finished tasks and empty
 //! task groups past the retention period ([`crate::db::purge`]). Each step
 //! is one short writer job of at most [`BATCH`] rows, repeated until nothing
 //! is left, so a purge of millions of rows never holds the writer for long.
@@ -76,8 +76,11 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
         purge::expire_results(c, ttl_cut, BATCH, &ttl_text)
     })
     .await?;
-    let tasks = drain(state, move |c| purge::delete_finished(c, keep_cut, BATCH)).await?;
+    // Keys go before tasks: a key is created before its tasks are stored, so
+    // with one cutoff no replayed answer can name a task already deleted,
+    // even between the two steps.
     let keys = drain(state, move |c| purge::delete_keys(c, keep_cut, BATCH)).await?;
+    let tasks = drain(state, move |c| purge::delete_finished(c, keep_cut, BATCH)).await?;
     let groups = drain(state, move |c| {
         purge::delete_empty_groups(c, keep_cut, BATCH)
     })
