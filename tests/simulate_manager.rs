@@ -60,6 +60,7 @@ async fn every_task_once(encrypted: bool) {
             task_id: Uuid::new_v4(),
             function_id,
             payload: pack(&["11\n[]", "11\n{}"]),
+            blob: None,
             result_serializers: vec![],
             resource_spec: None,
         })

@@ -21,6 +21,7 @@ fn tasks(n: usize, function_id: Uuid) -> Vec<TaskSpec> {
             task_id: Uuid::new_v4(),
             function_id,
             payload: "5\n11\n[]4\n11\n{}".into(),
+            blob: None,
             result_serializers: vec![],
             resource_spec: None,
         })

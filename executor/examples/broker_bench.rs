@@ -239,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     task_id: Uuid::from_u64_pair(id_base, sent + i),
                     function_id,
                     payload: payload.clone(),
+                    blob: None,
                     result_serializers: Vec::new(),
                     resource_spec: None,
                 })

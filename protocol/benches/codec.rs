@@ -19,6 +19,7 @@ fn task_batch() -> BrokerMessage {
             task_id: Uuid::new_v4(),
             function_id,
             payload: pack(&["11\n[1, 2, 3]", "11\n{}"]),
+            blob: None,
             result_serializers: vec![],
             resource_spec: None,
         })

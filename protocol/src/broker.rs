@@ -182,6 +182,7 @@ mod tests {
                 task_id: id,
                 function_id: id,
                 payload: "3\n00\n3\n00\n".into(),
+                blob: None,
                 result_serializers: vec![],
                 resource_spec: None,
             }],

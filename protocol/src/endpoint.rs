@@ -4,7 +4,9 @@
 //! credential as `Authorization: Bearer`, sends [`AgentMessage::Hello`], and
 //! gets [`ServiceMessage::Welcome`] or [`ServiceMessage::Refused`]. After that
 //! both sides stream batches: tasks down, acknowledgements and results up,
-//! result acknowledgements down. Every frame is one JSON text message.
+//! result acknowledgements down. Every frame is one JSON text message, but
+//! for tasks that carry blobs (raw argument bytes): those come as a binary
+//! frame, a [`TasksFrame`] in MessagePack.
 //!
 //! Delivery is at least once on this hop: the service re-sends every task
 //! that is not final when an agent (re)connects, and the agent re-sends every
@@ -122,6 +124,38 @@ pub struct EndpointReport {
     pub active_blocks: u32,
 }
 
+/// Tasks of which some carry a blob ([`TaskSpec::blob`]): the service sends
+/// them as a binary frame, this struct in MessagePack, so the blobs travel
+/// as raw bytes; the agent takes it as a [`ServiceMessage::Tasks`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TasksFrame {
+    /// Function code not yet sent on this connection.
+    pub functions: Vec<FunctionCode>,
+    /// The tasks.
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl TasksFrame {
+    /// The binary frame.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("protocol messages always serialize")
+    }
+
+    /// Parses a binary frame.
+    pub fn decode(bytes: &[u8]) -> Result<TasksFrame, DecodeError> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
+impl From<TasksFrame> for ServiceMessage {
+    fn from(frame: TasksFrame) -> ServiceMessage {
+        ServiceMessage::Tasks {
+            functions: frame.functions,
+            tasks: frame.tasks,
+        }
+    }
+}
+
 /// Serializes a frame as JSON text.
 pub fn to_json<T: Serialize>(msg: &T) -> String {
     serde_json::to_string(msg).expect("protocol messages always serialize")
@@ -136,6 +170,39 @@ pub fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError
 mod tests {
     use super::*;
     use crate::task::{ExceptionInfo, Outcome};
+
+    #[test]
+    fn a_tasks_frame_carries_blobs_as_raw_bytes() {
+        let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let frame = TasksFrame {
+            functions: vec![FunctionCode {
+                function_id: Uuid::new_v4(),
+                code: "st\nf:def f(x): return x".into(),
+            }],
+            tasks: vec![TaskSpec {
+                task_id: Uuid::new_v4(),
+                function_id: Uuid::new_v4(),
+                payload: "9\npb\n100000".into(),
+                blob: Some(blob.clone()),
+                result_serializers: vec![],
+                resource_spec: None,
+            }],
+        };
+        let bytes = frame.encode();
+        assert!(
+            bytes.len() < blob.len() + 400,
+            "{} bytes: not raw",
+            bytes.len()
+        );
+        assert_eq!(TasksFrame::decode(&bytes).unwrap(), frame);
+        assert!(TasksFrame::decode(&bytes[..bytes.len() / 2]).is_err());
+        // JSON frames never carry the field when there is no blob.
+        let plain = TaskSpec {
+            blob: None,
+            ..frame.tasks[0].clone()
+        };
+        assert!(!to_json(&plain).contains("blob"));
+    }
 
     #[test]
     fn messages_round_trip_as_json() {

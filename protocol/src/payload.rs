@@ -11,6 +11,10 @@ pub const STRATEGY_SHELL_FUNCTION: &str = "sh\n";
 pub const STRATEGY_SHELL_RESULT: &str = "sr\n";
 /// Strategy id of JSON data (Globus Compute `JSONData`).
 pub const STRATEGY_JSON: &str = "11\n";
+/// Strategy id of an args buffer whose pickle travels as the task's blob,
+/// raw bytes beside the text; the buffer's body is the blob's length in
+/// bytes (hpfaas extension; docs/api.md, "Binary arguments").
+pub const STRATEGY_PICKLE_BLOB: &str = "pb\n";
 
 /// Error splitting a packed buffer string.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +49,26 @@ pub fn pack<S: AsRef<str>>(buffers: &[S]) -> String {
         out.push_str(b);
     }
     out
+}
+
+/// The blob length a task payload announces (its args buffer is
+/// `pb\n<length>`), `None` for a payload without a blob; an error says
+/// what is malformed.
+pub fn blob_length(payload: &str) -> Result<Option<usize>, String> {
+    // Cheap refusal first: most payloads are large base64 text.
+    let Some(nl) = payload.find('\n') else {
+        return Ok(None);
+    };
+    if !payload[nl + 1..].starts_with(STRATEGY_PICKLE_BLOB) {
+        return Ok(None);
+    }
+    let buffers = unpack(payload).map_err(|e| e.to_string())?;
+    let Some(body) = buffers[0].strip_prefix(STRATEGY_PICKLE_BLOB) else {
+        return Ok(None);
+    };
+    body.parse::<usize>().map(Some).map_err(|_| {
+        format!("the args buffer {STRATEGY_PICKLE_BLOB:?} must hold the blob's length in bytes, not {body:?}")
+    })
 }
 
 /// Splits a packed string into its buffers (inverse of [`pack`]).
@@ -87,6 +111,21 @@ pub fn strategy_of(buffer: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_lengths_are_read_from_the_args_buffer() {
+        assert_eq!(
+            blob_length(&pack(&["pb\n1048576", "00\nxyz"])),
+            Ok(Some(1_048_576))
+        );
+        assert_eq!(blob_length(&pack(&["00\nabc", "pb\n5"])), Ok(None));
+        assert_eq!(blob_length("no framing"), Ok(None));
+        assert_eq!(blob_length(""), Ok(None));
+        assert!(blob_length(&pack(&["pb\nmany", "00\n"]))
+            .unwrap_err()
+            .contains("\"many\""));
+        assert!(blob_length("99\npb\n12").is_err(), "truncated framing");
+    }
 
     #[test]
     fn pack_and_unpack_round_trip() {

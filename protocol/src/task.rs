@@ -86,6 +86,11 @@ pub struct TaskSpec {
     pub function_id: Uuid,
     /// Packed `[args, kwargs]` buffers, as the client sent them.
     pub payload: String,
+    /// The raw bytes of an args buffer sent as `pb\n<length>` (a pickle
+    /// carried beside the text, never base64-encoded; docs/api.md,
+    /// "Binary arguments"). Only MessagePack frames carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub blob: Option<Vec<u8>>,
     /// Strategy identifiers the client accepts for the result, best first;
     /// empty means the default (`00\n`).
     #[serde(default)]
@@ -201,6 +206,7 @@ mod tests {
             task_id: uuid::Uuid::nil(),
             function_id: uuid::Uuid::nil(),
             payload: String::new(),
+            blob: None,
             result_serializers: vec![],
             resource_spec: rs.map(str::to_string),
         };

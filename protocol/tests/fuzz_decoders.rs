@@ -89,6 +89,7 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
                 task_id,
                 function_id,
                 payload,
+                blob: None,
                 result_serializers,
                 resource_spec,
             },
@@ -402,6 +403,7 @@ proptest! {
             task_id: Uuid::nil(),
             function_id: Uuid::nil(),
             payload: String::new(),
+            blob: None,
             result_serializers: vec![],
             resource_spec,
         };

@@ -35,6 +35,7 @@ from hpfaas.serialize import (
     serialize,
     serialize_function,
     serialize_json,
+    serialize_or_blob,
     unpack,
 )
 from hpfaas.shell import ShellFunction
@@ -42,6 +43,12 @@ from hpfaas.version import __version__
 
 #: Seconds a REST call may wait for the service before failing.
 REQUEST_TIMEOUT = 60.0
+
+#: Pickled args longer than this (bytes) travel as a blob, raw after the JSON
+#: submit body instead of base64 inside it (docs/api.md, "Binary arguments").
+BLOB_MIN = 64 * 1024
+#: The submit body type that carries blobs.
+BLOBS_CONTENT_TYPE = "application/x-hpfaas-blobs"
 
 # Errors that mean a reused keep-alive connection had been closed by the server.
 _DROPPED_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -75,6 +82,18 @@ def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False
     """A task payload: `pack([args, kwargs])`, as JSON when the manager must read it."""
     encode = serialize_json if as_json else serialize
     return pack([encode(tuple(args)), encode(dict(kwargs)) if kwargs else _no_kwargs(as_json)])
+
+
+def pack_call(
+    args: Iterable, kwargs: Optional[dict], as_json: bool = False
+) -> Tuple[str, Optional[bytes]]:
+    """`(pack_arguments(...), None)`, but args that pickle to more than
+    `BLOB_MIN` bytes become a blob: the payload's args buffer is `pb\\n<length>`
+    and the pickle is returned to be sent raw after the JSON body."""
+    if as_json:
+        return pack_arguments(args, kwargs, as_json=True), None
+    first, blob = serialize_or_blob(tuple(args), BLOB_MIN)
+    return pack([first, serialize(dict(kwargs)) if kwargs else _no_kwargs(False)]), blob
 
 
 @functools.cache
@@ -151,19 +170,28 @@ class Batch:
         self.resource_specification = resource_specification
         self.result_serializers = result_serializers
         self.tasks: Dict[str, List[str]] = {}
-        # The payloads of `tasks` as JSON strings (`encode_payload`).
+        # The payloads of `tasks` as JSON strings (`encode_payload`), and their blobs.
         self._encoded: Dict[str, List[str]] = {}
+        self._blobs: Dict[str, List[Optional[bytes]]] = {}
+        self._has_blobs = False
         #: Bytes the payloads take in the request body, to keep it under the service's limit.
         self.payload_size = 0
         self._is_shell_function = is_shell_function
 
     def add(self, function_id: str, args: Iterable = (), kwargs: Optional[dict] = None) -> None:
         """Add a call of a registered function."""
-        as_json = self._is_shell_function(function_id)
-        self.add_payload(function_id, pack_arguments(args, kwargs, as_json))
+        payload, blob = pack_call(args, kwargs, self._is_shell_function(function_id))
+        self.add_payload(function_id, payload, blob=blob)
 
-    def add_payload(self, function_id: str, payload: str, encoded: Optional[str] = None) -> None:
-        """Add a call whose arguments are already packed (`pack_arguments`).
+    def add_payload(
+        self,
+        function_id: str,
+        payload: str,
+        encoded: Optional[str] = None,
+        blob: Optional[bytes] = None,
+    ) -> None:
+        """Add a call whose arguments are already packed (`pack_arguments`,
+        or `pack_call` with the blob it returned).
 
         `encoded` is its `encode_payload`, when the caller has it already.
         """
@@ -171,7 +199,14 @@ class Batch:
             encoded = encode_payload(payload)
         self.tasks.setdefault(function_id, []).append(payload)
         self._encoded.setdefault(function_id, []).append(encoded)
-        self.payload_size += len(encoded)
+        self._blobs.setdefault(function_id, []).append(blob)
+        self.payload_size += len(encoded) + (len(blob) if blob is not None else 0)
+        self._has_blobs = self._has_blobs or blob is not None
+
+    @property
+    def content_type(self) -> str:
+        """The request body's type: JSON, or JSON followed by blobs."""
+        return BLOBS_CONTENT_TYPE if self._has_blobs else "application/json"
 
     def _options(self) -> Dict[str, Any]:
         options: Dict[str, Any] = {}
@@ -190,7 +225,8 @@ class Batch:
     def body_parts(self) -> List[bytes]:
         """`prepare()` as JSON, in pieces spliced from the already encoded
         payloads: sent one after another, so a body of many MiB is never
-        joined into one more copy."""
+        joined into one more copy. With blobs, the JSON's length and a
+        newline come first, and the blobs after it, in payload order."""
         parts = [b'{"tasks":{']
         for i, (fid, encoded) in enumerate(self._encoded.items()):
             parts.append(f'{"," if i else ""}{json.dumps(fid)}:['.encode("ascii"))
@@ -201,7 +237,10 @@ class Batch:
             parts.append(b"]")
         options = json.dumps(self._options())[1:-1]
         parts.append(f'}}{"," if options else ""}{options}}}'.encode("ascii"))
-        return parts
+        if not self._has_blobs:
+            return parts
+        blobs = [b for fid in self._encoded for b in self._blobs[fid] if b is not None]
+        return [f"{sum(map(len, parts))}\n".encode("ascii"), *parts, *blobs]
 
     def body(self) -> bytes:
         """`prepare()` as JSON bytes (`body_parts`, joined)."""
@@ -329,7 +368,7 @@ class Client:
         return self._request(
             "POST",
             f"/v3/endpoints/{endpoint_id}/submit",
-            headers={"Idempotency-Key": key},
+            headers={"Idempotency-Key": key, "Content-Type": batch.content_type},
             retry_lost_answer=True,
             data=batch.body_parts(),
         )

@@ -20,7 +20,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import Client, encode_payload, pack_arguments, task_result
+from hpfaas.client import Client, encode_payload, pack_call, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
 from hpfaas.shell import ShellFunction
@@ -82,6 +82,7 @@ class _Submission(NamedTuple):
     function_id: str
     payload: str
     encoded: str  # encode_payload(payload)
+    blob: Optional[bytes]  # large pickled args, sent raw (pack_call)
     resource_specification: Optional[dict]  # as it was when submitted
 
 
@@ -167,7 +168,7 @@ class Executor(concurrent.futures.Executor):
         function_id = self._function_id(fn)
         # Shell functions are run by the manager, which reads JSON, not pickle.
         as_json = isinstance(fn, ShellFunction)
-        payload = pack_arguments(args, kwargs, as_json=as_json)
+        payload, blob = pack_call(args, kwargs, as_json=as_json)
         future = TaskFuture()
         future._executor = self
         with self._lock:
@@ -180,7 +181,12 @@ class Executor(concurrent.futures.Executor):
                 self._submitter.start()
             self._queue.put(
                 _Submission(
-                    future, function_id, payload, encode_payload(payload, not as_json), spec
+                    future,
+                    function_id,
+                    payload,
+                    encode_payload(payload, not as_json),
+                    blob,
+                    spec,
                 )
             )
         return future
@@ -270,7 +276,7 @@ class Executor(concurrent.futures.Executor):
             while True:
                 # A future cancelled while queued is dropped; from here on it cannot be.
                 if item.future.set_running_or_notify_cancel():
-                    batch.add_payload(item.function_id, item.payload, item.encoded)
+                    batch.add_payload(item.function_id, item.payload, item.encoded, item.blob)
                     sent.append(item)
                 if len(sent) >= self.batch_size:
                     break
@@ -281,7 +287,8 @@ class Executor(concurrent.futures.Executor):
                 # One request carries one resource specification for all its tasks.
                 if (
                     item is _STOP
-                    or batch.payload_size + len(item.encoded) > MAX_BATCH_CHARS
+                    or batch.payload_size + len(item.encoded) + len(item.blob or b"")
+                    > MAX_BATCH_CHARS
                     or item.resource_specification != batch.resource_specification
                 ):
                     carried = item

@@ -18,7 +18,7 @@ import json
 import linecache
 import pickle
 import textwrap
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from hpfaas.shell import ShellFunction, ShellResult
 
@@ -36,6 +36,9 @@ GC_COMBINED_CODE = "10\n"  # CombinedCode (deprecated): "id:body" chunks joined 
 ALL_CODE = "12\n"  # AllCodeStrategies: pack() of whole buffers, each with its own id
 ALL_DATA = "13\n"  # AllDataStrategies: the same layout, for data
 SHELL_RESULT = "sr\n"
+# hpfaas: an args buffer whose pickle travels raw beside the payload text (the
+# task's blob); the buffer holds the blob's length in bytes (docs/api.md).
+PICKLE_BLOB = "pb\n"
 
 PICKLE_PROTOCOL = 4
 
@@ -115,16 +118,39 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def serialize(obj: Any) -> str:
-    """Encode data as `00\\n` + base64 pickle; dill/cloudpickle take what pickle cannot."""
+def _pickle_bytes(obj: Any) -> bytes:
+    """A pickle of `obj`; dill/cloudpickle take what pickle cannot."""
     try:
-        data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+        return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
     except _UNPICKLABLE:
         dumps = _by_value_dumps()
         if dumps is None:
             raise
-        data = dumps(obj)
-    return PICKLE + _b64(data)
+        return dumps(obj)
+
+
+def serialize(obj: Any) -> str:
+    """Encode data as `00\\n` + base64 pickle; dill/cloudpickle take what pickle cannot."""
+    return PICKLE + _b64(_pickle_bytes(obj))
+
+
+def serialize_or_blob(obj: Any, blob_min: int) -> Tuple[str, Optional[bytes]]:
+    """`(serialize(obj), None)`, but a pickle over `blob_min` bytes is not
+    base64-encoded: `(f"pb\\n{len(pickle)}", pickle)`, the pickle sent raw."""
+    data = _pickle_bytes(obj)
+    if len(data) > blob_min:
+        return f"{PICKLE_BLOB}{len(data)}", data
+    return PICKLE + _b64(data), None
+
+
+def deserialize_blob(buffer: str, blob: Optional[memoryview]) -> Any:
+    """Decode a `pb\\n<length>` buffer's object from the blob it names."""
+    length = buffer[len(PICKLE_BLOB) :]
+    if blob is None:
+        raise ValueError("the args name a blob (pb\\n) but the task came without one")
+    if not (length.isascii() and length.isdigit()) or int(length) != len(blob):
+        raise ValueError(f"the args name a blob of {length!r} bytes; the task's blob has {len(blob)}")
+    return _pickle_loads(blob)
 
 
 def serialize_json(obj: Any) -> str:

@@ -3,8 +3,8 @@
 The manager starts it with the runtime directory on `sys.path` and talks to it
 over the worker's stdin/stdout (docs/api.md, "Worker pipe protocol"): frames of
 a 4-byte big-endian length and UTF-8 JSON (a request's payload follows its
-JSON header and a newline, unescaped). Standard library only, so a compute
-node needs nothing but an interpreter. A user's exception, even a SystemExit,
+JSON header and a newline, unescaped, and its blob, if any, the payload).
+Standard library only, so a compute node needs nothing but an interpreter. A user's exception, even a SystemExit,
 becomes a failed result; only the end of the manager's pipe ends the worker.
 """
 
@@ -23,7 +23,9 @@ from hpfaas.serialize import (
     ALL_DATA,
     JSON,
     PICKLE,
+    PICKLE_BLOB,
     deserialize,
+    deserialize_blob,
     result_strategy,
     serialize,
     serialize_all_data,
@@ -47,7 +49,7 @@ class TaskRunner:
         task_id = msg.get("task_id")
         try:
             fn = self._function(msg["function_id"], msg.get("function_code"))
-            args, kwargs = _decode_arguments(msg["payload"])
+            args, kwargs = _decode_arguments(msg["payload"], msg.get("blob"))
             home = _enter_sandbox(msg.get("sandbox_dir"))
         except BaseException as exc:
             return _failure(task_id, exc, exc.__traceback__)
@@ -92,12 +94,18 @@ def _enter_sandbox(directory: Optional[str]) -> Optional[str]:
     return home
 
 
-def _decode_arguments(payload: str) -> tuple:
+def _decode_arguments(payload: str, blob: Optional[memoryview]) -> tuple:
     buffers = unpack(payload)
     if len(buffers) != 2:
         raise ValueError(f"a task payload packs 2 buffers (args, kwargs), not {len(buffers)}")
-    args, kwargs = (deserialize(buf) for buf in buffers)
-    return args, kwargs
+    first, kwargs = buffers
+    if first.startswith(PICKLE_BLOB):
+        args = deserialize_blob(first, blob)
+    elif blob is not None:
+        raise ValueError("a task's blob came with args that do not name it (pb\\n)")
+    else:
+        args = deserialize(first)
+    return args, deserialize(kwargs)
 
 
 def _encode_result(value: Any, result_serializers) -> str:
@@ -132,7 +140,9 @@ def _failure(task_id: Any, exc: BaseException, tb: Optional[TracebackType]) -> d
 
 def _read_frame(stream: BinaryIO) -> Optional[dict]:
     """The next request, or None at a clean end of input: its JSON header up
-    to the first newline, with the rest of the frame as its `payload`."""
+    to the first newline, with the rest of the frame as its `payload`, but
+    for the last `blob` bytes the header announces, which become the `blob`
+    (a view, not a copy)."""
     header = stream.read(_HEADER.size)
     if not header:
         return None
@@ -144,7 +154,14 @@ def _read_frame(stream: BinaryIO) -> Optional[dict]:
     if newline < 0:
         raise ValueError("a request frame without the newline after its JSON header")
     msg = json.loads(body[:newline])
-    msg["payload"] = body[newline + 1 :].decode("utf-8")
+    blob = msg.get("blob")
+    end = len(body)
+    if blob is not None:
+        if not isinstance(blob, int) or not 0 <= blob <= end - newline - 1:
+            raise ValueError(f"a request frame announces a blob of {blob!r} bytes it does not hold")
+        end -= blob
+        msg["blob"] = memoryview(body)[end:]
+    msg["payload"] = body[newline + 1 : end].decode("utf-8")
     return msg
 
 

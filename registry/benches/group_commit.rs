@@ -84,6 +84,7 @@ impl Fixture {
                     function: self.function,
                     payload: "5\n11\n[]4\n11\n{}".into(),
                     in_file: false,
+                    blob: None,
                 })
                 .collect();
             ids.extend(tasks.iter().map(|t| t.id));

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::auth::{self, Caller};
 use crate::db::cancel as db_cancel;
 use crate::db::catalog::{self, EndpointPolicy};
-use crate::db::tasks::{self as db_tasks, PageLimits};
+use crate::db::tasks::{self as db_tasks, Frame, PageLimits};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
@@ -427,8 +427,12 @@ async fn dispatch_loop(
                 }
                 match page.frame {
                     Some(frame) => {
-                        tracing::debug!(%endpoint, tasks = page.count, bytes = frame.len(), "tasks sent");
-                        if out.send(Message::Text(frame.into())).await.is_err() {
+                        let (size, message) = match frame {
+                            Frame::Text(text) => (text.len(), Message::Text(text.into())),
+                            Frame::Binary(bytes) => (bytes.len(), Message::Binary(bytes.into())),
+                        };
+                        tracing::debug!(%endpoint, tasks = page.count, bytes = size, "tasks sent");
+                        if out.send(message).await.is_err() {
                             return;
                         }
                     }

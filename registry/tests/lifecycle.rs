@@ -531,3 +531,113 @@ fn a_live_stream_gets_results_and_cancels_in_order_as_the_service_reads_them() {
     }
     assert_eq!(seen.len(), ids.len());
 }
+
+/// A submit body with blobs: `{n}\n`, the JSON document, the blobs.
+fn blob_body(json: &serde_json::Value, blobs: &[&[u8]]) -> Vec<u8> {
+    let text = json.to_string();
+    let mut body = format!("{}\n{text}", text.len()).into_bytes();
+    for blob in blobs {
+        body.extend_from_slice(blob);
+    }
+    body
+}
+
+#[test]
+fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let path = format!("/v3/endpoints/{ep}/submit");
+    let files = svc.dir.join("payloads");
+    let stored = || std::fs::read_dir(&files).unwrap().count();
+    let post = |body: &[u8], key: Option<&str>| {
+        let mut req = alice
+            .request("POST", &path)
+            .set("Content-Type", "application/x-hpfaas-blobs");
+        if let Some(key) = key {
+            req = req.set("Idempotency-Key", key);
+        }
+        Http::answer(req.send_bytes(body))
+    };
+    // Every byte value, and far over the inline limit.
+    let one: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let two = vec![b'\n'; 70_000];
+    let args = |blob: &[u8]| {
+        format!(
+            "{}\npb\n{}5\n00\nxx",
+            3 + blob.len().to_string().len(),
+            blob.len()
+        )
+    };
+    let json = json!({"tasks": {f.clone(): [args(&one), "3\n00\n3\n00\n", args(&two)]}});
+    let body = blob_body(&json, &[&one, &two]);
+    let answer = post(&body, Some("k1")).ok();
+    let ids: Vec<String> = answer["tasks"][&f]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(std::fs::read(files.join(&ids[0])).unwrap(), one);
+    assert_eq!(std::fs::read(files.join(&ids[2])).unwrap(), two);
+    assert_eq!(stored(), 2, "the small task has no file");
+    // The same key and body replay; the same key with other blob bytes is
+    // another request.
+    let replay = post(&body, Some("k1"));
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let mut other = body.clone();
+    *other.last_mut().unwrap() = b'x';
+    post(&other, Some("k1")).error(409, "conflict");
+
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let (tasks, functions) = agent.recv_tasks(3);
+    assert_eq!(
+        functions.len(),
+        1,
+        "code is sent once, in either kind of frame"
+    );
+    let by_id = |id: &str| tasks.iter().find(|t| t.task_id.to_string() == id).unwrap();
+    assert_eq!(by_id(&ids[0]).blob.as_deref(), Some(one.as_slice()));
+    assert_eq!(by_id(&ids[0]).payload, args(&one));
+    assert_eq!(by_id(&ids[1]).blob, None);
+    assert_eq!(by_id(&ids[2]).blob.as_deref(), Some(two.as_slice()));
+    agent.send(&AgentMessage::Results {
+        results: tasks.iter().map(|t| success(t.task_id, "00\nr")).collect(),
+    });
+    assert_eq!(agent.recv_result_ack().len(), 3);
+    wait_for("the blob files removed", || (stored() == 0).then_some(()));
+
+    // Bad bodies: each refused with what is wrong, and no file is left.
+    let small = args(b"abc");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"tasks\": {}}".to_vec(), "must open with the length"),
+        (b"99\n{}".to_vec(), "announces a JSON document of 99 bytes"),
+        (
+            blob_body(&json!({"tasks": {f.clone(): [small.clone()]}}), &[b"ab"]),
+            "only 2 bytes of blobs are left",
+        ),
+        (
+            blob_body(&json!({"tasks": {f.clone(): [small.clone()]}}), &[b"abcd"]),
+            "1 bytes of blobs that no task's args name",
+        ),
+        (
+            blob_body(&json!({"tasks": {f.clone(): ["7\npb\nmany3\n00\n"]}}), &[]),
+            "\"many\"",
+        ),
+    ];
+    for (body, why) in cases {
+        let message = post(&body, None).error(400, "bad_request");
+        assert!(message.contains(why), "{why:?} not in {message:?}");
+    }
+    // A JSON body cannot name blobs.
+    let message = alice
+        .send(
+            alice.request("POST", &path),
+            &json!({"tasks": {f.clone(): [small]}}),
+        )
+        .error(400, "bad_request");
+    assert!(message.contains("application/x-hpfaas-blobs"), "{message}");
+    assert_eq!(stored(), 0);
+    agent.close();
+}

@@ -300,6 +300,34 @@ def test_a_batch_body_is_its_prepared_document_as_json():
     assert json.loads(Batch().body()) == {"tasks": {}}
 
 
+def test_a_batch_with_blobs_sends_its_json_length_the_json_then_the_blobs():
+    from hpfaas.client import BLOB_MIN, Batch, pack_call
+    from hpfaas.serialize import unpack
+
+    big, small, other = b"\n" * (BLOB_MIN * 2), b"s", bytes(range(256)) * 300
+    batch = Batch()
+    for function_id, args in [("f", (big,)), ("g", (small,)), ("f", (other,))]:
+        payload, blob = pack_call(args, None)
+        batch.add_payload(function_id, payload, blob=blob)
+    assert batch.content_type == "application/x-hpfaas-blobs"
+    body = b"".join(batch.body_parts())
+    length, rest = body.split(b"\n", 1)
+    document, blobs = json.loads(rest[: int(length)]), rest[int(length) :]
+    assert document == batch.prepare()
+    first, second = (pack_call((data,), None)[1] for data in (big, other))
+    # In payload order: both of f's, then none of g's.
+    assert blobs == first + second
+    assert [unpack(p)[0] for p in document["tasks"]["f"]] == [
+        f"pb\n{len(first)}",
+        f"pb\n{len(second)}",
+    ]
+    assert batch.payload_size <= len(rest) < batch.payload_size + 100, "blobs count too"
+    assert not document["tasks"]["g"][0].startswith("3\npb")
+    assert Batch().content_type == "application/json"
+    # Shell functions' arguments stay JSON, however large.
+    assert pack_call((big.decode(),), None, as_json=True)[1] is None
+
+
 def test_a_pickled_payload_is_quoted_as_json_dumps_would():
     from hpfaas.client import encode_payload, pack_arguments
 

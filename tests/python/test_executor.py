@@ -161,7 +161,7 @@ def test_repeated_events_resolve_each_future_once(relay, relayed_executor, caplo
 def test_failed_submit_fails_its_futures(service, client, other_user_token, case):
     endpoint_id, by, args, expected = {
         # One call over the 10 MiB body limit: it is sent alone.
-        "too large": (service.endpoint_id, client, b"x" * (8 * 2**20), (413, "payload_too_large")),
+        "too large": (service.endpoint_id, client, b"x" * (11 * 2**20), (413, "payload_too_large")),
         "unknown endpoint": (str(uuid.uuid4()), client, 1, (404, "not_found")),
         "another user's endpoint": (
             service.endpoint_id,
@@ -180,6 +180,31 @@ def test_failed_submit_fails_its_futures(service, client, other_user_token, case
             assert (exc.status, exc.code) == expected
         if case == "too large":  # the executor goes on with calls the service accepts
             assert executor.submit(square, 5).result(TIMEOUT) == 25
+
+
+def digest(data, salt=b""):
+    import hashlib
+
+    return hashlib.sha256(salt + bytes(data)).hexdigest()
+
+
+def test_large_arguments_travel_as_blobs_and_arrive_intact(service, relay, relay_client):
+    import hashlib
+    import os
+
+    # Large and small calls mixed in one request, with keyword arguments.
+    blobs = [os.urandom(n) for n in (70_000, 400_000, 10, 1_500_000, 3)]
+    with Executor(endpoint_id=service.endpoint_id, client=relay_client) as ex:
+        futures = [ex.submit(digest, data, salt=b"s") for data in blobs]
+        assert [f.result(TIMEOUT) for f in futures] == [
+            hashlib.sha256(b"s" + data).hexdigest() for data in blobs
+        ]
+    blob_requests = [
+        r for r in relay.requests if r.headers.get("content-type") == "application/x-hpfaas-blobs"
+    ]
+    assert blob_requests, "large arguments went as blobs"
+    # Raw bytes, not base64: the body is about the size of the arguments.
+    assert sum(len(r.body) for r in relay.requests) < sum(map(len, blobs)) * 1.05 + 20_000
 
 
 def test_refused_stream_fails_outstanding_futures(relay, relayed_executor, other_user_token):

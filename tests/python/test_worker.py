@@ -21,6 +21,7 @@ from hpfaas.serialize import (
     serialize,
     serialize_function,
     serialize_json,
+    serialize_or_blob,
 )
 
 FRAME_TIMEOUT = 10.0
@@ -81,10 +82,14 @@ class Worker:
             )
         self._buffer = b""
 
-    def send(self, msg: dict) -> None:
-        """A request as the manager frames it: JSON header, newline, payload."""
+    def send(self, msg: dict, blob: bytes = None) -> None:
+        """A request as the manager frames it: JSON header, newline, payload,
+        and the blob, which the header announces."""
         header = {k: v for k, v in msg.items() if k != "payload"}
+        if blob is not None:
+            header.setdefault("blob", len(blob))
         body = json.dumps(header).encode() + b"\n" + msg.get("payload", "").encode()
+        body += blob or b""
         self.proc.stdin.write(struct.pack(">I", len(body)) + body)
         self.proc.stdin.flush()
 
@@ -278,6 +283,47 @@ def test_a_payload_reaches_the_function_exactly_as_sent(worker):
     reply = worker.receive()
     assert reply["ok"], reply
     assert json.loads(reply["result"][3:]) == f"hello {text}!"
+
+
+def test_a_blob_carries_the_args_pickle_raw_after_the_payload(worker):
+    worker.receive()
+    data = bytes(range(256)) * 4096  # every byte value, framing newlines included
+    first, blob = serialize_or_blob((data,), 1024)
+    assert first == f"pb\n{len(blob)}"
+    kwargs = serialize({"punctuation": "?"})
+    worker.send(
+        {
+            "task_id": "b1",
+            "function_id": "fb",
+            "function_code": pack([serialize_function(greet)]),
+            "payload": pack([first, kwargs]),
+            "result_serializers": [],
+        },
+        blob,
+    )
+    reply = worker.receive()
+    assert reply["ok"], reply
+    assert deserialize(reply["result"]) == f"hello {data!r}?"
+    # A blob length that disagrees with the args, or args naming a blob
+    # the task lacks, fail the task with the reason; the worker goes on.
+    bad = [
+        (pack([f"pb\n{len(blob) + 1}", kwargs]), blob, "the task's blob has"),
+        (pack([first, kwargs]), None, "came without one"),
+        (pack([serialize((1,)), kwargs]), blob, "do not name it"),
+    ]
+    for i, (payload, attached, why) in enumerate(bad):
+        msg = {"task_id": f"x{i}", "function_id": "fb", "payload": payload}
+        worker.send(msg, attached)
+        reply = worker.receive()
+        assert not reply["ok"] and why in reply["exception"]["message"], reply
+    assert worker.call(double, 21)["ok"]
+
+
+def test_a_frame_announcing_more_blob_than_it_holds_ends_the_worker(worker):
+    worker.receive()
+    worker.send({"task_id": "t", "function_id": "f", "payload": "", "blob": 10}, b"123")
+    assert worker.proc.wait(FRAME_TIMEOUT) != 0
+    assert "does not hold" in worker.log.read_text()
 
 
 def test_eof_exits_cleanly(worker):

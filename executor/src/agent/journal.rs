@@ -276,6 +276,7 @@ mod tests {
             task_id: Uuid::new_v4(),
             function_id: Uuid::new_v4(),
             payload: "p".into(),
+            blob: None,
             result_serializers: vec![],
             resource_spec: None,
         }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage, TasksFrame};
 use hpfaas_protocol::PROTOCOL_VERSION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -215,6 +215,15 @@ async fn connect_and_serve(
                         }
                     }
                     Err(e) => tracing::warn!("ignoring a malformed frame from the service: {e}"),
+                },
+                // Tasks with blobs (raw argument bytes) come as MessagePack.
+                Some(Ok(Message::Binary(bytes))) => match TasksFrame::decode(&bytes) {
+                    Ok(frame) => {
+                        if events.send(LinkEvent::Message(frame.into())).is_err() {
+                            return Ended::Stopped;
+                        }
+                    }
+                    Err(e) => tracing::warn!("ignoring a malformed binary frame from the service: {e}"),
                 },
                 Some(Ok(Message::Close(frame))) => {
                     let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();

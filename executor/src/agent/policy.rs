@@ -65,6 +65,7 @@ mod tests {
             task_id: Uuid::new_v4(),
             function_id: Uuid::new_v4(),
             payload: payload.into(),
+            blob: None,
             result_serializers: vec![],
             resource_spec: None,
         }

@@ -829,6 +829,7 @@ mod tests {
                 task_id: Uuid::new_v4(),
                 function_id,
                 payload: String::new(),
+                blob: None,
                 result_serializers: vec![],
                 resource_spec: None,
             })

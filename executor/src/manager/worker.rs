@@ -149,6 +149,9 @@ struct Request<'a> {
     /// Working directory for this task (`run_in_sandbox`).
     #[serde(skip_serializing_if = "Option::is_none")]
     sandbox_dir: Option<&'a str>,
+    /// Bytes of blob that follow the payload at the end of the frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -501,7 +504,7 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 
 /// Roughly how many bytes the job's request takes.
 fn request_size(job: &PythonJob) -> usize {
-    job.spec.payload.len() + job.code.len() + 256
+    job.spec.payload.len() + job.spec.blob.as_ref().map_or(0, Vec::len) + job.code.len() + 256
 }
 
 /// Writes the job's request frame (the function's code the first time this
@@ -531,13 +534,16 @@ async fn write_request(
         function_code: first_time.then_some(&*job.code),
         result_serializers: &job.spec.result_serializers,
         sandbox_dir: sandbox.as_deref(),
+        blob: job.spec.blob.as_ref().map(Vec::len),
     };
     let header = serde_json::to_vec(&request)
         .map_err(|e| Refused(ExceptionInfo::system(WORKER_LOST, e.to_string())))?;
-    // The payload follows the JSON header and a newline as it is: neither
-    // side escapes or scans it (a 1 MiB argument cost a JSON pass each).
+    // The payload follows the JSON header and a newline as it is, and the
+    // blob follows the payload: neither side escapes or scans them (a 1 MiB
+    // argument cost a JSON pass each).
     let payload = job.spec.payload.as_bytes();
-    let length = header.len() + 1 + payload.len();
+    let blob = job.spec.blob.as_deref().unwrap_or_default();
+    let length = header.len() + 1 + payload.len() + blob.len();
     let length = u32::try_from(length).map_err(|_| {
         Refused(ExceptionInfo::system(
             WORKER_LOST,
@@ -549,6 +555,7 @@ async fn write_request(
     frame.extend_from_slice(&header);
     frame.push(b'\n');
     frame.extend_from_slice(payload);
+    frame.extend_from_slice(blob);
     stdin.write_all(&frame).await.map_err(Broken)?;
     stdin.flush().await.map_err(Broken)
 }

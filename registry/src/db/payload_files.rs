@@ -4,7 +4,9 @@
 //! SQLite would write it to the WAL, copy it again at the checkpoint, and
 //! walk its chain of overflow pages to delete it, which was most of the
 //! writer's time on 1 MiB arguments. Its row says `in_file = 1` and the text
-//! is in `<data_dir>/payloads/<task id>`.
+//! is in `<data_dir>/payloads/<task id>`. A task with a blob (raw argument
+//! bytes, docs/api.md "Binary arguments") keeps the blob in that file
+//! instead, and its (short) payload text in the row.
 //!
 //! Durability: the submit handler writes and syncs the files (and their
 //! directory) before the write job that inserts their rows, so a committed
@@ -54,12 +56,12 @@ impl PayloadFiles {
 
     /// Writes each task's payload to its file and makes them durable (the
     /// files, then the directory entries) before returning.
-    pub fn write(&self, payloads: &[(Uuid, &str)]) -> std::io::Result<()> {
+    pub fn write(&self, payloads: &[(Uuid, &[u8])]) -> std::io::Result<()> {
         let mut files = Vec::with_capacity(payloads.len());
-        for (task, text) in payloads {
+        for (task, content) in payloads {
             let path = self.path(*task);
             let mut file = std::fs::File::create(&path)?;
-            file.write_all(text.as_bytes())?;
+            file.write_all(content)?;
             files.push(file);
         }
         // Written first, synced after: the disk gets all of them at once.
@@ -72,9 +74,14 @@ impl PayloadFiles {
         Ok(())
     }
 
-    /// The payload of `task`.
+    /// The payload text of `task`.
     pub fn read(&self, task: Uuid) -> std::io::Result<String> {
         std::fs::read_to_string(self.path(task))
+    }
+
+    /// The blob of `task`.
+    pub fn read_blob(&self, task: Uuid) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(task))
     }
 
     /// The size in bytes of `task`'s payload file.
@@ -144,7 +151,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hpfaas-payloads-{}", Uuid::new_v4()));
         let files = PayloadFiles::beside(&dir.join("registry.db")).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        files.write(&[(a, "first"), (b, "second")]).unwrap();
+        files
+            .write(&[(a, b"first".as_slice()), (b, b"second".as_slice())])
+            .unwrap();
         assert_eq!(files.read(a).unwrap(), "first");
         files.remove([a, Uuid::new_v4()]);
         assert!(files.read(a).is_err());

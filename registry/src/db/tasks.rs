@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use hpfaas_protocol::endpoint::TasksFrame;
 use hpfaas_protocol::task::{FunctionCode, Outcome, TaskResult, TaskSpec, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
@@ -106,9 +107,12 @@ pub struct NewTask {
     pub function: Uuid,
     /// Packed `[args, kwargs]` (checked against the endpoint's policy).
     pub payload: String,
-    /// The payload is in its file ([`super::payload_files`]), written
-    /// before this submit: the row stores ''.
+    /// The task has a file ([`super::payload_files`]), written before this
+    /// submit: its blob if it has one (the row stores the payload), else
+    /// the payload (the row stores '').
     pub in_file: bool,
+    /// Raw argument bytes the payload's `pb\n` buffer names.
+    pub blob: Option<bytes::Bytes>,
 }
 
 /// A whole `POST /v3/endpoints/{id}/submit`, checked and applied at once.
@@ -280,7 +284,11 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             s.resource_spec,
             created
         ])?;
-        let inline = if t.in_file { "" } else { t.payload.as_str() };
+        let inline = if t.in_file && t.blob.is_none() {
+            ""
+        } else {
+            t.payload.as_str()
+        };
         put_payload.execute(params![rid, inline, t.in_file])?;
     }
     if let Some(req) = &s.idempotency {
@@ -368,11 +376,22 @@ pub fn mark_fetched(conn: &Connection, ids: &[Uuid]) -> ApiResult<usize> {
     Ok(n)
 }
 
-/// One `ServiceMessage::Tasks` frame's worth of an endpoint's queue.
+/// A frame of tasks for the agent.
+#[derive(Debug)]
+pub enum Frame {
+    /// A `ServiceMessage::Tasks` as JSON text.
+    Text(String),
+    /// A [`TasksFrame`] of tasks with blobs, as MessagePack.
+    Binary(Vec<u8>),
+}
+
+/// One frame's worth of an endpoint's queue. A page holds tasks with blobs
+/// or tasks without, not both: the first task of the other kind starts the
+/// next page.
 #[derive(Debug)]
 pub struct DispatchPage {
-    /// The frame's JSON text, `None` when nothing is queued past the cursor.
-    pub frame: Option<String>,
+    /// The frame, `None` when nothing is queued past the cursor.
+    pub frame: Option<Frame>,
     /// Cursor to continue from.
     pub last_rid: i64,
     /// Tasks in the frame.
@@ -417,13 +436,22 @@ pub fn dispatch_page(
     )?;
     let mut rows = st.query(params![endpoint.to_string(), after, limits.tasks as i64])?;
     let (mut functions, mut tasks) = (String::new(), String::new());
+    // A page of tasks with blobs keeps them whole, for one MessagePack frame.
+    let mut binary: Option<TasksFrame> = None;
     let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
     let (mut lost, mut more) = (Vec::new(), false);
     while let Some(r) = rows.next()? {
         let rid: i64 = r.get(0)?;
         let serializers: String = r.get(4)?;
         let task_id = uuid_col(r, 1)?;
-        let payload = if r.get(6)? {
+        let inline: String = r.get(3)?;
+        let in_file: bool = r.get(6)?;
+        // A row with a file and a payload of its own: the file is the blob.
+        let has_blob = in_file && !inline.is_empty();
+        if count > 0 && has_blob != binary.is_some() {
+            break;
+        }
+        let (payload, blob) = if in_file {
             if !limits.read_files {
                 more = true;
                 break;
@@ -434,8 +462,13 @@ pub fn dispatch_page(
             if count > 0 && bytes + size > limits.bytes {
                 break;
             }
-            match files.read(task_id) {
-                Ok(text) => text,
+            let read = if has_blob {
+                files.read_blob(task_id).map(|blob| (inline, Some(blob)))
+            } else {
+                files.read(task_id).map(|text| (text, None))
+            };
+            match read {
+                Ok(both) => both,
                 Err(e) => {
                     lost.push((
                         task_id,
@@ -446,52 +479,81 @@ pub fn dispatch_page(
                 }
             }
         } else {
-            r.get(3)?
+            (inline, None)
         };
         let spec = TaskSpec {
             task_id,
             function_id: uuid_col(r, 2)?,
             payload,
+            blob,
             result_serializers: serde_json::from_str(&serializers).unwrap_or_default(),
             resource_spec: r.get(5)?,
         };
-        let task_json = to_json(&spec)?;
-        let mut code_json = None;
+        let mut code = None;
         if !sent_functions.contains(&spec.function_id) {
             match catalog::function_code(conn, spec.function_id)? {
-                Some(code) => {
-                    code_json = Some(to_json(&FunctionCode {
+                Some(text) => {
+                    code = Some(FunctionCode {
                         function_id: spec.function_id,
-                        code,
-                    })?)
+                        code: text,
+                    })
                 }
                 None => tracing::warn!(task = %spec.task_id, function = %spec.function_id,
                     "queued task names a function with no stored code"),
             }
         }
-        let item = task_json.len() + code_json.as_ref().map_or(0, |c| c.len() + 1) + 1;
-        // The byte cap keeps frames far below the WebSocket message limit;
-        // a single oversized task still goes, alone.
-        if count > 0 && bytes + item > limits.bytes {
-            break;
-        }
-        if let Some(code) = code_json {
-            sent_functions.insert(spec.function_id);
-            if !functions.is_empty() {
-                functions.push(',');
+        if has_blob {
+            // Raw bytes in MessagePack: the sizes are about what goes out.
+            let item = spec.payload.len()
+                + spec.blob.as_ref().map_or(0, Vec::len)
+                + code.as_ref().map_or(0, |c| c.code.len())
+                + 256;
+            if count > 0 && bytes + item > limits.bytes {
+                break;
             }
-            functions.push_str(&code);
+            let page = binary.get_or_insert_with(|| TasksFrame {
+                functions: Vec::new(),
+                tasks: Vec::new(),
+            });
+            if let Some(code) = code {
+                sent_functions.insert(code.function_id);
+                page.functions.push(code);
+            }
+            page.tasks.push(spec);
+            bytes += item;
+        } else {
+            let task_json = to_json(&spec)?;
+            let code_json = code.as_ref().map(to_json).transpose()?;
+            let item = task_json.len() + code_json.as_ref().map_or(0, |c| c.len() + 1) + 1;
+            // The byte cap keeps frames far below the WebSocket message limit;
+            // a single oversized task still goes, alone.
+            if count > 0 && bytes + item > limits.bytes {
+                break;
+            }
+            if let Some(code_json) = code_json {
+                sent_functions.insert(spec.function_id);
+                if !functions.is_empty() {
+                    functions.push(',');
+                }
+                functions.push_str(&code_json);
+            }
+            if !tasks.is_empty() {
+                tasks.push(',');
+            }
+            tasks.push_str(&task_json);
+            bytes += item;
         }
-        if !tasks.is_empty() {
-            tasks.push(',');
-        }
-        tasks.push_str(&task_json);
         count += 1;
-        bytes += item;
         last_rid = rid;
     }
-    let frame = (count > 0)
-        .then(|| format!(r#"{{"type":"tasks","functions":[{functions}],"tasks":[{tasks}]}}"#));
+    let frame = match binary {
+        Some(page) => Some(Frame::Binary(page.encode())),
+        None => (count > 0).then(|| {
+            Frame::Text(format!(
+                r#"{{"type":"tasks","functions":[{functions}],"tasks":[{tasks}]}}"#
+            ))
+        }),
+    };
     Ok(DispatchPage {
         frame,
         last_rid,
@@ -734,6 +796,103 @@ mod tests {
         }
     }
 
+    /// The page's frame as JSON text.
+    fn text(page: &DispatchPage) -> &str {
+        match &page.frame {
+            Some(Frame::Text(text)) => text,
+            other => panic!("not a text frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tasks_with_blobs_go_in_binary_pages_of_their_own() {
+        let fx = fixture();
+        let blob = |i: u8| bytes::Bytes::from(vec![i; 100_000]);
+        let task = |blob: Option<bytes::Bytes>| NewTask {
+            id: Uuid::new_v4(),
+            function: fx.function,
+            payload: match &blob {
+                Some(b) => format!("9\npb\n{}3\n00\n", b.len()),
+                None => "3\n00\n3\n00\n".into(),
+            },
+            in_file: blob.is_some(),
+            blob,
+        };
+        let tasks = vec![
+            task(None),
+            task(Some(blob(1))),
+            task(Some(blob(2))),
+            task(None),
+        ];
+        let pairs: Vec<(Uuid, &[u8])> = tasks
+            .iter()
+            .filter_map(|t| Some((t.id, t.blob.as_deref()?)))
+            .collect();
+        fx.files.write(&pairs).unwrap();
+        let s = Submission {
+            owner: fx.owner,
+            endpoint: fx.endpoint,
+            group: Uuid::new_v4(),
+            state: TaskState::Received,
+            functions: vec![(fx.function.to_string(), fx.function)],
+            tasks: tasks.clone(),
+            result_serializers: "[]".into(),
+            resource_spec: None,
+            idempotency: None,
+        };
+        submit(&fx.conn, &s).unwrap();
+        let page = |after, sent| {
+            dispatch_page(
+                &fx.conn,
+                &fx.files,
+                fx.endpoint,
+                after,
+                sent,
+                limits(10, 1 << 20),
+            )
+            .unwrap()
+        };
+        let first = page(0, HashSet::new());
+        assert_eq!(first.count, 1, "the blob task starts the next page");
+        let Ok(ServiceMessage::Tasks { functions, .. }) = from_json(text(&first)) else {
+            panic!("not a tasks frame")
+        };
+        assert_eq!(functions.len(), 1);
+        let second = page(first.last_rid, first.sent_functions);
+        assert_eq!(second.count, 2);
+        let Some(Frame::Binary(bytes)) = &second.frame else {
+            panic!("tasks with blobs go in a binary frame")
+        };
+        let frame = TasksFrame::decode(bytes).unwrap();
+        assert!(
+            frame.functions.is_empty(),
+            "code is sent once per connection"
+        );
+        for (sent, task) in frame.tasks.iter().zip(&tasks[1..3]) {
+            assert_eq!(sent.task_id, task.id);
+            assert_eq!(sent.payload, task.payload);
+            assert_eq!(sent.blob.as_deref(), task.blob.as_deref());
+        }
+        let third = page(second.last_rid, second.sent_functions);
+        assert_eq!(third.count, 1);
+        assert!(matches!(third.frame, Some(Frame::Text(_))));
+        // The quick page reads no file, blob or payload.
+        let quick = PageLimits {
+            read_files: false,
+            ..limits(10, 1 << 20)
+        };
+        let skipped = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            first.last_rid,
+            HashSet::new(),
+            quick,
+        )
+        .unwrap();
+        assert_eq!((skipped.count, skipped.more), (0, true));
+    }
+
     fn submit_n(fx: &Fixture, group: Uuid, n: usize, payload_len: usize) -> Vec<Uuid> {
         let tasks: Vec<NewTask> = (0..n)
             .map(|_| NewTask {
@@ -741,6 +900,7 @@ mod tests {
                 function: fx.function,
                 payload: "x".repeat(payload_len),
                 in_file: false,
+                blob: None,
             })
             .collect();
         let s = Submission {
@@ -766,6 +926,7 @@ mod tests {
             function,
             payload,
             in_file: false,
+            blob: None,
         };
         let pack = hpfaas_protocol::payload::pack;
         let s = Submission {
@@ -815,9 +976,11 @@ mod tests {
                 function: fx.function,
                 payload: "y".repeat(100_000),
                 in_file: true,
+                blob: None,
             })
             .collect();
-        let pairs: Vec<(Uuid, &str)> = tasks.iter().map(|t| (t.id, t.payload.as_str())).collect();
+        let pairs: Vec<(Uuid, &[u8])> =
+            tasks.iter().map(|t| (t.id, t.payload.as_bytes())).collect();
         fx.files.write(&pairs).unwrap();
         let s = Submission {
             owner: fx.owner,
@@ -862,9 +1025,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(page.count, 1);
-        let Ok(ServiceMessage::Tasks { tasks: sent, .. }) =
-            from_json(page.frame.as_deref().unwrap())
-        else {
+        let Ok(ServiceMessage::Tasks { tasks: sent, .. }) = from_json(text(&page)) else {
             panic!("not a tasks frame")
         };
         assert_eq!(sent[0].task_id, tasks[1].id);
@@ -885,9 +1046,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(page.count, 2);
-        let Ok(ServiceMessage::Tasks { functions, tasks }) =
-            from_json(page.frame.as_deref().unwrap())
-        else {
+        let Ok(ServiceMessage::Tasks { functions, tasks }) = from_json(text(&page)) else {
             panic!("not a tasks frame")
         };
         assert_eq!(functions.len(), 1);
@@ -906,9 +1065,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(page.count, 1);
-        let Ok(ServiceMessage::Tasks { functions, tasks }) =
-            from_json(page.frame.as_deref().unwrap())
-        else {
+        let Ok(ServiceMessage::Tasks { functions, tasks }) = from_json(text(&page)) else {
             panic!("not a tasks frame")
         };
         assert!(functions.is_empty());

@@ -286,6 +286,7 @@ mod tests {
                 function,
                 payload: "p".into(),
                 in_file: false,
+                blob: None,
             })
             .collect();
         let endpoint = state

@@ -7,14 +7,21 @@
 //! idempotency key (header `Idempotency-Key` or body `idempotency_key`) that
 //! was seen before from the same user gets the first answer again and
 //! creates nothing; the same key on a different request is `409`.
+//!
+//! A body of type [`BLOBS_CONTENT_TYPE`] is `{n}\n`, an n-byte JSON submit
+//! body, then the blobs (raw argument bytes) that its payloads' `pb\n<len>`
+//! args buffers name, in the order the payloads appear (docs/api.md,
+//! "Binary arguments").
 
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use hpfaas_protocol::payload::blob_length;
 use hpfaas_protocol::task::TaskState;
 use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
@@ -37,6 +44,8 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const BLOCKING_BODY_BYTES: usize = 256 * 1024;
 /// Set on an answer replayed for a known idempotency key.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Content type of a submit body followed by blobs.
+pub const BLOBS_CONTENT_TYPE: &str = "application/x-hpfaas-blobs";
 
 /// Body of a submit (Globus Compute's shape, plus `idempotency_key`).
 #[derive(Debug, Default)]
@@ -228,6 +237,68 @@ fn idempotency_key(headers: &HeaderMap, body: &SubmitBody) -> ApiResult<Option<S
     }
 }
 
+/// True when the request's body is [`BLOBS_CONTENT_TYPE`].
+fn has_blobs(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(BLOBS_CONTENT_TYPE))
+}
+
+/// A blob body's JSON document and the blob bytes after it.
+fn split_blob_body(bytes: &Bytes) -> ApiResult<(Bytes, Bytes)> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "a {BLOBS_CONTENT_TYPE} body must open with the length in bytes of its JSON \
+             document, a newline, and that document"
+        ))
+    };
+    let nl = bytes
+        .iter()
+        .take(21)
+        .position(|&b| b == b'\n')
+        .ok_or_else(bad)?;
+    let n: usize = std::str::from_utf8(&bytes[..nl])
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(bad)?;
+    let end = (nl + 1)
+        .checked_add(n)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "the {BLOBS_CONTENT_TYPE} body announces a JSON document of {n} bytes but holds \
+                 {} after the length",
+                bytes.len() - nl - 1
+            ))
+        })?;
+    Ok((bytes.slice(nl + 1..end), bytes.slice(end..)))
+}
+
+/// The blob `payload` names, taken from the front of `rest`.
+fn take_blob(payload: &str, rest: &mut Bytes, allowed: bool) -> ApiResult<Option<Bytes>> {
+    let length = blob_length(payload)
+        .map_err(|e| ApiError::bad_request(format!("invalid task payload: {e}")))?;
+    let Some(n) = length else {
+        return Ok(None);
+    };
+    if !allowed {
+        return Err(ApiError::bad_request(format!(
+            "a task's args name a blob (pb\\n{n}), but the request is not \
+             {BLOBS_CONTENT_TYPE}: its blobs must follow the JSON document"
+        )));
+    }
+    if n > rest.len() {
+        return Err(ApiError::bad_request(format!(
+            "a task's args name a blob of {n} bytes, but only {} bytes of blobs are left \
+             in the body",
+            rest.len()
+        )));
+    }
+    Ok(Some(rest.split_to(n)))
+}
+
 /// SHA-256 over what a request asks: its endpoint and its exact body.
 fn request_hash(endpoint: Uuid, bytes: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -263,15 +334,21 @@ pub async fn submit(
     let endpoint = parse_id("endpoint", &raw)?;
     let max_tasks = state.config.max_tasks_per_submit;
     let large = bytes.len() > BLOCKING_BODY_BYTES;
+    let with_blobs = has_blobs(&headers);
     let read = move || -> ApiResult<_> {
-        let body = parse_submit(&bytes, max_tasks)?;
+        let (json, blobs) = if with_blobs {
+            split_blob_body(&bytes)?
+        } else {
+            (bytes.clone(), Bytes::new())
+        };
+        let body = parse_submit(&json, max_tasks)?;
         let key = idempotency_key(&headers, &body)?;
         let request_hash = key.as_ref().map(|_| request_hash(endpoint, &bytes));
-        Ok((body, key, request_hash))
+        Ok((body, key, request_hash, blobs))
     };
     // Parsing and hashing a large body takes milliseconds: off the async
     // thread, which `hpfaas up` shares with the endpoint's agent.
-    let (body, key, request_hash) = if large {
+    let (body, key, request_hash, mut blobs) = if large {
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|e| ApiError::internal(format!("reading the submit failed: {e}")))??
@@ -300,20 +377,26 @@ pub async fn submit(
         if seen.insert(function) {
             functions.push((key.clone(), function));
         }
-        let ids: Vec<Uuid> = payloads
-            .into_iter()
-            .map(|payload| {
-                let id = Uuid::new_v4();
-                new_tasks.push(NewTask {
-                    id,
-                    function,
-                    in_file: payload.len() > INLINE_MAX,
-                    payload,
-                });
-                id
-            })
-            .collect();
+        let mut ids = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let id = Uuid::new_v4();
+            let blob = take_blob(&payload, &mut blobs, with_blobs)?;
+            new_tasks.push(NewTask {
+                id,
+                function,
+                in_file: blob.is_some() || payload.len() > INLINE_MAX,
+                payload,
+                blob,
+            });
+            ids.push(id);
+        }
         echo.insert(key, json!(ids));
+    }
+    if !blobs.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the body ends with {} bytes of blobs that no task's args name",
+            blobs.len()
+        )));
     }
     let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
     let answer = json!({
@@ -332,10 +415,10 @@ pub async fn submit(
     if !in_files.is_empty() {
         let files = state.db.payload_files().clone();
         new_tasks = tokio::task::spawn_blocking(move || {
-            let pairs: Vec<(Uuid, &str)> = new_tasks
+            let pairs: Vec<(Uuid, &[u8])> = new_tasks
                 .iter()
                 .filter(|t| t.in_file)
-                .map(|t| (t.id, t.payload.as_str()))
+                .map(|t| (t.id, t.blob.as_deref().unwrap_or(t.payload.as_bytes())))
                 .collect();
             match files.write(&pairs) {
                 Ok(()) => Ok(new_tasks),

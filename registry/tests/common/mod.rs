@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage, TasksFrame};
 use hpfaas_protocol::task::{FunctionCode, TaskSpec};
 use hpfaas_registry::{create_token, Service, ServiceConfig};
 use serde_json::{json, Value};
@@ -577,16 +577,32 @@ impl Agent {
             .expect("sending a frame");
     }
 
-    /// The next protocol frame, or `None` once the service closed.
+    /// The next protocol frame (text, or binary tasks), or `None` once the
+    /// service closed.
     pub fn recv(&mut self) -> Option<ServiceMessage> {
-        match self.recv_frame() {
-            Ok(text) => Some(from_json(&text).expect("service frames parse")),
+        match self.recv_message(true) {
+            Ok(Message::Binary(bytes)) => Some(
+                TasksFrame::decode(&bytes)
+                    .expect("binary frames parse")
+                    .into(),
+            ),
+            Ok(Message::Text(text)) => Some(from_json(&text).expect("service frames parse")),
+            Ok(other) => panic!("unexpected frame {other:?}"),
             Err(_) => None,
         }
     }
 
     /// The next text frame, or how the connection closed.
     pub fn recv_frame(&mut self) -> Result<String, Closed> {
+        match self.recv_message(false)? {
+            Message::Text(text) => Ok(text.to_string()),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+
+    /// The next text (or, if `binary`, binary) frame, or how the connection
+    /// closed.
+    fn recv_message(&mut self, binary: bool) -> Result<Message, Closed> {
         let ws = &mut self.ws;
         self.rt.block_on(async {
             loop {
@@ -594,7 +610,8 @@ impl Agent {
                     .await
                     .expect("timed out waiting for a frame");
                 match next {
-                    Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                    Some(Ok(Message::Text(t))) => return Ok(Message::Text(t)),
+                    Some(Ok(Message::Binary(b))) if binary => return Ok(Message::Binary(b)),
                     Some(Ok(Message::Close(frame))) => {
                         return Err(Closed {
                             code: frame.as_ref().map(|f| u16::from(f.code)),
