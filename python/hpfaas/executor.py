@@ -86,8 +86,14 @@ class _Submission(NamedTuple):
     resource_specification: Optional[dict]  # as it was when submitted
 
 
-# Queued by `shutdown` after the last submission: the submitter thread stops there.
+# Queued by `shutdown` after the last submission, once per submitter thread:
+# each stops at the one it takes.
 _STOP = object()
+
+# Requests in flight at once: while the service stores one (for large
+# arguments: hashing, writing and syncing megabytes), the next is encoded
+# and sent.
+SUBMIT_THREADS = 2
 
 
 def _resolve(future: TaskFuture, doc: dict) -> None:
@@ -129,10 +135,11 @@ class Executor(concurrent.futures.Executor):
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._registered: Dict[int, Tuple[Callable, str]] = {}
         self._register_lock = threading.Lock()
-        self._submitter: Optional[threading.Thread] = None
+        self._submitters: List[threading.Thread] = []
         self._stream: Optional[_ResultStream] = None
 
-        # The lock guards the fields below it, shared by callers and both threads.
+        # The lock guards the fields below it, shared by callers, the submitters
+        # and the result thread.
         self._lock = threading.Lock()
         self._shutdown = False
         self._draining = False  # shut down without waiting; stop the stream once idle
@@ -174,11 +181,13 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._submitter is None:
-                self._submitter = threading.Thread(
-                    target=self._submit_loop, name="hpfaas-submit", daemon=True
-                )
-                self._submitter.start()
+            if not self._submitters:
+                self._submitters = [
+                    threading.Thread(target=self._submit_loop, name=f"hpfaas-submit-{i}", daemon=True)
+                    for i in range(SUBMIT_THREADS)
+                ]
+                for thread in self._submitters:
+                    thread.start()
             self._queue.put(
                 _Submission(
                     future,
@@ -201,9 +210,10 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
         if cancel_futures:
             self._cancel_queued()
-        self._queue.put(_STOP)
-        if self._submitter is not None:
-            self._submitter.join()
+        for thread in self._submitters:
+            self._queue.put(_STOP)  # one each; queued after every call
+        for thread in self._submitters:
+            thread.join()
         if wait:
             with self._lock:
                 outstanding = list(self._pending.values())

@@ -26,7 +26,7 @@ from hpfaas import (
     TaskExecutionFailed,
 )
 from hpfaas.errors import HTTPError
-from hpfaas.executor import RECONNECT_DELAY_MIN, _sse_events
+from hpfaas.executor import RECONNECT_DELAY_MIN, SUBMIT_THREADS, _sse_events
 
 #: Generous: a debug build on a busy 2-core machine.
 TIMEOUT = 60.0
@@ -258,8 +258,11 @@ def test_shutdown_waits_and_stops_threads(service, client):
 def test_shutdown_can_cancel_queued_calls(service, relay, relay_client):
     relay.hold_submits()
     ex = Executor(endpoint_id=service.endpoint_id, client=relay_client)
-    in_flight = ex.submit(square, 2)
-    relay.wait_held(1, TIMEOUT)
+    # Every submitter thread has a request in flight: later calls stay queued.
+    in_flight = []
+    for i in range(SUBMIT_THREADS):
+        in_flight.append(ex.submit(square, 2))
+        relay.wait_held(i + 1, TIMEOUT)
     queued = [ex.submit(square, i) for i in range(5)]
     stopper = threading.Thread(target=ex.shutdown, kwargs={"cancel_futures": True})
     stopper.start()
@@ -268,8 +271,8 @@ def test_shutdown_can_cancel_queued_calls(service, relay, relay_client):
     relay.release_submits()
     stopper.join(TIMEOUT)
     assert not stopper.is_alive()
-    assert in_flight.result(TIMEOUT) == 4
-    assert tasks_per_submit(relay) == [1], "the cancelled calls were never sent"
+    assert [f.result(TIMEOUT) for f in in_flight] == [4] * SUBMIT_THREADS
+    assert tasks_per_submit(relay) == [1] * SUBMIT_THREADS, "the cancelled calls were never sent"
 
 
 def test_executor_without_endpoint_uses_up_json(service, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from hpfaas import (
 )
 from hpfaas.client import task_result
 from hpfaas.errors import HTTPError
+from hpfaas.executor import SUBMIT_THREADS
 
 #: Generous: a debug build on a busy 2-core machine.
 TIMEOUT = 60.0
@@ -169,13 +170,16 @@ def test_future_cancel_of_a_running_task(service, client, gate):
 def test_future_cancel_before_submit_stays_local(service, relay):
     relay.hold_submits()
     with Executor(service.endpoint_id, client=Client(relay.url, service.token)) as ex:
-        first = ex.submit(square, 1)
-        relay.wait_held(1, TIMEOUT)  # the first request waits; the next queues behind it
+        # Every submitter thread has a request waiting: the next call queues.
+        first = []
+        for i in range(SUBMIT_THREADS):
+            first.append(ex.submit(square, 1))
+            relay.wait_held(i + 1, TIMEOUT)
         queued = ex.submit(square, 2)
         assert queued.cancel() and queued.cancelled()
         relay.release_submits()
-        assert first.result(TIMEOUT) == 1
-    assert [len(b["tasks"][next(iter(b["tasks"]))]) for b in relay.submits()] == [1]
+        assert [f.result(TIMEOUT) for f in first] == [1] * SUBMIT_THREADS
+    assert [len(b["tasks"][next(iter(b["tasks"]))]) for b in relay.submits()] == [1] * SUBMIT_THREADS
     assert not any(r.path.endswith("/cancel") for r in relay.requests)
 
 
