@@ -124,9 +124,34 @@ pub enum BrokerMessage {
     },
 }
 
+impl BrokerMessage {
+    /// About its encoded size in bytes.
+    pub fn size_hint(&self) -> usize {
+        let code = |functions: &[FunctionCode]| -> usize {
+            functions.iter().map(|f| f.code.len() + 64).sum()
+        };
+        match self {
+            BrokerMessage::Tasks { functions, tasks } => {
+                code(functions) + tasks.iter().map(TaskSpec::frame_size).sum::<usize>() + 32
+            }
+            BrokerMessage::MpiTask {
+                functions, task, ..
+            } => code(functions) + task.frame_size() + 256,
+            _ => 64,
+        }
+    }
+}
+
 /// Serializes a frame as MessagePack (named fields, so peers can evolve).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(msg).expect("protocol messages always serialize")
+    encode_sized(msg, 64)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes to begin with.
+pub fn encode_sized<T: Serialize>(msg: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    rmp_serde::encode::write_named(&mut out, msg).expect("protocol messages always serialize");
+    out
 }
 
 /// Parses a MessagePack frame.

@@ -138,7 +138,14 @@ pub struct TasksFrame {
 impl TasksFrame {
     /// The binary frame.
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).expect("protocol messages always serialize")
+        let size = self
+            .functions
+            .iter()
+            .map(|f| f.code.len() + 64)
+            .sum::<usize>()
+            + self.tasks.iter().map(TaskSpec::frame_size).sum::<usize>()
+            + 32;
+        crate::broker::encode_sized(self, size)
     }
 
     /// Parses a binary frame.
@@ -183,7 +190,7 @@ mod tests {
                 task_id: Uuid::new_v4(),
                 function_id: Uuid::new_v4(),
                 payload: "9\npb\n100000".into(),
-                blob: Some(blob.clone()),
+                blob: Some(blob.clone().into()),
                 result_serializers: vec![],
                 resource_spec: None,
             }],

@@ -88,9 +88,10 @@ pub struct TaskSpec {
     pub payload: String,
     /// The raw bytes of an args buffer sent as `pb\n<length>` (a pickle
     /// carried beside the text, never base64-encoded; docs/api.md,
-    /// "Binary arguments"). Only MessagePack frames carry it.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
-    pub blob: Option<Vec<u8>>,
+    /// "Binary arguments"). Only MessagePack frames carry it; shared, not
+    /// copied, when the task is cloned (the broker keeps one to re-queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<bytes::Bytes>,
     /// Strategy identifiers the client accepts for the result, best first;
     /// empty means the default (`00\n`).
     #[serde(default)]
@@ -104,6 +105,12 @@ pub struct TaskSpec {
 pub const MAX_WALLTIME: f64 = 1e9;
 
 impl TaskSpec {
+    /// About how many bytes the task takes in a frame (to size buffers
+    /// once: growing one by doubling copies a large blob again and again).
+    pub fn frame_size(&self) -> usize {
+        self.payload.len() + self.blob.as_ref().map_or(0, |b| b.len()) + 160
+    }
+
     /// The task's own walltime in seconds (`"walltime"` in its
     /// `resource_specification`), or why it is unusable.
     pub fn walltime(&self) -> Result<Option<f64>, String> {

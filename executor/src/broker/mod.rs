@@ -16,7 +16,7 @@ pub mod placement;
 
 use std::time::{Duration, Instant};
 
-use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerMessage};
+use hpfaas_protocol::broker::{decode, encode_sized, BrokerMessage, ManagerMessage};
 use hpfaas_protocol::task::{now_unix, FunctionCode, TaskResult, TaskSpec, TaskState};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -251,7 +251,8 @@ async fn run(
 
 impl Broker {
     fn send(&self, identity: Identity, message: &BrokerMessage) {
-        self.out.send(vec![identity, encode(message)]);
+        self.out
+            .send(vec![identity, encode_sized(message, message.size_hint())]);
     }
 
     fn report(&self, results: Vec<TaskResult>) {

@@ -504,7 +504,7 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 
 /// Roughly how many bytes the job's request takes.
 fn request_size(job: &PythonJob) -> usize {
-    job.spec.payload.len() + job.spec.blob.as_ref().map_or(0, Vec::len) + job.code.len() + 256
+    job.spec.payload.len() + job.spec.blob.as_ref().map_or(0, |b| b.len()) + job.code.len() + 256
 }
 
 /// Writes the job's request frame (the function's code the first time this
@@ -534,7 +534,7 @@ async fn write_request(
         function_code: first_time.then_some(&*job.code),
         result_serializers: &job.spec.result_serializers,
         sandbox_dir: sandbox.as_deref(),
-        blob: job.spec.blob.as_ref().map(Vec::len),
+        blob: job.spec.blob.as_ref().map(|b| b.len()),
     };
     let header = serde_json::to_vec(&request)
         .map_err(|e| Refused(ExceptionInfo::system(WORKER_LOST, e.to_string())))?;

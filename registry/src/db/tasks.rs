@@ -463,7 +463,9 @@ pub fn dispatch_page(
                 break;
             }
             let read = if has_blob {
-                files.read_blob(task_id).map(|blob| (inline, Some(blob)))
+                files
+                    .read_blob(task_id)
+                    .map(|blob| (inline, Some(blob.into())))
             } else {
                 files.read(task_id).map(|text| (text, None))
             };
@@ -505,7 +507,7 @@ pub fn dispatch_page(
         if has_blob {
             // Raw bytes in MessagePack: the sizes are about what goes out.
             let item = spec.payload.len()
-                + spec.blob.as_ref().map_or(0, Vec::len)
+                + spec.blob.as_ref().map_or(0, |b| b.len())
                 + code.as_ref().map_or(0, |c| c.code.len())
                 + 256;
             if count > 0 && bytes + item > limits.bytes {
