@@ -80,20 +80,24 @@ def _read_up_json() -> Tuple[str, dict]:
 
 def pack_arguments(args: Iterable, kwargs: Optional[dict], as_json: bool = False) -> str:
     """A task payload: `pack([args, kwargs])`, as JSON when the manager must read it."""
-    encode = serialize_json if as_json else serialize
-    return pack([encode(tuple(args)), encode(dict(kwargs)) if kwargs else _no_kwargs(as_json)])
+    return pack_call(args, kwargs, as_json, blob_min=None)[0]
 
 
 def pack_call(
-    args: Iterable, kwargs: Optional[dict], as_json: bool = False
+    args: Iterable,
+    kwargs: Optional[dict],
+    as_json: bool = False,
+    blob_min: Optional[int] = BLOB_MIN,
 ) -> Tuple[str, Optional[bytes]]:
     """`(pack_arguments(...), None)`, but args that pickle to more than
-    `BLOB_MIN` bytes become a blob: the payload's args buffer is `pb\\n<length>`
+    `blob_min` bytes become a blob: the payload's args buffer is `pb\\n<length>`
     and the pickle is returned to be sent raw after the JSON body."""
     if as_json:
-        return pack_arguments(args, kwargs, as_json=True), None
-    first, blob = serialize_or_blob(tuple(args), BLOB_MIN)
-    return pack([first, serialize(dict(kwargs)) if kwargs else _no_kwargs(False)]), blob
+        first, blob = serialize_json(tuple(args)), None
+    else:
+        first, blob = serialize_or_blob(tuple(args), blob_min)
+    encode = serialize_json if as_json else serialize
+    return pack([first, encode(dict(kwargs)) if kwargs else _no_kwargs(as_json)]), blob
 
 
 @functools.cache
@@ -243,7 +247,8 @@ class Batch:
         return [f"{sum(map(len, parts))}\n".encode("ascii"), *parts, *blobs]
 
     def body(self) -> bytes:
-        """`prepare()` as JSON bytes (`body_parts`, joined)."""
+        """The request body (`body_parts`, joined): `prepare()` as JSON bytes,
+        preceded by its length and followed by the blobs if there are any."""
         return b"".join(self.body_parts())
 
 

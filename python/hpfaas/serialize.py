@@ -134,11 +134,11 @@ def serialize(obj: Any) -> str:
     return PICKLE + _b64(_pickle_bytes(obj))
 
 
-def serialize_or_blob(obj: Any, blob_min: int) -> Tuple[str, Optional[bytes]]:
-    """`(serialize(obj), None)`, but a pickle over `blob_min` bytes is not
-    base64-encoded: `(f"pb\\n{len(pickle)}", pickle)`, the pickle sent raw."""
+def serialize_or_blob(obj: Any, blob_min: Optional[int]) -> Tuple[str, Optional[bytes]]:
+    """`(serialize(obj), None)`, but a pickle over `blob_min` bytes (if given)
+    is not base64-encoded: `(f"pb\\n{len(pickle)}", pickle)`, sent raw."""
     data = _pickle_bytes(obj)
-    if len(data) > blob_min:
+    if blob_min is not None and len(data) > blob_min:
         return f"{PICKLE_BLOB}{len(data)}", data
     return PICKLE + _b64(data), None
 
