@@ -138,8 +138,9 @@ async fn connect_and_serve(
         Ok(s) => s,
         Err(e) => return Ended::Retry(format!("cannot reach {host}:{port}: {e}")),
     };
-    // tungstenite zero-fills its whole free read buffer before every read;
-    // 128 KiB (its default) of memset per small frame was 2 % of `hpfaas up`.
+    // tungstenite zero-fills as much buffer as one read may take (this
+    // size) before every read; 128 KiB (its default) of memset per small
+    // frame was 2 % of `hpfaas up`.
     let config = WebSocketConfig::default()
         .read_buffer_size(32 << 10)
         .max_message_size(Some(256 << 20))
