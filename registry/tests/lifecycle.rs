@@ -542,24 +542,27 @@ fn blob_body(json: &serde_json::Value, blobs: &[&[u8]]) -> Vec<u8> {
     body
 }
 
+/// Posts a body with blobs to `path`, with an idempotency key if given.
+fn post_blobs(client: &Http, path: &str, body: &[u8], key: Option<&str>) -> Answer {
+    let mut req = client
+        .request("POST", path)
+        .set("Content-Type", "application/x-hpfaas-blobs");
+    if let Some(key) = key {
+        req = req.set("Idempotency-Key", key);
+    }
+    Http::answer(req.send_bytes(body))
+}
+
 #[test]
 fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
     let svc = TestService::start();
-    let alice = svc.client(&svc.token("alice"));
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
     let f = alice.register_function("f");
     let (ep, cred) = alice.register_endpoint("ep");
     let path = format!("/v3/endpoints/{ep}/submit");
     let files = svc.dir.join("payloads");
     let stored = || std::fs::read_dir(&files).unwrap().count();
-    let post = |body: &[u8], key: Option<&str>| {
-        let mut req = alice
-            .request("POST", &path)
-            .set("Content-Type", "application/x-hpfaas-blobs");
-        if let Some(key) = key {
-            req = req.set("Idempotency-Key", key);
-        }
-        Http::answer(req.send_bytes(body))
-    };
     // Every byte value, and far over the inline limit.
     let one: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let two = vec![b'\n'; 70_000];
@@ -572,7 +575,7 @@ fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
     };
     let json = json!({"tasks": {f.clone(): [args(&one), "3\n00\n3\n00\n", args(&two)]}});
     let body = blob_body(&json, &[&one, &two]);
-    let answer = post(&body, Some("k1")).ok();
+    let answer = post_blobs(&alice, &path, &body, Some("k1")).ok();
     let ids: Vec<String> = answer["tasks"][&f]
         .as_array()
         .unwrap()
@@ -584,12 +587,16 @@ fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
     assert_eq!(stored(), 2, "the small task has no file");
     // The same key and body replay; the same key with other blob bytes is
     // another request.
-    let replay = post(&body, Some("k1"));
+    let replay = post_blobs(&alice, &path, &body, Some("k1"));
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     let mut other = body.clone();
     *other.last_mut().unwrap() = b'x';
-    post(&other, Some("k1")).error(409, "conflict");
+    post_blobs(&alice, &path, &other, Some("k1")).error(409, "conflict");
 
+    // Queued blobs survive a restart, and keep their files.
+    let svc = svc.restart();
+    let alice = svc.client(&token);
+    assert_eq!(stored(), 2);
     let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
     let (tasks, functions) = agent.recv_tasks(3);
     assert_eq!(
@@ -627,7 +634,7 @@ fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
         ),
     ];
     for (body, why) in cases {
-        let message = post(&body, None).error(400, "bad_request");
+        let message = post_blobs(&alice, &path, &body, None).error(400, "bad_request");
         assert!(message.contains(why), "{why:?} not in {message:?}");
     }
     // A JSON body cannot name blobs.
