@@ -410,7 +410,7 @@ pub struct DispatchPage {
 pub struct PageLimits {
     /// Most tasks.
     pub tasks: usize,
-    /// About this many bytes of JSON at most (a single larger task still goes, alone).
+    /// About this many bytes of frame at most (a single larger task still goes, alone).
     pub bytes: usize,
     /// Read payload files ([`super::payload_files`]); if not, the page ends
     /// before the first task whose payload is in a file.
