@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 from hpfaas.client import Client, encode_payload, pack_call, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
-from hpfaas.shell import ShellFunction
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +172,9 @@ class Executor(concurrent.futures.Executor):
         if isinstance(fn, MPIFunction):
             validate_resource_specification(spec)
         function_id = self._function_id(fn)
-        # Shell functions are run by the manager, which reads JSON, not pickle.
-        as_json = isinstance(fn, ShellFunction)
+        # Shell functions are run by the manager, which reads JSON, not pickle;
+        # the client that registered `fn` knows which ids are shell functions.
+        as_json = self.client.is_shell_function(function_id)
         payload, blob = pack_call(args, kwargs, as_json=as_json)
         future = TaskFuture()
         future._executor = self
