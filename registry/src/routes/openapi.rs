@@ -68,6 +68,14 @@ fn build() -> Value {
                 "content": {"application/json": {"schema": request()}},
             });
         }
+        if route.path.ends_with("/submit") {
+            op["requestBody"]["content"][super::submit::BLOBS_CONTENT_TYPE] = json!({"schema": {
+                "type": "string", "format": "binary",
+                "description": "The JSON document's length in bytes, a newline, the document, \
+                    then the blobs its `pb\\n<length>` args buffers name, in order \
+                    (docs/api.md, Binary arguments).",
+            }});
+        }
         let entry = paths
             .entry(route.path.to_string())
             .or_insert_with(|| json!({}));
