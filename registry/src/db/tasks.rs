@@ -115,6 +115,14 @@ pub struct NewTask {
     pub blob: Option<bytes::Bytes>,
 }
 
+impl NewTask {
+    /// What its payload file holds, if it has one: the blob, else the payload.
+    pub fn file_content(&self) -> Option<&[u8]> {
+        self.in_file
+            .then(|| self.blob.as_deref().unwrap_or(self.payload.as_bytes()))
+    }
+}
+
 /// A whole `POST /v3/endpoints/{id}/submit`, checked and applied at once.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -826,23 +834,7 @@ mod tests {
             task(Some(blob(2))),
             task(None),
         ];
-        let pairs: Vec<(Uuid, &[u8])> = tasks
-            .iter()
-            .filter_map(|t| Some((t.id, t.blob.as_deref()?)))
-            .collect();
-        fx.files.write(&pairs).unwrap();
-        let s = Submission {
-            owner: fx.owner,
-            endpoint: fx.endpoint,
-            group: Uuid::new_v4(),
-            state: TaskState::Received,
-            functions: vec![(fx.function.to_string(), fx.function)],
-            tasks: tasks.clone(),
-            result_serializers: "[]".into(),
-            resource_spec: None,
-            idempotency: None,
-        };
-        submit(&fx.conn, &s).unwrap();
+        submit_tasks(&fx, Uuid::new_v4(), &tasks);
         let page = |after, sent| {
             dispatch_page(
                 &fx.conn,
@@ -905,19 +897,31 @@ mod tests {
                 blob: None,
             })
             .collect();
+        submit_tasks(fx, group, &tasks);
+        tasks.into_iter().map(|t| t.id).collect()
+    }
+
+    /// Stores `tasks` of the fixture's function as one submit to group
+    /// `group`, writing the files of those `in_file` first (their blob, or
+    /// else their payload), as the submit route does.
+    fn submit_tasks(fx: &Fixture, group: Uuid, tasks: &[NewTask]) {
+        let files: Vec<(Uuid, &[u8])> = tasks
+            .iter()
+            .filter_map(|t| Some((t.id, t.file_content()?)))
+            .collect();
+        fx.files.write(&files).unwrap();
         let s = Submission {
             owner: fx.owner,
             endpoint: fx.endpoint,
             group,
             state: TaskState::Received,
             functions: vec![(fx.function.to_string(), fx.function)],
-            tasks: tasks.clone(),
+            tasks: tasks.to_vec(),
             result_serializers: "[]".into(),
             resource_spec: None,
             idempotency: None,
         };
         assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
-        tasks.into_iter().map(|t| t.id).collect()
     }
 
     #[test]
@@ -981,21 +985,7 @@ mod tests {
                 blob: None,
             })
             .collect();
-        let pairs: Vec<(Uuid, &[u8])> =
-            tasks.iter().map(|t| (t.id, t.payload.as_bytes())).collect();
-        fx.files.write(&pairs).unwrap();
-        let s = Submission {
-            owner: fx.owner,
-            endpoint: fx.endpoint,
-            group: Uuid::new_v4(),
-            state: TaskState::Received,
-            functions: vec![(fx.function.to_string(), fx.function)],
-            tasks: tasks.clone(),
-            result_serializers: "[]".into(),
-            resource_spec: None,
-            idempotency: None,
-        };
-        submit(&fx.conn, &s).unwrap();
+        submit_tasks(&fx, Uuid::new_v4(), &tasks);
         let quick = PageLimits {
             read_files: false,
             ..limits(10, 1 << 20)

@@ -425,8 +425,7 @@ pub async fn submit(
         new_tasks = tokio::task::spawn_blocking(move || {
             let pairs: Vec<(Uuid, &[u8])> = new_tasks
                 .iter()
-                .filter(|t| t.in_file)
-                .map(|t| (t.id, t.blob.as_deref().unwrap_or(t.payload.as_bytes())))
+                .filter_map(|t| Some((t.id, t.file_content()?)))
                 .collect();
             match files.write(&pairs) {
                 Ok(()) => Ok(new_tasks),
