@@ -377,12 +377,7 @@ fn large_arguments_live_in_files_until_their_task_ends() {
     // Queued while the endpoint is offline: the big one is a file, durable
     // across a restart; the small one is not.
     let answer = alice.submit(&ep, json!({f.clone(): [big.clone(), small.clone()]}));
-    let ids: Vec<String> = answer["tasks"][&f]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let ids: Vec<String> = task_ids(&answer, &f).iter().map(Uuid::to_string).collect();
     assert!(
         file_of(&ids[0]).exists(),
         "the large argument is in its file"
@@ -476,12 +471,7 @@ fn a_live_stream_gets_results_and_cancels_in_order_as_the_service_reads_them() {
             &json!({"tasks": {f.clone(): payloads}, "task_group_id": group}),
         )
         .ok();
-    let ids: Vec<Uuid> = answer["tasks"][&f]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(uuid)
-        .collect();
+    let ids = task_ids(&answer, &f);
     let mut stream = alice.stream(&group, None);
     let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
     agent.recv_tasks(ids.len());
@@ -576,12 +566,7 @@ fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
     let json = json!({"tasks": {f.clone(): [args(&one), "3\n00\n3\n00\n", args(&two)]}});
     let body = blob_body(&json, &[&one, &two]);
     let answer = post_blobs(&alice, &path, &body, Some("k1")).ok();
-    let ids: Vec<String> = answer["tasks"][&f]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let ids: Vec<String> = task_ids(&answer, &f).iter().map(Uuid::to_string).collect();
     assert_eq!(std::fs::read(files.join(&ids[0])).unwrap(), one);
     assert_eq!(std::fs::read(files.join(&ids[2])).unwrap(), two);
     assert_eq!(stored(), 2, "the small task has no file");
