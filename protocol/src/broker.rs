@@ -127,19 +127,21 @@ pub enum BrokerMessage {
 impl BrokerMessage {
     /// About its encoded size in bytes.
     pub fn size_hint(&self) -> usize {
-        let code = |functions: &[FunctionCode]| -> usize {
-            functions.iter().map(|f| f.code.len() + 64).sum()
-        };
         match self {
-            BrokerMessage::Tasks { functions, tasks } => {
-                code(functions) + tasks.iter().map(TaskSpec::frame_size).sum::<usize>() + 32
-            }
+            BrokerMessage::Tasks { functions, tasks } => tasks_size_hint(functions, tasks),
             BrokerMessage::MpiTask {
                 functions, task, ..
-            } => code(functions) + task.frame_size() + 256,
+            } => tasks_size_hint(functions, std::slice::from_ref(task)) + 224,
             _ => 64,
         }
     }
+}
+
+/// About the encoded size of a frame carrying `functions` and `tasks`.
+pub(crate) fn tasks_size_hint(functions: &[FunctionCode], tasks: &[TaskSpec]) -> usize {
+    functions.iter().map(|f| f.code.len() + 64).sum::<usize>()
+        + tasks.iter().map(TaskSpec::frame_size).sum::<usize>()
+        + 32
 }
 
 /// Serializes a frame as MessagePack (named fields, so peers can evolve).

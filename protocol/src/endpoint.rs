@@ -138,13 +138,7 @@ pub struct TasksFrame {
 impl TasksFrame {
     /// The binary frame.
     pub fn encode(&self) -> Vec<u8> {
-        let size = self
-            .functions
-            .iter()
-            .map(|f| f.code.len() + 64)
-            .sum::<usize>()
-            + self.tasks.iter().map(TaskSpec::frame_size).sum::<usize>()
-            + 32;
+        let size = crate::broker::tasks_size_hint(&self.functions, &self.tasks);
         crate::broker::encode_sized(self, size)
     }
 
