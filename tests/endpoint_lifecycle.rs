@@ -26,7 +26,7 @@ fn endpoint_lifecycle_end_to_end() {
     let home = temp_dir("home");
     let name = "it-lifecycle";
     let _guard = EndpointGuard {
-        home: home.clone(),
+        home: home.to_path_buf(),
         name,
     };
 
@@ -86,7 +86,7 @@ fn endpoint_lifecycle_end_to_end() {
         std::fs::copy(home.join("endpoints").join(name).join(f), other_dir.join(f)).unwrap();
     }
     let _other_guard = EndpointGuard {
-        home: other.clone(),
+        home: other.to_path_buf(),
         name,
     };
     let out = endpoint_cmd(&other, &svc.url, &token, &["start", name]);

@@ -92,7 +92,7 @@ fn agent_connects_through_a_connect_proxy() {
     let home = temp_dir("proxy-home");
     let name = "it-proxy";
     let _guard = EndpointGuard {
-        home: home.clone(),
+        home: home.to_path_buf(),
         name,
     };
     let (proxy, tunnels) = start_proxy();

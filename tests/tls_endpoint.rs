@@ -103,7 +103,7 @@ fn endpoint_trusts_its_ca_file_over_wss() {
         &format!("ca_file = {:?}", cert.display().to_string()),
     );
     let _guard = EndpointGuard {
-        home: home.clone(),
+        home: home.to_path_buf(),
         name,
     };
     let out = endpoint_cmd(&home, &svc.url, &token, &["start", name]);

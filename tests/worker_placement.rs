@@ -198,7 +198,6 @@ fn alternating_pins_and_workers_get_the_saved_job_environment() {
             "{report}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -231,7 +230,6 @@ fn start_error(tag: &str, engine: &str) -> String {
     .unwrap();
     let out = endpoint_cmd(&home, "http://127.0.0.1:9", "t", &["start", &name]);
     assert!(!out.status.success(), "{engine}: start should fail");
-    let _ = std::fs::remove_dir_all(&home);
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 

@@ -13,17 +13,50 @@ pub fn hpfaas() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hpfaas"))
 }
 
-/// A fresh directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hpfaas-it-{tag}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh private directory under the system temp dir, removed with
+/// everything in it when the guard is dropped, whether the test passed or
+/// panicked.
+pub fn temp_dir(tag: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("hpfaas-it-{tag}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&path).unwrap();
+    TempDir { path }
+}
+
+/// A directory that is removed on drop; reads as the `Path` it holds.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// A running `hpfaas service`, killed on drop.
 pub struct Service {
     pub url: String,
-    pub data_dir: PathBuf,
+    pub data_dir: TempDir,
     child: Child,
 }
 
@@ -209,7 +242,7 @@ pub fn slurm_available(test: &str) -> bool {
 pub struct Endpoint<'a> {
     pub svc: &'a Service,
     pub token: String,
-    pub home: PathBuf,
+    pub home: TempDir,
     pub name: String,
     /// Extra PATH entries first (emulated PBS/LSF tools).
     pub path_prefix: Option<String>,
