@@ -144,7 +144,8 @@ fn capture(name: &str, encrypted: bool) -> Vec<u8> {
     let token = svc.token("alice");
     // No blocks of its own: the only manager is ours, behind the relay.
     let config = format!(
-        "{CONFIG}encrypted = {encrypted}\n[provider]\ntype = \"local\"\ninit_blocks = 0\nmin_blocks = 0\nmax_blocks = 0\n"
+        "{CONFIG}encrypted = {encrypted}\nallow_unencrypted_tcp = {}\n[provider]\ntype = \"local\"\ninit_blocks = 0\nmin_blocks = 0\nmax_blocks = 0\n",
+        !encrypted
     );
     let ep = Endpoint::new(&svc, &token, name, &config);
     ep.start();

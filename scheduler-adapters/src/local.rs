@@ -2,7 +2,6 @@
 //! a job script through `sh`, so `worker_init` runs first, as on a cluster.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,12 +96,15 @@ impl Provider for LocalProvider {
         let script_path = request
             .log_dir
             .join(format!("block-{}.sh", request.block_id));
-        std::fs::write(&script_path, self.job_script(request))
+        crate::create_private(&script_path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, self.job_script(request).as_bytes())
+            })
             .map_err(|e| Self::error(format!("cannot write {}: {e}", script_path.display())))?;
         let log_path = request
             .log_dir
             .join(format!("block-{}.log", request.block_id));
-        let log = File::create(&log_path)
+        let log = crate::create_private(&log_path)
             .map_err(|e| Self::error(format!("cannot create {}: {e}", log_path.display())))?;
         let log_err = log
             .try_clone()

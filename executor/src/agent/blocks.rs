@@ -247,13 +247,11 @@ impl Blocks {
             blocks: self.live.iter().map(|b| b.record.clone()).collect(),
         };
         let path = self.setup.dir.join("blocks.json");
-        let tmp = self.setup.dir.join(".blocks.json.tmp");
         let written = serde_json::to_vec_pretty(&saved)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| crate::private::write(&path, &bytes, true));
         if let Err(e) = written {
-            tracing::error!("cannot record blocks in {}: {e}", path.display());
+            tracing::error!("cannot record blocks in {}: {e:#}", path.display());
         }
     }
 

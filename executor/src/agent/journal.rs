@@ -6,9 +6,11 @@
 //! arrives, `{"acked": [<task id>...]}` when the service has made results
 //! durable. Opening the file replays it. A write is one `write` of whole
 //! lines; a torn last line (the agent killed mid-write) is cut off at the
-//! next open. The file is emptied whenever nothing is unacknowledged, and
-//! rewritten with only the unacknowledged results once it outgrows
-//! [`COMPACT_BYTES`]. Like the SQLite journal it replaces (a result insert
+//! next open; any other unreadable line stops the agent with an error
+//! naming the file and the byte, rather than dropping results. The file is
+//! emptied whenever nothing is unacknowledged, and rewritten (a new file
+//! renamed over it, so a crash or a full disk leaves the old one whole)
+//! with only the unacknowledged results once it outgrows [`COMPACT_BYTES`]. Like the SQLite journal it replaces (a result insert
 //! and delete per task were a tenth of `hpfaas up`), it survives the
 //! agent's death, not the machine's: the service keeps every task that has
 //! no durable result and sends it again.
@@ -17,10 +19,12 @@
 //! ones to each new agent connection. Which tasks this agent is running is
 //! kept in memory, to ignore the copies a reconnect re-sends.
 //!
-//! An exclusive `flock` keeps a second agent for the same endpoint out.
+//! An exclusive `flock` on `journal.lock` beside it keeps a second agent
+//! for the same endpoint out (on a file of its own, as compaction replaces
+//! the journal's). Both are 0600: results are the users' data.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -46,8 +50,10 @@ enum Record<R> {
 /// The open journal.
 pub struct Journal {
     path: PathBuf,
-    /// Opened for appending, and locked.
+    /// Opened for appending.
     file: File,
+    /// Held, with its `flock`, while the journal is open.
+    _lock: File,
     /// Bytes in the file.
     size: u64,
     /// Ids of tasks accepted by this agent and not finished yet.
@@ -60,24 +66,22 @@ impl Journal {
     /// Opens (creating if needed) the journal at `path`, taking over the
     /// results of an earlier version's SQLite journal (`journal.db` beside it).
     pub fn open(path: &Path) -> anyhow::Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open the journal {}", path.display()))?;
+        let lock = crate::private::open_append(&path.with_extension("lock"), false)?;
         // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             anyhow::bail!(
                 "the journal {} is held by another agent for this endpoint",
                 path.display()
             );
         }
+        let file = crate::private::open_append(path, true)
+            .with_context(|| format!("cannot open the journal {}", path.display()))?;
         let (results, good) = replay(path)?;
         let mut journal = Journal {
             path: path.to_path_buf(),
             size: good,
             file,
+            _lock: lock,
             outstanding: HashSet::new(),
             unacknowledged: results.keys().copied().collect(),
         };
@@ -190,7 +194,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the file in place with only the unacknowledged results.
+    /// Replaces the file with one holding only the unacknowledged results.
+    /// Until the rename the old file is untouched, so a failure (a full
+    /// disk) or a crash part-way loses nothing.
     fn compact(&mut self) -> anyhow::Result<()> {
         let keep = self.unacknowledged()?;
         let mut lines = Vec::new();
@@ -198,11 +204,10 @@ impl Journal {
             serde_json::to_writer(&mut lines, &Record::Result(r))?;
             lines.push(b'\n');
         }
-        // In place (not a new file and a rename), so the lock stays with it.
-        self.file.set_len(0)?;
-        self.size = 0;
-        self.append(&lines)?;
-        self.file.sync_data()?;
+        crate::private::write(&self.path, &lines, true)
+            .with_context(|| format!("cannot compact the journal {}", self.path.display()))?;
+        self.file = crate::private::open_append(&self.path, true)?;
+        self.size = lines.len() as u64;
         Ok(())
     }
 }
@@ -229,14 +234,32 @@ fn replay(path: &Path) -> anyhow::Result<(HashMap<Uuid, TaskResult>, u64)> {
                     results.remove(&id);
                 }
             }
-            Err(e) => tracing::warn!(
-                "skipping an unreadable line of the journal {} at byte {good}: {e}",
+            Err(e) => anyhow::bail!(
+                "the journal {} is corrupt at byte {good} ({e}); it may hold results the \
+                 service has not acknowledged: move it aside to start without them",
                 path.display()
             ),
         }
         good += n as u64;
     }
+    if !line.is_empty() && !could_be_torn(&line) {
+        anyhow::bail!(
+            "the journal {} ends in {} bytes at byte {good} that are not part of a record; it \
+             may hold results the service has not acknowledged: move it aside to start without \
+             them",
+            path.display(),
+            line.len()
+        );
+    }
     Ok((results, good))
+}
+
+/// True if `tail` (an unterminated last line) can be the start of a record
+/// whose write was cut short, which is cut off; anything else is damage.
+fn could_be_torn(tail: &[u8]) -> bool {
+    [&br#"{"result":"#[..], &br#"{"acked":"#[..]]
+        .iter()
+        .any(|head| tail.starts_with(head) || head.starts_with(tail))
 }
 
 /// The results in an earlier version's SQLite journal.
@@ -264,6 +287,8 @@ fn sqlite_results(path: &Path) -> anyhow::Result<Vec<TaskResult>> {
 mod tests {
     use super::*;
     use hpfaas_protocol::task::Outcome;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("hpfaas-journal-{}", Uuid::new_v4()));
@@ -388,6 +413,77 @@ mod tests {
         drop(j);
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.unacknowledged().unwrap(), vec![result(kept)]);
+    }
+
+    #[test]
+    fn compaction_writes_a_new_private_file_and_keeps_the_lock() {
+        let path = temp_dir().join("journal.log");
+        let mut j = Journal::open(&path).unwrap();
+        let kept = Uuid::new_v4();
+        j.store_results(&[result(kept)]).unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        // Past the threshold, then one more acknowledgement compacts.
+        j.size = COMPACT_BYTES;
+        let gone = Uuid::new_v4();
+        j.store_results(&[result(gone)]).unwrap();
+        j.forget_results(&[gone]).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_ne!(meta.ino(), inode, "rewritten in place, not replaced");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert!(
+            Journal::open(&path).is_err(),
+            "the lock survives compaction"
+        );
+        let stored = result(Uuid::new_v4());
+        j.store_results(std::slice::from_ref(&stored)).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        let mut got = j.unacknowledged().unwrap();
+        got.sort_by_key(|r| r.task_id);
+        let mut want = vec![result(kept), stored];
+        want.sort_by_key(|r| r.task_id);
+        assert_eq!(got, want, "appends after compaction go to the new file");
+    }
+
+    #[test]
+    fn an_existing_journal_is_made_private() {
+        let path = temp_dir().join("journal.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _j = Journal::open(&path).unwrap();
+        for p in [path.clone(), path.with_extension("lock")] {
+            let mode = std::fs::metadata(&p).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn a_corrupt_journal_stops_the_agent_naming_the_file() {
+        let a = Uuid::new_v4();
+        for damage in [
+            &b"garbage\n"[..],
+            b"\x00\x01\x02 not json",
+            b"{\"result\":{}}\n",
+        ] {
+            let path = temp_dir().join("journal.log");
+            {
+                let mut j = Journal::open(&path).unwrap();
+                j.store_results(&[result(a)]).unwrap();
+            }
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(damage).unwrap();
+            drop(f);
+            let before = std::fs::read(&path).unwrap();
+            let err = format!(
+                "{:#}",
+                Journal::open(&path).err().expect("corrupt journal opened")
+            );
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains("byte"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), before, "nothing cut off");
+        }
     }
 
     #[test]

@@ -81,8 +81,13 @@ pub const BROKER_FILE: &str = "broker.json";
 
 /// Runs the agent until `shutdown` resolves or the service refuses it.
 pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&spec.dir)
-        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    spec.config
+        .engine
+        .check_link()
+        .map_err(anyhow::Error::msg)?;
+    crate::private::dir(&spec.dir)?;
+    // Job scripts, block logs and environment files go there.
+    crate::private::dir(&spec.dir.join("blocks"))?;
     let mut state = AgentState {
         pid: std::process::id(),
         endpoint_id: None,
@@ -96,8 +101,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     state.state = "connecting".into();
     state.write(&spec.dir)?;
 
-    let journal = Journal::open(&spec.dir.join("journal.log"))?;
     let engine = &spec.config.engine;
+    let journal = Journal::open(&spec.dir.join("journal.log"))?;
     let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -106,7 +111,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     } else {
         if !engine.unix_socket() {
             tracing::warn!(
-                "engine.encrypted = false: tasks and results cross the broker link in clear"
+                "engine.encrypted = false with engine.allow_unencrypted_tcp = true: tasks and \
+                 results cross the broker link in clear, and anyone who reaches it may join"
             );
         }
         None
@@ -137,12 +143,13 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         block_walltime: block_walltime(&spec),
         curve: curve.as_ref().map(|c| c.server_keys()).transpose()?,
     })?;
-    std::fs::write(
-        spec.dir.join(BROKER_FILE),
-        serde_json::to_vec_pretty(&BrokerRecord {
+    crate::private::write(
+        &spec.dir.join(BROKER_FILE),
+        &serde_json::to_vec_pretty(&BrokerRecord {
             url: broker.url.clone(),
             server_key: curve.and_then(|c| c.server_public),
         })?,
+        true,
     )?;
     tracing::info!(
         "endpoint {} ({}) broker listening on {}",

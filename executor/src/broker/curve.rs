@@ -8,7 +8,6 @@
 //! handler ([`start_zap`]) that refuses every client key but the stored one.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -128,19 +127,7 @@ impl CurveFile {
 
     /// Writes the file with mode 0600 (created so; never group- or world-readable).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        crate::private::write(path, &serde_json::to_vec_pretty(self)?, true)
     }
 
     /// Reads a key file, refusing one that others than its owner may read.
