@@ -37,6 +37,15 @@ const TOKEN_FILE: &str = "token";
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Caught from the start: a signal arriving once up.json exists must
+    // stop everything and remove it, not kill the process on the spot.
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let home = hpfaas_home();
     let data_dir = home.join("up");
     let up_file = home.join("up.json");
@@ -130,8 +139,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         reregister: false,
         hpfaas_exe: std::env::current_exe().context("cannot find the hpfaas binary")?,
     };
-    let outcome = agent::run(spec, async {
-        crate::shutdown_signal().await;
+    let outcome = agent::run(spec, async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
         agent::Shutdown::Stop
     })
     .await;
