@@ -36,6 +36,8 @@ pub struct UpOptions {
     pub home: Option<PathBuf>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Where its output goes (default: `up.log` in the home).
+    pub log: Option<PathBuf>,
 }
 
 impl Up {
@@ -71,7 +73,7 @@ impl Up {
         if !config.exists() {
             std::fs::write(&config, ENGINE).unwrap();
         }
-        let log = home.join("up.log");
+        let log = options.log.unwrap_or_else(|| home.join("up.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = hpfaas();
         cmd.args([

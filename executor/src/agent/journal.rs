@@ -15,6 +15,14 @@
 //! agent's death, not the machine's: the service keeps every task that has
 //! no durable result and sends it again.
 //!
+//! When the file cannot be written (a full disk), results are kept in
+//! memory and written with the next ones once it can, and sent all the
+//! same: the service keeps every task without a durable result, so only a
+//! crash before space returns costs anything, a re-run. A record that was
+//! written only in part is cut off again at once. Results left without an
+//! acknowledgement (the service could not store them either) are sent
+//! again ([`Journal::stale`]).
+//!
 //! Tasks themselves are not journaled: the service re-sends all non-final
 //! ones to each new agent connection. Which tasks this agent is running is
 //! kept in memory, to ignore the copies a reconnect re-sends.
@@ -58,8 +66,16 @@ pub struct Journal {
     size: u64,
     /// Ids of tasks accepted by this agent and not finished yet.
     outstanding: HashSet<Uuid>,
-    /// Ids of the results in the file (stored, not yet acknowledged).
+    /// Ids of the results stored and not yet acknowledged.
     unacknowledged: HashSet<Uuid>,
+    /// Results the file could not take yet (also in `unacknowledged`).
+    unwritten: HashMap<Uuid, TaskResult>,
+    /// Results unacknowledged at the last [`Journal::stale`] call.
+    seen_unacknowledged: HashSet<Uuid>,
+    /// Size at which to compact next (later after a compaction failed).
+    compact_at: u64,
+    /// The last write failed (logged once it works again).
+    write_failed: bool,
 }
 
 impl Journal {
@@ -84,13 +100,23 @@ impl Journal {
             _lock: lock,
             outstanding: HashSet::new(),
             unacknowledged: results.keys().copied().collect(),
+            unwritten: HashMap::new(),
+            seen_unacknowledged: HashSet::new(),
+            compact_at: COMPACT_BYTES,
+            write_failed: false,
         };
         // Cut off a torn last line, so the next record starts on its own.
         journal.file.set_len(good)?;
         let old = path.with_file_name("journal.db");
         if old.exists() {
             let earlier = sqlite_results(&old)?;
-            journal.store_results(&earlier)?;
+            journal.store_results(&earlier);
+            anyhow::ensure!(
+                journal.unwritten.is_empty(),
+                "cannot write the journal {} to take over {}",
+                path.display(),
+                old.display()
+            );
             for suffix in ["", "-wal", "-shm"] {
                 let mut name = old.clone().into_os_string();
                 name.push(suffix);
@@ -121,36 +147,106 @@ impl Journal {
         fresh
     }
 
-    /// Stores results until the service acknowledges them.
-    pub fn store_results(&mut self, results: &[TaskResult]) -> anyhow::Result<()> {
-        let mut lines = Vec::new();
-        for r in results {
-            serde_json::to_writer(&mut lines, &Record::Result(r))?;
-            lines.push(b'\n');
-        }
-        self.append(&lines)?;
+    /// Stores results until the service acknowledges them: in the file, or
+    /// in memory while the file cannot take them (the error is logged).
+    pub fn store_results(&mut self, results: &[TaskResult]) {
         for r in results {
             self.outstanding.remove(&r.task_id);
             self.unacknowledged.insert(r.task_id);
+            self.unwritten.insert(r.task_id, r.clone());
+        }
+        self.write_unwritten();
+    }
+
+    /// Appends the results kept in memory, if the file takes them now.
+    fn write_unwritten(&mut self) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        let mut lines = Vec::new();
+        for r in self.unwritten.values() {
+            // A TaskResult always serialises; should it not, it stays in memory.
+            if serde_json::to_writer(&mut lines, &Record::Result(r)).is_err() {
+                return;
+            }
+            lines.push(b'\n');
+        }
+        match self.append(&lines) {
+            Ok(()) => {
+                if self.write_failed {
+                    self.write_failed = false;
+                    tracing::info!(
+                        "the journal {} takes results again ({} kept in memory written)",
+                        self.path.display(),
+                        self.unwritten.len()
+                    );
+                }
+                self.unwritten.clear();
+            }
+            Err(e) => {
+                self.write_failed = true;
+                tracing::error!(
+                    "{e:#}; {} results are kept in memory until it can be written (they are sent \
+                 meanwhile; the service re-sends their tasks should this agent stop first)",
+                    self.unwritten.len()
+                );
+            }
+        }
+    }
+
+    /// Forgets results the service has made durable. A failure to record
+    /// that only leaves them in the file, to be sent again once (the
+    /// service drops duplicates); it is logged.
+    pub fn forget_results(&mut self, task_ids: &[Uuid]) {
+        for id in task_ids {
+            self.unacknowledged.remove(id);
+            self.unwritten.remove(id);
+        }
+        let done = if self.unacknowledged.is_empty() {
+            self.empty()
+        } else {
+            self.record_acks(task_ids)
+        };
+        if let Err(e) = done {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    fn record_acks(&mut self, task_ids: &[Uuid]) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(&Record::<()>::Acked(task_ids.to_vec()))?;
+        line.push(b'\n');
+        self.append(&line)?;
+        if self.size > self.compact_at {
+            if let Err(e) = self.compact() {
+                // Not at every acknowledgement: after another eighth.
+                self.compact_at = self.size + COMPACT_BYTES / 8;
+                return Err(e);
+            }
+            self.compact_at = COMPACT_BYTES;
         }
         Ok(())
     }
 
-    /// Forgets results the service has made durable.
-    pub fn forget_results(&mut self, task_ids: &[Uuid]) -> anyhow::Result<()> {
-        for id in task_ids {
-            self.unacknowledged.remove(id);
+    /// Results that were unacknowledged at the previous call already, to
+    /// send again: the service acknowledges what it stores, so these it
+    /// could not (a full disk) or never got. Writes results kept in memory
+    /// if the file takes them now.
+    pub fn stale(&mut self) -> anyhow::Result<Vec<TaskResult>> {
+        self.write_unwritten();
+        let stale: HashSet<Uuid> = self
+            .unacknowledged
+            .intersection(&self.seen_unacknowledged)
+            .copied()
+            .collect();
+        self.seen_unacknowledged = self.unacknowledged.clone();
+        if stale.is_empty() {
+            return Ok(Vec::new());
         }
-        if self.unacknowledged.is_empty() {
-            return self.empty();
-        }
-        let mut line = serde_json::to_vec(&Record::<()>::Acked(task_ids.to_vec()))?;
-        line.push(b'\n');
-        self.append(&line)?;
-        if self.size > COMPACT_BYTES {
-            self.compact()?;
-        }
-        Ok(())
+        Ok(self
+            .unacknowledged()?
+            .into_iter()
+            .filter(|r| stale.contains(&r.task_id))
+            .collect())
     }
 
     /// Stops counting cancelled tasks as outstanding. A result that still
@@ -165,6 +261,9 @@ impl Journal {
     /// Results the service has not acknowledged yet.
     pub fn unacknowledged(&self) -> anyhow::Result<Vec<TaskResult>> {
         let (mut results, _) = replay(&self.path)?;
+        for (id, r) in &self.unwritten {
+            results.insert(*id, r.clone());
+        }
         Ok(self
             .unacknowledged
             .iter()
@@ -177,10 +276,20 @@ impl Journal {
         self.outstanding.len() as u64
     }
 
+    /// Appends whole records, or nothing: what a failed write left of them
+    /// is cut off, so the file never holds a broken record before good ones.
     fn append(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.file
-            .write_all(bytes)
-            .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(bytes) {
+            let cut = self.file.set_len(self.size);
+            let e = anyhow::Error::from(e)
+                .context(format!("cannot write the journal {}", self.path.display()));
+            return Err(match cut {
+                Ok(()) => e,
+                Err(cut) => e.context(format!(
+                    "and cannot cut its partial record off ({cut}): the journal is damaged"
+                )),
+            });
+        }
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -323,9 +432,8 @@ mod tests {
             let mut j = Journal::open(&path).unwrap();
             assert_eq!(j.accept(vec![a.clone(), b.clone(), c.clone()]).len(), 3);
             assert!(j.accept(vec![a.clone()]).is_empty(), "re-sent task ignored");
-            j.store_results(&[result(a.task_id), result(c.task_id)])
-                .unwrap();
-            j.forget_results(&[c.task_id]).unwrap();
+            j.store_results(&[result(a.task_id), result(c.task_id)]);
+            j.forget_results(&[c.task_id]);
             assert!(
                 j.accept(vec![a.clone()]).is_empty(),
                 "finished task not re-run"
@@ -344,7 +452,7 @@ mod tests {
             vec![b.clone()],
             "re-sent task runs"
         );
-        j.forget_results(&[a.task_id]).unwrap();
+        j.forget_results(&[a.task_id]);
         assert!(j.unacknowledged().unwrap().is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied");
         j.cancel(&[b.task_id, Uuid::new_v4()]);
@@ -361,7 +469,7 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         {
             let mut j = Journal::open(&path).unwrap();
-            j.store_results(&[result(a)]).unwrap();
+            j.store_results(&[result(a)]);
         }
         // Killed in the middle of writing b's line.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -369,7 +477,7 @@ mod tests {
         drop(f);
         let mut j = Journal::open(&path).unwrap();
         assert_eq!(j.unacknowledged().unwrap(), vec![result(a)]);
-        j.store_results(&[result(b)]).unwrap();
+        j.store_results(&[result(b)]);
         drop(j);
         let j = Journal::open(&path).unwrap();
         let mut ids: Vec<Uuid> = j
@@ -389,7 +497,7 @@ mod tests {
         let path = temp_dir().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
-        j.store_results(&[result(kept)]).unwrap();
+        j.store_results(&[result(kept)]);
         let big = "x".repeat(1 << 20);
         let size = || std::fs::metadata(&path).unwrap().len();
         let mut rounds = 0;
@@ -399,8 +507,8 @@ mod tests {
             r.outcome = Outcome::Success {
                 result: big.clone(),
             };
-            j.store_results(&[r]).unwrap();
-            j.forget_results(&[id]).unwrap();
+            j.store_results(&[r]);
+            j.forget_results(&[id]);
             rounds += 1;
             if size() < before {
                 break;
@@ -420,13 +528,13 @@ mod tests {
         let path = temp_dir().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
-        j.store_results(&[result(kept)]).unwrap();
+        j.store_results(&[result(kept)]);
         let inode = std::fs::metadata(&path).unwrap().ino();
         // Past the threshold, then one more acknowledgement compacts.
         j.size = COMPACT_BYTES;
         let gone = Uuid::new_v4();
-        j.store_results(&[result(gone)]).unwrap();
-        j.forget_results(&[gone]).unwrap();
+        j.store_results(&[result(gone)]);
+        j.forget_results(&[gone]);
         let meta = std::fs::metadata(&path).unwrap();
         assert_ne!(meta.ino(), inode, "rewritten in place, not replaced");
         assert_eq!(meta.mode() & 0o777, 0o600);
@@ -435,7 +543,7 @@ mod tests {
             "the lock survives compaction"
         );
         let stored = result(Uuid::new_v4());
-        j.store_results(std::slice::from_ref(&stored)).unwrap();
+        j.store_results(std::slice::from_ref(&stored));
         drop(j);
         let j = Journal::open(&path).unwrap();
         let mut got = j.unacknowledged().unwrap();
@@ -443,6 +551,62 @@ mod tests {
         let mut want = vec![result(kept), stored];
         want.sort_by_key(|r| r.task_id);
         assert_eq!(got, want, "appends after compaction go to the new file");
+    }
+
+    #[test]
+    fn results_the_file_cannot_take_are_kept_in_memory_until_it_can() {
+        let path = temp_dir().join("journal.log");
+        let mut j = Journal::open(&path).unwrap();
+        let (a, b) = (task(), task());
+        j.accept(vec![a.clone(), b.clone()]);
+        j.store_results(&[result(a.task_id)]);
+        let good = std::fs::read(&path).unwrap();
+        // A file that refuses writes, as a full disk does.
+        j.file = File::open(&path).unwrap();
+        j.store_results(&[result(b.task_id)]);
+        assert_eq!(std::fs::read(&path).unwrap(), good, "nothing half written");
+        assert!(j.accept(vec![b.clone()]).is_empty(), "not run twice");
+        let mut ids: Vec<Uuid> = j
+            .unacknowledged()
+            .unwrap()
+            .iter()
+            .map(|r| r.task_id)
+            .collect();
+        ids.sort();
+        let mut want = vec![a.task_id, b.task_id];
+        want.sort();
+        assert_eq!(ids, want);
+        j.forget_results(&[a.task_id]); // cannot be recorded: logged, not fatal
+                                        // Space is back: the next call writes what memory held.
+        j.file = crate::private::open_append(&path, true).unwrap();
+        assert!(
+            j.stale().unwrap().is_empty(),
+            "nothing stale on the first call"
+        );
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        let ids: Vec<Uuid> = j
+            .unacknowledged()
+            .unwrap()
+            .iter()
+            .map(|r| r.task_id)
+            .collect();
+        assert!(ids.contains(&b.task_id), "{ids:?}");
+    }
+
+    #[test]
+    fn results_unacknowledged_for_a_whole_period_are_stale() {
+        let path = temp_dir().join("journal.log");
+        let mut j = Journal::open(&path).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        j.store_results(&[result(a)]);
+        assert!(j.stale().unwrap().is_empty());
+        j.store_results(&[result(b)]);
+        assert_eq!(j.stale().unwrap(), vec![result(a)], "b is new");
+        j.forget_results(&[a]);
+        assert_eq!(j.stale().unwrap(), vec![result(b)]);
+        j.forget_results(&[b]);
+        assert!(j.stale().unwrap().is_empty());
     }
 
     #[test]
@@ -468,7 +632,7 @@ mod tests {
             let path = temp_dir().join("journal.log");
             {
                 let mut j = Journal::open(&path).unwrap();
-                j.store_results(&[result(a)]).unwrap();
+                j.store_results(&[result(a)]);
             }
             let mut f = OpenOptions::new().append(true).open(&path).unwrap();
             f.write_all(damage).unwrap();

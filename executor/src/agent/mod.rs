@@ -35,6 +35,11 @@ const RESULTS_PER_FRAME: usize = 1000;
 /// results cannot starve the service link and the timers.
 const BROKER_EVENTS_PER_TURN: usize = 256;
 
+/// How often results still unacknowledged after a whole period are sent
+/// again (the service could not store them, e.g. on a full disk, and
+/// acknowledges only what it stored).
+const RESEND_PERIOD: Duration = Duration::from_secs(15);
+
 /// Everything an agent needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
@@ -177,6 +182,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
     let mut scaling =
         tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
+    let mut resend = tokio::time::interval(RESEND_PERIOD);
     tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
@@ -190,14 +196,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                     agent.resend_results()?;
                     state.state = "online".into();
                     state.last_error = None;
-                    state.write(&spec.dir)?;
+                    publish(&state, &spec.dir);
                 }
                 Some(LinkEvent::Message(message)) => agent.on_service_message(message)?,
                 Some(LinkEvent::Disconnected(why)) => {
                     tracing::warn!("disconnected from the service: {why}");
                     state.state = "connecting".into();
                     state.last_error = Some(why);
-                    state.write(&spec.dir)?;
+                    publish(&state, &spec.dir);
                 }
                 Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
                 None => break Err(anyhow::anyhow!("the service link stopped")),
@@ -224,6 +230,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                 };
                 let _ = agent.to_service.send(AgentMessage::Heartbeat { status });
             }
+            _ = resend.tick() => match agent.journal.stale() {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::info!(results = stale.len(), "sending results the service has not acknowledged again");
+                    agent.send_results(stale);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{e:#}"),
+            },
             _ = scaling.tick() => blocks.step(agent.journal.outstanding(), agent.load.clone()),
             Some(event) = blocks.events.recv() => match event {
                 BlocksEvent::Ended(b) => {
@@ -235,7 +249,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                         state.active_blocks = list.len() as u32;
                         state.blocks = list;
                         state.last_error = error;
-                        state.write(&spec.dir)?;
+                        publish(&state, &spec.dir);
                     }
                 }
             },
@@ -257,6 +271,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
     }
     outcome.map(|_| ())
+}
+
+/// Rewrites `agent.json`; a failure (a full disk) is logged, not fatal:
+/// the file only shows the agent's state to `hpfaas endpoint status`.
+fn publish(state: &AgentState, dir: &std::path::Path) {
+    if let Err(e) = state.write(dir) {
+        tracing::warn!("{e:#}");
+    }
 }
 
 async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential> {
@@ -413,7 +435,10 @@ impl Agent<'_> {
     fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
         match message {
             ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
-            ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
+            ServiceMessage::ResultAck { task_ids } => {
+                self.journal.forget_results(&task_ids);
+                Ok(())
+            }
             ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
             ServiceMessage::Cancel { task_ids } => self.cancel(task_ids),
         }
@@ -493,7 +518,7 @@ impl Agent<'_> {
 
     /// Stores results, then sends them; they stay journaled until acknowledged.
     fn finish(&mut self, results: Vec<TaskResult>) -> anyhow::Result<()> {
-        self.journal.store_results(&results)?;
+        self.journal.store_results(&results);
         self.send_results(results);
         Ok(())
     }

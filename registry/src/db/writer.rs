@@ -388,7 +388,7 @@ fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
         let synced = sync_file(&mut file, &wal).map_err(|e| {
             file = None;
             tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
-            ApiError::internal(format!("could not make the write durable: {e}"))
+            ApiError::io("could not make the write durable", &e)
         });
         for job in jobs {
             job.finish(synced.clone());
