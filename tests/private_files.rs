@@ -32,10 +32,12 @@ fn too_open(root: &Path) -> Vec<(PathBuf, u32)> {
             let test_input = dir == root && (name == "engine.toml" || name == "up.log");
             if kind.is_dir() {
                 stack.push(path);
-            } else if kind.is_file() && !test_input && !name.starts_with("registry.db") {
-                if mode(&path) & 0o077 != 0 {
-                    bad.push((path.clone(), mode(&path)));
-                }
+            } else if kind.is_file()
+                && !test_input
+                && !name.starts_with("registry.db")
+                && mode(&path) & 0o077 != 0
+            {
+                bad.push((path.clone(), mode(&path)));
             }
         }
     }
