@@ -56,8 +56,8 @@ fn only_the_endpoint_keys_register() {
         .to_string();
 
     // The intruder knows the broker's public key and has a keypair of its own.
-    let intruder = temp_dir("intruder").join("keys.json");
-    std::fs::create_dir_all(intruder.parent().unwrap()).unwrap();
+    let intruder_dir = temp_dir("intruder");
+    let intruder = intruder_dir.join("keys.json");
     CurveFile::client_only().unwrap().write(&intruder).unwrap();
     let run = |extra: &[&str]| {
         let started = Instant::now();

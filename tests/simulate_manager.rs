@@ -18,7 +18,9 @@ const MANAGERS: u32 = 3;
 const TASKS: usize = 3000;
 
 async fn every_task_once(encrypted: bool) {
-    let keys = temp_dir("simulate").join("curve.json");
+    // The guard lives to the end: a temporary would remove the directory at once.
+    let dir = temp_dir("simulate");
+    let keys = dir.join("curve.json");
     let curve = if encrypted {
         let file = CurveFile::generate().unwrap();
         file.write(&keys).unwrap();
