@@ -177,6 +177,12 @@ class Rig:
         wait_until(lambda: self.agent_pid() and alive(self.agent_pid()), STARTUP_TIMEOUT,
                    "the agent")
 
+    def agent_state(self):
+        try:
+            return json.loads((self.ep_dir / "agent.json").read_text())["state"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def agent_pid(self):
         try:
             return int(json.loads((self.ep_dir / "agent.json").read_text())["pid"])
@@ -262,7 +268,10 @@ def kill_agent(rig):
 def kill_service(rig):
     rig.service.kill()
     rig.service.wait()
-    time.sleep(1.0)  # let the agent and the SDK notice and back off
+    # The outage lasts until the agent has noticed it (and backs off to
+    # reconnect), so the restart exercises its reconnect path.
+    wait_until(lambda: rig.agent_state() == "connecting", STARTUP_TIMEOUT,
+               "the agent to notice the service is gone")
     rig.start_service()
 
 

@@ -700,6 +700,10 @@ impl Manager {
                         // Waiting in the slot, or finished meanwhile: the
                         // slot stops it before it runs.
                         tasks.skip.insert(id);
+                        tracing::info!(
+                            "task {id} cancelled while waiting in slot {slot}; \
+                             stopped when the worker reaches it"
+                        );
                         continue;
                     }
                     let pid = self.worker_pids[slot].load(Ordering::SeqCst);
