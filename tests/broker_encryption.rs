@@ -17,7 +17,7 @@ use hpfaas_executor::broker::curve::CurveFile;
 use serde_json::json;
 
 const CONFIG: &str =
-    "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 3.0\n";
+    "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n";
 
 fn broker_record(ep: &Endpoint) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(ep.dir().join("broker.json")).unwrap()).unwrap()

@@ -26,7 +26,7 @@ fn cancel_kills_running_tasks_and_drops_queued_ones() {
     // Two slots and a prefetch of one: two tasks run, one waits in the
     // manager's queue, the rest in the broker's.
     let config = "[engine]\nmax_workers_per_node = 2\nprefetch_capacity = 1\n\
-                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
                   [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
     let ep = Endpoint::new(&svc, &token, &name, config);
     ep.start();
@@ -169,7 +169,7 @@ fn a_task_waiting_in_a_busy_workers_pipe_is_cancelled_without_running() {
     let token = svc.token("canceller");
     let name = format!("it-cancel-pipe-{}", std::process::id());
     let config = "[engine]\nmax_workers_per_node = 1\nprefetch_capacity = 1\n\
-                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
                   [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
     let ep = Endpoint::new(&svc, &token, &name, config);
     ep.start();

@@ -145,7 +145,7 @@ fn mpi_functions_get_whole_nodes_of_one_block() {
     // What a site would write: root and the 2-core oversubscription are
     // OpenMPI settings of the job, the rest is one 2-node block.
     let config = "[engine]\nmax_workers_per_node = 1\nprefetch_capacity = 0\n\
-                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
                   launcher_options = \"--oversubscribe\"\n\
                   [provider]\ntype = \"local\"\nnodes_per_block = 2\nlauncher = \"mpiexec\"\n\
                   init_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n\
@@ -276,7 +276,7 @@ fn mpi_function_under_slurm_with_srun() {
     // The job asks Slurm for CPUs for both ranks: a task's step may only use
     // what the block's allocation holds.
     let config =
-        "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+        "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
                   mpi_launcher = \"srun\"\n\
                   [provider]\ntype = \"slurm\"\npartition = \"debug\"\nlauncher = \"srun\"\n\
                   nodes_per_block = 1\ninit_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n\

@@ -30,7 +30,7 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
     let token = svc.token("limits-user");
     let name = format!("it-limits-{}", std::process::id());
     let config = "[engine]\nmax_workers_per_node = 1\nprefetch_capacity = 0\n\
-                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\nrun_in_sandbox = true\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 10.0\nrun_in_sandbox = true\n\
                   [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
     let ep = Endpoint::new(&svc, &token, &name, config);
     ep.start();

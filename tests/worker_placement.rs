@@ -66,7 +66,7 @@ fn run_on(tag: &str, engine: &str, provider: &str) -> BTreeMap<u64, serde_json::
     let token = svc.token("placement");
     let name = unique(tag);
     let config = format!(
-        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n{engine}\n\
+        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n{engine}\n\
          [provider]\n{provider}\n"
     );
     let ep = Endpoint::new(&svc, &token, &name, &config);

@@ -136,7 +136,7 @@ class Rig:
         ep.mkdir(parents=True)
         (ep / "config.toml").write_text(
             "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\n"
-            f"heartbeat_threshold = 3.0\nmax_retries_on_system_failure = {retries}\n"
+            f"heartbeat_threshold = 5.0\nmax_retries_on_system_failure = {retries}\n"
             '[provider]\ntype = "local"\ninit_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n'
         )
         self.ep_dir = ep

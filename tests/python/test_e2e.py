@@ -213,7 +213,7 @@ def test_lost_manager_fails_its_task_and_a_new_block_starts(client, executor, tm
     assert b"hpfaas" in cmdline, f"pid {manager_pid} is not a manager: {cmdline!r}"
 
     os.kill(manager_pid, signal.SIGKILL)
-    # The heartbeat threshold is 0.6 s (conftest.ENGINE_CONFIG); the wait is generous.
+    # The heartbeat threshold is 10 s (conftest.ENGINE_CONFIG); the wait is generous.
     exc = sleeper.exception(TASK_TIMEOUT)
     assert isinstance(exc, TaskExecutionFailed)
     assert exc.remote_type == "ManagerLost"
