@@ -203,6 +203,12 @@ struct ManagerArgs {
     /// Run each task in its own directory, DIR/<task_id>/ (engine.run_in_sandbox).
     #[arg(long)]
     sandbox_dir: Option<PathBuf>,
+    /// Private directory (made 0700; refused if another user owns or may
+    /// write it) for the worker runtime and MPI hostfiles. Default: the
+    /// endpoint's `runtime/` with --endpoint, else $XDG_RUNTIME_DIR/hpfaas,
+    /// else $HPFAAS_HOME/runtime; never the shared temp directory.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -353,6 +359,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher_options: args.launcher_options,
                 sandbox_dir: args.sandbox_dir,
                 curve,
+                runtime_base: match (args.runtime_dir, &endpoint_dir) {
+                    (Some(dir), _) => dir,
+                    (None, Some(dir)) => dir.join("runtime"),
+                    (None, None) => manager::runtime::default_base(&lifecycle::hpfaas_home()),
+                },
             };
             let result = single_thread_runtime()?.block_on(async move {
                 match simulate {

@@ -305,6 +305,9 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         engine.prefetch_capacity.to_string(),
         "--worker-python".into(),
         engine.worker_python.clone(),
+        // Private, and on the file system batch jobs share with the agent.
+        "--runtime-dir".into(),
+        spec.dir.join("runtime").display().to_string(),
     ];
     // Only batch systems end a block at its walltime; a local block lives
     // until cancelled, so giving it a deadline would drain it for nothing.

@@ -13,6 +13,7 @@ pub mod affinity;
 pub mod block;
 pub mod job_env;
 pub mod mpi_task;
+pub mod private_dir;
 pub mod runtime;
 pub mod shell;
 pub mod simulate;
@@ -74,6 +75,9 @@ pub struct ManagerConfig {
     /// CurveZMQ keys for the broker link; `None` connects in clear (to a
     /// broker with `engine.encrypted = false`).
     pub curve: Option<crate::broker::curve::ClientKeys>,
+    /// Private directory (0700, this user's) for the worker runtime and MPI
+    /// hostfiles; the agent gives `<endpoint dir>/runtime`.
+    pub runtime_base: std::path::PathBuf,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -136,10 +140,14 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let placements = affinity::plan_here(&request, cores).map_err(anyhow::Error::msg)?;
     let workers = placements.len() as u32;
-    let runtime_dir = runtime::install(&std::env::temp_dir())
-        .context("cannot write the Python worker runtime")?;
-    let mpi = MpiSettings::new(&config.mpi_launcher, &config.launcher_options)
-        .map_err(anyhow::Error::msg)?;
+    let runtime_dir = runtime::install(&config.runtime_base)
+        .map_err(|e| anyhow::anyhow!("cannot install the Python worker runtime: {e}"))?;
+    let mpi = MpiSettings::new(
+        &config.mpi_launcher,
+        &config.launcher_options,
+        &config.runtime_base,
+    )
+    .map_err(anyhow::Error::msg)?;
     let info = manager_info(&config, cores, workers, config.rank);
     let context = zmq::Context::new();
     let (mut bridge, link) = connect(&context, &config, info).await?;
