@@ -172,9 +172,10 @@ async fn execute(
     shown: &str,
 ) -> std::io::Result<ShellResult> {
     let mut command = tokio::process::Command::new("/bin/sh");
-    if let Some(dir) = &spec.cwd {
-        command.current_dir(dir);
-    }
+    match &spec.cwd {
+        Some(dir) => command.current_dir(dir),
+        None => command.current_dir(super::job_env::working_directory()),
+    };
     let mut child = command
         .arg("-c")
         .arg(line)
