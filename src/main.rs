@@ -69,7 +69,7 @@ enum Command {
         command: EndpointCommand,
     },
     /// Internal: what a block runs on each node.
-    Manager(ManagerArgs),
+    Manager(Box<ManagerArgs>),
 }
 
 #[derive(Subcommand)]
@@ -209,6 +209,10 @@ struct ManagerArgs {
     /// else $HPFAAS_HOME/runtime; never the shared temp directory.
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
+    /// Bytes of a shell task's stdout (and stderr) kept, head and tail
+    /// (engine.shell_output_limit); the rest is counted as dropped.
+    #[arg(long, default_value_t = manager::shell::DEFAULT_OUTPUT_LIMIT)]
+    shell_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -359,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher_options: args.launcher_options,
                 sandbox_dir: args.sandbox_dir,
                 curve,
+                shell_output_limit: args.shell_output_limit,
                 runtime_base: match (args.runtime_dir, &endpoint_dir) {
                     (Some(dir), _) => dir,
                     (None, Some(dir)) => dir.join("runtime"),

@@ -20,6 +20,7 @@ const SNOOP: &str = "def snoop():\n    import os, sys\n    \
 
 fn config() -> &'static str {
     "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+     shell_output_limit = 65536\n\
      [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n"
 }
 
@@ -89,6 +90,52 @@ fn tasks_see_no_secrets_no_private_paths_and_no_planted_runtime() {
     assert_eq!(std::fs::metadata(&runtime).unwrap().mode() & 0o777, 0o700);
     let path = report["path"].to_string();
     assert!(path.contains(&runtime.display().to_string()), "{path}");
+
+    // A shell function's caller passes data, never commands; and a command
+    // printing without end is cut to the endpoint's shell_output_limit.
+    let shell = |cmd: &str| {
+        let code = pack(&[&format!("sh\n{}", json!({"cmd": cmd}))]);
+        post(
+            &format!("{}/v3/functions", svc.url),
+            &token,
+            json!({"function_name": "sh", "function_code": code}),
+        )
+        .unwrap()["function_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let marker = shared_tmp.join("pwned");
+    let attack = format!("x; touch {}", marker.display());
+    let echo = shell("printf %s {msg}");
+    let flood = shell("yes | head -c 5000000");
+    let submit = |function: &str, kwargs: Value| {
+        let payload = pack(&["11\n[]", &format!("11\n{kwargs}")]);
+        let url = format!("{}/v3/endpoints/{}/submit", svc.url, ep.endpoint_id());
+        let reply = post(&url, &token, json!({"tasks": {function: [payload]}})).unwrap();
+        reply["tasks"][function][0].as_str().unwrap().to_string()
+    };
+    let tasks = [
+        submit(&echo, json!({"msg": attack})),
+        submit(&flood, json!({})),
+    ];
+    let docs = ep.wait_all(&tasks, Duration::from_secs(90));
+    let result = |doc: &Value| -> Value {
+        assert_eq!(doc["status"], "success", "{doc}");
+        let text = doc["result"].as_str().unwrap();
+        serde_json::from_str(text.strip_prefix("sr\n").unwrap()).unwrap()
+    };
+    let echoed = result(&docs[0]);
+    assert_eq!(echoed["stdout"], attack.as_str(), "{echoed}");
+    assert!(!marker.exists(), "the caller's argument ran a command");
+    let flooded = result(&docs[1]);
+    let kept = flooded["stdout"].as_str().unwrap().len();
+    assert!(kept < 70_000, "{kept} bytes kept");
+    assert!(
+        flooded["stdout_dropped"].as_u64().unwrap() > 4_900_000,
+        "{}",
+        flooded["stdout_dropped"]
+    );
 }
 
 /// A runtime directory another user owns, where the manager would install

@@ -340,6 +340,12 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
     }
+    if engine.shell_output_limit != crate::manager::shell::DEFAULT_OUTPUT_LIMIT {
+        argv.extend([
+            "--shell-output-limit".into(),
+            engine.shell_output_limit.to_string(),
+        ]);
+    }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
     if engine.mpi_launcher != "mpiexec" {
         argv.extend(["--mpi-launcher".into(), engine.mpi_launcher.clone()]);

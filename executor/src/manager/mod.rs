@@ -78,6 +78,9 @@ pub struct ManagerConfig {
     /// Private directory (0700, this user's) for the worker runtime and MPI
     /// hostfiles; the agent gives `<endpoint dir>/runtime`.
     pub runtime_base: std::path::PathBuf,
+    /// `engine.shell_output_limit`: bytes of each output stream a shell or
+    /// MPI task keeps.
+    pub shell_output_limit: usize,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -167,6 +170,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
     });
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
+    manager.shell_output_limit = config.shell_output_limit;
     let result = manager.serve(&mut bridge.incoming).await;
     manager.shutdown().await;
     bridge.sender.close();
@@ -512,6 +516,8 @@ struct Manager {
     mpi: Arc<MpiSettings>,
     /// Nodes of the MPI tasks this manager leads, until each starts.
     mpi_nodes: HashMap<Uuid, Vec<MpiNode>>,
+    /// Bytes of each output stream a shell or MPI task keeps.
+    shell_output_limit: usize,
 }
 
 impl Manager {
@@ -559,6 +565,7 @@ impl Manager {
             started: Vec::new(),
             mpi: Arc::new(mpi),
             mpi_nodes: HashMap::new(),
+            shell_output_limit: shell::DEFAULT_OUTPUT_LIMIT,
         }
     }
 
@@ -867,7 +874,9 @@ impl Manager {
             },
             None => None,
         };
-        Some(shell_spec.for_task(spec.walltime().ok().flatten(), cwd))
+        let mut for_task = shell_spec.for_task(spec.walltime().ok().flatten(), cwd);
+        for_task.output_limit = self.shell_output_limit;
+        Some(for_task)
     }
 
     async fn shutdown(&mut self) {

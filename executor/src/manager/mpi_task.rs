@@ -318,6 +318,8 @@ mod tests {
             walltime: Some(10.0),
             snippet_lines: 10,
             cwd: None,
+            quote_arguments: true,
+            output_limit: shell::DEFAULT_OUTPUT_LIMIT,
         };
         let options = format!("--x; touch {}", marker.display());
         let task = TaskSpec {
