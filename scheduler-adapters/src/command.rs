@@ -150,6 +150,8 @@ pub fn run(invocation: &Invocation, timeout: Duration) -> Result<Output, Command
         // Its own group, so that a timeout kills what it started too (a
         // wrapper script's `sleep`, an ssh to the controller, ...).
         .process_group(0);
+    // `sbatch` hands its whole environment to the job by default.
+    crate::strip_secrets(&mut command);
     if let Some(dir) = &invocation.dir {
         command.current_dir(dir);
     }
