@@ -69,7 +69,7 @@ enum Command {
         command: EndpointCommand,
     },
     /// Internal: what a block runs on each node.
-    Manager(ManagerArgs),
+    Manager(Box<ManagerArgs>),
 }
 
 #[derive(Subcommand)]
@@ -203,6 +203,16 @@ struct ManagerArgs {
     /// Run each task in its own directory, DIR/<task_id>/ (engine.run_in_sandbox).
     #[arg(long)]
     sandbox_dir: Option<PathBuf>,
+    /// Private directory (made 0700; refused if another user owns or may
+    /// write it) for the worker runtime and MPI hostfiles. Default: the
+    /// endpoint's `runtime/` with --endpoint, else $XDG_RUNTIME_DIR/hpfaas,
+    /// else $HPFAAS_HOME/runtime; never the shared temp directory.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Bytes of a shell task's stdout (and stderr) kept, head and tail
+    /// (engine.shell_output_limit); the rest is counted as dropped.
+    #[arg(long, default_value_t = manager::shell::DEFAULT_OUTPUT_LIMIT)]
+    shell_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -353,6 +363,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher_options: args.launcher_options,
                 sandbox_dir: args.sandbox_dir,
                 curve,
+                shell_output_limit: args.shell_output_limit,
+                runtime_base: match (args.runtime_dir, &endpoint_dir) {
+                    (Some(dir), _) => dir,
+                    (None, Some(dir)) => dir.join("runtime"),
+                    (None, None) => manager::runtime::default_base(&lifecycle::hpfaas_home()),
+                },
             };
             let result = single_thread_runtime()?.block_on(async move {
                 match simulate {

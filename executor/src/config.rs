@@ -93,6 +93,10 @@ pub struct EngineSection {
     /// `<manager's directory>/tasks/<task_id>/` (Globus Compute's name).
     #[serde(default)]
     pub run_in_sandbox: bool,
+    /// Bytes of a shell or MPI task's stdout (and of its stderr) a manager
+    /// keeps, half from the start and half from the end; the rest is counted.
+    #[serde(default = "default_shell_output_limit")]
+    pub shell_output_limit: usize,
     /// CurveZMQ on the broker↔manager link (keys in the endpoint directory);
     /// `false` only for debugging: tasks then cross the network in clear.
     #[serde(default = "default_encrypted")]
@@ -154,10 +158,15 @@ impl Default for EngineSection {
             mpi_launcher: default_mpi_launcher(),
             launcher_options: String::new(),
             run_in_sandbox: false,
+            shell_output_limit: default_shell_output_limit(),
             encrypted: true,
             allow_unencrypted_tcp: false,
         }
     }
+}
+
+fn default_shell_output_limit() -> usize {
+    crate::manager::shell::DEFAULT_OUTPUT_LIMIT
 }
 
 fn default_mpi_launcher() -> String {
@@ -345,6 +354,7 @@ pub fn template(service_url: Option<&str>) -> String {
 # encrypted = true                      # CurveZMQ broker<->managers; false only for debugging
 # allow_unencrypted_tcp = false         # true: accept encrypted = false on a TCP address
 # run_in_sandbox = false                # true: each task runs in tasks/<task_id>/ of its block
+# shell_output_limit = 1048576          # bytes of a shell task's stdout/stderr kept (head + tail)
 
 [provider]
 type = "local"

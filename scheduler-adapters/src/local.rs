@@ -115,6 +115,7 @@ impl Provider for LocalProvider {
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
+        crate::strip_secrets(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| Self::error(format!("cannot start block {}: {e}", request.block_id)))?;
@@ -243,6 +244,26 @@ mod tests {
                 reason: "exit code 3".into()
             }
         );
+    }
+
+    /// The agent's token must not reach a block: its tasks run as the same
+    /// user and could read it from any of the block's processes.
+    #[test]
+    fn blocks_do_not_inherit_the_agents_secrets() {
+        std::env::set_var("HPFAAS_LOCAL_TEST_TOKEN", "secret-in-agent");
+        let mut p = provider("");
+        let req = request(
+            "secret",
+            &[
+                "sh",
+                "-c",
+                "echo \"[$HPFAAS_LOCAL_TEST_TOKEN][$HPFAAS_TEST_VAR]\"",
+            ],
+        );
+        let job = p.submit(&req).unwrap();
+        assert_eq!(wait_finished(&mut p, &job), JobState::Completed);
+        let log = std::fs::read_to_string(req.log_dir.join("block-secret.log")).unwrap();
+        assert_eq!(log.trim(), "[][from env]");
     }
 
     #[test]

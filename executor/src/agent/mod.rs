@@ -334,6 +334,9 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         engine.prefetch_capacity.to_string(),
         "--worker-python".into(),
         engine.worker_python.clone(),
+        // Private, and on the file system batch jobs share with the agent.
+        "--runtime-dir".into(),
+        spec.dir.join("runtime").display().to_string(),
     ];
     // Only batch systems end a block at its walltime; a local block lives
     // until cancelled, so giving it a deadline would drain it for nothing.
@@ -365,6 +368,12 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         // In the endpoint's directory, which batch jobs see too (shared $HPFAAS_HOME).
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
+    }
+    if engine.shell_output_limit != crate::manager::shell::DEFAULT_OUTPUT_LIMIT {
+        argv.extend([
+            "--shell-output-limit".into(),
+            engine.shell_output_limit.to_string(),
+        ]);
     }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
     if engine.mpi_launcher != "mpiexec" {
