@@ -247,10 +247,11 @@ fn a_neighbour_can_neither_read_nor_reach_hpfaas_up() {
         endpoint.join("journal.log"),
         endpoint.join("agent.json"),
         endpoint.join("broker.json"),
-        endpoint.join("blocks").join("block-1.log"),
-        endpoint.join("blocks").join("block-1.sh"),
+        endpoint.join("blocks").join("block-0.log"),
+        endpoint.join("blocks").join("block-0.sh"),
     ];
     for path in &files {
+        assert!(path.exists(), "{} is not there to try", path.display());
         let out = nb.run("cat", &[path.to_str().unwrap()]);
         assert!(
             !out.status.success() && out.stdout.is_empty(),
@@ -258,7 +259,13 @@ fn a_neighbour_can_neither_read_nor_reach_hpfaas_up() {
             path.display()
         );
     }
-    for dir in [&data, &endpoint, &endpoint.join("blocks")] {
+    for dir in [
+        &data,
+        &endpoint,
+        &endpoint.join("blocks"),
+        &endpoint.join("runtime"),
+    ] {
+        assert!(dir.is_dir(), "{} is not there to try", dir.display());
         let out = nb.run("ls", &[dir.to_str().unwrap()]);
         assert!(
             !out.status.success(),
