@@ -399,10 +399,24 @@ mod tests {
     use std::fs::OpenOptions;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    fn temp_dir() -> PathBuf {
+    /// A directory removed with everything in it when dropped.
+    struct Scratch(PathBuf);
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir() -> Scratch {
         let dir = std::env::temp_dir().join(format!("hpfaas-journal-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
     }
 
     fn task() -> TaskSpec {
@@ -426,7 +440,8 @@ mod tests {
 
     #[test]
     fn results_survive_reopen_until_acknowledged() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let (a, b, c) = (task(), task(), task());
         {
             let mut j = Journal::open(&path).unwrap();
@@ -465,7 +480,8 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_cut_off() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         {
             let mut j = Journal::open(&path).unwrap();
@@ -494,7 +510,8 @@ mod tests {
 
     #[test]
     fn a_long_file_is_compacted_to_what_is_unacknowledged() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
         j.store_results(&[result(kept)]);
@@ -525,7 +542,8 @@ mod tests {
 
     #[test]
     fn compaction_writes_a_new_private_file_and_keeps_the_lock() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
         j.store_results(&[result(kept)]);
@@ -555,7 +573,8 @@ mod tests {
 
     #[test]
     fn results_the_file_cannot_take_are_kept_in_memory_until_it_can() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let (a, b) = (task(), task());
         j.accept(vec![a.clone(), b.clone()]);
@@ -596,7 +615,8 @@ mod tests {
 
     #[test]
     fn results_unacknowledged_for_a_whole_period_are_stale() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         j.store_results(&[result(a)]);
@@ -611,7 +631,8 @@ mod tests {
 
     #[test]
     fn an_existing_journal_is_made_private() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         std::fs::write(&path, "").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let _j = Journal::open(&path).unwrap();
@@ -629,7 +650,8 @@ mod tests {
             b"\x00\x01\x02 not json",
             b"{\"result\":{}}\n",
         ] {
-            let path = temp_dir().join("journal.log");
+            let dir = temp_dir();
+            let path = dir.join("journal.log");
             {
                 let mut j = Journal::open(&path).unwrap();
                 j.store_results(&[result(a)]);
@@ -677,7 +699,8 @@ mod tests {
 
     #[test]
     fn a_second_opener_is_refused() {
-        let path = temp_dir().join("journal.log");
+        let dir = temp_dir();
+        let path = dir.join("journal.log");
         let _first = Journal::open(&path).unwrap();
         let err = Journal::open(&path)
             .err()
