@@ -267,8 +267,17 @@ fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
-    data_dir.unwrap_or_else(|| lifecycle::hpfaas_home().join("service"))
+/// The service's data directory: the one given, else `$HPFAAS_HOME/service`,
+/// which is made private with the home above it (the registry makes a
+/// directory it creates 0700; the home may predate it).
+fn service_dir(data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = data_dir {
+        return Ok(dir);
+    }
+    let home = lifecycle::hpfaas_home();
+    let dir = home.join("service");
+    hpfaas_executor::private::dirs(&home, &dir)?;
+    Ok(dir)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -285,7 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
         } => {
-            let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir));
+            let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;
@@ -535,7 +544,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     use hpfaas_registry::routes::rfc3339;
     match command {
         TokenCommand::Create { user, data_dir } => {
-            let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
+            let token = hpfaas_registry::create_token(&service_dir(data_dir)?, &user)?;
             println!("{token}");
         }
         TokenCommand::List {
@@ -543,7 +552,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             data_dir,
             json,
         } => {
-            let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir), &user)?;
+            let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir)?, &user)?;
             if json {
                 let rows: Vec<serde_json::Value> = tokens
                     .iter()
@@ -575,7 +584,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             token_or_prefix,
             data_dir,
         } => {
-            let t = hpfaas_registry::revoke_token(&service_dir(data_dir), &token_or_prefix)?;
+            let t = hpfaas_registry::revoke_token(&service_dir(data_dir)?, &token_or_prefix)?;
             println!(
                 "revoked token {} of user {} ({})",
                 t.id,

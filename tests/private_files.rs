@@ -227,3 +227,18 @@ fn damaged_state_stops_up_naming_the_file() {
     assert!(log.contains(&db.display().to_string()), "{log}");
     assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 64 << 10]);
 }
+
+#[test]
+fn the_default_service_directory_is_private_with_its_home() {
+    let home = temp_dir("service-home");
+    std::fs::set_permissions(&*home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = common::hpfaas()
+        .args(["token", "create", "--user", "alice"])
+        .env("HPFAAS_HOME", &*home)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    for d in [home.to_path_buf(), home.join("service")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+}
