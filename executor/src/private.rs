@@ -75,6 +75,40 @@ pub fn dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that `path` is this user's own (a directory when `directory`, else
+/// a regular file; never a symlink) and that no one else can write it;
+/// returns its metadata. The error names the path and the reason.
+pub fn check_owned(path: &Path, directory: bool) -> Result<std::fs::Metadata, String> {
+    let refuse = |why: String| Err(format!("refusing {}: {why}", path.display()));
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if directory && !kind.is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    if !directory && !kind.is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return refuse(format!(
+            "it is owned by uid {}, not by this user (uid {me}); another user may have planted it",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "its mode {:04o} lets other users write it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(meta)
+}
+
 /// Replaces `path` with `bytes` atomically (a new 0600 file renamed over
 /// it), so a reader never sees half a file and a crash leaves the old one.
 /// With `durable`, the data and the rename are on disk before it returns.
@@ -224,5 +258,38 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(open_append(&path, true).unwrap());
         assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn owned_checks_refuse_open_symlinked_and_foreign_paths() {
+        let s = scratch();
+        let open = s.0.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_owned(&open, true).unwrap_err();
+        assert!(err.contains("open") && err.contains("0777"), "{err}");
+        let link = s.0.join("link");
+        std::os::unix::fs::symlink(&s.0, &link).unwrap();
+        let err = check_owned(&link, true).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        let file = s.0.join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = check_owned(&file, true).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("owned_checks: another user's directory: skipped: needs root to chown");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            return;
+        }
+        let theirs = s.0.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let err = check_owned(&theirs, true).unwrap_err();
+        assert!(err.contains("uid 65534") && err.contains("theirs"), "{err}");
     }
 }

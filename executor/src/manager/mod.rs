@@ -13,7 +13,6 @@ pub mod affinity;
 pub mod block;
 pub mod job_env;
 pub mod mpi_task;
-pub mod private_dir;
 pub mod runtime;
 pub mod shell;
 pub mod simulate;

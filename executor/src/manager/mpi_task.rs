@@ -155,19 +155,6 @@ pub fn hostfile(nodes: &[MpiNode]) -> String {
         .collect()
 }
 
-/// Writes a new file (0600) holding `text`; one left over under that name
-/// (a manager killed mid-task, the task retried here) is replaced.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-}
-
 /// Runs one MPI task across `nodes` and returns its outcome.
 pub async fn run(
     spec: &ShellSpec,
@@ -198,8 +185,9 @@ pub async fn run(
     let path = settings
         .hostfile_dir
         .join(format!("hpfaas-mpi-{}.hosts", task.task_id));
-    if let Err(e) = write_private(&path, &hostfile(nodes)) {
-        return fail(format!("cannot write the hostfile {}: {e}", path.display()));
+    // A new 0600 file renamed over any left by a manager killed mid-task.
+    if let Err(e) = crate::private::write(&path, hostfile(nodes).as_bytes(), false) {
+        return fail(format!("{e:#}"));
     }
     let ranks: u32 = nodes.iter().map(|n| n.ranks).sum();
     let env = [

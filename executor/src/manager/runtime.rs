@@ -1,12 +1,12 @@
 //! The Python worker runtime, carried inside the binary so a compute node
 //! needs only an interpreter. The manager writes the `hpfaas` package into a
-//! content-addressed directory once, in a private place ([`private_dir`]),
+//! content-addressed directory once, in a private place ([`crate::private`]),
 //! and starts each worker from there.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use super::private_dir;
+use crate::private;
 
 /// The `hpfaas` package files, relative to the package directory.
 const FILES: &[(&str, &str)] = &[
@@ -59,7 +59,8 @@ pub fn default_base(hpfaas_home: &Path) -> PathBuf {
 /// refused, and a copy of ours whose files differ from the embedded ones is
 /// replaced. The error names the path and the reason.
 pub fn install(base: &Path) -> Result<PathBuf, String> {
-    private_dir::ensure(base)?;
+    private::dir(base).map_err(|e| format!("{e:#}"))?;
+    private::check_owned(base, true)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     FILES.hash(&mut hasher);
     let dir = base.join(format!("hpfaas-runtime-{:016x}", hasher.finish()));
@@ -136,15 +137,15 @@ fn set_aside(base: &Path, dir: &Path) -> Result<(), String> {
 /// reason if a file differs from the embedded one (ours, but to be
 /// replaced), `None` when it is exactly the embedded package.
 fn verify(dir: &Path) -> Result<Option<String>, String> {
-    private_dir::check(dir, true)?;
+    private::check_owned(dir, true)?;
     let package = dir.join("hpfaas");
-    private_dir::check(&package, true)?;
+    private::check_owned(&package, true)?;
     for (name, text) in FILES {
         let path = package.join(name);
         if std::fs::symlink_metadata(&path).is_err() {
             return Ok(Some(format!("{} is missing", path.display())));
         }
-        private_dir::check(&path, false)?;
+        private::check_owned(&path, false)?;
         let found =
             std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if found != text.as_bytes() {
