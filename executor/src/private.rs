@@ -192,18 +192,11 @@ fn temp_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    /// A directory removed when dropped.
-    struct Scratch(PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn scratch() -> Scratch {
-        let p = std::env::temp_dir().join(format!("hpfaas-private-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Scratch(p)
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("hpfaas-private-")
+            .tempdir()
+            .unwrap()
     }
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().mode() & 0o7777
@@ -212,7 +205,7 @@ mod tests {
     #[test]
     fn directories_are_made_and_tightened_to_0700() {
         let s = scratch();
-        let root = s.0.join("home");
+        let root = s.path().join("home");
         let deep = root.join("endpoints").join("x");
         std::fs::create_dir_all(root.join("endpoints")).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -225,7 +218,7 @@ mod tests {
     #[test]
     fn a_directory_others_may_write_is_refused() {
         let s = scratch();
-        let shared = s.0.join("shared");
+        let shared = s.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let err = dir(&shared).unwrap_err().to_string();
@@ -238,7 +231,7 @@ mod tests {
     #[test]
     fn writes_replace_a_too_open_file_with_a_private_one() {
         let s = scratch();
-        let path = s.0.join("state.json");
+        let path = s.path().join("state.json");
         std::fs::write(&path, "old").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         // A stale temporary file left open to others must not be reused.
@@ -253,7 +246,7 @@ mod tests {
     #[test]
     fn appending_opens_private_files() {
         let s = scratch();
-        let path = s.0.join("journal.log");
+        let path = s.path().join("journal.log");
         std::fs::write(&path, "x\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(open_append(&path, true).unwrap());
@@ -263,16 +256,16 @@ mod tests {
     #[test]
     fn owned_checks_refuse_open_symlinked_and_foreign_paths() {
         let s = scratch();
-        let open = s.0.join("open");
+        let open = s.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = check_owned(&open, true).unwrap_err();
         assert!(err.contains("open") && err.contains("0777"), "{err}");
-        let link = s.0.join("link");
-        std::os::unix::fs::symlink(&s.0, &link).unwrap();
+        let link = s.path().join("link");
+        std::os::unix::fs::symlink(s.path(), &link).unwrap();
         let err = check_owned(&link, true).unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
-        let file = s.0.join("file");
+        let file = s.path().join("file");
         std::fs::write(&file, "x").unwrap();
         let err = check_owned(&file, true).unwrap_err();
         assert!(err.contains("not a directory"), "{err}");
@@ -285,7 +278,7 @@ mod tests {
             );
             return;
         }
-        let theirs = s.0.join("theirs");
+        let theirs = s.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();

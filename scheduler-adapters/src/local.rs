@@ -204,18 +204,27 @@ mod tests {
         })
     }
 
-    fn request(id: &str, argv: &[&str]) -> BlockRequest {
+    /// A directory for a test's block logs, removed on drop.
+    fn log_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("hpfaas-local-")
+            .tempdir()
+            .unwrap()
+    }
+
+    fn request(logs: &tempfile::TempDir, id: &str, argv: &[&str]) -> BlockRequest {
         BlockRequest {
             block_id: id.into(),
             job_name: format!("hpfaas-test-{id}"),
             manager_command: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![("HPFAAS_TEST_VAR".into(), "from env".into())],
-            log_dir: std::env::temp_dir().join(format!("hpfaas-local-{}", std::process::id())),
+            log_dir: logs.path().to_path_buf(),
         }
     }
 
     fn wait_finished(p: &mut LocalProvider, job: &JobId) -> JobState {
-        for _ in 0..500 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             let state = p.status(std::slice::from_ref(job)).unwrap()[job].clone();
             if state.is_finished() {
                 return state;
@@ -227,8 +236,13 @@ mod tests {
 
     #[test]
     fn runs_worker_init_then_the_command_and_reports_exit() {
+        let logs = log_dir();
         let mut p = provider("INIT=ran; export INIT");
-        let req = request("ok", &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""]);
+        let req = request(
+            &logs,
+            "ok",
+            &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""],
+        );
         assert!(p
             .job_script(&req)
             .contains("export HPFAAS_TEST_VAR='from env'"));
@@ -237,7 +251,9 @@ mod tests {
         let log = std::fs::read_to_string(req.log_dir.join("block-ok.log")).unwrap();
         assert_eq!(log.trim(), "ran from env");
 
-        let job = p.submit(&request("bad", &["sh", "-c", "exit 3"])).unwrap();
+        let job = p
+            .submit(&request(&logs, "bad", &["sh", "-c", "exit 3"]))
+            .unwrap();
         assert_eq!(
             wait_finished(&mut p, &job),
             JobState::Failed {
@@ -250,9 +266,11 @@ mod tests {
     /// user and could read it from any of the block's processes.
     #[test]
     fn blocks_do_not_inherit_the_agents_secrets() {
+        let logs = log_dir();
         std::env::set_var("HPFAAS_LOCAL_TEST_TOKEN", "secret-in-agent");
         let mut p = provider("");
         let req = request(
+            &logs,
             "secret",
             &[
                 "sh",
@@ -268,9 +286,14 @@ mod tests {
 
     #[test]
     fn cancel_kills_the_whole_group() {
+        let logs = log_dir();
         let mut p = provider("");
         let job = p
-            .submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"]))
+            .submit(&request(
+                &logs,
+                "long",
+                &["sh", "-c", "sleep 60 & sleep 60"],
+            ))
             .unwrap();
         assert_eq!(
             p.status(std::slice::from_ref(&job)).unwrap()[&job],

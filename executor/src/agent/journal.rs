@@ -399,24 +399,11 @@ mod tests {
     use std::fs::OpenOptions;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    /// A directory removed with everything in it when dropped.
-    struct Scratch(PathBuf);
-    impl std::ops::Deref for Scratch {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("hpfaas-journal-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("hpfaas-journal-")
+            .tempdir()
+            .unwrap()
     }
 
     fn task() -> TaskSpec {
@@ -441,7 +428,7 @@ mod tests {
     #[test]
     fn results_survive_reopen_until_acknowledged() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let (a, b, c) = (task(), task(), task());
         {
             let mut j = Journal::open(&path).unwrap();
@@ -481,7 +468,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_cut_off() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         {
             let mut j = Journal::open(&path).unwrap();
@@ -511,7 +498,7 @@ mod tests {
     #[test]
     fn a_long_file_is_compacted_to_what_is_unacknowledged() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
         j.store_results(&[result(kept)]);
@@ -543,7 +530,7 @@ mod tests {
     #[test]
     fn compaction_writes_a_new_private_file_and_keeps_the_lock() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let kept = Uuid::new_v4();
         j.store_results(&[result(kept)]);
@@ -574,7 +561,7 @@ mod tests {
     #[test]
     fn results_the_file_cannot_take_are_kept_in_memory_until_it_can() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let (a, b) = (task(), task());
         j.accept(vec![a.clone(), b.clone()]);
@@ -616,7 +603,7 @@ mod tests {
     #[test]
     fn results_unacknowledged_for_a_whole_period_are_stale() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let mut j = Journal::open(&path).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         j.store_results(&[result(a)]);
@@ -632,7 +619,7 @@ mod tests {
     #[test]
     fn an_existing_journal_is_made_private() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         std::fs::write(&path, "").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let _j = Journal::open(&path).unwrap();
@@ -651,7 +638,7 @@ mod tests {
             b"{\"result\":{}}\n",
         ] {
             let dir = temp_dir();
-            let path = dir.join("journal.log");
+            let path = dir.path().join("journal.log");
             {
                 let mut j = Journal::open(&path).unwrap();
                 j.store_results(&[result(a)]);
@@ -677,7 +664,7 @@ mod tests {
         let dir = temp_dir();
         let a = Uuid::new_v4();
         {
-            let db = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+            let db = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
             db.execute_batch(
                 "CREATE TABLE functions (id TEXT PRIMARY KEY, code TEXT NOT NULL);
                  CREATE TABLE tasks (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
@@ -691,16 +678,16 @@ mod tests {
             )
             .unwrap();
         }
-        let j = Journal::open(&dir.join("journal.log")).unwrap();
+        let j = Journal::open(&dir.path().join("journal.log")).unwrap();
         assert_eq!(j.outstanding(), 0);
         assert_eq!(j.unacknowledged().unwrap(), vec![result(a)]);
-        assert!(!dir.join("journal.db").exists(), "the old file is gone");
+        assert!(!dir.path().join("journal.db").exists(), "the old file is gone");
     }
 
     #[test]
     fn a_second_opener_is_refused() {
         let dir = temp_dir();
-        let path = dir.join("journal.log");
+        let path = dir.path().join("journal.log");
         let _first = Journal::open(&path).unwrap();
         let err = Journal::open(&path)
             .err()

@@ -390,8 +390,11 @@ mod tests {
 
     #[test]
     fn keys_are_stored_0600_and_reused() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-curve-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-curve-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         let first = load_or_create(&dir).unwrap();
         let mode = std::fs::metadata(endpoint_file(&dir))
             .unwrap()

@@ -298,7 +298,11 @@ mod tests {
     /// fails with a clear error before anything runs.
     #[tokio::test]
     async fn an_injected_launcher_option_fails_the_task() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-mpi-test-{}", uuid::Uuid::new_v4()));
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-mpi-test-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().join("private");
         let marker = dir.join("pwned");
         let settings = MpiSettings::new("mpiexec", "", &dir).unwrap();
         let spec = ShellSpec {

@@ -170,26 +170,24 @@ pub fn bootstrap(runtime_dir: &Path) -> String {
 mod tests {
     use super::*;
 
-    struct Scratch(PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn scratch() -> Scratch {
-        Scratch(std::env::temp_dir().join(format!("hpfaas-rt-test-{}", uuid::Uuid::new_v4())))
+    /// A fresh directory to install under (the test's `base`), removed on drop.
+    fn scratch() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-rt-test-")
+            .tempdir()
+            .unwrap();
+        let base = dir.path().join("base");
+        (dir, base)
     }
 
     #[test]
     fn installs_once_and_completely() {
         use std::os::unix::fs::MetadataExt;
-        let base = scratch();
-        let a = install(&base.0).unwrap();
-        let b = install(&base.0).unwrap();
+        let (_dir, base) = scratch();
+        let a = install(&base).unwrap();
+        let b = install(&base).unwrap();
         assert_eq!(a, b);
-        assert_eq!(std::fs::metadata(&base.0).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&base).unwrap().mode() & 0o777, 0o700);
         for (name, _) in FILES {
             assert!(a.join("hpfaas").join(name).exists(), "{name} missing");
         }
@@ -199,12 +197,12 @@ mod tests {
     /// A runtime of ours that differs (edited, truncated) is rewritten, not used.
     #[test]
     fn a_changed_copy_is_replaced() {
-        let base = scratch();
-        let dir = install(&base.0).unwrap();
+        let (_dir, base) = scratch();
+        let dir = install(&base).unwrap();
         let worker = dir.join("hpfaas").join("worker.py");
         std::fs::write(&worker, "raise SystemExit('planted')\n").unwrap();
         std::fs::remove_file(dir.join("hpfaas").join("mpi.py")).unwrap();
-        assert_eq!(install(&base.0).unwrap(), dir);
+        assert_eq!(install(&base).unwrap(), dir);
         let embedded = FILES.iter().find(|(n, _)| *n == "worker.py").unwrap().1;
         assert_eq!(std::fs::read_to_string(&worker).unwrap(), embedded);
         assert!(dir.join("hpfaas").join("mpi.py").exists());
@@ -222,8 +220,8 @@ mod tests {
             );
             return;
         }
-        let base = scratch();
-        let dir = install(&base.0).unwrap();
+        let (_dir, base) = scratch();
+        let dir = install(&base).unwrap();
         for path in [
             dir.join("hpfaas").join("worker.py"),
             dir.join("hpfaas"),
@@ -231,18 +229,18 @@ mod tests {
         ] {
             std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
         }
-        let err = install(&base.0).unwrap_err();
+        let err = install(&base).unwrap_err();
         assert!(
             err.contains(&dir.display().to_string()) && err.contains("uid 65534"),
             "{err}"
         );
         // A group-writable copy is refused too: someone else may have written it.
-        let base = scratch();
-        let dir = install(&base.0).unwrap();
+        let (_dir, base) = scratch();
+        let dir = install(&base).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let worker = dir.join("hpfaas").join("worker.py");
         std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let err = install(&base.0).unwrap_err();
+        let err = install(&base).unwrap_err();
         assert!(err.contains("worker.py") && err.contains("0664"), "{err}");
     }
 
@@ -258,10 +256,10 @@ mod tests {
             );
             return;
         }
-        let base = scratch();
-        std::fs::create_dir(&base.0).unwrap();
-        std::os::unix::fs::chown(&base.0, Some(65534), Some(65534)).unwrap();
-        let err = install(&base.0).unwrap_err();
+        let (_dir, base) = scratch();
+        std::fs::create_dir(&base).unwrap();
+        std::os::unix::fs::chown(&base, Some(65534), Some(65534)).unwrap();
+        let err = install(&base).unwrap_err();
         assert!(err.contains("uid 65534"), "{err}");
     }
 

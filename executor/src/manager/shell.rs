@@ -492,21 +492,15 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(120));
     }
 
-    struct Scratch(std::path::PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// A caller's keyword arguments are data: whatever they hold, the
     /// command gets them as one word and runs nothing of theirs.
     #[tokio::test]
     async fn injection_attempts_are_inert() {
-        let dir = Scratch(std::env::temp_dir().join(format!("hpfaas-sh-{}", uuid::Uuid::new_v4())));
-        std::fs::create_dir(&dir.0).unwrap();
-        let marker = dir.0.join("pwned");
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-sh-")
+            .tempdir()
+            .unwrap();
+        let marker = dir.path().join("pwned");
         let m = marker.display().to_string();
         for attack in [
             format!("; touch {m}"),
