@@ -11,6 +11,8 @@
 //! The stream re-checks its token when any token is revoked and at every
 //! keep-alive; once the token is revoked it sends one `event: error` with a
 //! JSON `unauthorized` error and ends, and the client's reconnect gets `401`.
+//! When the token cannot be checked (the database fails), the stream ends
+//! all the same: it never goes on unchecked.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -121,10 +123,21 @@ fn revoked_event() -> Event {
     )
 }
 
-/// False once the stream's token is known to be revoked (a failed lookup
-/// keeps the stream; the next check decides).
-async fn token_live(state: &AppState, hash: &str) -> bool {
-    auth::still_valid(state, hash).await.unwrap_or(true)
+/// Whether a stream may go on after re-checking its token.
+enum Recheck {
+    Live,
+    Revoked,
+    /// The lookup failed: the stream ends without an event (failing
+    /// closed), and the client's reconnect is checked like any request.
+    Unchecked(ApiError),
+}
+
+async fn recheck(state: &AppState, hash: &str) -> Recheck {
+    match auth::still_valid(state, hash).await {
+        Ok(true) => Recheck::Live,
+        Ok(false) => Recheck::Revoked,
+        Err(e) => Recheck::Unchecked(e),
+    }
 }
 
 /// Feeds one stream until the client goes away, its token is revoked, or
@@ -186,10 +199,18 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         };
         if check {
             stale = false;
-            if !token_live(&state, &token_hash).await {
-                tracing::info!(%group, "result stream closed: its token was revoked");
-                let _ = tx.send(revoked_event()).await;
-                return;
+            match recheck(&state, &token_hash).await {
+                Recheck::Live => {}
+                Recheck::Revoked => {
+                    tracing::info!(%group, "result stream closed: its token was revoked");
+                    let _ = tx.send(revoked_event()).await;
+                    return;
+                }
+                Recheck::Unchecked(e) => {
+                    tracing::warn!(%group, error = %e.message,
+                        "result stream closed: its token could not be checked");
+                    return;
+                }
             }
         }
     }
