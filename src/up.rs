@@ -23,6 +23,8 @@ pub struct UpArgs {
     /// Endpoint configuration file for the local endpoint (its [engine] keys apply).
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    limits: crate::connection_limits::ConnectionLimits,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -50,11 +52,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.provider.init_blocks = config.provider.init_blocks.max(1);
     config.provider.min_blocks = config.provider.min_blocks.max(1);
 
-    let service = hpfaas_registry::Service::bind(hpfaas_registry::ServiceConfig::new(
-        args.listen,
-        data_dir.clone(),
-    ))
-    .await?;
+    let mut service_config = hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone());
+    args.limits.apply(&mut service_config);
+    let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
     let token = hpfaas_registry::create_token(&data_dir, "local")?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();

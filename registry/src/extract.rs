@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// The raw request body, within the size limit (`413` beyond it).
+/// The raw request body, within the size limit (`413` beyond it) and
+/// received within the body deadline (`408` past it), so a client
+/// trickling its body cannot hold a connection and a buffer for long.
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
@@ -21,7 +23,21 @@ impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        let deadline = state.config.body_read_timeout;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s, the service's limit \
+                         (--body-read-timeout)",
+                        deadline.as_secs_f64()
+                    ),
+                )
+            })?;
+        let bytes = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large(format!(
                     "request body is larger than the limit of {} bytes",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -31,7 +31,7 @@ use crate::db::tasks as db_tasks;
 use crate::db::tasks::TaskRow;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
-use crate::live::ResultEvent;
+use crate::live::{ResultSubscription, StreamSlot};
 use crate::routes::tasks::{mark_fetched, require_group_owner, task_document};
 use crate::state::AppState;
 
@@ -90,8 +90,22 @@ pub async fn stream(
             None => 0,
         },
     };
+    let limit = state.config.max_streams_per_token;
+    let slot = state
+        .live
+        .open_stream(&user.token_hash, limit)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!(
+                    "this token already has {limit} result streams open, the service's limit \
+                     (--max-streams-per-token); close one first"
+                ),
+            )
+        })?;
     // Subscribe before reading anything, so no result falls in between.
-    let notifications = state.live.subscribe_results();
+    let notifications = state.live.subscribe_results(group);
     let revocations = state.revocations.subscribe();
     require_group_owner(&state, &user, group, &raw).await?;
     let (tx, rx) = mpsc::channel(64);
@@ -99,6 +113,7 @@ pub async fn stream(
         notifications,
         revocations,
         token_hash: user.token_hash,
+        _slot: Some(slot),
     };
     tokio::spawn(pump(state, group, last, watch, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -109,10 +124,12 @@ pub async fn stream(
 
 /// What a stream listens to besides its client.
 struct Watch {
-    notifications: broadcast::Receiver<ResultEvent>,
+    notifications: ResultSubscription,
     revocations: watch::Receiver<u64>,
     /// SHA-256 of the token the stream was opened with.
     token_hash: String,
+    /// The stream's place among its token's open streams, held while it runs.
+    _slot: Option<StreamSlot>,
 }
 
 /// The last event of a stream whose token was revoked.
@@ -147,6 +164,7 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         mut notifications,
         mut revocations,
         token_hash,
+        _slot,
     } = watch;
     let mut stale = true;
     let keep_alive = tokio::time::sleep(KEEP_ALIVE);
@@ -268,7 +286,7 @@ mod tests {
     use super::*;
     use crate::db::catalog::{self, EndpointRegistration, FunctionRow};
     use crate::db::tasks::{NewTask, Submission};
-    use crate::live::Live;
+    use crate::live::{Live, ResultEvent};
     use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
 
     /// Stores results for `ids` through the writer and announces them.
@@ -356,9 +374,10 @@ mod tests {
         // A reader that holds one event and reads nothing more.
         let (tx, mut rx) = mpsc::channel(1);
         let watch = Watch {
-            notifications: state.live.subscribe_results(),
+            notifications: state.live.subscribe_results(group),
             revocations: state.revocations.subscribe(),
             token_hash: "unused".into(),
+            _slot: None,
         };
         let pump = tokio::spawn(pump(state.clone(), group, 0, watch, tx));
         let first = rx.recv().await.unwrap();

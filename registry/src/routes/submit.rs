@@ -352,11 +352,30 @@ pub async fn submit(
         let request_hash = key
             .as_ref()
             .map(|_| request_hash(endpoint, &json, with_blobs.then_some(&blobs[..])));
-        Ok((body, key, request_hash, blobs))
+        // Each payload's framing is read here too (for its blob), with the
+        // rest of the body's parsing.
+        let mut rest = blobs;
+        let taken = body
+            .tasks
+            .iter()
+            .map(|(_, payloads)| {
+                payloads
+                    .iter()
+                    .map(|p| take_blob(p, &mut rest, with_blobs))
+                    .collect::<ApiResult<Vec<_>>>()
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        if !rest.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "the body ends with {} bytes of blobs that no task's args name",
+                rest.len()
+            )));
+        }
+        Ok((body, key, request_hash, taken))
     };
     // Parsing and hashing a large body takes milliseconds: off the async
     // thread, which `hpfaas up` shares with the endpoint's agent.
-    let (body, key, request_hash, mut blobs) = if large {
+    let (body, key, request_hash, taken) = if large {
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|e| ApiError::internal(format!("reading the submit failed: {e}")))??
@@ -371,7 +390,7 @@ pub async fn submit(
     let mut seen = HashSet::new();
     let mut new_tasks = Vec::new();
     let mut echo = Map::new();
-    for (key, payloads) in body.tasks {
+    for ((key, payloads), blobs) in body.tasks.into_iter().zip(taken) {
         let function = Uuid::parse_str(&key).map_err(|e| {
             ApiError::bad_request(format!(
                 "invalid function id {key:?} in `tasks`: not a UUID ({e})"
@@ -386,9 +405,8 @@ pub async fn submit(
             functions.push((key.clone(), function));
         }
         let mut ids = Vec::with_capacity(payloads.len());
-        for payload in payloads {
+        for (payload, blob) in payloads.into_iter().zip(blobs) {
             let id = Uuid::new_v4();
-            let blob = take_blob(&payload, &mut blobs, with_blobs)?;
             new_tasks.push(NewTask {
                 id,
                 function,
@@ -399,12 +417,6 @@ pub async fn submit(
             ids.push(id);
         }
         echo.insert(key, json!(ids));
-    }
-    if !blobs.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "the body ends with {} bytes of blobs that no task's args name",
-            blobs.len()
-        )));
     }
     let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
     let answer = json!({
