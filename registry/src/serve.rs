@@ -4,7 +4,8 @@
 //! * at most `max_connections` open at once, agent WebSockets included (the
 //!   slot travels with the socket, through an upgrade); beyond that the
 //!   loop stops accepting, so further connections wait in the kernel's
-//!   accept queue without taking a file descriptor or memory here;
+//!   accept queue without taking a file descriptor or memory here (the cap
+//!   is lowered to fit the open-file limit, if need be);
 //! * a request's headers must arrive within `header_read_timeout`;
 //! * a connection that moves no byte either way for `idle_timeout` is
 //!   dropped (a client that connects and says nothing, or stops reading
@@ -49,11 +50,57 @@ impl Limits {
     /// The limits `config` sets, each at least a sane minimum.
     pub fn of(config: &ServiceConfig) -> Limits {
         Limits {
-            max_connections: config.max_connections.max(1),
+            max_connections: fit_open_files(config.max_connections.max(1)),
             header_read_timeout: config.header_read_timeout.max(Duration::from_millis(10)),
             idle_timeout: config.idle_timeout.max(Duration::from_millis(10)),
         }
     }
+}
+
+/// Descriptors kept for the database, payload files, logs and the
+/// endpoint of `hpfaas up`, beyond one per connection.
+const RESERVED_FILES: u64 = 256;
+
+/// `wanted` connections, fewer if the process may not open that many
+/// files: the soft `RLIMIT_NOFILE` is raised toward the hard one first, so
+/// that the cap, not a failing `accept`, is what stops new connections.
+fn fit_open_files(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return wanted;
+    }
+    let need = (wanted as u64).saturating_add(RESERVED_FILES);
+    if lim.rlim_cur < need && lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: need.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fitted = fit(wanted, lim.rlim_cur);
+    if fitted < wanted {
+        tracing::warn!(
+            wanted,
+            allowed = fitted,
+            open_file_limit = lim.rlim_cur,
+            "--max-connections is above what the open-file limit (ulimit -n) allows; using less"
+        );
+    }
+    fitted
+}
+
+/// `wanted`, at most the open-file limit less [`RESERVED_FILES`] (and at
+/// least one).
+fn fit(wanted: usize, open_files: u64) -> usize {
+    let room = open_files.saturating_sub(RESERVED_FILES).max(1);
+    wanted.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
 /// Serves `router` until `stopping` completes, then stops accepting and
@@ -227,5 +274,27 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        assert_eq!(fit(1024, 20_000), 1024);
+        assert_eq!(fit(1024, 1024), 1024 - 256);
+        assert_eq!(fit(1024, 100), 1);
+        assert!(fit_open_files(usize::MAX / 2) < usize::MAX / 2);
+    }
+
+    #[tokio::test]
+    async fn idleness_is_measured_from_the_last_byte() {
+        let activity = Activity::new();
+        let limit = Duration::from_millis(200);
+        let start = Instant::now();
+        activity.idle_for(limit).await;
+        assert!(start.elapsed() >= limit);
     }
 }
