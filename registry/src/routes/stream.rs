@@ -30,7 +30,7 @@ use crate::auth::{self, User};
 use crate::db::tasks as db_tasks;
 use crate::db::tasks::TaskRow;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_id, IdPath};
+use crate::extract::{excerpt, parse_id, IdPath};
 use crate::live::{ResultSubscription, StreamSlot};
 use crate::routes::tasks::{mark_fetched, require_group_owner, task_document};
 use crate::state::AppState;
@@ -61,8 +61,9 @@ fn parse_last_event_id(raw: &str, source: &str) -> ApiResult<i64> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| {
+            let raw = excerpt(raw);
             ApiError::bad_request(format!(
-                "invalid {source} {raw:?}: expected a non-negative integer (the id of the last event received)"
+                "invalid {source} {raw}: expected a non-negative integer (the id of the last event received)"
             ))
         })
 }
@@ -401,6 +402,22 @@ mod tests {
         assert!(rx.recv().await.is_none(), "the stream ends at shutdown");
         state.db.shutdown().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_last_event_id_of_megabytes_is_refused_in_bounded_time() {
+        for raw in [
+            "9".repeat(8 << 20),
+            " ".repeat(8 << 20),
+            "é".repeat(4 << 20),
+        ] {
+            let start = std::time::Instant::now();
+            match parse_last_event_id(&raw, "h") {
+                Ok(n) => assert!(raw.trim().is_empty() && n == 0),
+                Err(e) => assert!(e.message.len() < 400, "the input echoed back"),
+            }
+            assert!(start.elapsed() < Duration::from_secs(3));
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::db::payload_files::INLINE_MAX;
 use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_id, parse_json_seed, Body, IdPath};
+use crate::extract::{excerpt, parse_id, parse_json_seed, Body, IdPath};
 use crate::state::AppState;
 
 /// The header carrying an idempotency key.
@@ -392,8 +392,9 @@ pub async fn submit(
     let mut echo = Map::new();
     for ((key, payloads), blobs) in body.tasks.into_iter().zip(taken) {
         let function = Uuid::parse_str(&key).map_err(|e| {
+            let key = excerpt(&key);
             ApiError::bad_request(format!(
-                "invalid function id {key:?} in `tasks`: not a UUID ({e})"
+                "invalid function id {key} in `tasks`: not a UUID ({e})"
             ))
         })?;
         if echo.contains_key(&key) {
@@ -516,6 +517,78 @@ pub async fn submit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// Most bytes of one generated body: the default request limit.
+    const LARGE: usize = crate::config::ServiceConfig::DEFAULT_MAX_REQUEST_BYTES;
+
+    /// Bytes of up to [`LARGE`], pieces each repeated many times, so that
+    /// megabytes are cheap to generate.
+    fn large_body(piece: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec((piece, 0usize..400_000), 0..10).prop_map(|parts| {
+            let mut out = Vec::new();
+            for (piece, n) in parts {
+                let room = (LARGE - out.len()) / piece.len().max(1);
+                for _ in 0..n.min(room) {
+                    out.extend_from_slice(&piece);
+                }
+            }
+            out
+        })
+    }
+
+    fn body_piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(br#"{"tasks": {"00000000-0000-0000-0000-000000000000": ["#.to_vec()),
+            Just(br#""4\npb\n5\n0\n0\n","#.to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"0\n".to_vec()),
+            Just(br#"{"a":"#.to_vec()),
+            prop::collection::vec(any::<u8>(), 1..8),
+        ]
+    }
+
+    fn within_bound<T>(what: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let took = start.elapsed();
+        // Seconds where milliseconds are expected: only a blow-up fails.
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|c| c.parse::<u32>().ok())
+                .map_or(40, |c| (c / 50).max(4)),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn submit_bodies_of_megabytes_decode_in_bounded_time(
+            body in large_body(body_piece()),
+            prefix in prop::option::of(0usize..30_000_000),
+        ) {
+            let bytes = match prefix {
+                Some(n) => [format!("{n}\n").into_bytes(), body].concat(),
+                None => body,
+            };
+            let bytes = Bytes::from(bytes);
+            if let Ok((json, mut blobs)) = within_bound("split_blob_body", || split_blob_body(&bytes)) {
+                if let Ok(parsed) = within_bound("parse_submit", || parse_submit(&json, 100_000)) {
+                    within_bound("take_blob", || {
+                        for (_, payloads) in &parsed.tasks {
+                            for p in payloads {
+                                let _ = take_blob(p, &mut blobs, true);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_task_limit_is_enforced_while_parsing() {
