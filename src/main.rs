@@ -2,6 +2,7 @@
 //! `service` and `token` over `hpfaas-registry`, `endpoint` and `manager`
 //! over `hpfaas-executor`, and `up` runs both in one process.
 
+mod connection_limits;
 mod up;
 
 use std::io::IsTerminal;
@@ -57,6 +58,8 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        limits: connection_limits::ConnectionLimits,
     },
     /// Manage API tokens.
     Token {
@@ -293,8 +296,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             tls_cert,
             tls_key,
+            limits,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
+            limits.apply(&mut config);
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;

@@ -30,6 +30,8 @@ pub struct UpArgs {
     /// otherwise only in up.json, which only you can read).
     #[arg(long)]
     print_env: bool,
+    #[command(flatten)]
+    limits: crate::connection_limits::ConnectionLimits,
 }
 
 /// File in the data directory that keeps the owner token between starts.
@@ -69,11 +71,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.provider.init_blocks = config.provider.init_blocks.max(1);
     config.provider.min_blocks = config.provider.min_blocks.max(1);
 
-    let service = hpfaas_registry::Service::bind(hpfaas_registry::ServiceConfig::new(
-        args.listen,
-        data_dir.clone(),
-    ))
-    .await?;
+    let mut service_config = hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone());
+    args.limits.apply(&mut service_config);
+    let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
     let token = owner_token(&data_dir)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();

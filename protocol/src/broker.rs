@@ -156,9 +156,18 @@ pub fn encode_sized<T: Serialize>(msg: &T, capacity: usize) -> Vec<u8> {
     out
 }
 
-/// Parses a MessagePack frame.
+/// Deepest nesting of arrays and maps a MessagePack frame may have. Ours
+/// nest a handful deep; the decoder recurses once per level (also when it
+/// skips an unknown field), so a frame of a million nested arrays must be
+/// refused before it exhausts a thread's stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// Parses a MessagePack frame (any of this crate's), at most [`MAX_DEPTH`]
+/// deep.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    Ok(rmp_serde::from_slice(bytes)?)
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut de)?)
 }
 
 #[cfg(test)]
@@ -235,5 +244,28 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode::<BrokerMessage>(b"\xc1\xff\x00").is_err());
         assert!(decode::<ManagerMessage>(b"").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // A map with an unknown key whose value is a million nested arrays,
+        // on a thread with a small stack: skipping it must not recurse
+        // that deep.
+        let mut frame = vec![0x81, 0xa1, b'x'];
+        frame.extend(std::iter::repeat_n(0x91, 1 << 20));
+        frame.push(0xc0);
+        let decoded = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let b = decode::<BrokerMessage>(&frame).map_err(|e| e.to_string());
+                let f = crate::endpoint::TasksFrame::decode(&frame).map_err(|e| e.to_string());
+                (b, f)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (b, f) = decoded;
+        assert!(b.is_err(), "{b:?}");
+        assert!(f.as_ref().unwrap_err().contains("depth"), "{f:?}");
     }
 }

@@ -144,7 +144,7 @@ impl TasksFrame {
 
     /// Parses a binary frame.
     pub fn decode(bytes: &[u8]) -> Result<TasksFrame, DecodeError> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        crate::broker::decode(bytes)
     }
 }
 

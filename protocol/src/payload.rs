@@ -16,6 +16,12 @@ pub const STRATEGY_JSON: &str = "11\n";
 /// bytes (hpfaas extension; docs/api.md, "Binary arguments").
 pub const STRATEGY_PICKLE_BLOB: &str = "pb\n";
 
+/// Most buffers one packed string may hold. A task's payload has two (args
+/// and kwargs), a function or a result one; the cap bounds what a decoder
+/// allocates for a payload of millions of empty buffers (docs/api.md,
+/// "Limits").
+pub const MAX_BUFFERS: usize = 1024;
+
 /// Error splitting a packed buffer string.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
@@ -34,6 +40,12 @@ pub enum FramingError {
         wanted: usize,
         /// Characters actually left.
         available: usize,
+    },
+    /// More buffers than [`MAX_BUFFERS`].
+    #[error("more than {limit} packed buffers (the limit per payload)")]
+    TooManyBuffers {
+        /// The limit, [`MAX_BUFFERS`].
+        limit: usize,
     },
 }
 
@@ -71,27 +83,23 @@ pub fn blob_length(payload: &str) -> Result<Option<usize>, String> {
     })
 }
 
-/// Splits a packed string into its buffers (inverse of [`pack`]).
+/// Splits a packed string into its buffers (inverse of [`pack`]), at most
+/// [`MAX_BUFFERS`] of them.
+///
+/// Linear in the input: each byte is looked at a bounded number of times,
+/// whatever the lengths announced.
 pub fn unpack(packed: &str) -> Result<Vec<&str>, FramingError> {
     let mut out = Vec::new();
     let mut rest = packed;
     let mut offset = 0;
     while !rest.is_empty() {
+        if out.len() == MAX_BUFFERS {
+            return Err(FramingError::TooManyBuffers { limit: MAX_BUFFERS });
+        }
         let nl = rest.find('\n').ok_or(FramingError::BadLength { offset })?;
-        let len: usize = rest[..nl]
-            .parse()
-            .map_err(|_| FramingError::BadLength { offset })?;
+        let len = parse_length(&rest[..nl]).ok_or(FramingError::BadLength { offset })?;
         let body = &rest[nl + 1..];
-        // Advance `len` characters; ASCII fast path when the byte fits.
-        let end = if body.is_ascii() {
-            (len <= body.len()).then_some(len)
-        } else {
-            body.char_indices()
-                .map(|(i, _)| i)
-                .chain(std::iter::once(body.len()))
-                .nth(len)
-        };
-        let end = end.ok_or(FramingError::Truncated {
+        let end = char_end(body, len).ok_or_else(|| FramingError::Truncated {
             offset,
             wanted: len,
             available: body.chars().count(),
@@ -101,6 +109,34 @@ pub fn unpack(packed: &str) -> Result<Vec<&str>, FramingError> {
         rest = &body[end..];
     }
     Ok(out)
+}
+
+/// A length prefix as [`pack`] writes it: decimal digits, no sign, no
+/// leading zero (so that unpacking and packing again gives the same text).
+fn parse_length(digits: &str) -> Option<usize> {
+    let canonical =
+        digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
+/// Byte offset just past the first `chars` characters of `text`, `None`
+/// if it holds fewer. Looks at no byte beyond that offset.
+fn char_end(text: &str, chars: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let head = &bytes[..chars.min(bytes.len())];
+    // Lengths count characters; in an ASCII prefix that is its byte count.
+    let ascii = head
+        .iter()
+        .position(|b| !b.is_ascii())
+        .unwrap_or(head.len());
+    if ascii == chars {
+        return Some(chars);
+    }
+    text[ascii..]
+        .char_indices()
+        .map(|(i, _)| ascii + i)
+        .chain(std::iter::once(text.len()))
+        .nth(chars - ascii)
 }
 
 /// The 3-character strategy identifier a serialized buffer opens with.
@@ -158,6 +194,34 @@ mod tests {
             unpack("1\na5\nab"),
             Err(FramingError::Truncated { offset: 3, .. })
         ));
+        // Only the lengths `pack` writes: no sign, space or leading zero.
+        for bad in ["+1\na", " 1\na", "01\na", "1 \na", "\na", "-0\n"] {
+            assert_eq!(
+                unpack(bad),
+                Err(FramingError::BadLength { offset: 0 }),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(unpack("0\n1\na"), Ok(vec!["", "a"]));
+    }
+
+    #[test]
+    fn the_buffer_count_is_capped() {
+        let most = "0\n".repeat(MAX_BUFFERS);
+        assert_eq!(unpack(&most).map(|b| b.len()), Ok(MAX_BUFFERS));
+        let err = unpack(&format!("{most}1\nx")).unwrap_err();
+        assert_eq!(err, FramingError::TooManyBuffers { limit: MAX_BUFFERS });
+        assert!(err.to_string().contains("1024"), "{err}");
+    }
+
+    #[test]
+    fn lengths_count_characters_past_a_multibyte_one() {
+        assert_eq!(char_end("aéb", 2), Some(3));
+        assert_eq!(char_end("aéb", 3), Some(4));
+        assert_eq!(char_end("aéb", 4), None);
+        assert_eq!(char_end("ab", 3), None);
+        assert_eq!(char_end("", 0), Some(0));
+        assert_eq!(unpack("2\naé1\nb"), Ok(vec!["aé", "b"]));
     }
 
     #[test]

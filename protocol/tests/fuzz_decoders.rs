@@ -4,9 +4,12 @@
 //!
 //! Each target feeds arbitrary bytes or text and structure-aware mutations of
 //! valid messages; the property is "no panic, and a bad input is an `Err`".
-//! Cases per target: `FUZZ_CASES` (default 2,000).
+//! Cases per target: `FUZZ_CASES` (default 2,000); the targets fed inputs
+//! of megabytes (built from repeated pieces, so generating them is cheap)
+//! run a fiftieth of that, and each decode must stay within a bound that
+//! only a super-linear decoder would pass.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{self, BrokerMessage, ManagerInfo, ManagerMessage};
 use hpfaas_protocol::endpoint::{self, AgentMessage, EndpointReport, ServiceMessage};
@@ -432,5 +435,116 @@ fn check_walltime(t: &TaskSpec) {
             Duration::try_from_secs_f64(w).is_ok(),
             "accepted walltime {w} is not a Duration"
         );
+    }
+}
+
+/// Most bytes of one large input.
+const LARGE: usize = 4 << 20;
+
+/// Generous for a linear pass over [`LARGE`] bytes, unoptimised.
+const LARGE_BOUND: Duration = Duration::from_secs(2);
+
+/// Text of up to [`LARGE`] bytes: pieces, each repeated many times.
+fn large_text(piece: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+    prop::collection::vec((piece, 0usize..300_000), 0..12).prop_map(|parts| {
+        let mut out = String::new();
+        for (piece, n) in parts {
+            let room = (LARGE - out.len()) / piece.len().max(1);
+            out.push_str(&piece.repeat(n.min(room)));
+        }
+        out
+    })
+}
+
+/// Bytes of up to [`LARGE`]: pieces, each repeated many times.
+fn large_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        (prop::collection::vec(any::<u8>(), 1..12), 0usize..300_000),
+        0..12,
+    )
+    .prop_map(|parts| {
+        let mut out = Vec::new();
+        for (piece, n) in parts {
+            let room = (LARGE - out.len()) / piece.len();
+            for _ in 0..n.min(room) {
+                out.extend_from_slice(&piece);
+            }
+        }
+        out
+    })
+}
+
+/// Pieces that look like framing, JSON or nothing in particular.
+fn framing_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0\n".to_string()),
+        Just("1\nx".to_string()),
+        Just("pb\n".to_string()),
+        Just("é".to_string()),
+        "[0-9]{1,3}\n".prop_map(String::from),
+        ".{1,6}",
+    ]
+}
+
+fn json_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("[".to_string()),
+        Just("{\"a\":".to_string()),
+        Just("\"\\u00e9\",".to_string()),
+        Just("1e999,".to_string()),
+        Just("{\"type\":\"tasks\",\"tasks\":[".to_string()),
+        ".{1,6}",
+    ]
+}
+
+fn within_bound<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    assert!(took < LARGE_BOUND, "{what} took {took:?}");
+    out
+}
+
+fn large_config() -> ProptestConfig {
+    let mut c = config();
+    c.cases = (c.cases / 50).max(4);
+    c
+}
+
+proptest! {
+    #![proptest_config(large_config())]
+
+    #[test]
+    fn unpack_megabytes(text in large_text(framing_piece()), prefix in "(4\npb\n5)?") {
+        let text = format!("{prefix}{text}");
+        if let Ok(bufs) = within_bound("unpack", || payload::unpack(&text)) {
+            prop_assert!(bufs.len() <= payload::MAX_BUFFERS);
+            prop_assert_eq!(payload::pack(&bufs), text.as_str());
+        }
+        let _ = within_bound("blob_length", || payload::blob_length(&text));
+        let _ = within_bound("is_mpi_function", || mpi::is_mpi_function(&text));
+    }
+
+    #[test]
+    fn json_frames_megabytes(text in large_text(json_piece())) {
+        let _ = within_bound("AgentMessage", || endpoint::from_json::<AgentMessage>(&text));
+        let _ = within_bound("ServiceMessage", || endpoint::from_json::<ServiceMessage>(&text));
+        let _ = within_bound("MpiRequest", || MpiRequest::parse(Some(&text)));
+        let spec = TaskSpec {
+            task_id: Uuid::nil(),
+            function_id: Uuid::nil(),
+            payload: String::new(),
+            blob: None,
+            result_serializers: vec![],
+            resource_spec: Some(text),
+        };
+        within_bound("walltime", || check_walltime(&spec));
+    }
+
+    #[test]
+    fn msgpack_frames_megabytes(bytes in large_bytes()) {
+        let _ = within_bound("BrokerMessage", || broker::decode::<BrokerMessage>(&bytes));
+        let _ = within_bound("ManagerMessage", || broker::decode::<ManagerMessage>(&bytes));
+        let _ = within_bound("TasksFrame", || endpoint::TasksFrame::decode(&bytes));
     }
 }

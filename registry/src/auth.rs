@@ -137,7 +137,10 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// True if the token with this SHA-256 is still live, for long-lived
-/// connections that re-check after a revocation.
+/// connections that re-check after a revocation. An error means the token
+/// could not be checked: the caller closes its connection then too (fails
+/// closed), as a request would be refused; the client reconnects, and its
+/// new request is checked afresh.
 pub async fn still_valid(state: &AppState, hash: &str) -> ApiResult<bool> {
     let lookup = hash.to_string();
     let found = state

@@ -45,6 +45,20 @@ pub struct ServiceConfig {
     pub heartbeat_period: f64,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Most connections open at once (agent WebSockets included); further
+    /// ones wait in the kernel's accept queue, taking nothing here.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time of its first byte,
+    /// or the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte either way for this long is closed
+    /// (result streams send a keep-alive every 15 s; agent links are ruled
+    /// by their heartbeats instead).
+    pub idle_timeout: Duration,
+    /// A request's body must arrive within this time, else `408`.
+    pub body_read_timeout: Duration,
+    /// Most result streams open at once with one token; more get `429`.
+    pub max_streams_per_token: usize,
 }
 
 impl ServiceConfig {
@@ -64,6 +78,16 @@ impl ServiceConfig {
     pub const DEFAULT_REVOCATION_POLL: Duration = Duration::from_secs(1);
     /// Default heartbeat period, seconds.
     pub const DEFAULT_HEARTBEAT_PERIOD: f64 = 2.0;
+    /// Default most open connections.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Default time to send a request's headers.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default silence after which a connection is closed.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default time to send a request's body.
+    pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default most open result streams per token.
+    pub const DEFAULT_MAX_STREAMS_PER_TOKEN: usize = 64;
 
     /// A configuration with default limits.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
@@ -79,6 +103,11 @@ impl ServiceConfig {
             revocation_poll: Self::DEFAULT_REVOCATION_POLL,
             heartbeat_period: Self::DEFAULT_HEARTBEAT_PERIOD,
             tls: None,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
+            max_streams_per_token: Self::DEFAULT_MAX_STREAMS_PER_TOKEN,
         }
     }
 

@@ -472,6 +472,25 @@ struct Link<'a> {
     out: &'a mpsc::Sender<Message>,
 }
 
+/// The close of a link whose credential could not be re-checked: failing
+/// closed, the agent reconnects and is checked like a new connection.
+fn unchecked(e: &ApiError) -> End {
+    tracing::warn!(error = %e.message, "endpoint link closed: its credential could not be checked");
+    End::Close(
+        close_code::AGAIN,
+        "the endpoint's credential could not be checked; reconnect later".into(),
+    )
+}
+
+/// Re-checks the link's credential; `Some` ends the link.
+async fn recheck(state: &AppState, credential: &str) -> Option<End> {
+    match auth::still_valid(state, credential).await {
+        Ok(true) => None,
+        Ok(false) => Some(revoked()),
+        Err(e) => Some(unchecked(&e)),
+    }
+}
+
 fn revoked() -> End {
     End::Close(
         close_code::POLICY,
@@ -492,20 +511,16 @@ async fn receive_loop(
     // A revocation between the credential check and the subscription is
     // caught here.
     revocations.mark_unchanged();
-    if !auth::still_valid(state, link.credential)
-        .await
-        .unwrap_or(true)
-    {
-        return revoked();
+    if let Some(end) = recheck(state, link.credential).await {
+        return end;
     }
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(silence, stream.next()) => next,
             _ = link.claim.kicked() => return revoked(),
             _ = crate::revocation::next(&mut revocations) => {
-                // A failed lookup keeps the link: the next request decides.
-                if !auth::still_valid(state, link.credential).await.unwrap_or(true) {
-                    return revoked();
+                if let Some(end) = recheck(state, link.credential).await {
+                    return end;
                 }
                 continue;
             }

@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// The raw request body, within the size limit (`413` beyond it).
+/// The raw request body, within the size limit (`413` beyond it) and
+/// received within the body deadline (`408` past it), so a client
+/// trickling its body cannot hold a connection and a buffer for long.
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
@@ -21,7 +23,21 @@ impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        let deadline = state.config.body_read_timeout;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s, the service's limit \
+                         (--body-read-timeout)",
+                        deadline.as_secs_f64()
+                    ),
+                )
+            })?;
+        let bytes = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large(format!(
                     "request body is larger than the limit of {} bytes",
@@ -102,8 +118,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 
 /// Parses an id of the given kind (e.g. "task"), naming it on error.
 pub fn parse_id(kind: &str, raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw)
-        .map_err(|e| ApiError::bad_request(format!("invalid {kind} id {raw:?}: not a UUID ({e})")))
+    Uuid::parse_str(raw).map_err(|e| {
+        let raw = excerpt(raw);
+        ApiError::bad_request(format!("invalid {kind} id {raw}: not a UUID ({e})"))
+    })
+}
+
+/// Characters of a client's input quoted back in an error message.
+const EXCERPT_CHARS: usize = 64;
+
+/// `raw` quoted for an error message, cut after [`EXCERPT_CHARS`]
+/// characters, so that refusing a huge input does not echo it back.
+pub fn excerpt(raw: &str) -> String {
+    match raw.char_indices().nth(EXCERPT_CHARS) {
+        None => format!("{raw:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &raw[..cut], raw.len()),
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +162,14 @@ mod tests {
             .unwrap_err()
             .message
             .contains("empty"));
+    }
+
+    #[test]
+    fn long_input_is_cut_in_error_messages() {
+        let e = parse_id("task", &"é".repeat(100_000)).unwrap_err();
+        assert!(e.message.len() < 400, "{}", e.message);
+        assert!(e.message.contains("200000 bytes"), "{}", e.message);
+        assert_eq!(excerpt("abc"), "\"abc\"");
     }
 
     #[test]

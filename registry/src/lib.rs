@@ -14,6 +14,8 @@
 //! * [`routes`]: the route table, the handlers, and `/openapi.json`.
 //! * [`endpoint_link`]: one endpoint agent's WebSocket connection.
 //! * [`purge`]: result expiry and retention, periodically.
+//! * [`serve`]: accepting connections, with the connection cap and the
+//!   header and idle timeouts.
 //! * [`tls`]: serving HTTPS.
 //!
 //! The CLI's `hpfaas service`, `hpfaas token ...` and `hpfaas up` are thin
@@ -31,16 +33,16 @@ pub mod live;
 pub mod purge;
 pub mod revocation;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod tls;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -71,9 +73,8 @@ impl Service {
             db::Db::open(&path).with_context(|| format!("opening database {}", path.display()))
         })
         .await??;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (stop, shutdown) = watch::channel(false);
         let state = AppState::new(db, config, shutdown);
@@ -119,36 +120,18 @@ impl Service {
         let stopping = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
-        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-            Some(acceptor) => Box::pin(async move {
-                tls::serve(listener, acceptor, router, stopping).await;
-                Ok(())
-            }),
-            None => {
-                let listener = listener.tap_io(|tcp| {
-                    // Small frames (acks, single results) must not wait for Nagle.
-                    let _ = tcp.set_nodelay(true);
-                });
-                Box::pin(
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopping)
-                        .into_future(),
-                )
-            }
-        };
+        let limits = serve::Limits::of(&state.config);
+        let serve = serve::serve(listener, tls, router, limits, stopping);
         tokio::pin!(serve);
         let result = tokio::select! {
-            r = &mut serve => r,
+            () = &mut serve => Ok::<(), std::io::Error>(()),
             _ = shutdown => {
                 tracing::info!("hpfaas service shutting down");
                 stop.send_replace(true);
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!("open HTTP connections did not finish in time; dropping them");
-                        Ok(())
-                    }
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.is_err() {
+                    tracing::warn!("open HTTP connections did not finish in time; dropping them");
                 }
+                Ok(())
             }
         };
         stop.send_replace(true);
@@ -161,6 +144,23 @@ impl Service {
         tracing::info!("hpfaas service stopped");
         result.context("serving HTTP")
     }
+}
+
+/// Connections the kernel holds for the service while it has
+/// `max_connections` open (capped by `net.core.somaxconn`); beyond them a
+/// client's connect waits on its own retries.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds `addr` with room for [`ACCEPT_BACKLOG`] waiting connections.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Creates the data directory, readable only by its owner when new.

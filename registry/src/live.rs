@@ -1,7 +1,9 @@
 //! In-memory state that is not worth a database row: which endpoints have a
 //! live agent (and what it last reported), the per-endpoint wake-ups that
-//! tell an agent's link new tasks were committed, and the notifications that
-//! tell result streams a result was stored.
+//! tell an agent's link new tasks were committed, the notifications that
+//! tell result streams a result was stored (one channel per task group, so
+//! a result wakes only the streams of its group), and how many result
+//! streams each token holds open.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +29,9 @@ pub struct ResultEvent {
 }
 
 /// How many result notifications a slow stream may fall behind before it
-/// re-reads from the database instead.
-const RESULT_CHANNEL_CAPACITY: usize = 4096;
+/// re-reads from the database instead. Each group with an open stream
+/// holds a channel of this many slots.
+const RESULT_CHANNEL_CAPACITY: usize = 256;
 
 /// What is known about an endpoint's agent connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,8 +59,18 @@ struct Slot {
 /// Shared live state of the service.
 pub struct Live {
     endpoints: Mutex<HashMap<Uuid, Slot>>,
-    results: broadcast::Sender<ResultEvent>,
+    /// Result notifications of each task group that has a stream open.
+    results: Mutex<HashMap<Uuid, broadcast::Sender<ResultEvent>>>,
+    result_capacity: usize,
+    /// Open result streams per token (SHA-256), only those with one.
+    streams: Mutex<HashMap<String, usize>>,
     next_conn: AtomicU64,
+}
+
+/// Locks `m`; nothing under these locks can panic halfway, so a poisoned
+/// lock is recovered.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for Live {
@@ -71,14 +84,15 @@ impl Live {
     pub(crate) fn with_result_capacity(capacity: usize) -> Live {
         Live {
             endpoints: Mutex::new(HashMap::new()),
-            results: broadcast::channel(capacity).0,
+            results: Mutex::new(HashMap::new()),
+            result_capacity: capacity.max(1),
+            streams: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<Uuid, Slot>> {
-        // Nothing under this lock can panic halfway; recover from poisoning.
-        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.endpoints)
     }
 
     /// Marks `endpoint` connected from `host`/`pid`; if another agent holds
@@ -147,15 +161,91 @@ impl Live {
         }
     }
 
-    /// Announces a stored result to the result streams.
+    /// Announces a stored result to the result streams of its group.
     pub fn publish_result(&self, event: ResultEvent) {
-        // No subscriber is not an error: nobody is streaming that group.
-        let _ = self.results.send(event);
+        // No channel: nobody is streaming that group.
+        if let Some(tx) = lock(&self.results).get(&event.group) {
+            let _ = tx.send(event);
+        }
     }
 
-    /// Subscribes to stored-result notifications.
-    pub fn subscribe_results(&self) -> broadcast::Receiver<ResultEvent> {
-        self.results.subscribe()
+    /// Subscribes to the stored-result notifications of `group`.
+    pub fn subscribe_results(self: &Arc<Self>, group: Uuid) -> ResultSubscription {
+        let mut groups = lock(&self.results);
+        let rx = match groups.get(&group) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(self.result_capacity);
+                groups.insert(group, tx);
+                rx
+            }
+        };
+        ResultSubscription {
+            rx,
+            group,
+            live: self.clone(),
+        }
+    }
+
+    /// Counts a result stream opened with the token of this SHA-256, or
+    /// `None` if it already holds `limit` open.
+    pub fn open_stream(self: &Arc<Self>, token_hash: &str, limit: usize) -> Option<StreamSlot> {
+        let mut streams = lock(&self.streams);
+        let open = streams.entry(token_hash.to_string()).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(StreamSlot {
+            live: self.clone(),
+            token_hash: token_hash.to_string(),
+        })
+    }
+}
+
+/// A result stream's notifications; the group's channel goes when its last
+/// subscription does.
+pub struct ResultSubscription {
+    rx: broadcast::Receiver<ResultEvent>,
+    group: Uuid,
+    live: Arc<Live>,
+}
+
+impl ResultSubscription {
+    /// The next notification of the group.
+    pub async fn recv(&mut self) -> Result<ResultEvent, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for ResultSubscription {
+    fn drop(&mut self) {
+        let mut groups = lock(&self.live.results);
+        // This subscription's receiver is the last one left.
+        if groups
+            .get(&self.group)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            groups.remove(&self.group);
+        }
+    }
+}
+
+/// One open result stream of a token; dropping it frees the place.
+pub struct StreamSlot {
+    live: Arc<Live>,
+    token_hash: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = lock(&self.live.streams);
+        if let Some(open) = streams.get_mut(&self.token_hash) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.token_hash);
+            }
+        }
     }
 }
 
@@ -230,5 +320,50 @@ mod tests {
         assert!(!online);
         assert_eq!(details.unwrap().host, "login1");
         assert!(live.claim(ep, "login2", 22).is_ok());
+    }
+
+    fn event(group: Uuid, seq: i64) -> ResultEvent {
+        ResultEvent {
+            group,
+            seq,
+            row: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_wakes_only_the_streams_of_its_group() {
+        let live = Arc::new(Live::default());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut on_a = live.subscribe_results(a);
+        let mut also_on_a = live.subscribe_results(a);
+        let mut on_b = live.subscribe_results(b);
+        live.publish_result(event(b, 1));
+        live.publish_result(event(a, 2));
+        assert_eq!(on_a.recv().await.unwrap().seq, 2);
+        assert_eq!(also_on_a.recv().await.unwrap().seq, 2);
+        assert_eq!(on_b.recv().await.unwrap().seq, 1);
+        assert!(
+            on_a.rx.is_empty() && on_b.rx.is_empty(),
+            "woken by another group"
+        );
+        // A group's channel lives as long as its streams.
+        drop(on_a);
+        assert_eq!(lock(&live.results).len(), 2);
+        drop(also_on_a);
+        drop(on_b);
+        assert!(lock(&live.results).is_empty());
+        live.publish_result(event(a, 3));
+    }
+
+    #[test]
+    fn open_streams_are_counted_per_token() {
+        let live = Arc::new(Live::default());
+        let held: Vec<StreamSlot> = (0..3).map(|_| live.open_stream("t1", 3).unwrap()).collect();
+        assert!(live.open_stream("t1", 3).is_none());
+        let other = live.open_stream("t2", 3).unwrap();
+        drop(held);
+        assert!(live.open_stream("t1", 3).is_some());
+        drop(other);
+        assert!(lock(&live.streams).is_empty());
     }
 }

@@ -1,22 +1,18 @@
 //! HTTPS: `--tls-cert`/`--tls-key` (PEM files) turn the listener into a
-//! TLS one (rustls on ring). Each accepted connection is handshaked, then
-//! served by hyper with upgrades, so REST, result streams and the agents'
-//! WebSocket (`wss://`) all work as over plain HTTP. ALPN offers only
-//! HTTP/1.1, which is what the WebSocket upgrade needs.
+//! TLS one (rustls on ring). Each accepted connection ([`crate::serve`]) is
+//! handshaked here, then served by hyper with upgrades, so REST, result
+//! streams and the agents' WebSocket (`wss://`) all work as over plain
+//! HTTP. ALPN offers only HTTP/1.1, which is what the WebSocket upgrade
+//! needs.
 
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
@@ -60,55 +56,25 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `router` over TLS until `stopping` completes, then stops
-/// accepting and lets open connections finish (the caller bounds that).
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    stopping: impl Future<Output = ()> + Send,
-) {
-    let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new()).http1_only();
-    tokio::pin!(stopping);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, go on.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut stopping => break,
-        };
-        // Small frames (acks, single results) must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, router, builder) = (acceptor.clone(), router.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(router);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-            }
-        });
+/// The TLS side of a new connection, `None` (logged) if the client's
+/// handshake fails or takes longer than [`HANDSHAKE_TIMEOUT`].
+pub(crate) async fn handshake<I>(
+    acceptor: &TlsAcceptor,
+    io: I,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
 }

@@ -681,7 +681,10 @@ mod tests {
         let j = Journal::open(&dir.path().join("journal.log")).unwrap();
         assert_eq!(j.outstanding(), 0);
         assert_eq!(j.unacknowledged().unwrap(), vec![result(a)]);
-        assert!(!dir.path().join("journal.db").exists(), "the old file is gone");
+        assert!(
+            !dir.path().join("journal.db").exists(),
+            "the old file is gone"
+        );
     }
 
     #[test]

@@ -40,7 +40,12 @@ fn json_refusal(packed: &str) -> Option<ExceptionInfo> {
         .iter()
         .enumerate()
         .find(|(_, b)| !b.starts_with(STRATEGY_JSON))?;
-    let strategy = payload::strategy_of(buffer).unwrap_or(&buffer[..buffer.len().min(3)]);
+    // The first characters, not bytes: a user's payload may cut a
+    // multi-byte character at byte 3.
+    let strategy: String = match payload::strategy_of(buffer) {
+        Some(s) => s.to_string(),
+        None => buffer.chars().take(3).collect(),
+    };
     value_error(format!(
         "this endpoint accepts only JSON-serialized arguments (endpoint.json_only), \
          but buffer {i} of the task's payload uses strategy {strategy:?}, not \"11\\n\" (JSON)"
@@ -105,5 +110,17 @@ mod tests {
         let e = refusal(&only_other, &t).expect("not allowed");
         assert_eq!(e.exc_type, FUNCTION_NOT_ALLOWED);
         assert!(e.message.contains(&t.function_id.to_string()));
+    }
+
+    #[test]
+    fn a_strategy_cut_inside_a_character_is_named_not_a_panic() {
+        let strict = EndpointSection {
+            json_only: true,
+            ..Default::default()
+        };
+        for buffer in ["aaé", "é", "a€"] {
+            let e = refusal(&strict, &task(&payload::pack(&[buffer]))).expect("refused");
+            assert!(e.message.contains("buffer 0"), "{}", e.message);
+        }
     }
 }

@@ -11,13 +11,15 @@
 //! The stream re-checks its token when any token is revoked and at every
 //! keep-alive; once the token is revoked it sends one `event: error` with a
 //! JSON `unauthorized` error and ends, and the client's reconnect gets `401`.
+//! When the token cannot be checked (the database fails), the stream ends
+//! all the same: it never goes on unchecked.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -28,8 +30,8 @@ use crate::auth::{self, User};
 use crate::db::tasks as db_tasks;
 use crate::db::tasks::TaskRow;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_id, IdPath};
-use crate::live::ResultEvent;
+use crate::extract::{excerpt, parse_id, IdPath};
+use crate::live::{ResultSubscription, StreamSlot};
 use crate::routes::tasks::{mark_fetched, require_group_owner, task_document};
 use crate::state::AppState;
 
@@ -59,8 +61,9 @@ fn parse_last_event_id(raw: &str, source: &str) -> ApiResult<i64> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| {
+            let raw = excerpt(raw);
             ApiError::bad_request(format!(
-                "invalid {source} {raw:?}: expected a non-negative integer (the id of the last event received)"
+                "invalid {source} {raw}: expected a non-negative integer (the id of the last event received)"
             ))
         })
 }
@@ -88,8 +91,22 @@ pub async fn stream(
             None => 0,
         },
     };
+    let limit = state.config.max_streams_per_token;
+    let slot = state
+        .live
+        .open_stream(&user.token_hash, limit)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!(
+                    "this token already has {limit} result streams open, the service's limit \
+                     (--max-streams-per-token); close one first"
+                ),
+            )
+        })?;
     // Subscribe before reading anything, so no result falls in between.
-    let notifications = state.live.subscribe_results();
+    let notifications = state.live.subscribe_results(group);
     let revocations = state.revocations.subscribe();
     require_group_owner(&state, &user, group, &raw).await?;
     let (tx, rx) = mpsc::channel(64);
@@ -97,6 +114,7 @@ pub async fn stream(
         notifications,
         revocations,
         token_hash: user.token_hash,
+        _slot: Some(slot),
     };
     tokio::spawn(pump(state, group, last, watch, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -107,10 +125,12 @@ pub async fn stream(
 
 /// What a stream listens to besides its client.
 struct Watch {
-    notifications: broadcast::Receiver<ResultEvent>,
+    notifications: ResultSubscription,
     revocations: watch::Receiver<u64>,
     /// SHA-256 of the token the stream was opened with.
     token_hash: String,
+    /// The stream's place among its token's open streams, held while it runs.
+    _slot: Option<StreamSlot>,
 }
 
 /// The last event of a stream whose token was revoked.
@@ -121,10 +141,21 @@ fn revoked_event() -> Event {
     )
 }
 
-/// False once the stream's token is known to be revoked (a failed lookup
-/// keeps the stream; the next check decides).
-async fn token_live(state: &AppState, hash: &str) -> bool {
-    auth::still_valid(state, hash).await.unwrap_or(true)
+/// Whether a stream may go on after re-checking its token.
+enum Recheck {
+    Live,
+    Revoked,
+    /// The lookup failed: the stream ends without an event (failing
+    /// closed), and the client's reconnect is checked like any request.
+    Unchecked(ApiError),
+}
+
+async fn recheck(state: &AppState, hash: &str) -> Recheck {
+    match auth::still_valid(state, hash).await {
+        Ok(true) => Recheck::Live,
+        Ok(false) => Recheck::Revoked,
+        Err(e) => Recheck::Unchecked(e),
+    }
 }
 
 /// Feeds one stream until the client goes away, its token is revoked, or
@@ -134,6 +165,7 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         mut notifications,
         mut revocations,
         token_hash,
+        _slot,
     } = watch;
     let mut stale = true;
     let keep_alive = tokio::time::sleep(KEEP_ALIVE);
@@ -186,10 +218,18 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         };
         if check {
             stale = false;
-            if !token_live(&state, &token_hash).await {
-                tracing::info!(%group, "result stream closed: its token was revoked");
-                let _ = tx.send(revoked_event()).await;
-                return;
+            match recheck(&state, &token_hash).await {
+                Recheck::Live => {}
+                Recheck::Revoked => {
+                    tracing::info!(%group, "result stream closed: its token was revoked");
+                    let _ = tx.send(revoked_event()).await;
+                    return;
+                }
+                Recheck::Unchecked(e) => {
+                    tracing::warn!(%group, error = %e.message,
+                        "result stream closed: its token could not be checked");
+                    return;
+                }
             }
         }
     }
@@ -247,7 +287,7 @@ mod tests {
     use super::*;
     use crate::db::catalog::{self, EndpointRegistration, FunctionRow};
     use crate::db::tasks::{NewTask, Submission};
-    use crate::live::Live;
+    use crate::live::{Live, ResultEvent};
     use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
 
     /// Stores results for `ids` through the writer and announces them.
@@ -335,9 +375,10 @@ mod tests {
         // A reader that holds one event and reads nothing more.
         let (tx, mut rx) = mpsc::channel(1);
         let watch = Watch {
-            notifications: state.live.subscribe_results(),
+            notifications: state.live.subscribe_results(group),
             revocations: state.revocations.subscribe(),
             token_hash: "unused".into(),
+            _slot: None,
         };
         let pump = tokio::spawn(pump(state.clone(), group, 0, watch, tx));
         let first = rx.recv().await.unwrap();
@@ -361,6 +402,22 @@ mod tests {
         assert!(rx.recv().await.is_none(), "the stream ends at shutdown");
         state.db.shutdown().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_last_event_id_of_megabytes_is_refused_in_bounded_time() {
+        for raw in [
+            "9".repeat(8 << 20),
+            " ".repeat(8 << 20),
+            "é".repeat(4 << 20),
+        ] {
+            let start = std::time::Instant::now();
+            match parse_last_event_id(&raw, "h") {
+                Ok(n) => assert!(raw.trim().is_empty() && n == 0),
+                Err(e) => assert!(e.message.len() < 400, "the input echoed back"),
+            }
+            assert!(start.elapsed() < Duration::from_secs(3));
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::db::payload_files::INLINE_MAX;
 use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_id, parse_json_seed, Body, IdPath};
+use crate::extract::{excerpt, parse_id, parse_json_seed, Body, IdPath};
 use crate::state::AppState;
 
 /// The header carrying an idempotency key.
@@ -352,11 +352,30 @@ pub async fn submit(
         let request_hash = key
             .as_ref()
             .map(|_| request_hash(endpoint, &json, with_blobs.then_some(&blobs[..])));
-        Ok((body, key, request_hash, blobs))
+        // Each payload's framing is read here too (for its blob), with the
+        // rest of the body's parsing.
+        let mut rest = blobs;
+        let taken = body
+            .tasks
+            .iter()
+            .map(|(_, payloads)| {
+                payloads
+                    .iter()
+                    .map(|p| take_blob(p, &mut rest, with_blobs))
+                    .collect::<ApiResult<Vec<_>>>()
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        if !rest.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "the body ends with {} bytes of blobs that no task's args name",
+                rest.len()
+            )));
+        }
+        Ok((body, key, request_hash, taken))
     };
     // Parsing and hashing a large body takes milliseconds: off the async
     // thread, which `hpfaas up` shares with the endpoint's agent.
-    let (body, key, request_hash, mut blobs) = if large {
+    let (body, key, request_hash, taken) = if large {
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|e| ApiError::internal(format!("reading the submit failed: {e}")))??
@@ -371,10 +390,11 @@ pub async fn submit(
     let mut seen = HashSet::new();
     let mut new_tasks = Vec::new();
     let mut echo = Map::new();
-    for (key, payloads) in body.tasks {
+    for ((key, payloads), blobs) in body.tasks.into_iter().zip(taken) {
         let function = Uuid::parse_str(&key).map_err(|e| {
+            let key = excerpt(&key);
             ApiError::bad_request(format!(
-                "invalid function id {key:?} in `tasks`: not a UUID ({e})"
+                "invalid function id {key} in `tasks`: not a UUID ({e})"
             ))
         })?;
         if echo.contains_key(&key) {
@@ -386,9 +406,8 @@ pub async fn submit(
             functions.push((key.clone(), function));
         }
         let mut ids = Vec::with_capacity(payloads.len());
-        for payload in payloads {
+        for (payload, blob) in payloads.into_iter().zip(blobs) {
             let id = Uuid::new_v4();
-            let blob = take_blob(&payload, &mut blobs, with_blobs)?;
             new_tasks.push(NewTask {
                 id,
                 function,
@@ -399,12 +418,6 @@ pub async fn submit(
             ids.push(id);
         }
         echo.insert(key, json!(ids));
-    }
-    if !blobs.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "the body ends with {} bytes of blobs that no task's args name",
-            blobs.len()
-        )));
     }
     let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
     let answer = json!({
@@ -502,6 +515,78 @@ pub async fn submit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// Most bytes of one generated body: the default request limit.
+    const LARGE: usize = crate::config::ServiceConfig::DEFAULT_MAX_REQUEST_BYTES;
+
+    /// Bytes of up to [`LARGE`], pieces each repeated many times, so that
+    /// megabytes are cheap to generate.
+    fn large_body(piece: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec((piece, 0usize..400_000), 0..10).prop_map(|parts| {
+            let mut out = Vec::new();
+            for (piece, n) in parts {
+                let room = (LARGE - out.len()) / piece.len().max(1);
+                for _ in 0..n.min(room) {
+                    out.extend_from_slice(&piece);
+                }
+            }
+            out
+        })
+    }
+
+    fn body_piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(br#"{"tasks": {"00000000-0000-0000-0000-000000000000": ["#.to_vec()),
+            Just(br#""4\npb\n5\n0\n0\n","#.to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"0\n".to_vec()),
+            Just(br#"{"a":"#.to_vec()),
+            prop::collection::vec(any::<u8>(), 1..8),
+        ]
+    }
+
+    fn within_bound<T>(what: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let took = start.elapsed();
+        // Seconds where milliseconds are expected: only a blow-up fails.
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("FUZZ_CASES").ok().and_then(|c| c.parse::<u32>().ok())
+                .map_or(40, |c| (c / 50).max(4)),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn submit_bodies_of_megabytes_decode_in_bounded_time(
+            body in large_body(body_piece()),
+            prefix in prop::option::of(0usize..30_000_000),
+        ) {
+            let bytes = match prefix {
+                Some(n) => [format!("{n}\n").into_bytes(), body].concat(),
+                None => body,
+            };
+            let bytes = Bytes::from(bytes);
+            if let Ok((json, mut blobs)) = within_bound("split_blob_body", || split_blob_body(&bytes)) {
+                if let Ok(parsed) = within_bound("parse_submit", || parse_submit(&json, 100_000)) {
+                    within_bound("take_blob", || {
+                        for (_, payloads) in &parsed.tasks {
+                            for p in payloads {
+                                let _ = take_blob(p, &mut blobs, true);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_task_limit_is_enforced_while_parsing() {
