@@ -553,8 +553,10 @@ async fn receive_loop(
     }
 }
 
-fn shutting_down(_: ApiError) -> End {
-    End::Close(close_code::AWAY, "the service is shutting down".into())
+/// The writer refused a job: it is stopping, or broken (a failed sync);
+/// the agent reconnects later and gets the reason meanwhile.
+fn shutting_down(e: ApiError) -> End {
+    End::Close(close_code::AWAY, e.message)
 }
 
 /// Longest exception type name kept, bytes.
