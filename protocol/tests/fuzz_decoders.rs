@@ -156,12 +156,22 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
 
 fn service_message() -> impl Strategy<Value = ServiceMessage> {
     prop_oneof![
-        (any::<u32>(), dyadic()).prop_map(|(version, heartbeat_period)| {
-            ServiceMessage::Welcome {
-                version,
-                heartbeat_period,
-            }
-        }),
+        (
+            any::<u32>(),
+            dyadic(),
+            any::<Option<u64>>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(
+                |(version, heartbeat_period, max_result_bytes, max_message_bytes)| {
+                    ServiceMessage::Welcome {
+                        version,
+                        heartbeat_period,
+                        max_result_bytes,
+                        max_message_bytes,
+                    }
+                }
+            ),
         ".{0,20}".prop_map(|reason| ServiceMessage::Refused { reason }),
         (
             prop::collection::vec(function_code(), 0..2),

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::endpoint::{cap_results, from_json, to_json, AgentMessage, ServiceMessage};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult, TaskState};
 use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -41,8 +41,20 @@ use crate::extract::{parse_id, IdPath};
 use crate::live::{Claim, ResultEvent};
 use crate::state::AppState;
 
-/// Largest WebSocket message accepted (tungstenite's default is 16 MiB).
+/// Largest WebSocket message accepted, unless results may be larger
+/// (tungstenite's default is 16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest WebSocket message accepted: room for one result of
+/// `--max-result-bytes`, JSON-escaped, whatever that limit is.
+fn max_message_bytes(config: &crate::config::ServiceConfig) -> usize {
+    MAX_MESSAGE_BYTES.max(
+        config
+            .max_result_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20),
+    )
+}
 /// Most tasks in one `Tasks` frame.
 pub const PAGE_TASKS: usize = 2000;
 /// Rough byte cap of one `Tasks` frame, far below [`MAX_MESSAGE_BYTES`].
@@ -93,9 +105,10 @@ pub async fn connect(
             format!("expected a WebSocket upgrade: {}", rej.body_text()),
         )
     })?;
+    let max = max_message_bytes(&state.config);
     Ok(ws
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_failed_upgrade(
             move |e| tracing::warn!(%endpoint, error = %e, "agent WebSocket upgrade failed"),
         )
@@ -275,6 +288,8 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let welcome = ServiceMessage::Welcome {
         version: PROTOCOL_VERSION,
         heartbeat_period: state.config.effective_heartbeat_period(),
+        max_result_bytes: Some(state.config.max_result_bytes as u64),
+        max_message_bytes: Some(max_message_bytes(&state.config) as u64),
     };
     if socket.send(text(&welcome)).await.is_err() {
         return;
@@ -559,53 +574,6 @@ fn shutting_down(e: ApiError) -> End {
     End::Close(close_code::AWAY, e.message)
 }
 
-/// Longest exception type name kept, bytes.
-const MAX_EXC_TYPE: usize = 256;
-
-/// Cuts `s` to at most `max` bytes, on a character boundary, saying so.
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let note = format!("... [cut at {max} bytes of {}]", s.len());
-        let mut cut = max.saturating_sub(note.len());
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str(&note);
-    }
-}
-
-/// Enforces `--max-result-bytes`: a larger result fails its task with
-/// `ResultTooLarge` (naming the size and the limit) instead of being
-/// stored; an oversized exception text is cut.
-pub fn cap_results(results: &mut [TaskResult], limit: usize) {
-    for r in results {
-        match &mut r.outcome {
-            Outcome::Success { result } if result.len() > limit => {
-                let size = result.len();
-                tracing::warn!(task = %r.task_id, size, limit, "result too large; failing the task");
-                r.outcome = Outcome::Failed {
-                    exception: ExceptionInfo::system(
-                        "ResultTooLarge",
-                        format!(
-                            "the result is {size} bytes, more than the service's limit of {limit} \
-                             bytes (--max-result-bytes); return less data, or write it to a file \
-                             and return its path"
-                        ),
-                    ),
-                };
-            }
-            Outcome::Success { .. } => {}
-            Outcome::Failed { exception } => {
-                truncate(&mut exception.exc_type, MAX_EXC_TYPE);
-                let half = (limit / 2).max(256);
-                truncate(&mut exception.message, half);
-                truncate(&mut exception.traceback, half);
-            }
-        }
-    }
-}
-
 async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) -> Result<(), End> {
     let (state, endpoint, out) = (link.state, link.endpoint, link.out);
     match msg {
@@ -724,64 +692,4 @@ fn store_results(
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oversized_results_fail_and_long_exceptions_are_cut() {
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut results = vec![
-            TaskResult {
-                task_id: a,
-                outcome: Outcome::Success {
-                    result: "x".repeat(2000),
-                },
-                completed_at: 1.0,
-            },
-            TaskResult {
-                task_id: b,
-                outcome: Outcome::Success {
-                    result: "y".repeat(1000),
-                },
-                completed_at: 1.0,
-            },
-            TaskResult::failed(c, ExceptionInfo::system("E", "é".repeat(5000))),
-        ];
-        cap_results(&mut results, 1000);
-        match &results[0].outcome {
-            Outcome::Failed { exception } => {
-                assert_eq!(exception.exc_type, "ResultTooLarge");
-                assert!(
-                    exception.message.contains("2000 bytes"),
-                    "{}",
-                    exception.message
-                );
-                assert!(
-                    exception.message.contains("1000 bytes"),
-                    "{}",
-                    exception.message
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(&results[1].outcome, Outcome::Success { result } if result.len() == 1000));
-        match &results[2].outcome {
-            Outcome::Failed { exception } => {
-                assert!(
-                    exception.message.len() <= 500,
-                    "{}",
-                    exception.message.len()
-                );
-                assert!(
-                    exception.message.ends_with("of 10000]"),
-                    "{}",
-                    exception.message
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
 }

@@ -524,6 +524,7 @@ impl Agent {
             ServiceMessage::Welcome {
                 version,
                 heartbeat_period,
+                ..
             } => {
                 assert_eq!(version, hpfaas_protocol::PROTOCOL_VERSION);
                 assert!(heartbeat_period > 0.0);
