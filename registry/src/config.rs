@@ -45,6 +45,8 @@ pub struct ServiceConfig {
     pub heartbeat_period: f64,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Per-user limits on what the service holds for them.
+    pub quota: crate::db::tasks::Quota,
 }
 
 impl ServiceConfig {
@@ -79,6 +81,7 @@ impl ServiceConfig {
             revocation_poll: Self::DEFAULT_REVOCATION_POLL,
             heartbeat_period: Self::DEFAULT_HEARTBEAT_PERIOD,
             tls: None,
+            quota: crate::db::tasks::Quota::default(),
         }
     }
 

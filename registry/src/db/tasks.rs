@@ -144,6 +144,79 @@ pub struct Submission {
     pub resource_spec: Option<String>,
     /// The idempotency key, with the request's hash and the answer to store.
     pub idempotency: Option<IdempotentRequest>,
+    /// The owner's limits.
+    pub quota: Quota,
+}
+
+/// Per-user limits, so one user cannot fill the queue or the disk for
+/// everyone (`hpfaas service --max-queued-tasks-per-user`,
+/// `--max-stored-bytes-per-user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most non-final tasks a user may have; a submit past it gets `429`.
+    pub max_queued_tasks: u64,
+    /// Most bytes of arguments and results the service may keep for a user;
+    /// a submit past it gets `507`.
+    pub max_stored_bytes: u64,
+}
+
+impl Quota {
+    /// Default most queued tasks per user.
+    pub const DEFAULT_MAX_QUEUED_TASKS: u64 = 1_000_000;
+    /// Default most stored bytes per user: 100 GiB.
+    pub const DEFAULT_MAX_STORED_BYTES: u64 = 100 << 30;
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            max_queued_tasks: Self::DEFAULT_MAX_QUEUED_TASKS,
+            max_stored_bytes: Self::DEFAULT_MAX_STORED_BYTES,
+        }
+    }
+}
+
+/// Refuses a submit of `tasks` tasks and `bytes` bytes of arguments that
+/// would take `owner` past `quota`. What a user holds (`user_usage`) is kept
+/// by triggers on every insert, result, cancel and purge (see the schema).
+fn check_quota(
+    conn: &Connection,
+    owner: i64,
+    quota: Quota,
+    tasks: u64,
+    bytes: u64,
+) -> ApiResult<()> {
+    let (queued, stored): (i64, i64) = conn
+        .prepare_cached("SELECT queued, bytes FROM user_usage WHERE user_id = ?1")?
+        .query_row([owner], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0));
+    let (queued, stored) = (queued.max(0) as u64, stored.max(0) as u64);
+    if queued.saturating_add(tasks) > quota.max_queued_tasks {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "you have {queued} tasks not finished yet; with these {tasks} you would pass the \
+                 limit of {} queued tasks per user (--max-queued-tasks-per-user); wait for \
+                 some to finish, or cancel some",
+                quota.max_queued_tasks
+            ),
+        ));
+    }
+    if stored.saturating_add(bytes) > quota.max_stored_bytes {
+        return Err(ApiError::new(
+            axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!(
+                "the service holds {stored} bytes of your arguments and results; these {bytes} \
+                 more would pass the limit of {} bytes per user (--max-stored-bytes-per-user); \
+                 fetch or let expire old results, or send smaller arguments",
+                quota.max_stored_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A submit carrying an idempotency key.
@@ -271,14 +344,25 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
         }
     }
+    let size = |t: &NewTask| {
+        let inline = if t.in_file && t.blob.is_none() {
+            0
+        } else {
+            t.payload.len()
+        };
+        (inline + t.file_content().map_or(0, <[u8]>::len)) as u64
+    };
+    let bytes: u64 = s.tasks.iter().map(size).sum();
+    check_quota(conn, s.owner, s.quota, s.tasks.len() as u64, bytes)?;
     ensure_group(conn, s.owner, s.group)?;
     let mut st = conn.prepare_cached(
         "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
                             result_serializers, resource_spec, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut put_payload = conn
-        .prepare_cached("INSERT INTO task_payloads (rid, payload, in_file) VALUES (?1, ?2, ?3)")?;
+    let mut put_payload = conn.prepare_cached(
+        "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     for t in &s.tasks {
         let rid = st.insert(params![
@@ -297,7 +381,7 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         } else {
             t.payload.as_str()
         };
-        put_payload.execute(params![rid, inline, t.in_file])?;
+        put_payload.execute(params![rid, inline, t.in_file, size(t) as i64])?;
     }
     if let Some(req) = &s.idempotency {
         super::idempotency::insert(conn, s.owner, req)?;
@@ -920,6 +1004,7 @@ mod tests {
             result_serializers: "[]".into(),
             resource_spec: None,
             idempotency: None,
+            quota: Default::default(),
         };
         assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
     }
@@ -949,6 +1034,7 @@ mod tests {
             result_serializers: "[]".into(),
             resource_spec: None,
             idempotency: None,
+            quota: Default::default(),
         };
         let only_f = EndpointPolicy {
             allowed_functions: vec![f],

@@ -324,6 +324,7 @@ mod tests {
                         result_serializers: "[]".into(),
                         resource_spec: None,
                         idempotency: None,
+                        quota: Default::default(),
                     },
                 )?;
                 Ok(endpoint)

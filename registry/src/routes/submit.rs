@@ -466,6 +466,7 @@ pub async fn submit(
                 request_hash,
                 answer: answer.clone(),
             }),
+        quota: state.config.quota,
     };
     // The endpoint's link may dispatch the tasks as soon as they are visible
     // (so the audit log records them as submitted then, before they can be

@@ -255,10 +255,10 @@ impl Http {
         let text = resp.into_string().expect("body");
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"));
-        // 503 is an answer (the service refuses writes it cannot make
-        // durable); any other 5xx is a bug.
+        // 503 (writes the service cannot make durable) and 507 (a user's
+        // storage quota) are answers; any other 5xx is a bug.
         assert!(
-            status < 500 || status == 503,
+            status < 500 || status == 503 || status == 507,
             "server error {status}: {body}"
         );
         Answer {
