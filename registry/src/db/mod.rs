@@ -122,7 +122,7 @@ impl Db {
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         let conn = open_for_writing(path)?;
         let payload_files = PayloadFiles::beside(path)?;
-        let swept = payload_files.sweep(&conn, false)?;
+        let swept = payload_files.sweep(&conn)?;
         if swept > 0 {
             tracing::info!("removed {swept} payload files no task needs");
         }
