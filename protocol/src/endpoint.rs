@@ -41,6 +41,11 @@ pub enum AgentMessage {
         /// Missing from older agents (`false`).
         #[serde(default)]
         json_only: bool,
+        /// The agent grants credit ([`AgentMessage::Credit`]): the service
+        /// sends no more tasks than granted. Older agents (`false`) get
+        /// every queued task.
+        #[serde(default)]
+        flow_control: bool,
     },
     /// These tasks are journaled by the agent; the service stops re-sending
     /// them on this connection and marks them `waiting-for-launch`.
@@ -58,6 +63,13 @@ pub enum AgentMessage {
     Results {
         /// Outcomes.
         results: Vec<TaskResult>,
+    },
+    /// The agent can take this many more tasks (added to what it granted
+    /// before on this connection, less the tasks sent since). Credit starts
+    /// at zero on every connection; the agent grants it in batches.
+    Credit {
+        /// More tasks the service may send.
+        tasks: u64,
     },
     /// Periodic liveness and capacity report.
     Heartbeat {
@@ -319,8 +331,10 @@ mod tests {
                 pid: 42,
                 allowed_functions: vec![id],
                 json_only: true,
+                flow_control: false,
             },
             AgentMessage::Ack { task_ids: vec![id] },
+            AgentMessage::Credit { tasks: 512 },
             AgentMessage::States {
                 updates: vec![(id, TaskState::Running)],
             },
@@ -347,6 +361,7 @@ mod tests {
             pid: 1,
             allowed_functions: vec![],
             json_only: false,
+            flow_control: false,
         });
         assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
     }
@@ -363,6 +378,7 @@ mod tests {
                 pid: 7,
                 allowed_functions: vec![],
                 json_only: false,
+                flow_control: false,
             }
         );
         let id = Uuid::new_v4();

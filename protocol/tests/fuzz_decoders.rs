@@ -136,9 +136,11 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     pid,
                     allowed_functions,
                     json_only,
+                    flow_control: !json_only,
                 }
             }),
         prop::collection::vec(uuid(), 0..4).prop_map(|task_ids| AgentMessage::Ack { task_ids }),
+        any::<u64>().prop_map(|tasks| AgentMessage::Credit { tasks }),
         prop::collection::vec((uuid(), state()), 0..4)
             .prop_map(|updates| AgentMessage::States { updates }),
         prop::collection::vec(result(), 0..3).prop_map(|results| AgentMessage::Results { results }),

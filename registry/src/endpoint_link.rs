@@ -9,6 +9,9 @@
 //! every non-final task (it drops duplicates), and every cancel it has not
 //! answered yet.
 //!
+//! With flow control (declared in the hello) the dispatcher sends no more
+//! tasks than the agent's credit; credit frames poke it awake.
+//!
 //! The hello carries the endpoint's policy (`allowed_functions`,
 //! `json_only`), stored for submit-time checks. A result over the size
 //! limit is stored as a `ResultTooLarge` failure instead. When a token is
@@ -16,6 +19,7 @@
 //! was the one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +172,7 @@ struct Hello {
     host: String,
     pid: u32,
     policy: EndpointPolicy,
+    flow_control: bool,
 }
 
 /// Reads the hello; `None` when the connection was closed or refused.
@@ -209,6 +214,7 @@ async fn handshake(
             pid,
             allowed_functions,
             json_only,
+            flow_control,
         }) => {
             if version != PROTOCOL_VERSION {
                 refuse(
@@ -223,7 +229,15 @@ async fn handshake(
                 allowed_functions,
                 json_only,
             };
-            Some((socket, Hello { host, pid, policy }))
+            Some((
+                socket,
+                Hello {
+                    host,
+                    pid,
+                    policy,
+                    flow_control,
+                },
+            ))
         }
         Ok(_) => {
             tracing::warn!(%endpoint, "endpoint agent's first frame was not a hello");
@@ -256,7 +270,12 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let Some((mut socket, hello)) = handshake(&state, endpoint, socket).await else {
         return;
     };
-    let Hello { host, pid, policy } = hello;
+    let Hello {
+        host,
+        pid,
+        policy,
+        flow_control,
+    } = hello;
     let claim = match state.live.claim(endpoint, &host, pid) {
         Ok(claim) => claim,
         Err((holder, holder_pid)) => {
@@ -299,10 +318,13 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(16);
     let sender = tokio::spawn(send_loop(sink, out_rx));
+    // An agent without flow control takes whatever is queued.
+    let credit = Arc::new(AtomicU64::new(if flow_control { 0 } else { u64::MAX }));
     let dispatcher = tokio::spawn(dispatch_loop(
         state.clone(),
         endpoint,
         claim.wake(),
+        credit.clone(),
         out.clone(),
     ));
     let link = Link {
@@ -311,6 +333,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         claim: &claim,
         credential: &credential,
         out: &out,
+        credit: &credit,
     };
     let end = receive_loop(&link, stream, revocations).await;
     dispatcher.abort();
@@ -360,12 +383,14 @@ async fn send_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Rec
 }
 
 /// Pages the endpoint's pending cancels and non-final tasks to the agent,
-/// sleeping on `wake` (poked after each committed submit or cancel) when it
-/// has caught up.
+/// sleeping on `wake` (poked after each committed submit or cancel, and
+/// when the agent grants credit) when it has caught up or has used up the
+/// agent's `credit` (tasks it may still send; cancels need none).
 async fn dispatch_loop(
     state: AppState,
     endpoint: Uuid,
     wake: Arc<Notify>,
+    credit: Arc<AtomicU64>,
     out: mpsc::Sender<Message>,
 ) {
     let mut cursor = 0i64;
@@ -391,6 +416,13 @@ async fn dispatch_loop(
                 read_files: true,
             }
         };
+        let granted = credit.load(Ordering::Acquire);
+        let task_limits = PageLimits {
+            tasks: limits
+                .tasks
+                .min(usize::try_from(granted).unwrap_or(usize::MAX)),
+            ..limits
+        };
         // One read per turn: cancels first (so a task cancelled meanwhile is
         // not started), else the next page of tasks.
         let files = state.db.payload_files().clone();
@@ -400,7 +432,10 @@ async fn dispatch_loop(
             if !task_ids.is_empty() {
                 return Ok(Next::Cancels(task_ids, last, sent));
             }
-            let page = db_tasks::dispatch_page(c, &files, endpoint, after, sent, limits)?;
+            if task_limits.tasks == 0 {
+                return Ok(Next::NoCredit(sent));
+            }
+            let page = db_tasks::dispatch_page(c, &files, endpoint, after, sent, task_limits)?;
             Ok(Next::Tasks(page))
         };
         let next = if woken {
@@ -422,9 +457,20 @@ async fn dispatch_loop(
                     return;
                 }
             }
+            Ok(Next::NoCredit(sent)) => {
+                // The agent's credit comes with a poke of `wake`.
+                sent_functions = sent;
+                wake.notified().await;
+                woken = true;
+            }
             Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
                 cursor = page.last_rid;
+                // Only this loop takes credit, so it never goes below zero;
+                // lost tasks count too (the page held them), which is harmless.
+                if granted != u64::MAX {
+                    credit.fetch_sub(page.count as u64, Ordering::AcqRel);
+                }
                 let (lost, more) = (!page.lost.is_empty(), page.more);
                 if lost {
                     let results = page
@@ -475,6 +521,9 @@ enum Next {
     Cancels(Vec<Uuid>, i64, HashSet<Uuid>),
     /// The next page of queued tasks.
     Tasks(db_tasks::DispatchPage),
+    /// The agent has granted no credit to send tasks with (the functions
+    /// sent so far, unchanged).
+    NoCredit(HashSet<Uuid>),
 }
 
 /// What the handlers of one connection share.
@@ -485,6 +534,8 @@ struct Link<'a> {
     /// SHA-256 of the credential the agent connected with.
     credential: &'a str,
     out: &'a mpsc::Sender<Message>,
+    /// Tasks the dispatcher may still send (the agent's credit).
+    credit: &'a Arc<AtomicU64>,
 }
 
 fn revoked() -> End {
@@ -620,8 +671,18 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 }
             });
         }
+        AgentMessage::Credit { tasks } if tasks > 0 => {
+            let add = |c: u64| Some(c.saturating_add(tasks));
+            let _ = link
+                .credit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, add);
+            link.claim.wake().notify_one();
+        }
         AgentMessage::Heartbeat { status } => link.claim.heartbeat(status),
-        AgentMessage::Ack { .. } | AgentMessage::States { .. } | AgentMessage::Results { .. } => {}
+        AgentMessage::Ack { .. }
+        | AgentMessage::States { .. }
+        | AgentMessage::Results { .. }
+        | AgentMessage::Credit { .. } => {}
     }
     Ok(())
 }

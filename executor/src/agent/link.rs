@@ -202,6 +202,8 @@ async fn connect_and_serve(
         // anyway, at submit time instead of after a round trip.
         allowed_functions: target.allowed_functions.clone(),
         json_only: target.json_only,
+        // The agent grants credit (agent::credit) once welcomed.
+        flow_control: true,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));

@@ -4,6 +4,7 @@
 //! the right number of blocks running.
 
 pub mod blocks;
+pub mod credit;
 pub mod journal;
 pub mod link;
 pub mod policy;
@@ -157,7 +158,9 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         broker.url
     );
 
-    let mut blocks = BlocksHandle::start(blocks_setup(&spec, &broker.url)?)?;
+    let setup = blocks_setup(&spec, &broker.url)?;
+    let strategy_need = credit::strategy_need(&setup.scaling);
+    let mut blocks = BlocksHandle::start(setup)?;
     let (to_service, mut from_service) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
@@ -174,6 +177,9 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         load: Load::default(),
         max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        connected: false,
+        granted: 0,
+        strategy_need,
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
     let mut scaling =
@@ -187,18 +193,25 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                         agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
                     }
                     agent.max_message_bytes = max_message_bytes;
+                    // Credit starts again from nothing on every connection.
+                    (agent.connected, agent.granted) = (true, 0);
                     tracing::info!("connected to {}", spec.service_url);
                     // The service drops agents that miss its heartbeats, so
                     // never beat slower than it asks, whatever the engine's period.
                     let period = heartbeat_period.min(engine.heartbeat_period).max(0.05);
                     heartbeat = tokio::time::interval(Duration::from_secs_f64(period));
                     agent.resend_results()?;
+                    agent.grant_credit();
                     state.state = "online".into();
                     state.last_error = None;
                     state.write(&spec.dir)?;
                 }
-                Some(LinkEvent::Message(message)) => agent.on_service_message(message)?,
+                Some(LinkEvent::Message(message)) => {
+                    agent.on_service_message(message)?;
+                    agent.grant_credit();
+                }
                 Some(LinkEvent::Disconnected(why)) => {
+                    agent.connected = false;
                     tracing::warn!("disconnected from the service: {why}");
                     state.state = "connecting".into();
                     state.last_error = Some(why);
@@ -217,7 +230,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                         Err(_) => break,
                     }
                 }
-                agent.on_broker_events(events)?
+                agent.on_broker_events(events)?;
+                agent.grant_credit();
             }
             _ = heartbeat.tick() => {
                 let status = EndpointReport {
@@ -416,12 +430,21 @@ struct Agent<'a> {
     max_result_bytes: usize,
     /// The largest message the service reads (as of the last welcome).
     max_message_bytes: usize,
+    /// Connected: credit granted now counts.
+    connected: bool,
+    /// Credit granted on this connection and not used by tasks yet.
+    granted: u64,
+    /// Outstanding tasks the block strategy must see to run every block.
+    strategy_need: u64,
 }
 
 impl Agent<'_> {
     fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
         match message {
-            ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
+            ServiceMessage::Tasks { functions, tasks } => {
+                self.granted = self.granted.saturating_sub(tasks.len() as u64);
+                self.accept(functions, tasks)
+            }
             ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
             ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
             ServiceMessage::Cancel { task_ids } => self.cancel(task_ids),
@@ -500,6 +523,20 @@ impl Agent<'_> {
             self.finish(results)?;
         }
         Ok(())
+    }
+
+    /// Grants the service credit for more tasks when a batch of room is free.
+    fn grant_credit(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let prefetch = self.spec.config.engine.prefetch_capacity;
+        let window = credit::window(&self.load, prefetch, self.strategy_need);
+        let tasks = credit::to_grant(window, self.journal.outstanding(), self.granted);
+        if tasks > 0 {
+            self.granted += tasks;
+            let _ = self.to_service.send(AgentMessage::Credit { tasks }.into());
+        }
     }
 
     /// Stores results, then sends them; they stay journaled until

@@ -553,6 +553,7 @@ impl Agent {
             pid,
             allowed_functions,
             json_only,
+            flow_control: false,
         });
         self.recv().expect("an answer to hello")
     }
