@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 
 use hpfaas_protocol::endpoint::TasksFrame;
-use hpfaas_protocol::task::{FunctionCode, Outcome, TaskResult, TaskSpec, TaskState};
+use hpfaas_protocol::task::{
+    ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -176,9 +178,51 @@ impl Default for Quota {
     }
 }
 
+/// Adds to what `owner` holds: `queued` more tasks not final, `bytes` more
+/// bytes stored (either may be negative). Called once per batch by every
+/// write that inserts, finishes, cancels, expires or deletes tasks.
+pub(crate) fn add_usage(conn: &Connection, owner: i64, queued: i64, bytes: i64) -> ApiResult<()> {
+    if queued != 0 || bytes != 0 {
+        conn.prepare_cached(
+            "INSERT INTO user_usage (user_id, queued, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id) DO UPDATE
+             SET queued = queued + excluded.queued, bytes = bytes + excluded.bytes",
+        )?
+        .execute(params![owner, queued, bytes])?;
+    }
+    Ok(())
+}
+
+/// Usage changes of one batch, per owner, applied at its end.
+#[derive(Debug, Default)]
+pub(crate) struct UsageDelta(Vec<(i64, i64, i64)>);
+
+impl UsageDelta {
+    /// Counts a change of `owner`'s usage.
+    pub(crate) fn add(&mut self, owner: i64, queued: i64, bytes: i64) {
+        // Almost always one owner per batch: a short scan beats a map.
+        match self.0.iter_mut().find(|(o, _, _)| *o == owner) {
+            Some((_, q, b)) => (*q, *b) = (*q + queued, *b + bytes),
+            None => self.0.push((owner, queued, bytes)),
+        }
+    }
+
+    /// Stores the changes.
+    pub(crate) fn apply(self, conn: &Connection) -> ApiResult<()> {
+        for (owner, queued, bytes) in self.0 {
+            add_usage(conn, owner, queued, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a final task keeps: its result and exception texts.
+pub(crate) fn result_bytes(result: Option<&str>, exc: Option<&ExceptionInfo>) -> i64 {
+    (result.map_or(0, str::len) + exc.map_or(0, |e| e.message.len() + e.traceback.len())) as i64
+}
+
 /// Refuses a submit of `tasks` tasks and `bytes` bytes of arguments that
-/// would take `owner` past `quota`. What a user holds (`user_usage`) is kept
-/// by triggers on every insert, result, cancel and purge (see the schema).
+/// would take `owner` past `quota` (what a user holds: `user_usage`).
 fn check_quota(
     conn: &Connection,
     owner: i64,
@@ -383,6 +427,7 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         };
         put_payload.execute(params![rid, inline, t.in_file, size(t) as i64])?;
     }
+    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
     if let Some(req) = &s.idempotency {
         super::idempotency::insert(conn, s.owner, req)?;
     }
@@ -741,11 +786,12 @@ pub fn store_results(
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
                           result_fate = 0
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-         RETURNING group_id, rid, function_id, created",
+         RETURNING group_id, rid, function_id, created, owner",
     )?;
     // The payload of a finished task is no longer needed.
     let mut drop_payload =
-        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file")?;
+        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file, bytes")?;
+    let mut usage = UsageDelta::default();
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
@@ -760,7 +806,7 @@ pub fn store_results(
             Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
         };
         let seq = ctx.next_result_seq;
-        let row: Option<(String, i64, String, f64)> = st
+        let row: Option<(String, i64, String, f64, i64)> = st
             .query_row(
                 params![
                     res.task_id.to_string(),
@@ -774,21 +820,25 @@ pub fn store_results(
                     seq,
                     stored_at
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let parsed = row.and_then(|(g, rid, f, created)| {
+        let parsed = row.and_then(|(g, rid, f, created, owner)| {
             Some((
                 Uuid::parse_str(&g).ok()?,
                 rid,
                 Uuid::parse_str(&f).ok()?,
                 created,
+                owner,
             ))
         });
         match parsed {
-            Some((group, rid, function, created)) => {
-                let payload_file: Option<bool> =
-                    drop_payload.query_row([rid], |r| r.get(0)).optional()?;
+            Some((group, rid, function, created, owner)) => {
+                let dropped: Option<(bool, i64)> = drop_payload
+                    .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let (payload_file, arg_bytes) = dropped.unwrap_or((false, 0));
+                usage.add(owner, -1, result_bytes(result, exc) - arg_bytes);
                 ctx.next_result_seq += 1;
                 let text = result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len());
                 let row = (text <= STREAMED_ROW_BYTES).then(|| {
@@ -812,7 +862,7 @@ pub fn store_results(
                     task: res.task_id,
                     group,
                     seq,
-                    payload_file: payload_file.unwrap_or(false),
+                    payload_file,
                     row,
                 });
             }
@@ -824,6 +874,7 @@ pub fn store_results(
             }
         }
     }
+    usage.apply(conn)?;
     if !stored.is_empty() {
         save_result_seq(conn, ctx)?;
     }
