@@ -8,6 +8,19 @@ mod common;
 use common::*;
 use serde_json::json;
 
+#[test]
+fn a_healthy_service_says_ok() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let status = alice.get("/v3/service/status").ok();
+    assert_eq!(status["status"], "ok", "{status}");
+    assert!(status["writes_refused"].is_null());
+    assert_eq!(status["audit_lines_lost"], 0);
+    svc.anonymous()
+        .get("/v3/service/status")
+        .error(401, "unauthorized");
+}
+
 fn payload_files(svc: &TestService) -> Vec<String> {
     std::fs::read_dir(svc.dir.join("payloads"))
         .unwrap()
@@ -44,4 +57,11 @@ fn a_failed_sync_answers_503_and_keeps_the_files_of_committed_tasks() {
         .post(&submit, &json!({"tasks": {f.clone(): ["small"]}}))
         .error(503, "unavailable");
     assert!(again.contains("injected sync failure"), "{again}");
+    // The service says so to any user.
+    let status = alice.get("/v3/service/status").ok();
+    assert_eq!(status["status"], "degraded", "{status}");
+    assert!(status["writes_refused"]
+        .as_str()
+        .unwrap()
+        .contains("injected sync failure"));
 }
