@@ -97,6 +97,12 @@ pub enum ServiceMessage {
         /// frame below it. Missing from older services (64 MiB then).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_message_bytes: Option<u64>,
+        /// The service honours [`AgentMessage::Credit`] on this connection
+        /// (the hello asked for flow control). An older service says
+        /// nothing and would close the link on a credit frame: the agent
+        /// sends none then.
+        #[serde(default)]
+        flow_control: bool,
     },
     /// The connection is refused; the agent reports `reason` and stops.
     Refused {
@@ -378,6 +384,18 @@ mod tests {
                 pid: 7,
                 allowed_functions: vec![],
                 json_only: false,
+                flow_control: false,
+            }
+        );
+        // A welcome from a service that predates the limits and flow control.
+        let old = r#"{"type":"welcome","version":1,"heartbeat_period":2.0}"#;
+        assert_eq!(
+            from_json::<ServiceMessage>(old).unwrap(),
+            ServiceMessage::Welcome {
+                version: 1,
+                heartbeat_period: 2.0,
+                max_result_bytes: None,
+                max_message_bytes: None,
                 flow_control: false,
             }
         );

@@ -171,6 +171,7 @@ fn service_message() -> impl Strategy<Value = ServiceMessage> {
                         heartbeat_period,
                         max_result_bytes,
                         max_message_bytes,
+                        flow_control: max_result_bytes.is_some(),
                     }
                 }
             ),

@@ -309,6 +309,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         heartbeat_period: state.config.effective_heartbeat_period(),
         max_result_bytes: Some(state.config.max_result_bytes as u64),
         max_message_bytes: Some(max_message_bytes(&state.config) as u64),
+        flow_control,
     };
     if socket.send(text(&welcome)).await.is_err() {
         return;

@@ -19,7 +19,10 @@ fn online_with_flow_control(svc: &TestService, ep: &str, credential: &str) -> Ag
         flow_control: true,
     });
     match agent.recv() {
-        Some(ServiceMessage::Welcome { .. }) => agent,
+        Some(ServiceMessage::Welcome { flow_control, .. }) => {
+            assert!(flow_control, "the service must say it honours credit");
+            agent
+        }
         other => panic!("expected welcome, got {other:?}"),
     }
 }

@@ -29,6 +29,8 @@ pub enum LinkEvent {
         max_result_bytes: Option<u64>,
         /// The largest message the service reads.
         max_message_bytes: usize,
+        /// The service honours credit: the agent must grant it.
+        flow_control: bool,
     },
     /// A frame from the service.
     Message(ServiceMessage),
@@ -214,10 +216,12 @@ async fn connect_and_serve(
                 heartbeat_period,
                 max_result_bytes,
                 max_message_bytes,
+                flow_control,
                 ..
             }) => LinkEvent::Connected {
                 heartbeat_period,
                 max_result_bytes,
+                flow_control,
                 max_message_bytes: max_message_bytes.map_or(DEFAULT_MAX_MESSAGE_BYTES, |m| {
                     usize::try_from(m).unwrap_or(usize::MAX)
                 }),

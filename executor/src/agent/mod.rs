@@ -188,13 +188,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let outcome = loop {
         tokio::select! {
             event = from_service.recv() => match event {
-                Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes }) => {
+                Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
                     if let Some(limit) = max_result_bytes {
                         agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
                     }
                     agent.max_message_bytes = max_message_bytes;
-                    // Credit starts again from nothing on every connection.
-                    (agent.connected, agent.granted) = (true, 0);
+                    // Credit starts again from nothing on every connection;
+                    // a service without flow control gets none.
+                    (agent.connected, agent.granted) = (flow_control, 0);
                     tracing::info!("connected to {}", spec.service_url);
                     // The service drops agents that miss its heartbeats, so
                     // never beat slower than it asks, whatever the engine's period.
@@ -430,7 +431,7 @@ struct Agent<'a> {
     max_result_bytes: usize,
     /// The largest message the service reads (as of the last welcome).
     max_message_bytes: usize,
-    /// Connected: credit granted now counts.
+    /// Connected to a service that honours credit: credit granted now counts.
     connected: bool,
     /// Credit granted on this connection and not used by tasks yet.
     granted: u64,
