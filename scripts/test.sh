@@ -15,13 +15,43 @@ stage() {
     echo "=== ${name}: ok in $((SECONDS - start)) s"
 }
 
+# Every process this run starts carries this marker in its environment
+# (agents and managers inherit it through `endpoint start`, the local provider
+# and Slurm's default --export=ALL), so the cleanup ends exactly those: never
+# a user's other checkouts or their own hpfaas.
+HPFAAS_TEST_RUN=$(cat /proc/sys/kernel/random/uuid)
+export HPFAAS_TEST_RUN
+
+# Pids of the live processes whose environment holds this run's marker,
+# except this shell and the processes of the pipeline that asks.
+run_pids() {
+    local dir pid
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        if { tr '\0' '\n' <"$dir/environ"; } 2>/dev/null | grep -qxF "HPFAAS_TEST_RUN=$HPFAAS_TEST_RUN"; then
+            echo "$pid"
+        fi
+    done
+}
+
 slurm_started=
 cleanup() {
-    # Anything a failed test left behind: agents, managers, `hpfaas up`.
-    # Only on CI, where nothing else of the user's can be running.
+    # Anything a failed test left behind (agents, managers, workers, `hpfaas
+    # up`): this run's processes only, found by the marker. SIGTERM first so
+    # agents cancel their blocks, then SIGKILL what is left.
     # (`if`, not `&&`: under set -e a false test would end the trap early.)
-    if [[ ${CI:-} == true ]]; then
-        pkill -f "target/debug/hpfaas" 2>/dev/null || true
+    local left
+    left=$(run_pids)
+    if [[ -n $left ]]; then
+        echo "cleanup: ending processes this run left behind: $(echo $left)" >&2
+        kill -TERM $left 2>/dev/null || true
+        for _ in $(seq 50); do
+            left=$(for p in $left; do [[ -d /proc/$p ]] && echo "$p"; done)
+            [[ -z $left ]] && break
+            sleep 0.1
+        done
+        if [[ -n $left ]]; then kill -KILL $left 2>/dev/null || true; fi
     fi
     # The Slurm this run started (a Slurm that was already up stays up).
     if [[ -n $slurm_started ]]; then
@@ -47,7 +77,9 @@ elif scripts/slurm.sh status >/dev/null 2>&1; then
     export HPFAAS_SLURM=1
 else
     slurm_started=1
-    stage "slurm" 600 scripts/slurm.sh up
+    # Without the marker: the daemons are stopped by `slurm.sh down`, not
+    # by the cleanup's kill.
+    stage "slurm" 600 env -u HPFAAS_TEST_RUN scripts/slurm.sh up
     export HPFAAS_SLURM=1
 fi
 if [[ -n ${HPFAAS_SLURM:-} ]]; then

@@ -75,7 +75,7 @@ enum Command {
         command: EndpointCommand,
     },
     /// Internal: what a block runs on each node.
-    Manager(ManagerArgs),
+    Manager(Box<ManagerArgs>),
 }
 
 #[derive(Subcommand)]
@@ -209,6 +209,16 @@ struct ManagerArgs {
     /// Run each task in its own directory, DIR/<task_id>/ (engine.run_in_sandbox).
     #[arg(long)]
     sandbox_dir: Option<PathBuf>,
+    /// Private directory (made 0700; refused if another user owns or may
+    /// write it) for the worker runtime and MPI hostfiles. Default: the
+    /// endpoint's `runtime/` with --endpoint, else $XDG_RUNTIME_DIR/hpfaas,
+    /// else $HPFAAS_HOME/runtime; never the shared temp directory.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Bytes of a shell task's stdout (and stderr) kept, head and tail
+    /// (engine.shell_output_limit); the rest is counted as dropped.
+    #[arg(long, default_value_t = manager::shell::DEFAULT_OUTPUT_LIMIT)]
+    shell_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -263,8 +273,17 @@ fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn service_dir(data_dir: Option<PathBuf>) -> PathBuf {
-    data_dir.unwrap_or_else(|| lifecycle::hpfaas_home().join("service"))
+/// The service's data directory: the one given, else `$HPFAAS_HOME/service`,
+/// which is made private with the home above it (the registry makes a
+/// directory it creates 0700; the home may predate it).
+fn service_dir(data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = data_dir {
+        return Ok(dir);
+    }
+    let home = lifecycle::hpfaas_home();
+    let dir = home.join("service");
+    hpfaas_executor::private::dirs(&home, &dir)?;
+    Ok(dir)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -283,7 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
         } => {
-            let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir));
+            let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;
@@ -365,6 +384,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher_options: args.launcher_options,
                 sandbox_dir: args.sandbox_dir,
                 curve,
+                shell_output_limit: args.shell_output_limit,
+                runtime_base: match (args.runtime_dir, &endpoint_dir) {
+                    (Some(dir), _) => dir,
+                    (None, Some(dir)) => dir.join("runtime"),
+                    (None, None) => manager::runtime::default_base(&lifecycle::hpfaas_home()),
+                },
             };
             let result = single_thread_runtime()?.block_on(async move {
                 match simulate {
@@ -531,7 +556,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     use hpfaas_registry::routes::rfc3339;
     match command {
         TokenCommand::Create { user, data_dir } => {
-            let token = hpfaas_registry::create_token(&service_dir(data_dir), &user)?;
+            let token = hpfaas_registry::create_token(&service_dir(data_dir)?, &user)?;
             println!("{token}");
         }
         TokenCommand::List {
@@ -539,7 +564,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             data_dir,
             json,
         } => {
-            let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir), &user)?;
+            let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir)?, &user)?;
             if json {
                 let rows: Vec<serde_json::Value> = tokens
                     .iter()
@@ -571,7 +596,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             token_or_prefix,
             data_dir,
         } => {
-            let t = hpfaas_registry::revoke_token(&service_dir(data_dir), &token_or_prefix)?;
+            let t = hpfaas_registry::revoke_token(&service_dir(data_dir)?, &token_or_prefix)?;
             println!(
                 "revoked token {} of user {} ({})",
                 t.id,

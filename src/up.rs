@@ -1,6 +1,9 @@
 //! `hpfaas up`: the embedded default. The service and one local endpoint
-//! run in this process on loopback; `$HPFAAS_HOME/up.json` tells the SDK
-//! where they are, and disappears again when `up` stops.
+//! run in this process on loopback; `$HPFAAS_HOME/up.json` (0600) tells the
+//! SDK where they are and which token to use, and disappears again when
+//! `up` stops. Its data directory `$HPFAAS_HOME/up/` is 0700, and the owner
+//! token is kept there (`up/token`, 0600) and re-used at the next start,
+//! rather than a new never-expiring token minted each time.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,15 +26,31 @@ pub struct UpArgs {
     /// Endpoint configuration file for the local endpoint (its [engine] keys apply).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Also print `export HPFAAS_URL=... HPFAAS_TOKEN=...` (the token is
+    /// otherwise only in up.json, which only you can read).
+    #[arg(long)]
+    print_env: bool,
 }
+
+/// File in the data directory that keeps the owner token between starts.
+const TOKEN_FILE: &str = "token";
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Caught from the start: a signal arriving once up.json exists must
+    // stop everything and remove it, not kill the process on the spot.
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let home = hpfaas_home();
     let data_dir = home.join("up");
     let up_file = home.join("up.json");
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let endpoint_dir = data_dir.join("endpoint");
+    hpfaas_executor::private::dirs(&home, &endpoint_dir)?;
     if let Some(pid) = live_up_pid(&up_file) {
         anyhow::bail!(
             "hpfaas up is already running for {} (pid {pid})",
@@ -56,14 +75,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ))
     .await?;
     let url = format!("http://{}", service.local_addr());
-    let token = hpfaas_registry::create_token(&data_dir, "local")?;
+    let token = owner_token(&data_dir)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_task = tokio::spawn(service.run(async {
         let _ = service_stopped.await;
     }));
 
-    let endpoint_dir = data_dir.join("endpoint");
-    std::fs::create_dir_all(&endpoint_dir)?;
     // Its managers run here: the broker listens on a Unix socket in the
     // endpoint's private directory, which needs no CurveZMQ (the cost of
     // encrypting every argument twice on one machine), unless the
@@ -96,14 +113,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "endpoint_id": credential.endpoint_id,
         "pid": std::process::id(),
     });
-    write_private(&up_file, &serde_json::to_string_pretty(&info)?)?;
+    hpfaas_executor::private::write(
+        &up_file,
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+        true,
+    )?;
     println!(
         "hpfaas up: service {url}, endpoint {}",
         credential.endpoint_id
     );
-    println!("export HPFAAS_URL={url} HPFAAS_TOKEN={token}");
+    if args.print_env {
+        println!("export HPFAAS_URL={url} HPFAAS_TOKEN={token}");
+    }
     println!(
-        "(also written to {}; Ctrl-C stops everything)",
+        "(the SDK finds it through {}; Ctrl-C stops everything)",
         up_file.display()
     );
 
@@ -116,8 +139,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         reregister: false,
         hpfaas_exe: std::env::current_exe().context("cannot find the hpfaas binary")?,
     };
-    let outcome = agent::run(spec, async {
-        crate::shutdown_signal().await;
+    let outcome = agent::run(spec, async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
         agent::Shutdown::Stop
     })
     .await;
@@ -130,20 +156,36 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// The pid in an existing up.json, if that process is alive.
 fn live_up_pid(path: &std::path::Path) -> Option<u32> {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let pid = info["pid"].as_u64()? as u32;
+    let pid = u32::try_from(info["pid"].as_u64()?).ok()?;
     (pid != std::process::id() && hpfaas_executor::agent::state_file::pid_alive(pid)).then_some(pid)
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+/// The owner token of `hpfaas up`: the one kept in the data directory while
+/// the database still holds it unrevoked, else a new one, kept there.
+fn owner_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if let Some(token) = kept.filter(|t| !t.is_empty()) {
+        let id: String = hpfaas_registry::auth::hash_token(&token)
+            .chars()
+            .take(hpfaas_registry::db::catalog::TOKEN_ID_CHARS)
+            .collect();
+        let live = hpfaas_registry::list_tokens(data_dir, "local")
+            .map(|tokens| tokens.iter().any(|t| t.id == id && t.revoked.is_none()))
+            .unwrap_or(false);
+        if live {
+            return Ok(token);
+        }
+        tracing::info!(
+            "the token in {} is no longer valid; making a new one",
+            path.display()
+        );
+    }
+    let token = hpfaas_registry::create_token(data_dir, "local")?;
+    hpfaas_executor::private::write(&path, token.as_bytes(), true)?;
+    Ok(token)
 }

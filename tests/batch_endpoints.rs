@@ -39,7 +39,7 @@ fn config(provider: &str, extra_provider: &str, extra_engine: &str) -> String {
         _ => "queue = \"debug\"\nworker_init = \"export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\"",
     };
     format!(
-        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n{extra_engine}\n\
+        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n{extra_engine}\n\
          [provider]\ntype = \"{provider}\"\n{placement}\nwalltime = \"00:10:00\"\n{extra_provider}\n"
     )
 }

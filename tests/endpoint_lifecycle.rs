@@ -41,7 +41,7 @@ fn endpoint_lifecycle_end_to_end() {
     // Keep the test quick: short heartbeats.
     let text = text.replace(
         "[engine]\n",
-        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 2.0\n",
+        "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n",
     );
     std::fs::write(&config, text).unwrap();
 

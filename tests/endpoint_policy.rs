@@ -30,7 +30,7 @@ fn the_agent_declares_its_policy_and_answers_in_json() {
     let name = format!("it-policy-{}", std::process::id());
     let config = format!(
         "[endpoint]\nallowed_functions = [\"{allowed}\"]\njson_only = true\n\
-         [engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\
+         [engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
          [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n"
     );
     let ep = Endpoint::new(&svc, &token, &name, &config);

@@ -38,7 +38,7 @@ fn two_managers_under_mpiexec_act_as_one_block() {
     let svc = Service::start();
     let token = svc.token("mpi");
     let name = format!("it-mpi-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let config = "[engine]\nheartbeat_period = 0.5\nheartbeat_threshold = 4.0\nprefetch_capacity = 0\n\
+    let config = "[engine]\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\nprefetch_capacity = 0\n\
                   [provider]\ntype = \"local\"\nnodes_per_block = 2\nlauncher = \"mpiexec\"\ninit_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n\
                   worker_init = \"export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1\"\n";
     let ep = Endpoint::new(&svc, &token, &name, config);

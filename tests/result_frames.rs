@@ -49,7 +49,7 @@ fn many_large_results_in_the_journal_all_arrive() {
             completed_at: 1.0,
         })
         .collect();
-    journal.store_results(&results).unwrap();
+    journal.store_results(&results);
     drop(journal);
 
     ep.start();

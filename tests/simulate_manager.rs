@@ -18,7 +18,8 @@ const MANAGERS: u32 = 3;
 const TASKS: usize = 3000;
 
 async fn every_task_once(encrypted: bool) {
-    let keys = temp_dir("simulate").join("curve.json");
+    let keys_dir = temp_dir("simulate");
+    let keys = keys_dir.join("curve.json");
     let curve = if encrypted {
         let file = CurveFile::generate().unwrap();
         file.write(&keys).unwrap();
@@ -101,8 +102,14 @@ async fn every_task_once(encrypted: bool) {
     tokio::time::timeout(Duration::from_secs(60), collect)
         .await
         .expect("not every result came back");
-    // Anything extra would show up while the managers keep heartbeating.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.commands.send(BrokerCommand::Shutdown).unwrap();
+    broker.task.await.unwrap();
+    let status = managers
+        .wait_exit(Duration::from_secs(60))
+        .expect("the simulated managers did not leave on Shutdown");
+    assert!(status.success(), "{status}");
+    // The broker has stopped: every event it will ever send is queued, so a
+    // duplicate result, had there been one, is among them.
     while let Ok(event) = broker.events.try_recv() {
         assert!(
             !matches!(event, BrokerEvent::Results(_)),
@@ -110,13 +117,6 @@ async fn every_task_once(encrypted: bool) {
         );
     }
     assert!(seen.values().all(|&n| n == 1), "each task exactly once");
-
-    broker.commands.send(BrokerCommand::Shutdown).unwrap();
-    broker.task.await.unwrap();
-    let status = managers
-        .wait_exit(Duration::from_secs(10))
-        .expect("the simulated managers did not leave on Shutdown");
-    assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

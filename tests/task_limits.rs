@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -30,7 +30,7 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
     let token = svc.token("limits-user");
     let name = format!("it-limits-{}", std::process::id());
     let config = "[engine]\nmax_workers_per_node = 1\nprefetch_capacity = 0\n\
-                  heartbeat_period = 0.5\nheartbeat_threshold = 4.0\nrun_in_sandbox = true\n\
+                  heartbeat_period = 0.5\nheartbeat_threshold = 10.0\nrun_in_sandbox = true\n\
                   [provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n";
     let ep = Endpoint::new(&svc, &token, &name, config);
     ep.start();
@@ -57,18 +57,12 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
     let pid: i32 = wait_for(Duration::from_secs(30), "the task to start", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
-    let began = Instant::now();
-    let doc = ep.wait_all(std::slice::from_ref(&slow), Duration::from_secs(20))[0].clone();
-    assert!(
-        began.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        began.elapsed()
-    );
+    let doc = ep.wait_all(std::slice::from_ref(&slow), Duration::from_secs(60))[0].clone();
     assert_eq!(doc["status"], "failed", "{doc}");
     assert_eq!(doc["exception_type"], "TaskTimeout", "{doc}");
     assert!(doc.to_string().contains("walltime of 1 s"), "{doc}");
     wait_for(
-        Duration::from_secs(6),
+        Duration::from_secs(60),
         "the timed-out worker to die",
         || (!alive(pid)).then_some(()),
     );
@@ -102,20 +96,14 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
         &token,
         json!({"function_name": "sh", "function_code":
             pack(&[r#"sh
-{"cmd": "pwd > where.txt; sleep 30", "walltime": 60}"#])}),
+{"cmd": "pwd > where.txt; sleep 600", "walltime": 60}"#])}),
     )
     .unwrap()["function_uuid"]
         .as_str()
         .unwrap()
         .to_string();
-    let began = Instant::now();
     let sh = submit(&shell, pack(&["11\n[]", "11\n{}"]), json!({"walltime": 1}));
-    let doc = ep.wait_all(std::slice::from_ref(&sh), Duration::from_secs(20))[0].clone();
-    assert!(
-        began.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        began.elapsed()
-    );
+    let doc = ep.wait_all(std::slice::from_ref(&sh), Duration::from_secs(90))[0].clone();
     assert_eq!(doc["status"], "success", "{doc}");
     let result: serde_json::Value = serde_json::from_str(
         doc["result"]
@@ -125,6 +113,11 @@ fn walltime_kills_tasks_and_sandbox_separates_them() {
     )
     .unwrap();
     assert_eq!(result["returncode"], 124, "{result}");
+    let stderr = result["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.contains("walltime of 1 s"),
+        "the task's 1 s won: {result}"
+    );
     let sandbox = dirs[0].parent().unwrap().join(&sh);
     let pwd = std::fs::read_to_string(sandbox.join("where.txt")).unwrap();
     assert_eq!(pwd.trim(), sandbox.display().to_string());

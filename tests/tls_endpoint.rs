@@ -59,7 +59,7 @@ fn configure(home: &Path, name: &str, endpoint_section: &str) {
         dir.join("config.toml"),
         format!(
             "[endpoint]\n{endpoint_section}\n[engine]\nmax_workers_per_node = 1\n\
-             heartbeat_period = 0.5\nheartbeat_threshold = 4.0\n\n[provider]\ntype = \"local\"\n"
+             heartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\n[provider]\ntype = \"local\"\n"
         ),
     )
     .unwrap();

@@ -93,10 +93,19 @@ pub struct EngineSection {
     /// `<manager's directory>/tasks/<task_id>/` (Globus Compute's name).
     #[serde(default)]
     pub run_in_sandbox: bool,
+    /// Bytes of a shell or MPI task's stdout (and of its stderr) a manager
+    /// keeps, half from the start and half from the end; the rest is counted.
+    #[serde(default = "default_shell_output_limit")]
+    pub shell_output_limit: usize,
     /// CurveZMQ on the broker↔manager link (keys in the endpoint directory);
     /// `false` only for debugging: tasks then cross the network in clear.
     #[serde(default = "default_encrypted")]
     pub encrypted: bool,
+    /// Allows `encrypted = false` on a TCP address. Without CurveZMQ any
+    /// process that reaches the broker's port (any local user, on
+    /// loopback too) can register as a manager and receive tasks.
+    #[serde(default)]
+    pub allow_unencrypted_tcp: bool,
 }
 
 /// `engine.address` for a broker on a Unix socket ([`EngineSection::address`]).
@@ -112,6 +121,24 @@ impl EngineSection {
     /// in a directory only the owner can open is private already).
     pub fn curve(&self) -> bool {
         self.encrypted && !self.unix_socket()
+    }
+
+    /// Refuses a broker on TCP without CurveZMQ unless explicitly allowed
+    /// ([`EngineSection::allow_unencrypted_tcp`]). Checked where the agent
+    /// starts, after `hpfaas up` may have chosen a Unix socket.
+    pub fn check_link(&self) -> Result<(), String> {
+        if self.encrypted || self.unix_socket() || self.allow_unencrypted_tcp {
+            return Ok(());
+        }
+        Err(format!(
+            "engine.encrypted = false on a TCP broker (engine.address = {}) lets anyone who can \
+             reach its port, any local user included, register as a manager and receive tasks \
+             and results: keep encrypted = true, use address = \"{UNIX_ADDRESS}\" with the \
+             local provider, or set engine.allow_unencrypted_tcp = true to accept that",
+            self.address
+                .as_deref()
+                .map_or("the default".to_string(), |a| format!("{a:?}"))
+        ))
     }
 }
 
@@ -131,9 +158,15 @@ impl Default for EngineSection {
             mpi_launcher: default_mpi_launcher(),
             launcher_options: String::new(),
             run_in_sandbox: false,
+            shell_output_limit: default_shell_output_limit(),
             encrypted: true,
+            allow_unencrypted_tcp: false,
         }
     }
+}
+
+fn default_shell_output_limit() -> usize {
+    crate::manager::shell::DEFAULT_OUTPUT_LIMIT
 }
 
 fn default_mpi_launcher() -> String {
@@ -319,7 +352,9 @@ pub fn template(service_url: Option<&str>) -> String {
 # mpi_launcher = "mpiexec"              # MPI tasks: mpiexec (OpenMPI) | mpiexec-mpich | srun
 # launcher_options = ""                 # e.g. "--oversubscribe", added to every MPI launch
 # encrypted = true                      # CurveZMQ broker<->managers; false only for debugging
+# allow_unencrypted_tcp = false         # true: accept encrypted = false on a TCP address
 # run_in_sandbox = false                # true: each task runs in tasks/<task_id>/ of its block
+# shell_output_limit = 1048576          # bytes of a shell task's stdout/stderr kept (head + tail)
 
 [provider]
 type = "local"
@@ -395,6 +430,36 @@ mod tests {
                 .contains("aprun")
         );
         assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
+    }
+
+    #[test]
+    fn an_unencrypted_tcp_broker_needs_an_explicit_key() {
+        for address in ["", "address = \"127.0.0.1\"\n", "address = \"10.1.2.3\"\n"] {
+            let text = format!("[engine]\nencrypted = false\n{address}");
+            let err = EndpointConfig::parse(&text)
+                .unwrap()
+                .engine
+                .check_link()
+                .unwrap_err();
+            assert!(err.contains("engine.allow_unencrypted_tcp"), "{err}");
+            let allowed = format!("{text}allow_unencrypted_tcp = true\n");
+            EndpointConfig::parse(&allowed)
+                .unwrap()
+                .engine
+                .check_link()
+                .unwrap();
+        }
+        let unix = "[engine]\nencrypted = false\naddress = \"unix\"\n";
+        EndpointConfig::parse(unix)
+            .unwrap()
+            .engine
+            .check_link()
+            .unwrap();
+        EndpointConfig::parse("")
+            .unwrap()
+            .engine
+            .check_link()
+            .unwrap();
     }
 }
 

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod lifecycle;
 pub mod manager;
+pub mod private;
 pub mod strategy;
 pub mod tls;
 pub mod zmq_bridge;

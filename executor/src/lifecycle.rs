@@ -48,9 +48,9 @@ pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
     if path.exists() {
         bail!("endpoint {name} is already configured: {}", path.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::private::dirs(&hpfaas_home(), &dir)?;
     let url = std::env::var("HPFAAS_URL").ok();
-    std::fs::write(&path, config::template(url.as_deref()))?;
+    crate::private::write(&path, config::template(url.as_deref()).as_bytes(), true)?;
     Ok(path)
 }
 
@@ -61,6 +61,9 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
     if !path.exists() {
         bail!("endpoint {name} is not configured; run `hpfaas endpoint configure {name}`");
     }
+    // Before anything is read from or written to it: the directory holds
+    // the credential, keys, journal and logs.
+    crate::private::dirs(&hpfaas_home(), &dir)?;
     let config = EndpointConfig::load(&path)?;
     crate::tls::set_ca_file(config.endpoint.ca_file.clone());
     let service_url = config
@@ -111,11 +114,7 @@ pub fn start_daemon(name: &str) -> anyhow::Result<String> {
     }
     AgentState::remove(&spec.dir);
     let log_path = spec.dir.join("endpoint.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log = crate::private::open_append(&log_path, false)?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut child = Command::new(&spec.hpfaas_exe)
         .args(["endpoint", "start", name, "--foreground"])
@@ -174,13 +173,13 @@ pub fn stop(name: &str, keep_blocks: bool) -> anyhow::Result<String> {
     } else {
         libc::SIGTERM
     };
-    // SAFETY: kill(2) on the pid the agent recorded for itself.
-    unsafe { libc::kill(s.pid as i32, signal) };
+    // `running` only returns a state whose pid is alive, so a valid one.
+    crate::agent::state_file::send_signal(s.pid, signal)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.is_alive() {
         if Instant::now() > deadline {
-            // SAFETY: as above; the agent ignored SIGTERM for 30 s.
-            unsafe { libc::kill(s.pid as i32, libc::SIGKILL) };
+            // The agent ignored SIGTERM for 30 s.
+            crate::agent::state_file::send_signal(s.pid, libc::SIGKILL)?;
             bail!(
                 "endpoint {name} (pid {}) did not stop within 30 s and was killed",
                 s.pid

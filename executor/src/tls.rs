@@ -78,8 +78,11 @@ mod tests {
 
     #[test]
     fn a_file_without_certificates_is_named() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-tls-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let err = client_config(&empty).unwrap_err().to_string();
@@ -87,6 +90,5 @@ mod tests {
         let missing = dir.join("missing.pem");
         let err = format!("{:#}", client_config(&missing).unwrap_err());
         assert!(err.contains("missing.pem"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

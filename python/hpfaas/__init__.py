@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         TaskCancelled,
         TaskExecutionFailed,
         TaskPending,
+        UntrustedResult,
     )
     from hpfaas.executor import Executor
     from hpfaas.mpi import MPIFunction
@@ -46,6 +47,7 @@ _EXPORTS = {
     "ShellResult": "hpfaas.shell",
     "TaskExecutionFailed": "hpfaas.errors",
     "TaskPending": "hpfaas.errors",
+    "UntrustedResult": "hpfaas.errors",
 }
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "TaskCancelled",
     "TaskExecutionFailed",
     "TaskPending",
+    "UntrustedResult",
     "__version__",
 ]
 

@@ -27,9 +27,12 @@ from hpfaas.errors import (
     HTTPError,
     TaskExecutionFailed,
     TaskPending,
+    UntrustedResult,
 )
 from hpfaas.serialize import (
+    JSON,
     SHELL_FUNCTION,
+    SHELL_RESULT,
     deserialize,
     pack,
     serialize,
@@ -122,18 +125,31 @@ def encode_payload(payload: str, pickled: bool = False) -> str:
     return json.dumps(payload)
 
 
-def task_result(doc: dict) -> Any:
+#: Result strategies that are plain data (JSON text), safe from any endpoint.
+DATA_ONLY_RESULTS = (JSON, SHELL_RESULT)
+
+#: What an `Executor` asks of an endpoint whose pickles it will not decode:
+#: JSON when the value allows, so most results still arrive.
+JSON_FIRST = [JSON, "00\n"]
+
+
+def task_result(doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> Any:
     """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`.
 
     A cancelled task raises `TaskCancelled`, and one whose result the service
-    purged unfetched raises `ResultExpired` (both `TaskExecutionFailed`).
+    purged unfetched raises `ResultExpired` (both `TaskExecutionFailed`). A
+    result that is not plain JSON is decoded only if `may_unpickle(endpoint
+    id)` says so (`Client.may_unpickle`); else `UntrustedResult`.
     """
     status = doc.get("status", "unknown")
     if doc.get("pending"):
         raise TaskPending(doc["task_id"], status)
     exception_type = doc.get("exception_type") or _STATUS_EXCEPTION_TYPES.get(status)
     if status == "success" and "result" in doc and exception_type != "ResultExpired":
-        return deserialize(doc["result"])
+        result = doc["result"]
+        if not result.startswith(DATA_ONLY_RESULTS) and not may_unpickle(doc.get("endpoint_id")):
+            raise UntrustedResult(doc.get("task_id", "?"), doc.get("endpoint_id"))
+        return deserialize(result)
     error_class = EXCEPTION_TYPES.get(exception_type, TaskExecutionFailed)
     raise error_class(
         exception_type or "TaskFailed",
@@ -261,10 +277,16 @@ class Client:
         token: Optional[str] = None,
         ca_file: Optional[str] = None,
         verify: bool = True,
+        trust_pickled_results_from: Iterable[str] = (),
     ):
         """`ca_file` (else `$HPFAAS_CA_FILE`): a PEM CA to trust, besides the
         system's, for an `https://` service; `verify=False` checks no
-        certificate at all (for tests only)."""
+        certificate at all (for tests only).
+
+        Pickled results are decoded only from your own endpoints and those in
+        `trust_pickled_results_from` (endpoint ids): unpickling runs code the
+        pickle names, so an endpoint shared with you could take over this
+        process. JSON results are decoded from any endpoint."""
         url = url or os.environ.get("HPFAAS_URL")
         token = token or os.environ.get("HPFAAS_TOKEN")
         up_path, up = _read_up_json()
@@ -300,6 +322,11 @@ class Client:
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._local = threading.local()
         self._shell_function_ids: set = set()
+        #: Endpoint ids whose pickled results are decoded although not yours.
+        self.trust_pickled_results_from = {str(e) for e in trust_pickled_results_from}
+        # Your endpoints, and others seen, as far as asked (`may_unpickle`).
+        self._own_endpoints: Optional[set] = None
+        self._trust_lock = threading.Lock()
 
     # -- functions --------------------------------------------------------
 
@@ -383,8 +410,22 @@ class Client:
         return self._request("GET", f"/v2/tasks/{task_id}")
 
     def get_result(self, task_id: str) -> Any:
-        """The task's value; raises `TaskPending` or `TaskExecutionFailed`."""
-        return task_result(self.get_task(task_id))
+        """The task's value; raises `TaskPending`, `TaskExecutionFailed`, or
+        `UntrustedResult` for a pickle from an endpoint you do not trust."""
+        return task_result(self.get_task(task_id), self.may_unpickle)
+
+    def may_unpickle(self, endpoint_id: Optional[str]) -> bool:
+        """True if results of `endpoint_id` may be unpickled: it is yours (as
+        `GET /v2/endpoints` lists them) or named in `trust_pickled_results_from`."""
+        if endpoint_id is None:
+            return False
+        if endpoint_id in self.trust_pickled_results_from:
+            return True
+        with self._trust_lock:
+            if self._own_endpoints is None or endpoint_id not in self._own_endpoints:
+                # Asked again for an unknown id: an endpoint may be new since.
+                self._own_endpoints = {e["endpoint_id"] for e in self.get_endpoints()}
+            return endpoint_id in self._own_endpoints
 
     def cancel(self, task_id: str) -> dict:
         """Cancel a task that is not final: `{"task_id", "status": "cancelled"}`.
@@ -408,7 +449,7 @@ class Client:
             entry = {"pending": bool(doc.get("pending")), "status": doc.get("status")}
             if not entry["pending"]:
                 try:
-                    entry["result"] = task_result(doc)
+                    entry["result"] = task_result(doc, self.may_unpickle)
                 except Exception as exc:
                     entry["exception"] = exc
             results[task_id] = entry

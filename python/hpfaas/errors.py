@@ -77,5 +77,29 @@ class ResultExpired(TaskExecutionFailed):
     """The task finished, but nobody fetched its result in time and the service purged it."""
 
 
+class UntrustedResult(HpfaasError):
+    """A task's result is a pickle from an endpoint the caller does not own.
+
+    Unpickling runs whatever code the pickle names, so it would hand the
+    endpoint's owner the caller's process. JSON results are decoded whatever
+    the endpoint; pickles only from the caller's own endpoints and those named
+    in `Client(trust_pickled_results_from=[...])`.
+    """
+
+    def __init__(self, task_id: str, endpoint_id: Optional[str]):
+        super().__init__(
+            f"task {task_id} ran on endpoint {endpoint_id}, which you do not own, and its"
+            " result is a pickle: unpickling it would run code of the endpoint owner's"
+            " choosing. Ask for JSON results (result_serializers=['11\\n']), or trust this"
+            f" endpoint: Client(trust_pickled_results_from=[{endpoint_id!r}])"
+            " or Executor(..., trust_pickled_results=True)"
+        )
+        self.task_id = task_id
+        self.endpoint_id = endpoint_id
+
+    def __reduce__(self):
+        return (type(self), (self.task_id, self.endpoint_id))
+
+
 #: The `TaskExecutionFailed` subclass raised for a task's `exception_type`.
 EXCEPTION_TYPES = {"TaskCancelled": TaskCancelled, "ResultExpired": ResultExpired}

@@ -20,7 +20,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import Client, encode_payload, pack_call, task_result
+from hpfaas.client import JSON_FIRST, Client, encode_payload, pack_call, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
 
@@ -95,10 +95,10 @@ _STOP = object()
 SUBMIT_THREADS = 2
 
 
-def _resolve(future: TaskFuture, doc: dict) -> None:
+def _resolve(future: TaskFuture, doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> None:
     try:
         try:
-            value = task_result(doc)
+            value = task_result(doc, may_unpickle)
         except Exception as exc:
             future.set_exception(exc)
         else:
@@ -117,7 +117,13 @@ class Executor(concurrent.futures.Executor):
         task_group_id: Optional[str] = None,
         batch_size: int = MAX_BATCH_TASKS,
         resource_specification: Optional[dict] = None,
+        trust_pickled_results: bool = False,
     ):
+        """`trust_pickled_results=True` decodes pickled results of an endpoint
+        you do not own (adds it to the client's `trust_pickled_results_from`):
+        only for an endpoint whose owner you trust with this process. Without
+        it, such an endpoint is asked for JSON results first, and a result
+        that still comes pickled fails its future with `UntrustedResult`."""
         self.client = client or Client()
         self.endpoint_id = endpoint_id or self.client.default_endpoint_id
         if not self.endpoint_id:
@@ -125,6 +131,10 @@ class Executor(concurrent.futures.Executor):
                 "no endpoint_id given, and no up.json from `hpfaas up` names one for"
                 f" {self.client.url}"
             )
+        if trust_pickled_results:
+            self.client.trust_pickled_results_from.add(str(self.endpoint_id))
+        # None until the first submit asks the client (one request).
+        self._result_serializers: Optional[Tuple[Optional[List[str]]]] = None
         # Chosen here rather than by the service, so every submit names the
         # same group and the result stream can be opened by id.
         self.task_group_id = task_group_id or str(uuid.uuid4())
@@ -178,6 +188,10 @@ class Executor(concurrent.futures.Executor):
         payload, blob = pack_call(args, kwargs, as_json=as_json)
         future = TaskFuture()
         future._executor = self
+        if self._result_serializers is None:
+            # Asked here, once, not by the submitters: a request on their
+            # way would let the second overtake the first's calls.
+            self._serializers()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -280,7 +294,9 @@ class Executor(concurrent.futures.Executor):
             if item is _STOP:
                 return
             batch = self.client.create_batch(
-                self.task_group_id, resource_specification=item.resource_specification
+                self.task_group_id,
+                resource_specification=item.resource_specification,
+                result_serializers=self._serializers(),
             )
             sent: List[_Submission] = []
             while True:
@@ -351,7 +367,7 @@ class Executor(concurrent.futures.Executor):
                 for future in refetch:
                     future.set_exception(exc)
         for future, doc in ready:
-            _resolve(future, doc)
+            _resolve(future, doc, self.client.may_unpickle)
 
     def _on_result(self, doc: dict) -> None:
         task_id = doc["task_id"]
@@ -366,8 +382,16 @@ class Executor(concurrent.futures.Executor):
                 self._unclaimed[task_id] = doc
                 return
             self._finished.add(task_id)
-        _resolve(future, doc)
+        _resolve(future, doc, self.client.may_unpickle)
         self._stop_stream_if_idle()
+
+    def _serializers(self) -> Optional[List[str]]:
+        """What results to ask for: the default (pickle) from an endpoint
+        whose pickles are decoded, else JSON first."""
+        if self._result_serializers is None:
+            trusted = self.client.may_unpickle(self.endpoint_id)
+            self._result_serializers = (None if trusted else list(JSON_FIRST),)
+        return self._result_serializers[0]
 
     def _cancel_submitted(self, future: TaskFuture) -> bool:
         """Cancel a submitted task in the service, then resolve its future as cancelled."""

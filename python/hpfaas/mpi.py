@@ -39,7 +39,7 @@ class MPIFunction(ShellFunction):
 
     def __call__(self, **kwargs) -> ShellResult:
         """Run here as on an endpoint: the prefix is whatever `$HPFAAS_MPI_PREFIX` holds."""
-        return self.run_line("$HPFAAS_MPI_PREFIX " + self.cmd.format(**kwargs))
+        return self.run_line("$HPFAAS_MPI_PREFIX " + self.render(**kwargs))
 
 
 def validate_resource_specification(spec: Optional[dict]) -> MPIShape:

@@ -279,12 +279,24 @@ def _load_shell_function(body: str) -> ShellFunction:
     from hpfaas.mpi import MPIFunction
 
     kind = MPIFunction if spec.get("mpi") else ShellFunction
-    return kind(spec["cmd"], spec.get("walltime"), spec.get("snippet_lines", 1000))
+    return kind(
+        spec["cmd"],
+        spec.get("walltime"),
+        spec.get("snippet_lines", 1000),
+        quote_arguments=spec.get("quote_arguments", True),
+    )
 
 
 def _load_shell_result(body: str) -> ShellResult:
     doc = json.loads(body)
-    return ShellResult(doc["returncode"], doc["stdout"], doc["stderr"], doc["cmd"])
+    return ShellResult(
+        doc["returncode"],
+        doc["stdout"],
+        doc["stderr"],
+        doc["cmd"],
+        doc.get("stdout_dropped", 0),
+        doc.get("stderr_dropped", 0),
+    )
 
 
 _DECODERS = {

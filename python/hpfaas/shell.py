@@ -2,11 +2,18 @@
 
 On an endpoint the manager runs a shell function itself, without Python; calling
 one locally runs the same command through `subprocess`, which is handy in tests.
+
+Keyword arguments fill the command's `{name}` placeholders each quoted as one
+shell word (`shlex.quote`), so a caller cannot add commands of their own; unlike
+Globus Compute, which pastes them as they are. The function's author may ask for
+that with `quote_arguments=False`; a caller cannot.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +31,10 @@ class ShellResult:
     stdout: str
     stderr: str
     cmd: str
+    #: Bytes of output beyond what `stdout` / `stderr` show (over the endpoint's
+    #: `shell_output_limit` or `snippet_lines`); 0 when whole.
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
 
 class ShellFunction:
@@ -38,23 +49,34 @@ class ShellFunction:
         walltime: Optional[float] = None,
         snippet_lines: int = 1000,
         name: Optional[str] = None,
+        quote_arguments: bool = True,
     ):
         self.cmd = cmd
         self.walltime = walltime
         self.snippet_lines = snippet_lines
+        self.quote_arguments = quote_arguments
         # Registration names the function after `__name__`, like a Python function.
         self.__name__ = name or f"{self._kind}: {cmd}"
 
     def to_dict(self) -> dict:
         """The wire form the manager reads (`sh\\n` strategy)."""
-        return {"cmd": self.cmd, "walltime": self.walltime, "snippet_lines": self.snippet_lines}
+        doc = {"cmd": self.cmd, "walltime": self.walltime, "snippet_lines": self.snippet_lines}
+        if not self.quote_arguments:
+            doc["quote_arguments"] = False
+        return doc
 
     def __repr__(self) -> str:
         return f"{self._kind}({self.cmd!r}, walltime={self.walltime!r})"
 
     def __call__(self, **kwargs) -> ShellResult:
         """Run the command here with `/bin/sh`, as the manager would on an endpoint."""
-        return self.run_line(self.cmd.format(**kwargs))
+        return self.run_line(self.render(**kwargs))
+
+    def render(self, **kwargs) -> str:
+        """The command line with placeholders filled as the manager fills them."""
+        if not self.quote_arguments:
+            return self.cmd.format(**kwargs)
+        return self.cmd.format(**{k: shlex.quote(_text(v)) for k, v in kwargs.items()})
 
     def run_line(self, cmd: str) -> ShellResult:
         """Run a filled-in command line with `/bin/sh`, under this function's walltime."""
@@ -84,3 +106,10 @@ class ShellFunction:
     def _tail(self, text: str) -> str:
         lines = text.splitlines(keepends=True)
         return "".join(lines[max(len(lines) - self.snippet_lines, 0) :])
+
+
+def _text(value) -> str:
+    """A keyword argument as the manager writes it: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))

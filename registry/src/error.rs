@@ -77,6 +77,28 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// 507: the disk holding the service's data is full; the request may
+    /// be retried once space is freed.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message,
+        )
+    }
+
+    /// A failed file operation (`what` says which): 507 when the disk is
+    /// full or over quota, else 500.
+    pub fn io(what: &str, err: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match err.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::insufficient_storage(
+                format!("{what}: the service's disk is full ({err}); retry once space is freed"),
+            ),
+            _ => Self::internal(format!("{what}: {err}")),
+        }
+    }
+
     /// 503: the service is shutting down.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -100,6 +122,11 @@ impl std::error::Error for ApiError {}
 impl From<rusqlite::Error> for ApiError {
     fn from(err: rusqlite::Error) -> Self {
         tracing::error!(error = %err, "database error");
+        if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return ApiError::insufficient_storage(format!(
+                "the service's disk is full ({err}); retry once space is freed"
+            ));
+        }
         ApiError::internal(format!("database error: {err}"))
     }
 }

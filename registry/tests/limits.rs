@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::*;
 use hpfaas_protocol::endpoint::AgentMessage;
@@ -26,9 +25,14 @@ fn raw_exchange(svc: &TestService, token: &str, path: &str, body: &str) -> Strin
     // The service may answer and close before reading it all.
     let _ = tcp.write_all(body.as_bytes());
     let mut out = Vec::new();
-    // Returns once the service closes: a kept-alive connection would time out.
-    let _ = tcp.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    // Ends at the service's close; a kept-alive connection would end in the
+    // read timeout instead, an error.
+    let ended = tcp.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    if let Err(e) = ended {
+        panic!("the service did not close the connection ({e}); it sent: {out}");
+    }
+    out
 }
 
 #[test]
@@ -44,7 +48,6 @@ fn every_413_says_connection_close_and_closes() {
     let submit = format!("/v3/endpoints/{ep}/submit");
 
     let big = json!({"tasks": {f.clone(): ["x".repeat(8192)]}}).to_string();
-    let started = std::time::Instant::now();
     let answer = raw_exchange(&svc, &token, &submit, &big);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
@@ -56,10 +59,6 @@ fn every_413_says_connection_close_and_closes() {
     assert!(
         answer.contains("payload_too_large") && answer.contains("4096"),
         "{answer}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the connection was closed, not timed out"
     );
 
     // Too many tasks: 413 naming the limit, also closing.

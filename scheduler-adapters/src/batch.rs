@@ -233,10 +233,12 @@ impl<S: Scheduler> Provider for BatchProvider<S> {
         })?;
         let path = dir.join(format!("block-{}.{}", request.block_id, S::EXTENSION));
         let text = self.job_script(request);
-        std::fs::write(&path, &text).map_err(|e| {
-            self.runner
-                .error(format!("cannot write {}: {e}", path.display()))
-        })?;
+        crate::create_private(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|e| {
+                self.runner
+                    .error(format!("cannot write {}: {e}", path.display()))
+            })?;
         // Submitted from the log directory, so a job that starts where it was
         // submitted (Slurm) starts there too.
         let invocation = S::submit_command(&path, &text).in_dir(dir);

@@ -150,6 +150,8 @@ pub fn run(invocation: &Invocation, timeout: Duration) -> Result<Output, Command
         // Its own group, so that a timeout kills what it started too (a
         // wrapper script's `sleep`, an ssh to the controller, ...).
         .process_group(0);
+    // `sbatch` hands its whole environment to the job by default.
+    crate::strip_secrets(&mut command);
     if let Some(dir) = &invocation.dir {
         command.current_dir(dir);
     }
@@ -264,8 +266,9 @@ mod tests {
         let started = Instant::now();
         // The child `sleep` holds the pipes open: killing only the shell would
         // leave the reader waiting for it.
-        let err = run(&sh("sleep 30; echo never"), Duration::from_millis(300)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = run(&sh("sleep 3600; echo never"), Duration::from_millis(300)).unwrap_err();
+        // A generous bound: a `sleep` left alive would hold the pipes for an hour.
+        assert!(started.elapsed() < Duration::from_secs(120));
         let message = err.to_string();
         assert!(message.contains("/bin/sh -c"), "{message}");
         assert!(message.contains("0.3 s"), "{message}");

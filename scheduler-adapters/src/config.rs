@@ -161,8 +161,55 @@ impl ProviderConfig {
         parse_walltime(&self.walltime).unwrap_or(Duration::from_secs(1800))
     }
 
+    /// Checks that no value holds a control character: one would end a
+    /// `#SBATCH`/`#PBS`/`#BSUB` line and run the rest as shell. Only the keys
+    /// made of lines (`scheduler_options`, `worker_init`) may hold line
+    /// breaks and tabs.
+    fn check_characters(&self) -> Result<(), String> {
+        let single = [
+            ("type", Some(&self.kind)),
+            ("partition", self.partition.as_ref()),
+            ("queue", self.queue.as_ref()),
+            ("account", self.account.as_ref()),
+            ("project", self.project.as_ref()),
+            ("qos", self.qos.as_ref()),
+            ("constraint", self.constraint.as_ref()),
+            ("select_options", self.select_options.as_ref()),
+            ("walltime", Some(&self.walltime)),
+            ("launcher", self.launcher.as_ref()),
+            ("launcher_template", self.launcher_template.as_ref()),
+        ];
+        let lines = std::iter::once(("worker_init", &self.worker_init)).chain(
+            self.scheduler_options
+                .iter()
+                .map(|o| ("scheduler_options", o)),
+        );
+        let values = single
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?, false)))
+            .chain(lines.map(|(key, value)| (key, value, true)));
+        for (key, value, multiline) in values {
+            if let Some(c) = value
+                .chars()
+                .find(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+            {
+                return Err(format!(
+                    "provider.{key} holds the control character {c:?}; it would end a \
+                     job script line{}",
+                    if multiline {
+                        ""
+                    } else {
+                        " (one line, no tabs or line breaks)"
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values and that each key suits the provider; names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_characters()?;
         let kinds = ["local", "slurm", "pbs", "lsf"];
         if !kinds.contains(&self.kind.as_str()) {
             return Err(format!(
@@ -287,5 +334,34 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("cmd_timeout"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_the_key() {
+        let slurm = |f: &dyn Fn(&mut ProviderConfig)| {
+            let mut c = ProviderConfig {
+                kind: "slurm".into(),
+                ..Default::default()
+            };
+            f(&mut c);
+            c.validate()
+        };
+        let err = slurm(&|c| c.partition = Some("debug\nrm -rf ~".into())).unwrap_err();
+        assert!(
+            err.contains("provider.partition") && err.contains("\\n"),
+            "{err}"
+        );
+        let err = slurm(&|c| c.account = Some("a\rb".into())).unwrap_err();
+        assert!(err.contains("provider.account"), "{err}");
+        let err = slurm(&|c| c.qos = Some("a\u{0}".into())).unwrap_err();
+        assert!(err.contains("provider.qos"), "{err}");
+        let err = slurm(&|c| c.scheduler_options = vec!["--x\u{1b}[2J".into()]).unwrap_err();
+        assert!(err.contains("provider.scheduler_options"), "{err}");
+        // Keys made of lines keep their line breaks.
+        slurm(&|c| {
+            c.scheduler_options = vec!["--constraint=cpu\n#SBATCH --exclusive".into()];
+            c.worker_init = "module load x\n\texport Y=1\r\n".into();
+        })
+        .unwrap();
     }
 }

@@ -27,6 +27,20 @@ use std::path::PathBuf;
 /// A batch-system job id as the scheduler prints it (e.g. `1234`, `1234.server`).
 pub type JobId = String;
 
+/// Creates (or empties) `path` as a file only its owner can open, whatever
+/// the umask: job scripts and block logs hold command lines and task output.
+pub fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 use batch::BatchProvider;
 pub use config::ProviderConfig;
 
@@ -119,6 +133,29 @@ pub fn build(config: &ProviderConfig) -> Result<Box<dyn Provider>, String> {
     }
 }
 
+/// True for a variable of the agent's environment that holds a secret (the
+/// owner's `HPFAAS_TOKEN`, and any `HPFAAS_*` key, password or credential):
+/// blocks and scheduler commands never get one, since tasks run as the same
+/// user as the block and can read its processes' environments.
+pub fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
+    let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("HPFAAS_")) else {
+        return false;
+    };
+    ["TOKEN", "KEY", "SECRET", "CREDENTIAL", "PASSWORD"]
+        .iter()
+        .any(|word| rest.contains(word))
+}
+
+/// Removes this process's secret variables ([`is_secret_variable`]) from
+/// what `command` will inherit.
+pub fn strip_secrets(command: &mut std::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if is_secret_variable(&name) {
+            command.env_remove(name);
+        }
+    }
+}
+
 /// Exports and `worker_init` for the top of a job script, shared by every provider.
 pub fn script_preamble(request: &BlockRequest, worker_init: &str) -> String {
     let mut out = String::new();
@@ -140,4 +177,31 @@ pub fn script_preamble(request: &BlockRequest, worker_init: &str) -> String {
 pub(crate) fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_told_apart() {
+        for secret in [
+            "HPFAAS_TOKEN",
+            "HPFAAS_OWNER_TOKEN",
+            "HPFAAS_TLS_KEY",
+            "HPFAAS_CURVE_SECRET",
+            "HPFAAS_PASSWORD",
+        ] {
+            assert!(is_secret_variable(secret.as_ref()), "{secret}");
+        }
+        for plain in [
+            "HPFAAS_HOME",
+            "HPFAAS_URL",
+            "TOKEN",
+            "PATH",
+            "HPFAAS_EMULATOR_STATE",
+        ] {
+            assert!(!is_secret_variable(plain.as_ref()), "{plain}");
+        }
+    }
 }

@@ -2,7 +2,6 @@
 //! a job script through `sh`, so `worker_init` runs first, as on a cluster.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,12 +96,15 @@ impl Provider for LocalProvider {
         let script_path = request
             .log_dir
             .join(format!("block-{}.sh", request.block_id));
-        std::fs::write(&script_path, self.job_script(request))
+        crate::create_private(&script_path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, self.job_script(request).as_bytes())
+            })
             .map_err(|e| Self::error(format!("cannot write {}: {e}", script_path.display())))?;
         let log_path = request
             .log_dir
             .join(format!("block-{}.log", request.block_id));
-        let log = File::create(&log_path)
+        let log = crate::create_private(&log_path)
             .map_err(|e| Self::error(format!("cannot create {}: {e}", log_path.display())))?;
         let log_err = log
             .try_clone()
@@ -113,6 +115,7 @@ impl Provider for LocalProvider {
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
+        crate::strip_secrets(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| Self::error(format!("cannot start block {}: {e}", request.block_id)))?;
@@ -201,18 +204,27 @@ mod tests {
         })
     }
 
-    fn request(id: &str, argv: &[&str]) -> BlockRequest {
+    /// A directory for a test's block logs, removed on drop.
+    fn log_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("hpfaas-local-")
+            .tempdir()
+            .unwrap()
+    }
+
+    fn request(logs: &tempfile::TempDir, id: &str, argv: &[&str]) -> BlockRequest {
         BlockRequest {
             block_id: id.into(),
             job_name: format!("hpfaas-test-{id}"),
             manager_command: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![("HPFAAS_TEST_VAR".into(), "from env".into())],
-            log_dir: std::env::temp_dir().join(format!("hpfaas-local-{}", std::process::id())),
+            log_dir: logs.path().to_path_buf(),
         }
     }
 
     fn wait_finished(p: &mut LocalProvider, job: &JobId) -> JobState {
-        for _ in 0..500 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             let state = p.status(std::slice::from_ref(job)).unwrap()[job].clone();
             if state.is_finished() {
                 return state;
@@ -224,8 +236,13 @@ mod tests {
 
     #[test]
     fn runs_worker_init_then_the_command_and_reports_exit() {
+        let logs = log_dir();
         let mut p = provider("INIT=ran; export INIT");
-        let req = request("ok", &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""]);
+        let req = request(
+            &logs,
+            "ok",
+            &["sh", "-c", "echo \"$INIT $HPFAAS_TEST_VAR\""],
+        );
         assert!(p
             .job_script(&req)
             .contains("export HPFAAS_TEST_VAR='from env'"));
@@ -234,7 +251,9 @@ mod tests {
         let log = std::fs::read_to_string(req.log_dir.join("block-ok.log")).unwrap();
         assert_eq!(log.trim(), "ran from env");
 
-        let job = p.submit(&request("bad", &["sh", "-c", "exit 3"])).unwrap();
+        let job = p
+            .submit(&request(&logs, "bad", &["sh", "-c", "exit 3"]))
+            .unwrap();
         assert_eq!(
             wait_finished(&mut p, &job),
             JobState::Failed {
@@ -243,11 +262,38 @@ mod tests {
         );
     }
 
+    /// The agent's token must not reach a block: its tasks run as the same
+    /// user and could read it from any of the block's processes.
+    #[test]
+    fn blocks_do_not_inherit_the_agents_secrets() {
+        let logs = log_dir();
+        std::env::set_var("HPFAAS_LOCAL_TEST_TOKEN", "secret-in-agent");
+        let mut p = provider("");
+        let req = request(
+            &logs,
+            "secret",
+            &[
+                "sh",
+                "-c",
+                "echo \"[$HPFAAS_LOCAL_TEST_TOKEN][$HPFAAS_TEST_VAR]\"",
+            ],
+        );
+        let job = p.submit(&req).unwrap();
+        assert_eq!(wait_finished(&mut p, &job), JobState::Completed);
+        let log = std::fs::read_to_string(req.log_dir.join("block-secret.log")).unwrap();
+        assert_eq!(log.trim(), "[][from env]");
+    }
+
     #[test]
     fn cancel_kills_the_whole_group() {
+        let logs = log_dir();
         let mut p = provider("");
         let job = p
-            .submit(&request("long", &["sh", "-c", "sleep 60 & sleep 60"]))
+            .submit(&request(
+                &logs,
+                "long",
+                &["sh", "-c", "sleep 60 & sleep 60"],
+            ))
             .unwrap();
         assert_eq!(
             p.status(std::slice::from_ref(&job)).unwrap()[&job],

@@ -40,19 +40,19 @@ pub fn render(
 ) -> String {
     let mut out = String::from("#!/bin/bash\n");
     for directive in directives {
-        out.push_str(&format!("{} {directive}\n", dialect.prefix));
+        out.push_str(&format!("{} {}\n", dialect.prefix, one_line(directive)));
     }
     for line in config
         .scheduler_options
         .iter()
         .flat_map(|option| option.lines())
-        .map(str::trim)
+        .map(|line| one_line(line.trim()))
         .filter(|line| !line.is_empty())
     {
         // Users write whole directive lines; a bare option gets the prefix so
         // that `--constraint=cpu` (Parsl's habit) still works.
         if line.starts_with('#') {
-            out.push_str(line);
+            out.push_str(&line);
         } else {
             out.push_str(&format!("{} {line}", dialect.prefix));
         }
@@ -76,6 +76,16 @@ pub fn render(
     ));
     out.push('\n');
     out
+}
+
+/// A directive as one line whatever it holds: configurations are checked
+/// at load ([`ProviderConfig::validate`]), but a control character that got
+/// here anyway (a path, a job name) must not end the directive and have the
+/// rest run as shell, so each becomes `?`.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Saves the job's environment just before the launcher adds its own
@@ -172,6 +182,34 @@ mod tests {
              (umask 077; env -0 > \"$HPFAAS_JOB_ENV\")\n\
              /opt/hpfaas/bin/hpfaas manager\n"
         );
+    }
+
+    /// A control character that slipped past validation (here, a config
+    /// built without it) cannot end a directive line.
+    #[test]
+    fn directives_stay_one_line_whatever_they_hold() {
+        let config = ProviderConfig {
+            kind: "slurm".into(),
+            partition: Some("debug\ntouch /tmp/pwned".into()),
+            scheduler_options: vec!["--x=a\u{b}b\ntouch /tmp/pwned2".into()],
+            ..Default::default()
+        };
+        let launcher = Launcher::from_config(&config).unwrap();
+        let mut req = request();
+        req.job_name = "ep\rtouch /tmp/pwned3".into();
+        let dialect = Dialect {
+            prefix: "#SBATCH",
+            starts_in_home: false,
+        };
+        let directives =
+            <crate::slurm::Slurm as crate::batch::Scheduler>::directives(&config, &req);
+        let script = render(dialect, &directives, &config, &launcher, &req);
+        for line in script.lines() {
+            assert!(
+                !line.trim_start().starts_with("touch"),
+                "a value became a shell line: {line:?}\n{script}"
+            );
+        }
     }
 
     #[test]

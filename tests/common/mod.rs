@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod up;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,8 +144,30 @@ pub fn endpoint_cmd(home: &Path, url: &str, token: &str, args: &[&str]) -> std::
     endpoint_command(home, url, token, args).output().unwrap()
 }
 
-/// Writes the worker's pid to `path`, then sleeps `seconds`; returns the pid.
-pub const NAP_WITH_PID: &str = "def nap(path, seconds):\n    import os, time\n    with open(path, 'w') as f:\n        f.write(str(os.getpid()))\n    time.sleep(seconds)\n    return os.getpid()\n";
+/// Writes the worker's pid to `path` (whole or not at all: a temporary file
+/// renamed into place), then sleeps `seconds`; returns the pid.
+pub const NAP_WITH_PID: &str = "def nap(path, seconds):\n    import os, time\n    with open(path + '.tmp', 'w') as f:\n        f.write(str(os.getpid()))\n    os.replace(path + '.tmp', path)\n    time.sleep(seconds)\n    return os.getpid()\n";
+
+/// The pid in `path`, once it exists (writers rename it into place whole).
+pub fn pid_in(path: &Path, what: &str) -> i32 {
+    wait_for(Duration::from_secs(60), what, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+/// Polls the endpoint's status until the agent reports `n` outstanding tasks.
+pub fn wait_outstanding(ep: &Endpoint, n: u64, what: &str) {
+    let url = format!("{}/v2/endpoints/{}/status", ep.svc.url, ep.endpoint_id());
+    wait_for(Duration::from_secs(60), what, || {
+        let status = get(&url, &ep.token).ok()?;
+        (status
+            .to_string()
+            .contains(&format!("\"outstanding_tasks\":{n}")))
+        .then_some(())
+    });
+}
 
 /// True while `pid` runs (a zombie waiting for its parent counts as gone).
 pub fn alive(pid: i32) -> bool {

@@ -136,7 +136,7 @@ class Rig:
         ep.mkdir(parents=True)
         (ep / "config.toml").write_text(
             "[engine]\nmax_workers_per_node = 2\nheartbeat_period = 0.5\n"
-            f"heartbeat_threshold = 3.0\nmax_retries_on_system_failure = {retries}\n"
+            f"heartbeat_threshold = 5.0\nmax_retries_on_system_failure = {retries}\n"
             '[provider]\ntype = "local"\ninit_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n'
         )
         self.ep_dir = ep
@@ -176,6 +176,12 @@ class Rig:
         assert done.returncode == 0, f"endpoint start failed: {done.stdout}{done.stderr}"
         wait_until(lambda: self.agent_pid() and alive(self.agent_pid()), STARTUP_TIMEOUT,
                    "the agent")
+
+    def agent_state(self):
+        try:
+            return json.loads((self.ep_dir / "agent.json").read_text())["state"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def agent_pid(self):
         try:
@@ -262,7 +268,10 @@ def kill_agent(rig):
 def kill_service(rig):
     rig.service.kill()
     rig.service.wait()
-    time.sleep(1.0)  # let the agent and the SDK notice and back off
+    # The outage lasts until the agent has noticed it (and backs off to
+    # reconnect), so the restart exercises its reconnect path.
+    wait_until(lambda: rig.agent_state() == "connecting", STARTUP_TIMEOUT,
+               "the agent to notice the service is gone")
     rig.start_service()
 
 

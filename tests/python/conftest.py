@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "python"))
 
 from helpers import wait_until  # noqa: E402  (after the path is set)
 
-ENGINE_CONFIG = "[engine]\nheartbeat_period = 0.2\nheartbeat_threshold = 0.6\n"
+ENGINE_CONFIG = "[engine]\nheartbeat_period = 0.2\nheartbeat_threshold = 10.0\n"
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 10.0
 

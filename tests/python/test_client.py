@@ -205,7 +205,7 @@ def test_shell_function_gets_json_arguments(service, client):
     assert client.is_shell_function(function_id)
     task_id = client.run(endpoint_id=service.endpoint_id, function_id=function_id, msg="hi")
     wait_done(client, task_id)
-    assert client.get_result(task_id) == ShellResult(0, "hi\n", "", "echo hi")
+    assert client.get_result(task_id) == ShellResult(0, "hi\n", "", "echo 'hi'")
     # The manager insists on JSON: a client that does not know the function is
     # a shell function sends pickled arguments, and the task fails.
     unaware = Client(service.url, service.token)

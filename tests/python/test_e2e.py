@@ -171,11 +171,10 @@ def test_shell_function(executor):
 
 
 def test_shell_function_walltime(executor):
-    started = time.monotonic()
-    result = executor.submit(ShellFunction("sleep 5", walltime=0.5)).result(TASK_TIMEOUT)
+    # 124 and the message are the walltime's kill, not `sleep` ending on its own.
+    result = executor.submit(ShellFunction("sleep 600", walltime=0.5)).result(TASK_TIMEOUT)
     assert result.returncode == 124
     assert "walltime" in result.stderr
-    assert time.monotonic() - started < 4.0
 
 
 def test_client_finds_up_json_through_hpfaas_home(service, up_json_only):
@@ -208,16 +207,14 @@ def test_lost_manager_fails_its_task_and_a_new_block_starts(client, executor, tm
         "the sleeping task to be running",
     )
     manager_pid = int(
-        wait_until(lambda: parent_file.exists() and parent_file.read_text(), 10, "the manager pid")
+        wait_until(lambda: parent_file.exists() and parent_file.read_text(), TASK_TIMEOUT, "the manager pid")
     )
     cmdline = Path(f"/proc/{manager_pid}/cmdline").read_bytes()
     assert b"hpfaas" in cmdline, f"pid {manager_pid} is not a manager: {cmdline!r}"
 
     os.kill(manager_pid, signal.SIGKILL)
-    killed = time.monotonic()
-    # The heartbeat threshold is 0.6 s (conftest.ENGINE_CONFIG): a few seconds is plenty.
-    exc = sleeper.exception(10.0)
+    # The heartbeat threshold is 10 s (conftest.ENGINE_CONFIG); the wait is generous.
+    exc = sleeper.exception(TASK_TIMEOUT)
     assert isinstance(exc, TaskExecutionFailed)
     assert exc.remote_type == "ManagerLost"
-    assert time.monotonic() - killed < 5.0
     assert executor.submit(square, 7).result(TASK_TIMEOUT) == 49

@@ -119,7 +119,7 @@ def test_resource_specification_is_sent(relay, relayed_executor):
 
 def test_shell_function(executor):
     result = executor.submit(ShellFunction("echo {msg}"), msg="hi").result(TIMEOUT)
-    assert result == ShellResult(0, "hi\n", "", "echo hi")
+    assert result == ShellResult(0, "hi\n", "", "echo 'hi'")
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])

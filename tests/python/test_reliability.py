@@ -205,12 +205,12 @@ def test_expired_and_cancelled_documents_raise_their_own_errors():
         "exception_message": "the result expired unfetched",
     }
     with pytest.raises(ResultExpired) as info:
-        task_result(expired)
+        task_result(expired, lambda endpoint_id: True)
     assert isinstance(info.value, TaskExecutionFailed)
     assert isinstance(info.value, HpfaasError)
     cancelled = {"task_id": "t", "status": "cancelled", "pending": False}
     with pytest.raises(TaskCancelled):
-        task_result(cancelled)
+        task_result(cancelled, lambda endpoint_id: True)
 
 
 # -- a revoked token's result stream ------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import pickle
 import threading
 import traceback
@@ -243,6 +244,27 @@ def test_shell_function():
     assert buf == 'sh\n{"cmd": "echo {msg}", "walltime": 2.5, "snippet_lines": 7}'
     fn = deserialize(buf)
     assert (fn.cmd, fn.walltime, fn.snippet_lines) == ("echo {msg}", 2.5, 7)
+
+
+def test_shell_function_quoting_is_kept_by_the_definition():
+    raw = deserialize(serialize_function(ShellFunction("echo {msg}", quote_arguments=False)))
+    assert raw.quote_arguments is False
+    assert deserialize(serialize_function(ShellFunction("echo {msg}"))).quote_arguments is True
+
+
+def test_shell_arguments_are_quoted_locally_too(tmp_path):
+    marker = tmp_path / "pwned"
+    attack = f"x; touch {marker}"
+    result = ShellFunction("printf %s {msg}")(msg=attack)
+    assert (result.returncode, result.stdout) == (0, attack)
+    assert not marker.exists()
+    assert ShellFunction("echo {msg}", quote_arguments=False).render(msg="a; b") == "echo a; b"
+
+
+def test_shell_result_reads_dropped_counts():
+    doc = {"returncode": 0, "stdout": "y\n", "stderr": "", "cmd": "yes", "stdout_dropped": 99}
+    result = deserialize("sr\n" + json.dumps(doc))
+    assert (result.stdout_dropped, result.stderr_dropped) == (99, 0)
 
 
 def test_not_callable():

@@ -178,6 +178,26 @@ struct Blocks {
     external: Vec<(crate::broker::dispatch::BlockLoad, f64)>,
 }
 
+/// True if `job` read from `blocks.json` can be a job id of `provider`, so
+/// it may be polled and cancelled: a local block's is the pid of its
+/// process group (which a kill(2) of 0, 1 or a negative value would not
+/// name), a batch system's a word that no command can take for an option.
+fn adoptable(provider: &str, job: &str) -> bool {
+    if provider == "local" {
+        return job
+            .parse::<u32>()
+            .ok()
+            .and_then(crate::agent::state_file::signalable)
+            .is_some();
+    }
+    !job.is_empty()
+        && job.len() <= 128
+        && !job.starts_with('-')
+        && job
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-[]:@+".contains(c))
+}
+
 /// A block that ended sooner than this after starting counts as a failed start.
 const YOUNG: Duration = Duration::from_secs(10);
 
@@ -188,9 +208,21 @@ impl Blocks {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let now = Instant::now();
+        let provider = setup.provider.name();
         let live: Vec<Block> = saved
             .blocks
             .into_iter()
+            .filter(|record| {
+                let ok = adoptable(provider, &record.job_id);
+                if !ok {
+                    tracing::warn!(
+                        "not re-adopting block {}: {:?} in blocks.json is not a {provider} job id",
+                        record.block_id,
+                        record.job_id
+                    );
+                }
+                ok
+            })
             .map(|record| {
                 tracing::info!(
                     "re-adopting block {} (job {})",
@@ -247,13 +279,11 @@ impl Blocks {
             blocks: self.live.iter().map(|b| b.record.clone()).collect(),
         };
         let path = self.setup.dir.join("blocks.json");
-        let tmp = self.setup.dir.join(".blocks.json.tmp");
         let written = serde_json::to_vec_pretty(&saved)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| crate::private::write(&path, &bytes, true));
         if let Err(e) = written {
-            tracing::error!("cannot record blocks in {}: {e}", path.display());
+            tracing::error!("cannot record blocks in {}: {e:#}", path.display());
         }
     }
 
@@ -475,5 +505,24 @@ impl Blocks {
             })
             .chain(external)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plausible_job_ids_are_re_adopted() {
+        for bad in ["0", "1", "-1", "4294967295", "2147483648", "x", ""] {
+            assert!(!adoptable("local", bad), "{bad:?}");
+        }
+        assert!(adoptable("local", "4242"));
+        for bad in ["", "-1", "--user=alice", "1 2", "1;rm", "a\nb"] {
+            assert!(!adoptable("slurm", bad), "{bad:?}");
+        }
+        for good in ["123456", "123456_7", "4321.pbs-server", "8[1]"] {
+            assert!(adoptable("slurm", good), "{good:?}");
+        }
     }
 }

@@ -42,6 +42,11 @@ const DEFAULT_MAX_RESULT_BYTES: usize = 10 << 20;
 /// results cannot starve the service link and the timers.
 const BROKER_EVENTS_PER_TURN: usize = 256;
 
+/// How often results still unacknowledged after a whole period are sent
+/// again (the service could not store them, e.g. on a full disk, and
+/// acknowledges only what it stored).
+const RESEND_PERIOD: Duration = Duration::from_secs(15);
+
 /// Everything an agent needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
@@ -88,8 +93,13 @@ pub const BROKER_FILE: &str = "broker.json";
 
 /// Runs the agent until `shutdown` resolves or the service refuses it.
 pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&spec.dir)
-        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    spec.config
+        .engine
+        .check_link()
+        .map_err(anyhow::Error::msg)?;
+    crate::private::dir(&spec.dir)?;
+    // Job scripts, block logs and environment files go there.
+    crate::private::dir(&spec.dir.join("blocks"))?;
     let mut state = AgentState {
         pid: std::process::id(),
         endpoint_id: None,
@@ -103,8 +113,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     state.state = "connecting".into();
     state.write(&spec.dir)?;
 
-    let journal = Journal::open(&spec.dir.join("journal.log"))?;
     let engine = &spec.config.engine;
+    let journal = Journal::open(&spec.dir.join("journal.log"))?;
     let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -113,7 +123,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     } else {
         if !engine.unix_socket() {
             tracing::warn!(
-                "engine.encrypted = false: tasks and results cross the broker link in clear"
+                "engine.encrypted = false with engine.allow_unencrypted_tcp = true: tasks and \
+                 results cross the broker link in clear, and anyone who reaches it may join"
             );
         }
         None
@@ -144,12 +155,13 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         block_walltime: block_walltime(&spec),
         curve: curve.as_ref().map(|c| c.server_keys()).transpose()?,
     })?;
-    std::fs::write(
-        spec.dir.join(BROKER_FILE),
-        serde_json::to_vec_pretty(&BrokerRecord {
+    crate::private::write(
+        &spec.dir.join(BROKER_FILE),
+        &serde_json::to_vec_pretty(&BrokerRecord {
             url: broker.url.clone(),
             server_key: curve.and_then(|c| c.server_public),
         })?,
+        true,
     )?;
     tracing::info!(
         "endpoint {} ({}) broker listening on {}",
@@ -184,6 +196,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
     let mut scaling =
         tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
+    let mut resend = tokio::time::interval(RESEND_PERIOD);
     tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
@@ -205,7 +218,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                     agent.grant_credit();
                     state.state = "online".into();
                     state.last_error = None;
-                    state.write(&spec.dir)?;
+                    publish(&state, &spec.dir);
                 }
                 Some(LinkEvent::Message(message)) => {
                     agent.on_service_message(message)?;
@@ -216,7 +229,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                     tracing::warn!("disconnected from the service: {why}");
                     state.state = "connecting".into();
                     state.last_error = Some(why);
-                    state.write(&spec.dir)?;
+                    publish(&state, &spec.dir);
                 }
                 Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
                 None => break Err(anyhow::anyhow!("the service link stopped")),
@@ -244,6 +257,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                 };
                 let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
             }
+            _ = resend.tick() => match agent.journal.stale() {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::info!(results = stale.len(), "sending results the service has not acknowledged again");
+                    agent.send_results(stale);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{e:#}"),
+            },
             _ = scaling.tick() => blocks.step(agent.journal.outstanding(), agent.load.clone()),
             Some(event) = blocks.events.recv() => match event {
                 BlocksEvent::Ended(b) => {
@@ -255,7 +276,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                         state.active_blocks = list.len() as u32;
                         state.blocks = list;
                         state.last_error = error;
-                        state.write(&spec.dir)?;
+                        publish(&state, &spec.dir);
                     }
                 }
             },
@@ -277,6 +298,14 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
     }
     outcome.map(|_| ())
+}
+
+/// Rewrites `agent.json`; a failure (a full disk) is logged, not fatal:
+/// the file only shows the agent's state to `hpfaas endpoint status`.
+fn publish(state: &AgentState, dir: &std::path::Path) {
+    if let Err(e) = state.write(dir) {
+        tracing::warn!("{e:#}");
+    }
 }
 
 async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential> {
@@ -332,6 +361,9 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         engine.prefetch_capacity.to_string(),
         "--worker-python".into(),
         engine.worker_python.clone(),
+        // Private, and on the file system batch jobs share with the agent.
+        "--runtime-dir".into(),
+        spec.dir.join("runtime").display().to_string(),
     ];
     // Only batch systems end a block at its walltime; a local block lives
     // until cancelled, so giving it a deadline would drain it for nothing.
@@ -363,6 +395,12 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         // In the endpoint's directory, which batch jobs see too (shared $HPFAAS_HOME).
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
+    }
+    if engine.shell_output_limit != crate::manager::shell::DEFAULT_OUTPUT_LIMIT {
+        argv.extend([
+            "--shell-output-limit".into(),
+            engine.shell_output_limit.to_string(),
+        ]);
     }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
     if engine.mpi_launcher != "mpiexec" {
@@ -446,7 +484,10 @@ impl Agent<'_> {
                 self.granted = self.granted.saturating_sub(tasks.len() as u64);
                 self.accept(functions, tasks)
             }
-            ServiceMessage::ResultAck { task_ids } => self.journal.forget_results(&task_ids),
+            ServiceMessage::ResultAck { task_ids } => {
+                self.journal.forget_results(&task_ids);
+                Ok(())
+            }
             ServiceMessage::Welcome { .. } | ServiceMessage::Refused { .. } => Ok(()),
             ServiceMessage::Cancel { task_ids } => self.cancel(task_ids),
         }
@@ -545,7 +586,7 @@ impl Agent<'_> {
     /// before it takes journal space or a frame.
     fn finish(&mut self, mut results: Vec<TaskResult>) -> anyhow::Result<()> {
         cap_results(&mut results, self.max_result_bytes);
-        self.journal.store_results(&results)?;
+        self.journal.store_results(&results);
         self.send_results(results);
         Ok(())
     }

@@ -2,8 +2,6 @@
 //! token for an endpoint credential that can act only as this endpoint, and
 //! keeps it (0600) in `endpoint.json` in the endpoint's directory.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -81,17 +79,9 @@ pub fn register(
 }
 
 fn store(dir: &Path, credential: &Credential) -> anyhow::Result<()> {
-    let path = dir.join(FILE);
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(credential)?.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::private::write(
+        &dir.join(FILE),
+        serde_json::to_string_pretty(credential)?.as_bytes(),
+        true,
+    )
 }

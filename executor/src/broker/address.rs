@@ -82,10 +82,8 @@ pub fn socket_path(dir: &std::path::Path) -> Result<String, String> {
 /// private (0700): only the endpoint's owner can reach the socket, which is
 /// what CurveZMQ's keys guarantee on TCP.
 pub fn unix_socket(dir: &std::path::Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
     let text = socket_path(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+    crate::private::dir(dir).map_err(|e| format!("{e:#}"))?;
     Ok(format!("ipc://{text}"))
 }
 

@@ -8,7 +8,6 @@
 //! handler ([`start_zap`]) that refuses every client key but the stored one.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -128,19 +127,7 @@ impl CurveFile {
 
     /// Writes the file with mode 0600 (created so; never group- or world-readable).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        crate::private::write(path, &serde_json::to_vec_pretty(self)?, true)
     }
 
     /// Reads a key file, refusing one that others than its owner may read.
@@ -403,8 +390,11 @@ mod tests {
 
     #[test]
     fn keys_are_stored_0600_and_reused() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-curve-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-curve-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         let first = load_or_create(&dir).unwrap();
         let mode = std::fs::metadata(endpoint_file(&dir))
             .unwrap()

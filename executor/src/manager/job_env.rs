@@ -8,6 +8,12 @@
 //! (`scheduler-adapters/src/script.rs`). Without that file (the local
 //! provider, a manager started by hand) the manager's own environment is
 //! used, less the variables launchers add ([`is_launcher_variable`]).
+//!
+//! No `HPFAAS_*` variable reaches a child from either source: they name the
+//! endpoint's private files or hold the owner's secrets, and a task may be
+//! someone else's code. The manager sets the few a child needs
+//! (`HPFAAS_WORKER_RANK`, `HPFAAS_MPI_PREFIX`, ...) itself. Children start
+//! in a neutral directory ([`working_directory`]), not where the block runs.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -42,17 +48,40 @@ fn compose(saved: Option<&[u8]>, own: Vec<(OsString, OsString)>) -> Vec<(OsStrin
     let saved = saved.map(parse_env_file).unwrap_or_default();
     // An empty file means the script could not write it; starting children
     // with no PATH at all would be worse than the fallback.
-    if saved.is_empty() {
-        return own
-            .into_iter()
+    let mut env = if saved.is_empty() {
+        own.into_iter()
             .filter(|(name, _)| !is_launcher_variable(name))
-            .collect();
-    }
-    let mut env = saved;
-    for (name, value) in own.into_iter().filter(|(n, _)| kept_from_manager(n)) {
-        set(&mut env, name, value);
-    }
+            .collect()
+    } else {
+        let mut env = saved;
+        for (name, value) in own.into_iter().filter(|(n, _)| kept_from_manager(n)) {
+            set(&mut env, name, value);
+        }
+        env
+    };
+    env.retain(|(name, _)| !is_hpfaas_variable(name));
     env
+}
+
+/// True for hpfaas's own variables (`HPFAAS_*`), which no child inherits.
+fn is_hpfaas_variable(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"HPFAAS_")
+}
+
+/// Where children start: the user's home directory (from their
+/// environment) as a batch job would, else `/`; never the block's own
+/// directory, which holds the endpoint's job scripts, logs and saved
+/// environments.
+pub fn working_directory() -> &'static std::path::Path {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        child_environment()
+            .iter()
+            .find(|(name, _)| name == "HOME")
+            .map(|(_, home)| std::path::PathBuf::from(home))
+            .filter(|home| home.is_absolute() && home.is_dir())
+            .unwrap_or_else(|| std::path::PathBuf::from("/"))
+    })
 }
 
 /// Parses `env -0` output: `NAME=value` entries separated by NUL bytes
@@ -84,12 +113,10 @@ fn set(env: &mut Vec<(OsString, OsString)>, name: OsString, value: OsString) {
 }
 
 /// Variables children take from the manager even when the job environment
-/// is saved: hpfaas's own, and those naming the node, which differ from the
-/// node that wrote the file when a block spans several.
+/// is saved: those naming the node, which differ from the node that wrote
+/// the file when a block spans several.
 fn kept_from_manager(name: &OsStr) -> bool {
-    let name = name.as_bytes();
-    name.starts_with(b"HPFAAS_")
-        || [&b"HOSTNAME"[..], b"SLURMD_NODENAME", b"SLURM_TOPOLOGY_ADDR"].contains(&name)
+    [&b"HOSTNAME"[..], b"SLURMD_NODENAME", b"SLURM_TOPOLOGY_ADDR"].contains(&name.as_bytes())
 }
 
 /// True for a variable a launcher (OpenMPI's `mpiexec`, Hydra, `srun`, PMIx)
@@ -230,8 +257,26 @@ mod tests {
         assert_eq!(compose(Some(b""), own), env);
     }
 
+    /// The owner's token, the endpoint's paths and any other `HPFAAS_*`
+    /// variable never reach a task, from the saved file or the manager.
     #[test]
-    fn a_saved_file_wins_but_the_node_and_hpfaas_settings_stay() {
+    fn hpfaas_variables_never_reach_children() {
+        let saved = b"PATH=/job/bin\0HPFAAS_TOKEN=t1\0HPFAAS_JOB_ENV=/e/b.env\0";
+        let own = pairs(&[
+            ("PATH", "/usr/bin"),
+            ("HPFAAS_TOKEN", "t2"),
+            ("HPFAAS_HOME", "/h"),
+            ("HPFAAS_URL", "https://s"),
+        ]);
+        for env in [compose(Some(saved), own.clone()), compose(None, own)] {
+            let names: Vec<_> = env.iter().map(|(n, _)| n.to_str().unwrap()).collect();
+            assert!(names.iter().all(|n| !n.starts_with("HPFAAS_")), "{names:?}");
+            assert!(names.contains(&"PATH"), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn a_saved_file_wins_but_the_node_settings_stay() {
         let saved = b"PATH=/job/bin\0HOSTNAME=node1\0SLURM_JOB_ID=7\0OMPI_MCA_btl=tcp\0";
         let own = pairs(&[
             ("PATH", "/launcher/bin"),
@@ -245,7 +290,7 @@ mod tests {
         assert_eq!(get(&env, "HOSTNAME"), Some("node2"));
         assert_eq!(get(&env, "SLURM_JOB_ID"), Some("7"));
         assert_eq!(get(&env, "OMPI_MCA_btl"), Some("tcp"));
-        assert_eq!(get(&env, "HPFAAS_HOME"), Some("/h"));
+        assert_eq!(get(&env, "HPFAAS_HOME"), None);
         assert_eq!(get(&env, "OMPI_COMM_WORLD_RANK"), None);
         assert_eq!(get(&env, "SLURM_STEP_ID"), None);
     }

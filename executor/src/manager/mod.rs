@@ -74,6 +74,12 @@ pub struct ManagerConfig {
     /// CurveZMQ keys for the broker link; `None` connects in clear (to a
     /// broker with `engine.encrypted = false`).
     pub curve: Option<crate::broker::curve::ClientKeys>,
+    /// Private directory (0700, this user's) for the worker runtime and MPI
+    /// hostfiles; the agent gives `<endpoint dir>/runtime`.
+    pub runtime_base: std::path::PathBuf,
+    /// `engine.shell_output_limit`: bytes of each output stream a shell or
+    /// MPI task keeps.
+    pub shell_output_limit: usize,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -136,10 +142,14 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let placements = affinity::plan_here(&request, cores).map_err(anyhow::Error::msg)?;
     let workers = placements.len() as u32;
-    let runtime_dir = runtime::install(&std::env::temp_dir())
-        .context("cannot write the Python worker runtime")?;
-    let mpi = MpiSettings::new(&config.mpi_launcher, &config.launcher_options)
-        .map_err(anyhow::Error::msg)?;
+    let runtime_dir = runtime::install(&config.runtime_base)
+        .map_err(|e| anyhow::anyhow!("cannot install the Python worker runtime: {e}"))?;
+    let mpi = MpiSettings::new(
+        &config.mpi_launcher,
+        &config.launcher_options,
+        &config.runtime_base,
+    )
+    .map_err(anyhow::Error::msg)?;
     let info = manager_info(&config, cores, workers, config.rank);
     let context = zmq::Context::new();
     let (mut bridge, link) = connect(&context, &config, info).await?;
@@ -159,6 +169,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
     });
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
+    manager.shell_output_limit = config.shell_output_limit;
     let result = manager.serve(&mut bridge.incoming).await;
     manager.shutdown().await;
     bridge.sender.close();
@@ -504,6 +515,8 @@ struct Manager {
     mpi: Arc<MpiSettings>,
     /// Nodes of the MPI tasks this manager leads, until each starts.
     mpi_nodes: HashMap<Uuid, Vec<MpiNode>>,
+    /// Bytes of each output stream a shell or MPI task keeps.
+    shell_output_limit: usize,
 }
 
 impl Manager {
@@ -551,6 +564,7 @@ impl Manager {
             started: Vec::new(),
             mpi: Arc::new(mpi),
             mpi_nodes: HashMap::new(),
+            shell_output_limit: shell::DEFAULT_OUTPUT_LIMIT,
         }
     }
 
@@ -700,6 +714,10 @@ impl Manager {
                         // Waiting in the slot, or finished meanwhile: the
                         // slot stops it before it runs.
                         tasks.skip.insert(id);
+                        tracing::info!(
+                            "task {id} cancelled while waiting in slot {slot}; \
+                             stopped when the worker reaches it"
+                        );
                         continue;
                     }
                     let pid = self.worker_pids[slot].load(Ordering::SeqCst);
@@ -859,7 +877,9 @@ impl Manager {
             },
             None => None,
         };
-        Some(shell_spec.for_task(spec.walltime().ok().flatten(), cwd))
+        let mut for_task = shell_spec.for_task(spec.walltime().ok().flatten(), cwd);
+        for_task.output_limit = self.shell_output_limit;
+        Some(for_task)
     }
 
     async fn shutdown(&mut self) {

@@ -49,16 +49,49 @@ pub struct MpiSettings {
     pub launcher: MpiLauncher,
     /// `engine.launcher_options`, placed before a task's own options.
     pub options: String,
+    /// This user's private directory for hostfiles (the manager's runtime
+    /// base): in the shared temp directory another user could swap one.
+    pub hostfile_dir: std::path::PathBuf,
 }
 
 impl MpiSettings {
-    /// Settings from the manager's `--mpi-launcher` and `--launcher-options`.
-    pub fn new(launcher: &str, options: &str) -> Result<MpiSettings, String> {
+    /// Settings from the manager's `--mpi-launcher` and `--launcher-options`,
+    /// with hostfiles written in `hostfile_dir`.
+    pub fn new(
+        launcher: &str,
+        options: &str,
+        hostfile_dir: &std::path::Path,
+    ) -> Result<MpiSettings, String> {
+        let options = launcher_words(options)
+            .map_err(|e| format!("engine.launcher_options: {e}"))?
+            .join(" ");
         Ok(MpiSettings {
             launcher: MpiLauncher::parse(launcher)?,
-            options: options.trim().to_string(),
+            options,
+            hostfile_dir: hostfile_dir.to_path_buf(),
         })
     }
+}
+
+/// Characters a launcher option may hold besides ASCII letters and digits.
+/// The prefix reaches the shell as `$HPFAAS_MPI_PREFIX`, unquoted, and user
+/// scripts may `eval` it: so no quotes, no glob or shell metacharacters, no
+/// control characters; spaces only separate words.
+const OPTION_PUNCTUATION: &str = "_-.,:=/@%+^";
+
+/// Splits launcher options into words, refusing any word the shell could
+/// read as more than a plain argument; the error names the character.
+pub fn launcher_words(options: &str) -> Result<Vec<&str>, String> {
+    if let Some(bad) = options
+        .chars()
+        .find(|c| *c != ' ' && !c.is_ascii_alphanumeric() && !OPTION_PUNCTUATION.contains(*c))
+    {
+        return Err(format!(
+            "launcher options may not contain {bad:?}; they are plain words of letters, digits \
+             and {OPTION_PUNCTUATION} separated by spaces"
+        ));
+    }
+    Ok(options.split(' ').filter(|w| !w.is_empty()).collect())
 }
 
 /// Hosts in order with their ranks; managers sharing a machine are one entry,
@@ -143,11 +176,18 @@ pub async fn run(
         Ok(cmd) => cmd,
         Err(e) => return fail(e),
     };
-    let options = format!("{} {}", settings.options, request.launcher_options);
+    let own = match launcher_words(&request.launcher_options) {
+        Ok(words) => words.join(" "),
+        Err(e) => return fail(format!("resource_specification launcher_options: {e}")),
+    };
+    let options = format!("{} {own}", settings.options);
     let prefix = prefix(settings.launcher, nodes, &options);
-    let path = std::env::temp_dir().join(format!("hpfaas-mpi-{}.hosts", task.task_id));
-    if let Err(e) = std::fs::write(&path, hostfile(nodes)) {
-        return fail(format!("cannot write the hostfile {}: {e}", path.display()));
+    let path = settings
+        .hostfile_dir
+        .join(format!("hpfaas-mpi-{}.hosts", task.task_id));
+    // A new 0600 file renamed over any left by a manager killed mid-task.
+    if let Err(e) = crate::private::write(&path, hostfile(nodes).as_bytes(), false) {
+        return fail(format!("{e:#}"));
     }
     let ranks: u32 = nodes.iter().map(|n| n.ranks).sum();
     let env = [
@@ -169,6 +209,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn nodes(list: &[(&str, u32)]) -> Vec<MpiNode> {
         list.iter()
@@ -213,6 +254,87 @@ mod tests {
             hostfile(&nodes(&[("a", 2), ("b", 2), ("a", 1)])),
             "a slots=3\nb slots=2\n"
         );
+    }
+
+    #[test]
+    fn launcher_options_are_plain_words() {
+        assert_eq!(
+            launcher_words("  --mca btl ^openib  -x OMP_NUM_THREADS=2 --map-by=ppr:1:node ")
+                .unwrap(),
+            [
+                "--mca",
+                "btl",
+                "^openib",
+                "-x",
+                "OMP_NUM_THREADS=2",
+                "--map-by=ppr:1:node"
+            ]
+        );
+        for bad in [
+            "--x; rm -rf ~",
+            "$(id)",
+            "`id`",
+            "a|b",
+            "a&b",
+            "a>b",
+            "a\nb",
+            "a\tb",
+            "'quoted'",
+            "*",
+            "--x=$HOME",
+            "a\u{0}b",
+        ] {
+            let err = launcher_words(bad).unwrap_err();
+            assert!(err.contains("may not contain"), "{bad:?}: {err}");
+        }
+        let err = MpiSettings::new("mpiexec", "--x;id", Path::new("/x")).unwrap_err();
+        assert!(
+            err.contains("engine.launcher_options") && err.contains("';'"),
+            "{err}"
+        );
+    }
+
+    /// A task's own launcher options cannot inject a command: the task
+    /// fails with a clear error before anything runs.
+    #[tokio::test]
+    async fn an_injected_launcher_option_fails_the_task() {
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-mpi-test-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().join("private");
+        let marker = dir.join("pwned");
+        let settings = MpiSettings::new("mpiexec", "", &dir).unwrap();
+        let spec = ShellSpec {
+            cmd: "true".into(),
+            walltime: Some(10.0),
+            snippet_lines: 10,
+            cwd: None,
+            quote_arguments: true,
+            output_limit: shell::DEFAULT_OUTPUT_LIMIT,
+        };
+        let options = format!("--x; touch {}", marker.display());
+        let task = TaskSpec {
+            task_id: uuid::Uuid::new_v4(),
+            function_id: uuid::Uuid::new_v4(),
+            payload: hpfaas_protocol::payload::pack(&["11\n[]", "11\n{}"]),
+            blob: None,
+            result_serializers: Vec::new(),
+            resource_spec: Some(
+                serde_json::json!({"num_ranks": 1, "launcher_options": options}).to_string(),
+            ),
+        };
+        let outcome = run(&spec, &task, &nodes(&[("localhost", 1)]), &settings).await;
+        match outcome {
+            Outcome::Failed { exception } => {
+                assert!(
+                    exception.message.contains("launcher_options"),
+                    "{exception:?}"
+                )
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(!marker.exists());
     }
 
     #[test]

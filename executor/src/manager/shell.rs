@@ -1,6 +1,12 @@
 //! Shell functions (`ShellFunction` in the SDK), run by the manager itself:
 //! no Python on the worker side. The command's `{name}` placeholders are
-//! filled from the task's JSON keyword arguments, as `str.format` would.
+//! filled from the task's JSON keyword arguments, as `str.format` would,
+//! each value single-quoted for the shell: the caller of a function need not
+//! be its registrant, and must not be able to run commands of their own.
+//! Only the registrant can turn quoting off (`quote_arguments: false`).
+//!
+//! A command's output is kept as a bounded head and tail
+//! (`engine.shell_output_limit`); what lies between is counted, not stored.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,6 +36,14 @@ pub struct ShellSpec {
     /// Lines kept from the end of stdout and stderr.
     #[serde(default = "default_snippet_lines")]
     pub snippet_lines: usize,
+    /// Single-quote each substituted value (the default). Set by the
+    /// function's registrant; a caller's arguments cannot change it.
+    #[serde(default = "default_quote_arguments")]
+    pub quote_arguments: bool,
+    /// Bytes of each output stream kept in memory, half from its start and
+    /// half from its end (`engine.shell_output_limit`); set by the manager.
+    #[serde(skip, default = "default_output_limit")]
+    pub output_limit: usize,
     /// Working directory for the command (`run_in_sandbox`); set by the
     /// manager per task, never by the function's definition.
     #[serde(skip)]
@@ -59,6 +73,17 @@ fn default_snippet_lines() -> usize {
     1000
 }
 
+fn default_quote_arguments() -> bool {
+    true
+}
+
+/// Default of `engine.shell_output_limit`: 512 KiB of head and of tail.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
+
+fn default_output_limit() -> usize {
+    DEFAULT_OUTPUT_LIMIT
+}
+
 /// What a shell task returns (the JSON after `sr\n`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShellResult {
@@ -70,6 +95,13 @@ pub struct ShellResult {
     pub stderr: String,
     /// The command as run.
     pub cmd: String,
+    /// Bytes of standard output not in `stdout` (over the output limit or
+    /// the snippet lines); 0 when it is whole.
+    #[serde(default)]
+    pub stdout_dropped: u64,
+    /// Bytes of standard error not in `stderr`.
+    #[serde(default)]
+    pub stderr_dropped: u64,
 }
 
 /// Runs one shell task and returns its outcome.
@@ -130,12 +162,18 @@ pub fn render_command(spec: &ShellSpec, payload: &str) -> Result<String, String>
         serde_json::Value::Object(map) => map,
         _ => return Err("shell function keyword arguments must be a JSON object".into()),
     };
-    format_placeholders(&spec.cmd, &kwargs)
+    format_placeholders(&spec.cmd, &kwargs, spec.quote_arguments)
+}
+
+/// `value` as one POSIX shell word: single-quoted, each `'` as `'\''`.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
 }
 
 fn format_placeholders(
     template: &str,
     kwargs: &serde_json::Map<String, serde_json::Value>,
+    quoted: bool,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut chars = template.chars().peekable();
@@ -154,9 +192,14 @@ fn format_placeholders(
                 let value = kwargs.get(&name).ok_or_else(|| {
                     format!("shell command `{template}` needs keyword argument '{name}'")
                 })?;
-                match value {
-                    serde_json::Value::String(s) => out.push_str(s),
-                    other => out.push_str(&other.to_string()),
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if quoted {
+                    out.push_str(&quote(&text));
+                } else {
+                    out.push_str(&text);
                 }
             }
             other => out.push(other),
@@ -172,9 +215,10 @@ async fn execute(
     shown: &str,
 ) -> std::io::Result<ShellResult> {
     let mut command = tokio::process::Command::new("/bin/sh");
-    if let Some(dir) = &spec.cwd {
-        command.current_dir(dir);
-    }
+    match &spec.cwd {
+        Some(dir) => command.current_dir(dir),
+        None => command.current_dir(super::job_env::working_directory()),
+    };
     let mut child = command
         .arg("-c")
         .arg(line)
@@ -194,13 +238,14 @@ async fn execute(
     // only `/bin/sh`, not what it started.
     let mut group = GroupGuard(pid);
 
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
     let collect = async {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let (a, b) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        a?;
-        b?;
+        let (out, err) = tokio::join!(
+            Capture::read(stdout, spec.output_limit),
+            Capture::read(stderr, spec.output_limit)
+        );
+        let (out, err) = (out?, err?);
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((status, out, err))
     };
@@ -223,17 +268,20 @@ async fn execute(
     };
     // Reaped (or killed above): its group id may belong to someone else soon.
     group.0 = None;
-    let tail = |bytes: &[u8]| last_lines(&String::from_utf8_lossy(bytes), spec.snippet_lines);
     match finished {
         Some(result) => {
             let (status, out, err) = result?;
             use std::os::unix::process::ExitStatusExt;
             let returncode = status.code().or(status.signal().map(|s| -s)).unwrap_or(-1);
+            let (stdout, stdout_dropped) = out.snippet(spec.snippet_lines);
+            let (stderr, stderr_dropped) = err.snippet(spec.snippet_lines);
             Ok(ShellResult {
                 returncode,
-                stdout: tail(&out),
-                stderr: tail(&err),
+                stdout,
+                stderr,
                 cmd: shown.to_string(),
+                stdout_dropped,
+                stderr_dropped,
             })
         }
         None => Ok(ShellResult {
@@ -244,7 +292,100 @@ async fn execute(
                 limit.unwrap_or_default()
             ),
             cmd: shown.to_string(),
+            stdout_dropped: 0,
+            stderr_dropped: 0,
         }),
+    }
+}
+
+/// One output stream of a command, kept within a byte limit: its first
+/// half-limit bytes, its last half-limit bytes, and the count of those
+/// between, so a command printing without end costs bounded memory.
+#[derive(Debug, Default)]
+struct Capture {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    /// Bytes read and kept in neither.
+    gap: u64,
+    half: usize,
+}
+
+impl Capture {
+    /// Reads `stream` to its end, keeping at most `limit` bytes.
+    async fn read(
+        mut stream: impl tokio::io::AsyncRead + Unpin,
+        limit: usize,
+    ) -> std::io::Result<Capture> {
+        let mut capture = Capture {
+            half: limit / 2,
+            ..Capture::default()
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(capture);
+            }
+            capture.push(&buf[..n]);
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        let room = self.half.saturating_sub(self.head.len());
+        let into_head = room.min(bytes.len());
+        self.head.extend_from_slice(&bytes[..into_head]);
+        bytes = &bytes[into_head..];
+        if bytes.len() > self.half {
+            // Only the chunk's end can stay in the tail.
+            let skip = bytes.len() - self.half;
+            self.gap += (self.tail.len() + skip) as u64;
+            self.tail.clear();
+            bytes = &bytes[skip..];
+        }
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.half);
+        self.tail.drain(..overflow);
+        self.gap += overflow as u64;
+        self.tail.extend(bytes);
+    }
+
+    /// The text shown for this stream (its last `lines` lines, with a marker
+    /// where bytes were dropped) and how many bytes of it are not shown.
+    fn snippet(self, lines: usize) -> (String, u64) {
+        let total = self.head.len() as u64 + self.gap + self.tail.len() as u64;
+        let (tail, _) = self.tail.as_slices();
+        let mut tail_bytes = tail.to_vec();
+        tail_bytes.extend(self.tail.as_slices().1);
+        let marker = if self.gap > 0 {
+            let newline = if self.head.ends_with(b"\n") || self.head.is_empty() {
+                ""
+            } else {
+                "\n"
+            };
+            format!(
+                "{newline}[hpfaas: {} bytes of output dropped here]\n",
+                self.gap
+            )
+        } else {
+            String::new()
+        };
+        let head = String::from_utf8_lossy(&self.head);
+        let tail = String::from_utf8_lossy(&tail_bytes);
+        let whole = format!("{head}{marker}{tail}");
+        let shown = last_lines(&whole, lines);
+        let cut = whole.len() - shown.len();
+        // Bytes of real output shown: the marker, if still there, is not output.
+        let marker_end = head.len() + marker.len();
+        let marker_shown = marker_end.saturating_sub(cut.max(head.len()));
+        let real_shown = (shown.len() - marker_shown.min(shown.len())) as u64;
+        let dropped = total.saturating_sub(real_shown);
+        if dropped > 0 && marker_shown == 0 {
+            (
+                format!("[hpfaas: {dropped} bytes of output dropped]\n{shown}"),
+                dropped,
+            )
+        } else {
+            (shown, dropped)
+        }
     }
 }
 
@@ -294,6 +435,8 @@ mod tests {
             cmd: cmd.into(),
             walltime,
             snippet_lines: 1000,
+            quote_arguments: true,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         }
     }
 
@@ -311,7 +454,7 @@ mod tests {
         let s = spec("echo {msg} {{literal}} {n}", None);
         assert_eq!(
             render_command(&s, &payload(r#"{"msg": "hi", "n": 3}"#)).unwrap(),
-            "echo hi {literal} 3"
+            "echo 'hi' {literal} '3'"
         );
         let err = render_command(&s, &payload(r#"{"msg": "hi"}"#)).unwrap_err();
         assert!(err.contains("'n'"), "{err}");
@@ -333,16 +476,113 @@ mod tests {
             (r.returncode, r.stdout.as_str(), r.stderr.as_str()),
             (3, "hi\n", "err\n")
         );
-        assert_eq!(r.cmd, "echo hi; echo err >&2; exit 3");
+        assert_eq!(r.cmd, "echo 'hi'; echo err >&2; exit 3");
+        assert_eq!((r.stdout_dropped, r.stderr_dropped), (0, 0));
     }
 
     #[tokio::test]
     async fn walltime_kills_the_whole_group() {
         let start = std::time::Instant::now();
-        let r = shell_result(run(&spec("sleep 30 & sleep 30", Some(0.3)), &payload("{}")).await);
+        let r =
+            shell_result(run(&spec("sleep 3600 & sleep 3600", Some(0.3)), &payload("{}")).await);
         assert_eq!(r.returncode, WALLTIME_RETURNCODE);
         assert!(r.stderr.contains("walltime"), "{}", r.stderr);
-        assert!(start.elapsed() < Duration::from_secs(10));
+        // A generous bound: a background `sleep` left alive would hold the
+        // output pipes for an hour.
+        assert!(start.elapsed() < Duration::from_secs(120));
+    }
+
+    /// A caller's keyword arguments are data: whatever they hold, the
+    /// command gets them as one word and runs nothing of theirs.
+    #[tokio::test]
+    async fn injection_attempts_are_inert() {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-sh-")
+            .tempdir()
+            .unwrap();
+        let marker = dir.path().join("pwned");
+        let m = marker.display().to_string();
+        for attack in [
+            format!("; touch {m}"),
+            format!("$(touch {m})"),
+            format!("`touch {m}`"),
+            format!("x' ; touch {m}; echo '"),
+            format!("x'\''; touch {m} #"),
+            format!("\ntouch {m}"),
+            format!("&& touch {m}"),
+            format!("| touch {m}"),
+            format!("> {m}"),
+        ] {
+            let kwargs = serde_json::json!({ "msg": attack }).to_string();
+            let r = shell_result(run(&spec("printf %s {msg}", None), &payload(&kwargs)).await);
+            assert_eq!(r.returncode, 0, "{attack:?}: {r:?}");
+            assert_eq!(r.stdout, attack, "{attack:?}");
+            assert!(!marker.exists(), "{attack:?} ran a command");
+        }
+        assert_eq!(quote("it's"), "'it'\\''s'");
+    }
+
+    /// Only the function's registrant can ask for values pasted as they are.
+    #[tokio::test]
+    async fn quoting_is_the_registrants_choice() {
+        let quoted: ShellSpec = serde_json::from_str(r#"{"cmd": "echo {msg}"}"#).unwrap();
+        assert!(quoted.quote_arguments);
+        let raw: ShellSpec =
+            serde_json::from_str(r#"{"cmd": "echo {msg}", "quote_arguments": false}"#).unwrap();
+        let r = shell_result(run(&raw, &payload(r#"{"msg": "a; echo b"}"#)).await);
+        assert_eq!(r.stdout, "a\nb\n");
+    }
+
+    /// A command printing far more than the limit finishes with bounded
+    /// memory: a head and a tail are kept, the rest is counted and marked.
+    #[tokio::test]
+    async fn endless_output_is_bounded_and_counted() {
+        let total: u64 = 50_000_000;
+        let mut s = spec(
+            &format!("yes | head -c {total}; echo done >&2"),
+            Some(120.0),
+        );
+        s.output_limit = 64 * 1024;
+        s.snippet_lines = 100_000;
+        let r = shell_result(run(&s, &payload("{}")).await);
+        assert_eq!(r.returncode, 0);
+        assert!(r.stdout.len() < 70 * 1024, "{} bytes kept", r.stdout.len());
+        assert!(
+            r.stdout.contains("bytes of output dropped here]"),
+            "no marker"
+        );
+        let shown = r.stdout.lines().filter(|l| *l == "y").count() as u64 * 2;
+        assert_eq!(r.stdout_dropped, total - shown);
+        assert_eq!((r.stderr.as_str(), r.stderr_dropped), ("done\n", 0));
+        // With few snippet lines, the marker says how much is not shown.
+        s.snippet_lines = 3;
+        let r = shell_result(run(&s, &payload("{}")).await);
+        assert_eq!(r.stdout_dropped, total - 6);
+        assert_eq!(
+            r.stdout,
+            format!("[hpfaas: {} bytes of output dropped]\ny\ny\ny\n", total - 6)
+        );
+    }
+
+    #[test]
+    fn a_capture_never_holds_more_than_its_limit() {
+        let mut c = Capture {
+            half: 10,
+            ..Capture::default()
+        };
+        for chunk in [&b"0123456"[..], b"789abcdef", &[b'x'; 100], b"tail-end"] {
+            c.push(chunk);
+            assert!(c.head.len() <= 10 && c.tail.len() <= 10);
+        }
+        assert_eq!(c.head, b"0123456789");
+        assert_eq!(c.tail.iter().copied().collect::<Vec<u8>>(), b"xxtail-end");
+        assert_eq!(c.gap, 6 + 98);
+        let (text, dropped) = c.snippet(10);
+        assert_eq!(
+            text,
+            "0123456789\n[hpfaas: 104 bytes of output dropped here]\nxxtail-end"
+        );
+        assert_eq!(dropped, 104);
     }
 
     #[test]

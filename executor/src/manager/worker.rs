@@ -594,6 +594,7 @@ async fn start(
         .arg("-u")
         .arg("-c")
         .arg(super::runtime::bootstrap(&settings.runtime_dir))
+        .current_dir(job_env::working_directory())
         .env_clear()
         .envs(job_env::child_environment().iter().cloned())
         .env("HPFAAS_WORKER_RANK", slot.to_string())

@@ -249,16 +249,12 @@ fn check_quota(
         ));
     }
     if stored.saturating_add(bytes) > quota.max_stored_bytes {
-        return Err(ApiError::new(
-            axum::http::StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
-            format!(
-                "the service holds {stored} bytes of your arguments and results; these {bytes} \
+        return Err(ApiError::insufficient_storage(format!(
+            "the service holds {stored} bytes of your arguments and results; these {bytes} \
                  more would pass the limit of {} bytes per user (--max-stored-bytes-per-user); \
                  fetch or let expire old results, or send smaller arguments",
-                quota.max_stored_bytes
-            ),
-        ));
+            quota.max_stored_bytes
+        )));
     }
     Ok(())
 }

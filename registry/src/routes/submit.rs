@@ -432,9 +432,7 @@ pub async fn submit(
                 Ok(()) => Ok(new_tasks),
                 Err(e) => {
                     files.remove(pairs.iter().map(|(id, _)| *id));
-                    Err(ApiError::internal(format!(
-                        "cannot store the tasks' arguments: {e}"
-                    )))
+                    Err(ApiError::io("cannot store the tasks' arguments", &e))
                 }
             }
         })
