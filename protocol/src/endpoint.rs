@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::task::{FunctionCode, TaskResult, TaskSpec, TaskState};
+use crate::task::{ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState};
 use crate::DecodeError;
 
 /// A frame from the endpoint agent to the service.
@@ -41,6 +41,11 @@ pub enum AgentMessage {
         /// Missing from older agents (`false`).
         #[serde(default)]
         json_only: bool,
+        /// The agent grants credit ([`AgentMessage::Credit`]): the service
+        /// sends no more tasks than granted. Older agents (`false`) get
+        /// every queued task.
+        #[serde(default)]
+        flow_control: bool,
     },
     /// These tasks are journaled by the agent; the service stops re-sending
     /// them on this connection and marks them `waiting-for-launch`.
@@ -59,6 +64,13 @@ pub enum AgentMessage {
         /// Outcomes.
         results: Vec<TaskResult>,
     },
+    /// The agent can take this many more tasks (added to what it granted
+    /// before on this connection, less the tasks sent since). Credit starts
+    /// at zero on every connection; the agent grants it in batches.
+    Credit {
+        /// More tasks the service may send.
+        tasks: u64,
+    },
     /// Periodic liveness and capacity report.
     Heartbeat {
         /// What the endpoint has right now.
@@ -76,6 +88,21 @@ pub enum ServiceMessage {
         version: u32,
         /// How often the agent should send heartbeats, seconds.
         heartbeat_period: f64,
+        /// The service's `--max-result-bytes`: the agent fails a larger
+        /// result with `ResultTooLarge` before journaling it. Missing from
+        /// older services.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_result_bytes: Option<u64>,
+        /// Largest WebSocket message the service reads: the agent keeps every
+        /// frame below it. Missing from older services (64 MiB then).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_message_bytes: Option<u64>,
+        /// The service honours [`AgentMessage::Credit`] on this connection
+        /// (the hello asked for flow control). An older service says
+        /// nothing and would close the link on a credit frame: the agent
+        /// sends none then.
+        #[serde(default)]
+        flow_control: bool,
     },
     /// The connection is refused; the agent reports `reason` and stops.
     Refused {
@@ -157,6 +184,102 @@ impl From<TasksFrame> for ServiceMessage {
     }
 }
 
+/// Largest message an older service (one that does not say) reads.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest exception type name kept, bytes.
+const MAX_EXC_TYPE: usize = 256;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, saying so.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let note = format!("... [cut at {max} bytes of {}]", s.len());
+        let mut cut = max.saturating_sub(note.len());
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(&note);
+    }
+}
+
+/// The failure that replaces a result of `size` bytes over `limit`.
+fn too_large(size: usize, limit: usize, what: &str) -> Outcome {
+    Outcome::Failed {
+        exception: ExceptionInfo::system(
+            "ResultTooLarge",
+            format!(
+                "the result is {size} bytes, more than {what} of {limit} bytes; return less \
+                 data, or write it to a file and return its path"
+            ),
+        ),
+    }
+}
+
+/// Enforces the service's `--max-result-bytes` (`limit`): a larger result
+/// fails its task with `ResultTooLarge` (naming the size and the limit); an
+/// oversized exception text is cut. The agent applies it before journaling,
+/// the service again on receipt.
+pub fn cap_results(results: &mut [TaskResult], limit: usize) {
+    for r in results {
+        match &mut r.outcome {
+            Outcome::Success { result } if result.len() > limit => {
+                let size = result.len();
+                r.outcome = too_large(size, limit, "the service's limit (--max-result-bytes)");
+            }
+            Outcome::Success { .. } => {}
+            Outcome::Failed { exception } => {
+                truncate(&mut exception.exc_type, MAX_EXC_TYPE);
+                let half = (limit / 2).max(256);
+                truncate(&mut exception.message, half);
+                truncate(&mut exception.traceback, half);
+            }
+        }
+    }
+}
+
+/// Room a `results` frame takes around its results.
+const RESULTS_ENVELOPE: usize = 64;
+
+/// Packs results into `results` frames (JSON text) of at most `target`
+/// bytes each, encoding each result once; a result alone may take up to
+/// `max` (the service's message limit) and one whose encoding is larger
+/// still is replaced by a `ResultTooLarge` failure, so no frame is ever
+/// refused by the service (and re-sent forever).
+pub fn result_frames(results: Vec<TaskResult>, target: usize, max: usize) -> Vec<String> {
+    let max = max.saturating_sub(RESULTS_ENVELOPE).max(1024);
+    let target = target.min(max);
+    let mut frames = Vec::new();
+    let mut frame = String::new();
+    for mut r in results {
+        let mut text = to_json(&r);
+        if text.len() > max {
+            let size = match &r.outcome {
+                Outcome::Success { result } => result.len(),
+                Outcome::Failed { .. } => text.len(),
+            };
+            r.outcome = too_large(size, max, "what one message to the service may carry");
+            cap_results(std::slice::from_mut(&mut r), max / 8);
+            text = to_json(&r);
+        }
+        if !frame.is_empty() && frame.len() + text.len() + 3 > target {
+            frame.push_str("]}");
+            frames.push(std::mem::take(&mut frame));
+        }
+        if frame.is_empty() {
+            frame.push_str(r#"{"type":"results","results":["#);
+        } else {
+            frame.push(',');
+        }
+        frame.push_str(&text);
+    }
+    if !frame.is_empty() {
+        frame.push_str("]}");
+        frames.push(frame);
+    }
+    frames
+}
+
 /// Serializes a frame as JSON text.
 pub fn to_json<T: Serialize>(msg: &T) -> String {
     serde_json::to_string(msg).expect("protocol messages always serialize")
@@ -170,7 +293,6 @@ pub fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{ExceptionInfo, Outcome};
 
     #[test]
     fn a_tasks_frame_carries_blobs_as_raw_bytes() {
@@ -215,8 +337,10 @@ mod tests {
                 pid: 42,
                 allowed_functions: vec![id],
                 json_only: true,
+                flow_control: false,
             },
             AgentMessage::Ack { task_ids: vec![id] },
+            AgentMessage::Credit { tasks: 512 },
             AgentMessage::States {
                 updates: vec![(id, TaskState::Running)],
             },
@@ -243,6 +367,7 @@ mod tests {
             pid: 1,
             allowed_functions: vec![],
             json_only: false,
+            flow_control: false,
         });
         assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
     }
@@ -259,6 +384,19 @@ mod tests {
                 pid: 7,
                 allowed_functions: vec![],
                 json_only: false,
+                flow_control: false,
+            }
+        );
+        // A welcome from a service that predates the limits and flow control.
+        let old = r#"{"type":"welcome","version":1,"heartbeat_period":2.0}"#;
+        assert_eq!(
+            from_json::<ServiceMessage>(old).unwrap(),
+            ServiceMessage::Welcome {
+                version: 1,
+                heartbeat_period: 2.0,
+                max_result_bytes: None,
+                max_message_bytes: None,
+                flow_control: false,
             }
         );
         let id = Uuid::new_v4();
@@ -266,6 +404,110 @@ mod tests {
         let text = to_json(&cancel);
         assert_eq!(from_json::<ServiceMessage>(&text).unwrap(), cancel);
         assert!(text.starts_with("{\"type\":\"cancel\""), "{text}");
+    }
+
+    fn success(size: usize) -> TaskResult {
+        TaskResult {
+            task_id: Uuid::new_v4(),
+            outcome: Outcome::Success {
+                result: "r".repeat(size),
+            },
+            completed_at: 1.0,
+        }
+    }
+
+    #[test]
+    fn result_frames_are_bounded_by_bytes_and_lose_nothing() {
+        // 300 results of 100 KB: 30 MB, far over a 1 MB frame.
+        let results: Vec<TaskResult> = (0..300).map(|_| success(100_000)).collect();
+        let frames = result_frames(results.clone(), 1 << 20, 2 << 20);
+        assert!(frames.len() >= 29, "{} frames", frames.len());
+        let mut back = Vec::new();
+        for f in &frames {
+            assert!(f.len() <= 1 << 20, "a frame of {} bytes", f.len());
+            match from_json::<AgentMessage>(f).unwrap() {
+                AgentMessage::Results { results } => back.extend(results),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, results);
+        // One result over the target goes alone; one over the message
+        // limit becomes a failure naming the limit.
+        let frames = result_frames(
+            vec![success(10), success(1_500_000), success(3 << 20)],
+            1 << 20,
+            2 << 20,
+        );
+        assert_eq!(frames.len(), 3);
+        let AgentMessage::Results { results } = from_json(&frames[2]).unwrap() else {
+            panic!()
+        };
+        match &results[0].outcome {
+            Outcome::Failed { exception } => {
+                assert_eq!(exception.exc_type, "ResultTooLarge");
+                assert!(
+                    exception.message.contains(&format!("{}", 3 << 20)),
+                    "{}",
+                    exception.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_results_fail_and_long_exceptions_are_cut() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut results = vec![
+            TaskResult {
+                task_id: a,
+                outcome: Outcome::Success {
+                    result: "x".repeat(2000),
+                },
+                completed_at: 1.0,
+            },
+            TaskResult {
+                task_id: b,
+                outcome: Outcome::Success {
+                    result: "y".repeat(1000),
+                },
+                completed_at: 1.0,
+            },
+            TaskResult::failed(c, ExceptionInfo::system("E", "é".repeat(5000))),
+        ];
+        cap_results(&mut results, 1000);
+        match &results[0].outcome {
+            Outcome::Failed { exception } => {
+                assert_eq!(exception.exc_type, "ResultTooLarge");
+                assert!(
+                    exception.message.contains("2000 bytes"),
+                    "{}",
+                    exception.message
+                );
+                assert!(
+                    exception.message.contains("1000 bytes"),
+                    "{}",
+                    exception.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&results[1].outcome, Outcome::Success { result } if result.len() == 1000));
+        match &results[2].outcome {
+            Outcome::Failed { exception } => {
+                assert!(
+                    exception.message.len() <= 500,
+                    "{}",
+                    exception.message.len()
+                );
+                assert!(
+                    exception.message.ends_with("of 10000]"),
+                    "{}",
+                    exception.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -139,9 +139,11 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     pid,
                     allowed_functions,
                     json_only,
+                    flow_control: !json_only,
                 }
             }),
         prop::collection::vec(uuid(), 0..4).prop_map(|task_ids| AgentMessage::Ack { task_ids }),
+        any::<u64>().prop_map(|tasks| AgentMessage::Credit { tasks }),
         prop::collection::vec((uuid(), state()), 0..4)
             .prop_map(|updates| AgentMessage::States { updates }),
         prop::collection::vec(result(), 0..3).prop_map(|results| AgentMessage::Results { results }),
@@ -159,12 +161,23 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
 
 fn service_message() -> impl Strategy<Value = ServiceMessage> {
     prop_oneof![
-        (any::<u32>(), dyadic()).prop_map(|(version, heartbeat_period)| {
-            ServiceMessage::Welcome {
-                version,
-                heartbeat_period,
-            }
-        }),
+        (
+            any::<u32>(),
+            dyadic(),
+            any::<Option<u64>>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(
+                |(version, heartbeat_period, max_result_bytes, max_message_bytes)| {
+                    ServiceMessage::Welcome {
+                        version,
+                        heartbeat_period,
+                        max_result_bytes,
+                        max_message_bytes,
+                        flow_control: max_result_bytes.is_some(),
+                    }
+                }
+            ),
         ".{0,20}".prop_map(|reason| ServiceMessage::Refused { reason }),
         (
             prop::collection::vec(function_code(), 0..2),

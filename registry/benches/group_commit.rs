@@ -98,6 +98,7 @@ impl Fixture {
                 result_serializers: "[]".into(),
                 resource_spec: None,
                 idempotency: None,
+                quota: Default::default(),
             };
             pending.push(
                 self.db

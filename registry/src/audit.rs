@@ -11,12 +11,15 @@
 //! the user's name and the function of `running` and `finished` events —
 //! remembered from the task's `task_submitted` line, else read from the
 //! database with its own read-only connection — appends, and flushes each
-//! burst. A full channel or a failing disk is logged and costs only audit
-//! lines, never the service.
+//! burst. A full channel or a failing disk costs only audit lines, never
+//! the service, but never silently: every loss is logged as an error with
+//! the count, counted ([`Audit::lines_lost`]), and once lines can be written
+//! again the log itself gets an `audit_lines_lost` line saying how many.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -73,6 +76,15 @@ pub struct Audit {
 struct Queue {
     state: Mutex<QueueState>,
     wake: Condvar,
+    /// Lines lost since the start (queue full, or the disk refused them).
+    lost: AtomicU64,
+}
+
+impl Queue {
+    /// Counts `n` more lost lines; returns the total.
+    fn lose(&self, n: u64) -> u64 {
+        self.lost.fetch_add(n, Ordering::Relaxed) + n
+    }
 }
 
 #[derive(Default)]
@@ -147,7 +159,11 @@ impl Audit {
         let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.events.len() >= CAPACITY {
             drop(state);
-            tracing::error!(event = ?event, "audit log writer is behind; dropping an audit line");
+            let lost = self.queue.lose(1);
+            // One error line per power of two: a flood does not flood the log.
+            if lost.is_power_of_two() {
+                tracing::error!(lost, event = ?event, "audit log writer is behind; dropping audit lines ({lost} lost so far)");
+            }
             return;
         }
         state.events.push(event);
@@ -156,6 +172,12 @@ impl Audit {
         if sleeping {
             self.queue.wake.notify_one();
         }
+    }
+
+    /// Audit lines lost since the service started (writer behind, or the
+    /// disk full or failing).
+    pub fn lines_lost(&self) -> u64 {
+        self.queue.lost.load(Ordering::Relaxed)
     }
 
     /// A task was submitted at `ts` (Unix seconds): stamped by the caller,
@@ -230,37 +252,48 @@ fn writer(dir: PathBuf, queue: &Queue) {
     let path = dir.join(FILE);
     let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
     let mut known = Submitters::new(dir.clone());
-    let mut failing = false;
+    // Lost lines already told in the log itself.
+    let mut told = 0u64;
+    // A write failed, maybe mid-line: the next line starts a line of its own.
+    let mut cut = false;
     let mut line = String::new();
     while let Some(batch) = queue.take() {
+        let count = batch.len() as u64;
         if file.is_none() {
             match open(&path) {
                 Ok(f) => file = Some(std::io::BufWriter::new(f)),
                 Err(e) => {
-                    if !failing {
-                        tracing::error!(path = %path.display(), error = %e, "cannot open the audit log; dropping audit lines");
-                    }
-                    failing = true;
+                    let lost = queue.lose(count);
+                    tracing::error!(path = %path.display(), error = %e, lost, "cannot open the audit log; dropped {count} audit lines ({lost} lost so far)");
                     continue;
                 }
             }
         }
         let out = file.as_mut().expect("opened above");
+        let lost = queue.lost.load(Ordering::Relaxed);
         let mut result = Ok(());
+        if lost > told {
+            let notice = json!({"event": "audit_lines_lost", "lines": lost - told, "ts": now()});
+            let start = if cut { "\n" } else { "" };
+            result = out.write_all(format!("{start}{notice}\n").as_bytes());
+        }
         for event in batch {
             line.clear();
             known.format(event, &mut line);
             result = result.and_then(|()| out.write_all(line.as_bytes()));
         }
         match result.and_then(|()| out.flush()) {
-            Ok(()) => failing = false,
+            Ok(()) => (told, cut) = (lost, false),
             Err(e) => {
-                if !failing {
-                    tracing::error!(path = %path.display(), error = %e, "writing the audit log failed; dropping audit lines");
+                // Some of the batch may be on disk; counted as lost all the same.
+                let lost = queue.lose(count);
+                tracing::error!(path = %path.display(), error = %e, lost, "writing the audit log failed; dropped {count} audit lines ({lost} lost so far)");
+                // Reopen next time: the file may have been moved or the disk
+                // freed. What is still buffered is dropped, not retried.
+                if let Some(broken) = file.take() {
+                    drop(broken.into_parts());
                 }
-                failing = true;
-                // Reopen next time: the file may have been moved or the disk freed.
-                file = None;
+                cut = true;
             }
         }
     }
@@ -448,6 +481,59 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until the audit log in `dir` holds a line with `event`.
+    fn wait_line(dir: &Path, event: &str) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(dir.join(FILE)).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines.iter().any(|l| l["event"] == event) {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {event} line in {text:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn lines_lost_to_a_full_disk_are_counted_and_told_in_the_log() {
+        let dir = std::env::temp_dir().join(format!("hpfaas-audit-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A disk with no space: every write fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.join(FILE)).unwrap();
+        let audit = Audit::start(&dir);
+        for i in 0..3 {
+            audit.record(json!({"event": "token_created", "user": format!("u{i}")}));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while audit.lines_lost() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} lost",
+                audit.lines_lost()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(audit.lines_lost(), 3);
+        // Space is back.
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        audit.record(json!({"event": "token_revoked", "user": "u9"}));
+        let lines = wait_line(&dir, "token_revoked");
+        assert_eq!(lines[0]["event"], "audit_lines_lost", "{lines:?}");
+        assert_eq!(lines[0]["lines"], 3);
+        assert_eq!(lines[1]["user"], "u9");
+        assert_eq!(lines.len(), 2);
+        drop(audit);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn lines_are_appended_private_and_flushed() {

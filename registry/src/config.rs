@@ -59,6 +59,8 @@ pub struct ServiceConfig {
     pub body_read_timeout: Duration,
     /// Most result streams open at once with one token; more get `429`.
     pub max_streams_per_token: usize,
+    /// Per-user limits on what the service holds for them.
+    pub quota: crate::db::tasks::Quota,
 }
 
 impl ServiceConfig {
@@ -108,6 +110,7 @@ impl ServiceConfig {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
             max_streams_per_token: Self::DEFAULT_MAX_STREAMS_PER_TOKEN,
+            quota: crate::db::tasks::Quota::default(),
         }
     }
 

@@ -9,6 +9,9 @@
 //! every non-final task (it drops duplicates), and every cancel it has not
 //! answered yet.
 //!
+//! With flow control (declared in the hello) the dispatcher sends no more
+//! tasks than the agent's credit; credit frames poke it awake.
+//!
 //! The hello carries the endpoint's policy (`allowed_functions`,
 //! `json_only`), stored for submit-time checks. A result over the size
 //! limit is stored as a `ResultTooLarge` failure instead. When a token is
@@ -16,6 +19,7 @@
 //! was the one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +29,7 @@ use axum::extract::State;
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::endpoint::{cap_results, from_json, to_json, AgentMessage, ServiceMessage};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult, TaskState};
 use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -41,8 +45,20 @@ use crate::extract::{parse_id, IdPath};
 use crate::live::{Claim, ResultEvent};
 use crate::state::AppState;
 
-/// Largest WebSocket message accepted (tungstenite's default is 16 MiB).
+/// Largest WebSocket message accepted, unless results may be larger
+/// (tungstenite's default is 16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest WebSocket message accepted: room for one result of
+/// `--max-result-bytes`, JSON-escaped, whatever that limit is.
+fn max_message_bytes(config: &crate::config::ServiceConfig) -> usize {
+    MAX_MESSAGE_BYTES.max(
+        config
+            .max_result_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20),
+    )
+}
 /// Most tasks in one `Tasks` frame.
 pub const PAGE_TASKS: usize = 2000;
 /// Rough byte cap of one `Tasks` frame, far below [`MAX_MESSAGE_BYTES`].
@@ -93,9 +109,10 @@ pub async fn connect(
             format!("expected a WebSocket upgrade: {}", rej.body_text()),
         )
     })?;
+    let max = max_message_bytes(&state.config);
     Ok(ws
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_failed_upgrade(
             move |e| tracing::warn!(%endpoint, error = %e, "agent WebSocket upgrade failed"),
         )
@@ -155,6 +172,7 @@ struct Hello {
     host: String,
     pid: u32,
     policy: EndpointPolicy,
+    flow_control: bool,
 }
 
 /// Reads the hello; `None` when the connection was closed or refused.
@@ -196,6 +214,7 @@ async fn handshake(
             pid,
             allowed_functions,
             json_only,
+            flow_control,
         }) => {
             if version != PROTOCOL_VERSION {
                 refuse(
@@ -210,7 +229,15 @@ async fn handshake(
                 allowed_functions,
                 json_only,
             };
-            Some((socket, Hello { host, pid, policy }))
+            Some((
+                socket,
+                Hello {
+                    host,
+                    pid,
+                    policy,
+                    flow_control,
+                },
+            ))
         }
         Ok(_) => {
             tracing::warn!(%endpoint, "endpoint agent's first frame was not a hello");
@@ -243,7 +270,12 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let Some((mut socket, hello)) = handshake(&state, endpoint, socket).await else {
         return;
     };
-    let Hello { host, pid, policy } = hello;
+    let Hello {
+        host,
+        pid,
+        policy,
+        flow_control,
+    } = hello;
     let claim = match state.live.claim(endpoint, &host, pid) {
         Ok(claim) => claim,
         Err((holder, holder_pid)) => {
@@ -275,6 +307,9 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let welcome = ServiceMessage::Welcome {
         version: PROTOCOL_VERSION,
         heartbeat_period: state.config.effective_heartbeat_period(),
+        max_result_bytes: Some(state.config.max_result_bytes as u64),
+        max_message_bytes: Some(max_message_bytes(&state.config) as u64),
+        flow_control,
     };
     if socket.send(text(&welcome)).await.is_err() {
         return;
@@ -284,10 +319,13 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(16);
     let sender = tokio::spawn(send_loop(sink, out_rx));
+    // An agent without flow control takes whatever is queued.
+    let credit = Arc::new(AtomicU64::new(if flow_control { 0 } else { u64::MAX }));
     let dispatcher = tokio::spawn(dispatch_loop(
         state.clone(),
         endpoint,
         claim.wake(),
+        credit.clone(),
         out.clone(),
     ));
     let link = Link {
@@ -296,6 +334,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         claim: &claim,
         credential: &credential,
         out: &out,
+        credit: &credit,
     };
     let end = receive_loop(&link, stream, revocations).await;
     dispatcher.abort();
@@ -345,12 +384,14 @@ async fn send_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Rec
 }
 
 /// Pages the endpoint's pending cancels and non-final tasks to the agent,
-/// sleeping on `wake` (poked after each committed submit or cancel) when it
-/// has caught up.
+/// sleeping on `wake` (poked after each committed submit or cancel, and
+/// when the agent grants credit) when it has caught up or has used up the
+/// agent's `credit` (tasks it may still send; cancels need none).
 async fn dispatch_loop(
     state: AppState,
     endpoint: Uuid,
     wake: Arc<Notify>,
+    credit: Arc<AtomicU64>,
     out: mpsc::Sender<Message>,
 ) {
     let mut cursor = 0i64;
@@ -376,6 +417,13 @@ async fn dispatch_loop(
                 read_files: true,
             }
         };
+        let granted = credit.load(Ordering::Acquire);
+        let task_limits = PageLimits {
+            tasks: limits
+                .tasks
+                .min(usize::try_from(granted).unwrap_or(usize::MAX)),
+            ..limits
+        };
         // One read per turn: cancels first (so a task cancelled meanwhile is
         // not started), else the next page of tasks.
         let files = state.db.payload_files().clone();
@@ -385,7 +433,10 @@ async fn dispatch_loop(
             if !task_ids.is_empty() {
                 return Ok(Next::Cancels(task_ids, last, sent));
             }
-            let page = db_tasks::dispatch_page(c, &files, endpoint, after, sent, limits)?;
+            if task_limits.tasks == 0 {
+                return Ok(Next::NoCredit(sent));
+            }
+            let page = db_tasks::dispatch_page(c, &files, endpoint, after, sent, task_limits)?;
             Ok(Next::Tasks(page))
         };
         let next = if woken {
@@ -407,9 +458,20 @@ async fn dispatch_loop(
                     return;
                 }
             }
+            Ok(Next::NoCredit(sent)) => {
+                // The agent's credit comes with a poke of `wake`.
+                sent_functions = sent;
+                wake.notified().await;
+                woken = true;
+            }
             Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
                 cursor = page.last_rid;
+                // Only this loop takes credit, so it never goes below zero;
+                // lost tasks count too (the page held them), which is harmless.
+                if granted != u64::MAX {
+                    credit.fetch_sub(page.count as u64, Ordering::AcqRel);
+                }
                 let (lost, more) = (!page.lost.is_empty(), page.more);
                 if lost {
                     let results = page
@@ -460,6 +522,9 @@ enum Next {
     Cancels(Vec<Uuid>, i64, HashSet<Uuid>),
     /// The next page of queued tasks.
     Tasks(db_tasks::DispatchPage),
+    /// The agent has granted no credit to send tasks with (the functions
+    /// sent so far, unchanged).
+    NoCredit(HashSet<Uuid>),
 }
 
 /// What the handlers of one connection share.
@@ -470,6 +535,8 @@ struct Link<'a> {
     /// SHA-256 of the credential the agent connected with.
     credential: &'a str,
     out: &'a mpsc::Sender<Message>,
+    /// Tasks the dispatcher may still send (the agent's credit).
+    credit: &'a Arc<AtomicU64>,
 }
 
 /// The close of a link whose credential could not be re-checked: failing
@@ -568,55 +635,10 @@ async fn receive_loop(
     }
 }
 
-fn shutting_down(_: ApiError) -> End {
-    End::Close(close_code::AWAY, "the service is shutting down".into())
-}
-
-/// Longest exception type name kept, bytes.
-const MAX_EXC_TYPE: usize = 256;
-
-/// Cuts `s` to at most `max` bytes, on a character boundary, saying so.
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let note = format!("... [cut at {max} bytes of {}]", s.len());
-        let mut cut = max.saturating_sub(note.len());
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str(&note);
-    }
-}
-
-/// Enforces `--max-result-bytes`: a larger result fails its task with
-/// `ResultTooLarge` (naming the size and the limit) instead of being
-/// stored; an oversized exception text is cut.
-pub fn cap_results(results: &mut [TaskResult], limit: usize) {
-    for r in results {
-        match &mut r.outcome {
-            Outcome::Success { result } if result.len() > limit => {
-                let size = result.len();
-                tracing::warn!(task = %r.task_id, size, limit, "result too large; failing the task");
-                r.outcome = Outcome::Failed {
-                    exception: ExceptionInfo::system(
-                        "ResultTooLarge",
-                        format!(
-                            "the result is {size} bytes, more than the service's limit of {limit} \
-                             bytes (--max-result-bytes); return less data, or write it to a file \
-                             and return its path"
-                        ),
-                    ),
-                };
-            }
-            Outcome::Success { .. } => {}
-            Outcome::Failed { exception } => {
-                truncate(&mut exception.exc_type, MAX_EXC_TYPE);
-                let half = (limit / 2).max(256);
-                truncate(&mut exception.message, half);
-                truncate(&mut exception.traceback, half);
-            }
-        }
-    }
+/// The writer refused a job: it is stopping, or broken (a failed sync);
+/// the agent reconnects later and gets the reason meanwhile.
+fn shutting_down(e: ApiError) -> End {
+    End::Close(close_code::AWAY, e.message)
 }
 
 async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) -> Result<(), End> {
@@ -665,8 +687,18 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
                 }
             });
         }
+        AgentMessage::Credit { tasks } if tasks > 0 => {
+            let add = |c: u64| Some(c.saturating_add(tasks));
+            let _ = link
+                .credit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, add);
+            link.claim.wake().notify_one();
+        }
         AgentMessage::Heartbeat { status } => link.claim.heartbeat(status),
-        AgentMessage::Ack { .. } | AgentMessage::States { .. } | AgentMessage::Results { .. } => {}
+        AgentMessage::Ack { .. }
+        | AgentMessage::States { .. }
+        | AgentMessage::Results { .. }
+        | AgentMessage::Credit { .. } => {}
     }
     Ok(())
 }
@@ -737,64 +769,4 @@ fn store_results(
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oversized_results_fail_and_long_exceptions_are_cut() {
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let mut results = vec![
-            TaskResult {
-                task_id: a,
-                outcome: Outcome::Success {
-                    result: "x".repeat(2000),
-                },
-                completed_at: 1.0,
-            },
-            TaskResult {
-                task_id: b,
-                outcome: Outcome::Success {
-                    result: "y".repeat(1000),
-                },
-                completed_at: 1.0,
-            },
-            TaskResult::failed(c, ExceptionInfo::system("E", "é".repeat(5000))),
-        ];
-        cap_results(&mut results, 1000);
-        match &results[0].outcome {
-            Outcome::Failed { exception } => {
-                assert_eq!(exception.exc_type, "ResultTooLarge");
-                assert!(
-                    exception.message.contains("2000 bytes"),
-                    "{}",
-                    exception.message
-                );
-                assert!(
-                    exception.message.contains("1000 bytes"),
-                    "{}",
-                    exception.message
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(&results[1].outcome, Outcome::Success { result } if result.len() == 1000));
-        match &results[2].outcome {
-            Outcome::Failed { exception } => {
-                assert!(
-                    exception.message.len() <= 500,
-                    "{}",
-                    exception.message.len()
-                );
-                assert!(
-                    exception.message.ends_with("of 10000]"),
-                    "{}",
-                    exception.message
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
 }

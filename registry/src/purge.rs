@@ -90,7 +90,7 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
         .db
         .read(move |c| {
             files
-                .sweep(c, true)
+                .sweep(c)
                 .map_err(|e| ApiError::internal(format!("sweeping payload files failed: {e}")))
         })
         .await?;

@@ -506,6 +506,7 @@ fn agent_handshake_failures_are_explained() {
         pid: 1,
         allowed_functions: vec![],
         json_only: false,
+        flow_control: false,
     });
     match old.recv() {
         Some(ServiceMessage::Refused { reason }) => assert!(reason.contains("version"), "{reason}"),

@@ -291,7 +291,7 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
             path.into(),
             Some(json!({"endpoint_name": "x", "endpoint_id": victim.endpoint})),
         )],
-        ("GET", "/v2/endpoints") => vec![(path.into(), None)],
+        ("GET", "/v2/endpoints") | ("GET", "/v3/service/status") => vec![(path.into(), None)],
         ("GET" | "DELETE", "/v2/endpoints/{id}")
         | ("GET", "/v2/endpoints/{id}/status")
         | ("GET", "/v3/endpoints/{id}/connect") => vec![(at(&victim.endpoint), None)],
@@ -337,6 +337,8 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
         (method, path, caller),
         ("POST", "/v3/functions", "user")
             | ("GET", "/v2/endpoints", "user")
+            // Nothing of anyone's: whether writes work, audit lines lost.
+            | ("GET", "/v3/service/status", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
             | ("GET", "/v3/endpoints/{id}/connect", "victim credential")

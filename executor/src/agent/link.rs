@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{from_json, to_json, AgentMessage, ServiceMessage, TasksFrame};
+use hpfaas_protocol::endpoint::{
+    from_json, to_json, AgentMessage, ServiceMessage, TasksFrame, DEFAULT_MAX_MESSAGE_BYTES,
+};
 use hpfaas_protocol::PROTOCOL_VERSION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,6 +25,12 @@ pub enum LinkEvent {
     Connected {
         /// Seconds between heartbeats the service expects.
         heartbeat_period: f64,
+        /// The service's result size limit, if it says.
+        max_result_bytes: Option<u64>,
+        /// The largest message the service reads.
+        max_message_bytes: usize,
+        /// The service honours credit: the agent must grant it.
+        flow_control: bool,
     },
     /// A frame from the service.
     Message(ServiceMessage),
@@ -47,12 +55,27 @@ pub struct LinkTarget {
     pub json_only: bool,
 }
 
+/// A frame for the service.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A message, encoded by the link.
+    Message(AgentMessage),
+    /// A frame encoded already (results, packed by size).
+    Text(String),
+}
+
+impl From<AgentMessage> for Outgoing {
+    fn from(message: AgentMessage) -> Outgoing {
+        Outgoing::Message(message)
+    }
+}
+
 /// Frames queued while disconnected are dropped: results are re-sent from
 /// the journal on reconnect, and the service re-sends unacknowledged tasks.
 pub fn spawn(
     target: LinkTarget,
 ) -> (
-    mpsc::UnboundedSender<AgentMessage>,
+    mpsc::UnboundedSender<Outgoing>,
     mpsc::UnboundedReceiver<LinkEvent>,
 ) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -69,7 +92,7 @@ enum Ended {
 
 async fn run(
     target: LinkTarget,
-    mut outgoing: mpsc::UnboundedReceiver<AgentMessage>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -109,7 +132,7 @@ pub fn websocket_url(service_url: &str, endpoint_id: &str) -> Result<String, Str
 
 async fn connect_and_serve(
     target: &LinkTarget,
-    outgoing: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
     events: &mpsc::UnboundedSender<LinkEvent>,
     backoff: &mut Duration,
 ) -> Ended {
@@ -181,15 +204,28 @@ async fn connect_and_serve(
         // anyway, at submit time instead of after a round trip.
         allowed_functions: target.allowed_functions.clone(),
         json_only: target.json_only,
+        // The agent grants credit (agent::credit) once welcomed.
+        flow_control: true,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));
     }
-    let heartbeat_period = match ws.next().await {
+    let connected = match ws.next().await {
         Some(Ok(Message::Text(text))) => match from_json::<ServiceMessage>(&text) {
             Ok(ServiceMessage::Welcome {
-                heartbeat_period, ..
-            }) => heartbeat_period,
+                heartbeat_period,
+                max_result_bytes,
+                max_message_bytes,
+                flow_control,
+                ..
+            }) => LinkEvent::Connected {
+                heartbeat_period,
+                max_result_bytes,
+                flow_control,
+                max_message_bytes: max_message_bytes.map_or(DEFAULT_MAX_MESSAGE_BYTES, |m| {
+                    usize::try_from(m).unwrap_or(usize::MAX)
+                }),
+            },
             Ok(ServiceMessage::Refused { reason }) => return Ended::Refused(reason),
             Ok(other) => return Ended::Retry(format!("expected a welcome, got {other:?}")),
             Err(e) => return Ended::Retry(format!("bad welcome frame: {e}")),
@@ -199,10 +235,7 @@ async fn connect_and_serve(
         None => return Ended::Retry("connection closed before welcome".into()),
     };
     *backoff = Duration::from_millis(100);
-    if events
-        .send(LinkEvent::Connected { heartbeat_period })
-        .is_err()
-    {
+    if events.send(connected).is_err() {
         return Ended::Stopped;
     }
     loop {
@@ -242,7 +275,11 @@ async fn connect_and_serve(
                         batch.push(m);
                     }
                     for m in batch {
-                        if let Err(e) = ws.feed(Message::text(to_json(&m))).await {
+                        let text = match m {
+                            Outgoing::Message(m) => to_json(&m),
+                            Outgoing::Text(text) => text,
+                        };
+                        if let Err(e) = ws.feed(Message::text(text)).await {
                             return Ended::Retry(format!("send failed: {e}"));
                         }
                     }

@@ -4,6 +4,7 @@
 //! the right number of blocks running.
 
 pub mod blocks;
+pub mod credit;
 pub mod journal;
 pub mod link;
 pub mod policy;
@@ -15,7 +16,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hpfaas_protocol::endpoint::{AgentMessage, EndpointReport, ServiceMessage};
+use hpfaas_protocol::endpoint::{
+    cap_results, result_frames, AgentMessage, EndpointReport, ServiceMessage,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
 use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -25,12 +29,15 @@ use crate::config::{parse_port_range, EndpointConfig};
 use crate::strategy::Scaling;
 use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
 use journal::Journal;
-use link::{LinkEvent, LinkTarget};
+use link::{LinkEvent, LinkTarget, Outgoing};
 use state_file::AgentState;
 
-/// Results per frame to the service, so one frame stays well under the
-/// WebSocket message limit even with large results.
-const RESULTS_PER_FRAME: usize = 1000;
+/// Bytes of results per frame to the service; a larger result goes alone,
+/// up to the service's message limit (see [`result_frames`]).
+const RESULT_FRAME_BYTES: usize = 4 << 20;
+/// The result size limit assumed until the service says its own (the
+/// service's default `--max-result-bytes`).
+const DEFAULT_MAX_RESULT_BYTES: usize = 10 << 20;
 /// Most broker events handled in one turn of the agent's loop, so a flood of
 /// results cannot starve the service link and the timers.
 const BROKER_EVENTS_PER_TURN: usize = 256;
@@ -163,7 +170,9 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         broker.url
     );
 
-    let mut blocks = BlocksHandle::start(blocks_setup(&spec, &broker.url)?)?;
+    let setup = blocks_setup(&spec, &broker.url)?;
+    let strategy_need = credit::strategy_need(&setup.scaling);
+    let mut blocks = BlocksHandle::start(setup)?;
     let (to_service, mut from_service) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
@@ -178,6 +187,11 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         to_service,
         broker: broker.commands.clone(),
         load: Load::default(),
+        max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        connected: false,
+        granted: 0,
+        strategy_need,
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
     let mut scaling =
@@ -187,19 +201,31 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let outcome = loop {
         tokio::select! {
             event = from_service.recv() => match event {
-                Some(LinkEvent::Connected { heartbeat_period }) => {
+                Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
+                    if let Some(limit) = max_result_bytes {
+                        agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+                    }
+                    agent.max_message_bytes = max_message_bytes;
+                    // Credit starts again from nothing on every connection;
+                    // a service without flow control gets none.
+                    (agent.connected, agent.granted) = (flow_control, 0);
                     tracing::info!("connected to {}", spec.service_url);
                     // The service drops agents that miss its heartbeats, so
                     // never beat slower than it asks, whatever the engine's period.
                     let period = heartbeat_period.min(engine.heartbeat_period).max(0.05);
                     heartbeat = tokio::time::interval(Duration::from_secs_f64(period));
                     agent.resend_results()?;
+                    agent.grant_credit();
                     state.state = "online".into();
                     state.last_error = None;
                     publish(&state, &spec.dir);
                 }
-                Some(LinkEvent::Message(message)) => agent.on_service_message(message)?,
+                Some(LinkEvent::Message(message)) => {
+                    agent.on_service_message(message)?;
+                    agent.grant_credit();
+                }
                 Some(LinkEvent::Disconnected(why)) => {
+                    agent.connected = false;
                     tracing::warn!("disconnected from the service: {why}");
                     state.state = "connecting".into();
                     state.last_error = Some(why);
@@ -218,7 +244,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                         Err(_) => break,
                     }
                 }
-                agent.on_broker_events(events)?
+                agent.on_broker_events(events)?;
+                agent.grant_credit();
             }
             _ = heartbeat.tick() => {
                 let status = EndpointReport {
@@ -228,7 +255,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
                     outstanding_tasks: agent.journal.outstanding(),
                     active_blocks: state.blocks.len() as u32,
                 };
-                let _ = agent.to_service.send(AgentMessage::Heartbeat { status });
+                let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
             }
             _ = resend.tick() => match agent.journal.stale() {
                 Ok(stale) if !stale.is_empty() => {
@@ -435,15 +462,28 @@ fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetu
 struct Agent<'a> {
     spec: &'a AgentSpec,
     journal: Journal,
-    to_service: mpsc::UnboundedSender<AgentMessage>,
+    to_service: mpsc::UnboundedSender<Outgoing>,
     broker: mpsc::UnboundedSender<BrokerCommand>,
     load: Load,
+    /// The service's `--max-result-bytes` (as of the last welcome).
+    max_result_bytes: usize,
+    /// The largest message the service reads (as of the last welcome).
+    max_message_bytes: usize,
+    /// Connected to a service that honours credit: credit granted now counts.
+    connected: bool,
+    /// Credit granted on this connection and not used by tasks yet.
+    granted: u64,
+    /// Outstanding tasks the block strategy must see to run every block.
+    strategy_need: u64,
 }
 
 impl Agent<'_> {
     fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
         match message {
-            ServiceMessage::Tasks { functions, tasks } => self.accept(functions, tasks),
+            ServiceMessage::Tasks { functions, tasks } => {
+                self.granted = self.granted.saturating_sub(tasks.len() as u64);
+                self.accept(functions, tasks)
+            }
             ServiceMessage::ResultAck { task_ids } => {
                 self.journal.forget_results(&task_ids);
                 Ok(())
@@ -474,7 +514,7 @@ impl Agent<'_> {
             .chain(refused.iter().map(|r| r.task_id))
             .collect();
         let fresh = self.journal.accept(accepted);
-        let _ = self.to_service.send(AgentMessage::Ack { task_ids });
+        let _ = self.to_service.send(AgentMessage::Ack { task_ids }.into());
         if !refused.is_empty() {
             self.finish(refused)?;
         }
@@ -496,7 +536,7 @@ impl Agent<'_> {
         let _ = self.broker.send(BrokerCommand::Cancel {
             task_ids: task_ids.clone(),
         });
-        let _ = self.to_service.send(AgentMessage::Ack { task_ids });
+        let _ = self.to_service.send(AgentMessage::Ack { task_ids }.into());
         Ok(())
     }
 
@@ -517,7 +557,9 @@ impl Agent<'_> {
             }
         }
         if !updates.is_empty() {
-            let _ = self.to_service.send(AgentMessage::States { updates });
+            let _ = self
+                .to_service
+                .send(AgentMessage::States { updates }.into());
         }
         if !results.is_empty() {
             self.finish(results)?;
@@ -525,8 +567,25 @@ impl Agent<'_> {
         Ok(())
     }
 
-    /// Stores results, then sends them; they stay journaled until acknowledged.
-    fn finish(&mut self, results: Vec<TaskResult>) -> anyhow::Result<()> {
+    /// Grants the service credit for more tasks when a batch of room is free.
+    fn grant_credit(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let prefetch = self.spec.config.engine.prefetch_capacity;
+        let window = credit::window(&self.load, prefetch, self.strategy_need);
+        let tasks = credit::to_grant(window, self.journal.outstanding(), self.granted);
+        if tasks > 0 {
+            self.granted += tasks;
+            let _ = self.to_service.send(AgentMessage::Credit { tasks }.into());
+        }
+    }
+
+    /// Stores results, then sends them; they stay journaled until
+    /// acknowledged. A result over the service's size limit is failed here,
+    /// before it takes journal space or a frame.
+    fn finish(&mut self, mut results: Vec<TaskResult>) -> anyhow::Result<()> {
+        cap_results(&mut results, self.max_result_bytes);
         self.journal.store_results(&results);
         self.send_results(results);
         Ok(())
@@ -538,18 +597,12 @@ impl Agent<'_> {
         Ok(())
     }
 
-    /// Sends results in frames of at most [`RESULTS_PER_FRAME`], moving them
-    /// (results carry user payloads; no copy on the result path).
+    /// Sends results in frames of about [`RESULT_FRAME_BYTES`], each below
+    /// the service's message limit, moving them (results carry user
+    /// payloads; no copy on the result path but their encoding).
     fn send_results(&self, results: Vec<TaskResult>) {
-        let mut rest = results.into_iter();
-        loop {
-            let chunk: Vec<TaskResult> = rest.by_ref().take(RESULTS_PER_FRAME).collect();
-            if chunk.is_empty() {
-                return;
-            }
-            let _ = self
-                .to_service
-                .send(AgentMessage::Results { results: chunk });
+        for frame in result_frames(results, RESULT_FRAME_BYTES, self.max_message_bytes) {
+            let _ = self.to_service.send(Outgoing::Text(frame));
         }
     }
 }

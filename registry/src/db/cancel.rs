@@ -44,22 +44,36 @@ fn cancel_row(
                 completed = ?4, stored = ?4, result_seq = ?5, result_fate = 1,
                 cancel_pending = 1
          WHERE rid = ?1 AND done = 0
-         RETURNING id, group_id, endpoint_id",
+         RETURNING id, group_id, endpoint_id, owner",
     )?;
-    conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1")?
-        .execute([rid])?;
+    let arg_bytes: i64 = conn
+        .prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING bytes")?
+        .query_row([rid], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
     let seq = ctx.next_result_seq;
     let traceback = format!("TaskCancelled: {text}");
     let row = st
         .query_row(params![rid, text, traceback, at, seq], |r| {
-            Ok(Cancelled {
-                task: uuid_col(r, 0)?,
-                group: uuid_col(r, 1)?,
-                endpoint: uuid_col(r, 2)?,
-                seq,
-            })
+            Ok((
+                Cancelled {
+                    task: uuid_col(r, 0)?,
+                    group: uuid_col(r, 1)?,
+                    endpoint: uuid_col(r, 2)?,
+                    seq,
+                },
+                r.get::<_, i64>(3)?,
+            ))
         })
         .optional()?;
+    let row = match row {
+        Some((cancelled, owner)) => {
+            let kept = (text.len() + traceback.len()) as i64;
+            super::tasks::add_usage(conn, owner, -1, kept - arg_bytes)?;
+            Some(cancelled)
+        }
+        None => None,
+    };
     if row.is_some() {
         ctx.next_result_seq += 1;
         super::tasks::save_result_seq(conn, ctx)?;

@@ -46,6 +46,13 @@ fn wal_path(path: &Path) -> PathBuf {
     PathBuf::from(wal)
 }
 
+/// Fault injection for tests: every sync of the database in `data_dir`
+/// fails from now on, as on a failing disk ([`writer::fail_syncs_of`]).
+#[doc(hidden)]
+pub fn fail_syncs_under(data_dir: &Path) {
+    writer::fail_syncs_of(wal_path(&db_path(data_dir)));
+}
+
 /// Opens (creating if needed) the database for writing and brings its schema
 /// up to date.
 pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
@@ -115,7 +122,7 @@ impl Db {
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         let conn = open_for_writing(path)?;
         let payload_files = PayloadFiles::beside(path)?;
-        let swept = payload_files.sweep(&conn, false)?;
+        let swept = payload_files.sweep(&conn)?;
         if swept > 0 {
             tracing::info!("removed {swept} payload files no task needs");
         }
@@ -131,6 +138,12 @@ impl Db {
             writer,
             payload_files,
         })
+    }
+
+    /// Why the database accepts no more writes (a sync of its WAL failed),
+    /// if it does not.
+    pub fn write_failure(&self) -> Option<String> {
+        self.writer.failure()
     }
 
     /// Where payloads over [`payload_files::INLINE_MAX`] are kept.

@@ -15,11 +15,15 @@
 //! batch's sync); files of tasks that ended otherwise (cancelled) or of
 //! submits that never committed (a crash, a refused or replayed request)
 //! are removed by [`PayloadFiles::sweep`], at start-up and with each purge.
+//! A sweep judges a file by its task's row, never by the file's mtime
+//! (which a copy or restore resets): the only files it must spare without
+//! a row are those of submits in flight, and this process knows which
+//! those are (`pending`).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
@@ -27,15 +31,14 @@ use uuid::Uuid;
 /// Payloads longer than this (bytes of packed text) are kept in files.
 pub const INLINE_MAX: usize = 64 * 1024;
 
-/// A file younger than this may belong to a submit still being committed;
-/// a sweep while the service runs leaves it alone.
-const SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
-
 /// The directory of payload files (cheap to clone: every dispatch turn and
 /// result batch takes one).
 #[derive(Debug, Clone)]
 pub struct PayloadFiles {
     dir: Arc<Path>,
+    /// Tasks whose file this process wrote and whose row it has not seen
+    /// yet, nor removed the file: a submit may still be committing them.
+    pending: Arc<Mutex<HashSet<Uuid>>>,
 }
 
 impl PayloadFiles {
@@ -47,7 +50,10 @@ impl PayloadFiles {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&dir)?;
-        Ok(PayloadFiles { dir: dir.into() })
+        Ok(PayloadFiles {
+            dir: dir.into(),
+            pending: Arc::default(),
+        })
     }
 
     fn path(&self, task: Uuid) -> PathBuf {
@@ -57,6 +63,9 @@ impl PayloadFiles {
     /// Writes each task's payload to its file and makes them durable (the
     /// files, then the directory entries) before returning.
     pub fn write(&self, payloads: &[(Uuid, &[u8])]) -> std::io::Result<()> {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.extend(payloads.iter().map(|(task, _)| *task));
+        }
         let mut files = Vec::with_capacity(payloads.len());
         for (task, content) in payloads {
             let path = self.path(*task);
@@ -92,6 +101,7 @@ impl PayloadFiles {
     /// Removes the files of these tasks (those without one are skipped).
     pub fn remove(&self, tasks: impl IntoIterator<Item = Uuid>) {
         for task in tasks {
+            self.forget_pending(task);
             if let Err(e) = std::fs::remove_file(self.path(task)) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(%task, error = %e, "cannot remove a payload file");
@@ -100,14 +110,24 @@ impl PayloadFiles {
         }
     }
 
-    /// Removes files whose task is final or unknown; with `running`, only
-    /// files older than [`SWEEP_MIN_AGE`] (a younger one may belong to a
-    /// submit not yet committed). Returns how many were removed.
-    pub fn sweep(&self, conn: &Connection, running: bool) -> std::io::Result<usize> {
+    fn forget_pending(&self, task: Uuid) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&task);
+        }
+    }
+
+    fn is_pending(&self, task: Uuid) -> bool {
+        self.pending.lock().is_ok_and(|p| p.contains(&task))
+    }
+
+    /// Removes files whose task is final or unknown, but for the files of
+    /// submits this process has in flight (no row yet). Returns how many
+    /// were removed.
+    pub fn sweep(&self, conn: &Connection) -> std::io::Result<usize> {
         let mut needed = conn
             .prepare_cached(
-                "SELECT 1 FROM tasks t JOIN task_payloads p ON p.rid = t.rid
-             WHERE t.id = ?1 AND t.done = 0 AND p.in_file = 1",
+                "SELECT t.done = 0 AND ifnull(p.in_file, 0) = 1 FROM tasks t
+                 LEFT JOIN task_payloads p ON p.rid = t.rid WHERE t.id = ?1",
             )
             .map_err(std::io::Error::other)?;
         let mut removed = 0;
@@ -115,22 +135,21 @@ impl PayloadFiles {
             let entry = entry?;
             let name = entry.file_name();
             let task = name.to_str().and_then(|n| Uuid::parse_str(n).ok());
-            if running {
-                let age = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok());
-                if age.is_none_or(|age| age < SWEEP_MIN_AGE) {
-                    continue;
-                }
-            }
             let keep = match task {
-                Some(task) => needed
-                    .query_row([task.to_string()], |_| Ok(()))
-                    .optional()
-                    .map_err(std::io::Error::other)?
-                    .is_some(),
+                Some(task) => {
+                    let row: Option<bool> = needed
+                        .query_row([task.to_string()], |r| r.get(0))
+                        .optional()
+                        .map_err(std::io::Error::other)?;
+                    match row {
+                        // Committed: the row decides from now on.
+                        Some(needed) => {
+                            self.forget_pending(task);
+                            needed
+                        }
+                        None => self.is_pending(task),
+                    }
+                }
                 None => false, // not ours (an editor's backup, a temp file)
             };
             if !keep {
@@ -147,10 +166,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn written_read_removed_and_swept() {
+    fn written_read_removed_and_swept_by_their_rows_not_their_mtimes() {
         let dir = std::env::temp_dir().join(format!("hpfaas-payloads-{}", Uuid::new_v4()));
         let files = PayloadFiles::beside(&dir.join("registry.db")).unwrap();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         files
             .write(&[(a, b"first".as_slice()), (b, b"second".as_slice())])
             .unwrap();
@@ -158,14 +177,33 @@ mod tests {
         files.remove([a, Uuid::new_v4()]);
         assert!(files.read(a).is_err());
 
-        // No task rows at all: at start-up every file is an orphan, but a
-        // running service keeps young ones.
-        let mut conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        let mut conn = conn;
         crate::db::schema::migrate(&mut conn).unwrap();
+        // b: a submit in flight (no row yet), its file dated a day back:
+        // kept. c: a fresh file of a task that is final: removed at once.
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(files.path(b))
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        std::fs::write(files.path(c), "third").unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO users (id, name, created) VALUES (1, 'u', 0);
+             INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state, done, created)
+             VALUES ('{c}', 1, 'e', 'f', 'g', 'success', 1, 0);"
+        ))
+        .unwrap();
         std::fs::write(files.dir.join("not-a-task"), "x").unwrap();
-        assert_eq!(files.sweep(&conn, true).unwrap(), 0);
+        assert_eq!(files.sweep(&conn).unwrap(), 2);
         assert_eq!(files.read(b).unwrap(), "second");
-        assert_eq!(files.sweep(&conn, false).unwrap(), 2);
+        assert!(files.read(c).is_err());
+        // Once the process no longer has it in flight (a restart), an
+        // orphan goes.
+        files.forget_pending(b);
+        assert_eq!(files.sweep(&conn).unwrap(), 1);
         assert!(files.read(b).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -11,8 +11,12 @@
 
 use rusqlite::{params, Connection};
 
-use super::tasks::{FATE_EXPIRED, FATE_UNFETCHED};
+use super::tasks::{UsageDelta, FATE_EXPIRED, FATE_UNFETCHED};
 use crate::error::ApiResult;
+
+/// Bytes a final task keeps (counted in `user_usage`), as SQL.
+const KEPT: &str = "ifnull(octet_length(result), 0) + ifnull(octet_length(exc_message), 0) \
+                    + ifnull(octet_length(exc_traceback), 0)";
 
 /// Exception type of an expired result.
 pub const RESULT_EXPIRED: &str = "ResultExpired";
@@ -31,25 +35,49 @@ pub fn expire_results(
     // The literals let (and INDEXED BY makes) SQLite use the partial index
     // of unfetched results, not scan every finished task.
     let sql = format!(
-        "UPDATE tasks SET result = NULL, exc_type = ?3, exc_message = ?4, exc_traceback = ?5,
-                          result_fate = {FATE_EXPIRED}
-         WHERE rid IN (SELECT rid FROM tasks INDEXED BY tasks_unfetched
-                       WHERE done = 1 AND result_fate = {FATE_UNFETCHED} AND stored < ?1 LIMIT ?2)"
+        "SELECT rid, owner, {KEPT} FROM tasks INDEXED BY tasks_unfetched
+         WHERE done = 1 AND result_fate = {FATE_UNFETCHED} AND stored < ?1 LIMIT ?2"
     );
-    let n = conn.execute(
-        &sql,
-        params![cutoff, limit as i64, RESULT_EXPIRED, message, traceback],
-    )?;
-    Ok(n)
+    let rows: Vec<(i64, i64, i64)> = conn
+        .prepare_cached(&sql)?
+        .query_map(params![cutoff, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let sql = format!(
+        "UPDATE tasks SET result = NULL, exc_type = ?2, exc_message = ?3, exc_traceback = ?4,
+                          result_fate = {FATE_EXPIRED}
+         WHERE rid = ?1"
+    );
+    let mut expire = conn.prepare_cached(&sql)?;
+    let mut usage = UsageDelta::default();
+    let kept_now = (message.len() + traceback.len()) as i64;
+    for (rid, owner, kept) in &rows {
+        expire.execute(params![rid, RESULT_EXPIRED, message, traceback])?;
+        usage.add(*owner, 0, kept_now - kept);
+    }
+    usage.apply(conn)?;
+    Ok(rows.len())
 }
 
 /// Deletes up to `limit` finished tasks stored before `cutoff`.
 pub fn delete_finished(conn: &Connection, cutoff: f64, limit: usize) -> ApiResult<usize> {
-    Ok(conn.execute(
+    let sql = format!(
         "DELETE FROM tasks WHERE rid IN
-            (SELECT rid FROM tasks WHERE done = 1 AND stored < ?1 LIMIT ?2)",
-        params![cutoff, limit as i64],
-    )?)
+            (SELECT rid FROM tasks WHERE done = 1 AND stored < ?1 LIMIT ?2)
+         RETURNING owner, {KEPT}"
+    );
+    let mut usage = UsageDelta::default();
+    let mut n = 0;
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(params![cutoff, limit as i64])?;
+    while let Some(r) = rows.next()? {
+        usage.add(r.get(0)?, 0, -r.get::<_, i64>(1)?);
+        n += 1;
+    }
+    drop(rows);
+    usage.apply(conn)?;
+    Ok(n)
 }
 
 /// Deletes up to `limit` idempotency keys created before `cutoff`.

@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 
 use hpfaas_protocol::endpoint::TasksFrame;
-use hpfaas_protocol::task::{FunctionCode, Outcome, TaskResult, TaskSpec, TaskState};
+use hpfaas_protocol::task::{
+    ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -144,6 +146,117 @@ pub struct Submission {
     pub resource_spec: Option<String>,
     /// The idempotency key, with the request's hash and the answer to store.
     pub idempotency: Option<IdempotentRequest>,
+    /// The owner's limits.
+    pub quota: Quota,
+}
+
+/// Per-user limits, so one user cannot fill the queue or the disk for
+/// everyone (`hpfaas service --max-queued-tasks-per-user`,
+/// `--max-stored-bytes-per-user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most non-final tasks a user may have; a submit past it gets `429`.
+    pub max_queued_tasks: u64,
+    /// Most bytes of arguments and results the service may keep for a user;
+    /// a submit past it gets `507`.
+    pub max_stored_bytes: u64,
+}
+
+impl Quota {
+    /// Default most queued tasks per user.
+    pub const DEFAULT_MAX_QUEUED_TASKS: u64 = 1_000_000;
+    /// Default most stored bytes per user: 100 GiB.
+    pub const DEFAULT_MAX_STORED_BYTES: u64 = 100 << 30;
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            max_queued_tasks: Self::DEFAULT_MAX_QUEUED_TASKS,
+            max_stored_bytes: Self::DEFAULT_MAX_STORED_BYTES,
+        }
+    }
+}
+
+/// Adds to what `owner` holds: `queued` more tasks not final, `bytes` more
+/// bytes stored (either may be negative). Called once per batch by every
+/// write that inserts, finishes, cancels, expires or deletes tasks.
+pub(crate) fn add_usage(conn: &Connection, owner: i64, queued: i64, bytes: i64) -> ApiResult<()> {
+    if queued != 0 || bytes != 0 {
+        conn.prepare_cached(
+            "INSERT INTO user_usage (user_id, queued, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id) DO UPDATE
+             SET queued = queued + excluded.queued, bytes = bytes + excluded.bytes",
+        )?
+        .execute(params![owner, queued, bytes])?;
+    }
+    Ok(())
+}
+
+/// Usage changes of one batch, per owner, applied at its end.
+#[derive(Debug, Default)]
+pub(crate) struct UsageDelta(Vec<(i64, i64, i64)>);
+
+impl UsageDelta {
+    /// Counts a change of `owner`'s usage.
+    pub(crate) fn add(&mut self, owner: i64, queued: i64, bytes: i64) {
+        // Almost always one owner per batch: a short scan beats a map.
+        match self.0.iter_mut().find(|(o, _, _)| *o == owner) {
+            Some((_, q, b)) => (*q, *b) = (*q + queued, *b + bytes),
+            None => self.0.push((owner, queued, bytes)),
+        }
+    }
+
+    /// Stores the changes.
+    pub(crate) fn apply(self, conn: &Connection) -> ApiResult<()> {
+        for (owner, queued, bytes) in self.0 {
+            add_usage(conn, owner, queued, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a final task keeps: its result and exception texts.
+pub(crate) fn result_bytes(result: Option<&str>, exc: Option<&ExceptionInfo>) -> i64 {
+    (result.map_or(0, str::len) + exc.map_or(0, |e| e.message.len() + e.traceback.len())) as i64
+}
+
+/// Refuses a submit of `tasks` tasks and `bytes` bytes of arguments that
+/// would take `owner` past `quota` (what a user holds: `user_usage`).
+fn check_quota(
+    conn: &Connection,
+    owner: i64,
+    quota: Quota,
+    tasks: u64,
+    bytes: u64,
+) -> ApiResult<()> {
+    let (queued, stored): (i64, i64) = conn
+        .prepare_cached("SELECT queued, bytes FROM user_usage WHERE user_id = ?1")?
+        .query_row([owner], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0));
+    let (queued, stored) = (queued.max(0) as u64, stored.max(0) as u64);
+    if queued.saturating_add(tasks) > quota.max_queued_tasks {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "you have {queued} tasks not finished yet; with these {tasks} you would pass the \
+                 limit of {} queued tasks per user (--max-queued-tasks-per-user); wait for \
+                 some to finish, or cancel some",
+                quota.max_queued_tasks
+            ),
+        ));
+    }
+    if stored.saturating_add(bytes) > quota.max_stored_bytes {
+        return Err(ApiError::insufficient_storage(format!(
+            "the service holds {stored} bytes of your arguments and results; these {bytes} \
+                 more would pass the limit of {} bytes per user (--max-stored-bytes-per-user); \
+                 fetch or let expire old results, or send smaller arguments",
+            quota.max_stored_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// A submit carrying an idempotency key.
@@ -271,14 +384,25 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
         }
     }
+    let size = |t: &NewTask| {
+        let inline = if t.in_file && t.blob.is_none() {
+            0
+        } else {
+            t.payload.len()
+        };
+        (inline + t.file_content().map_or(0, <[u8]>::len)) as u64
+    };
+    let bytes: u64 = s.tasks.iter().map(size).sum();
+    check_quota(conn, s.owner, s.quota, s.tasks.len() as u64, bytes)?;
     ensure_group(conn, s.owner, s.group)?;
     let mut st = conn.prepare_cached(
         "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
                             result_serializers, resource_spec, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut put_payload = conn
-        .prepare_cached("INSERT INTO task_payloads (rid, payload, in_file) VALUES (?1, ?2, ?3)")?;
+    let mut put_payload = conn.prepare_cached(
+        "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     for t in &s.tasks {
         let rid = st.insert(params![
@@ -297,8 +421,9 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         } else {
             t.payload.as_str()
         };
-        put_payload.execute(params![rid, inline, t.in_file])?;
+        put_payload.execute(params![rid, inline, t.in_file, size(t) as i64])?;
     }
+    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
     if let Some(req) = &s.idempotency {
         super::idempotency::insert(conn, s.owner, req)?;
     }
@@ -657,11 +782,12 @@ pub fn store_results(
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
                           result_fate = 0
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-         RETURNING group_id, rid, function_id, created",
+         RETURNING group_id, rid, function_id, created, owner",
     )?;
     // The payload of a finished task is no longer needed.
     let mut drop_payload =
-        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file")?;
+        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file, bytes")?;
+    let mut usage = UsageDelta::default();
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
@@ -676,7 +802,7 @@ pub fn store_results(
             Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
         };
         let seq = ctx.next_result_seq;
-        let row: Option<(String, i64, String, f64)> = st
+        let row: Option<(String, i64, String, f64, i64)> = st
             .query_row(
                 params![
                     res.task_id.to_string(),
@@ -690,21 +816,25 @@ pub fn store_results(
                     seq,
                     stored_at
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let parsed = row.and_then(|(g, rid, f, created)| {
+        let parsed = row.and_then(|(g, rid, f, created, owner)| {
             Some((
                 Uuid::parse_str(&g).ok()?,
                 rid,
                 Uuid::parse_str(&f).ok()?,
                 created,
+                owner,
             ))
         });
         match parsed {
-            Some((group, rid, function, created)) => {
-                let payload_file: Option<bool> =
-                    drop_payload.query_row([rid], |r| r.get(0)).optional()?;
+            Some((group, rid, function, created, owner)) => {
+                let dropped: Option<(bool, i64)> = drop_payload
+                    .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let (payload_file, arg_bytes) = dropped.unwrap_or((false, 0));
+                usage.add(owner, -1, result_bytes(result, exc) - arg_bytes);
                 ctx.next_result_seq += 1;
                 let text = result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len());
                 let row = (text <= STREAMED_ROW_BYTES).then(|| {
@@ -728,7 +858,7 @@ pub fn store_results(
                     task: res.task_id,
                     group,
                     seq,
-                    payload_file: payload_file.unwrap_or(false),
+                    payload_file,
                     row,
                 });
             }
@@ -740,6 +870,7 @@ pub fn store_results(
             }
         }
     }
+    usage.apply(conn)?;
     if !stored.is_empty() {
         save_result_seq(conn, ctx)?;
     }
@@ -920,6 +1051,7 @@ mod tests {
             result_serializers: "[]".into(),
             resource_spec: None,
             idempotency: None,
+            quota: Default::default(),
         };
         assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
     }
@@ -949,6 +1081,7 @@ mod tests {
             result_serializers: "[]".into(),
             resource_spec: None,
             idempotency: None,
+            quota: Default::default(),
         };
         let only_f = EndpointPolicy {
             allowed_functions: vec![f],

@@ -22,6 +22,14 @@
 //! agent's acknowledgement (streams read them once visible), so their sync
 //! may wait [`SYNC_DELAY`] to be shared with more.
 //!
+//! A failed sync is fatal to the writer: the commits it covered are visible
+//! (tasks dispatched, results streamed) yet maybe not on disk, and after a
+//! failed `fdatasync` the kernel may have dropped the dirty pages, so a later
+//! sync that succeeds proves nothing. The writer then commits nothing more
+//! and every write, queued or new, is answered 503 naming the cause; nothing
+//! already committed is undone. An operator checks the disk and restarts the
+//! service, which recovers from the database file and its WAL.
+//!
 //! Some writes need not be durable on their own: a task's move to
 //! `waiting-for-launch` or `running` lost in a power cut is harmless (the
 //! task is still queued and is re-sent). Those are queued with
@@ -29,8 +37,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -139,10 +148,39 @@ enum Msg {
     Shutdown,
 }
 
+/// Why the writer stopped committing, once a sync of the WAL failed; shared
+/// by the handle, the writer thread and the syncer.
+#[derive(Debug, Default)]
+struct Broken(OnceLock<String>);
+
+impl Broken {
+    /// Records the first failure; later ones keep it.
+    fn set(&self, cause: String) {
+        if self.0.set(cause).is_ok() {
+            tracing::error!(
+                "the database writer stopped: {}; no more writes are accepted until the \
+                 service is restarted",
+                self.0.get().map(String::as_str).unwrap_or_default()
+            );
+        }
+    }
+
+    /// The 503 every write gets once the writer is broken.
+    fn error(&self) -> Option<ApiError> {
+        self.0.get().map(|cause| {
+            ApiError::unavailable(format!(
+                "the service's database could not be made durable ({cause}); it accepts no \
+                 more writes until an operator checks its disk and restarts it"
+            ))
+        })
+    }
+}
+
 /// Handle to the writer thread.
 pub struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    broken: Arc<Broken>,
 }
 
 impl Writer {
@@ -152,23 +190,33 @@ impl Writer {
     /// (an in-memory database), once committed.
     pub fn start(conn: Connection, ctx: WriteCtx, wal: Option<PathBuf>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let broken = Arc::new(Broken::default());
         let syncer = match wal {
             Some(path) => {
                 let (sync_tx, sync_rx) = std_mpsc::channel();
+                let broken = broken.clone();
                 let thread = std::thread::Builder::new()
                     .name("hpfaas-db-sync".into())
-                    .spawn(move || sync_loop(path, sync_rx))?;
+                    .spawn(move || sync_loop(path, sync_rx, &broken))?;
                 Some((sync_tx, thread))
             }
             None => None,
         };
+        let thread_broken = broken.clone();
         let thread = std::thread::Builder::new()
             .name("hpfaas-db-writer".into())
-            .spawn(move || run(conn, ctx, rx, syncer))?;
+            .spawn(move || run(conn, ctx, rx, syncer, &thread_broken))?;
         Ok(Writer {
             tx,
             thread: Mutex::new(Some(thread)),
+            broken,
         })
+    }
+
+    /// Why the writer accepts no more writes (a sync of the WAL failed), if
+    /// it does not.
+    pub fn failure(&self) -> Option<String> {
+        self.broken.0.get().cloned()
     }
 
     /// Queues `f`; the receiver answers once the transaction holding it is
@@ -218,6 +266,9 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut WriteCtx) -> ApiResult<T> + Send + 'static,
     {
+        if let Some(err) = self.broken.error() {
+            return Err(err);
+        }
         let (reply, rx) = oneshot::channel();
         let job = TypedJob {
             f: Some(f),
@@ -280,6 +331,7 @@ fn run(
     mut ctx: WriteCtx,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     syncer: Option<Syncer>,
+    broken: &Broken,
 ) {
     let mut open = true;
     while open {
@@ -299,6 +351,13 @@ fn run(
                 }
                 Err(_) => break,
             }
+        }
+        if let Some(err) = broken.error() {
+            // Committing more would make visible what may never be durable.
+            batch
+                .into_iter()
+                .for_each(|job| job.finish(Err(err.clone())));
+            continue;
         }
         let durable = commit_batch(&conn, &mut ctx, batch);
         if durable.is_empty() {
@@ -365,7 +424,7 @@ fn commit_batch(
 /// The syncer thread: syncs the WAL file after each batch of commits (every
 /// batch queued meanwhile shares the sync; with no [`Durability::Now`] job
 /// it waits up to [`SYNC_DELAY`] for more), then answers their jobs.
-fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
+fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>, broken: &Broken) {
     let urgent = |jobs: &[Box<dyn Job>]| {
         jobs.iter()
             .any(|job| job.durability() == Some(Durability::Now))
@@ -385,19 +444,50 @@ fn sync_loop(wal: PathBuf, rx: std_mpsc::Receiver<Vec<Box<dyn Job>>>) {
                 Err(_) => break, // the delay is over, or the writer stopped
             }
         }
-        let synced = sync_file(&mut file, &wal).map_err(|e| {
-            file = None;
-            tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
-            ApiError::io("could not make the write durable", &e)
-        });
+        // Once a sync failed, none after it proves anything (see the module
+        // comment): every later job fails with the same cause.
+        if broken.error().is_none() {
+            if let Err(e) = sync_file(&mut file, &wal) {
+                tracing::error!(path = %wal.display(), error = %e, "cannot sync the database's WAL");
+                broken.set(format!("syncing {} failed: {e}", wal.display()));
+            }
+        }
+        let synced = broken.error().map_or(Ok(()), Err);
         for job in jobs {
             job.finish(synced.clone());
         }
     }
 }
 
+/// WAL paths whose next syncs fail ([`fail_syncs_of`]); checked only while
+/// [`SYNC_FAULTS_SET`] says some are set.
+static SYNC_FAULTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static SYNC_FAULTS_SET: AtomicBool = AtomicBool::new(false);
+
+/// Fault injection for tests: every later sync of the WAL file at `wal` fails
+/// with an I/O error, as a failing disk's `fdatasync` would. Real disks
+/// that fail on demand cannot be had in a test; everything after the
+/// `fdatasync` call itself runs as in production.
+#[doc(hidden)]
+pub fn fail_syncs_of(wal: PathBuf) {
+    if let Ok(mut faults) = SYNC_FAULTS.lock() {
+        faults.push(wal);
+        SYNC_FAULTS_SET.store(true, Ordering::SeqCst);
+    }
+}
+
+fn sync_fault(path: &std::path::Path) -> bool {
+    SYNC_FAULTS_SET.load(Ordering::Relaxed)
+        && SYNC_FAULTS
+            .lock()
+            .is_ok_and(|faults| faults.iter().any(|f| f == path))
+}
+
 /// `fdatasync` of the file at `path`, opened into `file` if it is not yet.
 fn sync_file(file: &mut Option<std::fs::File>, path: &std::path::Path) -> std::io::Result<()> {
+    if sync_fault(path) {
+        return Err(std::io::Error::other("injected sync failure (test)"));
+    }
     if file.is_none() {
         *file = Some(std::fs::OpenOptions::new().write(true).open(path)?);
     }
@@ -497,16 +587,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_sync_fails_durable_writes_only() {
+    async fn a_failed_sync_stops_the_writer_without_undoing_commits() {
+        // A real failure of the syncer's open + fdatasync: the WAL's directory
+        // does not exist.
         let (w, path) = file_writer(|db| db.with_file_name("missing").join("w.db-wal"));
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let durable = w
-            .write(|c, _| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+            .write_visible(
+                |c, _| Ok(c.execute("INSERT INTO t VALUES (1)", [])?),
+                Durability::Now,
+                move |_: &usize| seen_tx.send(()).unwrap(),
+            )
             .await
             .unwrap_err();
-        assert!(durable.to_string().contains("durable"), "{durable}");
-        let lazy = w.enqueue_lazy(|c, _| Ok(c.execute("INSERT INTO t VALUES (2)", [])?));
-        assert_eq!(lazy.unwrap().await.unwrap(), Ok(1));
+        assert_eq!(durable.status.as_u16(), 503, "{durable}");
+        assert!(durable.message.contains("syncing"), "{durable}");
+        assert!(durable.message.contains("restart"), "{durable}");
+        seen_rx.try_recv().expect("the commit was visible");
+        assert!(w.failure().unwrap().contains("missing"));
+        // Nothing more is committed, lazy or durable, queued or new.
+        let err = w.enqueue_lazy(|c, _| Ok(c.execute("INSERT INTO t VALUES (2)", [])?));
+        assert_eq!(err.unwrap_err().status.as_u16(), 503);
+        let err = w.write(|c, _| Ok(c.execute("INSERT INTO t VALUES (3)", [])?));
+        assert_eq!(err.await.unwrap_err().status.as_u16(), 503);
         w.shutdown().await;
+        // The visible commit stays: nothing was half-undone.
+        let reader = Connection::open(&path).unwrap();
+        let rows: Vec<i64> = reader
+            .prepare("SELECT x FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![1]);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

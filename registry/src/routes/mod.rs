@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod endpoints;
 pub mod functions;
 pub mod openapi;
+pub mod service;
 pub mod shares;
 pub mod stream;
 pub mod submit;
@@ -84,6 +85,16 @@ pub static ROUTES: &[Route] = &[
         response: schemas::version,
         produces: JSON,
         handler: |m| on(m, version::version),
+    },
+    Route {
+        method: "GET",
+        path: "/v3/service/status",
+        summary: "Whether the service accepts writes, and audit lines it lost",
+        auth: Auth::User,
+        request: None,
+        response: schemas::service_status,
+        produces: JSON,
+        handler: |m| on(m, service::status),
     },
     Route {
         method: "POST",

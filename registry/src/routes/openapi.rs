@@ -215,6 +215,18 @@ pub mod schemas {
         )
     }
 
+    /// `GET /v3/service/status` answer.
+    pub fn service_status() -> Value {
+        object(
+            &["status", "writes_refused", "audit_lines_lost"],
+            json!({
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "writes_refused": {"type": ["string", "null"]},
+                "audit_lines_lost": {"type": "integer"},
+            }),
+        )
+    }
+
     /// `GET /v2/endpoints/{id}/status` answer.
     pub fn endpoint_status() -> Value {
         object(

@@ -364,6 +364,7 @@ mod tests {
                         result_serializers: "[]".into(),
                         resource_spec: None,
                         idempotency: None,
+                        quota: Default::default(),
                     },
                 )?;
                 Ok(endpoint)

@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -476,11 +477,16 @@ pub async fn submit(
                 request_hash,
                 answer: answer.clone(),
             }),
+        quota: state.config.quota,
     };
     // The endpoint's link may dispatch the tasks as soon as they are visible
     // (so the audit log records them as submitted then, before they can be
     // reported running); the client's answer waits until they are durable.
     let (live, audit, user_name) = (state.live.clone(), state.audit.clone(), user.name.clone());
+    // Set once rows naming the files are committed: from then on the files
+    // belong to dispatched tasks, whatever the answer (a failed sync).
+    let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let named = committed.clone();
     let done = state
         .db
         .write_visible(
@@ -490,6 +496,7 @@ pub async fn submit(
                 if !matches!(done, Submitted::Created) {
                     return;
                 }
+                named.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Stamped before the dispatch is poked, so no task can be
                 // reported running earlier; queued after, off its path.
                 let ts = hpfaas_protocol::task::now_unix();
@@ -502,7 +509,7 @@ pub async fn submit(
             },
         )
         .await;
-    if !matches!(done, Ok(Submitted::Created)) {
+    if !committed.load(std::sync::atomic::Ordering::SeqCst) {
         // Refused, failed or replayed: no row names these files.
         state.db.payload_files().remove(in_files);
     }
