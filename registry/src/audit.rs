@@ -505,8 +505,11 @@ mod tests {
 
     #[test]
     fn lines_lost_to_a_full_disk_are_counted_and_told_in_the_log() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-audit-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-audit-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         // A disk with no space: every write fails with ENOSPC.
         std::os::unix::fs::symlink("/dev/full", dir.join(FILE)).unwrap();
         let audit = Audit::start(&dir);
@@ -532,13 +535,15 @@ mod tests {
         assert_eq!(lines[1]["user"], "u9");
         assert_eq!(lines.len(), 2);
         drop(audit);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn lines_are_appended_private_and_flushed() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-audit-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-audit-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         let audit = Audit::start(&dir);
         audit.record(json!({"event": "token_created", "user": "ada"}));
         let path = dir.join(FILE);
@@ -561,7 +566,6 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         drop(audit);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

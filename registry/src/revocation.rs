@@ -124,8 +124,11 @@ mod tests {
 
     #[test]
     fn a_replaced_stamp_is_noticed_once() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-stamp-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-stamp-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         let r = Revocations::new(&dir);
         let mut rx = r.subscribe();
         assert!(!r.poll());
@@ -137,6 +140,5 @@ mod tests {
         touch_stamp(&dir).unwrap();
         assert!(r.poll());
         assert!(rx.has_changed().unwrap());
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

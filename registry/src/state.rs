@@ -100,11 +100,13 @@ impl Drop for LinkGuard {
 impl AppState {
     /// A state over a fresh database in a temporary directory; the sender
     /// triggers shutdown.
-    pub(crate) fn for_tests(live: Live) -> (AppState, watch::Sender<bool>, std::path::PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("hpfaas-registry-unit-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = ServiceConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    /// The directory is removed when the returned guard is dropped.
+    pub(crate) fn for_tests(live: Live) -> (AppState, watch::Sender<bool>, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-registry-unit-")
+            .tempdir()
+            .unwrap();
+        let config = ServiceConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
         let db = Db::open(&config.db_path()).unwrap();
         let (stop, shutdown) = watch::channel(false);
         let mut state = AppState::new(db, config, shutdown);

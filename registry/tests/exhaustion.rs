@@ -93,6 +93,23 @@ fn streams_and_agent_links_close_when_their_token_cannot_be_checked() {
 }
 
 /// Connects and sends `text` without reading.
+/// Asks for a task group's result stream over a raw connection: the
+/// connection and the first bytes of the answer.
+fn ask_for_stream(addr: SocketAddr, group: &str, token: &str) -> (TcpStream, String) {
+    let mut tcp = send_raw(
+        addr,
+        &format!(
+            "GET /v3/taskgroup/{group}/stream HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (tcp, head)
+}
+
 fn send_raw(addr: SocketAddr, text: &str) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.write_all(text.as_bytes()).unwrap();
@@ -257,17 +274,7 @@ fn result_streams_are_capped_per_token() {
     let mut open = Vec::new();
     let mut refused = 0;
     for _ in 0..1000 {
-        let mut tcp = send_raw(
-            svc.addr,
-            &format!(
-                "GET /v3/taskgroup/{group}/stream HTTP/1.1\r\nHost: x\r\n\
-                 Authorization: Bearer {greedy}\r\nConnection: close\r\n\r\n"
-            ),
-        );
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let mut buf = [0u8; 4096];
-        let n = tcp.read(&mut buf).unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (mut tcp, head) = ask_for_stream(svc.addr, &group, &greedy);
         if head.starts_with("HTTP/1.1 200") {
             open.push(tcp);
         } else {
@@ -292,17 +299,8 @@ fn result_streams_are_capped_per_token() {
     // A closed stream frees its place.
     drop(open.pop());
     common::wait_for("a freed stream place", || {
-        let mut tcp = send_raw(
-            svc.addr,
-            &format!(
-                "GET /v3/taskgroup/{group}/stream HTTP/1.1\r\nHost: x\r\n\
-                 Authorization: Bearer {greedy}\r\nConnection: close\r\n\r\n"
-            ),
-        );
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let mut buf = [0u8; 64];
-        let n = tcp.read(&mut buf).unwrap();
-        buf[..n].starts_with(b"HTTP/1.1 200").then_some(tcp)
+        let (tcp, head) = ask_for_stream(svc.addr, &group, &greedy);
+        head.starts_with("HTTP/1.1 200").then_some(tcp)
     });
 }
 

@@ -337,58 +337,29 @@ impl<'a> Endpoint<'a> {
 
     /// Registers a Python function given as `name` and its source.
     pub fn register(&self, name: &str, source: &str) -> String {
-        let code = pack(&[&format!("st\n{name}:{source}")]);
-        post(
-            &format!("{}/v3/functions", self.svc.url),
-            &self.token,
-            serde_json::json!({"function_name": name, "function_code": code}),
-        )
-        .unwrap()["function_uuid"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        register_python(&self.svc.url, &self.token, name, source)
     }
 
     /// Submits one task per JSON argument list; returns the task ids in order.
     pub fn submit_json(&self, function_id: &str, args: &[serde_json::Value]) -> Vec<String> {
-        let payloads: Vec<String> = args
-            .iter()
-            .map(|a| pack(&[&format!("11\n{a}"), "11\n{}"]))
-            .collect();
-        let reply = post(
-            &format!(
-                "{}/v3/endpoints/{}/submit",
-                self.svc.url,
-                self.endpoint_id()
-            ),
+        submit_json(
+            &self.svc.url,
             &self.token,
-            serde_json::json!({"tasks": {function_id: payloads}, "result_serializers": ["11\n"]}),
+            &self.endpoint_id(),
+            function_id,
+            args,
         )
-        .unwrap();
-        reply["tasks"][function_id]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect()
+        .unwrap()
     }
 
     /// Waits until every task is final; returns their documents in order.
     pub fn wait_all(&self, task_ids: &[String], limit: Duration) -> Vec<serde_json::Value> {
-        let url = format!("{}/v2/batch_status", self.svc.url);
-        wait_for(limit, "tasks to finish", || {
-            let r = post(&url, &self.token, serde_json::json!({"task_ids": task_ids})).unwrap();
-            let docs: Vec<serde_json::Value> =
-                task_ids.iter().map(|t| r["results"][t].clone()).collect();
-            docs.iter()
-                .all(|d| d["pending"] == serde_json::json!(false))
-                .then_some(docs)
-        })
+        wait_all(&self.svc.url, &self.token, task_ids, limit)
     }
 
     /// The task document of one task.
     pub fn task(&self, task_id: &str) -> serde_json::Value {
-        get(&format!("{}/v2/tasks/{task_id}", self.svc.url), &self.token).unwrap()
+        task(&self.svc.url, &self.token, task_id)
     }
 }
 
@@ -458,4 +429,67 @@ impl Drop for SimulatedManagers {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Registers a Python function given as `name` and its source; its id.
+pub fn register_python(url: &str, token: &str, name: &str, source: &str) -> String {
+    let code = pack(&[&format!("st\n{name}:{source}")]);
+    post(
+        &format!("{url}/v3/functions"),
+        token,
+        serde_json::json!({"function_name": name, "function_code": code}),
+    )
+    .unwrap()["function_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Submits one task per JSON argument list (JSON results): the task ids in
+/// order, or the service's error status and body.
+pub fn submit_json(
+    url: &str,
+    token: &str,
+    endpoint_id: &str,
+    function_id: &str,
+    args: &[serde_json::Value],
+) -> Result<Vec<String>, (u16, serde_json::Value)> {
+    let payloads: Vec<String> = args
+        .iter()
+        .map(|a| pack(&[&format!("11\n{a}"), "11\n{}"]))
+        .collect();
+    let reply = post(
+        &format!("{url}/v3/endpoints/{endpoint_id}/submit"),
+        token,
+        serde_json::json!({"tasks": {function_id: payloads}, "result_serializers": ["11\n"]}),
+    )?;
+    Ok(reply["tasks"][function_id]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect())
+}
+
+/// Waits until every task is final; their documents in order.
+pub fn wait_all(
+    url: &str,
+    token: &str,
+    task_ids: &[String],
+    limit: Duration,
+) -> Vec<serde_json::Value> {
+    let url = format!("{url}/v2/batch_status");
+    wait_for(limit, "tasks to finish", || {
+        let r = post(&url, token, serde_json::json!({"task_ids": task_ids})).ok()?;
+        let docs: Vec<serde_json::Value> =
+            task_ids.iter().map(|t| r["results"][t].clone()).collect();
+        docs.iter()
+            .all(|d| d["pending"] == serde_json::json!(false))
+            .then_some(docs)
+    })
+}
+
+/// One task's document.
+pub fn task(url: &str, token: &str, task_id: &str) -> serde_json::Value {
+    get(&format!("{url}/v2/tasks/{task_id}"), token).unwrap()
 }

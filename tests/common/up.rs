@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{get, hpfaas, pack, post, temp_dir, wait_for, TempDir};
+use super::{hpfaas, register_python, submit_json, task, temp_dir, wait_all, wait_for, TempDir};
 
 /// Fast heartbeats; a threshold a loaded machine does not trip.
 pub const ENGINE: &str = "[engine]\nheartbeat_period = 0.2\nheartbeat_threshold = 10.0\n";
@@ -169,16 +169,7 @@ impl Up {
 
     /// Registers a Python function; its id.
     pub fn register(&self, name: &str, source: &str) -> String {
-        let code = pack(&[&format!("st\n{name}:{source}")]);
-        post(
-            &format!("{}/v3/functions", self.url()),
-            &self.token(),
-            serde_json::json!({"function_name": name, "function_code": code}),
-        )
-        .unwrap()["function_uuid"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        register_python(&self.url(), &self.token(), name, source)
     }
 
     /// Submits one task per JSON argument list: the task ids, or the
@@ -188,44 +179,23 @@ impl Up {
         function_id: &str,
         args: &[serde_json::Value],
     ) -> Result<Vec<String>, (u16, serde_json::Value)> {
-        let payloads: Vec<String> = args
-            .iter()
-            .map(|a| pack(&[&format!("11\n{a}"), "11\n{}"]))
-            .collect();
-        let reply = post(
-            &format!("{}/v3/endpoints/{}/submit", self.url(), self.endpoint_id()),
+        submit_json(
+            &self.url(),
             &self.token(),
-            serde_json::json!({"tasks": {function_id: payloads}, "result_serializers": ["11\n"]}),
-        )?;
-        Ok(reply["tasks"][function_id]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect())
+            &self.endpoint_id(),
+            function_id,
+            args,
+        )
     }
 
     /// Waits until every task is final; their documents in order.
     pub fn wait_all(&self, task_ids: &[String], limit: Duration) -> Vec<serde_json::Value> {
-        let url = format!("{}/v2/batch_status", self.url());
-        wait_for(limit, "tasks to finish", || {
-            let r = post(
-                &url,
-                &self.token(),
-                serde_json::json!({"task_ids": task_ids}),
-            )
-            .ok()?;
-            let docs: Vec<serde_json::Value> =
-                task_ids.iter().map(|t| r["results"][t].clone()).collect();
-            docs.iter()
-                .all(|d| d["pending"] == serde_json::json!(false))
-                .then_some(docs)
-        })
+        wait_all(&self.url(), &self.token(), task_ids, limit)
     }
 
     /// One task's document.
     pub fn task(&self, task_id: &str) -> serde_json::Value {
-        get(&format!("{}/v2/tasks/{task_id}", self.url()), &self.token()).unwrap()
+        task(&self.url(), &self.token(), task_id)
     }
 
     /// Stops it with SIGINT and waits (SIGKILL after 20 s).

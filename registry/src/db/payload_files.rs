@@ -167,7 +167,11 @@ mod tests {
 
     #[test]
     fn written_read_removed_and_swept_by_their_rows_not_their_mtimes() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-payloads-{}", Uuid::new_v4()));
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-payloads-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
         let files = PayloadFiles::beside(&dir.join("registry.db")).unwrap();
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         files
@@ -205,6 +209,5 @@ mod tests {
         files.forget_pending(b);
         assert_eq!(files.sweep(&conn).unwrap(), 1);
         assert!(files.read(b).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

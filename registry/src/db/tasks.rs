@@ -887,6 +887,8 @@ mod tests {
     use hpfaas_protocol::task::ExceptionInfo;
 
     struct Fixture {
+        /// Holds the payload files' directory; removed on drop.
+        _dir: tempfile::TempDir,
         conn: Connection,
         files: PayloadFiles,
         owner: i64,
@@ -918,9 +920,13 @@ mod tests {
             metadata: serde_json::json!({}),
         };
         insert_function(&conn, owner, &f).unwrap();
-        let dir = std::env::temp_dir().join(format!("hpfaas-tasks-{}", Uuid::new_v4()));
-        let files = PayloadFiles::beside(&dir.join("registry.db")).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-tasks-")
+            .tempdir()
+            .unwrap();
+        let files = PayloadFiles::beside(&dir.path().join("registry.db")).unwrap();
         Fixture {
+            _dir: dir,
             conn,
             files,
             owner,

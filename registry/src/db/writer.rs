@@ -506,10 +506,14 @@ mod tests {
     }
 
     /// A writer on a WAL file in a fresh directory, and the database's path.
-    fn file_writer(wal: impl FnOnce(&std::path::Path) -> PathBuf) -> (Writer, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("hpfaas-writer-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("w.db");
+    fn file_writer(
+        wal: impl FnOnce(&std::path::Path) -> PathBuf,
+    ) -> (Writer, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-writer-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
@@ -520,6 +524,7 @@ mod tests {
         (
             Writer::start(conn, WriteCtx { next_result_seq: 1 }, Some(wal)).unwrap(),
             path,
+            dir,
         )
     }
 
@@ -553,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_is_visible_to_readers_before_its_durable_answer() {
-        let (w, path) = file_writer(|db| db.with_extension("db-wal"));
+        let (w, path, _dir) = file_writer(|db| db.with_extension("db-wal"));
         let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let reader_path = path.clone();
         let durable = w
@@ -583,14 +588,13 @@ mod tests {
             .unwrap();
         assert_eq!(soon.await.unwrap(), Ok(1));
         w.shutdown().await;
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]
     async fn a_failed_sync_stops_the_writer_without_undoing_commits() {
         // A real failure of the syncer's open + fdatasync: the WAL's directory
         // does not exist.
-        let (w, path) = file_writer(|db| db.with_file_name("missing").join("w.db-wal"));
+        let (w, path, _dir) = file_writer(|db| db.with_file_name("missing").join("w.db-wal"));
         let (seen_tx, seen_rx) = std::sync::mpsc::channel();
         let durable = w
             .write_visible(
@@ -621,7 +625,6 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(rows, vec![1]);
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]

@@ -316,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_reader_re_reads_and_loses_nothing() {
-        let (state, stop, dir) = AppState::for_tests(Live::with_result_capacity(4));
+        let (state, stop, _dir) = AppState::for_tests(Live::with_result_capacity(4));
         let (group, function) = (Uuid::new_v4(), Uuid::new_v4());
         let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
         let new_tasks: Vec<NewTask> = ids
@@ -402,7 +402,6 @@ mod tests {
         pump.await.unwrap();
         assert!(rx.recv().await.is_none(), "the stream ends at shutdown");
         state.db.shutdown().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
