@@ -163,13 +163,28 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-/// Creates the data directory, readable only by its owner when new.
+/// Creates the data directory 0700, or makes an existing one 0700: it holds
+/// every user's code, arguments, results and token hashes.
 pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
-    #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("inspecting data directory {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making data directory {} private", dir.display()))?;
+        tracing::warn!(
+            "data directory {} was mode {mode:04o}; it is now 0700",
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -56,6 +56,7 @@ pub fn fail_syncs_under(data_dir: &Path) {
 /// Opens (creating if needed) the database for writing and brings its schema
 /// up to date.
 pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
+    make_private(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -74,6 +75,37 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     schema::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates the database file 0600 (whatever the umask), or makes an existing
+/// one 0600: SQLite gives its WAL and shared-memory files the database
+/// file's mode, so these hold no one else's reading either.
+fn make_private(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (chmod 600)", path.display()))?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        // Left by an older version with the old mode: tightened too.
+        if let Ok(meta) = std::fs::metadata(&side) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {:?} private", side))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {

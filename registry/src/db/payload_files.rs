@@ -69,7 +69,13 @@ impl PayloadFiles {
         let mut files = Vec::with_capacity(payloads.len());
         for (task, content) in payloads {
             let path = self.path(*task);
-            let mut file = std::fs::File::create(&path)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
             file.write_all(content)?;
             files.push(file);
         }
