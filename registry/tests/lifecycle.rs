@@ -251,14 +251,17 @@ fn cancelled_tasks_leave_dispatch_reach_the_stream_and_the_agent() {
     agent.close();
 }
 
+/// Three services on one data directory, so no step races a timer: the
+/// first keeps everything while results arrive and one is fetched, the
+/// second expires unfetched results (1 s), the third deletes finished
+/// records (retention 1 s).
 #[test]
 fn unfetched_results_expire_and_old_records_are_deleted() {
     let svc = TestService::start_with(|c| {
-        c.result_ttl = Duration::from_secs(1);
-        c.retention = Duration::from_secs(3);
         c.purge_interval = Duration::from_millis(100);
     });
-    let alice = svc.client(&svc.token("alice"));
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
     let f = alice.register_function("f");
     let (ep, cred) = alice.register_endpoint("ep");
     let path = format!("/v3/endpoints/{ep}/submit");
@@ -277,8 +280,14 @@ fn unfetched_results_expire_and_old_records_are_deleted() {
         results: vec![success(t[0], "r0"), failure(t[1]), success(t[2], "r2")],
     });
     agent.recv_result_ack();
-    // t[2] is fetched at once, so it keeps its result.
+    // t[2] is fetched, so it keeps its result.
     assert_eq!(alice.task(&t[2].to_string())["result"], "r2");
+    agent.close();
+    let svc = svc.restart_with(|c| {
+        c.result_ttl = Duration::from_secs(1);
+        c.purge_interval = Duration::from_millis(100);
+    });
+    let alice = svc.client(&token);
     // Reading a result marks it fetched, so watch the database instead.
     wait_for("expiry", || {
         let conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
@@ -314,6 +323,12 @@ fn unfetched_results_expire_and_old_records_are_deleted() {
 
     // Past the retention period the finished tasks and the key are gone;
     // the pending task stays.
+    let svc = svc.restart_with(|c| {
+        c.result_ttl = Duration::from_secs(1);
+        c.retention = Duration::from_secs(1);
+        c.purge_interval = Duration::from_millis(100);
+    });
+    let alice = svc.client(&token);
     wait_for("retention", || {
         (alice.get(&format!("/v2/tasks/{}", t[2])).status == 404).then_some(())
     });
@@ -331,7 +346,6 @@ fn unfetched_results_expire_and_old_records_are_deleted() {
     );
     assert_eq!(retry.header("idempotent-replayed"), None, "the key expired");
     assert_ne!(retry.body["request_id"], sub["request_id"]);
-    agent.close();
 }
 
 #[test]

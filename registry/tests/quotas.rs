@@ -109,15 +109,17 @@ fn usage_kept(dir: &std::path::Path) -> Vec<(i64, i64, i64)> {
     kept
 }
 
+/// Three services on one data directory, so no step races a timer: the
+/// first keeps everything, the second expires unfetched results, the third
+/// deletes finished records.
 #[test]
 fn expiry_and_retention_give_room_back_and_usage_stays_exact() {
     let svc = TestService::start_with(|c| {
         c.quota.max_stored_bytes = 300_000;
-        c.result_ttl = std::time::Duration::from_secs(2);
-        c.retention = std::time::Duration::from_secs(4);
         c.purge_interval = std::time::Duration::from_millis(100);
     });
-    let alice = svc.client(&svc.token("alice"));
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
     let f = alice.register_function("f");
     let (ep, credential) = alice.register_endpoint("ep");
     let submit = format!("/v3/endpoints/{ep}/submit");
@@ -139,12 +141,25 @@ fn expiry_and_retention_give_room_back_and_usage_stays_exact() {
     alice
         .post(&submit, &json!({"tasks": {f.clone(): [big.clone()]}}))
         .error(507, "insufficient_storage");
+    agent.close();
+    let svc = svc.restart_with(|c| {
+        c.quota.max_stored_bytes = 300_000;
+        c.result_ttl = std::time::Duration::from_secs(1);
+        c.purge_interval = std::time::Duration::from_millis(100);
+    });
+    let alice = svc.client(&token);
     wait_for("the result to expire", || {
         let answer = alice.post(&submit, &json!({"tasks": {f.clone(): [big.clone()]}}));
         (answer.status == 200).then_some(())
     });
     assert_eq!(usage_kept(&svc.dir), usage_from_scratch(&svc.dir));
     // Retention deletes the finished tasks; only the new one is left.
+    let svc = svc.restart_with(|c| {
+        c.quota.max_stored_bytes = 300_000;
+        c.result_ttl = std::time::Duration::from_secs(1);
+        c.retention = std::time::Duration::from_secs(1);
+        c.purge_interval = std::time::Duration::from_millis(100);
+    });
     wait_for("retention to delete the finished tasks", || {
         (tasks_in_db(&svc.dir).len() == 1).then_some(())
     });

@@ -97,10 +97,16 @@ impl TestService {
     }
 
     /// Stops the service and starts a new one on the same data directory.
-    pub fn restart(mut self) -> TestService {
+    pub fn restart(self) -> TestService {
+        let tweak = self.tweak;
+        self.restart_with(tweak)
+    }
+
+    /// Stops the service and starts a new one on the same data directory,
+    /// configured by `tweak` instead.
+    pub fn restart_with(mut self, tweak: fn(&mut ServiceConfig)) -> TestService {
         self.stop();
         let dir = std::mem::take(&mut self.dir);
-        let tweak = self.tweak;
         drop(self);
         Self::start_in(dir, tweak)
     }
