@@ -80,29 +80,38 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
 /// Creates the database file 0600 (whatever the umask), or makes an existing
 /// one 0600: SQLite gives its WAL and shared-memory files the database
 /// file's mode, so these hold no one else's reading either.
+///
+/// An existing file is changed by path, never opened: closing any
+/// descriptor of a database releases every POSIX lock this process holds
+/// on it, including those of its SQLite connections (`hpfaas up` opens the
+/// database again for its token while the service runs).
 fn make_private(path: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let mode = file.metadata()?.permissions().mode() & 0o7777;
-    if mode != 0o600 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot make {} private (chmod 600)", path.display()))?;
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
     }
+    let mut files = vec![path.to_path_buf()];
     for suffix in ["-wal", "-shm"] {
         let mut side = path.as_os_str().to_owned();
         side.push(suffix);
-        // Left by an older version with the old mode: tightened too.
-        if let Ok(meta) = std::fs::metadata(&side) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("cannot make {:?} private", side))?;
-            }
+        files.push(side.into());
+    }
+    for file in files {
+        // The WAL and shm files may not exist yet; older ones are tightened.
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private (chmod 600)", file.display()))?;
         }
     }
     Ok(())
