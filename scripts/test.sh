@@ -53,6 +53,7 @@ cleanup() {
         done
         if [[ -n $left ]]; then kill -KILL $left 2>/dev/null || true; fi
     fi
+    if [[ -n ${HPFAAS_EMULATOR_STATE:-} ]]; then rm -rf "$HPFAAS_EMULATOR_STATE"; fi
     # The Slurm this run started (a Slurm that was already up stays up).
     if [[ -n $slurm_started ]]; then
         scripts/slurm.sh down || echo "warning: scripts/slurm.sh down failed" >&2
@@ -65,8 +66,12 @@ stage "build" 1200 cargo build --workspace --all-targets
 stage "format" 60 cargo fmt --all -- --check
 stage "lint" 900 cargo clippy --workspace --all-targets -- -D warnings
 
-# The emulated PBS Pro and LSF tools (they hand jobs to the local Slurm).
+# The emulated PBS Pro and LSF tools (they hand jobs to the local Slurm),
+# with their job records in a private directory of this run's (removed by
+# the cleanup), not the shared /tmp default.
 export HPFAAS_EMULATORS=$PWD/tests/emulators/bin
+HPFAAS_EMULATOR_STATE=$(mktemp -d -t hpfaas-emulators-XXXXXX)
+export HPFAAS_EMULATOR_STATE
 # A real single-node Slurm for the batch-system tests: HPFAAS_SLURM=1 tells
 # them it is there. Starting one needs root; without it they skip (and fail
 # under CI=true).
