@@ -13,6 +13,7 @@
 //! result that the service has not acknowledged. Both sides drop duplicates
 //! by task id.
 
+use crate::failure::SystemFailure;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -207,7 +208,7 @@ fn truncate(s: &mut String, max: usize) {
 fn too_large(size: usize, limit: usize, what: &str) -> Outcome {
     Outcome::Failed {
         exception: ExceptionInfo::system(
-            "ResultTooLarge",
+            SystemFailure::ResultTooLarge,
             format!(
                 "the result is {size} bytes, more than {what} of {limit} bytes; return less \
                  data, or write it to a file and return its path"
@@ -348,7 +349,10 @@ mod tests {
                 results: vec![TaskResult {
                     task_id: id,
                     outcome: Outcome::Failed {
-                        exception: ExceptionInfo::system("WorkerLost", "worker 3 died"),
+                        exception: ExceptionInfo::system(
+                            SystemFailure::WorkerLost,
+                            "worker 3 died",
+                        ),
                     },
                     completed_at: 1.5,
                 }],
@@ -473,7 +477,10 @@ mod tests {
                 },
                 completed_at: 1.0,
             },
-            TaskResult::failed(c, ExceptionInfo::system("E", "é".repeat(5000))),
+            TaskResult::failed(
+                c,
+                ExceptionInfo::system(SystemFailure::ValueError, "é".repeat(5000)),
+            ),
         ];
         cap_results(&mut results, 1000);
         match &results[0].outcome {

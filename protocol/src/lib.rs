@@ -8,12 +8,14 @@
 //! * [`broker`]: what the endpoint's ZeroMQ broker and a manager say
 //!   (MessagePack frames).
 //! * [`mpi`]: MPI functions' resource specifications and placements.
+//! * [`failure`]: the names of failures hpfaas reports in place of a result.
 //!
 //! Every conversation opens with a message carrying [`PROTOCOL_VERSION`], so a
 //! mismatched peer is refused with a clear error instead of misreading frames.
 
 pub mod broker;
 pub mod endpoint;
+pub mod failure;
 pub mod mpi;
 pub mod payload;
 pub mod task;

@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::payload::{self, STRATEGY_SHELL_FUNCTION};
 
-/// Exception type of an MPI task whose resource specification is unusable or
-/// can never be met (Python's `ValueError`, so `except ValueError` reads it).
-pub const INVALID_RESOURCES: &str = "ValueError";
-
 /// Keys a resource specification may hold, as Globus Compute and Parsl name them.
 pub const RESOURCE_KEYS: [&str; 5] = [
     "num_nodes",

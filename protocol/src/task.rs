@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::failure::SystemFailure;
+
 /// Lifecycle state of a task, spelled as Globus Compute spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -147,11 +149,11 @@ pub struct ExceptionInfo {
 
 impl ExceptionInfo {
     /// A failure raised by hpfaas itself rather than the user's code.
-    pub fn system(exc_type: &str, message: impl Into<String>) -> Self {
+    pub fn system(failure: SystemFailure, message: impl Into<String>) -> Self {
         let message = message.into();
         ExceptionInfo {
-            exc_type: exc_type.to_string(),
-            traceback: format!("{exc_type}: {message}"),
+            exc_type: failure.name().to_string(),
+            traceback: format!("{failure}: {message}"),
             message,
         }
     }

@@ -9,6 +9,7 @@
 //! run a fiftieth of that, and each decode must stay within a bound that
 //! only a super-linear decoder would pass.
 
+use hpfaas_protocol::failure::SystemFailure;
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{self, BrokerMessage, ManagerInfo, ManagerMessage};
@@ -112,7 +113,7 @@ fn result() -> impl Strategy<Value = TaskResult> {
                 Outcome::Success { result: text }
             } else {
                 Outcome::Failed {
-                    exception: ExceptionInfo::system("WorkerLost", text),
+                    exception: ExceptionInfo::system(SystemFailure::WorkerLost, text),
                 }
             },
             completed_at: at,

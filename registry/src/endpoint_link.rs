@@ -18,6 +18,7 @@
 //! revoked anywhere, the link re-checks its credential and closes if that
 //! was the one.
 
+use hpfaas_protocol::failure::SystemFailure;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -479,7 +480,10 @@ async fn dispatch_loop(
                         .into_iter()
                         .map(|(task, why)| {
                             tracing::error!(%endpoint, %task, "{why}; the task fails");
-                            TaskResult::failed(task, ExceptionInfo::system("PayloadLost", why))
+                            TaskResult::failed(
+                                task,
+                                ExceptionInfo::system(SystemFailure::PayloadLost, why),
+                            )
                         })
                         .collect();
                     match store_results(&state, endpoint, results, None) {

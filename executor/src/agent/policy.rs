@@ -4,13 +4,11 @@
 //! means a task that reached the endpoint some other way (an older service,
 //! a config changed while tasks were queued) still cannot break the policy.
 
+use hpfaas_protocol::failure::SystemFailure;
 use hpfaas_protocol::payload::{self, STRATEGY_JSON};
 use hpfaas_protocol::task::{ExceptionInfo, TaskSpec};
 
 use crate::config::EndpointSection;
-
-/// Exception type of a task whose function the endpoint does not allow.
-pub const FUNCTION_NOT_ALLOWED: &str = "FunctionNotAllowed";
 
 /// Why this endpoint will not run `task`, if it will not.
 pub fn refusal(endpoint: &EndpointSection, task: &TaskSpec) -> Option<ExceptionInfo> {
@@ -20,7 +18,10 @@ pub fn refusal(endpoint: &EndpointSection, task: &TaskSpec) -> Option<ExceptionI
             "function {} is not in this endpoint's allowed_functions",
             task.function_id
         );
-        return Some(ExceptionInfo::system(FUNCTION_NOT_ALLOWED, why));
+        return Some(ExceptionInfo::system(
+            SystemFailure::FunctionNotAllowed,
+            why,
+        ));
     }
     if endpoint.json_only {
         return json_refusal(&task.payload);
@@ -31,7 +32,7 @@ pub fn refusal(endpoint: &EndpointSection, task: &TaskSpec) -> Option<ExceptionI
 /// Why a payload is not JSON-only: a framing error, or the first buffer
 /// whose strategy is not `11\n` (named, so the user knows what to change).
 fn json_refusal(packed: &str) -> Option<ExceptionInfo> {
-    let value_error = |why: String| Some(ExceptionInfo::system("ValueError", why));
+    let value_error = |why: String| Some(ExceptionInfo::system(SystemFailure::ValueError, why));
     let buffers = match payload::unpack(packed) {
         Ok(b) => b,
         Err(e) => return value_error(format!("bad task payload: {e}")),
@@ -108,7 +109,7 @@ mod tests {
             ..Default::default()
         };
         let e = refusal(&only_other, &t).expect("not allowed");
-        assert_eq!(e.exc_type, FUNCTION_NOT_ALLOWED);
+        assert_eq!(e.exc_type, SystemFailure::FunctionNotAllowed.name());
         assert!(e.message.contains(&t.function_id.to_string()));
     }
 

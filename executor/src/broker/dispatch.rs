@@ -19,7 +19,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::broker::{BrokerMessage, ManagerInfo};
-use hpfaas_protocol::mpi::{is_mpi_function, MpiNode, MpiRequest, INVALID_RESOURCES};
+use hpfaas_protocol::failure::SystemFailure;
+use hpfaas_protocol::mpi::{is_mpi_function, MpiNode, MpiRequest};
 use hpfaas_protocol::task::{
     ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState,
 };
@@ -30,13 +31,6 @@ use super::placement::{self, Candidate};
 
 /// ZeroMQ routing identity of a manager's DEALER socket.
 pub type Identity = Vec<u8>;
-
-/// Exception type of a task whose manager vanished.
-pub const MANAGER_LOST: &str = "ManagerLost";
-/// Exception type of a task whose worker process died.
-pub const WORKER_LOST: &str = "WorkerLost";
-/// Exception type of a task its owner cancelled while a manager held it.
-pub const TASK_CANCELLED: &str = "TaskCancelled";
 
 struct Manager {
     info: ManagerInfo,
@@ -284,7 +278,7 @@ impl Dispatcher {
             if let Some(why) = self.walltime_refusal(&t) {
                 refused.push(TaskResult::failed(
                     t.task_id,
-                    ExceptionInfo::system(INVALID_RESOURCES, why),
+                    ExceptionInfo::system(SystemFailure::ValueError, why),
                 ));
                 continue;
             }
@@ -298,7 +292,7 @@ impl Dispatcher {
                     }
                     Err(why) => refused.push(TaskResult::failed(
                         t.task_id,
-                        ExceptionInfo::system(INVALID_RESOURCES, why),
+                        ExceptionInfo::system(SystemFailure::ValueError, why),
                     )),
                 }
                 continue;
@@ -364,7 +358,7 @@ impl Dispatcher {
             } else {
                 r
             };
-            let system_failure = matches!(&r.outcome, Outcome::Failed { exception } if exception.exc_type == WORKER_LOST);
+            let system_failure = matches!(&r.outcome, Outcome::Failed { exception } if SystemFailure::WorkerLost.is(&exception.exc_type));
             if system_failure && self.retry(r.task_id) {
                 continue;
             }
@@ -452,7 +446,7 @@ impl Dispatcher {
                 );
                 failed.push(TaskResult::failed(
                     task_id,
-                    ExceptionInfo::system(MANAGER_LOST, message),
+                    ExceptionInfo::system(SystemFailure::ManagerLost, message),
                 ));
             }
         }
@@ -777,7 +771,7 @@ fn cancelled(task_id: Uuid, how: &str) -> TaskResult {
     TaskResult::failed(
         task_id,
         ExceptionInfo::system(
-            TASK_CANCELLED,
+            SystemFailure::TaskCancelled,
             format!("the task was cancelled by its owner; {how}"),
         ),
     )
@@ -972,7 +966,7 @@ mod tests {
             for r in &failed {
                 match &r.outcome {
                     Outcome::Failed { exception } => {
-                        assert_eq!(exception.exc_type, MANAGER_LOST);
+                        assert_eq!(exception.exc_type, SystemFailure::ManagerLost.name());
                         assert!(
                             exception.message.contains("block 7"),
                             "{}",
@@ -995,7 +989,8 @@ mod tests {
         let ts = tasks(1, Uuid::new_v4());
         let id = ts[0].task_id;
         d.submit(vec![], ts);
-        let lost = || TaskResult::failed(id, ExceptionInfo::system(WORKER_LOST, "died"));
+        let lost =
+            || TaskResult::failed(id, ExceptionInfo::system(SystemFailure::WorkerLost, "died"));
         d.dispatch(0.0);
         assert!(
             d.complete(b"a", vec![lost()]).is_empty(),
@@ -1218,10 +1213,16 @@ mod tests {
         );
         assert_eq!(d.load(0.0).queued, 1, "the queued task is gone");
         // The killed worker reports WorkerLost: reported as cancelled, not retried.
-        let lost = TaskResult::failed(running, ExceptionInfo::system(WORKER_LOST, "killed"));
+        let lost = TaskResult::failed(
+            running,
+            ExceptionInfo::system(SystemFailure::WorkerLost, "killed"),
+        );
         let done = d.complete(b"a", vec![lost]);
         assert_eq!(done.len(), 1);
-        assert_eq!(failure(&done[0]).exc_type, TASK_CANCELLED);
+        assert_eq!(
+            failure(&done[0]).exc_type,
+            SystemFailure::TaskCancelled.name()
+        );
         // The freed capacity goes to the remaining task, never to the cancelled one.
         let out = d.dispatch(0.0);
         let BrokerMessage::Tasks { tasks: next, .. } = &out[0].1 else {
@@ -1262,7 +1263,10 @@ mod tests {
         assert_eq!(d.cancel(&[ts[0].task_id]).len(), 1);
         let failed = d.remove_manager(b"a", "gone");
         assert_eq!(failed.len(), 1);
-        assert_eq!(failure(&failed[0]).exc_type, TASK_CANCELLED);
+        assert_eq!(
+            failure(&failed[0]).exc_type,
+            SystemFailure::TaskCancelled.name()
+        );
         assert_eq!(d.load(0.0).queued, 0);
     }
 

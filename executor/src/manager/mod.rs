@@ -18,6 +18,7 @@ pub mod shell;
 pub mod simulate;
 pub mod worker;
 
+use hpfaas_protocol::failure::SystemFailure;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,6 @@ use hpfaas_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::broker::dispatch::TASK_CANCELLED;
 use crate::zmq_bridge::{self, BridgeSender, Multipart};
 use mpi_task::MpiSettings;
 use shell::ShellSpec;
@@ -776,7 +776,7 @@ impl Manager {
         if self.slots[slot].send(job).is_ok() {
             return true;
         }
-        let e = ExceptionInfo::system(crate::broker::dispatch::WORKER_LOST, "worker slot stopped");
+        let e = ExceptionInfo::system(SystemFailure::WorkerLost, "worker slot stopped");
         self.results.push(TaskResult::failed(task_id, e));
         false
     }
@@ -792,7 +792,7 @@ impl Manager {
             match self.functions.get(&spec.function_id) {
                 None => {
                     let e = ExceptionInfo::system(
-                        "FunctionNotFound",
+                        SystemFailure::FunctionNotFound,
                         format!(
                             "the code of function {} did not reach this manager",
                             spec.function_id
@@ -868,7 +868,7 @@ impl Manager {
                 Ok(dir) => Some(dir),
                 Err(e) => {
                     let e = ExceptionInfo::system(
-                        "SandboxError",
+                        SystemFailure::SandboxError,
                         format!("cannot create the task's sandbox directory: {e}"),
                     );
                     self.results.push(TaskResult::failed(spec.task_id, e));
@@ -895,7 +895,7 @@ fn cancelled(task_id: Uuid) -> TaskResult {
     TaskResult::failed(
         task_id,
         ExceptionInfo::system(
-            TASK_CANCELLED,
+            SystemFailure::TaskCancelled,
             "the task was cancelled by its owner and stopped on the endpoint",
         ),
     )

@@ -5,13 +5,11 @@
 //! endpoint's `mpi_launcher` aimed at the held hosts; the return code and the
 //! output come back as a shell function's (`sr\n`).
 
+use hpfaas_protocol::failure::SystemFailure;
 use hpfaas_protocol::mpi::{MpiNode, MpiRequest};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskSpec};
 
 use super::shell::{self, ShellSpec};
-
-/// Exception type of an MPI task that could not be started.
-const MPI_ERROR: &str = "MPIFunctionError";
 
 /// How MPI tasks are started (`engine.mpi_launcher`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +161,7 @@ pub async fn run(
     settings: &MpiSettings,
 ) -> Outcome {
     let fail = |message: String| Outcome::Failed {
-        exception: ExceptionInfo::system(MPI_ERROR, message),
+        exception: ExceptionInfo::system(SystemFailure::MpiFunctionError, message),
     };
     let request = match MpiRequest::parse(task.resource_spec.as_deref()) {
         Ok(r) => r,

@@ -8,6 +8,7 @@
 //! A command's output is kept as a bounded head and tail
 //! (`engine.shell_output_limit`); what lies between is counted, not stored.
 
+use hpfaas_protocol::failure::SystemFailure;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,9 +22,6 @@ pub const WALLTIME_RETURNCODE: i32 = 124;
 
 /// How long a command past its walltime has to end after SIGTERM before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
-
-/// Exception type for a shell task that could not even be started.
-const SHELL_ERROR: &str = "ShellFunctionError";
 
 /// A shell function's definition (the JSON after `sh\n`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -109,7 +107,7 @@ pub async fn run(spec: &ShellSpec, payload: &str) -> Outcome {
     match render_command(spec, payload) {
         Ok(cmd) => run_line(spec, &cmd, &[], &cmd).await,
         Err(message) => Outcome::Failed {
-            exception: ExceptionInfo::system(SHELL_ERROR, message),
+            exception: ExceptionInfo::system(SystemFailure::ShellFunctionError, message),
         },
     }
 }
@@ -130,7 +128,10 @@ pub async fn run_line(
             ),
         },
         Err(e) => Outcome::Failed {
-            exception: ExceptionInfo::system(SHELL_ERROR, format!("cannot run `{shown}`: {e}")),
+            exception: ExceptionInfo::system(
+                SystemFailure::ShellFunctionError,
+                format!("cannot run `{shown}`: {e}"),
+            ),
         },
     }
 }

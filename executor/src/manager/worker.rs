@@ -10,6 +10,7 @@
 //! publishes the pid of its current process and the task it runs, so the
 //! manager can kill it to cancel that task.
 
+use hpfaas_protocol::failure::SystemFailure;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -26,7 +27,6 @@ use uuid::Uuid;
 
 use super::affinity::Placement;
 use super::job_env;
-use crate::broker::dispatch::WORKER_LOST;
 
 /// A task's outcome from a slot, and whether its worker was killed by a
 /// SIGTERM from outside (a batch system ending the job signals every
@@ -119,9 +119,6 @@ pub struct WorkerSettings {
     /// own working directory (`<dir>/<task_id>/`); `None` when off.
     pub sandbox_root: Option<PathBuf>,
 }
-
-/// Exception type of a task killed for running past its own walltime.
-pub const TASK_TIMEOUT: &str = "TaskTimeout";
 
 /// A task's own working directory under `root` (`run_in_sandbox`), created.
 pub fn sandbox_dir(root: &std::path::Path, task_id: Uuid) -> std::io::Result<PathBuf> {
@@ -285,7 +282,7 @@ pub async fn serve_slot(
                         tracing::error!("{message}");
                         let result = TaskResult::failed(
                             job.spec.task_id,
-                            ExceptionInfo::system(WORKER_LOST, message),
+                            ExceptionInfo::system(SystemFailure::WorkerLost, message),
                         );
                         if !report(result, killed_by_sigterm) {
                             break;
@@ -406,7 +403,7 @@ pub async fn serve_slot(
                 );
                 tracing::warn!("slot {slot}: task {task_id}: {message}");
                 Outcome::Failed {
-                    exception: ExceptionInfo::system(TASK_TIMEOUT, message),
+                    exception: ExceptionInfo::system(SystemFailure::TaskTimeout, message),
                 }
             }
         };
@@ -482,7 +479,7 @@ use WriteError::{Broken, Refused};
 
 fn lost(message: String) -> Outcome {
     Outcome::Failed {
-        exception: ExceptionInfo::system(WORKER_LOST, message),
+        exception: ExceptionInfo::system(SystemFailure::WorkerLost, message),
     }
 }
 
@@ -491,7 +488,7 @@ fn lost(message: String) -> Outcome {
 fn cancelled_before_start(task_id: Uuid) -> TaskResult {
     TaskResult::failed(
         task_id,
-        ExceptionInfo::system("TaskCancelled", "cancelled before it started"),
+        ExceptionInfo::system(SystemFailure::TaskCancelled, "cancelled before it started"),
     )
 }
 
@@ -520,7 +517,7 @@ async fn write_request(
             Ok(dir) => Some(dir.display().to_string()),
             Err(e) => {
                 return Err(Refused(ExceptionInfo::system(
-                    "SandboxError",
+                    SystemFailure::SandboxError,
                     format!("cannot create the task's sandbox directory: {e}"),
                 )))
             }
@@ -536,8 +533,12 @@ async fn write_request(
         sandbox_dir: sandbox.as_deref(),
         blob: job.spec.blob.as_ref().map(|b| b.len()),
     };
-    let header = serde_json::to_vec(&request)
-        .map_err(|e| Refused(ExceptionInfo::system(WORKER_LOST, e.to_string())))?;
+    let header = serde_json::to_vec(&request).map_err(|e| {
+        Refused(ExceptionInfo::system(
+            SystemFailure::WorkerLost,
+            e.to_string(),
+        ))
+    })?;
     // The payload follows the JSON header and a newline as it is, and the
     // blob follows the payload: neither side escapes or scans them (a 1 MiB
     // argument cost a JSON pass each).
@@ -546,7 +547,7 @@ async fn write_request(
     let length = header.len() + 1 + payload.len() + blob.len();
     let length = u32::try_from(length).map_err(|_| {
         Refused(ExceptionInfo::system(
-            WORKER_LOST,
+            SystemFailure::WorkerLost,
             format!("a task request of {length} bytes is over the worker pipe's 4 GiB frame limit"),
         ))
     })?;
@@ -574,7 +575,7 @@ fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
         (false, _, Some(exception)) => Outcome::Failed { exception },
         _ => Outcome::Failed {
             exception: ExceptionInfo::system(
-                "WorkerProtocolError",
+                SystemFailure::WorkerProtocolError,
                 "worker reply had neither result nor exception",
             ),
         },

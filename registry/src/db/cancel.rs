@@ -4,6 +4,7 @@
 //! its endpoint's agent answers the cancel (an `Ack`, or a late result,
 //! which is acknowledged and dropped).
 
+use hpfaas_protocol::failure::SystemFailure;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -40,7 +41,7 @@ fn cancel_row(
 ) -> ApiResult<Option<Cancelled>> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = 'cancelled', done = 1, result = NULL,
-                exc_type = 'TaskCancelled', exc_message = ?2, exc_traceback = ?3,
+                exc_type = ?6, exc_message = ?2, exc_traceback = ?3,
                 completed = ?4, stored = ?4, result_seq = ?5, result_fate = 1,
                 cancel_pending = 1
          WHERE rid = ?1 AND done = 0
@@ -52,19 +53,23 @@ fn cancel_row(
         .optional()?
         .unwrap_or(0);
     let seq = ctx.next_result_seq;
-    let traceback = format!("TaskCancelled: {text}");
+    let cancelled = SystemFailure::TaskCancelled;
+    let traceback = format!("{cancelled}: {text}");
     let row = st
-        .query_row(params![rid, text, traceback, at, seq], |r| {
-            Ok((
-                Cancelled {
-                    task: uuid_col(r, 0)?,
-                    group: uuid_col(r, 1)?,
-                    endpoint: uuid_col(r, 2)?,
-                    seq,
-                },
-                r.get::<_, i64>(3)?,
-            ))
-        })
+        .query_row(
+            params![rid, text, traceback, at, seq, cancelled.name()],
+            |r| {
+                Ok((
+                    Cancelled {
+                        task: uuid_col(r, 0)?,
+                        group: uuid_col(r, 1)?,
+                        endpoint: uuid_col(r, 2)?,
+                        seq,
+                    },
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
         .optional()?;
     let row = match row {
         Some((cancelled, owner)) => {

@@ -9,6 +9,7 @@
 //! Each function handles at most `limit` rows, so one purge step is one short
 //! writer job; [`crate::purge`] repeats them until nothing is left.
 
+use hpfaas_protocol::failure::SystemFailure;
 use rusqlite::{params, Connection};
 
 use super::tasks::{UsageDelta, FATE_EXPIRED, FATE_UNFETCHED};
@@ -17,9 +18,6 @@ use crate::error::ApiResult;
 /// Bytes a final task keeps (counted in `user_usage`), as SQL.
 const KEPT: &str = "ifnull(octet_length(result), 0) + ifnull(octet_length(exc_message), 0) \
                     + ifnull(octet_length(exc_traceback), 0)";
-
-/// Exception type of an expired result.
-pub const RESULT_EXPIRED: &str = "ResultExpired";
 
 /// Purges up to `limit` unfetched results stored before `cutoff`.
 pub fn expire_results(
@@ -31,7 +29,8 @@ pub fn expire_results(
     let message = format!(
         "the result was not fetched within the service's result TTL ({ttl_text}) and was purged"
     );
-    let traceback = format!("{RESULT_EXPIRED}: {message}");
+    let expired = SystemFailure::ResultExpired;
+    let traceback = format!("{expired}: {message}");
     // The literals let (and INDEXED BY makes) SQLite use the partial index
     // of unfetched results, not scan every finished task.
     let sql = format!(
@@ -53,7 +52,7 @@ pub fn expire_results(
     let mut usage = UsageDelta::default();
     let kept_now = (message.len() + traceback.len()) as i64;
     for (rid, owner, kept) in &rows {
-        expire.execute(params![rid, RESULT_EXPIRED, message, traceback])?;
+        expire.execute(params![rid, expired.name(), message, traceback])?;
         usage.add(*owner, 0, kept_now - kept);
     }
     usage.apply(conn)?;

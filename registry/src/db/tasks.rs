@@ -884,6 +884,7 @@ mod tests {
         ensure_user, insert_function, register_endpoint, EndpointRegistration, FunctionRow,
     };
     use hpfaas_protocol::endpoint::{from_json, ServiceMessage};
+    use hpfaas_protocol::failure::SystemFailure;
     use hpfaas_protocol::task::ExceptionInfo;
 
     struct Fixture {
@@ -1221,7 +1222,10 @@ mod tests {
             outcome: Outcome::Success { result: "r".into() },
             completed_at: 5.0,
         };
-        let failed = TaskResult::failed(ids[0], ExceptionInfo::system("WorkerLost", "gone"));
+        let failed = TaskResult::failed(
+            ids[0],
+            ExceptionInfo::system(SystemFailure::WorkerLost, "gone"),
+        );
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
         assert_eq!(ctx.next_result_seq, 8);
         let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
