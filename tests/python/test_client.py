@@ -19,7 +19,7 @@ from hpfaas import (
     TaskPending,
 )
 from hpfaas.errors import HTTPError
-from hpfaas.executor import _sse_events
+from hpfaas.stream import sse_events
 
 #: Generous: a debug build on a busy 2-core machine.
 TIMEOUT = 60.0
@@ -356,7 +356,7 @@ def test_stream_replays_after_last_event_id(service, client):
         """The first `count` events `(id, task document)` after `last_event_id`."""
         stream, sock = client.open_stream(path, {"Last-Event-ID": last_event_id}, TIMEOUT)
         try:
-            events = itertools.islice(_sse_events(stream), count)
+            events = itertools.islice(sse_events(stream), count)
             return [(event_id, json.loads(data)) for _, event_id, data in events]
         finally:
             stream.close()

@@ -26,7 +26,9 @@ from hpfaas import (
     TaskExecutionFailed,
 )
 from hpfaas.errors import HTTPError
-from hpfaas.executor import RECONNECT_DELAY_MIN, SUBMIT_THREADS, _sse_events
+from hpfaas.executor import SUBMIT_THREADS
+from hpfaas.stream import RECONNECT_DELAY_MIN
+from hpfaas.stream import sse_events
 
 #: Generous: a debug build on a busy 2-core machine.
 TIMEOUT = 60.0
@@ -126,7 +128,7 @@ def test_shell_function(executor):
 def test_stream_resumes_after_drops_with_last_event_id(relay, relayed_executor, caplog, reset):
     relay.cut_streams_after = 3
     relay.cut_with_reset = reset
-    with caplog.at_level(logging.INFO, logger="hpfaas.executor"):
+    with caplog.at_level(logging.INFO, logger="hpfaas.stream"):
         results = list(relayed_executor.map(square, range(20), timeout=TIMEOUT))
     assert results == [x * x for x in range(20)]
     streams = relay.streams
@@ -300,7 +302,7 @@ def test_sse_parser():
         b"id: 7\nevent: other\ndata: x\n\n"
         b"id: 9\ndata: cut off by the end of the stream\n"
     )
-    assert list(_sse_events(stream)) == [
+    assert list(sse_events(stream)) == [
         ("result", "1", '{"a":\n1}'),
         ("message", "1", "no space"),
         ("other", "7", "x"),

@@ -33,6 +33,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../python/hpfaas/executor.py"),
     ),
     (
+        "stream.py",
+        include_str!("../../../python/hpfaas/stream.py"),
+    ),
+    (
         "version.py",
         include_str!("../../../python/hpfaas/version.py"),
     ),
