@@ -170,7 +170,7 @@ fn owner_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     if let Some(token) = kept.filter(|t| !t.is_empty()) {
-        let id: String = hpfaas_registry::auth::hash_token(&token)
+        let id: String = hpfaas_registry::token::hash_token(&token)
             .chars()
             .take(hpfaas_registry::db::catalog::TOKEN_ID_CHARS)
             .collect();

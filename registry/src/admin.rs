@@ -11,30 +11,30 @@ use std::path::Path;
 use anyhow::Context;
 use uuid::Uuid;
 
-use crate::auth;
 use crate::db::{self, catalog};
+use crate::token;
 
 pub use catalog::TokenInfo;
 
 /// Creates `user` in the database under `data_dir` if missing and returns a
 /// new API token for them; only the token's SHA-256 (and its first
-/// [`auth::PREFIX_CHARS`] characters, to recognise it) is stored.
+/// [`token::PREFIX_CHARS`] characters, to recognise it) is stored.
 pub fn create_token(data_dir: &Path, user: &str) -> anyhow::Result<String> {
     let user = user.trim();
     if user.is_empty() || user.chars().any(char::is_control) {
         anyhow::bail!("invalid user name {user:?}: it must be non-empty printable text");
     }
-    crate::create_private_dir(data_dir)?;
+    crate::data_dir::create(data_dir)?;
     let conn = open(data_dir)?;
-    let token = auth::new_token();
+    let token = token::new_token();
     let tx = conn.unchecked_transaction()?;
     let user_id = catalog::ensure_user(&tx, user)?;
-    catalog::insert_token(&tx, &auth::stored_token(&token), user_id, None)?;
+    catalog::insert_token(&tx, &token::stored_token(&token), user_id, None)?;
     tx.commit()?;
     audit_now(
         data_dir,
         serde_json::json!({"event": "token_created", "user": user,
-            "token_prefix": &token[..auth::PREFIX_CHARS.min(token.len())]}),
+            "token_prefix": &token[..token::PREFIX_CHARS.min(token.len())]}),
     );
     Ok(token)
 }
@@ -64,7 +64,7 @@ pub fn revoke_token(data_dir: &Path, token_or_prefix: &str) -> anyhow::Result<To
         );
     }
     let conn = open_existing(data_dir)?;
-    let full = (given.len() == 64).then(|| auth::hash_token(&given));
+    let full = (given.len() == 64).then(|| token::hash_token(&given));
     let found = catalog::find_tokens(&conn, full.as_deref(), &given)?;
     // The whole token names exactly one row; otherwise only live ones count.
     let exact: Vec<_> = found

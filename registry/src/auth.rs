@@ -16,83 +16,14 @@
 //! Revocation ([`crate::revocation`]) is checked before the cache on every
 //! request, so a revoked token is refused on its next request.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 pub use crate::db::catalog::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-
-/// A new random token (64 hex characters).
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
-/// The stored form of a token: SHA-256, hex.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Characters of a token kept in clear (`tokens.prefix`), so its owner can
-/// recognise it: 32 of its 256 bits, leaving 224 unknown.
-pub const PREFIX_CHARS: usize = 8;
-
-/// What the database keeps of `token`.
-pub fn stored_token(token: &str) -> crate::db::catalog::StoredToken {
-    crate::db::catalog::StoredToken {
-        hash: hash_token(token),
-        prefix: token.chars().take(PREFIX_CHARS).collect(),
-    }
-}
-
-/// Entries kept before the cache starts over.
-const CACHE_LIMIT: usize = 10_000;
-
-/// Recently verified tokens, so most requests skip the database lookup.
-///
-/// Every revocation, in this service or seen through the stamp file, calls
-/// [`TokenCache::invalidate`]. The generation counter stops a lookup that
-/// raced with a revocation from caching the revoked token.
-#[derive(Default)]
-pub struct TokenCache {
-    generation: AtomicU64,
-    entries: Mutex<HashMap<String, Principal>>,
-}
-
-impl TokenCache {
-    fn get(&self, hash: &str) -> Option<Principal> {
-        self.entries.lock().ok()?.get(hash).cloned()
-    }
-
-    fn insert(&self, generation: u64, hash: String, principal: Principal) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if self.generation.load(Ordering::SeqCst) != generation {
-                return;
-            }
-            if entries.len() >= CACHE_LIMIT {
-                entries.clear();
-            }
-            entries.insert(hash, principal);
-        }
-    }
-
-    /// Forgets every cached token (after a revocation).
-    pub fn invalidate(&self) {
-        if let Ok(mut entries) = self.entries.lock() {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            entries.clear();
-        }
-    }
-}
+use crate::token::hash_token;
 
 /// Whoever presented a valid token: a user, or an endpoint credential.
 #[derive(Debug, Clone)]
@@ -120,7 +51,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(p) = state.tokens.get(&hash) {
             return Ok(Caller(p));
         }
-        let generation = state.tokens.generation.load(Ordering::SeqCst);
+        let generation = state.tokens.generation();
         let lookup = hash.clone();
         let found = state
             .db
@@ -179,40 +110,5 @@ impl FromRequestParts<AppState> for User {
                 parts.uri.path()
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_hex_and_hashes_are_stable() {
-        let (a, b) = (new_token(), new_token());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(hash_token("abc"), hash_token("abc"));
-        assert_eq!(
-            hash_token("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn invalidation_wins_over_a_racing_insert() {
-        let cache = TokenCache::default();
-        let p = Principal {
-            user_id: 1,
-            user_name: "a".into(),
-            endpoint: None,
-            token_hash: "h".into(),
-        };
-        let generation = cache.generation.load(Ordering::SeqCst);
-        cache.invalidate();
-        cache.insert(generation, "h".into(), p.clone());
-        assert!(cache.get("h").is_none());
-        cache.insert(cache.generation.load(Ordering::SeqCst), "h".into(), p);
-        assert!(cache.get("h").is_some());
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! * [`config`]: settings ([`ServiceConfig`]).
 //! * [`error`]: the JSON error answer every route uses.
-//! * [`auth`]: bearer tokens; user tokens versus endpoint credentials.
+//! * [`token`]: tokens: making one, what is stored of it, the cache of
+//!   verified ones.
+//! * [`auth`]: who is calling: user tokens versus endpoint credentials.
 //! * [`revocation`]: revoked tokens reaching a running service.
 //! * [`audit`]: the audit log (`audit.log`), written off the request path.
 //! * [`admin`]: `hpfaas token create|list|revoke` on the database.
+//! * [`data_dir`]: the private data directory.
 //! * [`extract`]: request extractors with JSON rejections.
 //! * [`db`]: SQLite: schema, group-commit writer, read pool, queries.
 //! * [`live`]: connected endpoints, dispatch wake-ups, result notifications.
@@ -25,6 +28,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod data_dir;
 pub mod db;
 pub mod endpoint_link;
 pub mod error;
@@ -36,10 +40,10 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod tls;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,7 +71,7 @@ impl Service {
     /// loads the TLS files if any, and binds the listening socket.
     pub async fn bind(config: ServiceConfig) -> anyhow::Result<Service> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        create_private_dir(&config.data_dir)?;
+        data_dir::create(&config.data_dir)?;
         let path = config.db_path();
         let db = tokio::task::spawn_blocking(move || {
             db::Db::open(&path).with_context(|| format!("opening database {}", path.display()))
@@ -114,7 +118,7 @@ impl Service {
         tracing::info!(addr = %local_addr, tls = tls.is_some(),
             data_dir = %state.config.data_dir.display(), "hpfaas service listening");
         let purge = tokio::spawn(purge::run(state.clone()));
-        let revocations = tokio::spawn(revocation::poll_loop(state.clone()));
+        let revocations = tokio::spawn(state.clone().poll_revocations());
         let router = routes::router(state.clone());
         let mut stopping = state.shutdown.clone();
         let stopping = async move {
@@ -161,30 +165,4 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
-}
-
-/// Creates the data directory 0700, or makes an existing one 0700: it holds
-/// every user's code, arguments, results and token hashes.
-pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("inspecting data directory {}", dir.display()))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making data directory {} private", dir.display()))?;
-        tracing::warn!(
-            "data directory {} was mode {mode:04o}; it is now 0700",
-            dir.display()
-        );
-    }
-    Ok(())
 }

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -103,18 +103,6 @@ impl Revocations {
 pub async fn next(rx: &mut watch::Receiver<u64>) {
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// Looks for revocations by other processes every `revocation_poll`, so
-/// streams and agent links notice them without a request coming in.
-pub async fn poll_loop(state: crate::state::AppState) {
-    let period = state.config.revocation_poll.max(Duration::from_millis(10));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => state.check_revocations(),
-            _ = state.shutting_down() => return,
-        }
     }
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::audit::Audit;
-use crate::auth::TokenCache;
 use crate::config::ServiceConfig;
 use crate::db::Db;
 use crate::live::Live;
 use crate::revocation::Revocations;
+use crate::token::TokenCache;
 
 /// Shared state handed to every route.
 #[derive(Clone)]
@@ -63,6 +63,18 @@ impl AppState {
     pub fn check_revocations(&self) {
         if self.revocations.poll() {
             self.tokens.invalidate();
+        }
+    }
+
+    /// Looks for revocations by other processes every `revocation_poll`, so
+    /// streams and agent links notice them without a request coming in.
+    pub async fn poll_revocations(self) {
+        let period = self.config.revocation_poll.max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => self.check_revocations(),
+                _ = self.shutting_down() => return,
+            }
         }
     }
 

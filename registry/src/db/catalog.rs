@@ -58,7 +58,7 @@ pub fn ensure_user(conn: &Connection, name: &str) -> ApiResult<i64> {
 pub struct StoredToken {
     /// SHA-256 of the token, hex.
     pub hash: String,
-    /// The token's first [`crate::auth::PREFIX_CHARS`] characters.
+    /// The token's first [`crate::token::PREFIX_CHARS`] characters.
     pub prefix: String,
 }
 

@@ -6,13 +6,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::auth::{new_token, stored_token, Caller, User};
+use crate::auth::{Caller, User};
 use crate::db::catalog::{self, EndpointRegistration, EndpointRow};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
 use crate::live::ConnectionDetails;
 use crate::routes::time_str;
 use crate::state::AppState;
+use crate::token::{new_token, stored_token};
 
 /// Body of `POST /v3/endpoints`; other keys an agent sends are ignored.
 #[derive(Debug, Deserialize)]
