@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod endpoints;
 pub mod functions;
 pub mod openapi;
+pub mod route;
 pub mod service;
 pub mod shares;
 pub mod stream;
@@ -16,12 +17,14 @@ pub mod submit;
 pub mod tasks;
 pub mod version;
 
+use std::sync::OnceLock;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::Next;
-use axum::response::Response;
-use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::response::{IntoResponse, Response};
+use axum::routing::on;
 use axum::Router;
 use serde_json::Value;
 
@@ -29,48 +32,7 @@ use crate::endpoint_link;
 use crate::error::ApiError;
 use crate::state::AppState;
 use openapi::schemas;
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    /// Anyone.
-    None,
-    /// A user token.
-    User,
-    /// A user token, or the endpoint's own credential.
-    UserOrEndpoint,
-    /// The endpoint's own credential.
-    Endpoint,
-}
-
-/// One route: what it is, for the router and for the OpenAPI document.
-pub struct Route {
-    /// `GET`, `POST` or `DELETE`.
-    pub method: &'static str,
-    /// Path in axum/OpenAPI syntax, e.g. `/v2/tasks/{id}`.
-    pub path: &'static str,
-    /// One line for people.
-    pub summary: &'static str,
-    /// Who may call it.
-    pub auth: Auth,
-    /// JSON schema of the request body, if it takes one.
-    pub request: Option<fn() -> Value>,
-    /// JSON schema of the success answer.
-    pub response: fn() -> Value,
-    /// Media type of the success answer.
-    pub produces: &'static str,
-    handler: fn(MethodFilter) -> MethodRouter<AppState>,
-}
-
-impl Route {
-    fn filter(&self) -> MethodFilter {
-        match self.method {
-            "POST" => MethodFilter::POST,
-            "DELETE" => MethodFilter::DELETE,
-            _ => MethodFilter::GET,
-        }
-    }
-}
+pub use route::{Auth, Route};
 
 const JSON: &str = "application/json";
 
@@ -285,9 +247,20 @@ pub static ROUTES: &[Route] = &[
         request: None,
         response: schemas::any_object,
         produces: JSON,
-        handler: |m| on(m, openapi::serve),
+        handler: |m| on(m, serve_openapi),
     },
 ];
+
+/// The OpenAPI document of [`ROUTES`], built once.
+pub fn openapi_document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| openapi::build(ROUTES))
+}
+
+/// `GET /openapi.json`.
+async fn serve_openapi() -> impl IntoResponse {
+    axum::Json(openapi_document().clone())
+}
 
 /// The service's router: every route of [`ROUTES`], JSON fallbacks, and the
 /// body size limit.

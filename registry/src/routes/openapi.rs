@@ -1,28 +1,15 @@
-//! `GET /openapi.json`: an OpenAPI 3.0 document generated from the route
-//! table ([`super::ROUTES`]), with short hand-written body schemas.
+//! The OpenAPI 3.0 document of a route table (`GET /openapi.json` serves the
+//! one of [`super::ROUTES`]), with short hand-written body schemas.
 
-use std::sync::OnceLock;
-
-use axum::response::IntoResponse;
 use hpfaas_protocol::HPFAAS_VERSION;
 use serde_json::{json, Map, Value};
 
-use super::{Auth, ROUTES};
+use super::route::{Auth, Route};
 
-/// The OpenAPI document for every route of [`ROUTES`].
-pub fn document() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(build)
-}
-
-/// `GET /openapi.json`.
-pub async fn serve() -> impl IntoResponse {
-    axum::Json(document().clone())
-}
-
-fn build() -> Value {
+/// The OpenAPI document for every route of `routes`.
+pub fn build(routes: &[Route]) -> Value {
     let mut paths = Map::new();
-    for route in ROUTES {
+    for route in routes {
         let mut op = json!({
             "summary": route.summary,
             "operationId": format!("{} {}", route.method, route.path),
@@ -330,11 +317,11 @@ pub mod schemas {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::routes::{openapi_document, ROUTES};
 
     #[test]
     fn every_route_is_in_the_document() {
-        let doc = document();
+        let doc = openapi_document();
         assert_eq!(doc["openapi"], "3.0.3");
         for route in ROUTES {
             let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
