@@ -7,9 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::launcher::{shell_quote, Launcher};
-use crate::{
-    script_preamble, BlockRequest, JobId, JobState, Provider, ProviderConfig, ProviderError,
-};
+use crate::{BlockRequest, JobId, JobState, Provider, ProviderConfig, ProviderError};
 
 /// How long a cancelled block gets to exit after SIGTERM before SIGKILL.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
@@ -85,7 +83,7 @@ impl Provider for LocalProvider {
             "#!/bin/sh\n# hpfaas block {} ({})\n{}exec {launch}\n",
             request.block_id,
             request.job_name,
-            script_preamble(request, &self.config.worker_init),
+            crate::script::script_preamble(request, &self.config.worker_init),
         )
     }
 

@@ -19,7 +19,20 @@
 use std::time::Duration;
 
 use crate::launcher::{shell_quote, Launcher};
-use crate::{script_preamble, BlockRequest, ProviderConfig};
+use crate::{BlockRequest, ProviderConfig};
+
+/// Exports and `worker_init` for the top of a job script, shared by every provider.
+pub fn script_preamble(request: &BlockRequest, worker_init: &str) -> String {
+    let mut out = String::new();
+    for (key, value) in &request.env {
+        out.push_str(&format!("export {key}={}\n", shell_quote(&[value])));
+    }
+    if !worker_init.trim().is_empty() {
+        out.push_str(worker_init.trim_end());
+        out.push('\n');
+    }
+    out
+}
 
 /// How one batch system's scripts differ from the others'.
 #[derive(Debug, Clone, Copy)]
