@@ -183,18 +183,26 @@ def cycles(edges: dict[Path, set[Path]]) -> list[list[Path]]:
     return out
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is in it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str]) -> int:
-    crates = [ROOT / c for c in (argv or CRATES)]
+    crates = [(ROOT / c).resolve() for c in (argv or CRATES)]
     bad = 0
     for crate in crates:
         edges = graph(crate)
         for comp in cycles(edges):
             bad += 1
-            names = [str(p.relative_to(ROOT)) for p in comp]
+            names = [shown(p) for p in comp]
             print(f"import cycle in {crate.name or 'hpfaas'}: " + " <-> ".join(names))
             for a in comp:
                 for b in sorted(edges[a] & set(comp)):
-                    print(f"    {a.relative_to(ROOT)} uses {b.relative_to(ROOT)}")
+                    print(f"    {shown(a)} uses {shown(b)}")
     if bad:
         print(f"{bad} import cycle(s); move the shared item to the lowest file that uses it")
         return 1

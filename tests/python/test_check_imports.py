@@ -1,0 +1,86 @@
+"""`scripts/check-imports.py`, the lint that keeps the files of a crate free of import cycles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "check-imports.py"
+
+
+def write_crate(root: Path, files: dict) -> Path:
+    for name, text in files.items():
+        path = root / "src" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def check(crate: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(crate)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_cycle_through_super_and_a_child_module_is_named(tmp_path):
+    crate = write_crate(
+        tmp_path,
+        {
+            "lib.rs": "pub mod db;\n",
+            "db/mod.rs": "pub mod tasks;\npub fn now() -> f64 { tasks::count() as f64 }\n",
+            "db/tasks.rs": "use super::now;\npub fn count() -> usize { 1 }\n",
+        },
+    )
+    out = check(crate)
+    assert out.returncode == 1, out.stdout
+    assert "src/db/mod.rs <-> " in out.stdout and "src/db/tasks.rs" in out.stdout
+
+
+def test_reexports_and_grouped_uses_resolve_to_the_defining_file(tmp_path):
+    # lib.rs re-exports a type from a lower file and uses a provider; the
+    # provider names the type through the re-export: no cycle.
+    crate = write_crate(
+        tmp_path,
+        {
+            "lib.rs": "pub mod kinds;\npub mod slurm;\npub use kinds::{Job, State as JobState};\n"
+            "pub fn build() { slurm::submit(); }\n",
+            "kinds.rs": "pub struct Job;\npub enum State { A }\n",
+            "slurm.rs": "use crate::{Job, JobState};\npub fn submit() {}\n",
+        },
+    )
+    out = check(crate)
+    assert out.returncode == 0, out.stdout
+
+
+def test_a_grouped_use_that_closes_a_loop_is_found(tmp_path):
+    crate = write_crate(
+        tmp_path,
+        {
+            "lib.rs": "pub mod a;\npub mod b;\n",
+            "a.rs": "use crate::{b::{self, B}};\npub struct A;\n",
+            "b.rs": "use crate::a::A;\npub struct B;\n",
+        },
+    )
+    out = check(crate)
+    assert out.returncode == 1, out.stdout
+    assert "src/a.rs <-> " in out.stdout
+
+
+def test_tests_and_comments_do_not_count(tmp_path):
+    crate = write_crate(
+        tmp_path,
+        {
+            "lib.rs": "pub mod a;\npub mod b;\n",
+            "a.rs": "// see crate::b::B\npub struct A;\n"
+            '#[cfg(test)]\nmod tests { use crate::b::B; }\n',
+            "b.rs": 'use crate::a::A;\npub const S: &str = "crate::a::A";\n',
+        },
+    )
+    assert check(crate).returncode == 0
+
+
+def test_the_repository_has_no_cycles():
+    out = check(REPO / "protocol")
+    assert out.returncode == 0, out.stdout
