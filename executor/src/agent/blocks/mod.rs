@@ -4,6 +4,9 @@
 //! re-adoption from `blocks.json` via [`record`]) on the agent's request,
 //! and reports blocks that ended so the broker can settle their tasks.
 
+pub mod clock;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod record;
 pub mod state;
 
@@ -13,8 +16,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::broker::dispatch::Load;
+use clock::SystemClock;
+use state::Blocks;
 pub use state::{BlockStatus, BlocksSetup, EndedBlock, ManagerCommand};
-use state::{Blocks, SystemClock};
 
 /// What the blocks thread reports.
 #[derive(Debug)]

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hpfaas_protocol::task::now_unix;
 use hpfaas_scheduler_adapters::{BlockRequest, JobId, JobState, Provider};
 use serde::{Deserialize, Serialize};
 
+use super::clock::Clock;
 use super::record::{self, Record, Saved};
 use crate::broker::dispatch::{BlockLoad, Load};
 use crate::strategy::{self, BlockView, Scaling};
@@ -48,28 +48,6 @@ pub struct BlockStatus {
     pub submitted_at: f64,
     /// When its walltime ends (Unix seconds), when known.
     pub deadline: Option<f64>,
-}
-
-/// Where the blocks get the time: the system clock in the agent, a
-/// hand-advanced one in tests.
-pub trait Clock {
-    /// Now, for durations.
-    fn now(&self) -> Instant;
-    /// Now in Unix seconds, for what records and the status show.
-    fn unix(&self) -> f64;
-}
-
-/// The real time.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn unix(&self) -> f64 {
-        now_unix()
-    }
 }
 
 /// Builds the manager command line for a block id.
@@ -421,115 +399,10 @@ impl Blocks {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{FakeClock, FakeProvider, Queue, UNIX_START};
     use std::sync::{Arc, Mutex};
 
-    use hpfaas_scheduler_adapters::ProviderError;
-
     use super::*;
-
-    /// A clock that moves only when the test (or a slow fake command) says.
-    #[derive(Clone)]
-    struct FakeClock {
-        start: Instant,
-        elapsed: Arc<Mutex<Duration>>,
-    }
-
-    /// Unix time at the fake clock's start.
-    const UNIX_START: f64 = 1_700_000_000.0;
-
-    impl FakeClock {
-        fn new() -> Self {
-            FakeClock {
-                start: Instant::now(),
-                elapsed: Arc::new(Mutex::new(Duration::ZERO)),
-            }
-        }
-
-        fn advance(&self, by: Duration) {
-            *self.elapsed.lock().unwrap() += by;
-        }
-
-        fn set(&self, seconds: f64) {
-            *self.elapsed.lock().unwrap() = Duration::from_secs_f64(seconds);
-        }
-    }
-
-    impl Clock for FakeClock {
-        fn now(&self) -> Instant {
-            self.start + *self.elapsed.lock().unwrap()
-        }
-
-        fn unix(&self) -> f64 {
-            UNIX_START + self.elapsed.lock().unwrap().as_secs_f64()
-        }
-    }
-
-    /// What the in-memory batch system was asked and will answer.
-    #[derive(Default)]
-    struct Queue {
-        /// Block ids of every submit attempt, failed ones included.
-        submits: Vec<String>,
-        /// Job names of the successful submits.
-        job_names: Vec<String>,
-        /// Every status query, with the jobs it asked about.
-        polls: Vec<Vec<JobId>>,
-        cancels: Vec<Vec<JobId>>,
-        /// Scripted job states; a job not here is pending.
-        states: HashMap<JobId, JobState>,
-        /// When set, submits fail with this message.
-        refuse_submit: Option<String>,
-        /// When set, status queries fail with this message.
-        refuse_status: Option<String>,
-        /// How long a submit takes, on the fake clock.
-        submit_takes: Duration,
-    }
-
-    /// An in-memory [`Provider`]: job `N` for the Nth submit, scripted states.
-    struct FakeProvider {
-        queue: Arc<Mutex<Queue>>,
-        clock: FakeClock,
-    }
-
-    impl Provider for FakeProvider {
-        fn name(&self) -> &'static str {
-            "fake"
-        }
-
-        fn job_script(&self, request: &BlockRequest) -> String {
-            request.manager_command.join(" ")
-        }
-
-        fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError> {
-            let mut q = self.queue.lock().unwrap();
-            self.clock.advance(q.submit_takes);
-            q.submits.push(request.block_id.clone());
-            if let Some(message) = &q.refuse_submit {
-                return Err(ProviderError::new("fake", message.clone()));
-            }
-            q.job_names.push(request.job_name.clone());
-            Ok(format!("{}", 1000 + q.submits.len()))
-        }
-
-        fn status(&mut self, jobs: &[JobId]) -> Result<HashMap<JobId, JobState>, ProviderError> {
-            let mut q = self.queue.lock().unwrap();
-            q.polls.push(jobs.to_vec());
-            if let Some(message) = &q.refuse_status {
-                return Err(ProviderError::new("fake", message.clone()));
-            }
-            Ok(jobs
-                .iter()
-                .map(|j| {
-                    let state = q.states.get(j).cloned().unwrap_or(JobState::Pending);
-                    (j.clone(), state)
-                })
-                .collect())
-        }
-
-        fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError> {
-            self.queue.lock().unwrap().cancels.push(jobs.to_vec());
-            Ok(())
-        }
-    }
 
     /// One block on demand, none kept idle; the scheduler polled every 5 s.
     const SCALING: Scaling = Scaling {
