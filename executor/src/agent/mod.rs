@@ -694,21 +694,34 @@ mod tests {
     use blocks::fake::{FakeClock, FakeProvider, Queue};
     use blocks::record::{self, Record, Saved};
 
-    #[tokio::test]
-    async fn an_error_in_the_loop_still_stops_the_broker_and_cancels_the_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = AgentSpec {
+    fn spec_in(dir: &std::path::Path) -> AgentSpec {
+        AgentSpec {
             name: "stop".into(),
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
             config: EndpointConfig::parse("").unwrap(),
             service_url: "http://127.0.0.1:9".into(),
             owner_token: None,
             reregister: false,
             hpfaas_exe: "hpfaas".into(),
-        };
-        // A block a previous agent left running, which this one re-adopts.
+        }
+    }
+
+    /// What a test looks at once the agent has stopped.
+    struct Seen {
+        /// The batch system's record of cancels.
+        queue: Arc<Mutex<Queue>>,
+        /// Closed once the broker task has ended.
+        broker: mpsc::UnboundedSender<BrokerCommand>,
+        /// Feeds the agent's service link; kept open, as a live link is.
+        link: mpsc::UnboundedSender<LinkEvent>,
+    }
+
+    /// A running agent with a real broker on loopback, blocks over an
+    /// in-memory provider, and one block (job 4242) a previous agent left.
+    fn running(spec: &AgentSpec) -> (Running<'_>, Seen) {
+        let dir = spec.dir.as_path();
         record::save(
-            dir.path(),
+            dir,
             &Saved {
                 next_id: 1,
                 blocks: vec![Record {
@@ -735,7 +748,7 @@ mod tests {
             nodes: 1,
             manager_command: Box::new(|_| Vec::new()),
             job_prefix: "hpfaas-stop".into(),
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
             poll_period: Duration::from_secs(3600),
         })
         .unwrap();
@@ -745,28 +758,11 @@ mod tests {
             None,
         ))
         .unwrap();
-        let commands = broker.commands.clone();
-        // A whole line the journal cannot read (a damaged disk, a stray
-        // writer): re-sending results on connecting fails.
-        let journal = Journal::open(&dir.path().join("journal.log")).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("journal.log"))
-            .unwrap()
-            .write_all(b"not a record\n")
-            .unwrap();
-        let (to_service, _sent) = mpsc::unbounded_channel();
+        let (to_service, _) = mpsc::unbounded_channel();
         let (link, from_service) = mpsc::unbounded_channel();
-        link.send(LinkEvent::Connected {
-            heartbeat_period: 1.0,
-            max_result_bytes: None,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            flow_control: false,
-        })
-        .unwrap();
         let agent = Agent {
-            spec: &spec,
-            journal,
+            spec,
+            journal: Journal::open(&dir.join("journal.log")).unwrap(),
             to_service,
             broker: broker.commands.clone(),
             load: Load::default(),
@@ -776,6 +772,11 @@ mod tests {
             granted: 0,
             strategy_need: 0,
         };
+        let seen = Seen {
+            queue,
+            broker: broker.commands.clone(),
+            link,
+        };
         let running = Running {
             agent,
             state: AgentState::default(),
@@ -783,18 +784,76 @@ mod tests {
             broker,
             blocks,
         };
+        (running, seen)
+    }
+
+    fn cancels(seen: &Seen) -> Vec<Vec<String>> {
+        seen.queue.lock().unwrap().cancels.clone()
+    }
+
+    fn stopping(dir: &std::path::Path) -> bool {
+        AgentState::read(dir).is_some_and(|s| s.state == "stopping")
+    }
+
+    #[tokio::test]
+    async fn an_error_in_the_loop_still_stops_the_broker_and_cancels_the_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        // A whole line the journal cannot read (a damaged disk, a stray
+        // writer): re-sending results on connecting fails.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal.log"))
+            .unwrap()
+            .write_all(b"not a record\n")
+            .unwrap();
+        seen.link
+            .send(LinkEvent::Connected {
+                heartbeat_period: 1.0,
+                max_result_bytes: None,
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                flow_control: false,
+            })
+            .unwrap();
         let outcome = running.run(std::future::pending()).await;
 
         let error = format!("{:#}", outcome.unwrap_err());
         assert!(error.contains("is corrupt at byte 0"), "{error}");
-        assert_eq!(
-            queue.lock().unwrap().cancels,
-            vec![vec!["4242".to_string()]],
-            "the blocks are cancelled"
-        );
+        assert_eq!(cancels(&seen), [["4242"]], "the blocks are cancelled");
         assert!(record::load(dir.path(), "fake").blocks.is_empty());
-        assert!(commands.is_closed(), "the broker has stopped");
-        let state = AgentState::read(dir.path()).map(|s| s.state);
-        assert_eq!(state.as_deref(), Some("stopping"));
+        assert!(seen.broker.is_closed(), "the broker has stopped");
+        assert!(stopping(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_stop_stops_the_broker_and_cancels_the_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        let outcome = running.run(std::future::ready(Shutdown::Stop)).await;
+        outcome.unwrap();
+        assert_eq!(cancels(&seen), [["4242"]]);
+        assert!(record::load(dir.path(), "fake").blocks.is_empty());
+        assert!(seen.broker.is_closed());
+        assert!(stopping(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_restart_leaves_the_blocks_recorded_for_the_next_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        let outcome = running.run(std::future::ready(Shutdown::KeepBlocks)).await;
+        outcome.unwrap();
+        assert!(cancels(&seen).is_empty());
+        let kept = record::load(dir.path(), "fake").blocks;
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].job_id, "4242");
+        assert!(
+            !seen.broker.is_closed(),
+            "the broker is not told to stop (its managers stay)"
+        );
+        assert!(stopping(dir.path()));
     }
 }
