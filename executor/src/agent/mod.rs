@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod credit;
 pub mod journal;
 pub mod link;
+pub mod pid;
 pub mod policy;
 pub mod registration;
 pub mod state_file;
@@ -181,18 +182,13 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         json_only: spec.config.endpoint.json_only,
     });
 
-    let agent = Agent {
-        spec: &spec,
+    let agent = Agent::new(
+        &spec,
         journal,
         to_service,
-        broker: broker.commands.clone(),
-        load: Load::default(),
-        max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
-        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-        connected: false,
-        granted: 0,
+        broker.commands.clone(),
         strategy_need,
-    };
+    );
     Running {
         agent,
         state,
@@ -555,7 +551,30 @@ struct Agent<'a> {
     strategy_need: u64,
 }
 
-impl Agent<'_> {
+impl<'a> Agent<'a> {
+    /// An agent not yet connected, assuming the service's default limits
+    /// until its welcome says otherwise.
+    fn new(
+        spec: &'a AgentSpec,
+        journal: Journal,
+        to_service: mpsc::UnboundedSender<Outgoing>,
+        broker: mpsc::UnboundedSender<BrokerCommand>,
+        strategy_need: u64,
+    ) -> Self {
+        Agent {
+            spec,
+            journal,
+            to_service,
+            broker,
+            load: Load::default(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            connected: false,
+            granted: 0,
+            strategy_need,
+        }
+    }
+
     fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
         match message {
             ServiceMessage::Tasks { functions, tasks } => {
@@ -760,18 +779,8 @@ mod tests {
         .unwrap();
         let (to_service, _) = mpsc::unbounded_channel();
         let (link, from_service) = mpsc::unbounded_channel();
-        let agent = Agent {
-            spec,
-            journal: Journal::open(&dir.join("journal.log")).unwrap(),
-            to_service,
-            broker: broker.commands.clone(),
-            load: Load::default(),
-            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            connected: false,
-            granted: 0,
-            strategy_need: 0,
-        };
+        let journal = Journal::open(&dir.join("journal.log")).unwrap();
+        let agent = Agent::new(spec, journal, to_service, broker.commands.clone(), 0);
         let seen = Seen {
             queue,
             broker: broker.commands.clone(),
@@ -793,6 +802,15 @@ mod tests {
 
     fn stopping(dir: &std::path::Path) -> bool {
         AgentState::read(dir).is_some_and(|s| s.state == "stopping")
+    }
+
+    /// What a full stop leaves: the block cancelled and forgotten, the
+    /// broker ended, `agent.json` saying so.
+    fn assert_stopped_with_the_blocks(dir: &std::path::Path, seen: &Seen) {
+        assert_eq!(cancels(seen), [["4242"]], "the blocks are cancelled");
+        assert!(record::load(dir, "fake").blocks.is_empty());
+        assert!(seen.broker.is_closed(), "the broker has stopped");
+        assert!(stopping(dir));
     }
 
     #[tokio::test]
@@ -820,32 +838,27 @@ mod tests {
 
         let error = format!("{:#}", outcome.unwrap_err());
         assert!(error.contains("is corrupt at byte 0"), "{error}");
-        assert_eq!(cancels(&seen), [["4242"]], "the blocks are cancelled");
-        assert!(record::load(dir.path(), "fake").blocks.is_empty());
-        assert!(seen.broker.is_closed(), "the broker has stopped");
-        assert!(stopping(dir.path()));
+        assert_stopped_with_the_blocks(dir.path(), &seen);
+    }
+
+    /// Runs an agent (see [`running`]) asked at once to stop `how`.
+    async fn stopped(how: Shutdown) -> (tempfile::TempDir, Seen) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        running.run(std::future::ready(how)).await.unwrap();
+        (dir, seen)
     }
 
     #[tokio::test]
     async fn a_stop_stops_the_broker_and_cancels_the_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = spec_in(dir.path());
-        let (running, seen) = running(&spec);
-        let outcome = running.run(std::future::ready(Shutdown::Stop)).await;
-        outcome.unwrap();
-        assert_eq!(cancels(&seen), [["4242"]]);
-        assert!(record::load(dir.path(), "fake").blocks.is_empty());
-        assert!(seen.broker.is_closed());
-        assert!(stopping(dir.path()));
+        let (dir, seen) = stopped(Shutdown::Stop).await;
+        assert_stopped_with_the_blocks(dir.path(), &seen);
     }
 
     #[tokio::test]
     async fn a_restart_leaves_the_blocks_recorded_for_the_next_agent() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = spec_in(dir.path());
-        let (running, seen) = running(&spec);
-        let outcome = running.run(std::future::ready(Shutdown::KeepBlocks)).await;
-        outcome.unwrap();
+        let (dir, seen) = stopped(Shutdown::KeepBlocks).await;
         assert!(cancels(&seen).is_empty());
         let kept = record::load(dir.path(), "fake").blocks;
         assert_eq!(kept.len(), 1);

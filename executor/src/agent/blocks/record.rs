@@ -93,7 +93,7 @@ pub fn adoptable(provider: &str, job: &str) -> bool {
         return job
             .parse::<u32>()
             .ok()
-            .and_then(crate::agent::state_file::signalable)
+            .and_then(crate::agent::pid::signalable)
             .is_some();
     }
     !job.is_empty()

@@ -427,6 +427,14 @@ mod tests {
             Harness::in_dir(tempfile::tempdir().unwrap(), scaling)
         }
 
+        /// Blocks that start with `init_blocks`.
+        fn with_init_blocks(init_blocks: u32) -> Harness {
+            Harness::new(Scaling {
+                init_blocks,
+                ..SCALING
+            })
+        }
+
         /// Blocks over `dir`, which may hold a previous run's `blocks.json`.
         fn in_dir(dir: tempfile::TempDir, scaling: Scaling) -> Harness {
             let queue = Arc::new(Mutex::new(Queue::default()));
@@ -698,10 +706,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_block_is_forgotten() {
-        let mut h = Harness::new(Scaling {
-            init_blocks: 2,
-            ..SCALING
-        });
+        let mut h = Harness::with_init_blocks(2);
         h.step_at(0.0, 0, &Load::default());
         assert_eq!(h.submits(), 2);
         let busy = |in_hand| {
@@ -734,10 +739,7 @@ mod tests {
 
     #[test]
     fn a_provider_error_is_reported_and_the_blocks_kept() {
-        let mut h = Harness::new(Scaling {
-            init_blocks: 1,
-            ..SCALING
-        });
+        let mut h = Harness::with_init_blocks(1);
         h.step_at(0.0, 0, &Load::default());
         assert_eq!(h.blocks.last_error(), None);
         h.queue().refuse_status = Some("squeue: slurm_load_jobs error: timed out".into());
@@ -761,10 +763,7 @@ mod tests {
 
     #[test]
     fn the_scheduler_is_asked_each_period_or_when_a_block_loses_its_managers() {
-        let mut h = Harness::new(Scaling {
-            init_blocks: 1,
-            ..SCALING
-        });
+        let mut h = Harness::with_init_blocks(1);
         let polls = |h: &Harness| h.queue().polls.len();
         h.step_at(0.0, 0, &Load::default());
         assert_eq!(polls(&h), 0, "nothing to ask about before the first submit");
