@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod credit;
 pub mod journal;
 pub mod link;
+pub mod pid;
 pub mod policy;
 pub mod registration;
 pub mod state_file;
@@ -24,7 +25,7 @@ use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent};
+use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent, BrokerHandle};
 use crate::config::{parse_port_range, EndpointConfig};
 use crate::strategy::Scaling;
 use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
@@ -138,7 +139,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         )
         .map_err(anyhow::Error::msg)?
     };
-    let mut broker = broker::start(BrokerConfig {
+    let broker = broker::start(BrokerConfig {
         address,
         port_range: engine
             .port_range
@@ -172,8 +173,8 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
 
     let setup = blocks_setup(&spec, &broker.url)?;
     let strategy_need = credit::strategy_need(&setup.scaling);
-    let mut blocks = BlocksHandle::start(setup)?;
-    let (to_service, mut from_service) = link::spawn(LinkTarget {
+    let blocks = BlocksHandle::start(setup)?;
+    let (to_service, from_service) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
         credential: credential.credential.clone(),
@@ -181,123 +182,196 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         json_only: spec.config.endpoint.json_only,
     });
 
-    let mut agent = Agent {
-        spec: &spec,
+    let agent = Agent::new(
+        &spec,
         journal,
         to_service,
-        broker: broker.commands.clone(),
-        load: Load::default(),
-        max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
-        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-        connected: false,
-        granted: 0,
+        broker.commands.clone(),
         strategy_need,
-    };
-    let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
-    let mut scaling =
-        tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
-    let mut resend = tokio::time::interval(RESEND_PERIOD);
-    tokio::pin!(shutdown);
-    let outcome = loop {
-        tokio::select! {
-            event = from_service.recv() => match event {
-                Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
-                    if let Some(limit) = max_result_bytes {
-                        agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
-                    }
-                    agent.max_message_bytes = max_message_bytes;
-                    // Credit starts again from nothing on every connection;
-                    // a service without flow control gets none.
-                    (agent.connected, agent.granted) = (flow_control, 0);
-                    tracing::info!("connected to {}", spec.service_url);
-                    // The service drops agents that miss its heartbeats, so
-                    // never beat slower than it asks, whatever the engine's period.
-                    let period = heartbeat_period.min(engine.heartbeat_period).max(0.05);
-                    heartbeat = tokio::time::interval(Duration::from_secs_f64(period));
-                    agent.resend_results()?;
-                    agent.grant_credit();
-                    state.state = "online".into();
-                    state.last_error = None;
-                    publish(&state, &spec.dir);
-                }
-                Some(LinkEvent::Message(message)) => {
-                    agent.on_service_message(message)?;
-                    agent.grant_credit();
-                }
-                Some(LinkEvent::Disconnected(why)) => {
-                    agent.connected = false;
-                    tracing::warn!("disconnected from the service: {why}");
-                    state.state = "connecting".into();
-                    state.last_error = Some(why);
-                    publish(&state, &spec.dir);
-                }
-                Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
-                None => break Err(anyhow::anyhow!("the service link stopped")),
-            },
-            Some(event) = broker.events.recv() => {
-                // Whatever else the broker queued meanwhile goes along, so
-                // one journal transaction and one frame carry a whole burst.
-                let mut events = vec![event];
-                while events.len() < BROKER_EVENTS_PER_TURN {
-                    match broker.events.try_recv() {
-                        Ok(more) => events.push(more),
-                        Err(_) => break,
-                    }
-                }
-                agent.on_broker_events(events)?;
-                agent.grant_credit();
-            }
-            _ = heartbeat.tick() => {
-                let status = EndpointReport {
-                    managers: agent.load.managers,
-                    total_workers: agent.load.total_workers,
-                    idle_workers: agent.load.idle_workers,
-                    outstanding_tasks: agent.journal.outstanding(),
-                    active_blocks: state.blocks.len() as u32,
-                };
-                let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
-            }
-            _ = resend.tick() => match agent.journal.stale() {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::info!(results = stale.len(), "sending results the service has not acknowledged again");
-                    agent.send_results(stale);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("{e:#}"),
-            },
-            _ = scaling.tick() => blocks.step(agent.journal.outstanding(), agent.load.clone()),
-            Some(event) = blocks.events.recv() => match event {
-                BlocksEvent::Ended(b) => {
-                    let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
-                }
-                BlocksEvent::Status { blocks: list, last_error } => {
-                    let error = last_error.or(state.last_error.clone());
-                    if list != state.blocks || error != state.last_error {
-                        state.active_blocks = list.len() as u32;
-                        state.blocks = list;
-                        state.last_error = error;
-                        publish(&state, &spec.dir);
-                    }
-                }
-            },
-            how = &mut shutdown => break Ok(how),
-        }
-    };
-    state.state = "stopping".into();
-    let _ = state.write(&spec.dir);
-    let keep_blocks = matches!(outcome, Ok(Shutdown::KeepBlocks));
-    if keep_blocks {
-        tracing::info!(
-            "stopping endpoint {}; its blocks keep running for the next agent",
-            spec.name
-        );
-    } else {
-        tracing::info!("stopping endpoint {} and its blocks", spec.name);
-        let _ = broker.commands.send(BrokerCommand::Shutdown);
-        let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
-        tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+    );
+    Running {
+        agent,
+        state,
+        from_service,
+        broker,
+        blocks,
     }
-    outcome.map(|_| ())
+    .run(shutdown)
+    .await
+}
+
+/// The agent once its broker, blocks and service link run.
+struct Running<'a> {
+    agent: Agent<'a>,
+    state: AgentState,
+    from_service: mpsc::UnboundedReceiver<LinkEvent>,
+    broker: BrokerHandle,
+    blocks: BlocksHandle,
+}
+
+impl Running<'_> {
+    /// Serves until `shutdown` resolves or an error ends the loop, then
+    /// stops: the one way out once the broker and the blocks run, so no
+    /// error can skip stopping them.
+    async fn run(mut self, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
+        let outcome = self.serve(shutdown).await;
+        self.stop(outcome).await
+    }
+
+    /// The agent's loop: how it was asked to stop, or the error that ended it.
+    async fn serve(
+        &mut self,
+        shutdown: impl Future<Output = Shutdown>,
+    ) -> anyhow::Result<Shutdown> {
+        let Running {
+            agent,
+            state,
+            from_service,
+            broker,
+            blocks,
+        } = self;
+        let spec = agent.spec;
+        let engine = &spec.config.engine;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period));
+        let mut scaling =
+            tokio::time::interval(Duration::from_secs_f64(engine.heartbeat_period.min(1.0)));
+        let mut resend = tokio::time::interval(RESEND_PERIOD);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                event = from_service.recv() => match event {
+                    Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
+                        if let Some(limit) = max_result_bytes {
+                            agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+                        }
+                        agent.max_message_bytes = max_message_bytes;
+                        // Credit starts again from nothing on every connection;
+                        // a service without flow control gets none.
+                        (agent.connected, agent.granted) = (flow_control, 0);
+                        tracing::info!("connected to {}", spec.service_url);
+                        // The service drops agents that miss its heartbeats, so
+                        // never beat slower than it asks, whatever the engine's period.
+                        let period = heartbeat_period.min(engine.heartbeat_period).max(0.05);
+                        heartbeat = tokio::time::interval(Duration::from_secs_f64(period));
+                        agent.resend_results()?;
+                        agent.grant_credit();
+                        state.state = "online".into();
+                        state.last_error = None;
+                        publish(state, &spec.dir);
+                    }
+                    Some(LinkEvent::Message(message)) => {
+                        agent.on_service_message(message)?;
+                        agent.grant_credit();
+                    }
+                    Some(LinkEvent::Disconnected(why)) => {
+                        agent.connected = false;
+                        tracing::warn!("disconnected from the service: {why}");
+                        state.state = "connecting".into();
+                        state.last_error = Some(why);
+                        publish(state, &spec.dir);
+                    }
+                    Some(LinkEvent::Refused(why)) => break Err(anyhow::anyhow!("the service refused this endpoint: {why}")),
+                    None => break Err(anyhow::anyhow!("the service link stopped")),
+                },
+                Some(event) = broker.events.recv() => {
+                    // Whatever else the broker queued meanwhile goes along, so
+                    // one journal transaction and one frame carry a whole burst.
+                    let mut events = vec![event];
+                    while events.len() < BROKER_EVENTS_PER_TURN {
+                        match broker.events.try_recv() {
+                            Ok(more) => events.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    agent.on_broker_events(events)?;
+                    agent.grant_credit();
+                }
+                _ = heartbeat.tick() => {
+                    let status = EndpointReport {
+                        managers: agent.load.managers,
+                        total_workers: agent.load.total_workers,
+                        idle_workers: agent.load.idle_workers,
+                        outstanding_tasks: agent.journal.outstanding(),
+                        active_blocks: state.blocks.len() as u32,
+                    };
+                    let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
+                }
+                _ = resend.tick() => match agent.journal.stale() {
+                    Ok(stale) if !stale.is_empty() => {
+                        tracing::info!(results = stale.len(), "sending results the service has not acknowledged again");
+                        agent.send_results(stale);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{e:#}"),
+                },
+                _ = scaling.tick() => blocks.step(agent.journal.outstanding(), agent.load.clone()),
+                Some(event) = blocks.events.recv() => match event {
+                    BlocksEvent::Ended(b) => {
+                        let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
+                    }
+                    BlocksEvent::Status { blocks: list, last_error } => {
+                        let error = last_error.or(state.last_error.clone());
+                        if list != state.blocks || error != state.last_error {
+                            state.active_blocks = list.len() as u32;
+                            state.blocks = list;
+                            state.last_error = error;
+                            publish(state, &spec.dir);
+                        }
+                    }
+                },
+                how = &mut shutdown => break Ok(how),
+            }
+        }
+    }
+
+    /// Stops after `outcome`, deciding what becomes of the broker and the blocks:
+    /// - `Ok(KeepBlocks)` (`hpfaas endpoint restart`): both are left as they
+    ///   are; the broker's socket closes as the process exits, and the
+    ///   blocks' managers wait for the next agent, which binds the same
+    ///   address and re-adopts the blocks from `blocks.json`.
+    /// - `Ok(Stop)`, and every error (the service refused the endpoint, the
+    ///   link stopped, the journal failed): the broker tells the managers to
+    ///   exit (given up to 5 s), then every block is cancelled and
+    ///   `blocks.json` emptied. After an error no agent is left to feed the
+    ///   blocks or take their results, so they would only hold their
+    ///   allocation until their walltime; the service keeps every task
+    ///   without a durable result for the next agent, and the journal keeps
+    ///   the results it has not acknowledged.
+    ///
+    /// `agent.json` says `stopping` either way. The error that ended the
+    /// loop is what is returned.
+    async fn stop(self, outcome: anyhow::Result<Shutdown>) -> anyhow::Result<()> {
+        let Running {
+            agent,
+            mut state,
+            broker,
+            blocks,
+            ..
+        } = self;
+        let spec = agent.spec;
+        state.state = "stopping".into();
+        let _ = state.write(&spec.dir);
+        match &outcome {
+            Ok(Shutdown::KeepBlocks) => {
+                tracing::info!(
+                    "stopping endpoint {}; its blocks keep running for the next agent",
+                    spec.name
+                );
+            }
+            Ok(Shutdown::Stop) | Err(_) => {
+                let why = if outcome.is_err() {
+                    " after an error"
+                } else {
+                    ""
+                };
+                tracing::info!("stopping endpoint {} and its blocks{why}", spec.name);
+                let _ = broker.commands.send(BrokerCommand::Shutdown);
+                let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
+                tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+            }
+        }
+        outcome.map(|_| ())
+    }
 }
 
 /// Rewrites `agent.json`; a failure (a full disk) is logged, not fatal:
@@ -477,7 +551,30 @@ struct Agent<'a> {
     strategy_need: u64,
 }
 
-impl Agent<'_> {
+impl<'a> Agent<'a> {
+    /// An agent not yet connected, assuming the service's default limits
+    /// until its welcome says otherwise.
+    fn new(
+        spec: &'a AgentSpec,
+        journal: Journal,
+        to_service: mpsc::UnboundedSender<Outgoing>,
+        broker: mpsc::UnboundedSender<BrokerCommand>,
+        strategy_need: u64,
+    ) -> Self {
+        Agent {
+            spec,
+            journal,
+            to_service,
+            broker,
+            load: Load::default(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            connected: false,
+            granted: 0,
+            strategy_need,
+        }
+    }
+
     fn on_service_message(&mut self, message: ServiceMessage) -> anyhow::Result<()> {
         match message {
             ServiceMessage::Tasks { functions, tasks } => {
@@ -604,5 +701,172 @@ impl Agent<'_> {
         for frame in result_frames(results, RESULT_FRAME_BYTES, self.max_message_bytes) {
             let _ = self.to_service.send(Outgoing::Text(frame));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use blocks::fake::{FakeClock, FakeProvider, Queue};
+    use blocks::record::{self, Record, Saved};
+
+    fn spec_in(dir: &std::path::Path) -> AgentSpec {
+        AgentSpec {
+            name: "stop".into(),
+            dir: dir.to_path_buf(),
+            config: EndpointConfig::parse("").unwrap(),
+            service_url: "http://127.0.0.1:9".into(),
+            owner_token: None,
+            reregister: false,
+            hpfaas_exe: "hpfaas".into(),
+        }
+    }
+
+    /// What a test looks at once the agent has stopped.
+    struct Seen {
+        /// The batch system's record of cancels.
+        queue: Arc<Mutex<Queue>>,
+        /// Closed once the broker task has ended.
+        broker: mpsc::UnboundedSender<BrokerCommand>,
+        /// Feeds the agent's service link; kept open, as a live link is.
+        link: mpsc::UnboundedSender<LinkEvent>,
+    }
+
+    /// A running agent with a real broker on loopback, blocks over an
+    /// in-memory provider, and one block (job 4242) a previous agent left.
+    fn running(spec: &AgentSpec) -> (Running<'_>, Seen) {
+        let dir = spec.dir.as_path();
+        record::save(
+            dir,
+            &Saved {
+                next_id: 1,
+                blocks: vec![Record {
+                    block_id: "0".into(),
+                    job_id: "4242".into(),
+                    submitted_at: 0.0,
+                }],
+            },
+        );
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let blocks = BlocksHandle::start(BlocksSetup {
+            provider: Box::new(FakeProvider {
+                queue: queue.clone(),
+                clock: FakeClock::new(),
+            }),
+            scaling: Scaling {
+                init_blocks: 0,
+                min_blocks: 0,
+                max_blocks: 1,
+                slots_per_block: 1,
+                parallelism: 1.0,
+                max_idletime: Duration::from_secs(3600),
+            },
+            nodes: 1,
+            manager_command: Box::new(|_| Vec::new()),
+            job_prefix: "hpfaas-stop".into(),
+            dir: dir.to_path_buf(),
+            poll_period: Duration::from_secs(3600),
+        })
+        .unwrap();
+        let broker = broker::start(BrokerConfig::loopback(
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            None,
+        ))
+        .unwrap();
+        let (to_service, _) = mpsc::unbounded_channel();
+        let (link, from_service) = mpsc::unbounded_channel();
+        let journal = Journal::open(&dir.join("journal.log")).unwrap();
+        let agent = Agent::new(spec, journal, to_service, broker.commands.clone(), 0);
+        let seen = Seen {
+            queue,
+            broker: broker.commands.clone(),
+            link,
+        };
+        let running = Running {
+            agent,
+            state: AgentState::default(),
+            from_service,
+            broker,
+            blocks,
+        };
+        (running, seen)
+    }
+
+    fn cancels(seen: &Seen) -> Vec<Vec<String>> {
+        seen.queue.lock().unwrap().cancels.clone()
+    }
+
+    fn stopping(dir: &std::path::Path) -> bool {
+        AgentState::read(dir).is_some_and(|s| s.state == "stopping")
+    }
+
+    /// What a full stop leaves: the block cancelled and forgotten, the
+    /// broker ended, `agent.json` saying so.
+    fn assert_stopped_with_the_blocks(dir: &std::path::Path, seen: &Seen) {
+        assert_eq!(cancels(seen), [["4242"]], "the blocks are cancelled");
+        assert!(record::load(dir, "fake").blocks.is_empty());
+        assert!(seen.broker.is_closed(), "the broker has stopped");
+        assert!(stopping(dir));
+    }
+
+    #[tokio::test]
+    async fn an_error_in_the_loop_still_stops_the_broker_and_cancels_the_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        // A whole line the journal cannot read (a damaged disk, a stray
+        // writer): re-sending results on connecting fails.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal.log"))
+            .unwrap()
+            .write_all(b"not a record\n")
+            .unwrap();
+        seen.link
+            .send(LinkEvent::Connected {
+                heartbeat_period: 1.0,
+                max_result_bytes: None,
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                flow_control: false,
+            })
+            .unwrap();
+        let outcome = running.run(std::future::pending()).await;
+
+        let error = format!("{:#}", outcome.unwrap_err());
+        assert!(error.contains("is corrupt at byte 0"), "{error}");
+        assert_stopped_with_the_blocks(dir.path(), &seen);
+    }
+
+    /// Runs an agent (see [`running`]) asked at once to stop `how`.
+    async fn stopped(how: Shutdown) -> (tempfile::TempDir, Seen) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        running.run(std::future::ready(how)).await.unwrap();
+        (dir, seen)
+    }
+
+    #[tokio::test]
+    async fn a_stop_stops_the_broker_and_cancels_the_blocks() {
+        let (dir, seen) = stopped(Shutdown::Stop).await;
+        assert_stopped_with_the_blocks(dir.path(), &seen);
+    }
+
+    #[tokio::test]
+    async fn a_restart_leaves_the_blocks_recorded_for_the_next_agent() {
+        let (dir, seen) = stopped(Shutdown::KeepBlocks).await;
+        assert!(cancels(&seen).is_empty());
+        let kept = record::load(dir.path(), "fake").blocks;
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].job_id, "4242");
+        assert!(
+            !seen.broker.is_closed(),
+            "the broker is not told to stop (its managers stay)"
+        );
+        assert!(stopping(dir.path()));
     }
 }
