@@ -209,7 +209,7 @@ pub(crate) async fn connect(
     context: &zmq::Context,
     config: &ManagerConfig,
     info: ManagerInfo,
-) -> anyhow::Result<(zmq_bridge::Bridge, Link)> {
+) -> anyhow::Result<(zmq_bridge::Bridge, BrokerLink)> {
     let dealer = context.socket(zmq::DEALER)?;
     dealer.set_identity(info.manager_id.as_bytes())?;
     dealer.set_linger(2000)?;
@@ -264,7 +264,7 @@ pub(crate) async fn connect(
         }
         other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
     };
-    let link = Link {
+    let link = BrokerLink {
         out,
         info,
         period,
@@ -277,7 +277,7 @@ pub(crate) async fn connect(
 /// A registered manager's side of the broker link: the frames that concern
 /// the link itself (heartbeats, re-registration, refusal) are handled here,
 /// so the real manager and [`simulate`] speak the protocol the same way.
-pub(crate) struct Link {
+pub(crate) struct BrokerLink {
     out: BridgeSender,
     info: ManagerInfo,
     /// Heartbeat interval the broker asked for.
@@ -300,7 +300,7 @@ pub(crate) enum Order {
     Shutdown,
 }
 
-impl Link {
+impl BrokerLink {
     /// Takes one message from the broker (`None`: the bridge closed); the
     /// order it carries for the tasks, if any. A refusal is an error.
     pub(crate) fn on_message(
@@ -478,7 +478,7 @@ struct Manager {
     lost_to_sigterm: Vec<TaskResult>,
     /// When the held results are released, if any are held.
     sigterm_grace: Option<Instant>,
-    link: Link,
+    link: BrokerLink,
     functions: HashMap<Uuid, Function>,
     queue: VecDeque<TaskSpec>,
     /// One handle per worker slot, by slot number.
@@ -504,7 +504,12 @@ struct Manager {
 }
 
 impl Manager {
-    fn new(workers: usize, settings: Arc<WorkerSettings>, link: Link, mpi: MpiSettings) -> Self {
+    fn new(
+        workers: usize,
+        settings: Arc<WorkerSettings>,
+        link: BrokerLink,
+        mpi: MpiSettings,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let sandbox_root = settings.sandbox_root.clone();
         let slots = (0..workers)
