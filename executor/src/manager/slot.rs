@@ -689,10 +689,40 @@ mod tests {
         }
     }
 
-    fn failure_of(done: &Done) -> &ExceptionInfo {
+    /// The exception of a task that failed as `failure`.
+    fn failed_as(done: &Done, failure: SystemFailure) -> &ExceptionInfo {
         match &done.result.outcome {
-            Outcome::Failed { exception } => exception,
-            Outcome::Success { result } => panic!("task succeeded: {result}"),
+            Outcome::Failed { exception } if failure.is(&exception.exc_type) => exception,
+            other => panic!(
+                "task {} did not fail as {failure}: {other:?}",
+                done.result.task_id
+            ),
+        }
+    }
+
+    fn add() -> (Uuid, Arc<str>) {
+        function("add", "def add(a, b):\n    return a + b\n")
+    }
+
+    /// A slot with a real worker, warm, and the guard of its runtime.
+    struct Warm {
+        dir: tempfile::TempDir,
+        handle: SlotHandle,
+        done: mpsc::UnboundedReceiver<Done>,
+        /// The worker's pid.
+        pid: u32,
+    }
+
+    async fn warm_slot() -> Warm {
+        let (dir, settings) = python();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let handle = SlotHandle::spawn(0, settings, done_tx);
+        let pid = worker_pid(&handle).await;
+        Warm {
+            dir,
+            handle,
+            done,
+            pid,
         }
     }
 
@@ -743,163 +773,125 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_runs_tasks_on_one_warm_worker_and_clears_its_pid_when_closed() {
-        let (_dir, settings) = python();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
-        let handle = SlotHandle::spawn(0, settings, done_tx);
-        let pid = worker_pid(&handle).await;
-        let add = function("add", "def add(a, b):\n    return a + b\n");
-        handle.hand(job(&add, "[1, 2]", None)).unwrap();
-        handle.hand(job(&add, "[20, 3]", None)).unwrap();
-        let first = next_done(&mut done).await;
-        let second = next_done(&mut done).await;
+        let mut slot = warm_slot().await;
+        let add = add();
+        slot.handle.hand(job(&add, "[1, 2]", None)).unwrap();
+        slot.handle.hand(job(&add, "[20, 3]", None)).unwrap();
+        let first = next_done(&mut slot.done).await;
+        let second = next_done(&mut slot.done).await;
         assert_eq!((first.slot, result_of(&first)), (0, "11\n3"));
         assert_eq!(result_of(&second), "11\n23");
+        let shared = slot.handle.shared.clone();
         assert_eq!(
-            handle.shared.pid.load(Ordering::SeqCst),
-            pid,
+            shared.pid.load(Ordering::SeqCst),
+            slot.pid,
             "one warm worker"
         );
-        let shared = handle.shared.clone();
-        tokio::time::timeout(PATIENCE, handle.close())
+        tokio::time::timeout(PATIENCE, slot.handle.close())
             .await
             .expect("the slot stops")
             .unwrap();
         assert_eq!(shared.pid.load(Ordering::SeqCst), 0);
-        assert!(!process_exists(pid), "worker {pid} outlived its slot");
+        assert!(!process_exists(slot.pid), "the worker outlived its slot");
     }
 
     #[tokio::test]
     async fn past_its_walltime_a_task_fails_as_timeout_and_the_next_gets_a_fresh_worker() {
-        let (_dir, settings) = python();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
-        let handle = SlotHandle::spawn(0, settings, done_tx);
-        let first_pid = worker_pid(&handle).await;
+        let mut slot = warm_slot().await;
         let nap = function(
             "nap",
             "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n",
         );
-        handle
-            .hand(job(&nap, "[600]", Some(r#"{"walltime": 0.5}"#)))
-            .unwrap();
-        let timed_out = next_done(&mut done).await;
-        let exception = failure_of(&timed_out);
-        assert!(
-            SystemFailure::TaskTimeout.is(&exception.exc_type),
-            "{exception:?}"
-        );
+        let walltime = Some(r#"{"walltime": 0.5}"#);
+        slot.handle.hand(job(&nap, "[600]", walltime)).unwrap();
+        let timed_out = next_done(&mut slot.done).await;
+        let exception = failed_as(&timed_out, SystemFailure::TaskTimeout);
         assert!(
             exception.message.contains("walltime of 0.5 s"),
             "{exception:?}"
         );
         // Retired before the report: no pid to kill until the next worker.
-        assert_eq!(handle.shared.pid.load(Ordering::SeqCst), 0);
-        assert!(!process_exists(first_pid));
-        handle.hand(job(&nap, "[0]", None)).unwrap();
-        assert_eq!(result_of(&next_done(&mut done).await), "11\n0");
-        let second_pid = handle.shared.pid.load(Ordering::SeqCst);
-        assert!(second_pid != 0 && second_pid != first_pid);
+        assert_eq!(slot.handle.shared.pid.load(Ordering::SeqCst), 0);
+        assert!(!process_exists(slot.pid));
+        slot.handle.hand(job(&nap, "[0]", None)).unwrap();
+        assert_eq!(result_of(&next_done(&mut slot.done).await), "11\n0");
+        let second_pid = slot.handle.shared.pid.load(Ordering::SeqCst);
+        assert!(second_pid != 0 && second_pid != slot.pid);
     }
 
     /// The task written behind the one whose worker dies had not started:
     /// it runs on the worker that replaces it.
     #[tokio::test]
     async fn a_dead_worker_fails_its_task_as_lost_and_the_task_behind_runs_on_its_successor() {
-        let (_dir, settings) = python();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
-        let handle = SlotHandle::spawn(0, settings, done_tx);
-        let first_pid = worker_pid(&handle).await;
-        let die = function(
-            "die",
-            "def die():\n    import os, time\n    time.sleep(0.3)\n    os._exit(3)\n",
-        );
-        let add = function("add", "def add(a, b):\n    return a + b\n");
-        let dying = job(&die, "[]", None);
+        let mut slot = warm_slot().await;
+        let die = "def die():\n    import os, time\n    time.sleep(0.3)\n    os._exit(3)\n";
+        let dying = job(&function("die", die), "[]", None);
         let dying_id = dying.spec.task_id;
-        handle.hand(dying).unwrap();
-        handle.hand(job(&add, "[2, 2]", None)).unwrap();
-        let lost = next_done(&mut done).await;
+        slot.handle.hand(dying).unwrap();
+        slot.handle.hand(job(&add(), "[2, 2]", None)).unwrap();
+        let lost = next_done(&mut slot.done).await;
         assert_eq!(lost.result.task_id, dying_id);
-        let exception = failure_of(&lost);
-        assert!(
-            SystemFailure::WorkerLost.is(&exception.exc_type),
-            "{exception:?}"
-        );
-        assert!(
-            exception
-                .message
-                .contains(&format!("{first_pid} died while running this task")),
-            "{exception:?}"
-        );
+        let exception = failed_as(&lost, SystemFailure::WorkerLost);
+        let died = format!("{} died while running this task", slot.pid);
+        assert!(exception.message.contains(&died), "{exception:?}");
         assert!(!lost.killed_by_sigterm);
-        assert_eq!(result_of(&next_done(&mut done).await), "11\n4");
-        assert_ne!(handle.shared.pid.load(Ordering::SeqCst), first_pid);
+        assert_eq!(result_of(&next_done(&mut slot.done).await), "11\n4");
+        assert_ne!(slot.handle.shared.pid.load(Ordering::SeqCst), slot.pid);
+    }
+
+    /// A Python function that creates the file named by its first argument
+    /// (its sign that it runs), then sleeps for its second.
+    fn mark_then_sleep() -> (Uuid, Arc<str>) {
+        let source = "def mark(path, s):\n    import time\n    open(path, 'w').close()\n    \
+                      time.sleep(s)\n    return s\n";
+        function("mark", source)
+    }
+
+    fn mark_args(marker: &std::path::Path, seconds: &str) -> String {
+        format!("[{:?}, {seconds}]", marker.display().to_string())
     }
 
     /// A task cancelled while it waits in the worker's pipe is starting the
     /// moment the one before it answers: the worker is stopped with it.
     #[tokio::test]
     async fn a_task_cancelled_in_the_pipe_is_reported_cancelled_and_its_worker_replaced() {
-        let (dir, settings) = python();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
-        let handle = SlotHandle::spawn(0, settings, done_tx);
-        let first_pid = worker_pid(&handle).await;
-        let mark = function(
-            "mark",
-            "def mark(path, s):\n    import time\n    open(path, 'w').close()\n    \
-             time.sleep(s)\n    return s\n",
-        );
-        let marker = dir.path().join("running");
-        let args = |s: &str| format!("[{:?}, {s}]", marker.display().to_string());
-        let running = job(&mark, &args("0.5"), None);
-        let waiting = job(&mark, &args("0"), None);
+        let mut slot = warm_slot().await;
+        let marker = slot.dir.path().join("running");
+        let running = job(&mark_then_sleep(), &mark_args(&marker, "0.5"), None);
+        let waiting = job(&mark_then_sleep(), &mark_args(&marker, "0"), None);
         let (running_id, waiting_id) = (running.spec.task_id, waiting.spec.task_id);
-        handle.hand(running).unwrap();
-        handle.hand(waiting).unwrap();
+        slot.handle.hand(running).unwrap();
+        slot.handle.hand(waiting).unwrap();
         // Both were written before the worker could read the first.
         until_exists(&marker).await;
-        assert_eq!(handle.cancel(waiting_id), Stopping::Skipped);
-        let first = next_done(&mut done).await;
+        assert_eq!(slot.handle.cancel(waiting_id), Stopping::Skipped);
+        let first = next_done(&mut slot.done).await;
         assert_eq!(
             (first.result.task_id, result_of(&first)),
             (running_id, "11\n0.5")
         );
-        let second = next_done(&mut done).await;
+        let second = next_done(&mut slot.done).await;
         assert_eq!(second.result.task_id, waiting_id);
-        let exception = failure_of(&second);
-        assert!(
-            SystemFailure::TaskCancelled.is(&exception.exc_type),
-            "{exception:?}"
-        );
+        let exception = failed_as(&second, SystemFailure::TaskCancelled);
         assert_eq!(exception.message, "cancelled before it started");
-        assert_eq!(handle.shared.pid.load(Ordering::SeqCst), 0);
-        assert!(!process_exists(first_pid));
+        assert_eq!(slot.handle.shared.pid.load(Ordering::SeqCst), 0);
+        assert!(!process_exists(slot.pid));
     }
 
     #[tokio::test]
     async fn cancelling_the_running_task_kills_its_worker() {
-        let (dir, settings) = python();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
-        let handle = SlotHandle::spawn(0, settings, done_tx);
-        let pid = worker_pid(&handle).await;
-        let mark = function(
-            "mark",
-            "def mark(path):\n    import time\n    open(path, 'w').close()\n    time.sleep(600)\n",
-        );
-        let marker = dir.path().join("running");
-        let task = job(
-            &mark,
-            &format!("[{:?}]", marker.display().to_string()),
-            None,
-        );
+        let mut slot = warm_slot().await;
+        let marker = slot.dir.path().join("running");
+        let task = job(&mark_then_sleep(), &mark_args(&marker, "600"), None);
         let task_id = task.spec.task_id;
-        handle.hand(task).unwrap();
+        slot.handle.hand(task).unwrap();
         until_exists(&marker).await;
-        assert_eq!(handle.cancel(task_id), Stopping::Killed(pid));
-        let killed = next_done(&mut done).await;
+        assert_eq!(slot.handle.cancel(task_id), Stopping::Killed(slot.pid));
+        let killed = next_done(&mut slot.done).await;
         assert_eq!(killed.result.task_id, task_id);
         // The manager reports it as cancelled; the slot saw its worker die.
-        assert!(SystemFailure::WorkerLost.is(&failure_of(&killed).exc_type));
-        assert!(!process_exists(pid));
+        failed_as(&killed, SystemFailure::WorkerLost);
+        assert!(!process_exists(slot.pid));
     }
 
     /// With no interpreter, a task the slot ran would fail as WorkerLost:
@@ -908,14 +900,13 @@ mod tests {
     async fn a_task_cancelled_before_its_slot_reaches_it_is_never_tried() {
         let (done_tx, mut done) = mpsc::unbounded_channel();
         let handle = SlotHandle::spawn(0, no_python(), done_tx);
-        let add = function("add", "def add(a, b):\n    return a + b\n");
-        let task = job(&add, "[1, 1]", None);
+        let task = job(&add(), "[1, 1]", None);
         let task_id = task.spec.task_id;
         assert_eq!(handle.cancel(task_id), Stopping::Skipped);
         handle.hand(task).unwrap();
         let cancelled = next_done(&mut done).await;
         assert_eq!(cancelled.result.task_id, task_id);
-        assert!(SystemFailure::TaskCancelled.is(&failure_of(&cancelled).exc_type));
+        failed_as(&cancelled, SystemFailure::TaskCancelled);
         assert!(!handle.shared.take_skip(task_id), "the skip is used up");
     }
 
@@ -923,20 +914,11 @@ mod tests {
     async fn a_worker_that_cannot_start_fails_its_task_as_lost_and_leaves_no_pid() {
         let (done_tx, mut done) = mpsc::unbounded_channel();
         let handle = SlotHandle::spawn(0, no_python(), done_tx);
-        let add = function("add", "def add(a, b):\n    return a + b\n");
-        handle.hand(job(&add, "[1, 1]", None)).unwrap();
+        handle.hand(job(&add(), "[1, 1]", None)).unwrap();
         let failed = next_done(&mut done).await;
-        let exception = failure_of(&failed);
-        assert!(
-            SystemFailure::WorkerLost.is(&exception.exc_type),
-            "{exception:?}"
-        );
-        assert!(
-            exception
-                .message
-                .contains(r#"worker_python = "/nonexistent/hpfaas-slot-test/python3""#),
-            "{exception:?}"
-        );
+        let exception = failed_as(&failed, SystemFailure::WorkerLost);
+        let named = r#"worker_python = "/nonexistent/hpfaas-slot-test/python3""#;
+        assert!(exception.message.contains(named), "{exception:?}");
         assert_eq!(handle.shared.pid.load(Ordering::SeqCst), 0);
         assert_eq!(handle.shared.tasks().running, None);
     }
@@ -944,18 +926,12 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_slot_fails_what_it_is_handed_as_worker_lost() {
         let handle = stopped_handle();
-        let add = function("add", "def add(a, b):\n    return a + b\n");
-        let task = job(&add, "[1, 1]", None);
+        let task = job(&add(), "[1, 1]", None);
         let task_id = task.spec.task_id;
-        let failed = handle.hand(task).unwrap_err();
-        assert_eq!(failed.task_id, task_id);
-        match failed.outcome {
-            Outcome::Failed { exception } => {
-                assert!(SystemFailure::WorkerLost.is(&exception.exc_type));
-                assert_eq!(exception.message, "worker slot stopped");
-            }
-            other => panic!("{other:?}"),
-        }
+        let failed = Done::new(3, handle.hand(task).unwrap_err());
+        assert_eq!(failed.result.task_id, task_id);
+        let exception = failed_as(&failed, SystemFailure::WorkerLost);
+        assert_eq!(exception.message, "worker slot stopped");
     }
 
     /// The manager's record of a slot: a result of the running task brings
