@@ -839,16 +839,19 @@ mod tests {
         assert_ne!(slot.handle.shared.pid.load(Ordering::SeqCst), slot.pid);
     }
 
-    /// A Python function that creates the file named by its first argument
-    /// (its sign that it runs), then sleeps for its second.
-    fn mark_then_sleep() -> (Uuid, Arc<str>) {
-        let source = "def mark(path, s):\n    import time\n    open(path, 'w').close()\n    \
-                      time.sleep(s)\n    return s\n";
-        function("mark", source)
+    /// A Python function that creates the file `marker` (its sign that it
+    /// runs), then waits for the file `release` (at most a minute).
+    fn hold() -> (Uuid, Arc<str>) {
+        let source = "def hold(marker, release):\n    import os, time\n    \
+                      open(marker, 'w').close()\n    deadline = time.time() + 60\n    \
+                      while not os.path.exists(release) and time.time() < deadline:\n        \
+                      time.sleep(0.01)\n    return 1\n";
+        function("hold", source)
     }
 
-    fn mark_args(marker: &std::path::Path, seconds: &str) -> String {
-        format!("[{:?}, {seconds}]", marker.display().to_string())
+    fn hold_args(marker: &std::path::Path, release: &std::path::Path) -> String {
+        let path = |p: &std::path::Path| p.display().to_string();
+        format!("[{:?}, {:?}]", path(marker), path(release))
     }
 
     /// A task cancelled while it waits in the worker's pipe is starting the
@@ -857,18 +860,20 @@ mod tests {
     async fn a_task_cancelled_in_the_pipe_is_reported_cancelled_and_its_worker_replaced() {
         let mut slot = warm_slot().await;
         let marker = slot.dir.path().join("running");
-        let running = job(&mark_then_sleep(), &mark_args(&marker, "0.5"), None);
-        let waiting = job(&mark_then_sleep(), &mark_args(&marker, "0"), None);
+        let release = slot.dir.path().join("release");
+        let running = job(&hold(), &hold_args(&marker, &release), None);
+        let waiting = job(&hold(), &hold_args(&marker, &release), None);
         let (running_id, waiting_id) = (running.spec.task_id, waiting.spec.task_id);
         slot.handle.hand(running).unwrap();
         slot.handle.hand(waiting).unwrap();
         // Both were written before the worker could read the first.
         until_exists(&marker).await;
         assert_eq!(slot.handle.cancel(waiting_id), Stopping::Skipped);
+        std::fs::write(&release, "").unwrap();
         let first = next_done(&mut slot.done).await;
         assert_eq!(
             (first.result.task_id, result_of(&first)),
-            (running_id, "11\n0.5")
+            (running_id, "11\n1")
         );
         let second = next_done(&mut slot.done).await;
         assert_eq!(second.result.task_id, waiting_id);
@@ -882,7 +887,8 @@ mod tests {
     async fn cancelling_the_running_task_kills_its_worker() {
         let mut slot = warm_slot().await;
         let marker = slot.dir.path().join("running");
-        let task = job(&mark_then_sleep(), &mark_args(&marker, "600"), None);
+        let never = slot.dir.path().join("never");
+        let task = job(&hold(), &hold_args(&marker, &never), None);
         let task_id = task.spec.task_id;
         slot.handle.hand(task).unwrap();
         until_exists(&marker).await;
