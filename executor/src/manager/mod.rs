@@ -2,7 +2,7 @@
 //!
 //! It registers with the endpoint's broker, receives tasks up to its
 //! capacity (workers + prefetch), runs Python tasks on warm worker processes
-//! ([`worker`]) and shell tasks directly ([`shell`]), launches the MPI tasks
+//! (one [`slot`] each) and shell tasks directly ([`shell`]), launches the MPI tasks
 //! the broker makes it lead ([`mpi_task`]), and sends results and
 //! state changes back in batches. A cancelled task is dropped from the queue,
 //! or killed where it runs (its Python worker, or its command's process
@@ -16,11 +16,12 @@ pub mod mpi_task;
 pub mod runtime;
 pub mod shell;
 pub mod simulate;
+pub mod slot;
 pub mod worker;
 
 use hpfaas_protocol::failure::SystemFailure;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ use uuid::Uuid;
 use crate::zmq_bridge::{self, BridgeSender, Multipart};
 use mpi_task::MpiSettings;
 use shell::ShellSpec;
+use slot::{Done, Finished, SlotHandle};
 use worker::{PythonJob, WorkerSettings};
 
 /// Everything a manager needs to know, from its command line.
@@ -207,7 +209,7 @@ pub(crate) async fn connect(
     context: &zmq::Context,
     config: &ManagerConfig,
     info: ManagerInfo,
-) -> anyhow::Result<(zmq_bridge::Bridge, Link)> {
+) -> anyhow::Result<(zmq_bridge::Bridge, BrokerLink)> {
     let dealer = context.socket(zmq::DEALER)?;
     dealer.set_identity(info.manager_id.as_bytes())?;
     dealer.set_linger(2000)?;
@@ -262,7 +264,7 @@ pub(crate) async fn connect(
         }
         other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
     };
-    let link = Link {
+    let link = BrokerLink {
         out,
         info,
         period,
@@ -275,7 +277,7 @@ pub(crate) async fn connect(
 /// A registered manager's side of the broker link: the frames that concern
 /// the link itself (heartbeats, re-registration, refusal) are handled here,
 /// so the real manager and [`simulate`] speak the protocol the same way.
-pub(crate) struct Link {
+pub(crate) struct BrokerLink {
     out: BridgeSender,
     info: ManagerInfo,
     /// Heartbeat interval the broker asked for.
@@ -298,7 +300,7 @@ pub(crate) enum Order {
     Shutdown,
 }
 
-impl Link {
+impl BrokerLink {
     /// Takes one message from the broker (`None`: the bridge closed); the
     /// order it carries for the tasks, if any. A refusal is an error.
     pub(crate) fn on_message(
@@ -471,44 +473,26 @@ fn decode_frame(frames: &[Vec<u8>]) -> anyhow::Result<BrokerMessage> {
 /// How long a worker killed by SIGTERM waits for the manager's own SIGTERM.
 const SIGTERM_GRACE: Duration = Duration::from_secs(1);
 
-/// Sleeps until `deadline` (never returns when there is none).
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct Manager {
     /// Results of workers killed by SIGTERM, held for [`SIGTERM_GRACE`].
     lost_to_sigterm: Vec<TaskResult>,
     /// When the held results are released, if any are held.
     sigterm_grace: Option<Instant>,
-    link: Link,
+    link: BrokerLink,
     functions: HashMap<Uuid, Function>,
     queue: VecDeque<TaskSpec>,
-    /// The task each slot runs; `None` for an idle slot.
-    busy: Vec<Option<Uuid>>,
-    /// A Python task handed to a slot behind its running one: the slot
-    /// writes it into the worker's pipe, so the worker starts it the moment
-    /// the first ends instead of after a round trip through this loop.
-    next: Vec<Option<Uuid>>,
-    /// What each slot runs and skips; see [`worker::SlotTasks`].
-    slot_states: Vec<Arc<std::sync::Mutex<worker::SlotTasks>>>,
-    slots: Vec<mpsc::UnboundedSender<PythonJob>>,
+    /// One handle per worker slot, by slot number.
+    slots: Vec<SlotHandle>,
     /// Per-task working directories' parent (`run_in_sandbox`), if on.
     sandbox_root: Option<std::path::PathBuf>,
-    /// Pid of each slot's Python worker process (0: none right now).
-    worker_pids: Vec<Arc<AtomicU32>>,
     /// Python tasks whose worker was killed to cancel them: whatever result
     /// comes back for them is reported as `TaskCancelled`.
     cancelled: HashSet<Uuid>,
     /// Running shell and MPI tasks; aborting one drops its command, which
     /// kills the command's process group.
     commands: HashMap<Uuid, tokio::task::AbortHandle>,
-    done_tx: mpsc::UnboundedSender<worker::Done>,
-    done_rx: mpsc::UnboundedReceiver<worker::Done>,
-    slot_tasks: Vec<tokio::task::JoinHandle<()>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
     results: Vec<TaskResult>,
     started: Vec<Uuid>,
     /// How MPI tasks led by this manager are launched.
@@ -520,46 +504,29 @@ struct Manager {
 }
 
 impl Manager {
-    fn new(workers: usize, settings: Arc<WorkerSettings>, link: Link, mpi: MpiSettings) -> Self {
+    fn new(
+        workers: usize,
+        settings: Arc<WorkerSettings>,
+        link: BrokerLink,
+        mpi: MpiSettings,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let sandbox_root = settings.sandbox_root.clone();
-        let mut slots = Vec::with_capacity(workers);
-        let mut slot_tasks = Vec::with_capacity(workers);
-        let mut worker_pids = Vec::with_capacity(workers);
-        let mut slot_states = Vec::with_capacity(workers);
-        for slot in 0..workers {
-            let (tx, rx) = mpsc::unbounded_channel();
-            slots.push(tx);
-            let pid = Arc::new(AtomicU32::new(0));
-            worker_pids.push(pid.clone());
-            let state = Arc::new(std::sync::Mutex::new(worker::SlotTasks::default()));
-            slot_states.push(state.clone());
-            slot_tasks.push(tokio::spawn(worker::serve_slot(
-                slot,
-                settings.clone(),
-                rx,
-                done_tx.clone(),
-                pid,
-                state,
-            )));
-        }
+        let slots = (0..workers)
+            .map(|slot| SlotHandle::spawn(slot, settings.clone(), done_tx.clone()))
+            .collect();
         Manager {
             lost_to_sigterm: Vec::new(),
             sigterm_grace: None,
             link,
             functions: HashMap::new(),
             queue: VecDeque::new(),
-            busy: vec![None; workers],
-            next: vec![None; workers],
-            slot_states,
             slots,
             sandbox_root,
-            worker_pids,
             cancelled: HashSet::new(),
             commands: HashMap::new(),
             done_tx,
             done_rx,
-            slot_tasks,
             results: Vec::new(),
             started: Vec::new(),
             mpi: Arc::new(mpi),
@@ -589,7 +556,7 @@ impl Manager {
                     None => {}
                 },
                 Some(done) = self.done_rx.recv() => self.finish(done),
-                _ = sleep_until(self.sigterm_grace), if self.sigterm_grace.is_some() => {
+                _ = slot::sleep_until(self.sigterm_grace), if self.sigterm_grace.is_some() => {
                     // No SIGTERM for this manager: the workers' deaths were their own.
                     self.sigterm_grace = None;
                     self.results.append(&mut self.lost_to_sigterm);
@@ -630,27 +597,17 @@ impl Manager {
         self.queue.extend(tasks);
     }
 
-    fn finish(&mut self, done: worker::Done) {
-        let worker::Done {
+    fn finish(&mut self, done: Done) {
+        let Done {
             slot,
             mut result,
             killed_by_sigterm,
         } = done;
-        if self.busy[slot] == Some(result.task_id) {
-            // The slot goes straight on to the task handed to it behind this one.
-            self.busy[slot] = self.next[slot].take();
-            if let Some(next) = self.busy[slot] {
-                self.started.push(next);
-            }
-        } else if self.next[slot] == Some(result.task_id) {
-            // Ended before it started: cancelled meanwhile, or refused.
-            self.next[slot] = None;
-        } else {
-            // A command cancelled after it finished but before its result
-            // was read: the cancellation was reported already.
-            return;
+        match self.slots[slot].finished(result.task_id) {
+            Finished::Ran { next: Some(next) } => self.started.push(next),
+            Finished::Ran { next: None } | Finished::Waited => {}
+            Finished::Unknown => return,
         }
-        self.slot_state(slot).skip.remove(&result.task_id);
         self.commands.remove(&result.task_id);
         if self.cancelled.remove(&result.task_id) {
             // Killing the worker shows up as WorkerLost, which the broker
@@ -690,66 +647,36 @@ impl Manager {
             // Ids neither queued nor running here finished already (their
             // result is on its way) or never came: nothing to do.
             let Some(slot) = self
-                .busy
+                .slots
                 .iter()
-                .position(|t| *t == Some(id))
-                .or_else(|| self.next.iter().position(|t| *t == Some(id)))
+                .position(|s| s.running == Some(id))
+                .or_else(|| self.slots.iter().position(|s| s.next == Some(id)))
             else {
                 continue;
             };
             match self.commands.remove(&id) {
                 Some(command) => {
                     command.abort();
-                    self.busy[slot] = None;
+                    self.slots[slot].running = None;
                     self.results.push(cancelled(id));
                 }
-                None => {
-                    if !self.cancelled.insert(id) {
-                        continue;
-                    }
-                    // Under the slot's lock: its worker cannot move on to
-                    // another task between this check and the kill.
-                    let mut tasks = self.slot_state(slot);
-                    if tasks.running != Some(id) {
-                        // Waiting in the slot, or finished meanwhile: the
-                        // slot stops it before it runs.
-                        tasks.skip.insert(id);
-                        tracing::info!(
-                            "task {id} cancelled while waiting in slot {slot}; \
-                             stopped when the worker reaches it"
-                        );
-                        continue;
-                    }
-                    let pid = self.worker_pids[slot].load(Ordering::SeqCst);
-                    if pid == 0 {
-                        // The slot has not spawned its worker yet (a moment's
-                        // window): the task runs, but is reported cancelled.
-                        tracing::warn!("task {id} cancelled before its worker existed");
-                        continue;
-                    }
-                    tracing::info!("cancelling task {id}: killing worker process {pid}");
-                    // SAFETY: kill(2) on the worker process this slot started.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                // Whatever result comes back for it is reported cancelled.
+                None if self.cancelled.insert(id) => {
+                    self.slots[slot].cancel(id);
                 }
+                None => {}
             }
         }
-    }
-
-    /// Slot `slot`'s running and skipped tasks, locked.
-    fn slot_state(&self, slot: usize) -> std::sync::MutexGuard<'_, worker::SlotTasks> {
-        self.slot_states[slot]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands each slot running a Python task, with none behind it, the next
     /// queued Python task.
     fn hand_next_tasks(&mut self) {
-        for slot in 0..self.busy.len() {
-            let Some(running) = self.busy[slot] else {
+        for slot in 0..self.slots.len() {
+            let Some(running) = self.slots[slot].running else {
                 continue;
             };
-            if self.next[slot].is_some() || self.commands.contains_key(&running) {
+            if self.slots[slot].next.is_some() || self.commands.contains_key(&running) {
                 continue; // one behind already, or a shell/MPI command
             }
             let Some(head) = self.queue.front() else {
@@ -764,7 +691,7 @@ impl Manager {
             };
             let task_id = job.spec.task_id;
             if self.hand_to_slot(slot, job) {
-                self.next[slot] = Some(task_id);
+                self.slots[slot].next = Some(task_id);
             }
         }
     }
@@ -772,18 +699,18 @@ impl Manager {
     /// Sends a Python job to slot `slot`; false (and the task failed) if the
     /// slot has stopped.
     fn hand_to_slot(&mut self, slot: usize, job: PythonJob) -> bool {
-        let task_id = job.spec.task_id;
-        if self.slots[slot].send(job).is_ok() {
-            return true;
+        match self.slots[slot].hand(job) {
+            Ok(()) => true,
+            Err(failed) => {
+                self.results.push(failed);
+                false
+            }
         }
-        let e = ExceptionInfo::system(SystemFailure::WorkerLost, "worker slot stopped");
-        self.results.push(TaskResult::failed(task_id, e));
-        false
     }
 
     fn start_tasks(&mut self) {
         while !self.queue.is_empty() {
-            let Some(slot) = self.busy.iter().position(Option::is_none) else {
+            let Some(slot) = self.slots.iter().position(|s| s.running.is_none()) else {
                 self.hand_next_tasks();
                 return;
             };
@@ -833,7 +760,7 @@ impl Manager {
                     });
                 }
             }
-            self.busy[slot] = Some(task_id);
+            self.slots[slot].running = Some(task_id);
             self.started.push(task_id);
         }
     }
@@ -854,7 +781,7 @@ impl Manager {
                 outcome,
                 completed_at: now_unix(),
             };
-            let _ = done.send(worker::Done::new(slot, result));
+            let _ = done.send(Done::new(slot, result));
         });
         self.commands.insert(task_id, command.abort_handle());
     }
@@ -883,8 +810,9 @@ impl Manager {
     }
 
     async fn shutdown(&mut self) {
-        self.slots.clear();
-        for task in self.slot_tasks.drain(..) {
+        // Every slot is closed before any is awaited, so they stop together.
+        let serving: Vec<_> = self.slots.drain(..).map(SlotHandle::close).collect();
+        for task in serving {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }

@@ -5,7 +5,7 @@
 //! This module owns only the simulated task handling and running several
 //! manager identities in one process. Registration, heartbeats,
 //! re-registration and reporting are the real manager's ([`super::connect`],
-//! [`super::Link`]), so the broker sees exactly what a real manager sends:
+//! [`super::BrokerLink`]), so the broker sees exactly what a real manager sends:
 //! `Running`, then `Results`, for every batch of tasks, over the same
 //! (encrypted or clear) ZeroMQ link.
 

@@ -1,62 +1,30 @@
-//! One warm Python worker process and the slot it serves.
-//!
-//! The worker speaks length-prefixed JSON frames over its stdin/stdout
-//! (docs/api.md, "Worker pipe protocol"). A slot task owns the process: the
-//! worker runs one task at a time, and the slot writes the next small task
-//! into its pipe while the current one runs, so the worker goes straight on
-//! to it. The slot sends each outcome back to the manager; when the process
-//! dies it fails the running task with `WorkerLost`, starts a fresh process
-//! and gives it the tasks that were waiting in the dead one's pipe. The slot
-//! publishes the pid of its current process and the task it runs, so the
-//! manager can kill it to cancel that task.
+//! One warm Python worker process: starting it, the pipe protocol it speaks
+//! (length-prefixed frames over its stdin/stdout, docs/api.md, "Worker pipe
+//! protocol"), and ending it. Which tasks it runs, and when, is decided by
+//! the slot that owns it ([`super::slot`]).
 
 use hpfaas_protocol::failure::SystemFailure;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult, TaskSpec};
+use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskSpec};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::affinity::Placement;
 use super::job_env;
 
-/// A task's outcome from a slot, and whether its worker was killed by a
-/// SIGTERM from outside (a batch system ending the job signals every
-/// process; the manager then waits for its own SIGTERM before reporting).
-#[derive(Debug)]
-pub struct Done {
-    /// The slot that ran the task.
-    pub slot: usize,
-    /// The outcome.
-    pub result: TaskResult,
-    /// The worker died of SIGTERM while running or starting for this task.
-    pub killed_by_sigterm: bool,
-}
-
-impl Done {
-    /// A result not caused by a worker's death.
-    pub fn new(slot: usize, result: TaskResult) -> Done {
-        Done {
-            slot,
-            result,
-            killed_by_sigterm: false,
-        }
-    }
-}
-
 /// How a worker process ended, for messages and the SIGTERM check.
 #[derive(Debug)]
-struct Ended {
+pub struct Ended {
     description: String,
-    by_sigterm: bool,
+    /// It died of SIGTERM (sent by a batch system ending the job).
+    pub by_sigterm: bool,
 }
 
 impl Ended {
@@ -101,6 +69,14 @@ impl std::fmt::Display for EndedBeforeReady {
 
 impl std::error::Error for EndedBeforeReady {}
 
+/// Whether a failed [`Worker::start`] was the worker being killed by SIGTERM
+/// while it started up (see [`super::slot::Done`]).
+pub fn start_ended_by_sigterm(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<EndedBeforeReady>())
+        .is_some_and(|ended| ended.ended.by_sigterm)
+}
+
 /// Largest frame a worker may send (a result beyond it fails the task).
 const MAX_FRAME: usize = 1 << 30;
 
@@ -136,6 +112,16 @@ pub struct PythonJob {
     pub code: Arc<str>,
 }
 
+impl PythonJob {
+    /// Roughly how many bytes the job's request takes.
+    pub fn request_size(&self) -> usize {
+        self.spec.payload.len()
+            + self.spec.blob.as_ref().map_or(0, |b| b.len())
+            + self.code.len()
+            + 256
+    }
+}
+
 #[derive(Serialize)]
 struct Request<'a> {
     task_id: Uuid,
@@ -165,431 +151,117 @@ struct Ready {
     pid: u32,
 }
 
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-    pid: u32,
-    known: HashSet<Uuid>,
-}
-
-/// Which task a slot's worker is running, and the tasks handed to the slot
-/// that were cancelled before they started. One lock for both, taken by the
-/// slot when its worker moves to another task and by the manager when it
-/// cancels one, so the manager never kills a worker that has moved on.
-#[derive(Debug, Default)]
-pub struct SlotTasks {
-    /// The task the slot's worker is running (or starting up for).
-    pub running: Option<Uuid>,
-    /// Tasks handed to the slot to report cancelled instead of running.
-    pub skip: HashSet<Uuid>,
-}
-
-/// Requests up to this size are written into a busy worker's pipe behind
-/// its running task, so it starts the next one without waiting for the
-/// manager; a larger one waits until the worker has answered (it could
-/// fill the pipe while the worker's own large answer fills the other).
-const PIPELINED_REQUEST_BYTES: usize = 32 * 1024;
-
-/// A task written to the worker: the job and when it started (`None` while
-/// it waits in the pipe behind the running one).
-struct InPipe {
-    job: PythonJob,
-    started: Option<std::time::Instant>,
-}
-
-/// Serves one slot until `jobs` closes: runs each job and sends
-/// `(slot, result)` to `done`. `pid` holds the pid of the slot's worker
-/// process while there is one, 0 otherwise. The manager may hand a slot a
-/// second job while its first runs; a small one is written into the
-/// worker's pipe at once, so the worker goes on to it without a round trip.
-pub async fn serve_slot(
-    slot: usize,
-    settings: Arc<WorkerSettings>,
-    mut jobs: mpsc::UnboundedReceiver<PythonJob>,
-    done: mpsc::UnboundedSender<Done>,
-    pid: Arc<AtomicU32>,
-    tasks: Arc<std::sync::Mutex<SlotTasks>>,
-) {
-    let slot_tasks = || tasks.lock().unwrap_or_else(|e| e.into_inner());
-    let report = |result: TaskResult, killed_by_sigterm: bool| {
-        done.send(Done {
-            slot,
-            result,
-            killed_by_sigterm,
-        })
-        .is_ok()
-    };
-    // Warm from the start, as the manager's slots promise: a worker started
-    // on its slot's first task made that task wait for an interpreter (the
-    // second worker of a fresh block began ~110 ms after the first). If it
-    // cannot start, the first task tries again and fails with the cause.
-    let mut process: Option<Process> = match start(slot, &settings, &pid).await {
-        Ok(p) => Some(p),
-        Err(e) => {
-            pid.store(0, Ordering::SeqCst);
-            tracing::warn!("slot {slot}: the worker did not start ahead of its first task: {e}");
-            None
-        }
-    };
-    let mut backoff = Duration::from_millis(100);
-    // Taken from `jobs` but not written to a worker yet.
-    let mut held: VecDeque<PythonJob> = VecDeque::new();
-    let mut pipe: VecDeque<InPipe> = VecDeque::new();
-    let mut jobs_open = true;
-    loop {
-        if pipe.is_empty() {
-            let job = match held.pop_front() {
-                Some(job) => job,
-                None if jobs_open => match jobs.recv().await {
-                    Some(job) => job,
-                    None => break,
-                },
-                None => break,
-            };
-            if slot_tasks().skip.remove(&job.spec.task_id) {
-                if !report(cancelled_before_start(job.spec.task_id), false) {
-                    break;
-                }
-                continue;
-            }
-            // A worker that died while idle (killed to cancel a task that had
-            // just finished, say) is replaced before it can fail this task.
-            if let Some(p) = process.as_mut() {
-                if !matches!(p.child.try_wait(), Ok(None)) {
-                    pid.store(0, Ordering::SeqCst);
-                    process = None;
-                }
-            }
-            slot_tasks().running = Some(job.spec.task_id);
-            if process.is_none() {
-                match start(slot, &settings, &pid).await {
-                    Ok(p) => {
-                        backoff = Duration::from_millis(100);
-                        process = Some(p);
-                    }
-                    Err(e) => {
-                        pid.store(0, Ordering::SeqCst);
-                        slot_tasks().running = None;
-                        let killed_by_sigterm = e
-                            .get_ref()
-                            .and_then(|inner| inner.downcast_ref::<EndedBeforeReady>())
-                            .is_some_and(|ended| ended.ended.by_sigterm);
-                        let message = format!(
-                            "cannot start a Python worker with worker_python = {:?}: {e}",
-                            settings.python
-                        );
-                        tracing::error!("{message}");
-                        let result = TaskResult::failed(
-                            job.spec.task_id,
-                            ExceptionInfo::system(SystemFailure::WorkerLost, message),
-                        );
-                        if !report(result, killed_by_sigterm) {
-                            break;
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                }
-            }
-            let p = process.as_mut().expect("started above");
-            match write_request(&mut p.stdin, &mut p.known, &job, &settings).await {
-                Ok(()) => pipe.push_back(InPipe {
-                    job,
-                    started: Some(std::time::Instant::now()),
-                }),
-                Err(Refused(e)) => {
-                    slot_tasks().running = None;
-                    if !report(TaskResult::failed(job.spec.task_id, e), false) {
-                        break;
-                    }
-                    continue;
-                }
-                Err(Broken(e)) => {
-                    // Its death is read from its stdout below.
-                    tracing::debug!("slot {slot}: cannot write to the worker: {e}");
-                    pipe.push_back(InPipe {
-                        job,
-                        started: Some(std::time::Instant::now()),
-                    })
-                }
-            }
-        }
-
-        // Wait for the running task's answer; meanwhile pipeline the next.
-        let p = process.as_mut().expect("a task is in the pipe");
-        let current = pipe.front().expect("not empty");
-        // A malformed walltime was refused by the broker; none means no limit.
-        let walltime = current.job.spec.walltime().ok().flatten();
-        let started = current.started.unwrap_or_else(std::time::Instant::now);
-        let deadline = walltime.map(|w| started + Duration::from_secs_f64(w));
-        let answer = {
-            let reply = read_frame(&mut p.stdout);
-            tokio::pin!(reply);
-            loop {
-                tokio::select! {
-                    r = &mut reply => break Answer::Frame(r),
-                    _ = sleep_until_opt(deadline) => break Answer::Timeout,
-                    job = jobs.recv(), if jobs_open && pipe.len() < 2 && held.is_empty() => {
-                        // Closed: the manager is going; the running task ends first.
-                        let Some(job) = job else {
-                            jobs_open = false;
-                            continue;
-                        };
-                        let task_id = job.spec.task_id;
-                        if slot_tasks().skip.remove(&task_id) {
-                            if !report(cancelled_before_start(task_id), false) {
-                                break Answer::Closed;
-                            }
-                            continue;
-                        }
-                        if request_size(&job) > PIPELINED_REQUEST_BYTES {
-                            held.push_back(job);
-                            continue;
-                        }
-                        match write_request(&mut p.stdin, &mut p.known, &job, &settings).await {
-                            Ok(()) => pipe.push_back(InPipe { job, started: None }),
-                            Err(Refused(e)) => {
-                                if !report(TaskResult::failed(task_id, e), false) {
-                                    break Answer::Closed;
-                                }
-                            }
-                            // The worker is gone: the job runs on its successor.
-                            Err(Broken(e)) => {
-                                tracing::debug!("slot {slot}: cannot write to the worker: {e}");
-                                held.push_back(job);
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let current = pipe.pop_front().expect("not empty");
-        let task_id = current.job.spec.task_id;
-        let mut killed_by_sigterm = false;
-        let outcome = match answer {
-            Answer::Closed => {
-                pipe.push_front(current);
-                break;
-            }
-            Answer::Frame(Ok(frame)) => match parse_reply(&frame, task_id) {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    let (pid_was, _) = reap(process.take().expect("present")).await;
-                    pid.store(0, Ordering::SeqCst);
-                    lost(format!("worker process {pid_was} broke the protocol: {e}"))
-                }
-            },
-            Answer::Frame(Err(e)) => {
-                pid.store(0, Ordering::SeqCst);
-                let (pid_was, ended) = reap(process.take().expect("present")).await;
-                killed_by_sigterm = ended.by_sigterm;
-                let message =
-                    format!("worker process {pid_was} died while running this task ({ended}): {e}");
-                tracing::warn!("slot {slot}: {message}");
-                lost(message)
-            }
-            Answer::Timeout => {
-                // Past its walltime: kill the worker (the next job starts a
-                // fresh one) and say why, not WorkerLost, so it is not retried.
-                pid.store(0, Ordering::SeqCst);
-                let (dead, _) = reap(process.take().expect("present")).await;
-                let message = format!(
-                    "the task exceeded its walltime of {} s and was killed after {:.1} s \
-                     (worker process {dead})",
-                    walltime.unwrap_or_default(),
-                    started.elapsed().as_secs_f64()
-                );
-                tracing::warn!("slot {slot}: task {task_id}: {message}");
-                Outcome::Failed {
-                    exception: ExceptionInfo::system(SystemFailure::TaskTimeout, message),
-                }
-            }
-        };
-        if process.is_none() {
-            // Tasks still in the dead worker's pipe had not started: they run
-            // on its successor, in order.
-            while let Some(waiting) = pipe.pop_back() {
-                held.push_front(waiting.job);
-            }
-        }
-        // A task cancelled while it waited in the pipe is starting now:
-        // stop it, as a cancelled running task is stopped.
-        let stop_next = {
-            let mut tasks = slot_tasks();
-            let next = pipe.front().map(|next| next.job.spec.task_id);
-            tasks.running = next;
-            next.filter(|id| tasks.skip.remove(id))
-        };
-        if let Some(next) = stop_next {
-            pid.store(0, Ordering::SeqCst);
-            if let Some(p) = process.take() {
-                let _ = reap(p).await;
-            }
-            pipe.pop_front();
-            while let Some(waiting) = pipe.pop_back() {
-                held.push_front(waiting.job);
-            }
-            slot_tasks().running = None;
-            let result = TaskResult {
-                task_id,
-                outcome,
-                completed_at: now_unix(),
-            };
-            if !report(result, killed_by_sigterm) || !report(cancelled_before_start(next), false) {
-                break;
-            }
-            continue;
-        }
-        if let Some(next) = pipe.front_mut() {
-            next.started = Some(std::time::Instant::now());
-        }
-        let result = TaskResult {
-            task_id,
-            outcome,
-            completed_at: now_unix(),
-        };
-        if !report(result, killed_by_sigterm) {
-            break;
-        }
-    }
-    if let Some(p) = process {
-        pid.store(0, Ordering::SeqCst);
-        stop(p).await;
-    }
-}
-
-/// What ended the wait for the running task's answer.
-enum Answer {
-    Frame(std::io::Result<Vec<u8>>),
-    Timeout,
-    /// The manager's results channel is gone.
-    Closed,
-}
-
 /// Why a request was not written.
-enum WriteError {
-    /// The task cannot run (no sandbox directory): its failure.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The task cannot run (no sandbox directory, a request too large): its
+    /// failure. The worker is fine.
     Refused(ExceptionInfo),
     /// The worker's pipe is broken: the worker died.
     Broken(std::io::Error),
 }
-use WriteError::{Broken, Refused};
 
-fn lost(message: String) -> Outcome {
-    Outcome::Failed {
-        exception: ExceptionInfo::system(SystemFailure::WorkerLost, message),
-    }
+/// A running worker process, ready for requests.
+pub struct Worker {
+    child: Child,
+    /// The pid the worker reported (for messages).
+    pid: u32,
+    /// Where requests go.
+    pub requests: RequestPipe,
+    /// Where its answers come from.
+    pub replies: ReplyPipe,
 }
 
-/// The result of a task cancelled before its worker started it (the
-/// manager reports it as `TaskCancelled`).
-fn cancelled_before_start(task_id: Uuid) -> TaskResult {
-    TaskResult::failed(
-        task_id,
-        ExceptionInfo::system(SystemFailure::TaskCancelled, "cancelled before it started"),
-    )
+/// The manager's end of a worker's stdin, and the functions the worker has
+/// been sent (their code goes only the first time).
+pub struct RequestPipe {
+    stdin: ChildStdin,
+    known: HashSet<Uuid>,
 }
 
-async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// The manager's end of a worker's stdout.
+pub struct ReplyPipe {
+    stdout: ChildStdout,
 }
 
-/// Roughly how many bytes the job's request takes.
-fn request_size(job: &PythonJob) -> usize {
-    job.spec.payload.len() + job.spec.blob.as_ref().map_or(0, |b| b.len()) + job.code.len() + 256
-}
-
-/// Writes the job's request frame (the function's code the first time this
-/// worker sees it), creating its sandbox directory first if asked.
-async fn write_request(
-    stdin: &mut ChildStdin,
-    known: &mut HashSet<Uuid>,
-    job: &PythonJob,
-    settings: &WorkerSettings,
-) -> Result<(), WriteError> {
-    let sandbox = match &settings.sandbox_root {
-        Some(root) => match sandbox_dir(root, job.spec.task_id) {
-            Ok(dir) => Some(dir.display().to_string()),
-            Err(e) => {
-                return Err(Refused(ExceptionInfo::system(
-                    SystemFailure::SandboxError,
-                    format!("cannot create the task's sandbox directory: {e}"),
-                )))
+impl Worker {
+    /// Starts worker `slot` and waits for its ready frame. `spawned` gets the
+    /// process id as soon as the process exists, before it is ready, so a
+    /// task cancelled while its worker starts up can be stopped too.
+    pub async fn start(
+        slot: usize,
+        settings: &WorkerSettings,
+        spawned: impl FnOnce(u32),
+    ) -> std::io::Result<Worker> {
+        let mut child = command(slot, settings).spawn()?;
+        spawned(child.id().unwrap_or(0));
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let frame = match tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))
+            .await
+        {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => {
+                // Say how it ended: a worker killed at start-up by the batch
+                // system's SIGTERM must count as such (see `Done`).
+                let ended = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                    Ok(Ok(status)) => Ended::of(status),
+                    _ => Ended::unknown("still running"),
+                };
+                return Err(std::io::Error::other(EndedBeforeReady { ended, cause: e }));
             }
-        },
-        None => None,
-    };
-    let first_time = known.insert(job.spec.function_id);
-    let request = Request {
-        task_id: job.spec.task_id,
-        function_id: job.spec.function_id,
-        function_code: first_time.then_some(&*job.code),
-        result_serializers: &job.spec.result_serializers,
-        sandbox_dir: sandbox.as_deref(),
-        blob: job.spec.blob.as_ref().map(|b| b.len()),
-    };
-    let header = serde_json::to_vec(&request).map_err(|e| {
-        Refused(ExceptionInfo::system(
-            SystemFailure::WorkerLost,
-            e.to_string(),
-        ))
-    })?;
-    // The payload follows the JSON header and a newline as it is, and the
-    // blob follows the payload: neither side escapes or scans them (a 1 MiB
-    // argument cost a JSON pass each).
-    let payload = job.spec.payload.as_bytes();
-    let blob = job.spec.blob.as_deref().unwrap_or_default();
-    let length = header.len() + 1 + payload.len() + blob.len();
-    let length = u32::try_from(length).map_err(|_| {
-        Refused(ExceptionInfo::system(
-            SystemFailure::WorkerLost,
-            format!("a task request of {length} bytes is over the worker pipe's 4 GiB frame limit"),
-        ))
-    })?;
-    let mut frame = Vec::with_capacity(length as usize - blob.len() + 4);
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&header);
-    frame.push(b'\n');
-    frame.extend_from_slice(payload);
-    stdin.write_all(&frame).await.map_err(Broken)?;
-    // Written from where it is: the pipe takes it in pieces anyway, and a
-    // copy into the frame first cost the manager's one thread a pass.
-    stdin.write_all(blob).await.map_err(Broken)?;
-    stdin.flush().await.map_err(Broken)
-}
-
-/// The outcome in a worker's reply to task `task_id`.
-fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
-    let reply: Reply = serde_json::from_slice(frame)
-        .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
-    if reply.task_id != Some(task_id) {
-        return Err(std::io::Error::other("worker replied for another task"));
+            Err(_) => {
+                return Err(std::io::Error::other(
+                    "the worker did not report ready within 60 s",
+                ))
+            }
+        };
+        let ready: Ready = serde_json::from_slice(&frame)
+            .map_err(|e| std::io::Error::other(format!("bad ready frame from worker: {e}")))?;
+        if !ready.ready {
+            return Err(std::io::Error::other("worker reported not ready"));
+        }
+        Ok(Worker {
+            child,
+            pid: ready.pid,
+            requests: RequestPipe {
+                stdin,
+                known: HashSet::new(),
+            },
+            replies: ReplyPipe { stdout },
+        })
     }
-    Ok(match (reply.ok, reply.result, reply.exception) {
-        (true, Some(result), _) => Outcome::Success { result },
-        (false, _, Some(exception)) => Outcome::Failed { exception },
-        _ => Outcome::Failed {
-            exception: ExceptionInfo::system(
-                SystemFailure::WorkerProtocolError,
-                "worker reply had neither result nor exception",
-            ),
-        },
-    })
+
+    /// Whether the process has exited (or cannot be asked).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process and waits briefly for it; its pid and how it ended.
+    pub async fn kill(mut self) -> (u32, Ended) {
+        let _ = self.child.start_kill();
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(status)) => (self.pid, Ended::of(status)),
+            _ => (self.pid, Ended::unknown("exit status unknown")),
+        }
+    }
+
+    /// Closes its stdin, which ends a worker between tasks; kills it if it
+    /// has not exited two seconds later.
+    pub async fn stop(mut self) {
+        drop(self.requests);
+        if tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
 }
 
-/// Starts a worker and waits for its ready frame; `pid` is set as soon as
-/// the process exists, so a task cancelled while its worker starts up is
-/// stopped too.
-async fn start(
-    slot: usize,
-    settings: &WorkerSettings,
-    pid: &AtomicU32,
-) -> std::io::Result<Process> {
+/// The command that starts worker `slot`: the embedded runtime, the job's
+/// environment, the slot's placement, and death with the manager.
+fn command(slot: usize, settings: &WorkerSettings) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(&settings.python);
     command
         .arg("-u")
@@ -634,44 +306,110 @@ async fn start(
             Ok(())
         })
     };
-    let mut child = command.spawn()?;
-    pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let frame = match tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout)).await {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(e)) => {
-            // Say how it ended: a worker killed at start-up by the batch
-            // system's SIGTERM must count as such (see `Done`).
-            let ended = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-                Ok(Ok(status)) => Ended::of(status),
-                _ => Ended::unknown("still running"),
-            };
-            return Err(std::io::Error::other(EndedBeforeReady { ended, cause: e }));
-        }
-        Err(_) => {
-            return Err(std::io::Error::other(
-                "the worker did not report ready within 60 s",
-            ))
-        }
-    };
-    let ready: Ready = serde_json::from_slice(&frame)
-        .map_err(|e| std::io::Error::other(format!("bad ready frame from worker: {e}")))?;
-    if !ready.ready {
-        return Err(std::io::Error::other("worker reported not ready"));
+    command
+}
+
+impl RequestPipe {
+    /// Writes the job's request (the function's code the first time this
+    /// worker sees it), creating its sandbox directory first if asked.
+    pub async fn send(
+        &mut self,
+        job: &PythonJob,
+        settings: &WorkerSettings,
+    ) -> Result<(), WriteError> {
+        let sandbox = match &settings.sandbox_root {
+            Some(root) => match sandbox_dir(root, job.spec.task_id) {
+                Ok(dir) => Some(dir.display().to_string()),
+                Err(e) => {
+                    return Err(WriteError::Refused(ExceptionInfo::system(
+                        SystemFailure::SandboxError,
+                        format!("cannot create the task's sandbox directory: {e}"),
+                    )))
+                }
+            },
+            None => None,
+        };
+        let first_time = self.known.insert(job.spec.function_id);
+        let head =
+            request_head(job, first_time, sandbox.as_deref()).map_err(WriteError::Refused)?;
+        let broken = WriteError::Broken;
+        self.stdin.write_all(&head).await.map_err(broken)?;
+        // The blob is written from where it is: the pipe takes it in pieces
+        // anyway, and a copy into the frame first cost the manager's one
+        // thread a pass.
+        let blob = job.spec.blob.as_deref().unwrap_or_default();
+        self.stdin.write_all(blob).await.map_err(broken)?;
+        self.stdin.flush().await.map_err(broken)
     }
-    Ok(Process {
-        child,
-        stdin,
-        stdout,
-        pid: ready.pid,
-        known: HashSet::new(),
+}
+
+impl ReplyPipe {
+    /// The next frame the worker sends; an error when it closed its end (it
+    /// died) or announced a frame over the limit.
+    pub async fn next(&mut self) -> std::io::Result<Vec<u8>> {
+        read_frame(&mut self.stdout).await
+    }
+}
+
+/// A request frame up to its blob: the length (which counts the blob, sent
+/// after it), the JSON header, a newline and the payload. The payload and
+/// blob go as they are: neither side escapes or scans them (a 1 MiB
+/// argument cost a JSON pass each). An error is the task's failure.
+fn request_head(
+    job: &PythonJob,
+    first_time: bool,
+    sandbox: Option<&str>,
+) -> Result<Vec<u8>, ExceptionInfo> {
+    let request = Request {
+        task_id: job.spec.task_id,
+        function_id: job.spec.function_id,
+        function_code: first_time.then_some(&*job.code),
+        result_serializers: &job.spec.result_serializers,
+        sandbox_dir: sandbox,
+        blob: job.spec.blob.as_ref().map(|b| b.len()),
+    };
+    let header = serde_json::to_vec(&request)
+        .map_err(|e| ExceptionInfo::system(SystemFailure::WorkerLost, e.to_string()))?;
+    let payload = job.spec.payload.as_bytes();
+    let blob = job.spec.blob.as_ref().map_or(0, |b| b.len());
+    let length = header.len() + 1 + payload.len() + blob;
+    let length = u32::try_from(length).map_err(|_| {
+        ExceptionInfo::system(
+            SystemFailure::WorkerLost,
+            format!("a task request of {length} bytes is over the worker pipe's 4 GiB frame limit"),
+        )
+    })?;
+    let mut frame = Vec::with_capacity(length as usize - blob + 4);
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.push(b'\n');
+    frame.extend_from_slice(payload);
+    Ok(frame)
+}
+
+/// The outcome in a worker's reply to task `task_id`; an error when the
+/// reply breaks the protocol.
+pub fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
+    let reply: Reply = serde_json::from_slice(frame)
+        .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
+    if reply.task_id != Some(task_id) {
+        return Err(std::io::Error::other("worker replied for another task"));
+    }
+    Ok(match (reply.ok, reply.result, reply.exception) {
+        (true, Some(result), _) => Outcome::Success { result },
+        (false, _, Some(exception)) => Outcome::Failed { exception },
+        _ => Outcome::Failed {
+            exception: ExceptionInfo::system(
+                SystemFailure::WorkerProtocolError,
+                "worker reply had neither result nor exception",
+            ),
+        },
     })
 }
 
-async fn read_frame(stdout: &mut ChildStdout) -> std::io::Result<Vec<u8>> {
+async fn read_frame(input: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    stdout.read_exact(&mut len).await?;
+    input.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::other(format!(
@@ -679,25 +417,124 @@ async fn read_frame(stdout: &mut ChildStdout) -> std::io::Result<Vec<u8>> {
         )));
     }
     let mut body = vec![0u8; len];
-    stdout.read_exact(&mut body).await?;
+    input.read_exact(&mut body).await?;
     Ok(body)
 }
 
-/// Waits briefly for a dead worker; returns its pid and how it ended.
-async fn reap(mut p: Process) -> (u32, Ended) {
-    let _ = p.child.start_kill();
-    match tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await {
-        Ok(Ok(status)) => (p.pid, Ended::of(status)),
-        _ => (p.pid, Ended::unknown("exit status unknown")),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn stop(mut p: Process) {
-    drop(p.stdin);
-    if tokio::time::timeout(Duration::from_secs(2), p.child.wait())
-        .await
-        .is_err()
-    {
-        let _ = p.child.kill().await;
+    fn job(payload: &str, blob: Option<&[u8]>) -> PythonJob {
+        PythonJob {
+            spec: TaskSpec {
+                task_id: Uuid::new_v4(),
+                function_id: Uuid::new_v4(),
+                payload: payload.into(),
+                blob: blob.map(|b| b.to_vec().into()),
+                result_serializers: vec!["11\n".into()],
+                resource_spec: None,
+            },
+            code: "13\nthe code".into(),
+        }
+    }
+
+    /// Splits a request head into its length prefix, JSON header and payload.
+    fn split(head: &[u8]) -> (usize, serde_json::Value, &[u8]) {
+        let length = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let newline = head.iter().position(|&b| b == b'\n').unwrap();
+        let header = serde_json::from_slice(&head[4..newline]).unwrap();
+        (length, header, &head[newline + 1..])
+    }
+
+    /// The length counts the blob written after the head; the payload
+    /// follows the header's newline byte for byte, newlines and quotes included.
+    #[test]
+    fn a_request_carries_its_payload_as_is_and_counts_its_blob() {
+        let payload = "2\n\"é\n0\n";
+        let job = job(payload, Some(b"\x00\x01\xff"));
+        let head = request_head(&job, true, Some("/sandbox/t")).unwrap();
+        let (length, header, rest) = split(&head);
+        assert_eq!(length, head.len() - 4 + 3);
+        assert_eq!(rest, payload.as_bytes());
+        assert_eq!(header["task_id"], job.spec.task_id.to_string());
+        assert_eq!(header["function_id"], job.spec.function_id.to_string());
+        assert_eq!(header["function_code"], "13\nthe code");
+        assert_eq!(header["result_serializers"], serde_json::json!(["11\n"]));
+        assert_eq!(header["sandbox_dir"], "/sandbox/t");
+        assert_eq!(header["blob"], 3);
+    }
+
+    /// A worker that has the function already gets no code, and keys that
+    /// do not apply are left out rather than sent as null.
+    #[test]
+    fn a_known_function_goes_without_its_code() {
+        let job = job("0\n", None);
+        let head = request_head(&job, false, None).unwrap();
+        let (length, header, rest) = split(&head);
+        assert_eq!(length, head.len() - 4);
+        assert_eq!(rest, b"0\n");
+        let keys: Vec<_> = header.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 3, "{header}");
+        for absent in ["function_code", "sandbox_dir", "blob"] {
+            assert!(header.get(absent).is_none(), "{absent} in {header}");
+        }
+    }
+
+    #[test]
+    fn replies_give_the_outcome_or_say_how_they_break_the_protocol() {
+        let id = Uuid::new_v4();
+        let reply = |json: serde_json::Value| parse_reply(json.to_string().as_bytes(), id);
+        let ok = reply(serde_json::json!({"task_id": id, "ok": true, "result": "11\n3"}));
+        assert!(matches!(ok.unwrap(), Outcome::Success { result } if result == "11\n3"));
+        let exception = serde_json::json!({"type": "KeyError", "message": "'x'", "traceback": "t"});
+        let failed = reply(serde_json::json!({"task_id": id, "ok": false, "exception": exception}));
+        assert!(
+            matches!(failed.unwrap(), Outcome::Failed { exception } if exception.exc_type == "KeyError")
+        );
+        let neither = reply(serde_json::json!({"task_id": id, "ok": true}));
+        assert!(matches!(
+            neither.unwrap(),
+            Outcome::Failed { exception } if SystemFailure::WorkerProtocolError.is(&exception.exc_type)
+        ));
+        let other =
+            reply(serde_json::json!({"task_id": Uuid::new_v4(), "ok": true, "result": "r"}));
+        assert!(other.unwrap_err().to_string().contains("another task"));
+        let garbage = parse_reply(b"\xff{", id).unwrap_err();
+        assert!(garbage.to_string().contains("malformed reply"), "{garbage}");
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_whole_and_bounded_before_allocating() {
+        let mut input: &[u8] = b"\x00\x00\x00\x03abc\x00\x00\x00\x05ab";
+        assert_eq!(read_frame(&mut input).await.unwrap(), b"abc");
+        let truncated = read_frame(&mut input).await.unwrap_err();
+        assert_eq!(truncated.kind(), std::io::ErrorKind::UnexpectedEof);
+        let mut huge: &[u8] = b"\xff\xff\xff\xff";
+        let e = read_frame(&mut huge).await.unwrap_err();
+        assert!(e.to_string().contains("4294967295 bytes exceeds"), "{e}");
+    }
+
+    /// Only a worker SIGTERM killed while it started counts as the batch
+    /// system's doing.
+    #[test]
+    fn a_start_ended_by_sigterm_is_told_apart() {
+        let ended = |by_sigterm| {
+            std::io::Error::other(EndedBeforeReady {
+                ended: Ended {
+                    description: "signal: 15".into(),
+                    by_sigterm,
+                },
+                cause: std::io::ErrorKind::UnexpectedEof.into(),
+            })
+        };
+        assert!(start_ended_by_sigterm(&ended(true)));
+        assert!(!start_ended_by_sigterm(&ended(false)));
+        assert!(!start_ended_by_sigterm(&std::io::Error::other(
+            "no ready frame"
+        )));
+        assert!(ended(true)
+            .to_string()
+            .contains("ended before it was ready (signal: 15)"));
     }
 }
