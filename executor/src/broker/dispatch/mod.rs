@@ -275,7 +275,13 @@ impl Dispatcher {
     /// hands queued tasks to the other managers with free capacity,
     /// round-robin; `now` is the wall clock (Unix seconds) for walltime draining.
     pub fn dispatch(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
-        let mut out = self.mpi.place(&mut self.managers, &self.tasks, now);
+        let placed = self.mpi.place(&mut self.managers, &self.tasks, now);
+        if placed.released {
+            // Nodes let go of gain eligibility, which the rounds would
+            // otherwise only notice when something else calls for a rescan.
+            self.rounds.rescan();
+        }
+        let mut out = placed.started;
         self.rounds
             .dispatch(&mut self.managers, &mut self.tasks, now, &mut out);
         out
@@ -734,5 +740,26 @@ mod tests {
         assert!(d
             .register(b"b".to_vec(), info("b", "0", 0, 0), now)
             .is_err());
+    }
+
+    #[test]
+    fn nodes_let_go_by_a_draining_hold_take_ordinary_work_at_once() {
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0).with_nodes_per_block(2);
+        let mut near = info("a1", "a", 1, 0);
+        near.deadline = Some(1000.0);
+        near.rank = 1;
+        d.register(b"a1".to_vec(), near, Instant::now()).unwrap();
+        d.submit(vec![], tasks(1, Uuid::new_v4()));
+        assert_eq!(sent(&d.dispatch(0.0), b"a1").1, 1, "a1 is busy");
+        managers(&mut d, &[("a0", "a", "h0")]);
+        let (code, mpi) = mpi_tasks(1, r#"{"num_nodes": 2}"#);
+        assert!(d.submit(code, mpi).is_empty());
+        d.submit(vec![], tasks(1, Uuid::new_v4()));
+        assert!(d.dispatch(0.0).is_empty(), "a0 and a1 are held");
+        // a1 enters its drain period: the hold is let go and no other block
+        // has two nodes, so the idle a0 is free for the queued task.
+        let out = d.dispatch(950.0);
+        assert_eq!(sent(&out, b"a0").1, 1, "{out:?}");
+        assert!(mpi_sent(&out).is_empty());
     }
 }

@@ -37,6 +37,15 @@ impl MpiWait {
     }
 }
 
+/// What one [`MpiHold::place`] did.
+#[derive(Default)]
+pub struct Placed {
+    /// Messages that start MPI tasks on their leaders.
+    pub started: Vec<(Identity, BrokerMessage)>,
+    /// True if a hold was let go of: its managers may take ordinary work.
+    pub released: bool,
+}
+
 /// MPI functions, what each MPI task asks for, and the ones not started yet.
 pub struct MpiHold {
     /// Nodes of a block as configured (`provider.nodes_per_block`).
@@ -159,14 +168,8 @@ impl MpiHold {
 
     /// Holds nodes for waiting MPI tasks, oldest first, and starts each task
     /// whose held nodes have all gone idle; `now` is the wall clock (Unix s).
-    /// Returns the messages that start tasks on their leaders.
-    pub fn place(
-        &mut self,
-        managers: &mut Managers,
-        tasks: &TaskBook,
-        now: f64,
-    ) -> Vec<(Identity, BrokerMessage)> {
-        let mut started = Vec::new();
+    pub fn place(&mut self, managers: &mut Managers, tasks: &TaskBook, now: f64) -> Placed {
+        let mut placed = Placed::default();
         let drain_period = managers.drain_period();
         for mut w in std::mem::take(&mut self.waiting) {
             let Some(task) = tasks.get(&w.task_id) else {
@@ -179,6 +182,7 @@ impl MpiHold {
                     .is_none_or(|m| m.draining(drain_period, now))
             });
             if unusable {
+                placed.released = true;
                 for id in w.held.drain(..) {
                     if let Some(m) = managers.get_mut(&id) {
                         m.held_for = None;
@@ -202,7 +206,7 @@ impl MpiHold {
                     .all(|id| managers.get(id).is_some_and(|m| m.in_hand.is_empty()));
             if idle {
                 if let Some(start) = start(managers, tasks, task, &w) {
-                    started.push(start);
+                    placed.started.push(start);
                     continue;
                 }
             }
@@ -212,7 +216,7 @@ impl MpiHold {
             }
             self.waiting.push_back(w);
         }
-        started
+        placed
     }
 }
 
@@ -318,18 +322,19 @@ mod tests {
         book.own(ts[0].clone());
         hold.enqueue(id, request);
         ms.get_mut(b"a1").unwrap().in_hand.insert(Uuid::new_v4());
-        assert!(hold.place(&mut ms, &book, 0.0).is_empty());
+        let placed = hold.place(&mut ms, &book, 0.0);
+        assert!(placed.started.is_empty() && !placed.released);
         assert_eq!(hold.take_states(), vec![(id, TaskState::WaitingForNodes)]);
         assert_eq!(ms.get(b"a0").unwrap().held_for, Some(id));
         assert_eq!(ms.get(b"b0").unwrap().held_for, None);
         ms.get_mut(b"a1").unwrap().in_hand.clear();
-        let started = hold.place(&mut ms, &book, 0.0);
+        let placed = hold.place(&mut ms, &book, 0.0);
         let [(
             leader,
             BrokerMessage::MpiTask {
                 functions, nodes, ..
             },
-        )] = &started[..]
+        )] = &placed.started[..]
         else {
             panic!("expected one start")
         };
@@ -342,5 +347,29 @@ mod tests {
         assert!(hold.owns(&id), "running, still owned");
         hold.forget(&id);
         assert!(!hold.owns(&id));
+    }
+
+    #[test]
+    fn a_hold_on_a_draining_node_is_let_go_of() {
+        let mut ms = Managers::new(Duration::from_secs(10), 60.0);
+        register(&mut ms, &[("a0", "a"), ("a1", "a")]);
+        ms.get_mut(b"a1").unwrap().info.deadline = Some(1000.0);
+        ms.get_mut(b"a1").unwrap().in_hand.insert(Uuid::new_v4());
+        let (code, ts) = mpi_tasks(1, r#"{"num_nodes": 2}"#);
+        let mut book = TaskBook::new(None);
+        let mut hold = MpiHold::new(2);
+        hold.add_function(&code[0]);
+        hold.enqueue(ts[0].task_id, hold.request(&ts[0], 0).unwrap());
+        book.own(ts[0].clone());
+        assert!(!hold.place(&mut ms, &book, 0.0).released);
+        assert_eq!(ms.get(b"a0").unwrap().held_for, Some(ts[0].task_id));
+        let placed = hold.place(&mut ms, &book, 950.0);
+        assert!(placed.released && placed.started.is_empty());
+        assert_eq!(
+            ms.get(b"a0").unwrap().held_for,
+            None,
+            "no block has two usable nodes"
+        );
+        assert_eq!(hold.waiting(), 1);
     }
 }
