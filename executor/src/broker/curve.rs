@@ -200,10 +200,7 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<CurveFile> {
 /// A manager's keys for joining the endpoint in `dir` (`--endpoint NAME`):
 /// `None` when its broker runs in clear (no key in `broker.json`).
 pub fn for_endpoint(dir: &Path, server_key: Option<&str>) -> anyhow::Result<Option<ClientKeys>> {
-    let record: Option<crate::agent::BrokerRecord> =
-        std::fs::read(dir.join(crate::agent::BROKER_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+    let record = super::record::read(dir).ok().flatten();
     let Some(recorded) = record.and_then(|r| r.server_key) else {
         return Ok(None);
     };
