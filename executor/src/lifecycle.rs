@@ -312,7 +312,5 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
 
 /// The broker address recorded by the endpoint's agent, if it ever ran.
 pub fn broker_url(dir: &Path) -> Option<String> {
-    let record: crate::agent::BrokerRecord =
-        serde_json::from_slice(&std::fs::read(dir.join(crate::agent::BROKER_FILE)).ok()?).ok()?;
-    Some(record.url)
+    Some(crate::broker::record::read(dir).ok()??.url)
 }

@@ -77,21 +77,6 @@ pub enum Shutdown {
     KeepBlocks,
 }
 
-/// Where the broker listened last time (`broker.json`), so a restarted agent
-/// binds the same port and its blocks' managers find it again.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BrokerRecord {
-    /// Address managers connect to.
-    pub url: String,
-    /// The broker's CURVE public key (Z85); absent when the link is not
-    /// encrypted (`engine.encrypted = false`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_key: Option<String>,
-}
-
-/// File name of [`BrokerRecord`] in the endpoint directory.
-pub const BROKER_FILE: &str = "broker.json";
-
 /// Runs the agent until `shutdown` resolves or the service refuses it.
 pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
     spec.config
@@ -116,9 +101,10 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
 
     let engine = &spec.config.engine;
     let journal = Journal::open(&spec.dir.join("journal.log"))?;
-    let previous: Option<BrokerRecord> = std::fs::read(spec.dir.join(BROKER_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let previous = broker::record::read(&spec.dir).unwrap_or_else(|e| {
+        tracing::warn!("{e:#}; the broker takes a new port");
+        None
+    });
     let curve = if engine.curve() {
         Some(broker::curve::load_or_create(&spec.dir)?)
     } else {
@@ -156,13 +142,12 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         block_walltime: block_walltime(&spec),
         curve: curve.as_ref().map(|c| c.server_keys()).transpose()?,
     })?;
-    crate::private::write(
-        &spec.dir.join(BROKER_FILE),
-        &serde_json::to_vec_pretty(&BrokerRecord {
+    broker::record::write(
+        &spec.dir,
+        &broker::record::BrokerRecord {
             url: broker.url.clone(),
             server_key: curve.and_then(|c| c.server_public),
-        })?,
-        true,
+        },
     )?;
     tracing::info!(
         "endpoint {} ({}) broker listening on {}",

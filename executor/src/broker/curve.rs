@@ -198,13 +198,11 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<CurveFile> {
 }
 
 /// A manager's keys for joining the endpoint in `dir` (`--endpoint NAME`):
-/// `None` when its broker runs in clear (no key in `broker.json`).
+/// `None` when its broker runs in clear (no key in `broker.json`); an error
+/// if `broker.json` is unreadable, rather than a link in clear the broker
+/// would refuse.
 pub fn for_endpoint(dir: &Path, server_key: Option<&str>) -> anyhow::Result<Option<ClientKeys>> {
-    let record: Option<crate::agent::BrokerRecord> =
-        std::fs::read(dir.join(crate::agent::BROKER_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(recorded) = record.and_then(|r| r.server_key) else {
+    let Some(recorded) = super::record::read(dir)?.and_then(|r| r.server_key) else {
         return Ok(None);
     };
     let file = CurveFile::read(&endpoint_file(dir))?;
@@ -476,5 +474,26 @@ mod tests {
         assert!(!try_client(Some(wrong)), "a foreign client key got through");
         assert!(!try_client(None), "a plain client got through");
         assert!(try_client(Some(endpoint.client_keys(None).unwrap())));
+    }
+
+    #[test]
+    fn a_broken_broker_record_is_an_error_not_a_clear_link() {
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-curve-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path();
+        load_or_create(dir).unwrap();
+        assert!(
+            for_endpoint(dir, None).unwrap().is_none(),
+            "no record yet: the agent never ran"
+        );
+        std::fs::write(
+            dir.join("broker.json"),
+            b"{\"url\": \"tcp://127.0.0.1:1\", \"server_",
+        )
+        .unwrap();
+        let e = format!("{:#}", for_endpoint(dir, None).unwrap_err());
+        assert!(e.contains("broker.json"), "{e}");
     }
 }

@@ -7,12 +7,14 @@
 //! block ([`placement`]). The agent talks to the broker through
 //! [`BrokerCommand`]s and [`BrokerEvent`]s. The link is CurveZMQ-encrypted
 //! by default, with a ZAP handler admitting only the endpoint's client key
-//! ([`curve`]).
+//! ([`curve`]). Where it listens is recorded in the endpoint directory
+//! ([`record`]).
 
 pub mod address;
 pub mod curve;
 pub mod dispatch;
 pub mod placement;
+pub mod record;
 
 use std::time::{Duration, Instant};
 
