@@ -287,7 +287,7 @@ impl EndpointConfig {
         }
         if e.unix_socket() && self.provider.kind != "local" {
             return Err(format!(
-                "engine.address = \"{UNIX_ADDRESS}\" needs provider.kind = \"local\": managers \
+                "engine.address = \"{UNIX_ADDRESS}\" needs provider.type = \"local\": managers \
                  of {} blocks run on other nodes, which cannot open a Unix socket on this one",
                 self.provider.kind
             ));
@@ -423,7 +423,8 @@ mod tests {
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
         let unix = "[engine]\naddress = \"unix\"\n[provider]\ntype = \"slurm\"\n";
         let e = EndpointConfig::parse(unix).unwrap_err().to_string();
-        assert!(e.contains("provider.kind = \"local\""), "{e}");
+        assert!(e.contains("provider.type = \"local\""), "{e}");
+        assert!(!e.contains("provider.kind"), "{e}");
         assert!(
             EndpointConfig::parse("[engine]\nmpi_launcher = \"aprun\"\n")
                 .unwrap_err()
