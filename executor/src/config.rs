@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hpfaas_scheduler_adapters::ProviderConfig;
+use hpfaas_scheduler_adapters::{ProviderConfig, ProviderKind};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -285,7 +285,7 @@ impl EndpointConfig {
         if let Some(range) = &e.port_range {
             parse_port_range(range)?;
         }
-        if e.unix_socket() && self.provider.kind != "local" {
+        if e.unix_socket() && self.provider.kind != ProviderKind::Local {
             return Err(format!(
                 "engine.address = \"{UNIX_ADDRESS}\" needs provider.type = \"local\": managers \
                  of {} blocks run on other nodes, which cannot open a Unix socket on this one",
@@ -298,7 +298,7 @@ impl EndpointConfig {
             e.max_workers_per_node,
             e.available_accelerators.clone(),
         )?;
-        if self.provider.kind == "local" {
+        if self.provider.kind == ProviderKind::Local {
             // Local blocks run on this machine: refuse now what every
             // manager would refuse at its start.
             crate::manager::affinity::check_this_machine(
@@ -374,7 +374,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = EndpointConfig::parse("").unwrap();
         assert_eq!(c.engine.worker_python, "python3");
-        assert_eq!(c.provider.kind, "local");
+        assert_eq!(c.provider.kind, ProviderKind::Local);
         assert_eq!(c.provider.max_blocks, 1);
     }
 

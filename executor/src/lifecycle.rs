@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use hpfaas_scheduler_adapters::ProviderKind;
 use serde::Serialize;
 
 use crate::agent::{registration, state_file::AgentState, AgentSpec};
@@ -40,7 +41,8 @@ pub fn endpoint_dir(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Writes a commented configuration for a new endpoint.
 pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
-    if provider != "local" {
+    // The template is written for local blocks only.
+    if provider.parse::<ProviderKind>() != Ok(ProviderKind::Local) {
         bail!("provider {provider:?} is not available in this release; available: local");
     }
     let dir = endpoint_dir(name)?;
@@ -294,7 +296,7 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
     let broker_url = broker_url(&spec.dir).unwrap_or_else(|| {
         let address = crate::broker::address::resolve(
             spec.config.engine.address.as_deref(),
-            spec.config.provider.kind == "local",
+            spec.config.provider.kind == ProviderKind::Local,
         )
         .unwrap_or_else(|e| e);
         format!("tcp://{address}:PORT-CHOSEN-AT-START")

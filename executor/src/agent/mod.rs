@@ -22,6 +22,7 @@ use hpfaas_protocol::endpoint::{
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
+use hpfaas_scheduler_adapters::ProviderKind;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -135,7 +136,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     } else {
         broker::address::resolve(
             engine.address.as_deref(),
-            spec.config.provider.kind == "local",
+            spec.config.provider.kind == ProviderKind::Local,
         )
         .map_err(anyhow::Error::msg)?
     };
@@ -418,7 +419,7 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
 
 /// The walltime after which the batch system ends a block; `None` for local blocks.
 pub fn block_walltime(spec: &AgentSpec) -> Option<Duration> {
-    (spec.config.provider.kind != "local").then(|| spec.config.provider.walltime())
+    (spec.config.provider.kind != ProviderKind::Local).then(|| spec.config.provider.walltime())
 }
 
 /// The manager command line for a block: what the job script runs on each node.
