@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hpfaas_executor::config::cpu_affinity::CpuAffinity;
+use hpfaas_executor::config::mpi_launcher::MpiLauncher;
+use hpfaas_executor::config::DEFAULT_SHELL_OUTPUT_LIMIT;
 use hpfaas_executor::{lifecycle, manager};
 
 #[global_allocator]
@@ -199,13 +202,13 @@ struct ManagerArgs {
     register_timeout: f64,
     /// How workers are pinned: none, block, block-reverse, alternating or list:CPUS:CPUS...
     #[arg(long, default_value = "none")]
-    cpu_affinity: String,
+    cpu_affinity: CpuAffinity,
     /// Accelerator ids, one per worker (comma-separated); caps the worker count.
     #[arg(long, value_delimiter = ',')]
     accelerators: Vec<String>,
     /// How MPI tasks led by this manager are launched: mpiexec (OpenMPI), mpiexec-mpich, srun.
     #[arg(long, default_value = "mpiexec")]
-    mpi_launcher: String,
+    mpi_launcher: MpiLauncher,
     /// Extra MPI launcher arguments (give as --launcher-options=--flag).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     launcher_options: String,
@@ -220,7 +223,7 @@ struct ManagerArgs {
     runtime_dir: Option<PathBuf>,
     /// Bytes of a shell task's stdout (and stderr) kept, head and tail
     /// (engine.shell_output_limit); the rest is counted as dropped.
-    #[arg(long, default_value_t = manager::shell::DEFAULT_OUTPUT_LIMIT)]
+    #[arg(long, default_value_t = DEFAULT_SHELL_OUTPUT_LIMIT)]
     shell_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the

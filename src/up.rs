@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use hpfaas_executor::agent::{self, registration, AgentSpec};
 use hpfaas_executor::config::EndpointConfig;
-use hpfaas_executor::lifecycle::hpfaas_home;
+use hpfaas_executor::lifecycle::{self, hpfaas_home};
 use hpfaas_scheduler_adapters::ProviderKind;
 use serde_json::json;
 
@@ -61,7 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = match &args.config {
-        Some(path) => EndpointConfig::load(path)?,
+        Some(path) => lifecycle::load_config(path)?,
         None => EndpointConfig::default(),
     };
     if args.workers.is_some() {

@@ -75,8 +75,8 @@ fn default_quote_arguments() -> bool {
     true
 }
 
-/// Default of `engine.shell_output_limit`: 512 KiB of head and of tail.
-pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
+/// Default of `engine.shell_output_limit`, which the configuration owns.
+pub use crate::config::DEFAULT_SHELL_OUTPUT_LIMIT as DEFAULT_OUTPUT_LIMIT;
 
 fn default_output_limit() -> usize {
     DEFAULT_OUTPUT_LIMIT
