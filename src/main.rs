@@ -666,3 +666,53 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager_args(extra: &[&str]) -> Result<ManagerArgs, clap::Error> {
+        let argv = ["hpfaas", "manager", "--broker", "tcp://127.0.0.1:9"];
+        match Cli::try_parse_from(argv.iter().chain(extra))?.command {
+            Command::Manager(args) => Ok(*args),
+            _ => unreachable!("parsed as the manager subcommand"),
+        }
+    }
+
+    /// The manager reads the values the agent writes with the parsers the
+    /// configuration file is read with.
+    #[test]
+    fn manager_options_use_the_config_parsers() {
+        let args = manager_args(&[]).unwrap();
+        assert_eq!(args.cpu_affinity, CpuAffinity::None);
+        assert_eq!(args.mpi_launcher, MpiLauncher::OpenMpi);
+        assert_eq!(args.shell_output_limit, DEFAULT_SHELL_OUTPUT_LIMIT);
+        let list: CpuAffinity = "list:0-3:8".parse().unwrap();
+        let written = list.to_string();
+        let args = manager_args(&[
+            "--cpu-affinity",
+            &written,
+            "--mpi-launcher",
+            &MpiLauncher::Mpich.to_string(),
+        ])
+        .unwrap();
+        assert_eq!(args.cpu_affinity, list);
+        assert_eq!(args.mpi_launcher, MpiLauncher::Mpich);
+        let err = manager_args(&["--cpu-affinity", "compact"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("engine.cpu_affinity = \"compact\" is not a mode"),
+            "{err}"
+        );
+        let err = manager_args(&["--mpi-launcher", "aprun"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("engine.mpi_launcher = \"aprun\" is unknown"),
+            "{err}"
+        );
+    }
+}
