@@ -347,6 +347,19 @@ pub fn broker_url(dir: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Cores of this machine, where local blocks run.
+    fn cores_here() -> usize {
+        crate::manager::affinity::Topology::detect()
+            .unwrap()
+            .cores
+            .len()
+    }
+
+    /// An `[engine]` pinning `workers` workers to a block of cores each.
+    fn block_for(workers: usize) -> String {
+        format!("[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {workers}\n")
+    }
+
     /// What [`load_config`] does with a file's text.
     fn parse_here(text: &str) -> Result<EndpointConfig, String> {
         let config = EndpointConfig::parse(text)?;
@@ -365,15 +378,8 @@ mod tests {
             "{err}"
         );
         // Local blocks run here, so this machine's cores bound the block modes.
-        let cores = crate::manager::affinity::Topology::detect()
-            .unwrap()
-            .cores
-            .len();
-        let text = format!(
-            "[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {}\n",
-            cores + 1
-        );
-        let err = parse_here(&text).unwrap_err();
+        let cores = cores_here();
+        let err = parse_here(&block_for(cores + 1)).unwrap_err();
         assert!(err.contains(&format!("{} workers", cores + 1)), "{err}");
         let fits =
             format!("[engine]\ncpu_affinity = \"alternating\"\nmax_workers_per_node = {cores}\n");
@@ -382,14 +388,8 @@ mod tests {
 
     #[test]
     fn only_local_blocks_are_held_to_this_machine() {
-        let cores = crate::manager::affinity::Topology::detect()
-            .unwrap()
-            .cores
-            .len();
-        let engine = format!(
-            "[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {}\n",
-            cores + 1
-        );
+        let cores = cores_here();
+        let engine = block_for(cores + 1);
         let local = format!("{engine}[provider]\ntype = \"local\"\n");
         assert!(parse_here(&local).is_err());
         // Slurm's managers run on other nodes and check their own.
@@ -404,16 +404,9 @@ mod tests {
             .tempdir()
             .unwrap();
         let path = dir.path().join("config.toml");
-        let cores = crate::manager::affinity::Topology::detect()
-            .unwrap()
-            .cores
-            .len();
+        let cores = cores_here();
         let too_many = cores + 1;
-        std::fs::write(
-            &path,
-            format!("[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {too_many}\n"),
-        )
-        .unwrap();
+        std::fs::write(&path, block_for(too_many)).unwrap();
         let err = load_config(&path).unwrap_err().to_string();
         assert!(
             err.starts_with(&path.display().to_string())
