@@ -531,7 +531,7 @@ impl Manager {
             started: Vec::new(),
             mpi: Arc::new(mpi),
             mpi_nodes: HashMap::new(),
-            shell_output_limit: shell::DEFAULT_OUTPUT_LIMIT,
+            shell_output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
         }
     }
 

@@ -281,7 +281,7 @@ mod tests {
             snippet_lines: 10,
             cwd: None,
             quote_arguments: true,
-            output_limit: shell::DEFAULT_OUTPUT_LIMIT,
+            output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
         };
         let options = format!("--x; touch {}", marker.display());
         let task = TaskSpec {
