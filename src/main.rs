@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hpfaas_executor::config::cpu_affinity::CpuAffinity;
+use hpfaas_executor::config::mpi_launcher::MpiLauncher;
+use hpfaas_executor::config::DEFAULT_SHELL_OUTPUT_LIMIT;
 use hpfaas_executor::{lifecycle, manager};
 
 #[global_allocator]
@@ -199,13 +202,13 @@ struct ManagerArgs {
     register_timeout: f64,
     /// How workers are pinned: none, block, block-reverse, alternating or list:CPUS:CPUS...
     #[arg(long, default_value = "none")]
-    cpu_affinity: String,
+    cpu_affinity: CpuAffinity,
     /// Accelerator ids, one per worker (comma-separated); caps the worker count.
     #[arg(long, value_delimiter = ',')]
     accelerators: Vec<String>,
     /// How MPI tasks led by this manager are launched: mpiexec (OpenMPI), mpiexec-mpich, srun.
     #[arg(long, default_value = "mpiexec")]
-    mpi_launcher: String,
+    mpi_launcher: MpiLauncher,
     /// Extra MPI launcher arguments (give as --launcher-options=--flag).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     launcher_options: String,
@@ -220,7 +223,7 @@ struct ManagerArgs {
     runtime_dir: Option<PathBuf>,
     /// Bytes of a shell task's stdout (and stderr) kept, head and tail
     /// (engine.shell_output_limit); the rest is counted as dropped.
-    #[arg(long, default_value_t = manager::shell::DEFAULT_OUTPUT_LIMIT)]
+    #[arg(long, default_value_t = DEFAULT_SHELL_OUTPUT_LIMIT)]
     shell_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
@@ -661,5 +664,55 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager_args(extra: &[&str]) -> Result<ManagerArgs, clap::Error> {
+        let argv = ["hpfaas", "manager", "--broker", "tcp://127.0.0.1:9"];
+        match Cli::try_parse_from(argv.iter().chain(extra))?.command {
+            Command::Manager(args) => Ok(*args),
+            _ => unreachable!("parsed as the manager subcommand"),
+        }
+    }
+
+    /// The manager reads the values the agent writes with the parsers the
+    /// configuration file is read with.
+    #[test]
+    fn manager_options_use_the_config_parsers() {
+        let args = manager_args(&[]).unwrap();
+        assert_eq!(args.cpu_affinity, CpuAffinity::None);
+        assert_eq!(args.mpi_launcher, MpiLauncher::OpenMpi);
+        assert_eq!(args.shell_output_limit, DEFAULT_SHELL_OUTPUT_LIMIT);
+        let list: CpuAffinity = "list:0-3:8".parse().unwrap();
+        let written = list.to_string();
+        let args = manager_args(&[
+            "--cpu-affinity",
+            &written,
+            "--mpi-launcher",
+            &MpiLauncher::Mpich.to_string(),
+        ])
+        .unwrap();
+        assert_eq!(args.cpu_affinity, list);
+        assert_eq!(args.mpi_launcher, MpiLauncher::Mpich);
+        let err = manager_args(&["--cpu-affinity", "compact"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("engine.cpu_affinity = \"compact\" is not a mode"),
+            "{err}"
+        );
+        let err = manager_args(&["--mpi-launcher", "aprun"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("engine.mpi_launcher = \"aprun\" is unknown"),
+            "{err}"
+        );
     }
 }

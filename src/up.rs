@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use hpfaas_executor::agent::{self, registration, AgentSpec};
 use hpfaas_executor::config::EndpointConfig;
-use hpfaas_executor::lifecycle::hpfaas_home;
+use hpfaas_executor::lifecycle::{self, hpfaas_home};
+use hpfaas_scheduler_adapters::ProviderKind;
 use serde_json::json;
 
 /// Options of `hpfaas up`.
@@ -60,7 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = match &args.config {
-        Some(path) => EndpointConfig::load(path)?,
+        Some(path) => lifecycle::load_config(path)?,
         None => EndpointConfig::default(),
     };
     if args.workers.is_some() {
@@ -86,7 +87,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // encrypting every argument twice on one machine), unless the
     // configuration names an address or the path is too long for a socket.
     let socket_fits = hpfaas_executor::broker::address::socket_path(&endpoint_dir).is_ok();
-    if config.engine.address.is_none() && config.provider.kind == "local" && socket_fits {
+    if config.engine.address.is_none() && config.provider.kind == ProviderKind::Local && socket_fits
+    {
         config.engine.address = Some(hpfaas_executor::config::UNIX_ADDRESS.into());
     }
     let previous = registration::load(&endpoint_dir)

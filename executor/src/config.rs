@@ -3,12 +3,29 @@
 //! Section and key names follow Globus Compute and Parsl. Every key is listed
 //! in `docs/configuration.md`; an unknown or mistyped key is an error naming
 //! the key and its line, never silently ignored.
+//!
+//! Values with a grammar (`cpu_affinity`, `mpi_launcher`, `port_range`, and
+//! the scheduler adapters' `provider.type`) are parsed while the file is
+//! read, into the types the agent and the managers use; a bad one is refused
+//! with its line. The engine's live in the submodules here, which import
+//! nothing of the agent or the manager: the managers read the same values
+//! back from their command line with the same parsers. Whether this machine
+//! can host local blocks as configured is not a property of the file:
+//! `lifecycle::load_config` checks it.
+
+pub mod cpu_affinity;
+pub mod mpi_launcher;
+pub mod port_range;
 
 use std::path::{Path, PathBuf};
 
-use hpfaas_scheduler_adapters::ProviderConfig;
+use hpfaas_scheduler_adapters::{ProviderConfig, ProviderKind};
 use serde::Deserialize;
 use uuid::Uuid;
+
+use cpu_affinity::{CpuAffinity, WorkerRequest};
+use mpi_launcher::MpiLauncher;
+use port_range::PortRange;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,8 +72,8 @@ pub struct EngineSection {
     pub max_workers_per_node: Option<u32>,
     /// How workers are pinned: `none`, `block`, `block-reverse`,
     /// `alternating` or `list:...` (Parsl's modes).
-    #[serde(default = "default_cpu_affinity")]
-    pub cpu_affinity: String,
+    #[serde(default)]
+    pub cpu_affinity: CpuAffinity,
     /// Accelerator ids, one per worker (an int N in the file means `0..N`).
     #[serde(default, deserialize_with = "accelerators")]
     pub available_accelerators: Vec<String>,
@@ -82,10 +99,10 @@ pub struct EngineSection {
     /// link needs no CurveZMQ ([`EngineSection::curve`]).
     pub address: Option<String>,
     /// Port range `"a-b"` for the broker; any free port when absent.
-    pub port_range: Option<String>,
+    pub port_range: Option<PortRange>,
     /// How MPI tasks are launched: `mpiexec` (OpenMPI), `mpiexec-mpich`, `srun`.
-    #[serde(default = "default_mpi_launcher")]
-    pub mpi_launcher: String,
+    #[serde(default)]
+    pub mpi_launcher: MpiLauncher,
     /// Extra arguments for the MPI launcher, before each task's own.
     #[serde(default)]
     pub launcher_options: String,
@@ -123,6 +140,15 @@ impl EngineSection {
         self.encrypted && !self.unix_socket()
     }
 
+    /// What every manager is asked for: pinning, worker count, accelerators.
+    pub fn worker_request(&self) -> Result<WorkerRequest, String> {
+        WorkerRequest::new(
+            self.cpu_affinity.clone(),
+            self.max_workers_per_node,
+            self.available_accelerators.clone(),
+        )
+    }
+
     /// Refuses a broker on TCP without CurveZMQ unless explicitly allowed
     /// ([`EngineSection::allow_unencrypted_tcp`]). Checked where the agent
     /// starts, after `hpfaas up` may have chosen a Unix socket.
@@ -146,7 +172,7 @@ impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             max_workers_per_node: None,
-            cpu_affinity: default_cpu_affinity(),
+            cpu_affinity: CpuAffinity::default(),
             available_accelerators: Vec::new(),
             max_retries_on_system_failure: 0,
             worker_python: default_worker_python(),
@@ -155,7 +181,7 @@ impl Default for EngineSection {
             heartbeat_threshold: default_heartbeat_threshold(),
             address: None,
             port_range: None,
-            mpi_launcher: default_mpi_launcher(),
+            mpi_launcher: MpiLauncher::default(),
             launcher_options: String::new(),
             run_in_sandbox: false,
             shell_output_limit: default_shell_output_limit(),
@@ -165,20 +191,15 @@ impl Default for EngineSection {
     }
 }
 
-fn default_shell_output_limit() -> usize {
-    crate::manager::shell::DEFAULT_OUTPUT_LIMIT
-}
+/// Default of `engine.shell_output_limit`: 512 KiB of head and of tail.
+pub const DEFAULT_SHELL_OUTPUT_LIMIT: usize = 1 << 20;
 
-fn default_mpi_launcher() -> String {
-    "mpiexec".into()
+fn default_shell_output_limit() -> usize {
+    DEFAULT_SHELL_OUTPUT_LIMIT
 }
 
 fn default_encrypted() -> bool {
     true
-}
-
-fn default_cpu_affinity() -> String {
-    "none".into()
 }
 
 /// `available_accelerators`: a list of ids (strings or integers), or a
@@ -282,44 +303,16 @@ impl EndpointConfig {
                 e.heartbeat_threshold, e.heartbeat_period
             ));
         }
-        if let Some(range) = &e.port_range {
-            parse_port_range(range)?;
-        }
-        if e.unix_socket() && self.provider.kind != "local" {
+        if e.unix_socket() && self.provider.kind != ProviderKind::Local {
             return Err(format!(
-                "engine.address = \"{UNIX_ADDRESS}\" needs provider.kind = \"local\": managers \
+                "engine.address = \"{UNIX_ADDRESS}\" needs provider.type = \"local\": managers \
                  of {} blocks run on other nodes, which cannot open a Unix socket on this one",
                 self.provider.kind
             ));
         }
-        crate::manager::mpi_task::MpiLauncher::parse(&e.mpi_launcher)?;
-        let placement = crate::manager::affinity::Request::new(
-            &e.cpu_affinity,
-            e.max_workers_per_node,
-            e.available_accelerators.clone(),
-        )?;
-        if self.provider.kind == "local" {
-            // Local blocks run on this machine: refuse now what every
-            // manager would refuse at its start.
-            crate::manager::affinity::check_this_machine(
-                &placement,
-                self.provider.nodes_per_block,
-            )?;
-        }
+        e.worker_request()?;
         self.provider.validate()
     }
-}
-
-/// Parses `"a-b"` into an inclusive port range.
-pub fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("engine.port_range = \"{range}\" is not of the form \"55000-55100\"");
-    let (a, b) = range.split_once('-').ok_or_else(bad)?;
-    let a: u16 = a.trim().parse().map_err(|_| bad())?;
-    let b: u16 = b.trim().parse().map_err(|_| bad())?;
-    if a == 0 || a > b {
-        return Err(bad());
-    }
-    Ok((a, b))
 }
 
 /// The configuration `hpfaas endpoint configure` writes: every key commented.
@@ -374,7 +367,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = EndpointConfig::parse("").unwrap();
         assert_eq!(c.engine.worker_python, "python3");
-        assert_eq!(c.provider.kind, "local");
+        assert_eq!(c.provider.kind, ProviderKind::Local);
         assert_eq!(c.provider.max_blocks, 1);
     }
 
@@ -423,13 +416,21 @@ mod tests {
         assert!(EndpointConfig::parse("[engine]\nport_range = \"9-1\"\n").is_err());
         let unix = "[engine]\naddress = \"unix\"\n[provider]\ntype = \"slurm\"\n";
         let e = EndpointConfig::parse(unix).unwrap_err().to_string();
-        assert!(e.contains("provider.kind = \"local\""), "{e}");
+        assert!(e.contains("provider.type = \"local\""), "{e}");
+        assert!(!e.contains("provider.kind"), "{e}");
         assert!(
             EndpointConfig::parse("[engine]\nmpi_launcher = \"aprun\"\n")
                 .unwrap_err()
                 .contains("aprun")
         );
-        assert_eq!(parse_port_range("55000-55100").unwrap(), (55000, 55100));
+        let c = EndpointConfig::parse("[engine]\nport_range = \"55000-55100\"\n").unwrap();
+        assert_eq!(
+            c.engine.port_range,
+            Some(PortRange {
+                first: 55000,
+                last: 55100
+            })
+        );
     }
 
     #[test]
@@ -470,7 +471,7 @@ mod placement_tests {
     #[test]
     fn accelerators_are_a_list_or_a_count() {
         let c = EndpointConfig::parse("").unwrap();
-        assert_eq!(c.engine.cpu_affinity, "none");
+        assert_eq!(c.engine.cpu_affinity, CpuAffinity::None);
         assert!(c.engine.available_accelerators.is_empty());
         let c = EndpointConfig::parse("[engine]\navailable_accelerators = 3\n").unwrap();
         assert_eq!(c.engine.available_accelerators, ["0", "1", "2"]);
@@ -482,34 +483,6 @@ mod placement_tests {
         let err =
             EndpointConfig::parse("[engine]\navailable_accelerators = \"0,1\"\n").unwrap_err();
         assert!(err.contains("available_accelerators"), "{err}");
-    }
-
-    #[test]
-    fn impossible_placements_are_refused_at_load() {
-        let err = EndpointConfig::parse("[engine]\ncpu_affinity = \"packed\"\n").unwrap_err();
-        assert!(err.contains("engine.cpu_affinity = \"packed\""), "{err}");
-        let err = EndpointConfig::parse(
-            "[engine]\ncpu_affinity = \"list:0:1\"\nmax_workers_per_node = 3\n",
-        )
-        .unwrap_err();
-        assert!(
-            err.contains("2 workers") && err.contains("3 workers"),
-            "{err}"
-        );
-        // Local blocks run here, so this machine's cores bound the block modes.
-        let cores = crate::manager::affinity::Topology::detect()
-            .unwrap()
-            .cores
-            .len();
-        let text = format!(
-            "[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {}\n",
-            cores + 1
-        );
-        let err = EndpointConfig::parse(&text).unwrap_err();
-        assert!(err.contains(&format!("{} workers", cores + 1)), "{err}");
-        let fits =
-            format!("[engine]\ncpu_affinity = \"alternating\"\nmax_workers_per_node = {cores}\n");
-        EndpointConfig::parse(&fits).unwrap();
     }
 }
 

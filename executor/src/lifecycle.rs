@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use hpfaas_scheduler_adapters::ProviderKind;
 use serde::Serialize;
 
 use crate::agent::{registration, state_file::AgentState, AgentSpec};
@@ -40,7 +41,8 @@ pub fn endpoint_dir(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Writes a commented configuration for a new endpoint.
 pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
-    if provider != "local" {
+    // The template is written for local blocks only.
+    if provider.parse::<ProviderKind>() != Ok(ProviderKind::Local) {
         bail!("provider {provider:?} is not available in this release; available: local");
     }
     let dir = endpoint_dir(name)?;
@@ -54,6 +56,30 @@ pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Reads an endpoint's configuration for use here: the file's own checks
+/// ([`EndpointConfig::load`]) and then [`local_blocks_fit`].
+pub fn load_config(path: &Path) -> Result<EndpointConfig, config::ConfigError> {
+    let config = EndpointConfig::load(path)?;
+    local_blocks_fit(&config).map_err(|message| config::ConfigError {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Local blocks run on this very machine: refuses now the worker placement
+/// every one of their managers would refuse at its start. Blocks of a batch
+/// system run on other nodes, whose managers check for themselves.
+pub fn local_blocks_fit(config: &EndpointConfig) -> Result<(), String> {
+    match config.provider.kind {
+        ProviderKind::Local => crate::manager::affinity::check_this_machine(
+            &config.engine.worker_request()?,
+            config.provider.nodes_per_block,
+        ),
+        ProviderKind::Slurm | ProviderKind::Pbs | ProviderKind::Lsf => Ok(()),
+    }
+}
+
 /// Builds the agent's spec from the endpoint's directory and environment.
 pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
     let dir = endpoint_dir(name)?;
@@ -64,7 +90,7 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
     // Before anything is read from or written to it: the directory holds
     // the credential, keys, journal and logs.
     crate::private::dirs(&hpfaas_home(), &dir)?;
-    let config = EndpointConfig::load(&path)?;
+    let config = load_config(&path)?;
     crate::tls::set_ca_file(config.endpoint.ca_file.clone());
     let service_url = config
         .endpoint
@@ -265,7 +291,7 @@ pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
         c.service_url.trim_end_matches('/'),
         c.endpoint_id
     );
-    let ca_file = EndpointConfig::load(&dir.join("config.toml"))
+    let ca_file = load_config(&dir.join("config.toml"))
         .ok()
         .and_then(|config| config.endpoint.ca_file);
     let agent = crate::tls::ureq_agent(ca_file.as_deref())?
@@ -294,7 +320,7 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
     let broker_url = broker_url(&spec.dir).unwrap_or_else(|| {
         let address = crate::broker::address::resolve(
             spec.config.engine.address.as_deref(),
-            spec.config.provider.kind == "local",
+            spec.config.provider.kind == ProviderKind::Local,
         )
         .unwrap_or_else(|e| e);
         format!("tcp://{address}:PORT-CHOSEN-AT-START")
@@ -313,4 +339,84 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
 /// The broker address recorded by the endpoint's agent, if it ever ran.
 pub fn broker_url(dir: &Path) -> Option<String> {
     Some(crate::broker::record::read(dir).ok()??.url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cores of this machine, where local blocks run.
+    fn cores_here() -> usize {
+        crate::manager::affinity::Topology::detect()
+            .unwrap()
+            .cores
+            .len()
+    }
+
+    /// An `[engine]` pinning `workers` workers to a block of cores each.
+    fn block_for(workers: usize) -> String {
+        format!("[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {workers}\n")
+    }
+
+    /// What [`load_config`] does with a file's text.
+    fn parse_here(text: &str) -> Result<EndpointConfig, String> {
+        let config = EndpointConfig::parse(text)?;
+        local_blocks_fit(&config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn impossible_placements_are_refused_at_load() {
+        let err = parse_here("[engine]\ncpu_affinity = \"packed\"\n").unwrap_err();
+        assert!(err.contains("engine.cpu_affinity = \"packed\""), "{err}");
+        let err = parse_here("[engine]\ncpu_affinity = \"list:0:1\"\nmax_workers_per_node = 3\n")
+            .unwrap_err();
+        assert!(
+            err.contains("2 workers") && err.contains("3 workers"),
+            "{err}"
+        );
+        // Local blocks run here, so this machine's cores bound the block modes.
+        let cores = cores_here();
+        let err = parse_here(&block_for(cores + 1)).unwrap_err();
+        assert!(err.contains(&format!("{} workers", cores + 1)), "{err}");
+        let fits =
+            format!("[engine]\ncpu_affinity = \"alternating\"\nmax_workers_per_node = {cores}\n");
+        parse_here(&fits).unwrap();
+    }
+
+    #[test]
+    fn only_local_blocks_are_held_to_this_machine() {
+        let cores = cores_here();
+        let engine = block_for(cores + 1);
+        let local = format!("{engine}[provider]\ntype = \"local\"\n");
+        assert!(parse_here(&local).is_err());
+        // Slurm's managers run on other nodes and check their own.
+        let slurm = format!("{engine}[provider]\ntype = \"slurm\"\n");
+        parse_here(&slurm).unwrap();
+    }
+
+    #[test]
+    fn load_config_names_the_file_and_what_does_not_fit() {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-lifecycle-test-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("config.toml");
+        let cores = cores_here();
+        let too_many = cores + 1;
+        std::fs::write(&path, block_for(too_many)).unwrap();
+        let err = load_config(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&path.display().to_string())
+                && err.contains(&format!("{too_many} workers"))
+                && err.contains("needs at least one core per worker"),
+            "{err}"
+        );
+        std::fs::write(&path, "[engine]\ncpu_affinity = \"alternating\"\n").unwrap();
+        let config = load_config(&path).unwrap();
+        assert_eq!(
+            config.engine.cpu_affinity,
+            config::cpu_affinity::CpuAffinity::Alternating
+        );
+    }
 }

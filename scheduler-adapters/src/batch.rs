@@ -182,7 +182,7 @@ pub struct BatchProvider<S: Scheduler> {
 impl<S: Scheduler> BatchProvider<S> {
     /// A provider for a validated configuration.
     pub fn new(config: ProviderConfig) -> Result<Self, String> {
-        let launcher = Launcher::from_config(&config)?;
+        let launcher = config.launcher()?;
         let runner = Runner::new(S::NAME, Duration::from_secs_f64(config.cmd_timeout));
         Ok(BatchProvider {
             config,

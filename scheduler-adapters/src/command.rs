@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::launcher::shell_quote;
+use crate::quote::shell_quote;
 
 /// A command line to run, with optional standard input and working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kind::ProviderKind;
+use crate::launcher::Launcher;
+
 /// `[provider]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// `local`, `slurm`, `pbs` or `lsf`.
-    #[serde(rename = "type", default = "default_kind")]
-    pub kind: String,
+    #[serde(rename = "type", default)]
+    pub kind: ProviderKind,
     /// Slurm partition (`--partition`).
     pub partition: Option<String>,
     /// PBS or LSF queue (`-q`).
@@ -72,7 +75,7 @@ pub struct ProviderConfig {
 impl Default for ProviderConfig {
     fn default() -> Self {
         ProviderConfig {
-            kind: default_kind(),
+            kind: ProviderKind::default(),
             partition: None,
             queue: None,
             account: None,
@@ -98,9 +101,6 @@ impl Default for ProviderConfig {
     }
 }
 
-fn default_kind() -> String {
-    "local".into()
-}
 fn one() -> u32 {
     1
 }
@@ -152,7 +152,10 @@ impl ProviderConfig {
     /// Seconds between status queries: controllers of real clusters ask
     /// users not to poll more often than every few seconds.
     pub fn poll_period(&self) -> Duration {
-        let default = if self.kind == "local" { 1.0 } else { 10.0 };
+        let default = match self.kind {
+            ProviderKind::Local => 1.0,
+            ProviderKind::Slurm | ProviderKind::Pbs | ProviderKind::Lsf => 10.0,
+        };
         Duration::from_secs_f64(self.poll_period.unwrap_or(default))
     }
 
@@ -167,7 +170,6 @@ impl ProviderConfig {
     /// breaks and tabs.
     fn check_characters(&self) -> Result<(), String> {
         let single = [
-            ("type", Some(&self.kind)),
             ("partition", self.partition.as_ref()),
             ("queue", self.queue.as_ref()),
             ("account", self.account.as_ref()),
@@ -210,14 +212,6 @@ impl ProviderConfig {
     /// Checks values and that each key suits the provider; names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         self.check_characters()?;
-        let kinds = ["local", "slurm", "pbs", "lsf"];
-        if !kinds.contains(&self.kind.as_str()) {
-            return Err(format!(
-                "provider.type = {:?} is unknown; use one of {}",
-                self.kind,
-                kinds.join(", ")
-            ));
-        }
         parse_walltime(&self.walltime)?;
         if self.min_blocks > self.max_blocks || self.init_blocks > self.max_blocks {
             return Err(format!(
@@ -258,25 +252,37 @@ impl ProviderConfig {
                 ));
             }
         }
-        let applies: &[(&str, bool, &[&str])] = &[
-            ("partition", self.partition.is_some(), &["slurm"]),
-            ("qos", self.qos.is_some(), &["slurm"]),
-            ("constraint", self.constraint.is_some(), &["slurm"]),
-            ("queue", self.queue.is_some(), &["pbs", "lsf"]),
-            ("account", self.account.is_some(), &["slurm", "pbs"]),
-            ("project", self.project.is_some(), &["lsf"]),
-            ("select_options", self.select_options.is_some(), &["pbs"]),
+        use ProviderKind::{Lsf, Pbs, Slurm};
+        let applies: &[(&str, bool, &[ProviderKind])] = &[
+            ("partition", self.partition.is_some(), &[Slurm]),
+            ("qos", self.qos.is_some(), &[Slurm]),
+            ("constraint", self.constraint.is_some(), &[Slurm]),
+            ("queue", self.queue.is_some(), &[Pbs, Lsf]),
+            ("account", self.account.is_some(), &[Slurm, Pbs]),
+            ("project", self.project.is_some(), &[Lsf]),
+            ("select_options", self.select_options.is_some(), &[Pbs]),
         ];
         for (key, set, kinds) in applies {
-            if *set && !kinds.contains(&self.kind.as_str()) {
+            if *set && !kinds.contains(&self.kind) {
                 return Err(format!(
-                    "provider.{key} does not apply to provider.type = {:?} (it is for {})",
+                    "provider.{key} does not apply to provider.type = \"{}\" (it is for {})",
                     self.kind,
-                    kinds.join(", ")
+                    ProviderKind::names(kinds)
                 ));
             }
         }
-        crate::launcher::Launcher::from_config(self).map(|_| ())
+        self.launcher().map(|_| ())
+    }
+
+    /// The launcher of this provider's blocks (`provider.launcher`, else the
+    /// kind's default).
+    pub fn launcher(&self) -> Result<Launcher, String> {
+        Launcher::choose(
+            self.kind,
+            self.launcher.as_deref(),
+            self.launcher_template.as_deref(),
+            self.nodes_per_block,
+        )
     }
 }
 
@@ -313,22 +319,22 @@ mod tests {
     #[test]
     fn keys_must_suit_the_provider() {
         let c = ProviderConfig {
-            kind: "pbs".into(),
+            kind: ProviderKind::Pbs,
             partition: Some("x".into()),
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("partition"));
         let c = ProviderConfig {
-            kind: "slurm".into(),
+            kind: ProviderKind::Slurm,
             partition: Some("x".into()),
             ..Default::default()
         };
         c.validate().unwrap();
-        let c = ProviderConfig {
-            kind: "cobalt".into(),
-            ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().contains("cobalt"));
+        // An unknown kind cannot be built any more; it is refused where it is read.
+        let err = toml::from_str::<ProviderConfig>("type = \"cobalt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cobalt"), "{err}");
         let c = ProviderConfig {
             cmd_timeout: 0.0,
             ..Default::default()
@@ -340,7 +346,7 @@ mod tests {
     fn control_characters_are_refused_with_the_key() {
         let slurm = |f: &dyn Fn(&mut ProviderConfig)| {
             let mut c = ProviderConfig {
-                kind: "slurm".into(),
+                kind: ProviderKind::Slurm,
                 ..Default::default()
             };
             f(&mut c);

@@ -2,7 +2,7 @@
 //! node of the block, unbound from cores (managers pin their workers
 //! themselves) and, under Slurm, in a step that task steps may overlap.
 
-use crate::config::ProviderConfig;
+use crate::kind::ProviderKind;
 
 /// How a block's managers are started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,22 +18,28 @@ pub enum Launcher {
 }
 
 impl Launcher {
-    /// The configured launcher, or the provider's default.
-    pub fn from_config(config: &ProviderConfig) -> Result<Launcher, String> {
-        let default = match config.kind.as_str() {
-            "slurm" => "srun",
-            "pbs" | "lsf" => "mpiexec",
-            _ => "single-node",
+    /// The launcher named by `provider.launcher` (with `launcher_template`
+    /// for `custom`), or the default of `kind`, checked against the block's
+    /// `nodes_per_block`.
+    pub fn choose(
+        kind: ProviderKind,
+        name: Option<&str>,
+        template: Option<&str>,
+        nodes_per_block: u32,
+    ) -> Result<Launcher, String> {
+        let default = match kind {
+            ProviderKind::Slurm => "srun",
+            ProviderKind::Pbs | ProviderKind::Lsf => "mpiexec",
+            ProviderKind::Local => "single-node",
         };
-        let name = config.launcher.as_deref().unwrap_or(default);
+        let name = name.unwrap_or(default);
         let launcher = match name {
             "srun" => Launcher::Srun,
             "mpiexec" => Launcher::Mpiexec,
             "single-node" => Launcher::SingleNode,
             "custom" => {
-                let template = config
-                    .launcher_template
-                    .clone()
+                let template = template
+                    .map(str::to_string)
                     .ok_or("provider.launcher = \"custom\" needs provider.launcher_template (with {cmd})")?;
                 if !template.contains("{cmd}") {
                     return Err(format!("provider.launcher_template {template:?} must contain {{cmd}}"));
@@ -46,13 +52,13 @@ impl Launcher {
                 ))
             }
         };
-        if config.launcher_template.is_some() && !matches!(launcher, Launcher::Custom(_)) {
+        if template.is_some() && !matches!(launcher, Launcher::Custom(_)) {
             return Err(
                 "provider.launcher_template is only used with provider.launcher = \"custom\""
                     .into(),
             );
         }
-        if launcher == Launcher::SingleNode && config.nodes_per_block > 1 {
+        if launcher == Launcher::SingleNode && nodes_per_block > 1 {
             return Err(
                 "provider.launcher = \"single-node\" cannot start managers on several nodes".into(),
             );
@@ -73,73 +79,40 @@ impl Launcher {
     }
 }
 
-/// Quotes words for a POSIX shell.
-pub fn shell_quote<S: AsRef<str>>(words: &[S]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            let w = w.as_ref();
-            if !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
-            {
-                w.to_string()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(kind: &str, launcher: Option<&str>, template: Option<&str>) -> ProviderConfig {
-        ProviderConfig {
-            kind: kind.into(),
-            launcher: launcher.map(Into::into),
-            launcher_template: template.map(Into::into),
-            nodes_per_block: 2,
-            ..Default::default()
-        }
+    /// The launcher of a two-node block of `kind`.
+    fn choose(
+        kind: &str,
+        launcher: Option<&str>,
+        template: Option<&str>,
+    ) -> Result<Launcher, String> {
+        Launcher::choose(kind.parse().unwrap(), launcher, template, 2)
     }
 
     #[test]
     fn defaults_and_lines() {
-        let srun = Launcher::from_config(&config("slurm", None, None)).unwrap();
+        let srun = choose("slurm", None, None).unwrap();
         assert!(srun.line(2, "m").contains("--overlap"));
         assert!(srun.line(2, "m").contains("--cpu-bind=none"));
-        let mpi = Launcher::from_config(&config("pbs", None, None)).unwrap();
+        let mpi = choose("pbs", None, None).unwrap();
         assert_eq!(
             mpi.line(2, "m"),
             "mpiexec -n 2 --map-by ppr:1:node --bind-to none m"
         );
-        let custom = Launcher::from_config(&config(
-            "lsf",
-            Some("custom"),
-            Some("jsrun -n {nodes} {cmd}"),
-        ))
-        .unwrap();
+        let custom = choose("lsf", Some("custom"), Some("jsrun -n {nodes} {cmd}")).unwrap();
         assert_eq!(custom.line(4, "m"), "jsrun -n 4 m");
     }
 
     #[test]
     fn bad_launchers_are_named() {
-        assert!(Launcher::from_config(&config("slurm", Some("aprun"), None))
+        assert!(choose("slurm", Some("aprun"), None)
             .unwrap_err()
             .contains("aprun"));
-        assert!(Launcher::from_config(&config("slurm", Some("custom"), None)).is_err());
-        assert!(Launcher::from_config(&config("slurm", Some("custom"), Some("jsrun"))).is_err());
-        assert!(Launcher::from_config(&config("slurm", Some("single-node"), None)).is_err());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(
-            shell_quote(&["a", "b c", "it's", ""]),
-            r#"a 'b c' 'it'\''s' ''"#
-        );
+        assert!(choose("slurm", Some("custom"), None).is_err());
+        assert!(choose("slurm", Some("custom"), Some("jsrun")).is_err());
+        assert!(choose("slurm", Some("single-node"), None).is_err());
     }
 }

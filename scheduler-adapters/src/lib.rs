@@ -17,18 +17,21 @@
 pub mod batch;
 pub mod command;
 pub mod config;
+pub mod kind;
 pub mod launcher;
 pub mod local;
 pub mod lsf;
 pub mod pbs;
 pub mod private;
 pub mod provider;
+pub mod quote;
 pub mod script;
 pub mod secrets;
 pub mod slurm;
 
 use batch::BatchProvider;
 pub use config::ProviderConfig;
+pub use kind::ProviderKind;
 pub use private::create_private;
 pub use provider::{BlockRequest, JobId, JobState, Provider, ProviderError};
 pub use secrets::{is_secret_variable, strip_secrets};
@@ -36,16 +39,13 @@ pub use secrets::{is_secret_variable, strip_secrets};
 /// The provider a configuration asks for.
 pub fn build(config: &ProviderConfig) -> Result<Box<dyn Provider>, String> {
     config.validate()?;
-    match config.kind.as_str() {
-        "local" => Ok(Box::new(local::LocalProvider::new(config.clone()))),
-        "slurm" => Ok(Box::new(BatchProvider::<slurm::Slurm>::new(
+    match config.kind {
+        ProviderKind::Local => Ok(Box::new(local::LocalProvider::new(config.clone()))),
+        ProviderKind::Slurm => Ok(Box::new(BatchProvider::<slurm::Slurm>::new(
             config.clone(),
         )?)),
-        "pbs" => Ok(Box::new(BatchProvider::<pbs::Pbs>::new(config.clone())?)),
-        "lsf" => Ok(Box::new(BatchProvider::<lsf::Lsf>::new(config.clone())?)),
-        other => Err(format!(
-            "provider.type = {other:?} is not available in this build"
-        )),
+        ProviderKind::Pbs => Ok(Box::new(BatchProvider::<pbs::Pbs>::new(config.clone())?)),
+        ProviderKind::Lsf => Ok(Box::new(BatchProvider::<lsf::Lsf>::new(config.clone())?)),
     }
 }
 

@@ -6,7 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::launcher::{shell_quote, Launcher};
+use crate::launcher::Launcher;
+use crate::quote::shell_quote;
 use crate::{BlockRequest, JobId, JobState, Provider, ProviderConfig, ProviderError};
 
 /// How long a cancelled block gets to exit after SIGTERM before SIGKILL.
@@ -73,7 +74,7 @@ impl Provider for LocalProvider {
             self.config.nodes_per_block,
             shell_quote(&request.manager_command),
         );
-        let launch = match Launcher::from_config(&self.config) {
+        let launch = match self.config.launcher() {
             // One machine: every rank lands here, so no one-per-node mapping.
             Ok(Launcher::Mpiexec) => format!("mpiexec -n {nodes} --bind-to none {cmd}"),
             Ok(launcher) => launcher.line(nodes, &cmd),

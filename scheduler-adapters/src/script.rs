@@ -18,7 +18,8 @@
 
 use std::time::Duration;
 
-use crate::launcher::{shell_quote, Launcher};
+use crate::launcher::Launcher;
+use crate::quote::shell_quote;
 use crate::{BlockRequest, ProviderConfig};
 
 /// Exports and `worker_init` for the top of a job script, shared by every provider.
@@ -158,7 +159,7 @@ mod tests {
     #[test]
     fn layout_options_and_cd() {
         let config = ProviderConfig {
-            kind: "pbs".into(),
+            kind: crate::ProviderKind::Pbs,
             scheduler_options: vec![
                 "#PBS -l filesystems=home:eagle".into(),
                 "  -l place=scatter  ".into(),
@@ -172,7 +173,7 @@ mod tests {
             prefix: "#PBS",
             starts_in_home: true,
         };
-        let launcher = Launcher::from_config(&config).unwrap();
+        let launcher = config.launcher().unwrap();
         let script = render(
             dialect,
             &["-N hpfaas-ep-7".into()],
@@ -202,12 +203,12 @@ mod tests {
     #[test]
     fn directives_stay_one_line_whatever_they_hold() {
         let config = ProviderConfig {
-            kind: "slurm".into(),
+            kind: crate::ProviderKind::Slurm,
             partition: Some("debug\ntouch /tmp/pwned".into()),
             scheduler_options: vec!["--x=a\u{b}b\ntouch /tmp/pwned2".into()],
             ..Default::default()
         };
-        let launcher = Launcher::from_config(&config).unwrap();
+        let launcher = config.launcher().unwrap();
         let mut req = request();
         req.job_name = "ep\rtouch /tmp/pwned3".into();
         let dialect = Dialect {

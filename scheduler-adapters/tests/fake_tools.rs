@@ -110,7 +110,7 @@ fn request(dir: &Path, name: &str) -> BlockRequest {
 
 fn provider(kind: &str, edit: impl FnOnce(&mut ProviderConfig)) -> Box<dyn Provider> {
     let mut config = ProviderConfig {
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         launcher: Some("single-node".into()),
         cmd_timeout: 10.0,
         ..Default::default()

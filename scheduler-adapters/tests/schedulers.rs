@@ -73,7 +73,7 @@ fn unique() -> (String, PathBuf) {
 
 fn config(kind: &str) -> ProviderConfig {
     let mut config = ProviderConfig {
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         walltime: "00:05:00".into(),
         cmd_timeout: 20.0,
         ..Default::default()

@@ -22,11 +22,14 @@ use hpfaas_protocol::endpoint::{
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
+use hpfaas_scheduler_adapters::ProviderKind;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::broker::{self, dispatch::Load, BrokerCommand, BrokerConfig, BrokerEvent, BrokerHandle};
-use crate::config::{parse_port_range, EndpointConfig};
+use crate::config::cpu_affinity::CpuAffinity;
+use crate::config::mpi_launcher::MpiLauncher;
+use crate::config::EndpointConfig;
 use crate::strategy::Scaling;
 use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
 use journal::Journal;
@@ -121,18 +124,13 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     } else {
         broker::address::resolve(
             engine.address.as_deref(),
-            spec.config.provider.kind == "local",
+            spec.config.provider.kind == ProviderKind::Local,
         )
         .map_err(anyhow::Error::msg)?
     };
     let broker = broker::start(BrokerConfig {
         address,
-        port_range: engine
-            .port_range
-            .as_deref()
-            .map(parse_port_range)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        port_range: engine.port_range.map(|r| (r.first, r.last)),
         preferred_port: previous.and_then(|p| p.url.rsplit(':').next()?.parse().ok()),
         heartbeat_period: Duration::from_secs_f64(engine.heartbeat_period),
         heartbeat_threshold: Duration::from_secs_f64(engine.heartbeat_threshold),
@@ -403,7 +401,7 @@ async fn credential(spec: &AgentSpec) -> anyhow::Result<registration::Credential
 
 /// The walltime after which the batch system ends a block; `None` for local blocks.
 pub fn block_walltime(spec: &AgentSpec) -> Option<Duration> {
-    (spec.config.provider.kind != "local").then(|| spec.config.provider.walltime())
+    (spec.config.provider.kind != ProviderKind::Local).then(|| spec.config.provider.walltime())
 }
 
 /// The manager command line for a block: what the job script runs on each node.
@@ -432,8 +430,8 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
     if let Some(w) = engine.max_workers_per_node {
         argv.extend(["--workers".into(), w.to_string()]);
     }
-    if engine.cpu_affinity != "none" {
-        argv.extend(["--cpu-affinity".into(), engine.cpu_affinity.clone()]);
+    if engine.cpu_affinity != CpuAffinity::None {
+        argv.extend(["--cpu-affinity".into(), engine.cpu_affinity.to_string()]);
     }
     if !engine.available_accelerators.is_empty() {
         argv.extend([
@@ -455,15 +453,15 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
     }
-    if engine.shell_output_limit != crate::manager::shell::DEFAULT_OUTPUT_LIMIT {
+    if engine.shell_output_limit != crate::config::DEFAULT_SHELL_OUTPUT_LIMIT {
         argv.extend([
             "--shell-output-limit".into(),
             engine.shell_output_limit.to_string(),
         ]);
     }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
-    if engine.mpi_launcher != "mpiexec" {
-        argv.extend(["--mpi-launcher".into(), engine.mpi_launcher.clone()]);
+    if engine.mpi_launcher != MpiLauncher::OpenMpi {
+        argv.extend(["--mpi-launcher".into(), engine.mpi_launcher.to_string()]);
     }
     if !engine.launcher_options.trim().is_empty() {
         // One word with `=`: the value itself usually starts with `--`.

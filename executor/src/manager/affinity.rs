@@ -9,160 +9,13 @@
 //! as a precomputed [`CpuMask`] that the forked child applies with a bare
 //! `sched_setaffinity` before it executes Python: between fork and exec only
 //! async-signal-safe calls are allowed, which rules out hwloc and allocation.
+//! What is asked for ([`WorkerRequest`]: the `cpu_affinity` mode, the worker
+//! count, the accelerators) is parsed with the configuration, in
+//! `config/cpu_affinity.rs`, and reaches the manager on its command line.
 
 use std::collections::BTreeSet;
 
-/// How workers are pinned (`engine.cpu_affinity`), with Parsl's names and meaning.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// No pinning: every worker may use all of the manager's CPUs.
-    None,
-    /// Worker i gets the i-th contiguous block of cores, inside one NUMA
-    /// domain where the counts allow.
-    Block,
-    /// As `Block`, counting from the last core.
-    BlockReverse,
-    /// Cores dealt round-robin: worker i gets cores i, i+n, i+2n, ...
-    Alternating,
-    /// Exactly the CPU (PU) ids listed for each worker.
-    List(Vec<Vec<u32>>),
-}
-
-/// The modes, for messages.
-const MODES: &str = "none, block, block-reverse, alternating or list:CPUS:CPUS:... \
-                     (one entry per worker, e.g. \"list:0-3,8-11:4-7,12-15\")";
-
-impl Mode {
-    /// Parses `engine.cpu_affinity`.
-    pub fn parse(text: &str) -> Result<Mode, String> {
-        match text {
-            "none" => Ok(Mode::None),
-            "block" => Ok(Mode::Block),
-            "block-reverse" => Ok(Mode::BlockReverse),
-            "alternating" => Ok(Mode::Alternating),
-            _ => match text.strip_prefix("list:") {
-                Some(list) => list
-                    .split(':')
-                    .map(|entry| {
-                        parse_cpus(entry)
-                            .map_err(|e| format!("engine.cpu_affinity = {text:?}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Mode::List),
-                None => Err(format!(
-                    "engine.cpu_affinity = {text:?} is not a mode; use {MODES}"
-                )),
-            },
-        }
-    }
-}
-
-/// Parses one worker's CPUs, `0-3,8-11`, into ascending distinct ids.
-fn parse_cpus(entry: &str) -> Result<Vec<u32>, String> {
-    if entry.trim().is_empty() {
-        return Err("an entry is empty; give each worker at least one CPU".into());
-    }
-    let mut cpus = BTreeSet::new();
-    for item in entry.split(',') {
-        let bad = || format!("{item:?} is not a CPU id or a range like 8-11");
-        let (a, b) = match item.split_once('-') {
-            Some((a, b)) => (a, b),
-            None => (item, item),
-        };
-        let a: u32 = a.trim().parse().map_err(|_| bad())?;
-        let b: u32 = b.trim().parse().map_err(|_| bad())?;
-        if a > b {
-            return Err(bad());
-        }
-        if b as usize >= CPU_SETSIZE {
-            return Err(format!(
-                "CPU {b} is beyond the {CPU_SETSIZE} CPUs a worker can be pinned to"
-            ));
-        }
-        cpus.extend(a..=b);
-    }
-    Ok(cpus.into_iter().collect())
-}
-
-/// What the endpoint asks of every manager: pinning, worker count, accelerators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// `engine.cpu_affinity`.
-    pub mode: Mode,
-    /// `engine.max_workers_per_node`, if set.
-    pub max_workers: Option<u32>,
-    /// `engine.available_accelerators`: one per worker.
-    pub accelerators: Vec<String>,
-}
-
-impl Request {
-    /// Parses and checks what can be checked without seeing a node.
-    pub fn new(
-        cpu_affinity: &str,
-        max_workers: Option<u32>,
-        accelerators: Vec<String>,
-    ) -> Result<Request, String> {
-        if let Some(bad) = accelerators
-            .iter()
-            .find(|a| a.trim().is_empty() || a.contains(','))
-        {
-            return Err(format!(
-                "engine.available_accelerators: {bad:?} is not an accelerator id (no commas, not empty)"
-            ));
-        }
-        let request = Request {
-            mode: Mode::parse(cpu_affinity)?,
-            max_workers,
-            accelerators,
-        };
-        if let Mode::List(entries) = &request.mode {
-            // A list's own length is the default, so this needs no node.
-            let workers = request.workers(entries.len() as u32);
-            if (entries.len() as u32) < workers {
-                return Err(request.list_too_short(entries.len(), workers));
-            }
-        }
-        Ok(request)
-    }
-
-    /// Workers per manager: `max_workers_per_node`, else one per accelerator,
-    /// else one per `list:` entry, else `default`; never more than there
-    /// are accelerators.
-    pub fn workers(&self, default: u32) -> u32 {
-        let accelerators = self.accelerators.len() as u32;
-        let wanted = self.max_workers.unwrap_or(match &self.mode {
-            _ if accelerators > 0 => accelerators,
-            Mode::List(entries) => entries.len() as u32,
-            _ => default,
-        });
-        let capped = if accelerators > 0 {
-            wanted.min(accelerators)
-        } else {
-            wanted
-        };
-        capped.max(1)
-    }
-
-    /// Where a worker count came from, for messages.
-    fn workers_source(&self) -> &'static str {
-        match (self.max_workers, self.accelerators.is_empty()) {
-            (Some(_), true) => "engine.max_workers_per_node",
-            (Some(_), false) => {
-                "engine.max_workers_per_node, capped by engine.available_accelerators"
-            }
-            (None, false) => "one per engine.available_accelerators",
-            (None, true) => "the default",
-        }
-    }
-
-    fn list_too_short(&self, entries: usize, workers: u32) -> String {
-        format!(
-            "engine.cpu_affinity lists CPUs for {entries} workers but {workers} workers are asked for \
-             ({}); give one ':'-separated entry per worker",
-            self.workers_source()
-        )
-    }
-}
+use crate::config::cpu_affinity::{fmt_cpus, CpuAffinity, WorkerRequest, CPU_SETSIZE};
 
 /// One core this manager may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,22 +140,22 @@ pub struct WorkerCpus {
 /// The CPUs of each of `workers` workers under `mode` on `topology`, or why
 /// that cannot be done; `None` when the mode pins nothing.
 pub fn assign(
-    mode: &Mode,
+    mode: &CpuAffinity,
     topology: &Topology,
     workers: u32,
 ) -> Result<Option<Vec<WorkerCpus>>, String> {
     let n = workers as usize;
     let cores = topology.cores.len();
     let order: Vec<usize> = match mode {
-        Mode::None => return Ok(None),
-        Mode::List(entries) => return list(entries, topology, n).map(Some),
-        Mode::Block | Mode::Alternating => (0..cores).collect(),
-        Mode::BlockReverse => (0..cores).rev().collect(),
+        CpuAffinity::None => return Ok(None),
+        CpuAffinity::List(entries) => return list(entries, topology, n).map(Some),
+        CpuAffinity::Block | CpuAffinity::Alternating => (0..cores).collect(),
+        CpuAffinity::BlockReverse => (0..cores).rev().collect(),
     };
     if n > cores {
         let name = match mode {
-            Mode::Block => "block",
-            Mode::BlockReverse => "block-reverse",
+            CpuAffinity::Block => "block",
+            CpuAffinity::BlockReverse => "block-reverse",
             _ => "alternating",
         };
         return Err(format!(
@@ -313,7 +166,7 @@ pub fn assign(
         ));
     }
     let groups = match mode {
-        Mode::Alternating => (0..n)
+        CpuAffinity::Alternating => (0..n)
             .map(|w| order.iter().copied().skip(w).step_by(n).collect())
             .collect(),
         _ => block(&order, topology, n),
@@ -434,16 +287,16 @@ impl Placement {
 /// Every worker's placement for `request` on `topology`; `unpinned_default`
 /// is the worker count when neither the request nor pinning sets one.
 pub fn plan(
-    request: &Request,
+    request: &WorkerRequest,
     topology: &Topology,
     unpinned_default: u32,
 ) -> Result<Vec<Placement>, String> {
     let default = match request.mode {
-        Mode::None => unpinned_default,
+        CpuAffinity::None => unpinned_default,
         _ => topology.cores.len() as u32,
     };
     let workers = request.workers(default);
-    if let Mode::List(entries) = &request.mode {
+    if let CpuAffinity::List(entries) = &request.mode {
         if (entries.len() as u32) < workers {
             return Err(request.list_too_short(entries.len(), workers));
         }
@@ -472,7 +325,7 @@ pub fn plan(
 
 /// [`plan`] on this node as this process sees it. Without hwloc it falls
 /// back to one core per allowed CPU, with a warning.
-pub fn plan_here(request: &Request, unpinned_default: u32) -> Result<Vec<Placement>, String> {
+pub fn plan_here(request: &WorkerRequest, unpinned_default: u32) -> Result<Vec<Placement>, String> {
     let topology = match Topology::detect() {
         Ok(t) => t,
         Err(e) => {
@@ -488,8 +341,8 @@ pub fn plan_here(request: &Request, unpinned_default: u32) -> Result<Vec<Placeme
 /// `request` against it, so `hpfaas endpoint start` refuses what every
 /// manager would. With `managers` > 1 the block's managers split the
 /// machine's cores, so only the counts are checked.
-pub fn check_this_machine(request: &Request, managers: u32) -> Result<(), String> {
-    if request.mode == Mode::None {
+pub fn check_this_machine(request: &WorkerRequest, managers: u32) -> Result<(), String> {
+    if request.mode == CpuAffinity::None {
         return Ok(());
     }
     let Ok(topology) = Topology::detect() else {
@@ -498,7 +351,7 @@ pub fn check_this_machine(request: &Request, managers: u32) -> Result<(), String
     if managers <= 1 {
         return plan(request, &topology, 1).map(|_| ());
     }
-    if matches!(request.mode, Mode::List(_)) {
+    if matches!(request.mode, CpuAffinity::List(_)) {
         return Ok(());
     }
     let share = (topology.cores.len() as u32 / managers).max(1);
@@ -514,9 +367,6 @@ pub fn check_this_machine(request: &Request, managers: u32) -> Result<(), String
     }
     Ok(())
 }
-
-/// Size of a `cpu_set_t` in CPUs.
-const CPU_SETSIZE: usize = libc::CPU_SETSIZE as usize;
 
 /// A CPU set ready for `sched_setaffinity`, built before fork so that the
 /// child only makes the system call.
@@ -584,27 +434,6 @@ pub fn allowed_cpus() -> Result<Vec<u32>, String> {
         .collect())
 }
 
-/// CPU ids as ranges, `0-3,8-11`.
-pub fn fmt_cpus(cpus: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        let mut end = start;
-        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
-            i += 1;
-            end = cpus[i];
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    out.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,7 +454,7 @@ mod tests {
     }
 
     fn pus(mode: &str, topology: &Topology, workers: u32) -> Vec<Vec<u32>> {
-        assign(&Mode::parse(mode).unwrap(), topology, workers)
+        assign(&CpuAffinity::parse(mode).unwrap(), topology, workers)
             .unwrap()
             .unwrap()
             .into_iter()
@@ -637,39 +466,6 @@ mod tests {
         (0..topology.cores.len())
             .filter(|&c| topology.cores[c].pus.iter().all(|p| pus.contains(p)))
             .collect()
-    }
-
-    #[test]
-    fn modes_parse_and_unknown_ones_are_named() {
-        assert_eq!(Mode::parse("none").unwrap(), Mode::None);
-        assert_eq!(Mode::parse("block-reverse").unwrap(), Mode::BlockReverse);
-        assert_eq!(
-            Mode::parse("list:0-3,8-11:4-7,12-15").unwrap(),
-            Mode::List(vec![
-                vec![0, 1, 2, 3, 8, 9, 10, 11],
-                vec![4, 5, 6, 7, 12, 13, 14, 15]
-            ])
-        );
-        assert_eq!(
-            Mode::parse("list:3,1,1").unwrap(),
-            Mode::List(vec![vec![1, 3]])
-        );
-        let err = Mode::parse("blocky").unwrap_err();
-        assert!(
-            err.contains("\"blocky\"") && err.contains("block-reverse"),
-            "{err}"
-        );
-        for bad in [
-            "list:",
-            "list:0::1",
-            "list:3-1",
-            "list:a",
-            "list:0-",
-            "list:5000",
-        ] {
-            let err = Mode::parse(bad).unwrap_err();
-            assert!(err.contains("engine.cpu_affinity"), "{bad}: {err}");
-        }
     }
 
     #[test]
@@ -752,7 +548,7 @@ mod tests {
     #[test]
     fn list_pins_exactly_as_listed() {
         let m = machine(1, 1, 4, 2);
-        let w = assign(&Mode::parse("list:1,5:0:3-4").unwrap(), &m, 2)
+        let w = assign(&CpuAffinity::parse("list:1,5:0:3-4").unwrap(), &m, 2)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -774,47 +570,49 @@ mod tests {
     #[test]
     fn impossible_requests_are_refused_with_the_numbers() {
         let m = machine(1, 1, 2, 1);
-        let err = assign(&Mode::Block, &m, 3).unwrap_err();
+        let err = assign(&CpuAffinity::Block, &m, 3).unwrap_err();
         assert!(
             err.contains("3 workers") && err.contains("2 cores") && err.contains("CPUs 0-1"),
             "{err}"
         );
-        assert!(assign(&Mode::Alternating, &m, 3).is_err());
-        let err = assign(&Mode::parse("list:0:7").unwrap(), &m, 2).unwrap_err();
+        assert!(assign(&CpuAffinity::Alternating, &m, 3).is_err());
+        let err = assign(&CpuAffinity::parse("list:0:7").unwrap(), &m, 2).unwrap_err();
         assert!(err.contains("CPUs 7") && err.contains("0-1"), "{err}");
-        let err = assign(&Mode::parse("list:0").unwrap(), &m, 2).unwrap_err();
+        let err = assign(&CpuAffinity::parse("list:0").unwrap(), &m, 2).unwrap_err();
         assert!(
             err.contains("1 workers") && err.contains("2 workers"),
             "{err}"
         );
         // The same shortness is caught without a node when the count is configured.
-        let err = Request::new("list:0:1", Some(3), vec![]).unwrap_err();
+        let err = WorkerRequest::new(CpuAffinity::parse("list:0:1").unwrap(), Some(3), vec![])
+            .unwrap_err();
         assert!(
             err.contains("2 workers") && err.contains("3 workers"),
             "{err}"
         );
-        assert!(Request::new("list:0:1", None, vec!["a".into(), "b".into(), "c".into()]).is_err());
-        assert!(Request::new("none", None, vec!["0,1".into()]).is_err());
-    }
-
-    #[test]
-    fn worker_counts_follow_accelerators_and_lists() {
-        let gpus: Vec<String> = ["0", "1", "2", "3"].map(String::from).to_vec();
-        let r = Request::new("block", None, gpus.clone()).unwrap();
-        assert_eq!(r.workers(64), 4);
-        let r = Request::new("block", Some(8), gpus.clone()).unwrap();
-        assert_eq!(r.workers(64), 4, "capped by the accelerators");
-        let r = Request::new("block", Some(2), gpus).unwrap();
-        assert_eq!(r.workers(64), 2);
-        let r = Request::new("list:0:1:2", None, vec![]).unwrap();
-        assert_eq!(r.workers(64), 3);
-        assert_eq!(Request::new("none", None, vec![]).unwrap().workers(7), 7);
+        assert!(WorkerRequest::new(
+            CpuAffinity::parse("list:0:1").unwrap(),
+            None,
+            vec!["a".into(), "b".into(), "c".into()]
+        )
+        .is_err());
+        assert!(WorkerRequest::new(
+            CpuAffinity::parse("none").unwrap(),
+            None,
+            vec!["0,1".into()]
+        )
+        .is_err());
     }
 
     #[test]
     fn plans_carry_threads_and_accelerators() {
         let m = machine(1, 2, 4, 2);
-        let r = Request::new("block", None, vec!["0".into(), "1".into()]).unwrap();
+        let r = WorkerRequest::new(
+            CpuAffinity::parse("block").unwrap(),
+            None,
+            vec!["0".into(), "1".into()],
+        )
+        .unwrap();
         let p = plan(&r, &m, 99).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(
@@ -825,14 +623,24 @@ mod tests {
         assert_eq!(p[1].accelerator.as_deref(), Some("1"));
         assert!(p[1].cpu_mask().is_some());
         // Unpinned: the default count, every core as threads, no mask.
-        let p = plan(&Request::new("none", None, vec![]).unwrap(), &m, 3).unwrap();
+        let p = plan(
+            &WorkerRequest::new(CpuAffinity::parse("none").unwrap(), None, vec![]).unwrap(),
+            &m,
+            3,
+        )
+        .unwrap();
         assert_eq!(p.len(), 3);
         assert!(p.iter().all(|p| p.pinned.is_none() && p.omp_threads == 8));
         // Pinned modes default to one worker per core, not per PU.
         assert_eq!(
-            plan(&Request::new("alternating", None, vec![]).unwrap(), &m, 99)
-                .unwrap()
-                .len(),
+            plan(
+                &WorkerRequest::new(CpuAffinity::parse("alternating").unwrap(), None, vec![])
+                    .unwrap(),
+                &m,
+                99
+            )
+            .unwrap()
+            .len(),
             8
         );
     }

@@ -60,14 +60,14 @@ pub struct ManagerConfig {
     /// The block's walltime, counted from this manager's start; the broker
     /// stops giving work within its drain period of the end.
     pub walltime: Option<Duration>,
-    /// `engine.cpu_affinity`: how workers are pinned ([`affinity::Mode`]).
-    pub cpu_affinity: String,
+    /// `engine.cpu_affinity`: how workers are pinned.
+    pub cpu_affinity: crate::config::cpu_affinity::CpuAffinity,
     /// `engine.available_accelerators`: one per worker; caps the worker count.
     pub accelerators: Vec<String>,
     /// Rank of this manager in its block (from [`block::Membership`]).
     pub rank: u32,
     /// `engine.mpi_launcher`: how this manager starts the MPI tasks it leads.
-    pub mpi_launcher: String,
+    pub mpi_launcher: crate::config::mpi_launcher::MpiLauncher,
     /// `engine.launcher_options`: extra arguments for that launcher.
     pub launcher_options: String,
     /// `engine.run_in_sandbox`: each task runs in `<sandbox_dir>/<task_id>/`
@@ -136,8 +136,8 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         .unwrap_or(1);
     // Refuse an impossible placement before registering; this reads the
     // CPUs this process may use, so any pinning of the manager comes first.
-    let request = affinity::Request::new(
-        &config.cpu_affinity,
+    let request = crate::config::cpu_affinity::WorkerRequest::new(
+        config.cpu_affinity.clone(),
         config.workers,
         config.accelerators.clone(),
     )
@@ -147,7 +147,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let runtime_dir = runtime::install(&config.runtime_base)
         .map_err(|e| anyhow::anyhow!("cannot install the Python worker runtime: {e}"))?;
     let mpi = MpiSettings::new(
-        &config.mpi_launcher,
+        config.mpi_launcher,
         &config.launcher_options,
         &config.runtime_base,
     )
@@ -531,7 +531,7 @@ impl Manager {
             started: Vec::new(),
             mpi: Arc::new(mpi),
             mpi_nodes: HashMap::new(),
-            shell_output_limit: shell::DEFAULT_OUTPUT_LIMIT,
+            shell_output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
         }
     }
 

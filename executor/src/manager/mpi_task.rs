@@ -10,35 +10,7 @@ use hpfaas_protocol::mpi::{MpiNode, MpiRequest};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskSpec};
 
 use super::shell::{self, ShellSpec};
-
-/// How MPI tasks are started (`engine.mpi_launcher`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MpiLauncher {
-    /// OpenMPI's `mpiexec`: `--host h1:R,h2:R --map-by ppr:R:node`.
-    OpenMpi,
-    /// MPICH's (Hydra) `mpiexec`: `-hosts h1,h2 -ppn R`.
-    Mpich,
-    /// Slurm's `srun`, in a step overlapping the managers' (Slurm blocks only).
-    Srun,
-}
-
-impl MpiLauncher {
-    /// The names `engine.mpi_launcher` accepts.
-    pub const NAMES: [&'static str; 3] = ["mpiexec", "mpiexec-mpich", "srun"];
-
-    /// Reads an `engine.mpi_launcher` value.
-    pub fn parse(name: &str) -> Result<MpiLauncher, String> {
-        match name {
-            "mpiexec" => Ok(MpiLauncher::OpenMpi),
-            "mpiexec-mpich" => Ok(MpiLauncher::Mpich),
-            "srun" => Ok(MpiLauncher::Srun),
-            other => Err(format!(
-                "engine.mpi_launcher = {other:?} is unknown; use one of {}",
-                MpiLauncher::NAMES.join(", ")
-            )),
-        }
-    }
-}
+use crate::config::mpi_launcher::MpiLauncher;
 
 /// The endpoint's MPI settings, as every manager is given them.
 #[derive(Debug, Clone)]
@@ -56,7 +28,7 @@ impl MpiSettings {
     /// Settings from the manager's `--mpi-launcher` and `--launcher-options`,
     /// with hostfiles written in `hostfile_dir`.
     pub fn new(
-        launcher: &str,
+        launcher: MpiLauncher,
         options: &str,
         hostfile_dir: &std::path::Path,
     ) -> Result<MpiSettings, String> {
@@ -64,7 +36,7 @@ impl MpiSettings {
             .map_err(|e| format!("engine.launcher_options: {e}"))?
             .join(" ");
         Ok(MpiSettings {
-            launcher: MpiLauncher::parse(launcher)?,
+            launcher,
             options,
             hostfile_dir: hostfile_dir.to_path_buf(),
         })
@@ -285,7 +257,7 @@ mod tests {
             let err = launcher_words(bad).unwrap_err();
             assert!(err.contains("may not contain"), "{bad:?}: {err}");
         }
-        let err = MpiSettings::new("mpiexec", "--x;id", Path::new("/x")).unwrap_err();
+        let err = MpiSettings::new(MpiLauncher::OpenMpi, "--x;id", Path::new("/x")).unwrap_err();
         assert!(
             err.contains("engine.launcher_options") && err.contains("';'"),
             "{err}"
@@ -302,14 +274,14 @@ mod tests {
             .unwrap();
         let dir = scratch.path().join("private");
         let marker = dir.join("pwned");
-        let settings = MpiSettings::new("mpiexec", "", &dir).unwrap();
+        let settings = MpiSettings::new(MpiLauncher::OpenMpi, "", &dir).unwrap();
         let spec = ShellSpec {
             cmd: "true".into(),
             walltime: Some(10.0),
             snippet_lines: 10,
             cwd: None,
             quote_arguments: true,
-            output_limit: shell::DEFAULT_OUTPUT_LIMIT,
+            output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
         };
         let options = format!("--x; touch {}", marker.display());
         let task = TaskSpec {
@@ -333,15 +305,5 @@ mod tests {
             other => panic!("expected a failure, got {other:?}"),
         }
         assert!(!marker.exists());
-    }
-
-    #[test]
-    fn launcher_names() {
-        assert_eq!(MpiLauncher::parse("srun"), Ok(MpiLauncher::Srun));
-        let err = MpiLauncher::parse("aprun").unwrap_err();
-        assert!(
-            err.contains("aprun") && err.contains("mpiexec-mpich"),
-            "{err}"
-        );
     }
 }

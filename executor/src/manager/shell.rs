@@ -75,11 +75,8 @@ fn default_quote_arguments() -> bool {
     true
 }
 
-/// Default of `engine.shell_output_limit`: 512 KiB of head and of tail.
-pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
-
 fn default_output_limit() -> usize {
-    DEFAULT_OUTPUT_LIMIT
+    crate::config::DEFAULT_SHELL_OUTPUT_LIMIT
 }
 
 /// What a shell task returns (the JSON after `sr\n`).
@@ -437,7 +434,7 @@ mod tests {
             walltime,
             snippet_lines: 1000,
             quote_arguments: true,
-            output_limit: DEFAULT_OUTPUT_LIMIT,
+            output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
         }
     }
 
