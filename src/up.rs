@@ -159,7 +159,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 fn live_up_pid(path: &std::path::Path) -> Option<u32> {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let pid = u32::try_from(info["pid"].as_u64()?).ok()?;
-    (pid != std::process::id() && hpfaas_executor::agent::state_file::pid_alive(pid)).then_some(pid)
+    (pid != std::process::id() && hpfaas_executor::agent::pid::pid_alive(pid)).then_some(pid)
 }
 
 /// The owner token of `hpfaas up`: the one kept in the data directory while

@@ -200,12 +200,12 @@ pub fn stop(name: &str, keep_blocks: bool) -> anyhow::Result<String> {
         libc::SIGTERM
     };
     // `running` only returns a state whose pid is alive, so a valid one.
-    crate::agent::state_file::send_signal(s.pid, signal)?;
+    crate::agent::pid::send_signal(s.pid, signal)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.is_alive() {
         if Instant::now() > deadline {
             // The agent ignored SIGTERM for 30 s.
-            crate::agent::state_file::send_signal(s.pid, libc::SIGKILL)?;
+            crate::agent::pid::send_signal(s.pid, libc::SIGKILL)?;
             bail!(
                 "endpoint {name} (pid {}) did not stop within 30 s and was killed",
                 s.pid

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::pid::{pid_alive, send_signal, signalable};
+use super::pid::pid_alive;
 
 /// File name inside the endpoint directory.
 pub const FILE: &str = "agent.json";
