@@ -474,19 +474,14 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
 }
 
 /// Workers a manager will run, as far as the agent can tell without seeing
-/// the node: the configured count, capped by accelerators (one each).
+/// the node (its core count is a guess): the manager's own rule.
 fn workers_estimate(engine: &crate::config::EngineSection, cores: u32) -> u32 {
-    let accelerators = engine.available_accelerators.len() as u32;
-    let workers = engine.max_workers_per_node.unwrap_or(if accelerators > 0 {
-        accelerators
-    } else {
-        cores
-    });
-    if accelerators > 0 {
-        workers.min(accelerators)
-    } else {
-        workers
+    crate::config::cpu_affinity::WorkerRequest {
+        mode: engine.cpu_affinity.clone(),
+        max_workers: engine.max_workers_per_node,
+        accelerators: engine.available_accelerators.clone(),
     }
+    .workers(cores)
 }
 
 fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetup> {
@@ -695,6 +690,18 @@ mod tests {
     use super::*;
     use blocks::fake::{FakeClock, FakeProvider, Queue};
     use blocks::record::{self, Record, Saved};
+
+    #[test]
+    fn the_agent_estimates_workers_by_the_managers_rule() {
+        let engine = |text: &str| EndpointConfig::parse(text).unwrap().engine;
+        assert_eq!(workers_estimate(&engine(""), 16), 16);
+        let capped =
+            "[engine]\nmax_workers_per_node = 8\navailable_accelerators = [\"0\", \"1\"]\n";
+        assert_eq!(workers_estimate(&engine(capped), 16), 2);
+        // A cpu list names the workers itself, whatever the node's cores.
+        let listed = "[engine]\ncpu_affinity = \"list:0:1:2\"\n";
+        assert_eq!(workers_estimate(&engine(listed), 16), 3);
+    }
 
     fn spec_in(dir: &std::path::Path) -> AgentSpec {
         AgentSpec {
