@@ -561,7 +561,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
 /// `hpfaas token create|list|revoke`.
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     use hpfaas_registry::admin::token_kind;
-    use hpfaas_registry::routes::rfc3339;
+    use hpfaas_registry::time::rfc3339;
     match command {
         TokenCommand::Create { user, data_dir } => {
             let token = hpfaas_registry::create_token(&service_dir(data_dir)?, &user)?;

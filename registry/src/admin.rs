@@ -108,7 +108,7 @@ pub fn revoke_token(data_dir: &Path, token_or_prefix: &str) -> anyhow::Result<To
         )
     })?;
     let mut info = info;
-    info.revoked = Some(db::now());
+    info.revoked = Some(crate::time::now());
     audit_now(
         data_dir,
         serde_json::json!({"event": "token_revoked", "user": info.user, "token_id": info.id}),

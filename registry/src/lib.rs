@@ -20,6 +20,7 @@
 //! * [`serve`]: accepting connections, with the connection cap and the
 //!   header and idle timeouts.
 //! * [`tls`]: serving HTTPS.
+//! * [`time`]: Unix seconds, and how task documents and messages show them.
 //!
 //! The CLI's `hpfaas service`, `hpfaas token ...` and `hpfaas up` are thin
 //! wrappers over [`Service`] and the [`admin`] functions.
@@ -39,6 +40,7 @@ pub mod revocation;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod time;
 pub mod tls;
 pub mod token;
 

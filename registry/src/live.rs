@@ -119,7 +119,7 @@ impl Live {
         slot.details = Some(ConnectionDetails {
             host: host.to_string(),
             pid,
-            connected_since: crate::db::now(),
+            connected_since: crate::time::now(),
             last_heartbeat: None,
             report: EndpointReport::default(),
         });
@@ -276,7 +276,7 @@ impl Claim {
         if let Some(slot) = slots.get_mut(&self.endpoint) {
             if slot.live.as_ref().is_some_and(|(id, _)| *id == self.id) {
                 if let Some(d) = slot.details.as_mut() {
-                    d.last_heartbeat = Some(crate::db::now());
+                    d.last_heartbeat = Some(crate::time::now());
                     d.report = report;
                 }
             }

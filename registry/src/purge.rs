@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::db::{self, purge};
+use crate::db::purge;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -67,7 +67,7 @@ where
 
 /// One purge pass, now.
 pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
-    let now = db::now();
+    let now = crate::time::now();
     let ttl = state.config.result_ttl;
     let ttl_cut = now - ttl.as_secs_f64();
     let keep_cut = now - state.config.retention.as_secs_f64();

@@ -8,8 +8,10 @@ use hpfaas_protocol::failure::SystemFailure;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::{now, uuid_col, WriteCtx};
+use super::columns::uuid_col;
+use super::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
+use crate::time::now;
 
 /// A task just cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +30,7 @@ pub struct Cancelled {
 pub fn message(user: &str, at: f64) -> String {
     format!(
         "cancelled by user {user} at {} (unix time {at:.3})",
-        crate::routes::rfc3339(at)
+        crate::time::rfc3339(at)
     )
 }
 

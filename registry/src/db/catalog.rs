@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{json_col, now, uuid_col};
+use super::columns::{json_col, uuid_col};
 use crate::error::{ApiError, ApiResult};
+use crate::time::now;
 
 /// Who a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::now;
 use super::tasks::IdempotentRequest;
 use crate::error::{ApiError, ApiResult};
+use crate::time::now;
 
 /// Longest key accepted, characters.
 pub const MAX_KEY_CHARS: usize = 255;

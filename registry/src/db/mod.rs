@@ -8,6 +8,7 @@
 
 pub mod cancel;
 pub mod catalog;
+pub mod columns;
 pub mod idempotency;
 pub mod payload_files;
 pub mod purge;
@@ -20,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use payload_files::PayloadFiles;
@@ -295,23 +295,4 @@ impl Db {
             idle.clear();
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> f64 {
-    hpfaas_protocol::task::now_unix()
-}
-
-/// Reads a UUID stored as text.
-pub(crate) fn uuid_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(idx)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-/// Reads a JSON object stored as text (`{}` when unreadable).
-pub(crate) fn json_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
-    let text: String = row.get(idx)?;
-    Ok(serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({})))
 }

@@ -18,9 +18,11 @@ use uuid::Uuid;
 use hpfaas_protocol::payload::{strategy_of, unpack, STRATEGY_JSON};
 
 use super::catalog::{self, EndpointPolicy};
+use super::columns::uuid_col;
 use super::payload_files::PayloadFiles;
-use super::{now, uuid_col, WriteCtx};
+use super::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
+use crate::time::now;
 
 /// A task as the REST routes show it.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,8 +11,8 @@ use crate::db::catalog::{self, EndpointRegistration, EndpointRow};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
 use crate::live::ConnectionDetails;
-use crate::routes::time_str;
 use crate::state::AppState;
+use crate::time::time_str;
 use crate::token::{new_token, stored_token};
 
 /// Body of `POST /v3/endpoints`; other keys an agent sends are ignored.

@@ -17,8 +17,8 @@ use crate::auth::User;
 use crate::db::tasks::{self as db_tasks, TaskRow};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
-use crate::routes::time_str;
 use crate::state::AppState;
+use crate::time::time_str;
 
 /// Tasks read per query when listing a task group.
 const GROUP_PAGE: usize = 10_000;
