@@ -50,10 +50,10 @@ enum Command {
         #[arg(long, default_value_t = 10 << 20)]
         max_result_bytes: usize,
         /// Most tasks not yet final one user may have; a submit past it gets 429.
-        #[arg(long, default_value_t = hpfaas_registry::db::tasks::Quota::DEFAULT_MAX_QUEUED_TASKS)]
+        #[arg(long, default_value_t = hpfaas_registry::db::usage::Quota::DEFAULT_MAX_QUEUED_TASKS)]
         max_queued_tasks_per_user: u64,
         /// Most bytes of arguments and results kept for one user; a submit past it gets 507.
-        #[arg(long, default_value_t = hpfaas_registry::db::tasks::Quota::DEFAULT_MAX_STORED_BYTES)]
+        #[arg(long, default_value_t = hpfaas_registry::db::usage::Quota::DEFAULT_MAX_STORED_BYTES)]
         max_stored_bytes_per_user: u64,
         /// Purge results nobody fetched after this long (e.g. 90s, 12h, 7d).
         #[arg(long, default_value = "7d", value_parser = hpfaas_registry::parse_duration)]
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;
-            config.quota = hpfaas_registry::db::tasks::Quota {
+            config.quota = hpfaas_registry::db::usage::Quota {
                 max_queued_tasks: max_queued_tasks_per_user,
                 max_stored_bytes: max_stored_bytes_per_user,
             };

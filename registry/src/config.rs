@@ -60,7 +60,7 @@ pub struct ServiceConfig {
     /// Most result streams open at once with one token; more get `429`.
     pub max_streams_per_token: usize,
     /// Per-user limits on what the service holds for them.
-    pub quota: crate::db::tasks::Quota,
+    pub quota: crate::db::usage::Quota,
 }
 
 impl ServiceConfig {
@@ -110,7 +110,7 @@ impl ServiceConfig {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
             max_streams_per_token: Self::DEFAULT_MAX_STREAMS_PER_TOKEN,
-            quota: crate::db::tasks::Quota::default(),
+            quota: crate::db::usage::Quota::default(),
         }
     }
 

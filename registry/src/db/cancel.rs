@@ -76,14 +76,14 @@ fn cancel_row(
     let row = match row {
         Some((cancelled, owner)) => {
             let kept = (text.len() + traceback.len()) as i64;
-            super::tasks::add_usage(conn, owner, -1, kept - arg_bytes)?;
+            super::usage::add_usage(conn, owner, -1, kept - arg_bytes)?;
             Some(cancelled)
         }
         None => None,
     };
     if row.is_some() {
         ctx.next_result_seq += 1;
-        super::tasks::save_result_seq(conn, ctx)?;
+        super::result_seq::save_result_seq(conn, ctx)?;
     }
     Ok(row)
 }

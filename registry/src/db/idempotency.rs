@@ -8,9 +8,19 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::tasks::IdempotentRequest;
 use crate::error::{ApiError, ApiResult};
 use crate::time::now;
+
+/// A submit carrying an idempotency key.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    /// The client's key.
+    pub key: String,
+    /// SHA-256 of what the request asks (endpoint and body).
+    pub request_hash: String,
+    /// The answer (JSON text) to give this request and its retries.
+    pub answer: String,
+}
 
 /// Longest key accepted, characters.
 pub const MAX_KEY_CHARS: usize = 255;
@@ -35,6 +45,20 @@ pub fn lookup(conn: &Connection, owner: i64, key: &str) -> ApiResult<Option<(Str
         .optional()?)
 }
 
+/// A stored answer for this key, or 409 if the key was used for another
+/// request; `None` if the key is new.
+pub fn replay(conn: &Connection, owner: i64, req: &IdempotentRequest) -> ApiResult<Option<String>> {
+    match lookup(conn, owner, &req.key)? {
+        None => Ok(None),
+        Some((hash, answer)) if hash == req.request_hash => Ok(Some(answer)),
+        Some(_) => Err(ApiError::conflict(format!(
+            "idempotency key {:?} was already used for a different request (another endpoint or \
+             body); use a new key for a new submission",
+            req.key
+        ))),
+    }
+}
+
 /// Records the answer given to `req`.
 pub fn insert(conn: &Connection, owner: i64, req: &IdempotentRequest) -> ApiResult<()> {
     conn.execute(
@@ -48,6 +72,34 @@ pub fn insert(conn: &Connection, owner: i64, req: &IdempotentRequest) -> ApiResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(key: &str, hash: &str) -> IdempotentRequest {
+        IdempotentRequest {
+            key: key.into(),
+            request_hash: hash.into(),
+            answer: format!("answer to {hash}"),
+        }
+    }
+
+    #[test]
+    fn a_key_replays_its_answer_and_refuses_another_request() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let alice = super::super::catalog::ensure_user(&conn, "alice").unwrap();
+        let bob = super::super::catalog::ensure_user(&conn, "bob").unwrap();
+        let first = request("k1", "h1");
+        assert_eq!(replay(&conn, alice, &first).unwrap(), None);
+        insert(&conn, alice, &first).unwrap();
+        assert_eq!(
+            replay(&conn, alice, &first).unwrap().as_deref(),
+            Some("answer to h1")
+        );
+        let e = replay(&conn, alice, &request("k1", "h2")).unwrap_err();
+        assert_eq!(e.code, "conflict");
+        assert!(e.message.contains("\"k1\""), "{}", e.message);
+        // Keys are per user.
+        assert_eq!(replay(&conn, bob, &request("k1", "h2")).unwrap(), None);
+    }
 
     #[test]
     fn keys_are_bounded_printable_text() {

@@ -12,8 +12,10 @@ pub mod columns;
 pub mod idempotency;
 pub mod payload_files;
 pub mod purge;
+pub mod result_seq;
 pub mod schema;
 pub mod tasks;
+pub mod usage;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -167,7 +169,7 @@ impl Db {
         if swept > 0 {
             tracing::info!("removed {swept} payload files no task needs");
         }
-        let next_result_seq = tasks::max_result_seq(&conn)? + 1;
+        let next_result_seq = result_seq::max_result_seq(&conn)? + 1;
         let wal = wal_path(path);
         let writer = Writer::start(conn, WriteCtx { next_result_seq }, Some(wal))?;
         let readers = Arc::new(ReadPool {

@@ -12,7 +12,8 @@
 use hpfaas_protocol::failure::SystemFailure;
 use rusqlite::{params, Connection};
 
-use super::tasks::{UsageDelta, FATE_EXPIRED, FATE_UNFETCHED};
+use super::tasks::{FATE_EXPIRED, FATE_UNFETCHED};
+use super::usage::UsageDelta;
 use crate::error::ApiResult;
 
 /// Bytes a final task keeps (counted in `user_usage`), as SQL.

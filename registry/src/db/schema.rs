@@ -150,11 +150,11 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX tasks_result_seq;
     "#,
     r#"
-    -- What each user holds, for the per-user quotas (db::tasks::check_quota):
+    -- What each user holds, for the per-user quotas (db::usage::check_quota):
     -- tasks not final, and bytes of arguments (task_payloads.bytes, files
     -- included) and results (result, exc_message, exc_traceback). Kept in
     -- batches by the code that inserts, finishes, cancels, expires and
-    -- deletes tasks (db::tasks::add_usage), not by triggers: a trigger per
+    -- deletes tasks (db::usage::add_usage), not by triggers: a trigger per
     -- row was a third more writer time on no-op tasks.
     ALTER TABLE task_payloads ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
     UPDATE task_payloads SET bytes = octet_length(payload);
@@ -256,10 +256,10 @@ mod tests {
         .unwrap();
         tx.commit().unwrap();
         migrate(&mut conn).unwrap();
-        assert_eq!(crate::db::tasks::max_result_seq(&conn).unwrap(), 41);
+        assert_eq!(crate::db::result_seq::max_result_seq(&conn).unwrap(), 41);
         let mut empty = Connection::open_in_memory().unwrap();
         migrate(&mut empty).unwrap();
-        assert_eq!(crate::db::tasks::max_result_seq(&empty).unwrap(), 0);
+        assert_eq!(crate::db::result_seq::max_result_seq(&empty).unwrap(), 0);
     }
 
     #[test]

@@ -32,8 +32,9 @@ use uuid::Uuid;
 
 use crate::auth::User;
 use crate::db::idempotency::validate_key;
+use crate::db::idempotency::IdempotentRequest;
 use crate::db::payload_files::INLINE_MAX;
-use crate::db::tasks::{self as db_tasks, IdempotentRequest, NewTask, Submission, Submitted};
+use crate::db::tasks::{self as db_tasks, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{excerpt, parse_id, parse_json_seed, Body, IdPath};

@@ -1,0 +1,268 @@
+//! What the agent reports back: tasks it journaled (`ack`), non-final
+//! state changes, and results, stored once each (the first one wins) with
+//! the next `result_seq`.
+
+use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::read::TaskRow;
+use crate::db::cancel;
+use crate::db::result_seq::save_result_seq;
+use crate::db::usage::{result_bytes, UsageDelta};
+use crate::db::writer::WriteCtx;
+use crate::error::ApiResult;
+use crate::time::now;
+
+/// The agent journaled these tasks: `waiting-for-launch`, unless they have
+/// moved on already (a re-sent task may be running or finished). For a
+/// cancelled task the ack answers the cancel: it is not repeated.
+pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = 'waiting-for-launch'
+         WHERE id = ?1 AND endpoint_id = ?2 AND state IN ('received', 'waiting-for-ep')",
+    )?;
+    let endpoint = endpoint.to_string();
+    let mut n = 0;
+    for id in ids {
+        let id = id.to_string();
+        let changed = st.execute(params![id, endpoint])?;
+        if changed == 0 {
+            cancel::cancel_delivered(conn, &id, &endpoint)?;
+        }
+        n += changed;
+    }
+    Ok(n)
+}
+
+/// Applies non-final state changes to non-final tasks; final states are
+/// ignored here because only a result may end a task.
+pub fn update_states(
+    conn: &Connection,
+    endpoint: Uuid,
+    updates: &[(Uuid, TaskState)],
+) -> ApiResult<usize> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND done = 0",
+    )?;
+    let endpoint = endpoint.to_string();
+    let mut n = 0;
+    for (id, state) in updates {
+        if state.is_final() {
+            tracing::warn!(task = %id, state = state.as_str(), "ignoring a final state sent without a result");
+            continue;
+        }
+        n += st.execute(params![id.to_string(), endpoint, state.as_str()])?;
+    }
+    Ok(n)
+}
+
+/// A result [`store_results`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    /// The task.
+    pub task: Uuid,
+    /// Its task group.
+    pub group: Uuid,
+    /// The result's `result_seq`.
+    pub seq: i64,
+    /// Its payload was in a file, to remove once this is durable.
+    pub payload_file: bool,
+    /// The task's row as stored, when its result and exception text are at
+    /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
+    /// it back.
+    pub row: Option<std::sync::Arc<TaskRow>>,
+}
+
+/// Largest result (or traceback) handed to the result streams in memory.
+pub const STREAMED_ROW_BYTES: usize = 16 * 1024;
+
+/// Stores results for non-final tasks of this endpoint, each with the next
+/// `result_seq`; returns each stored one. Results for
+/// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
+/// first one wins.
+pub fn store_results(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    endpoint: Uuid,
+    results: &[TaskResult],
+) -> ApiResult<Vec<StoredResult>> {
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
+                          exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
+                          result_fate = 0
+         WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
+         RETURNING group_id, rid, function_id, created, owner",
+    )?;
+    // The payload of a finished task is no longer needed.
+    let mut drop_payload =
+        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING in_file, bytes")?;
+    let mut usage = UsageDelta::default();
+    let stored_at = now();
+    let endpoint_text = endpoint.to_string();
+    let mut stored = Vec::with_capacity(results.len());
+    for res in results {
+        let completed = if res.completed_at.is_finite() && res.completed_at > 0.0 {
+            res.completed_at
+        } else {
+            now()
+        };
+        let (state, result, exc) = match &res.outcome {
+            Outcome::Success { result } => (TaskState::Success, Some(result.as_str()), None),
+            Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
+        };
+        let seq = ctx.next_result_seq;
+        let row: Option<(String, i64, String, f64, i64)> = st
+            .query_row(
+                params![
+                    res.task_id.to_string(),
+                    endpoint_text,
+                    state.as_str(),
+                    result,
+                    exc.map(|e| e.exc_type.as_str()),
+                    exc.map(|e| e.message.as_str()),
+                    exc.map(|e| e.traceback.as_str()),
+                    completed,
+                    seq,
+                    stored_at
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let parsed = row.and_then(|(g, rid, f, created, owner)| {
+            Some((
+                Uuid::parse_str(&g).ok()?,
+                rid,
+                Uuid::parse_str(&f).ok()?,
+                created,
+                owner,
+            ))
+        });
+        match parsed {
+            Some((group, rid, function, created, owner)) => {
+                let dropped: Option<(bool, i64)> = drop_payload
+                    .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let (payload_file, arg_bytes) = dropped.unwrap_or((false, 0));
+                usage.add(owner, -1, result_bytes(result, exc) - arg_bytes);
+                ctx.next_result_seq += 1;
+                let text = result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len());
+                let row = (text <= STREAMED_ROW_BYTES).then(|| {
+                    std::sync::Arc::new(TaskRow {
+                        id: res.task_id,
+                        group,
+                        function,
+                        endpoint,
+                        state,
+                        result: result.map(str::to_string),
+                        exc_type: exc.map(|e| e.exc_type.clone()),
+                        exc_message: exc.map(|e| e.message.clone()),
+                        exc_traceback: exc.map(|e| e.traceback.clone()),
+                        created,
+                        completed: Some(completed),
+                        result_seq: Some(seq),
+                        fetched: false,
+                    })
+                });
+                stored.push(StoredResult {
+                    task: res.task_id,
+                    group,
+                    seq,
+                    payload_file,
+                    row,
+                });
+            }
+            None => {
+                // A cancelled task's late result also answers the cancel.
+                cancel::cancel_delivered(conn, &res.task_id.to_string(), &endpoint_text)?;
+                tracing::debug!(task = %res.task_id, %endpoint,
+                    "result for a task that is already final or not this endpoint's; ignored")
+            }
+        }
+    }
+    usage.apply(conn)?;
+    if !stored.is_empty() {
+        save_result_seq(conn, ctx)?;
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::tasks::dispatch_page::dispatch_page;
+    use crate::db::tasks::dispatch_page::tests::limits;
+    use crate::db::tasks::read::{get_task, results_after};
+    use crate::db::tasks::test_fixture::{fixture, submit_n};
+    use hpfaas_protocol::failure::SystemFailure;
+    use hpfaas_protocol::task::ExceptionInfo;
+    use std::collections::HashSet;
+
+    #[test]
+    fn first_result_wins_and_finished_tasks_leave_the_queue() {
+        let fx = fixture();
+        let group = Uuid::new_v4();
+        let ids = submit_n(&fx, group, 2, 10);
+        assert_eq!(ack(&fx.conn, fx.endpoint, &ids).unwrap(), 2);
+        assert_eq!(
+            update_states(&fx.conn, fx.endpoint, &[(ids[0], TaskState::Running)]).unwrap(),
+            1
+        );
+        // A re-sent, re-acked running task stays running.
+        assert_eq!(ack(&fx.conn, fx.endpoint, &ids[..1]).unwrap(), 0);
+        let mut ctx = WriteCtx { next_result_seq: 7 };
+        let ok = TaskResult {
+            task_id: ids[0],
+            outcome: Outcome::Success { result: "r".into() },
+            completed_at: 5.0,
+        };
+        let failed = TaskResult::failed(
+            ids[0],
+            ExceptionInfo::system(SystemFailure::WorkerLost, "gone"),
+        );
+        let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[ok, failed]).unwrap();
+        assert_eq!(ctx.next_result_seq, 8);
+        let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Success);
+        assert_eq!(row.result.as_deref(), Some("r"));
+        // The row the streams get in memory is the row they would read.
+        let first = StoredResult {
+            task: ids[0],
+            group,
+            seq: 7,
+            payload_file: false,
+            row: Some(std::sync::Arc::new(row)),
+        };
+        assert_eq!(stored, vec![first]);
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            0,
+            HashSet::new(),
+            limits(10, 1 << 20),
+        )
+        .unwrap();
+        assert_eq!(page.count, 1);
+        assert_eq!(results_after(&fx.conn, group, 0, 10).unwrap().len(), 1);
+        assert!(results_after(&fx.conn, group, 7, 10).unwrap().is_empty());
+        let payloads: i64 = fx
+            .conn
+            .query_row("SELECT COUNT(*) FROM task_payloads", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            payloads, 1,
+            "the finished task's payload is dropped, the other's kept"
+        );
+        // A large result is left for the streams to read.
+        let big = TaskResult {
+            task_id: ids[1],
+            outcome: Outcome::Success {
+                result: "r".repeat(STREAMED_ROW_BYTES + 1),
+            },
+            completed_at: 6.0,
+        };
+        let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[big]).unwrap();
+        assert_eq!((stored[0].seq, stored[0].row.is_none()), (8, true));
+    }
+}
