@@ -6,7 +6,8 @@
 //! both sides stream batches: tasks down, acknowledgements and results up,
 //! result acknowledgements down. Every frame is one JSON text message, but
 //! for tasks that carry blobs (raw argument bytes): those come as a binary
-//! frame, a [`TasksFrame`] in MessagePack.
+//! frame, a [`TasksFrame`] in MessagePack. The service builds a JSON
+//! `tasks` frame from tasks encoded one at a time ([`TasksJson`]).
 //!
 //! Delivery is at least once on this hop: the service re-sends every task
 //! that is not final when an agent (re)connects, and the agent re-sends every
@@ -185,6 +186,75 @@ impl From<TasksFrame> for ServiceMessage {
     }
 }
 
+/// One task of a JSON `tasks` frame, encoded once: the service weighs it
+/// against the frame's byte budget before adding it ([`TasksJson::push`]),
+/// and the frame is spliced from these texts without encoding them again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedTask {
+    task: String,
+    code: Option<String>,
+}
+
+impl EncodedTask {
+    /// Encodes `task` and, when it is to go with it, its function's `code`.
+    pub fn new(task: &TaskSpec, code: Option<&FunctionCode>) -> Result<Self, serde_json::Error> {
+        Ok(EncodedTask {
+            task: serde_json::to_string(task)?,
+            code: code.map(serde_json::to_string).transpose()?,
+        })
+    }
+
+    /// Bytes it adds to a frame, its separators included.
+    pub fn frame_bytes(&self) -> usize {
+        self.task.len() + self.code.as_ref().map_or(0, |c| c.len() + 1) + 1
+    }
+}
+
+/// A [`ServiceMessage::Tasks`] as JSON text, spliced from tasks encoded one
+/// at a time ([`EncodedTask`]): the same text [`to_json`] gives for the
+/// message, without building the message or encoding a task twice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TasksJson {
+    functions: String,
+    tasks: String,
+    count: usize,
+}
+
+impl TasksJson {
+    /// Adds a task (and its function's code, if it carries it).
+    pub fn push(&mut self, item: EncodedTask) {
+        if let Some(code) = item.code {
+            if !self.functions.is_empty() {
+                self.functions.push(',');
+            }
+            self.functions.push_str(&code);
+        }
+        if !self.tasks.is_empty() {
+            self.tasks.push(',');
+        }
+        self.tasks.push_str(&item.task);
+        self.count += 1;
+    }
+
+    /// Tasks added so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no task was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The frame's text.
+    pub fn finish(self) -> String {
+        let (functions, tasks) = (self.functions, self.tasks);
+        // The tag and field order of `ServiceMessage::Tasks` as serde writes
+        // them; a unit test holds the two to the same text.
+        format!(r#"{{"type":"tasks","functions":[{functions}],"tasks":[{tasks}]}}"#)
+    }
+}
+
 /// Largest message an older service (one that does not say) reads.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -326,6 +396,66 @@ mod tests {
             ..frame.tasks[0].clone()
         };
         assert!(!to_json(&plain).contains("blob"));
+    }
+
+    fn spec(function_id: Uuid, n: u32) -> TaskSpec {
+        TaskSpec {
+            task_id: Uuid::new_v4(),
+            function_id,
+            payload: format!("5\n11\n[{n}]2\n{{}}\u{e9}\"quoted\""),
+            blob: None,
+            result_serializers: vec!["11".into(), "00".into()],
+            resource_spec: (n == 1).then(|| r#"{"num_nodes": 2}"#.into()),
+        }
+    }
+
+    #[test]
+    fn a_spliced_tasks_frame_is_the_serde_frame() {
+        let (f, g) = (Uuid::new_v4(), Uuid::new_v4());
+        let code = |function_id| FunctionCode {
+            function_id,
+            code: "st\nf:def f(x):\n    return \"x\"".into(),
+        };
+        // Code goes with the first task of each function only.
+        let sent = [
+            (spec(f, 0), Some(code(f))),
+            (spec(f, 1), None),
+            (spec(g, 2), Some(code(g))),
+        ];
+        let mut spliced = TasksJson::default();
+        assert!(spliced.is_empty());
+        let mut bytes = 0;
+        for (task, code) in &sent {
+            let item = EncodedTask::new(task, code.as_ref()).unwrap();
+            bytes += item.frame_bytes();
+            spliced.push(item);
+        }
+        assert_eq!(spliced.len(), 3);
+        let message = ServiceMessage::Tasks {
+            functions: sent.iter().filter_map(|(_, c)| c.clone()).collect(),
+            tasks: sent.iter().map(|(t, _)| t.clone()).collect(),
+        };
+        let text = spliced.finish();
+        assert_eq!(text, to_json(&message));
+        assert_eq!(from_json::<ServiceMessage>(&text).unwrap(), message);
+        // What the items weighed is what the frame holds, less its envelope.
+        let envelope = to_json(&ServiceMessage::Tasks {
+            functions: vec![],
+            tasks: vec![],
+        });
+        assert!(
+            text.len() <= bytes + envelope.len(),
+            "{bytes} {}",
+            text.len()
+        );
+        // A frame of tasks whose code was sent before has no functions.
+        let mut later = TasksJson::default();
+        later.push(EncodedTask::new(&sent[1].0, None).unwrap());
+        let message = ServiceMessage::Tasks {
+            functions: vec![],
+            tasks: vec![sent[1].0.clone()],
+        };
+        assert_eq!(later.finish(), to_json(&message));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use hpfaas_protocol::endpoint::TasksFrame;
+use hpfaas_protocol::endpoint::{EncodedTask, TasksFrame, TasksJson};
 use hpfaas_protocol::task::{FunctionCode, TaskSpec};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -73,7 +73,7 @@ pub fn dispatch_page(
          WHERE t.endpoint_id = ?1 AND t.done = 0 AND t.rid > ?2 ORDER BY t.rid LIMIT ?3",
     )?;
     let mut rows = st.query(params![endpoint.to_string(), after, limits.tasks as i64])?;
-    let (mut functions, mut tasks) = (String::new(), String::new());
+    let mut text = TasksJson::default();
     // A page of tasks with blobs keeps them whole, for one MessagePack frame.
     let mut binary: Option<TasksFrame> = None;
     let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
@@ -162,37 +162,27 @@ pub fn dispatch_page(
             page.tasks.push(spec);
             bytes += item;
         } else {
-            let task_json = to_json(&spec)?;
-            let code_json = code.as_ref().map(to_json).transpose()?;
-            let item = task_json.len() + code_json.as_ref().map_or(0, |c| c.len() + 1) + 1;
+            let item = EncodedTask::new(&spec, code.as_ref()).map_err(|e| {
+                ApiError::internal(format!("could not encode task {}: {e}", spec.task_id))
+            })?;
+            let item_bytes = item.frame_bytes();
             // The byte cap keeps frames far below the WebSocket message limit;
             // a single oversized task still goes, alone.
-            if count > 0 && bytes + item > limits.bytes {
+            if count > 0 && bytes + item_bytes > limits.bytes {
                 break;
             }
-            if let Some(code_json) = code_json {
+            if code.is_some() {
                 sent_functions.insert(spec.function_id);
-                if !functions.is_empty() {
-                    functions.push(',');
-                }
-                functions.push_str(&code_json);
             }
-            if !tasks.is_empty() {
-                tasks.push(',');
-            }
-            tasks.push_str(&task_json);
-            bytes += item;
+            text.push(item);
+            bytes += item_bytes;
         }
         count += 1;
         last_rid = rid;
     }
     let frame = match binary {
         Some(page) => Some(Frame::Binary(page.encode())),
-        None => (count > 0).then(|| {
-            Frame::Text(format!(
-                r#"{{"type":"tasks","functions":[{functions}],"tasks":[{tasks}]}}"#
-            ))
-        }),
+        None => (!text.is_empty()).then(|| Frame::Text(text.finish())),
     };
     Ok(DispatchPage {
         frame,
@@ -202,11 +192,6 @@ pub fn dispatch_page(
         lost,
         more,
     })
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<String> {
-    serde_json::to_string(v)
-        .map_err(|e| ApiError::internal(format!("could not encode a task: {e}")))
 }
 
 #[cfg(test)]
