@@ -329,7 +329,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         credit.clone(),
         out.clone(),
     ));
-    let link = Link {
+    let agent = AgentConnection {
         state: &state,
         endpoint,
         claim: &claim,
@@ -337,7 +337,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         out: &out,
         credit: &credit,
     };
-    let end = receive_loop(&link, stream, revocations).await;
+    let end = receive_loop(&agent, stream, revocations).await;
     dispatcher.abort();
     // Offline as soon as the connection is over, not after the close dance.
     drop(claim);
@@ -531,8 +531,10 @@ enum Next {
     NoCredit(HashSet<Uuid>),
 }
 
-/// What the handlers of one connection share.
-struct Link<'a> {
+/// One agent's open connection, as its frame handlers share it: the
+/// endpoint, its claim, the credential it connected with, the socket's
+/// queue out and the agent's credit.
+struct AgentConnection<'a> {
     state: &'a AppState,
     endpoint: Uuid,
     claim: &'a Claim,
@@ -572,25 +574,25 @@ fn revoked() -> End {
 
 /// Handles the agent's frames until the connection must end.
 async fn receive_loop(
-    link: &Link<'_>,
+    agent: &AgentConnection<'_>,
     mut stream: SplitStream<WebSocket>,
     mut revocations: watch::Receiver<u64>,
 ) -> End {
-    let (state, endpoint) = (link.state, link.endpoint);
+    let (state, endpoint) = (agent.state, agent.endpoint);
     let silence = state.config.heartbeat_timeout();
     let in_flight = Arc::new(Semaphore::new(RESULT_BATCHES_IN_FLIGHT));
     // A revocation between the credential check and the subscription is
     // caught here.
     revocations.mark_unchanged();
-    if let Some(end) = recheck(state, link.credential).await {
+    if let Some(end) = recheck(state, agent.credential).await {
         return end;
     }
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(silence, stream.next()) => next,
-            _ = link.claim.kicked() => return revoked(),
+            _ = agent.claim.kicked() => return revoked(),
             _ = crate::revocation::next(&mut revocations) => {
-                if let Some(end) = recheck(state, link.credential).await {
+                if let Some(end) = recheck(state, agent.credential).await {
                     return end;
                 }
                 continue;
@@ -633,7 +635,7 @@ async fn receive_loop(
                 return End::Close(close_code::INVALID, format!("malformed frame: {e}"));
             }
         };
-        if let Err(end) = handle(link, msg, &in_flight).await {
+        if let Err(end) = handle(agent, msg, &in_flight).await {
             return end;
         }
     }
@@ -645,8 +647,12 @@ fn shutting_down(e: ApiError) -> End {
     End::Close(close_code::AWAY, e.message)
 }
 
-async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) -> Result<(), End> {
-    let (state, endpoint, out) = (link.state, link.endpoint, link.out);
+async fn handle(
+    agent: &AgentConnection<'_>,
+    msg: AgentMessage,
+    in_flight: &Arc<Semaphore>,
+) -> Result<(), End> {
+    let (state, endpoint, out) = (agent.state, agent.endpoint, agent.out);
     match msg {
         AgentMessage::Hello { .. } => {
             tracing::warn!(%endpoint, "second hello from endpoint agent");
@@ -693,12 +699,12 @@ async fn handle(link: &Link<'_>, msg: AgentMessage, in_flight: &Arc<Semaphore>) 
         }
         AgentMessage::Credit { tasks } if tasks > 0 => {
             let add = |c: u64| Some(c.saturating_add(tasks));
-            let _ = link
+            let _ = agent
                 .credit
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, add);
-            link.claim.wake().notify_one();
+            agent.claim.wake().notify_one();
         }
-        AgentMessage::Heartbeat { status } => link.claim.heartbeat(status),
+        AgentMessage::Heartbeat { status } => agent.claim.heartbeat(status),
         AgentMessage::Ack { .. }
         | AgentMessage::States { .. }
         | AgentMessage::Results { .. }
