@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn a_result_keeps_its_text_and_its_exception() {
         let exc = ExceptionInfo {
-            exc_type: "ValueError".into(),
+            exc_type: "ZeroDivisionError".into(),
             message: "bad".into(),
             traceback: "tb".into(),
         };
