@@ -1,15 +1,14 @@
 //! Task groups and tasks: the queue endpoints drain and the results clients
-//! read, one concept per file:
+//! read. The `tasks` table is the queue: an endpoint link keeps a cursor
+//! (`rid`) and pages through its endpoint's non-final tasks
+//! ([`dispatch_page()`]); acknowledgements, state updates and results come
+//! back through the writer ([`ack`], [`update_states`], [`store_results`]).
 //!
-//! * [`submit`](mod@submit): checking and storing a submission;
-//! * [`read`]: what owners read (task rows, groups, results in order);
-//! * [`dispatch_page`](mod@dispatch_page): an endpoint link's next frame of
-//!   tasks, from its cursor (`rid`);
-//! * [`results`]: acknowledgements, state updates and results coming back
-//!   from the agent through the writer.
-//!
-//! This file only names them; the modules import each other one way
-//! (`submit` and `results` read `read`'s types), never this file.
+//! One concept per file: `submit.rs` checks and stores a submission,
+//! `read.rs` is what owners read (task rows, groups, results in order),
+//! `dispatch_page.rs` an endpoint link's next frame of tasks, `results.rs`
+//! what the agent reports back. This file only names them: they import
+//! each other one way (`submit` and `results` use `read`), never this file.
 
 mod dispatch_page;
 mod read;

@@ -41,8 +41,7 @@ pub struct TaskRow {
     pub fetched: bool,
 }
 
-pub(super) const TASK_COLUMNS: &str =
-    "id, group_id, function_id, endpoint_id, state, result, exc_type, \
+const TASK_COLUMNS: &str = "id, group_id, function_id, endpoint_id, state, result, exc_type, \
      exc_message, exc_traceback, created, completed, result_seq, result_fate";
 
 /// `result_fate`: the result waits to be fetched.
