@@ -29,3 +29,29 @@ pub fn create(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(dir: &Path) -> u32 {
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_directory_is_0700_and_an_open_one_is_closed() {
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-data-dir-")
+            .tempdir()
+            .unwrap();
+        let new = scratch.path().join("a/b");
+        create(&new).unwrap();
+        assert_eq!(mode(&new), 0o700);
+        let open = scratch.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+    }
+}

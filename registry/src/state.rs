@@ -126,3 +126,25 @@ impl AppState {
         (state, stop, dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revocations_by_another_process_are_polled_until_shutdown() {
+        let (state, stop, dir) = AppState::for_tests(Live::default());
+        let mut revoked = state.revocations.subscribe();
+        let poll = tokio::spawn(state.clone().poll_revocations());
+        // What `hpfaas token revoke` does from another process.
+        crate::revocation::touch_stamp(dir.path()).unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(30), revoked.changed()).await;
+        assert!(matches!(seen, Ok(Ok(()))), "the revocation was not noticed");
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(30), poll)
+            .await
+            .expect("the poll outlived shutdown")
+            .unwrap();
+        state.db.shutdown().await;
+    }
+}
