@@ -65,6 +65,8 @@ stage "setup" 900 scripts/setup.sh
 stage "build" 1200 cargo build --workspace --all-targets
 stage "format" 60 cargo fmt --all -- --check
 stage "lint" 900 cargo clippy --workspace --all-targets -- -D warnings
+stage "import cycles" 60 python3 scripts/check-imports.py
+stage "architecture map" 60 python3 scripts/check-architecture.py
 
 # The emulated PBS Pro and LSF tools (they hand jobs to the local Slurm),
 # with their job records in a private directory of this run's (removed by

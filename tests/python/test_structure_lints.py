@@ -1,4 +1,5 @@
-"""`scripts/check-imports.py`, the lint that keeps the files of a crate free of import cycles."""
+"""The structure lints: `scripts/check-imports.py` (no import cycles between the files of a
+crate) and `scripts/check-architecture.py` (docs/architecture.md matches the tree)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,22 @@ def test_tests_and_comments_do_not_count(tmp_path):
     assert check(crate).returncode == 0
 
 
-def test_the_repository_has_no_cycles():
-    out = check(REPO / "protocol")
-    assert out.returncode == 0, out.stdout
+def test_a_stale_path_and_an_unnamed_file_are_named(tmp_path):
+    doc = tmp_path / "docs" / "architecture.md"
+    doc.parent.mkdir()
+    for name in ["src/main.rs", "src/up.rs", "src/gone_soon.rs", "registry/src/db/a.rs"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    doc.write_text("| up | `src/up.rs` |\n| db | `registry/src/db/` |\n| old | `src/old.rs` |\n")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check-architecture.py"), "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stdout
+    assert "names src/old.rs, which does not exist" in out.stdout
+    assert "does not say what src/gone_soon.rs holds" in out.stdout
+    # Named files, files in named folders and main.rs are found.
+    assert "src/up.rs holds" not in out.stdout and "db/a.rs" not in out.stdout
+    assert "main.rs" not in out.stdout
