@@ -186,11 +186,12 @@ def check_compatible(url: str, versions: Any) -> None:
         )
     release = versions.get("hpfaas")
     service_version = release if isinstance(release, str) else None
+    service = f"hpfaas {service_version or '(an unnamed release)'}"
     api_version = versions.get("api_version")
     if not isinstance(api_version, int) or isinstance(api_version, bool):
         raise IncompatibleService(
             url,
-            f"it is hpfaas {service_version or '(unknown release)'} and reports no REST API"
+            f"it is {service} and reports no REST API"
             f" version (api_version), so it predates this SDK's checks; {sdk}."
             f" Use the SDK of the service's release, or a service of REST API version"
             f" {API_VERSION}",
@@ -199,9 +200,9 @@ def check_compatible(url: str, versions: Any) -> None:
     if api_version != API_VERSION:
         raise IncompatibleService(
             url,
-            f"it is hpfaas {service_version} (REST API version {api_version}); {sdk}."
+            f"it is {service} (REST API version {api_version}); {sdk}."
             f" Install the SDK of the service's release (pip install ./python from"
-            f" hpfaas {service_version}), or use a service of REST API version {API_VERSION}",
+            f" {service}), or use a service of REST API version {API_VERSION}",
             service_version,
         )
     minimum = versions.get("min_sdk_version")
@@ -215,7 +216,7 @@ def check_compatible(url: str, versions: Any) -> None:
     if sdk_release is not None and sdk_release < _release(minimum):
         raise IncompatibleService(
             url,
-            f"it is hpfaas {service_version} and serves SDKs from {minimum} on; {sdk}."
+            f"it is {service} and serves SDKs from {minimum} on; {sdk}."
             f" Upgrade the SDK to {minimum} or newer",
             service_version,
         )

@@ -98,6 +98,12 @@ def test_another_rest_api_version_is_refused_naming_both_versions(fake):
     assert f"hpfaas {__version__} (REST API version {API_VERSION})" in message, message
 
 
+def test_a_service_that_names_no_release_is_refused_saying_so(fake):
+    message = refused(fake(versions(hpfaas=None, api_version=API_VERSION + 1)))
+    assert "hpfaas (an unnamed release) (REST API version 2)" in message, message
+    assert "None" not in message, message
+
+
 def test_a_service_without_api_version_is_refused(fake):
     message = refused(fake(versions(hpfaas="0.0.9", api_version=None)))
     assert "hpfaas 0.0.9" in message and "api_version" in message, message
