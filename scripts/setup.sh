@@ -44,6 +44,12 @@ if ! .venv-gc/bin/python -c "import globus_compute_sdk, dill" 2>/dev/null; then
     .venv-gc/bin/python -m pip install -q --disable-pip-version-check "globus-compute-sdk>=4,<5" \
         || echo "setup: could not install globus-compute-sdk; its tests will skip" >&2
 fi
+# tests/python/test_package.py builds the SDK's wheel offline with the venv's own
+# setuptools, which must read SPDX license expressions (77 and newer).
+if ! .venv/bin/python -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
+    echo "setup: installing setuptools>=77 into .venv (builds the SDK's wheel)"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77"
+fi
 if [[ ! -x .venv/bin/schemathesis ]]; then
     echo "setup: installing schemathesis into .venv (API fuzzing)"
     .venv/bin/python -m pip install -q --disable-pip-version-check schemathesis

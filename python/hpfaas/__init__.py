@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from hpfaas.errors import (
         HpfaasError,
         HTTPError,
+        IncompatibleService,
         ResultExpired,
         TaskCancelled,
         TaskExecutionFailed,
@@ -40,6 +41,7 @@ _EXPORTS = {
     "Executor": "hpfaas.executor",
     "HpfaasError": "hpfaas.errors",
     "HTTPError": "hpfaas.errors",
+    "IncompatibleService": "hpfaas.errors",
     "ResultExpired": "hpfaas.errors",
     "TaskCancelled": "hpfaas.errors",
     "MPIFunction": "hpfaas.mpi",
@@ -55,6 +57,7 @@ __all__ = [
     "Executor",
     "HpfaasError",
     "HTTPError",
+    "IncompatibleService",
     "MPIFunction",
     "ResultExpired",
     "ShellFunction",

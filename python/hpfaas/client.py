@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import select
 import socket
 import ssl
@@ -25,6 +26,7 @@ from hpfaas.errors import (
     EXCEPTION_TYPES,
     HpfaasError,
     HTTPError,
+    IncompatibleService,
     TaskExecutionFailed,
     TaskPending,
     UntrustedResult,
@@ -42,7 +44,7 @@ from hpfaas.serialize import (
     unpack,
 )
 from hpfaas.shell import ShellFunction
-from hpfaas.version import __version__
+from hpfaas.version import API_VERSION, __version__
 
 #: Seconds a REST call may wait for the service before failing.
 REQUEST_TIMEOUT = 60.0
@@ -157,6 +159,67 @@ def task_result(doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> Any
         doc.get("exception", ""),
         doc.get("completion_t"),
     )
+
+
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def _release(text: Any) -> Optional[Tuple[int, int, int]]:
+    """`"1.2.3"` (a pre-release suffix ignored) as `(1, 2, 3)`; None if it is no version."""
+    match = _RELEASE.match(text) if isinstance(text, str) else None
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def check_compatible(url: str, versions: Any) -> None:
+    """Raise `IncompatibleService` unless `versions` (the service's `GET
+    /v2/version?service=all`) says the service serves this SDK.
+
+    Compatible means: the service's `api_version` equals this SDK's
+    `API_VERSION` (the REST routes and shapes are the same; the releases may
+    differ), and this SDK's release is no older than the service's
+    `min_sdk_version`. docs/api.md, "Version compatibility".
+    """
+    sdk = f"this SDK is hpfaas {__version__} (REST API version {API_VERSION})"
+    if not isinstance(versions, dict):
+        raise IncompatibleService(
+            url, f"its /v2/version answer {versions!r:.80} is not an object; {sdk}"
+        )
+    release = versions.get("hpfaas")
+    service_version = release if isinstance(release, str) else None
+    service = f"hpfaas {service_version or '(an unnamed release)'}"
+    api_version = versions.get("api_version")
+    if not isinstance(api_version, int) or isinstance(api_version, bool):
+        raise IncompatibleService(
+            url,
+            f"it is {service} and reports no REST API"
+            f" version (api_version), so it predates this SDK's checks; {sdk}."
+            f" Use the SDK of the service's release, or a service of REST API version"
+            f" {API_VERSION}",
+            service_version,
+        )
+    if api_version != API_VERSION:
+        raise IncompatibleService(
+            url,
+            f"it is {service} (REST API version {api_version}); {sdk}."
+            f" Install the SDK of the service's release (pip install ./python from"
+            f" {service}), or use a service of REST API version {API_VERSION}",
+            service_version,
+        )
+    minimum = versions.get("min_sdk_version")
+    if minimum is None:
+        return
+    if _release(minimum) is None:
+        raise IncompatibleService(
+            url, f"its min_sdk_version {minimum!r:.80} is not a version; {sdk}", service_version
+        )
+    sdk_release = _release(__version__)
+    if sdk_release is not None and sdk_release < _release(minimum):
+        raise IncompatibleService(
+            url,
+            f"it is {service} and serves SDKs from {minimum} on; {sdk}."
+            f" Upgrade the SDK to {minimum} or newer",
+            service_version,
+        )
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -327,6 +390,9 @@ class Client:
         # Your endpoints, and others seen, as far as asked (`may_unpickle`).
         self._own_endpoints: Optional[set] = None
         self._trust_lock = threading.Lock()
+        # Set once the service's version passed `check_compatible`.
+        self._service_checked = False
+        self._check_lock = threading.Lock()
 
     # -- functions --------------------------------------------------------
 
@@ -470,8 +536,39 @@ class Client:
         return self._request("GET", f"/v2/endpoints/{endpoint_id}/status")
 
     def version(self) -> dict:
-        """The service's versions: `{"api", "hpfaas", "min_sdk_version", ...}`."""
-        return self._request("GET", "/v2/version?service=all")
+        """The service's versions: `{"api", "hpfaas", "api_version", "min_sdk_version", ...}`.
+
+        Answered whatever the service's version, so an incompatible one can be inspected.
+        """
+        return self._request("GET", "/v2/version?service=all", check=False)
+
+    def check_service(self) -> None:
+        """Raise `IncompatibleService` unless the service serves this SDK (`check_compatible`).
+
+        Every call that contacts the service does this first, once per
+        client; a compatible answer is remembered, anything else is asked again.
+        """
+        if self._service_checked:
+            return
+        with self._check_lock:
+            if self._service_checked:
+                return
+            try:
+                versions = self.version()
+            except HTTPError as exc:
+                if exc.status != 404:
+                    raise
+                raise IncompatibleService(
+                    self.url,
+                    f"it has no GET /v2/version ({exc}): it is no hpfaas service, or one"
+                    f" older than this SDK (hpfaas {__version__}) works with",
+                ) from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a 2xx answer, not JSON
+                raise IncompatibleService(
+                    self.url, f"its /v2/version answer is not JSON ({exc}): no hpfaas service?"
+                ) from None
+            check_compatible(self.url, versions)
+            self._service_checked = True
 
     # -- HTTP -------------------------------------------------------------
 
@@ -483,6 +580,7 @@ class Client:
         Returns the response and its socket: shutting the socket down is how
         another thread interrupts a blocked read.
         """
+        self.check_service()
         conn = self._new_connection(timeout)
         try:
             conn.request("GET", self._prefix + path, headers={**self._headers, **headers})
@@ -521,10 +619,14 @@ class Client:
         headers: Optional[Dict[str, str]] = None,
         retry_lost_answer: bool = False,
         data: Optional[Union[bytes, List[bytes]]] = None,
+        check: bool = True,
     ) -> Any:
         """One call with `body` as JSON (or `data`, JSON already encoded, maybe in parts);
         `retry_lost_answer` (for a request the service deduplicates, an
-        idempotent submit) sends it once more whenever its answer was lost."""
+        idempotent submit) sends it once more whenever its answer was lost.
+        `check`: `check_service()` first (only the version route itself skips it)."""
+        if check:
+            self.check_service()
         if body is not None:
             data = json.dumps(body).encode("utf-8")
         conn = self._connection()

@@ -65,6 +65,23 @@ class HTTPError(HpfaasError):
         return (type(self), (self.status, self.code, self.message))
 
 
+class IncompatibleService(HpfaasError):
+    """The service speaks another REST API version than this SDK, or refuses SDKs this old.
+
+    Raised at first contact, before anything is sent that the service could
+    misread; `str()` names both sides' versions and what to do.
+    """
+
+    def __init__(self, url: str, reason: str, service_version: Optional[str] = None):
+        super().__init__(f"the hpfaas service at {url} cannot be used by this SDK: {reason}")
+        self.url = url
+        self.reason = reason
+        self.service_version = service_version
+
+    def __reduce__(self):
+        return (type(self), (self.url, self.reason, self.service_version))
+
+
 class TaskCancelled(TaskExecutionFailed):
     """The task was cancelled (`Client.cancel`, a task group's cancel) before it finished.
 

@@ -51,6 +51,8 @@ fn tokens_authenticate_and_errors_are_json() {
     let all = anon.get("/v2/version?service=all").ok();
     assert_eq!(all["protocol_version"], hpfaas_protocol::PROTOCOL_VERSION);
     assert_eq!(all["api"], hpfaas_protocol::HPFAAS_VERSION);
+    // What the SDK compares at first contact (docs/api.md, "Version compatibility").
+    assert_eq!(all["api_version"], 1, "{all}");
     anon.get("/v2/version?service=nope")
         .error(400, "bad_request");
 

@@ -13,6 +13,11 @@ use crate::error::{ApiError, ApiResult};
 pub const MIN_SDK_VERSION: &str = "0.0.1";
 /// Oldest endpoint agent this service accepts.
 pub const MIN_EP_VERSION: &str = "0.0.1";
+/// Version of the REST API (routes and JSON shapes): raised when a change
+/// would break an SDK written for the previous one. The SDK refuses a
+/// service whose number differs from its own (docs/api.md, "Version
+/// compatibility"); the release (`hpfaas`) may change without it.
+pub const API_VERSION: u32 = 1;
 
 /// Query string of the version route.
 #[derive(Debug, Deserialize)]
@@ -34,6 +39,7 @@ pub async fn version(
             "hpfaas": HPFAAS_VERSION,
             "min_sdk_version": MIN_SDK_VERSION,
             "min_ep_version": MIN_EP_VERSION,
+            "api_version": API_VERSION,
             "protocol_version": PROTOCOL_VERSION,
         }))),
         Some(other) => Err(ApiError::bad_request(format!(
