@@ -136,7 +136,7 @@ class Executor(concurrent.futures.Executor):
         self._registered: Dict[int, Tuple[Callable, str]] = {}
         self._register_lock = threading.Lock()
         self._submitters: List[threading.Thread] = []
-        self._stream: Optional[_ResultStream] = None
+        self._stream: Optional[ResultStream] = None
 
         # The lock guards the fields below it, shared by callers, the submitters
         # and the result thread.
