@@ -271,3 +271,66 @@ fn sources_are_exclusive_and_a_configured_endpoint_is_kept() {
         before
     );
 }
+
+/// The README's walk-through up to the first call: configure with
+/// `--provider slurm`, set the two values it marks (partition, account),
+/// start, and stop. No task is sent, so no block is submitted and no Slurm
+/// is needed; the batch tests run tasks in real pilot jobs.
+#[test]
+fn the_readme_walk_through_starts_and_stops_a_slurm_endpoint() {
+    let svc = Service::start();
+    let token = svc.token("alice");
+    let home = temp_dir("configure-walk-through");
+    let name = "cluster";
+    let _guard = EndpointGuard {
+        home: home.to_path_buf(),
+        name,
+    };
+    let out = endpoint_cmd(
+        &home,
+        &svc.url,
+        &token,
+        &["configure", name, "--provider", "slurm"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = config_path(&home, name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut edited = 0;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            let set = [
+                ("# partition = ", "partition = \"debug\""),
+                ("# account = ", "account = \"alice\""),
+            ]
+            .into_iter()
+            .find(|(prefix, _)| line.starts_with(prefix) && line.contains("# SET: "));
+            match set {
+                Some((_, value)) => {
+                    edited += 1;
+                    format!("{value}\n")
+                }
+                None => format!("{line}\n"),
+            }
+        })
+        .collect();
+    assert_eq!(edited, 2, "{text}");
+    std::fs::write(&path, text).unwrap();
+
+    let out = endpoint_cmd(&home, &svc.url, &token, &["start", name]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let credential: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home.join("endpoints").join(name).join("endpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let endpoint_id = credential["endpoint_id"].as_str().unwrap();
+    assert!(stdout(&out).contains(endpoint_id), "{}", stdout(&out));
+    let script = endpoint_cmd(&home, &svc.url, &token, &["job-script", name]);
+    let script = stdout(&script);
+    assert!(
+        script.contains("#SBATCH --partition=debug") && script.contains("#SBATCH --account=alice"),
+        "{script}"
+    );
+    let out = endpoint_cmd(&home, &svc.url, &token, &["stop", name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
