@@ -239,6 +239,15 @@ fn a_bad_from_file_is_refused_naming_the_file_key_and_line() {
         "{}",
         stderr(&out)
     );
+    // A path that is no configuration at all (a device with no end) is
+    // refused after a bounded read, not read forever.
+    let out = endpoint(&home, None, &["configure", "bad", "--from", "/dev/zero"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/dev/zero is larger than"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!config_path(&home, "bad").exists());
 }
 
