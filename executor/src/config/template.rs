@@ -238,6 +238,11 @@ fn all_provider_keys(kind: ProviderKind) -> Vec<Key> {
     } else {
         "debug"
     };
+    let directive = match kind {
+        ProviderKind::Pbs => "#PBS -l filesystems=home",
+        ProviderKind::Lsf => "#BSUB -alloc_flags smt4",
+        ProviderKind::Slurm | ProviderKind::Local => "#SBATCH --exclusive",
+    };
     // Validated defaults: a kind's default launcher always exists.
     let launcher = d
         .launcher()
@@ -331,7 +336,9 @@ fn all_provider_keys(kind: ProviderKind) -> Vec<Key> {
         key(
             "scheduler_options",
             Default("[]".into()),
-            unused_here("extra directive lines, verbatim, e.g. [\"#SBATCH --exclusive\"]"),
+            unused_here(&format!(
+                "extra directive lines, verbatim, e.g. [\"{directive}\"]"
+            )),
         ),
         key(
             "launcher",
