@@ -2,6 +2,7 @@
 //! `service` and `token` over `hpfaas-registry`, `endpoint` and `manager`
 //! over `hpfaas-executor`, and `up` runs both in one process.
 
+mod configure;
 mod connection_limits;
 mod up;
 
@@ -119,14 +120,9 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum EndpointCommand {
-    /// Write $HPFAAS_HOME/endpoints/NAME/config.toml with every key commented.
-    Configure {
-        /// Endpoint name.
-        name: String,
-        /// Where blocks run.
-        #[arg(long, default_value = "local")]
-        provider: String,
-    },
+    /// Write $HPFAAS_HOME/endpoints/NAME/config.toml: every key of a
+    /// provider commented (--provider), a site's (--site), or yours (--from).
+    Configure(configure::ConfigureArgs),
     /// Start the endpoint's agent (a daemon unless --foreground).
     Start {
         /// Endpoint name.
@@ -414,13 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
     match command {
-        EndpointCommand::Configure { name, provider } => {
-            let path = lifecycle::configure(&name, &provider)?;
-            println!(
-                "configured endpoint {name}: edit {} then run `hpfaas endpoint start {name}`",
-                path.display()
-            );
-        }
+        EndpointCommand::Configure(args) => configure::run(args)?,
         EndpointCommand::Start {
             name,
             foreground: true,

@@ -16,6 +16,8 @@
 pub mod cpu_affinity;
 pub mod mpi_launcher;
 pub mod port_range;
+pub mod sites;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 
@@ -315,50 +317,6 @@ impl EndpointConfig {
     }
 }
 
-/// The configuration `hpfaas endpoint configure` writes: every key commented.
-pub fn template(service_url: Option<&str>) -> String {
-    let url = match service_url {
-        Some(u) => format!("service_url = \"{u}\""),
-        None => "# service_url = \"https://faas.example.org\"   # else $HPFAAS_URL".into(),
-    };
-    format!(
-        r#"# hpfaas endpoint configuration; every key: docs/configuration.md
-[endpoint]
-{url}
-# token_file = "~/.hpfaas/token"        # owner token for the first registration, else $HPFAAS_TOKEN
-# allowed_functions = []                # empty = all of the owner's functions
-# json_only = false                     # true: JSON (11) arguments and results only, no pickle
-# display_name = "my endpoint"
-# ca_file = "/path/to/ca.pem"           # CA of an https:// service with a private CA, else $HPFAAS_CA_FILE
-
-[engine]
-# max_workers_per_node = 4              # default: cores on the node
-# cpu_affinity = "none"                 # none | block | block-reverse | alternating | "list:0-3:4-7"
-# available_accelerators = []           # e.g. ["0","1"] or 2: one per worker, caps the workers
-# max_retries_on_system_failure = 0
-# worker_python = "python3"
-# prefetch_capacity = 8
-# heartbeat_period = 2.0
-# heartbeat_threshold = 10.0
-# address = "ib0"                       # IP or interface for managers; default: first non-loopback
-# port_range = "55000-55100"
-# mpi_launcher = "mpiexec"              # MPI tasks: mpiexec (OpenMPI) | mpiexec-mpich | srun
-# launcher_options = ""                 # e.g. "--oversubscribe", added to every MPI launch
-# encrypted = true                      # CurveZMQ broker<->managers; false only for debugging
-# allow_unencrypted_tcp = false         # true: accept encrypted = false on a TCP address
-# run_in_sandbox = false                # true: each task runs in tasks/<task_id>/ of its block
-# shell_output_limit = 1048576          # bytes of a shell task's stdout/stderr kept (head + tail)
-
-[provider]
-type = "local"
-init_blocks = 1
-min_blocks = 0
-max_blocks = 1
-# worker_init = "source ~/venv/bin/activate"
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,17 +327,6 @@ mod tests {
         assert_eq!(c.engine.worker_python, "python3");
         assert_eq!(c.provider.kind, ProviderKind::Local);
         assert_eq!(c.provider.max_blocks, 1);
-    }
-
-    #[test]
-    fn template_parses() {
-        let c = EndpointConfig::parse(&template(Some("http://127.0.0.1:1"))).unwrap();
-        assert_eq!(
-            c.endpoint.service_url.as_deref(),
-            Some("http://127.0.0.1:1")
-        );
-        assert_eq!(c.provider.init_blocks, 1);
-        EndpointConfig::parse(&template(None)).unwrap();
     }
 
     #[test]
@@ -483,29 +430,5 @@ mod placement_tests {
         let err =
             EndpointConfig::parse("[engine]\navailable_accelerators = \"0,1\"\n").unwrap_err();
         assert!(err.contains("available_accelerators"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod site_config_tests {
-    use super::*;
-
-    /// Every shipped site config loads through the same code as an endpoint's.
-    #[test]
-    fn site_configs_load() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../site-configs");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                EndpointConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
-            }
-        }
-        assert!(
-            seen >= 6,
-            "only {seen} site configs found in {}",
-            dir.display()
-        );
     }
 }

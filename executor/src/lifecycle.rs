@@ -39,21 +39,70 @@ pub fn endpoint_dir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(hpfaas_home().join("endpoints").join(name))
 }
 
-/// Writes a commented configuration for a new endpoint.
-pub fn configure(name: &str, provider: &str) -> anyhow::Result<PathBuf> {
-    // The template is written for local blocks only.
-    if provider.parse::<ProviderKind>() != Ok(ProviderKind::Local) {
-        bail!("provider {provider:?} is not available in this release; available: local");
+/// Where `hpfaas endpoint configure` takes a new endpoint's configuration from.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigSource<'a> {
+    /// Every key of this provider, `[engine]` and `[endpoint]`, commented.
+    Provider(ProviderKind),
+    /// A shipped site configuration ([`config::sites`]), by name.
+    Site(&'a str),
+    /// A configuration the user already has.
+    File(&'a Path),
+}
+
+/// Largest file `--from` copies: a configuration is a few KiB, and an
+/// unbounded read of a wrong path (a device, a huge log) would never end.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration to copy, bounded by [`MAX_CONFIG_BYTES`].
+fn read_config_file(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        bail!(
+            "{} is larger than {MAX_CONFIG_BYTES} bytes: not an endpoint configuration",
+            file.display()
+        );
     }
+    Ok(text)
+}
+
+/// Writes the configuration of a new endpoint from `source`, checked as
+/// `endpoint start` will check it: no source leaves a file `start` refuses.
+pub fn configure(name: &str, source: ConfigSource) -> anyhow::Result<PathBuf> {
     let dir = endpoint_dir(name)?;
     let path = dir.join("config.toml");
     if path.exists() {
         bail!("endpoint {name} is already configured: {}", path.display());
     }
+    let url = std::env::var("HPFAAS_URL").ok().filter(|u| !u.is_empty());
+    let (text, origin) = match source {
+        ConfigSource::Provider(kind) => (
+            config::template::template(kind, url.as_deref()),
+            format!("the {kind} template"),
+        ),
+        ConfigSource::Site(site) => (
+            config::sites::find(site)
+                .map_err(anyhow::Error::msg)?
+                .text_for(url.as_deref()),
+            format!("site {site}"),
+        ),
+        ConfigSource::File(file) => (read_config_file(file)?, file.display().to_string()),
+    };
+    check_config(&text).map_err(|message| anyhow::anyhow!("{origin}: {message}"))?;
     crate::private::dirs(&hpfaas_home(), &dir)?;
-    let url = std::env::var("HPFAAS_URL").ok();
-    crate::private::write(&path, config::template(url.as_deref()).as_bytes(), true)?;
+    crate::private::write(&path, text.as_bytes(), true)?;
     Ok(path)
+}
+
+/// What [`load_config`] checks, on a configuration's text.
+pub fn check_config(text: &str) -> Result<EndpointConfig, String> {
+    let config = EndpointConfig::parse(text)?;
+    local_blocks_fit(&config)?;
+    Ok(config)
 }
 
 /// Reads an endpoint's configuration for use here: the file's own checks
@@ -358,18 +407,11 @@ mod tests {
         format!("[engine]\ncpu_affinity = \"block\"\nmax_workers_per_node = {workers}\n")
     }
 
-    /// What [`load_config`] does with a file's text.
-    fn parse_here(text: &str) -> Result<EndpointConfig, String> {
-        let config = EndpointConfig::parse(text)?;
-        local_blocks_fit(&config)?;
-        Ok(config)
-    }
-
     #[test]
     fn impossible_placements_are_refused_at_load() {
-        let err = parse_here("[engine]\ncpu_affinity = \"packed\"\n").unwrap_err();
+        let err = check_config("[engine]\ncpu_affinity = \"packed\"\n").unwrap_err();
         assert!(err.contains("engine.cpu_affinity = \"packed\""), "{err}");
-        let err = parse_here("[engine]\ncpu_affinity = \"list:0:1\"\nmax_workers_per_node = 3\n")
+        let err = check_config("[engine]\ncpu_affinity = \"list:0:1\"\nmax_workers_per_node = 3\n")
             .unwrap_err();
         assert!(
             err.contains("2 workers") && err.contains("3 workers"),
@@ -377,11 +419,11 @@ mod tests {
         );
         // Local blocks run here, so this machine's cores bound the block modes.
         let cores = cores_here();
-        let err = parse_here(&block_for(cores + 1)).unwrap_err();
+        let err = check_config(&block_for(cores + 1)).unwrap_err();
         assert!(err.contains(&format!("{} workers", cores + 1)), "{err}");
         let fits =
             format!("[engine]\ncpu_affinity = \"alternating\"\nmax_workers_per_node = {cores}\n");
-        parse_here(&fits).unwrap();
+        check_config(&fits).unwrap();
     }
 
     #[test]
@@ -389,10 +431,28 @@ mod tests {
         let cores = cores_here();
         let engine = block_for(cores + 1);
         let local = format!("{engine}[provider]\ntype = \"local\"\n");
-        assert!(parse_here(&local).is_err());
+        assert!(check_config(&local).is_err());
         // Slurm's managers run on other nodes and check their own.
         let slurm = format!("{engine}[provider]\ntype = \"slurm\"\n");
-        parse_here(&slurm).unwrap();
+        check_config(&slurm).unwrap();
+    }
+
+    /// Every site `configure --site` offers passes `load_config` as written,
+    /// with or without a service URL filled in.
+    #[test]
+    fn every_embedded_site_config_loads() {
+        let dir = tempfile::Builder::new()
+            .prefix("hpfaas-sites-test-")
+            .tempdir()
+            .unwrap();
+        for site in config::sites::SITES {
+            for url in [None, Some("https://faas.example.org")] {
+                let path = dir.path().join(format!("{}.toml", site.name));
+                std::fs::write(&path, site.text_for(url)).unwrap();
+                let config = load_config(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(config.endpoint.service_url.as_deref(), url);
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hpfaas_executor::config::port_range::PortRange;
-use hpfaas_executor::config::{template, EndpointConfig};
+use hpfaas_executor::config::template::template;
+use hpfaas_executor::config::EndpointConfig;
+use hpfaas_scheduler_adapters::ProviderKind;
 use proptest::prelude::*;
 
 #[path = "../../tests/support/fuzz.rs"]
@@ -28,15 +30,17 @@ fn seeds() -> Vec<String> {
         })
         .collect();
     out.sort();
-    out.push(template(Some("http://127.0.0.1:8000")));
-    // The template with every commented key switched on.
-    out.push(
-        template(None)
-            .lines()
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
+    for kind in ProviderKind::ALL {
+        out.push(template(kind, Some("http://127.0.0.1:8000")));
+        // The template with every commented key switched on.
+        out.push(
+            template(kind, None)
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
     out
 }
 

@@ -120,6 +120,28 @@ fn default_cmd_timeout() -> f64 {
     30.0
 }
 
+/// `[provider]` keys only some kinds of provider use, with those kinds; every
+/// other key applies to all. The validator refuses such a key set for another
+/// kind, and the template `hpfaas endpoint configure` writes lists a kind's
+/// keys from this table.
+pub const KIND_SPECIFIC_KEYS: &[(&str, &[ProviderKind])] = &[
+    ("partition", &[ProviderKind::Slurm]),
+    ("qos", &[ProviderKind::Slurm]),
+    ("constraint", &[ProviderKind::Slurm]),
+    ("queue", &[ProviderKind::Pbs, ProviderKind::Lsf]),
+    ("account", &[ProviderKind::Slurm, ProviderKind::Pbs]),
+    ("project", &[ProviderKind::Lsf]),
+    ("select_options", &[ProviderKind::Pbs]),
+];
+
+/// Whether `provider.KEY` may be set when `provider.type` is `kind`.
+pub fn key_applies(key: &str, kind: ProviderKind) -> bool {
+    KIND_SPECIFIC_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .is_none_or(|(_, kinds)| kinds.contains(&kind))
+}
+
 /// Longest duration any provider key accepts, in seconds (about 31 years):
 /// every accepted value is then a valid `Duration` (`from_secs_f64` panics
 /// on values beyond `u64` seconds).
@@ -252,18 +274,18 @@ impl ProviderConfig {
                 ));
             }
         }
-        use ProviderKind::{Lsf, Pbs, Slurm};
-        let applies: &[(&str, bool, &[ProviderKind])] = &[
-            ("partition", self.partition.is_some(), &[Slurm]),
-            ("qos", self.qos.is_some(), &[Slurm]),
-            ("constraint", self.constraint.is_some(), &[Slurm]),
-            ("queue", self.queue.is_some(), &[Pbs, Lsf]),
-            ("account", self.account.is_some(), &[Slurm, Pbs]),
-            ("project", self.project.is_some(), &[Lsf]),
-            ("select_options", self.select_options.is_some(), &[Pbs]),
+        let set = [
+            ("partition", self.partition.is_some()),
+            ("qos", self.qos.is_some()),
+            ("constraint", self.constraint.is_some()),
+            ("queue", self.queue.is_some()),
+            ("account", self.account.is_some()),
+            ("project", self.project.is_some()),
+            ("select_options", self.select_options.is_some()),
         ];
-        for (key, set, kinds) in applies {
-            if *set && !kinds.contains(&self.kind) {
+        for (key, kinds) in KIND_SPECIFIC_KEYS {
+            let is_set = set.iter().any(|(k, s)| k == key && *s);
+            if is_set && !kinds.contains(&self.kind) {
                 return Err(format!(
                     "provider.{key} does not apply to provider.type = \"{}\" (it is for {})",
                     self.kind,
@@ -340,6 +362,26 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("cmd_timeout"));
+    }
+
+    /// The table the template is written from is the one the validator
+    /// enforces: each kind-specific key is accepted exactly for its kinds.
+    #[test]
+    fn kind_specific_keys_are_accepted_exactly_for_their_kinds() {
+        for (key, kinds) in KIND_SPECIFIC_KEYS {
+            for kind in ProviderKind::ALL {
+                let text = format!("type = \"{kind}\"\n{key} = \"x\"\n");
+                let config: ProviderConfig = toml::from_str(&text).unwrap();
+                assert_eq!(
+                    config.validate().is_ok(),
+                    kinds.contains(&kind),
+                    "{key} with {kind}: {:?}",
+                    config.validate()
+                );
+                assert_eq!(key_applies(key, kind), kinds.contains(&kind));
+            }
+        }
+        assert!(key_applies("walltime", ProviderKind::Local));
     }
 
     #[test]
