@@ -1,0 +1,66 @@
+//! Logs that do not grow forever, through the real binary: a daemon
+//! agent's `endpoint.log` rotates at `[logs] max_bytes` keeping `keep` old
+//! files, private, with the agent's stdout and stderr on the current file.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// `endpoint.log` and its rotated files in `dir`, by name.
+fn log_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with("endpoint.log"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_tiny_log_limit_rotates_and_keeps_n_files() {
+    let svc = Service::start();
+    let token = svc.token("alice");
+    // Every record is past a one-byte limit: each gets a file of its own.
+    let config = "[provider]\ntype = \"local\"\ninit_blocks = 1\nmax_blocks = 1\n\n\
+                  [logs]\nmax_bytes = 1\nkeep = 2\n";
+    let ep = Endpoint::new(&svc, &token, "it-log-rotation", config);
+    ep.start();
+    let dir = ep.dir();
+    // Block submitted, agent connected, manager registered: three records.
+    wait_for(Duration::from_secs(60), "the block's manager", || {
+        let all: String = log_files(&dir)
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default())
+            .collect();
+        (all.contains("registered") && all.contains("connected")).then_some(())
+    });
+    assert_eq!(
+        log_files(&dir),
+        ["endpoint.log", "endpoint.log.1", "endpoint.log.2"],
+        "keep = 2: the oldest record's file is gone"
+    );
+    for name in log_files(&dir) {
+        let path = dir.join(&name);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{name}: {text}");
+    }
+    // A panic message or a stray print goes to stdout or stderr: both are
+    // the current file, not a rotated (or deleted) one.
+    let pid = ep.state()["pid"].as_u64().expect("agent.json has the pid");
+    for fd in [1, 2] {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, dir.join("endpoint.log"), "fd {fd}");
+    }
+    let out = ep.cmd(&["stop", &ep.name]);
+    assert_success(&out);
+    let current = std::fs::read_to_string(dir.join("endpoint.log")).unwrap();
+    assert!(current.contains("stopping endpoint"), "{current}");
+    assert_eq!(log_files(&dir).len(), 3);
+}
