@@ -56,6 +56,9 @@ pub struct LogsSection {
     /// Rotated files kept (`endpoint.log.1` newest ... `endpoint.log.N`).
     #[serde(default = "default_log_keep")]
     pub keep: u32,
+    /// Also rotate at the first record of each new day (UTC).
+    #[serde(default)]
+    pub daily: bool,
     /// Finished blocks whose job scripts and logs stay in `blocks/`; older
     /// ones are removed, a live block's never.
     #[serde(default = "default_keep_blocks")]
@@ -67,6 +70,7 @@ impl Default for LogsSection {
         LogsSection {
             max_bytes: default_log_max_bytes(),
             keep: default_log_keep(),
+            daily: false,
             keep_blocks: default_keep_blocks(),
         }
     }

@@ -1,4 +1,5 @@
-//! `endpoint.log` of a daemon agent, rotated by size and kept private.
+//! `endpoint.log` of a daemon agent, rotated by size (and, with
+//! `logs.daily`, at each new day) and kept private.
 //!
 //! The agent writes its log itself rather than through a shell redirect, so
 //! it can start a new file: the tracing subscriber writes each record through
@@ -17,6 +18,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 
@@ -27,11 +29,25 @@ pub struct RotatingLog {
     state: Mutex<State>,
 }
 
+/// Reads the time (the system clock; a test's clock in tests).
+type Clock = Box<dyn Fn() -> SystemTime + Send>;
+
+/// Days since 1970, UTC.
+fn day_of(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
+}
+
 struct State {
     path: PathBuf,
     file: File,
     max_bytes: u64,
     keep: u32,
+    daily: bool,
+    /// The day (UTC, days since 1970) the current file's records are of.
+    day: u64,
+    /// Where the time is read: the system clock, or a test's.
+    clock: Clock,
     /// Descriptors kept pointing at the current file (stdout and stderr).
     redirect: Vec<RawFd>,
     /// The size at which the last rotation failed: the next try waits for
@@ -44,12 +60,30 @@ impl RotatingLog {
     /// Opens `path` for appending (0600) with the `[logs]` limits, and points
     /// each descriptor of `redirect` at it.
     pub fn open(path: &Path, logs: &LogsSection, redirect: &[RawFd]) -> anyhow::Result<Self> {
+        Self::open_with_clock(path, logs, redirect, Box::new(SystemTime::now))
+    }
+
+    fn open_with_clock(
+        path: &Path,
+        logs: &LogsSection,
+        redirect: &[RawFd],
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
         let file = crate::private::open_append(path, false)?;
+        let meta = file.metadata().context("cannot inspect the log")?;
+        // A file left by an earlier run holds the records of its last write's day.
+        let day = match meta.modified() {
+            Ok(modified) if meta.len() > 0 => day_of(modified),
+            _ => day_of(clock()),
+        };
         let state = State {
             path: path.to_path_buf(),
             file,
             max_bytes: logs.max_bytes.max(1),
             keep: logs.keep.max(1),
+            daily: logs.daily,
+            day,
+            clock,
             redirect: redirect.to_vec(),
             failed_at: None,
         };
@@ -67,11 +101,15 @@ impl RotatingLog {
         // A panic while the lock was held leaves the state usable.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let size = state.file.metadata()?.len();
+        let today = day_of((state.clock)());
         let full = size > 0 && size.saturating_add(bytes.len() as u64) > state.max_bytes;
-        let retry = state
-            .failed_at
-            .is_none_or(|at| size >= at.saturating_add(state.max_bytes));
-        if full && retry {
+        let new_day = state.daily && size > 0 && today != state.day;
+        let retry = new_day
+            || state
+                .failed_at
+                .is_none_or(|at| size >= at.saturating_add(state.max_bytes));
+        state.day = today;
+        if (full || new_day) && retry {
             if let Err(e) = state.rotate() {
                 let line = format!("hpfaas: cannot rotate {}: {e:#}\n", state.path.display());
                 state.file.write_all(line.as_bytes())?;
@@ -345,6 +383,78 @@ mod tests {
             ""
         );
         drop(stand_in);
+    }
+
+    #[test]
+    fn daily_rotation_starts_a_file_with_each_new_day() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let s = scratch();
+        let path = s.path().join("endpoint.log");
+        let day = 86_400;
+        let now = Arc::new(AtomicU64::new(20_000 * day + 10));
+        let clock_now = now.clone();
+        let clock: Clock = Box::new(move || {
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(clock_now.load(Ordering::SeqCst))
+        });
+        let daily = LogsSection {
+            daily: true,
+            ..limits(1 << 20, 3)
+        };
+        let log = RotatingLog::open_with_clock(&path, &daily, &[], clock).unwrap();
+        log.write_record(b"monday 1\n").unwrap();
+        now.store(20_000 * day + day - 1, Ordering::SeqCst);
+        log.write_record(b"monday 2\n").unwrap();
+        assert_eq!(files(s.path()).len(), 1, "same day: no rotation");
+        now.store(20_001 * day, Ordering::SeqCst);
+        log.write_record(b"tuesday\n").unwrap();
+        assert_eq!(
+            files(s.path()),
+            vec![
+                ("endpoint.log".to_string(), "tuesday\n".to_string()),
+                (
+                    "endpoint.log.1".to_string(),
+                    "monday 1\nmonday 2\n".to_string()
+                ),
+            ]
+        );
+        // Without `daily`, only the size counts.
+        let s = scratch();
+        let path = s.path().join("endpoint.log");
+        let clock_now = now.clone();
+        let clock: Clock = Box::new(move || {
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(clock_now.load(Ordering::SeqCst))
+        });
+        let log = RotatingLog::open_with_clock(&path, &limits(1 << 20, 3), &[], clock).unwrap();
+        log.write_record(b"one\n").unwrap();
+        now.store(20_005 * day, Ordering::SeqCst);
+        log.write_record(b"two\n").unwrap();
+        assert_eq!(files(s.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_file_from_an_earlier_day_is_rotated_at_the_first_record() {
+        let s = scratch();
+        let path = s.path().join("endpoint.log");
+        std::fs::write(&path, "last week\n").unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - std::time::Duration::from_secs(7 * 86_400))
+            .unwrap();
+        drop(file);
+        let daily = LogsSection {
+            daily: true,
+            ..limits(1 << 20, 3)
+        };
+        let log = RotatingLog::open(&path, &daily, &[]).unwrap();
+        log.write_record(b"today\n").unwrap();
+        assert_eq!(
+            files(s.path()),
+            vec![
+                ("endpoint.log".to_string(), "today\n".to_string()),
+                ("endpoint.log.1".to_string(), "last week\n".to_string()),
+            ]
+        );
     }
 
     #[test]
