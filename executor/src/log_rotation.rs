@@ -7,11 +7,12 @@
 //! `logs.max_bytes` it is renamed
 //! `endpoint.log.1` (older ones shift up to `logs.keep`, the oldest is
 //! dropped) and a new `endpoint.log` is opened 0600. What bypasses tracing —
-//! a panic message, a stray print, a child that inherited our stderr — goes
-//! to descriptors 1 and 2, which are pointed at the current file at every
-//! rotation: nothing written before or after a rotation is lost, and the
-//! size check (on the file, not a count of our own bytes) sees those writes
-//! too.
+//! a panic message, a stray print — goes to descriptors 1 and 2, which are
+//! pointed at the current file at every rotation: nothing written before or
+//! after a rotation is lost, and the size check (on the file, not a count of
+//! our own bytes) sees those writes too. A child inherits the file of its
+//! start and keeps it across a rotation; the agent's own children have
+//! outputs of their own (scheduler commands a pipe, blocks their block log).
 
 use std::fs::File;
 use std::io::{self, Write};
