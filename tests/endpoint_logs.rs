@@ -60,8 +60,11 @@ fn a_tiny_log_limit_rotates_and_keeps_n_files() {
     }
     let out = ep.cmd(&["stop", &ep.name]);
     assert_success(&out);
-    let current = std::fs::read_to_string(dir.join("endpoint.log")).unwrap();
-    assert!(current.contains("stopping endpoint"), "{current}");
+    let kept: String = log_files(&dir)
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
+        .collect();
+    assert!(kept.contains("stopping endpoint"), "{kept}");
     assert_eq!(log_files(&dir).len(), 3);
 }
 
