@@ -130,6 +130,10 @@ enum EndpointCommand {
         /// Stay in the foreground and log to stderr.
         #[arg(long)]
         foreground: bool,
+        /// Internal (what a daemon runs): log to the endpoint's endpoint.log,
+        /// rotated as its [logs] section says.
+        #[arg(long, hide = true, requires = "foreground")]
+        rotate_log: bool,
     },
     /// Stop the endpoint's agent and every block it started.
     Stop {
@@ -242,18 +246,40 @@ struct ManagerArgs {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    match daemon_log(&cli) {
+        Some(log) => logs.with_writer(log).with_ansi(false).init(),
+        None => logs
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+    }
     if let Err(e) = run(cli) {
         eprintln!("hpfaas: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A daemon agent's rotating `endpoint.log`, if this is one. When it cannot
+/// be opened, stderr (the same file, by the daemon's redirect) is used.
+fn daemon_log(cli: &Cli) -> Option<hpfaas_executor::log_rotation::LogWriter> {
+    let Command::Endpoint {
+        command:
+            EndpointCommand::Start {
+                name,
+                rotate_log: true,
+                ..
+            },
+    } = &cli.command
+    else {
+        return None;
+    };
+    lifecycle::daemon_log(name)
+        .inspect_err(|e| eprintln!("hpfaas: endpoint.log will not rotate: {e:#}"))
+        .ok()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -414,6 +440,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
         EndpointCommand::Start {
             name,
             foreground: true,
+            ..
         } => {
             let spec = lifecycle::agent_spec(&name)?;
             if let Some(s) = lifecycle::running(&spec.dir) {
@@ -430,6 +457,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
         EndpointCommand::Start {
             name,
             foreground: false,
+            ..
         } => println!("{}", lifecycle::start_daemon(&name)?),
         EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name, false)?),
         EndpointCommand::JobScript { name } => print!("{}", lifecycle::job_script(&name)?),

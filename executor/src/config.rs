@@ -42,6 +42,57 @@ pub struct EndpointConfig {
     /// `[provider]`: where blocks run (owned by the scheduler adapters).
     #[serde(default)]
     pub provider: ProviderConfig,
+    /// `[logs]`: how much of `endpoint.log` and of the blocks' files is kept.
+    #[serde(default)]
+    pub logs: LogsSection,
+}
+
+/// `[logs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    /// `endpoint.log` is rotated before a record would take it past this
+    /// many bytes.
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`endpoint.log.1` newest ... `endpoint.log.N`).
+    #[serde(default = "default_log_keep")]
+    pub keep: u32,
+    /// Also rotate at the first record of each new day (UTC).
+    #[serde(default)]
+    pub daily: bool,
+    /// Finished blocks whose job scripts and logs stay in `blocks/`; older
+    /// ones are removed, a live block's never.
+    #[serde(default = "default_keep_blocks")]
+    pub keep_blocks: usize,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        LogsSection {
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+            daily: false,
+            keep_blocks: default_keep_blocks(),
+        }
+    }
+}
+
+/// Default of `logs.max_bytes`: 10 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+/// The most rotated files `logs.keep` may ask for.
+pub const MAX_LOG_KEEP: u32 = 1000;
+
+fn default_log_max_bytes() -> u64 {
+    DEFAULT_LOG_MAX_BYTES
+}
+
+fn default_log_keep() -> u32 {
+    5
+}
+
+fn default_keep_blocks() -> usize {
+    20
 }
 
 /// `[endpoint]`.
@@ -313,6 +364,14 @@ impl EndpointConfig {
             ));
         }
         e.worker_request()?;
+        if self.logs.max_bytes == 0 {
+            return Err("logs.max_bytes must be at least 1".into());
+        }
+        if !(1..=MAX_LOG_KEEP).contains(&self.logs.keep) {
+            return Err(format!(
+                "logs.keep must be between 1 and {MAX_LOG_KEEP} rotated files"
+            ));
+        }
         self.provider.validate()
     }
 }
@@ -327,6 +386,27 @@ mod tests {
         assert_eq!(c.engine.worker_python, "python3");
         assert_eq!(c.provider.kind, ProviderKind::Local);
         assert_eq!(c.provider.max_blocks, 1);
+    }
+
+    #[test]
+    fn log_limits_have_defaults_and_bounds() {
+        let c = EndpointConfig::parse("").unwrap();
+        assert_eq!(c.logs.max_bytes, DEFAULT_LOG_MAX_BYTES);
+        assert_eq!((c.logs.keep, c.logs.keep_blocks), (5, 20));
+        let c =
+            EndpointConfig::parse("[logs]\nmax_bytes = 1\nkeep = 2\nkeep_blocks = 0\n").unwrap();
+        assert_eq!(
+            (c.logs.max_bytes, c.logs.keep, c.logs.keep_blocks),
+            (1, 2, 0)
+        );
+        let err = EndpointConfig::parse("[logs]\nmax_bytes = 0\n").unwrap_err();
+        assert!(err.contains("logs.max_bytes"), "{err}");
+        let err = EndpointConfig::parse("[logs]\nkeep = 0\n").unwrap_err();
+        assert!(err.contains("logs.keep"), "{err}");
+        let err = EndpointConfig::parse("[logs]\nkeep = 1001\n").unwrap_err();
+        assert!(err.contains("logs.keep"), "{err}");
+        let err = EndpointConfig::parse("[logs]\nmax_size = 5\n").unwrap_err();
+        assert!(err.contains("max_size") && err.contains("line 2"), "{err}");
     }
 
     #[test]

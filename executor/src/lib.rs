@@ -5,6 +5,7 @@ pub mod agent;
 pub mod broker;
 pub mod config;
 pub mod lifecycle;
+pub mod log_rotation;
 pub mod manager;
 pub mod private;
 pub mod strategy;

@@ -192,7 +192,7 @@ pub fn start_daemon(name: &str) -> anyhow::Result<String> {
     let log = crate::private::open_append(&log_path, false)?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut child = Command::new(&spec.hpfaas_exe)
-        .args(["endpoint", "start", name, "--foreground"])
+        .args(["endpoint", "start", name, "--foreground", "--rotate-log"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -233,6 +233,21 @@ pub fn start_daemon(name: &str) -> anyhow::Result<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The rotating `endpoint.log` a daemon agent logs to (what [`start_daemon`]
+/// starts: `endpoint start NAME --foreground --rotate-log`), with its stdout
+/// and stderr pointed at it. Its stdio is the same file already, so what
+/// fails before this still reaches the log.
+pub fn daemon_log(name: &str) -> anyhow::Result<crate::log_rotation::LogWriter> {
+    let dir = endpoint_dir(name)?;
+    crate::private::dirs(&hpfaas_home(), &dir)?;
+    // A config that cannot be read gets the default limits: the agent
+    // refuses it right after, into this log.
+    let logs = EndpointConfig::load(&dir.join("config.toml"))
+        .map(|c| c.logs)
+        .unwrap_or_default();
+    crate::log_rotation::endpoint_log(&dir, &logs)
 }
 
 /// Stops the endpoint's agent and waits for it. The agent cancels its

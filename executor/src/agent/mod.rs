@@ -508,6 +508,7 @@ fn blocks_setup(spec: &AgentSpec, broker_url: &str) -> anyhow::Result<BlocksSetu
         job_prefix: format!("hpfaas-{}", spec.name),
         dir: spec.dir.clone(),
         poll_period: provider.poll_period(),
+        keep_finished: spec.config.logs.keep_blocks,
     })
 }
 
@@ -759,6 +760,7 @@ mod tests {
             job_prefix: "hpfaas-stop".into(),
             dir: dir.to_path_buf(),
             poll_period: Duration::from_secs(3600),
+            keep_finished: 20,
         })
         .unwrap();
         let broker = broker::start(BrokerConfig::loopback(

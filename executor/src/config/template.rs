@@ -1,5 +1,5 @@
 //! The configuration `hpfaas endpoint configure NAME --provider KIND` writes:
-//! every key of `[endpoint]`, `[engine]` and of KIND's `[provider]`, each on
+//! every key of `[endpoint]`, `[engine]`, KIND's `[provider]` and `[logs]`, each on
 //! its own commented line with its default and one line of meaning, so that
 //! uncommenting a line changes nothing until its value is edited.
 //!
@@ -13,7 +13,7 @@ use hpfaas_scheduler_adapters::config::key_applies;
 use hpfaas_scheduler_adapters::launcher::Launcher;
 use hpfaas_scheduler_adapters::{ProviderConfig, ProviderKind};
 
-use super::{EndpointSection, EngineSection};
+use super::{EndpointSection, EngineSection, LogsSection};
 
 /// How a key's line is written.
 enum Shown {
@@ -89,6 +89,33 @@ fn endpoint_keys(service_url: Option<&str>) -> Vec<Key> {
             "ca_file",
             Example(quoted("/path/to/ca.pem")),
             "CA of an https:// service with a private CA; unset: $HPFAAS_CA_FILE",
+        ),
+    ]
+}
+
+fn logs_keys() -> Vec<Key> {
+    use Shown::*;
+    let d = LogsSection::default();
+    vec![
+        key(
+            "max_bytes",
+            Default(d.max_bytes.to_string()),
+            "endpoint.log rotates before passing this size",
+        ),
+        key(
+            "keep",
+            Default(d.keep.to_string()),
+            "rotated files kept: endpoint.log.1 (newest) and on",
+        ),
+        key(
+            "daily",
+            Default(d.daily.to_string()),
+            "true: also a new file each day (UTC)",
+        ),
+        key(
+            "keep_blocks",
+            Default(d.keep_blocks.to_string()),
+            "finished blocks whose scripts and logs stay in blocks/",
         ),
     ]
 }
@@ -399,6 +426,7 @@ pub fn template(kind: ProviderKind, service_url: Option<&str>) -> String {
     render_section(&mut out, "endpoint", &endpoint_keys(service_url));
     render_section(&mut out, "engine", &engine_keys(kind));
     render_section(&mut out, "provider", &provider_keys(kind));
+    render_section(&mut out, "logs", &logs_keys());
     out
 }
 
@@ -465,6 +493,7 @@ mod tests {
             let text = template(kind, None);
             let endpoint = accepted_keys::<EndpointSection>();
             let engine = accepted_keys::<EngineSection>();
+            let logs = accepted_keys::<LogsSection>();
             let provider: Vec<&str> = accepted_keys::<ProviderConfig>()
                 .iter()
                 .copied()
@@ -474,6 +503,7 @@ mod tests {
                 ("endpoint", endpoint.to_vec()),
                 ("engine", engine.to_vec()),
                 ("provider", provider),
+                ("logs", logs.to_vec()),
             ] {
                 let mut shown = keys_in_section(&text, section);
                 let mut accepted = accepted;
@@ -505,12 +535,17 @@ mod tests {
     fn uncommented_defaults_change_nothing() {
         for kind in ProviderKind::ALL {
             let text = template(kind, Some("http://127.0.0.1:8740"));
-            let defaults: Vec<&str> = [endpoint_keys(None), engine_keys(kind), provider_keys(kind)]
-                .iter()
-                .flatten()
-                .filter(|k| matches!(k.shown, Shown::Default(_)))
-                .map(|k| k.name)
-                .collect();
+            let defaults: Vec<&str> = [
+                endpoint_keys(None),
+                engine_keys(kind),
+                provider_keys(kind),
+                logs_keys(),
+            ]
+            .iter()
+            .flatten()
+            .filter(|k| matches!(k.shown, Shown::Default(_)))
+            .map(|k| k.name)
+            .collect();
             let mut uncommented = 0;
             let all_on: String = text
                 .lines()
@@ -556,6 +591,7 @@ mod tests {
                 ("endpoint", endpoint_keys(None)),
                 ("engine", engine_keys(kind)),
                 ("provider", provider_keys(kind)),
+                ("logs", logs_keys()),
             ];
             for (section, keys) in &sections {
                 for k in keys {

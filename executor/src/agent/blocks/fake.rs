@@ -1,5 +1,6 @@
 //! An in-memory batch system and a hand-advanced clock: the test seam of
 //! the blocks' decisions ([`super::state`]) and of the agent's stop path.
+//! Like a real provider it writes each block's job script to `blocks/`.
 //! Real providers are tested against real schedulers and emulators.
 
 use std::collections::HashMap;
@@ -95,6 +96,13 @@ impl Provider for FakeProvider {
             return Err(ProviderError::new("fake", message.clone()));
         }
         q.job_names.push(request.job_name.clone());
+        // Where a real provider writes the job script (pruning reads it).
+        let script = request
+            .log_dir
+            .join(format!("block-{}.sh", request.block_id));
+        std::fs::create_dir_all(&request.log_dir)
+            .and_then(|()| std::fs::write(&script, self.job_script(request)))
+            .map_err(|e| ProviderError::new("fake", e.to_string()))?;
         Ok(format!("{}", 1000 + q.submits.len()))
     }
 

@@ -7,6 +7,7 @@
 pub mod clock;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod prune;
 pub mod record;
 pub mod state;
 

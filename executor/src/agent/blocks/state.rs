@@ -15,6 +15,7 @@ use hpfaas_scheduler_adapters::{BlockRequest, JobId, JobState, Provider};
 use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
+use super::prune;
 use super::record::{self, Record, Saved};
 use crate::broker::dispatch::{BlockLoad, Load};
 use crate::strategy::{self, BlockView, Scaling};
@@ -69,6 +70,8 @@ pub struct BlocksSetup {
     pub dir: PathBuf,
     /// Least time between two status queries to the scheduler.
     pub poll_period: Duration,
+    /// Finished blocks whose files stay in `blocks/` (`logs.keep_blocks`).
+    pub keep_finished: usize,
 }
 
 /// A block that ended sooner than this after starting counts as a failed start.
@@ -137,7 +140,7 @@ impl Blocks {
                 Block::new(record, now)
             })
             .collect();
-        Blocks {
+        let blocks = Blocks {
             first: live.is_empty(),
             setup,
             live,
@@ -148,7 +151,10 @@ impl Blocks {
             last_poll: None,
             poll_now: false,
             external: Vec::new(),
-        }
+        };
+        // Earlier runs' finished blocks count against the limit too.
+        blocks.prune_files();
+        blocks
     }
 
     /// The last scheduler error (e.g. sbatch's own message), if any.
@@ -312,6 +318,7 @@ impl Blocks {
         });
         if !ended.is_empty() {
             self.save();
+            self.prune_files();
         }
         if let Some((block, reason)) = died_young {
             self.last_error = Some(format!(
@@ -341,6 +348,22 @@ impl Blocks {
         self.live
             .retain(|b| !block_ids.contains(&b.record.block_id));
         self.save();
+        self.prune_files();
+    }
+
+    /// Removes finished blocks' files past `keep_finished`, never a live
+    /// block's (see [`prune`]).
+    fn prune_files(&self) {
+        let live: Vec<&str> = self
+            .live
+            .iter()
+            .map(|b| b.record.block_id.as_str())
+            .collect();
+        prune::prune(
+            &self.setup.dir.join("blocks"),
+            self.setup.keep_finished,
+            &live,
+        );
     }
 
     /// Cancels every live block (the endpoint stops).
@@ -450,6 +473,7 @@ mod tests {
                 job_prefix: "hpfaas-test".into(),
                 dir: dir.path().to_path_buf(),
                 poll_period: POLL,
+                keep_finished: 2,
             };
             let blocks = Blocks::new(setup, clock.now());
             Harness {
@@ -611,6 +635,37 @@ mod tests {
         let ended = h.step_at(36.0, 5, &load_of(&[("2", 1)]));
         assert_eq!(ended[0].block_id, "2");
         assert_eq!(h.submits(), 4);
+    }
+
+    #[test]
+    fn finished_blocks_files_are_pruned_but_never_a_live_blocks() {
+        let mut h = Harness::new(SCALING);
+        h.blocks.setup.keep_finished = 0;
+        h.step_at(0.0, 30, &Load::default());
+        let blocks_dir = h.dir.path().join("blocks");
+        let script = |id: &str| blocks_dir.join(format!("block-{id}.sh"));
+        let first: Vec<String> = h.queue().submits.clone();
+        assert_eq!(first, ["0", "1", "2"]);
+        assert!(first.iter().all(|id| script(id).exists()));
+        // Blocks 1 and 2 end; block 0, the oldest, still runs.
+        h.queue().states.insert("1002".into(), JobState::Completed);
+        h.queue().states.insert(
+            "1003".into(),
+            JobState::Failed {
+                reason: "TIMEOUT".into(),
+            },
+        );
+        let ended = h.step_at(20.0, 30, &Load::default());
+        assert_eq!(ended.len(), 2);
+        assert!(!script("1").exists() && !script("2").exists());
+        let live: Vec<String> = h.blocks.status().into_iter().map(|b| b.block_id).collect();
+        assert!(live.contains(&"0".to_string()), "{live:?}");
+        for id in &live {
+            assert!(script(id).exists(), "live block {id} lost its script");
+        }
+        // Stopping cancels every block: then they are all finished.
+        h.blocks.cancel_all();
+        assert_eq!(std::fs::read_dir(&blocks_dir).unwrap().count(), 0);
     }
 
     #[test]
