@@ -1,37 +1,34 @@
 //! Options whose values come from a fixed set: `--help`, man pages and
-//! shell completions list the values, and each is still read by the same
-//! parser as its configuration key (the agent writes a manager's options
-//! from the configuration, and the manager reads them back), so a wrong
-//! value gets the configuration's message.
+//! shell completions list the values, and a wrong value's error says where
+//! it came from (an environment variable is named). Engine options are
+//! still read by the same parser as their configuration key (the agent
+//! writes a manager's options from the configuration, and the manager
+//! reads them back), so a wrong value gets the configuration's message.
 
 use std::ffi::OsStr;
-use std::marker::PhantomData;
-use std::str::FromStr;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::ErrorKind;
+use clap::ValueEnum;
 use hpfaas_executor::config::cpu_affinity::CpuAffinity;
 use hpfaas_executor::config::mpi_launcher::MpiLauncher;
 
-/// A parser through `T`'s `FromStr` that names the values it accepts.
+/// A parser that names the values it accepts and reads them with `parse`.
 pub struct Listed<T> {
-    values: &'static [(&'static str, &'static str)],
-    parsed: PhantomData<fn() -> T>,
+    values: Vec<PossibleValue>,
+    parse: fn(&str) -> Result<T, String>,
 }
 
 impl<T> Clone for Listed<T> {
     fn clone(&self) -> Self {
         Listed {
-            values: self.values,
-            parsed: PhantomData,
+            values: self.values.clone(),
+            parse: self.parse,
         }
     }
 }
 
-impl<T> TypedValueParser for Listed<T>
-where
-    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Listed<T> {
     type Value = T;
 
     fn parse_ref(
@@ -40,7 +37,14 @@ where
         arg: Option<&clap::Arg>,
         value: &OsStr,
     ) -> Result<T, clap::Error> {
-        let option = arg.map_or_else(|| "the value".to_string(), |a| format!("'{a}'"));
+        let mut option = arg.map_or_else(|| "the value".to_string(), |a| format!("'{a}'"));
+        // A value from the environment names its variable: the user may
+        // not remember setting it.
+        if let Some(var) = arg.and_then(clap::Arg::get_env) {
+            if std::env::var_os(var).as_deref() == Some(value) {
+                option += &format!(" (from the environment variable {})", var.to_string_lossy());
+            }
+        }
         let Some(text) = value.to_str() else {
             return Err(clap::Error::raw(
                 ErrorKind::InvalidUtf8,
@@ -48,7 +52,7 @@ where
             )
             .with_cmd(cmd));
         };
-        text.parse().map_err(|message: String| {
+        (self.parse)(text).map_err(|message| {
             clap::Error::raw(
                 ErrorKind::ValueValidation,
                 format!("invalid value '{text}' for {option}: {message}\n"),
@@ -58,19 +62,51 @@ where
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(
-            self.values
+        Some(Box::new(self.values.iter().cloned()))
+    }
+}
+
+/// A `ValueEnum` (its variants and their doc comments listed), with an
+/// error that says where a wrong value came from.
+pub fn value_enum<T: ValueEnum + Clone + Send + Sync + 'static>() -> Listed<T> {
+    fn parse<T: ValueEnum>(text: &str) -> Result<T, String> {
+        T::from_str(text, false).map_err(|_| {
+            let names: Vec<String> = T::value_variants()
                 .iter()
-                .map(|(name, help)| PossibleValue::new(*name).help(*help)),
-        ))
+                .filter_map(|v| v.to_possible_value())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            format!("use one of {}", names.join(", "))
+        })
+    }
+    Listed {
+        values: T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .collect(),
+        parse: parse::<T>,
+    }
+}
+
+/// A fixed list of `(value, meaning)` read by a configuration parser.
+fn listed<T>(
+    values: &[(&'static str, &'static str)],
+    parse: fn(&str) -> Result<T, String>,
+) -> Listed<T> {
+    Listed {
+        values: values
+            .iter()
+            .map(|(name, help)| PossibleValue::new(*name).help(*help))
+            .collect(),
+        parse,
     }
 }
 
 /// `--cpu-affinity`: the named modes (a `list:` value is accepted too, and
 /// described in the option's own help, as it is no fixed value).
 pub fn cpu_affinity() -> Listed<CpuAffinity> {
-    Listed {
-        values: &[
+    listed(
+        &[
             (
                 "none",
                 "no pinning: every worker may use all of the manager's CPUs",
@@ -82,14 +118,14 @@ pub fn cpu_affinity() -> Listed<CpuAffinity> {
                 "cores dealt round-robin: worker i gets i, i+n, ...",
             ),
         ],
-        parsed: PhantomData,
-    }
+        CpuAffinity::parse,
+    )
 }
 
 /// `--mpi-launcher`: every launcher there is.
 pub fn mpi_launcher() -> Listed<MpiLauncher> {
-    Listed {
-        values: &[
+    listed(
+        &[
             ("mpiexec", "OpenMPI's mpiexec"),
             ("mpiexec-mpich", "MPICH's (Hydra) mpiexec"),
             (
@@ -97,8 +133,8 @@ pub fn mpi_launcher() -> Listed<MpiLauncher> {
                 "Slurm's srun, in a step overlapping the managers' (Slurm blocks only)",
             ),
         ],
-        parsed: PhantomData,
-    }
+        MpiLauncher::parse,
+    )
 }
 
 #[cfg(test)]
@@ -109,11 +145,12 @@ mod tests {
     /// list of launchers is the configuration's whole list.
     #[test]
     fn listed_values_are_the_parsers_values() {
-        for (name, _) in cpu_affinity().values {
-            let mode: CpuAffinity = name.parse().unwrap();
-            assert_eq!(mode.to_string(), *name);
+        for value in cpu_affinity().values {
+            let mode: CpuAffinity = value.get_name().parse().unwrap();
+            assert_eq!(mode.to_string(), value.get_name());
         }
-        let names: Vec<&str> = mpi_launcher().values.iter().map(|(n, _)| *n).collect();
+        let launchers = mpi_launcher().values;
+        let names: Vec<&str> = launchers.iter().map(PossibleValue::get_name).collect();
         assert_eq!(names, MpiLauncher::NAMES);
         for name in names {
             assert_eq!(name.parse::<MpiLauncher>().unwrap().name(), name);

@@ -21,8 +21,8 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "HPFAAS_OUTPUT",
-        value_enum,
-        default_value_t = Format::Text,
+        value_parser = crate::choices::value_enum::<Format>(),
+        default_value = "text",
         value_name = "FORMAT"
     )]
     pub output: Format,

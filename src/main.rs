@@ -41,9 +41,9 @@ const ENVIRONMENT: &str = "\
 Environment:
   HPFAAS_HOME    state directory (--home), default ~/.hpfaas
   HPFAAS_OUTPUT  text or json (--output)
-  HPFAAS_URL     service URL for `endpoint start` when the configuration has none
+  HPFAAS_URL     service URL for `endpoint start` (--service-url)
   HPFAAS_TOKEN   owner token for an endpoint's first registration
-  RUST_LOG       log filter (e.g. debug, hpfaas_executor=trace); overrides -v and -q";
+  RUST_LOG       log filter, e.g. debug; overrides -v and -q";
 
 #[derive(Subcommand)]
 enum Command {

@@ -73,6 +73,11 @@ fn has_keys(doc: &Value, keys: &[&str]) {
 const IDLE_LOCAL: &str = "[engine]\nheartbeat_period = 0.5\nheartbeat_threshold = 10.0\n\
                           [provider]\ntype = \"local\"\ninit_blocks = 0\nmin_blocks = 0\n";
 
+/// A local endpoint that keeps one block of one worker.
+const ONE_BLOCK: &str = "[engine]\nmax_workers_per_node = 1\nheartbeat_period = 0.5\n\
+                         heartbeat_threshold = 10.0\n[provider]\ntype = \"local\"\n\
+                         init_blocks = 1\nmin_blocks = 1\nmax_blocks = 1\n";
+
 /// The keys of one `endpoint list --output json` row (docs/cli.md).
 const ENDPOINT_ROW: &[&str] = &[
     "name",
@@ -175,6 +180,20 @@ fn a_bad_value_gets_the_configuration_parsers_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("'yaml'"), "{}", stderr(&out));
+    // A wrong value from the environment names its variable.
+    let out = bare()
+        .args(["endpoint", "list"])
+        .env("HPFAAS_OUTPUT", "yaml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("'yaml'")
+            && stderr(&out).contains("environment variable HPFAAS_OUTPUT")
+            && stderr(&out).contains("text, json"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -339,7 +358,7 @@ fn local_commands_print_one_json_document() {
 fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
     let svc = Service::start();
     let token = svc.token("dave");
-    let ep = Endpoint::new(&svc, &token, "cli-json", IDLE_LOCAL);
+    let ep = Endpoint::new(&svc, &token, "cli-json", ONE_BLOCK);
     let _guard = EndpointGuard {
         home: ep.home.to_path_buf(),
         name: "cli-json",
@@ -365,9 +384,25 @@ fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
     has_keys(&rows[0], ENDPOINT_ROW);
     assert_eq!(rows[0]["endpoint_id"], started["endpoint_id"]);
 
-    let status = json_out(&json(&["status", "cli-json"]));
+    let status = wait_for(Duration::from_secs(60), "a block in the status", || {
+        let status = json_out(&json(&["status", "cli-json"]));
+        (!status["local"]["blocks"].as_array()?.is_empty()).then_some(status)
+    });
     has_keys(&status, &["local", "service"]);
     has_keys(&status["local"], ENDPOINT_ROW);
+    has_keys(
+        &status["local"]["blocks"][0],
+        &[
+            "block_id",
+            "job_id",
+            "provider",
+            "state",
+            "nodes",
+            "managers",
+            "submitted_at",
+            "deadline",
+        ],
+    );
     assert_eq!(status["service"]["status"], "online", "{status}");
 
     let log_path = ep.dir().join("endpoint.log");
