@@ -515,6 +515,10 @@ fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
         }
         EndpointCommand::Restart { name, service } => {
             service.apply()?;
+            // What the next agent needs is checked before this one stops:
+            // a configuration it cannot start from must not leave the
+            // endpoint down with its blocks unwatched.
+            lifecycle::agent_spec(&name)?;
             let stopped = match lifecycle::stop(&name, true) {
                 Ok(msg) => Some(msg),
                 Err(e) if e.to_string().contains("is not running") => None,

@@ -409,8 +409,16 @@ fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains(" INFO "), "{log}");
 
-    // Without -q, the next agent logs as usual.
-    let restarted = json_out(&json(&["restart", "cli-json"]));
+    // Without -q, the next agent logs as usual. The service's address may
+    // come as an option as well as from HPFAAS_URL.
+    let restarted = json_out(
+        &bare()
+            .args(["endpoint", "restart", "cli-json", "--output", "json"])
+            .args(["--service-url", &svc.url])
+            .env("HPFAAS_HOME", &*ep.home)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(restarted, started);
     wait_for(Duration::from_secs(30), "the agent's INFO lines", || {
         let log = std::fs::read_to_string(&log_path).ok()?;
@@ -420,6 +428,33 @@ fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
     let stopped = json_out(&json(&["stop", "cli-json"]));
     has_keys(&stopped, &["name", "state"]);
     assert_eq!(stopped["state"], "stopped");
+}
+
+#[test]
+fn a_restart_that_cannot_start_the_next_agent_leaves_the_running_one() {
+    let svc = Service::start();
+    let token = svc.token("erin");
+    let ep = Endpoint::new(&svc, &token, "cli-restart", IDLE_LOCAL);
+    let _guard = EndpointGuard {
+        home: ep.home.to_path_buf(),
+        name: "cli-restart",
+    };
+    ep.start();
+    // No service URL anywhere: not in the configuration, the environment
+    // or the options.
+    let refused = bare()
+        .args(["endpoint", "restart", "cli-restart"])
+        .env("HPFAAS_HOME", &*ep.home)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("no service URL") && stderr(&refused).contains("HPFAAS_URL"),
+        "{}",
+        stderr(&refused)
+    );
+    let rows = json_out(&run(&ep.home, &["endpoint", "list", "--output", "json"]));
+    assert_eq!(rows[0]["state"], "running (online)", "{rows}");
 }
 
 #[test]
