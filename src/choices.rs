@@ -38,12 +38,20 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Listed<T> {
         value: &OsStr,
     ) -> Result<T, clap::Error> {
         let mut option = arg.map_or_else(|| "the value".to_string(), |a| format!("'{a}'"));
-        // A value from the environment names its variable: the user may
-        // not remember setting it.
-        if let Some(var) = arg.and_then(clap::Arg::get_env) {
-            if std::env::var_os(var).as_deref() == Some(value) {
-                option += &format!(" (from the environment variable {})", var.to_string_lossy());
+        let from_env = arg
+            .and_then(clap::Arg::get_env)
+            .filter(|var| std::env::var_os(var).as_deref() == Some(value));
+        let mut value = value;
+        if let Some(var) = from_env {
+            // An empty variable means unset, as with every HPFAAS_* variable.
+            if value.is_empty() {
+                if let Some(default) = arg.and_then(|a| a.get_default_values().first()) {
+                    value = default;
+                }
             }
+            // A wrong value names its variable: the user may not remember
+            // setting it.
+            option += &format!(" (from the environment variable {})", var.to_string_lossy());
         }
         let Some(text) = value.to_str() else {
             return Err(clap::Error::raw(

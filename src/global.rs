@@ -14,7 +14,14 @@ use crate::output::Format;
 #[derive(clap::Args)]
 pub struct GlobalArgs {
     /// Where hpfaas keeps its state: endpoints, the service's data, up.json [default: ~/.hpfaas].
-    #[arg(long, global = true, env = "HPFAAS_HOME", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "HPFAAS_HOME",
+        value_name = "DIR",
+        // An empty HPFAAS_HOME means unset, as it always has: not an error.
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub home: Option<PathBuf>,
     /// How commands print data: text (tables) or json (one document on stdout, keys in docs/cli.md).
     #[arg(

@@ -242,6 +242,38 @@ fn home_option_and_variable_choose_the_same_directory() {
 }
 
 #[test]
+fn empty_variables_mean_unset() {
+    let user_home = temp_dir("cli-empty-vars");
+    let dir = user_home
+        .join(".hpfaas")
+        .join("endpoints")
+        .join("in-default-home");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), IDLE_LOCAL).unwrap();
+    let list = |extra: &[&str]| {
+        bare()
+            .args(["endpoint", "list"])
+            .args(extra)
+            .env("HOME", &*user_home)
+            .env("HPFAAS_HOME", "")
+            .env("HPFAAS_OUTPUT", "")
+            .env("HPFAAS_URL", "")
+            .env("HPFAAS_TOKEN", "")
+            .output()
+            .unwrap()
+    };
+    let text = list(&[]);
+    assert_success(&text);
+    assert!(
+        stdout(&text).starts_with("NAME") && stdout(&text).contains("in-default-home"),
+        "{}",
+        stdout(&text)
+    );
+    let rows = json_out(&list(&["--output", "json"]));
+    assert_eq!(rows[0]["name"], "in-default-home");
+}
+
+#[test]
 fn local_commands_print_one_json_document() {
     let home = temp_dir("cli-json-local");
     let empty = json_out(&run(&home, &["endpoint", "list", "--output", "json"]));
