@@ -1,6 +1,7 @@
 //! `hpfaas`: the one binary. Each subcommand is a thin wrapper over a crate:
 //! `service` and `token` over `hpfaas-registry`, `endpoint` and `manager`
-//! over `hpfaas-executor`, and `up` runs both in one process.
+//! over `hpfaas-executor`, and `up` runs both in one process;
+//! `completions` and `man` render the clap definitions below themselves.
 
 mod choices;
 mod completions;
