@@ -1,33 +1,51 @@
 //! `hpfaas`: the one binary. Each subcommand is a thin wrapper over a crate:
 //! `service` and `token` over `hpfaas-registry`, `endpoint` and `manager`
-//! over `hpfaas-executor`, and `up` runs both in one process.
+//! over `hpfaas-executor`, and `up` runs both in one process;
+//! `completions` and `man` render the clap definitions below themselves.
 
+mod choices;
+mod completions;
 mod configure;
 mod connection_limits;
+mod global;
+mod man;
+mod output;
+mod service_access;
 mod up;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use hpfaas_executor::config::cpu_affinity::CpuAffinity;
 use hpfaas_executor::config::mpi_launcher::MpiLauncher;
 use hpfaas_executor::config::DEFAULT_SHELL_OUTPUT_LIMIT;
 use hpfaas_executor::{lifecycle, manager};
+use output::Format;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// High-performance function-as-a-service for HPC.
 #[derive(Parser)]
-#[command(name = "hpfaas", version, about)]
+#[command(name = "hpfaas", version, about, after_help = ENVIRONMENT)]
 struct Cli {
+    #[command(flatten)]
+    global: global::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The environment variables, in `hpfaas --help` and the man page.
+const ENVIRONMENT: &str = "\
+Environment:
+  HPFAAS_HOME    state directory (--home), default ~/.hpfaas
+  HPFAAS_OUTPUT  text or json (--output)
+  HPFAAS_URL     service URL for `endpoint start` (--service-url)
+  HPFAAS_TOKEN   owner token for an endpoint's first registration
+  RUST_LOG       log filter, e.g. debug; overrides -v and -q";
 
 #[derive(Subcommand)]
 enum Command {
@@ -83,6 +101,17 @@ enum Command {
     },
     /// Internal: what a block runs on each node.
     Manager(Box<ManagerArgs>),
+    /// Print a shell completion script (install: see README).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
+    /// Write a man page per command and subcommand into DIR.
+    Man {
+        /// Directory for the pages, e.g. ~/.local/share/man/man1.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,8 +133,8 @@ enum TokenCommand {
         /// The service's data directory (default: $HPFAAS_HOME/service).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// Same as --output json (kept for scripts written before it).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Revoke a token at once, even while the service runs.
@@ -126,6 +155,7 @@ enum EndpointCommand {
     /// Start the endpoint's agent (a daemon unless --foreground).
     Start {
         /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
         name: String,
         /// Stay in the foreground and log to stderr.
         #[arg(long)]
@@ -134,34 +164,42 @@ enum EndpointCommand {
         /// rotated as its [logs] section says.
         #[arg(long, hide = true, requires = "foreground")]
         rotate_log: bool,
+        #[command(flatten)]
+        service: service_access::ServiceAccess,
     },
     /// Stop the endpoint's agent and every block it started.
     Stop {
         /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
         name: String,
     },
     /// Restart the agent; running blocks are re-adopted, not cancelled.
     Restart {
         /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
         name: String,
+        #[command(flatten)]
+        service: service_access::ServiceAccess,
     },
     /// List configured endpoints.
     List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// Same as --output json (kept for scripts written before it).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Print the job script the endpoint submits for a block.
     JobScript {
         /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
         name: String,
     },
     /// Show one endpoint, locally and as the service sees it.
     Status {
         /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
         name: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// Same as --output json (kept for scripts written before it).
+        #[arg(long, hide = true)]
         json: bool,
     },
 }
@@ -177,7 +215,7 @@ struct ManagerArgs {
     broker: Option<String>,
     /// Join this endpoint (from a job script of your own): the broker address
     /// is read from $HPFAAS_HOME/endpoints/NAME on the shared file system.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", add = completions::endpoint_names())]
     endpoint: Option<String>,
     /// Block this manager belongs to (default: job-<batch job id>).
     #[arg(long)]
@@ -200,14 +238,15 @@ struct ManagerArgs {
     /// Seconds to wait for the broker to accept the registration.
     #[arg(long, default_value_t = 30.0)]
     register_timeout: f64,
-    /// How workers are pinned: none, block, block-reverse, alternating or list:CPUS:CPUS...
-    #[arg(long, default_value = "none")]
+    /// How workers are pinned: a mode below, or list:CPUS:CPUS... (the
+    /// CPUs of each worker in turn, e.g. list:0-3,8-11:4-7,12-15).
+    #[arg(long, default_value = "none", value_parser = choices::cpu_affinity())]
     cpu_affinity: CpuAffinity,
     /// Accelerator ids, one per worker (comma-separated); caps the worker count.
     #[arg(long, value_delimiter = ',')]
     accelerators: Vec<String>,
-    /// How MPI tasks led by this manager are launched: mpiexec (OpenMPI), mpiexec-mpich, srun.
-    #[arg(long, default_value = "mpiexec")]
+    /// How MPI tasks led by this manager are launched.
+    #[arg(long, default_value = "mpiexec", value_parser = choices::mpi_launcher())]
     mpi_launcher: MpiLauncher,
     /// Extra MPI launcher arguments (give as --launcher-options=--flag).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
@@ -245,18 +284,9 @@ struct ManagerArgs {
 }
 
 fn main() {
+    completions::answer_if_asked(Cli::command);
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    );
-    match daemon_log(&cli) {
-        Some(log) => logs.with_writer(log).with_ansi(false).init(),
-        None => logs
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
-    }
+    cli.global.apply(|| daemon_log(&cli));
     if let Err(e) = run(cli) {
         eprintln!("hpfaas: error: {e:#}");
         std::process::exit(1);
@@ -315,8 +345,9 @@ fn service_dir(data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.global.output;
     match cli.command {
-        Command::Up(args) => single_thread_runtime()?.block_on(up::run(args)),
+        Command::Up(args) => single_thread_runtime()?.block_on(up::run(args, format)),
         Command::Service {
             listen,
             data_dir,
@@ -351,8 +382,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 service.run(shutdown_signal()).await
             })
         }
-        Command::Token { command } => token(command),
-        Command::Endpoint { command } => endpoint(command),
+        Command::Token { command } => token(command, format),
+        Command::Endpoint { command } => endpoint(command, format),
+        Command::Completions { shell } => {
+            completions::write_script(shell, &mut std::io::stdout().lock())
+        }
+        Command::Man { dir } => {
+            let pages = man::write_pages(Cli::command(), &dir)?;
+            match format {
+                Format::Json => output::print_json(&serde_json::json!({ "pages": pages })),
+                Format::Text => output::line(&format!(
+                    "wrote {} man pages into {}",
+                    pages.len(),
+                    dir.display()
+                )),
+            }
+        }
         Command::Manager(args) => {
             // MPI first, on the main thread, before any runtime thread exists;
             // then every thread and worker inherits this rank's share of the node.
@@ -434,14 +479,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
+fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
     match command {
         EndpointCommand::Configure(args) => configure::run(args)?,
         EndpointCommand::Start {
             name,
             foreground: true,
+            service,
             ..
         } => {
+            service.apply()?;
             let spec = lifecycle::agent_spec(&name)?;
             if let Some(s) = lifecycle::running(&spec.dir) {
                 if s.pid != std::process::id() {
@@ -457,22 +504,52 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
         EndpointCommand::Start {
             name,
             foreground: false,
+            service,
             ..
-        } => println!("{}", lifecycle::start_daemon(&name)?),
-        EndpointCommand::Stop { name } => println!("{}", lifecycle::stop(&name, false)?),
-        EndpointCommand::JobScript { name } => print!("{}", lifecycle::job_script(&name)?),
-        EndpointCommand::Restart { name } => {
-            match lifecycle::stop(&name, true) {
-                Ok(msg) => println!("{msg}"),
-                Err(e) if e.to_string().contains("is not running") => {}
-                Err(e) => return Err(e),
+        } => {
+            service.apply()?;
+            let message = lifecycle::start_daemon(&name)?;
+            started(&name, &message, format)?;
+        }
+        EndpointCommand::Stop { name } => {
+            let message = lifecycle::stop(&name, false)?;
+            match format {
+                Format::Text => output::line(&message)?,
+                Format::Json => {
+                    output::print_json(&serde_json::json!({"name": name, "state": "stopped"}))?
+                }
             }
-            println!("{}", lifecycle::start_daemon(&name)?);
+        }
+        EndpointCommand::JobScript { name } => {
+            let script = lifecycle::job_script(&name)?;
+            match format {
+                Format::Text => output::raw(&script)?,
+                Format::Json => {
+                    output::print_json(&serde_json::json!({"name": name, "job_script": script}))?
+                }
+            }
+        }
+        EndpointCommand::Restart { name, service } => {
+            service.apply()?;
+            // What the next agent needs is checked before this one stops:
+            // a configuration it cannot start from must not leave the
+            // endpoint down with its blocks unwatched.
+            lifecycle::agent_spec(&name)?;
+            let stopped = match lifecycle::stop(&name, true) {
+                Ok(msg) => Some(msg),
+                Err(e) if e.to_string().contains("is not running") => None,
+                Err(e) => return Err(e),
+            };
+            if let (Some(msg), Format::Text) = (stopped, format) {
+                output::line(&msg)?;
+            }
+            let message = lifecycle::start_daemon(&name)?;
+            started(&name, &message, format)?;
         }
         EndpointCommand::List { json } => {
             let rows = lifecycle::list()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+            if json || format == Format::Json {
+                output::print_json(&serde_json::to_value(&rows)?)?;
             } else {
                 let table: Vec<Vec<String>> = rows
                     .iter()
@@ -485,23 +562,18 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "ENDPOINT ID", "STATE", "BLOCKS"], &table);
+                output::print_table(&["NAME", "ENDPOINT ID", "STATE", "BLOCKS"], &table)?;
             }
         }
         EndpointCommand::Status { name, json } => {
             let local = lifecycle::describe(&name)?;
             let remote = lifecycle::service_status(&name);
-            if json {
+            if json || format == Format::Json {
                 let remote = match &remote {
                     Ok(v) => v.clone(),
                     Err(e) => serde_json::json!({"error": format!("{e:#}")}),
                 };
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"local": local, "service": remote})
-                    )?
-                );
+                output::print_json(&serde_json::json!({"local": local, "service": remote}))?;
             } else {
                 let mut rows = vec![
                     vec!["name".into(), local.name.clone()],
@@ -533,9 +605,9 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                     }
                     Err(e) => rows.push(vec!["service says".into(), format!("unreachable: {e:#}")]),
                 }
-                print_table(&["FIELD", "VALUE"], &rows);
+                output::print_table(&["FIELD", "VALUE"], &rows)?;
                 if !local.blocks.is_empty() {
-                    println!();
+                    output::line("")?;
                     let now = hpfaas_protocol::task::now_unix();
                     let blocks: Vec<Vec<String>> = local
                         .blocks
@@ -556,7 +628,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print_table(
+                    output::print_table(
                         &[
                             "BLOCK",
                             "JOB ID",
@@ -568,7 +640,7 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                             "WALLTIME LEFT",
                         ],
                         &blocks,
-                    );
+                    )?;
                 }
             }
         }
@@ -576,14 +648,43 @@ fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `endpoint start|restart` print once the agent runs: the sentence,
+/// or with `--output json` the endpoint id alone (`null` while the agent has
+/// never registered, e.g. when the service is not reachable yet).
+fn started(name: &str, message: &str, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Text => output::line(message),
+        Format::Json => {
+            let endpoint_id = lifecycle::describe(name)?.endpoint_id;
+            if endpoint_id.is_none() {
+                eprintln!("hpfaas: {message}");
+            }
+            output::print_json(&serde_json::json!({ "endpoint_id": endpoint_id }))
+        }
+    }
+}
+
+/// A token as `token list|revoke --output json` print it.
+fn token_json(t: &hpfaas_registry::TokenInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id, "prefix": t.prefix, "user": t.user,
+        "endpoint_id": t.endpoint, "created": t.created, "revoked": t.revoked,
+    })
+}
+
 /// `hpfaas token create|list|revoke`.
-fn token(command: TokenCommand) -> anyhow::Result<()> {
+fn token(command: TokenCommand, format: Format) -> anyhow::Result<()> {
     use hpfaas_registry::admin::token_kind;
     use hpfaas_registry::time::rfc3339;
     match command {
         TokenCommand::Create { user, data_dir } => {
             let token = hpfaas_registry::create_token(&service_dir(data_dir)?, &user)?;
-            println!("{token}");
+            match format {
+                Format::Text => output::line(&token)?,
+                Format::Json => {
+                    output::print_json(&serde_json::json!({"user": user, "token": token}))?
+                }
+            }
         }
         TokenCommand::List {
             user,
@@ -591,17 +692,9 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             json,
         } => {
             let tokens = hpfaas_registry::list_tokens(&service_dir(data_dir)?, &user)?;
-            if json {
-                let rows: Vec<serde_json::Value> = tokens
-                    .iter()
-                    .map(|t| {
-                        serde_json::json!({
-                            "id": t.id, "prefix": t.prefix, "user": t.user,
-                            "endpoint_id": t.endpoint, "created": t.created, "revoked": t.revoked,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+            if json || format == Format::Json {
+                let rows: Vec<serde_json::Value> = tokens.iter().map(token_json).collect();
+                output::print_json(&serde_json::Value::Array(rows))?;
             } else {
                 let rows: Vec<Vec<String>> = tokens
                     .iter()
@@ -615,7 +708,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&["ID", "STARTS WITH", "KIND", "CREATED", "REVOKED"], &rows);
+                output::print_table(&["ID", "STARTS WITH", "KIND", "CREATED", "REVOKED"], &rows)?;
             }
         }
         TokenCommand::Revoke {
@@ -623,36 +716,18 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             data_dir,
         } => {
             let t = hpfaas_registry::revoke_token(&service_dir(data_dir)?, &token_or_prefix)?;
-            println!(
-                "revoked token {} of user {} ({})",
-                t.id,
-                t.user,
-                token_kind(t.endpoint)
-            );
+            match format {
+                Format::Text => output::line(&format!(
+                    "revoked token {} of user {} ({})",
+                    t.id,
+                    t.user,
+                    token_kind(t.endpoint)
+                ))?,
+                Format::Json => output::print_json(&token_json(&t))?,
+            }
         }
     }
     Ok(())
-}
-
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }
 
 /// How a foreground agent is asked to stop: SIGINT/SIGTERM stop everything,

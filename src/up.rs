@@ -39,7 +39,7 @@ pub struct UpArgs {
 const TOKEN_FILE: &str = "token";
 
 /// Runs until SIGINT or SIGTERM.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<()> {
     // Caught from the start: a signal arriving once up.json exists must
     // stop everything and remove it, not kill the process on the spot.
     let (mut interrupt, mut terminate) = {
@@ -120,17 +120,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&info)?.as_bytes(),
         true,
     )?;
-    println!(
-        "hpfaas up: service {url}, endpoint {}",
-        credential.endpoint_id
-    );
-    if args.print_env {
-        println!("export HPFAAS_URL={url} HPFAAS_TOKEN={token}");
-    }
-    println!(
-        "(the SDK finds it through {}; Ctrl-C stops everything)",
-        up_file.display()
-    );
+    announce(&info, &up_file, args.print_env, format)?;
 
     let spec = AgentSpec {
         name: "local".into(),
@@ -153,6 +143,47 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = stop_service.send(());
     service_task.await??;
     outcome
+}
+
+/// Says where the service and the endpoint are, once: sentences, or with
+/// `--output json` one document, `{url, endpoint_id, pid, up_file}` and the
+/// `token` only with `--print-env`.
+fn announce(
+    info: &serde_json::Value,
+    up_file: &std::path::Path,
+    print_env: bool,
+    format: crate::output::Format,
+) -> anyhow::Result<()> {
+    let (url, token) = (&info["url"], &info["token"]);
+    let (url_text, token_text) = (url.as_str().unwrap_or(""), token.as_str().unwrap_or(""));
+    match format {
+        crate::output::Format::Json => {
+            let mut doc = json!({
+                "url": url,
+                "endpoint_id": info["endpoint_id"],
+                "pid": info["pid"],
+                "up_file": up_file,
+            });
+            if print_env {
+                doc["token"] = token.clone();
+            }
+            crate::output::print_json(&doc)
+        }
+        crate::output::Format::Text => {
+            let mut text = format!(
+                "hpfaas up: service {url_text}, endpoint {}\n",
+                info["endpoint_id"].as_str().unwrap_or("")
+            );
+            if print_env {
+                text += &format!("export HPFAAS_URL={url_text} HPFAAS_TOKEN={token_text}\n");
+            }
+            text += &format!(
+                "(the SDK finds it through {}; Ctrl-C stops everything)",
+                up_file.display()
+            );
+            crate::output::line(&text)
+        }
+    }
 }
 
 /// The pid in an existing up.json, if that process is alive.
