@@ -53,7 +53,7 @@ fn many_large_results_in_the_journal_all_arrive() {
     drop(journal);
 
     ep.start();
-    let docs = ep.wait_all(&tasks, Duration::from_secs(120));
+    let docs = ep.wait_all(&tasks, Duration::from_secs(300));
     for doc in &docs {
         assert_eq!(doc["status"], "success", "{}", &doc.to_string()[..200]);
         assert_eq!(doc["result"].as_str().unwrap().len(), result.len());

@@ -471,7 +471,10 @@ pub fn submit_json(
         .collect())
 }
 
-/// Waits until every task is final; their documents in order.
+/// Waits until every task is final; their documents in order. Each poll
+/// asks only for the tasks still pending, so large results cross once
+/// rather than on every poll (80 results of 1 MB polled whole every 50 ms
+/// starved the very service they waited on).
 pub fn wait_all(
     url: &str,
     token: &str,
@@ -479,13 +482,23 @@ pub fn wait_all(
     limit: Duration,
 ) -> Vec<serde_json::Value> {
     let url = format!("{url}/v2/batch_status");
+    let mut done: std::collections::HashMap<String, serde_json::Value> = Default::default();
+    let distinct = task_ids
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     wait_for(limit, "tasks to finish", || {
-        let r = post(&url, token, serde_json::json!({"task_ids": task_ids})).ok()?;
-        let docs: Vec<serde_json::Value> =
-            task_ids.iter().map(|t| r["results"][t].clone()).collect();
-        docs.iter()
-            .all(|d| d["pending"] == serde_json::json!(false))
-            .then_some(docs)
+        let pending: Vec<&String> = task_ids.iter().filter(|t| !done.contains_key(*t)).collect();
+        if !pending.is_empty() {
+            let r = post(&url, token, serde_json::json!({"task_ids": pending})).ok()?;
+            for t in pending {
+                let doc = &r["results"][t];
+                if doc["pending"] == serde_json::json!(false) {
+                    done.insert(t.clone(), doc.clone());
+                }
+            }
+        }
+        (done.len() == distinct).then(|| task_ids.iter().map(|t| done[t].clone()).collect())
     })
 }
 
