@@ -329,60 +329,32 @@ fn local_commands_print_one_json_document() {
 
     // Tokens, straight on a service's data directory.
     let data = home.join("service-data");
-    let created = json_out(
-        &bare()
-            .args([
-                "token",
-                "create",
-                "--user",
-                "carol",
-                "--output",
-                "json",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    // `hpfaas token ARGS --data-dir DATA`, its one JSON document.
+    let tokens = |args: &[&str]| {
+        json_out(
+            &bare()
+                .arg("token")
+                .args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .unwrap(),
+        )
+    };
+    let created = tokens(&["create", "--user", "carol", "--output", "json"]);
     has_keys(&created, &["user", "token"]);
     assert_eq!(created["user"], "carol");
     let token = created["token"].as_str().unwrap().to_string();
-    let listed = json_out(
-        &bare()
-            .args([
-                "token",
-                "list",
-                "--user",
-                "carol",
-                "--output",
-                "json",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    let listed = tokens(&["list", "--user", "carol", "--output", "json"]);
     let token_keys = ["id", "prefix", "user", "endpoint_id", "created", "revoked"];
     has_keys(&listed[0], &token_keys);
     assert!(listed[0]["revoked"].is_null());
-    let revoked = json_out(
-        &bare()
-            .args(["token", "revoke", &token, "--output", "json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    let revoked = tokens(&["revoke", &token, "--output", "json"]);
     has_keys(&revoked, &token_keys);
     assert_eq!(revoked["id"], listed[0]["id"]);
     assert!(revoked["revoked"].is_number());
     // The old --json flag still works, as --output json.
-    let old = json_out(
-        &bare()
-            .args(["token", "list", "--user", "carol", "--json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    let old = tokens(&["list", "--user", "carol", "--json"]);
     assert_eq!(old[0]["id"], listed[0]["id"]);
 }
 
