@@ -9,11 +9,13 @@
 //! read, into the types the agent and the managers use; a bad one is refused
 //! with its line. The engine's live in the submodules here, which import
 //! nothing of the agent or the manager: the managers read the same values
-//! back from their command line with the same parsers. Whether this machine
+//! back from their command line with the same parsers. A value refused by the
+//! checks after parsing gets its line from [`locate`]. Whether this machine
 //! can host local blocks as configured is not a property of the file:
 //! `lifecycle::load_config` checks it.
 
 pub mod cpu_affinity;
+pub mod locate;
 pub mod mpi_launcher;
 pub mod port_range;
 pub mod sites;
@@ -333,7 +335,9 @@ impl EndpointConfig {
     /// Parses and checks configuration text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: EndpointConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|message| locate::at_line(text, &message))?;
         Ok(config)
     }
 
