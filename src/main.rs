@@ -3,6 +3,7 @@
 //! over `hpfaas-executor`, and `up` runs both in one process;
 //! `completions` and `man` render the clap definitions below themselves.
 
+mod check;
 mod choices;
 mod completions;
 mod configure;
@@ -186,6 +187,16 @@ enum EndpointCommand {
         /// Same as --output json (kept for scripts written before it).
         #[arg(long, hide = true)]
         json: bool,
+    },
+    /// Check everything `start` needs without starting: the configuration,
+    /// the service and credential, the batch system; print the job script.
+    /// Exit status 0 only when `start` would work.
+    Check {
+        /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
+        name: String,
+        #[command(flatten)]
+        service: service_access::ServiceAccess,
     },
     /// Print the job script the endpoint submits for a block.
     JobScript {
@@ -481,7 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
     match command {
-        EndpointCommand::Configure(args) => configure::run(args)?,
+        EndpointCommand::Configure(args) => configure::run(args, format)?,
         EndpointCommand::Start {
             name,
             foreground: true,
@@ -519,6 +530,10 @@ fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
                     output::print_json(&serde_json::json!({"name": name, "state": "stopped"}))?
                 }
             }
+        }
+        EndpointCommand::Check { name, service } => {
+            service.apply()?;
+            check::run(&name, format)?;
         }
         EndpointCommand::JobScript { name } => {
             let script = lifecycle::job_script(&name)?;
