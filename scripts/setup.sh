@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: only its systemd-analyze, which checks contrib/systemd's units.
-packages=(pkg-config libzmq3-dev libhwloc-dev libopenmpi-dev openmpi-bin libclang-dev systemd)
+# bubblewrap, podman and runc: workers in containers (tests/python/test_containers.py;
+# runc because Debian's crun cannot start a container on cgroup v1 hosts).
+packages=(pkg-config libzmq3-dev libhwloc-dev libopenmpi-dev openmpi-bin libclang-dev systemd
+    bubblewrap podman runc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

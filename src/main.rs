@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+use hpfaas_executor::config::container::{Container, ContainerType};
 use hpfaas_executor::config::cpu_affinity::CpuAffinity;
 use hpfaas_executor::config::mpi_launcher::MpiLauncher;
 use hpfaas_executor::config::DEFAULT_SHELL_OUTPUT_LIMIT;
@@ -275,6 +276,21 @@ struct ManagerArgs {
     /// (engine.shell_output_limit); the rest is counted as dropped.
     #[arg(long, default_value_t = DEFAULT_SHELL_OUTPUT_LIMIT)]
     shell_output_limit: usize,
+    /// Container runtime the workers and shell tasks run in (engine.container_type).
+    #[arg(long, value_name = "RUNTIME", value_parser = choices::container_type())]
+    container_type: Option<ContainerType>,
+    /// Image, archive, directory or .sif to run them in (engine.container_uri).
+    #[arg(long, value_name = "URI", requires = "container_type")]
+    container_uri: Option<String>,
+    /// The runtime's own options (engine.container_cmd_options; give as
+    /// --container-cmd-options=--flag).
+    #[arg(
+        long,
+        default_value = "",
+        allow_hyphen_values = true,
+        requires = "container_type"
+    )]
+    container_cmd_options: String,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -471,6 +487,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sandbox_dir: args.sandbox_dir,
                 curve,
                 shell_output_limit: args.shell_output_limit,
+                container: Container::from_keys(
+                    args.container_type,
+                    args.container_uri.as_deref(),
+                    &args.container_cmd_options,
+                )
+                .map_err(anyhow::Error::msg)?,
                 runtime_base: match (args.runtime_dir, &endpoint_dir) {
                     (Some(dir), _) => dir,
                     (None, Some(dir)) => dir.join("runtime"),

@@ -260,3 +260,28 @@ fn a_scheduler_that_does_not_answer_is_quoted() {
         "{detail}"
     );
 }
+
+#[test]
+fn a_container_runtime_missing_here_fails_a_local_endpoint() {
+    let home = temp_dir("check-container");
+    configure(
+        &home,
+        "boxed",
+        "[engine]\ncontainer_type = \"apptainer\"\ncontainer_uri = \"/images/s.sif\"\n\
+         [provider]\ntype = \"local\"\n",
+    );
+    let mut c = endpoint_command(&home, "http://127.0.0.1:9", "t", &["check", "boxed"]);
+    c.env("HPFAAS_OUTPUT", "json").env("PATH", "/usr/bin:/bin");
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (verdict, detail) = finding(&report, "container");
+    assert_eq!(verdict, "fail");
+    assert!(detail.contains("apptainer is not on PATH"), "{detail}");
+    // The job script's manager carries the container.
+    let script = report["job_script"].as_str().unwrap();
+    assert!(
+        script.contains("--container-type apptainer --container-uri /images/s.sif"),
+        "{script}"
+    );
+}

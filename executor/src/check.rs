@@ -94,6 +94,7 @@ pub fn check(name: &str) -> anyhow::Result<Report> {
     report.scheduler(&config);
     report.broker_address(&config);
     report.worker_python(&config);
+    report.container(&config);
     match std::env::current_exe() {
         Ok(hpfaas_exe) => {
             let spec = AgentSpec {
@@ -380,6 +381,40 @@ impl Report {
                 format!(
                     "engine.worker_python = {python:?} {version} here; it must run on the compute \
                      nodes (worker_init can load a module or activate an environment)"
+                ),
+            );
+        }
+    }
+}
+
+impl Report {
+    /// The container runtime must be where workers start: here for local
+    /// blocks; on the compute nodes, where it is likely the same, for batch.
+    fn container(&mut self, config: &EndpointConfig) {
+        let Ok(Some(container)) = config.engine.container() else {
+            return;
+        };
+        let runtime = container.kind.name();
+        let described = crate::manager::container::describe(&container);
+        if hpfaas_scheduler_adapters::command::on_path(runtime) {
+            self.add(
+                "container",
+                Verdict::Ok,
+                format!("workers and shell tasks run in the {described}"),
+            );
+        } else if config.provider.kind == ProviderKind::Local {
+            self.add(
+                "container",
+                Verdict::Fail,
+                format!("engine.container_type = \"{runtime}\", but {runtime} is not on PATH here"),
+            );
+        } else {
+            self.add(
+                "container",
+                Verdict::Warn,
+                format!(
+                    "{runtime} is not on PATH here; it must be on the compute nodes \
+                     (worker_init can load it)"
                 ),
             );
         }

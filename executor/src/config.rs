@@ -14,6 +14,7 @@
 //! can host local blocks as configured is not a property of the file:
 //! `lifecycle::load_config` checks it.
 
+pub mod container;
 pub mod cpu_affinity;
 pub mod locate;
 pub mod mpi_launcher;
@@ -27,6 +28,7 @@ use hpfaas_scheduler_adapters::{ProviderConfig, ProviderKind};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use container::{Container, ContainerType};
 use cpu_affinity::{CpuAffinity, WorkerRequest};
 use mpi_launcher::MpiLauncher;
 use port_range::PortRange;
@@ -178,6 +180,14 @@ pub struct EngineSection {
     /// loopback too) can register as a manager and receive tasks.
     #[serde(default)]
     pub allow_unencrypted_tcp: bool,
+    /// The container runtime workers and shell tasks run in; none: on the
+    /// node itself.
+    pub container_type: Option<ContainerType>,
+    /// What they run in: an image, an image archive, a directory, a `.sif`.
+    pub container_uri: Option<String>,
+    /// The runtime's own options, split at white space.
+    #[serde(default)]
+    pub container_cmd_options: String,
 }
 
 /// `engine.address` for a broker on a Unix socket ([`EngineSection::address`]).
@@ -193,6 +203,15 @@ impl EngineSection {
     /// in a directory only the owner can open is private already).
     pub fn curve(&self) -> bool {
         self.encrypted && !self.unix_socket()
+    }
+
+    /// The container of the three `container_*` keys, checked together.
+    pub fn container(&self) -> Result<Option<Container>, String> {
+        Container::from_keys(
+            self.container_type,
+            self.container_uri.as_deref(),
+            &self.container_cmd_options,
+        )
     }
 
     /// What every manager is asked for: pinning, worker count, accelerators.
@@ -242,6 +261,9 @@ impl Default for EngineSection {
             shell_output_limit: default_shell_output_limit(),
             encrypted: true,
             allow_unencrypted_tcp: false,
+            container_type: None,
+            container_uri: None,
+            container_cmd_options: String::new(),
         }
     }
 }
@@ -368,6 +390,7 @@ impl EndpointConfig {
             ));
         }
         e.worker_request()?;
+        e.container()?;
         if self.logs.max_bytes == 0 {
             return Err("logs.max_bytes must be at least 1".into());
         }

@@ -453,6 +453,11 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
     }
+    // Checked when the configuration was read; a file changed since is
+    // the next start's to refuse.
+    if let Ok(Some(container)) = engine.container() {
+        argv.extend(container.manager_args());
+    }
     if engine.shell_output_limit != crate::config::DEFAULT_SHELL_OUTPUT_LIMIT {
         argv.extend([
             "--shell-output-limit".into(),

@@ -220,6 +220,22 @@ fn engine_keys(kind: ProviderKind) -> Vec<Key> {
             Default(d.allow_unencrypted_tcp.to_string()),
             "true: accept encrypted = false on a TCP address",
         ),
+        key(
+            "container_type",
+            Example(quoted("bwrap")),
+            "workers and shell tasks run in: podman | docker | apptainer | singularity | bwrap; \
+             unset: on the node",
+        ),
+        key(
+            "container_uri",
+            Example(quoted("localhost/science:1")),
+            "image, image archive (.tar), root directory or .sif; bwrap: unset = this node's /",
+        ),
+        key(
+            "container_cmd_options",
+            Default(quoted(&d.container_cmd_options)),
+            "the runtime's own options, e.g. \"--runtime runc\" or \"--nv\"",
+        ),
     ]
 }
 
@@ -607,6 +623,9 @@ mod tests {
                         text.push_str(&format!("{} = {value}\n", k.name));
                     } else {
                         text.push_str(&format!("[{section}]\n{} = {value}\n", k.name));
+                    }
+                    if k.name == "container_uri" {
+                        text.push_str("container_type = \"podman\"\n");
                     }
                     EndpointConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
                 }
