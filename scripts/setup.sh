@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # systemd: only its systemd-analyze, which checks contrib/systemd's units.
 # bubblewrap, podman and runc: workers in containers (tests/python/test_containers.py;
 # runc because Debian's crun cannot start a container on cgroup v1 hosts).
+# chromium: the dashboard's browser test (tests/python/test_dashboard.py).
 packages=(pkg-config libzmq3-dev libhwloc-dev libopenmpi-dev openmpi-bin libclang-dev systemd
-    bubblewrap podman runc)
+    bubblewrap podman runc chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

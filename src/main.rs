@@ -8,6 +8,7 @@ mod choices;
 mod completions;
 mod configure;
 mod connection_limits;
+mod dashboard;
 mod global;
 mod man;
 mod output;
@@ -53,6 +54,8 @@ Environment:
 enum Command {
     /// Run the service and one local endpoint in this process (writes $HPFAAS_HOME/up.json).
     Up(up::UpArgs),
+    /// Print a one-time login link to the service's web dashboard.
+    Dashboard(dashboard::DashboardArgs),
     /// Run the service (REST, result streams, endpoint connections).
     Service {
         /// Address to listen on.
@@ -375,6 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.global.output;
     match cli.command {
         Command::Up(args) => single_thread_runtime()?.block_on(up::run(args, format)),
+        Command::Dashboard(args) => dashboard::run(args, format),
         Command::Service {
             listen,
             data_dir,

@@ -109,11 +109,22 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         })
         .await??
     };
+    // The link works once; `hpfaas dashboard` makes more.
+    let dashboard_url = {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::dashboard::login_link(&url, &token, UP_LINK_TTL.as_secs_f64())
+        })
+        .await?
+        .inspect_err(|e| tracing::warn!("no dashboard login link: {e:#}"))
+        .ok()
+    };
     let info = json!({
         "url": url,
         "token": token,
         "endpoint_id": credential.endpoint_id,
         "pid": std::process::id(),
+        "dashboard_url": dashboard_url,
     });
     hpfaas_executor::private::write(
         &up_file,
@@ -145,6 +156,9 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
     outcome
 }
 
+/// Life of the login link `hpfaas up` prints: the longest the service allows.
+const UP_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Says where the service and the endpoint are, once: sentences, or with
 /// `--output json` one document, `{url, endpoint_id, pid, up_file}` and the
 /// `token` only with `--print-env`.
@@ -163,6 +177,7 @@ fn announce(
                 "endpoint_id": info["endpoint_id"],
                 "pid": info["pid"],
                 "up_file": up_file,
+                "dashboard_url": info["dashboard_url"],
             });
             if print_env {
                 doc["token"] = token.clone();
@@ -174,6 +189,9 @@ fn announce(
                 "hpfaas up: service {url_text}, endpoint {}\n",
                 info["endpoint_id"].as_str().unwrap_or("")
             );
+            if let Some(link) = info["dashboard_url"].as_str() {
+                text += &format!("dashboard (this link logs in once): {link}\n");
+            }
             if print_env {
                 text += &format!("export HPFAAS_URL={url_text} HPFAAS_TOKEN={token_text}\n");
             }

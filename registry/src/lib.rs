@@ -43,6 +43,7 @@ pub mod state;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub links: Arc<watch::Sender<usize>>,
     /// The audit log.
     pub audit: Arc<Audit>,
+    /// Dashboard login links and sessions.
+    pub sessions: Arc<crate::ui::session::Sessions>,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             shutdown,
             links: Arc::new(watch::channel(0).0),
             audit,
+            sessions: Arc::default(),
         }
     }
 

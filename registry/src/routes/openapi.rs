@@ -105,6 +105,26 @@ pub mod schemas {
         json!({"type": "object", "required": required, "properties": properties})
     }
 
+    /// Text that is not JSON (a page, a script).
+    pub fn text() -> Value {
+        s()
+    }
+
+    /// Body of `POST /v3/ui/login_link`.
+    pub fn login_link() -> Value {
+        json!({"type": "object", "additionalProperties": false, "properties": {
+            "ttl": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        }})
+    }
+
+    /// Answer of `POST /v3/ui/login_link`.
+    pub fn login_link_made() -> Value {
+        object(
+            &["path", "expires_in"],
+            json!({"path": s(), "expires_in": {"type": "number"}}),
+        )
+    }
+
     /// Any JSON object.
     pub fn any_object() -> Value {
         json!({"type": "object"})
