@@ -24,6 +24,11 @@ pub fn build(routes: &[Route]) -> Value {
                 },
             },
         });
+        if route.produces == "text/html" {
+            // A page's own errors are pages too (a spent login link).
+            op["responses"]["default"]["content"]["text/html"] =
+                json!({"schema": {"type": "string"}});
+        }
         let mut parameters = Vec::new();
         if route.path.contains("{id}") {
             parameters.push(json!({
@@ -113,7 +118,7 @@ pub mod schemas {
     /// Body of `POST /v3/ui/login_link`.
     pub fn login_link() -> Value {
         json!({"type": "object", "additionalProperties": false, "properties": {
-            "ttl": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "ttl": {"type": "number", "minimum": 0, "exclusiveMinimum": true, "maximum": 86400},
         }})
     }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -80,7 +81,7 @@ const DEFAULT_LINK_TTL: Duration = Duration::from_secs(600);
 pub async fn login_link(
     State(state): State<AppState>,
     user: User,
-    axum::Json(body): axum::Json<LinkRequest>,
+    Json(body): Json<LinkRequest>,
 ) -> ApiResult<axum::Json<Value>> {
     let ttl = match body.ttl {
         None => DEFAULT_LINK_TTL,
