@@ -86,6 +86,10 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve Prometheus /metrics on this address (plain HTTP, no token: bind it where only
+        /// the monitoring system reaches); no metrics without it.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: connection_limits::ConnectionLimits,
     },
@@ -360,6 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             tls_cert,
             tls_key,
+            metrics_listen,
             limits,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
@@ -373,12 +378,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.result_ttl = result_ttl;
             config.retention = retention;
+            config.metrics_listen = metrics_listen;
             config.tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| hpfaas_registry::TlsFiles { cert, key });
             runtime()?.block_on(async {
                 let service = hpfaas_registry::Service::bind(config).await?;
                 eprintln!("hpfaas service listening on {}", service.url());
+                if let Some(metrics) = service.metrics_url() {
+                    eprintln!("hpfaas metrics on {metrics}");
+                }
                 service.run(shutdown_signal()).await
             })
         }

@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// otherwise only in up.json, which only you can read).
     #[arg(long)]
     print_env: bool,
+    /// Where Prometheus /metrics is served (plain HTTP, no token); written to up.json as
+    /// metrics_url.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     limits: crate::connection_limits::ConnectionLimits,
 }
@@ -74,8 +78,10 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
 
     let mut service_config = hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone());
     args.limits.apply(&mut service_config);
+    service_config.metrics_listen = Some(args.metrics_listen);
     let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
+    let metrics_url = service.metrics_url();
     let token = owner_token(&data_dir)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_task = tokio::spawn(service.run(async {
@@ -114,6 +120,7 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         "token": token,
         "endpoint_id": credential.endpoint_id,
         "pid": std::process::id(),
+        "metrics_url": metrics_url,
     });
     hpfaas_executor::private::write(
         &up_file,
