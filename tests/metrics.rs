@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::up::Up;
+use common::up::{Up, UpOptions, ENGINE};
 use common::wait_for;
 
 /// The body of `GET url`.
@@ -173,5 +173,51 @@ fn the_service_port_serves_no_metrics() {
     match ureq::get(&other).timeout(Duration::from_secs(30)).call() {
         Err(ureq::Error::Status(404, _)) => {}
         other_answer => panic!("{other} answered {other_answer:?}"),
+    }
+}
+
+#[test]
+fn the_agent_exports_its_blocks_and_managers_when_configured() {
+    let home = common::temp_dir("agent-metrics");
+    std::fs::write(
+        home.join("engine.toml"),
+        format!("{ENGINE}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let up = Up::start_with(
+        "agent-metrics",
+        UpOptions {
+            home: Some(home.to_path_buf()),
+            ..Default::default()
+        },
+    );
+    let agent_json = up.endpoint_dir().join("agent.json");
+    let url = wait_for(Duration::from_secs(60), "metrics_url in agent.json", || {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&agent_json).ok()?).ok()?;
+        Some(state["metrics_url"].as_str()?.to_string())
+    });
+    // The one block of `up` runs with its one manager and worker.
+    let text = wait_for(Duration::from_secs(60), "the block running", || {
+        let text = scrape(&url);
+        (sample(&text, "hpfaas_agent_blocks{state=\"running\"}") == Some(1.0)
+            && sample(&text, "hpfaas_agent_managers") == Some(1.0))
+        .then_some(text)
+    });
+    assert_eq!(sample(&text, "hpfaas_agent_connected"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "hpfaas_agent_workers{state=\"idle\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hpfaas_agent_block_workers{block=") && l.ends_with(" 1")),
+        "{text}"
+    );
+    promtool_accepts(&text);
+    match ureq::get(&url.replace("/metrics", "/")).call() {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => panic!("/ answered {other:?}"),
     }
 }

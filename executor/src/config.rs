@@ -45,6 +45,19 @@ pub struct EndpointConfig {
     /// `[logs]`: how much of `endpoint.log` and of the blocks' files is kept.
     #[serde(default)]
     pub logs: LogsSection,
+    /// `[metrics]`: the agent's own Prometheus exposition.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics` (Prometheus text, plain HTTP, no token) on this
+    /// address; unset: no metrics served by the agent.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[logs]`.
