@@ -157,6 +157,24 @@ fn counters_follow_a_real_workload_and_promtool_accepts_the_exposition() {
         "{workers}"
     );
     promtool_accepts(&after);
+
+    // A cancelled task counts as finished in state `cancelled`.
+    let nap = up.register("nap", "def nap(s):\n    import time\n    time.sleep(s)\n");
+    let napping = up.try_submit(&nap, &[serde_json::json!([600])]).unwrap();
+    common::post(
+        &format!("{}/v3/tasks/{}/cancel", up.url(), napping[0]),
+        &up.token(),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), "the cancelled counter", || {
+        let text = scrape(&metrics_url);
+        (sample(
+            &text,
+            &series("hpfaas_tasks_finished_total", Some("cancelled")),
+        ) == Some(1.0))
+        .then_some(())
+    });
 }
 
 #[test]
