@@ -90,6 +90,10 @@ enum Command {
         /// the monitoring system reaches); no metrics without it.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// A scrape of --metrics-listen must carry the token in this file as a bearer token
+        /// (Prometheus: authorization.credentials_file).
+        #[arg(long, requires = "metrics_listen")]
+        metrics_token_file: Option<PathBuf>,
         #[command(flatten)]
         limits: connection_limits::ConnectionLimits,
     },
@@ -365,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             metrics_listen,
+            metrics_token_file,
             limits,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
@@ -379,6 +384,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.result_ttl = result_ttl;
             config.retention = retention;
             config.metrics_listen = metrics_listen;
+            config.metrics_token_hash = metrics_token_file
+                .as_deref()
+                .map(hpfaas_registry::metrics::token_hash_from_file)
+                .transpose()?;
             config.tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| hpfaas_registry::TlsFiles { cert, key });

@@ -11,10 +11,14 @@ use std::time::Duration;
 use common::up::{Up, UpOptions, ENGINE};
 use common::wait_for;
 
-/// The body of `GET url`.
-fn scrape(url: &str) -> String {
-    ureq::get(url)
-        .timeout(Duration::from_secs(30))
+/// The body of `GET url`, with the bearer token in `token_file` if given.
+fn scrape_with(url: &str, token_file: Option<&str>) -> String {
+    let mut request = ureq::get(url).timeout(Duration::from_secs(30));
+    if let Some(file) = token_file {
+        let token = std::fs::read_to_string(file).unwrap();
+        request = request.set("Authorization", &format!("Bearer {}", token.trim()));
+    }
+    request
         .call()
         .unwrap_or_else(|e| panic!("scraping {url}: {e}"))
         .into_string()
@@ -73,6 +77,8 @@ fn counters_follow_a_real_workload_and_promtool_accepts_the_exposition() {
         metrics_url.starts_with("http://127.0.0.1:"),
         "{metrics_url}"
     );
+    let token_file = up.info["metrics_token_file"].as_str().unwrap().to_string();
+    let scrape = |url: &str| scrape_with(url, Some(&token_file));
     let ep = up.endpoint_id();
 
     // up.json is written while the agent's link may still be saying hello.
@@ -178,15 +184,26 @@ fn counters_follow_a_real_workload_and_promtool_accepts_the_exposition() {
 }
 
 #[test]
-fn the_service_port_serves_no_metrics() {
+fn the_service_port_serves_no_metrics_and_up_wants_a_token() {
     let up = Up::start("metrics-port");
     let url = format!("{}/metrics", up.url());
     match ureq::get(&url).timeout(Duration::from_secs(30)).call() {
         Err(ureq::Error::Status(404, _)) => {}
         other => panic!("{url} answered {other:?}"),
     }
-    // The metrics listener serves nothing else.
     let metrics = up.info["metrics_url"].as_str().unwrap();
+    // Other users of the machine reach loopback too.
+    for token in [None, Some("Bearer wrong"), Some("wrong")] {
+        let mut request = ureq::get(metrics).timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            request = request.set("Authorization", token);
+        }
+        match request.call() {
+            Err(ureq::Error::Status(401, _)) => {}
+            other => panic!("{metrics} with {token:?} answered {other:?}"),
+        }
+    }
+    // The metrics listener serves nothing else.
     let other = metrics.replace("/metrics", "/v2/version");
     match ureq::get(&other).timeout(Duration::from_secs(30)).call() {
         Err(ureq::Error::Status(404, _)) => {}
@@ -197,9 +214,14 @@ fn the_service_port_serves_no_metrics() {
 #[test]
 fn the_agent_exports_its_blocks_and_managers_when_configured() {
     let home = common::temp_dir("agent-metrics");
+    let token_file = home.join("agent-metrics-token");
+    std::fs::write(&token_file, "agent-scrape-token\n").unwrap();
     std::fs::write(
         home.join("engine.toml"),
-        format!("{ENGINE}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        format!(
+            "{ENGINE}[metrics]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        ),
     )
     .unwrap();
     let up = Up::start_with(
@@ -215,9 +237,14 @@ fn the_agent_exports_its_blocks_and_managers_when_configured() {
             serde_json::from_slice(&std::fs::read(&agent_json).ok()?).ok()?;
         Some(state["metrics_url"].as_str()?.to_string())
     });
+    match ureq::get(&url).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("a scrape without the token answered {other:?}"),
+    }
+    let token = token_file.to_str().unwrap();
     // The one block of `up` runs with its one manager and worker.
     let text = wait_for(Duration::from_secs(60), "the block running", || {
-        let text = scrape(&url);
+        let text = scrape_with(&url, Some(token));
         (sample(&text, "hpfaas_agent_blocks{state=\"running\"}") == Some(1.0)
             && sample(&text, "hpfaas_agent_managers") == Some(1.0))
         .then_some(text)
@@ -234,8 +261,9 @@ fn the_agent_exports_its_blocks_and_managers_when_configured() {
         "{text}"
     );
     promtool_accepts(&text);
-    match ureq::get(&url.replace("/metrics", "/")).call() {
+    let other = url.replace("/metrics", "/");
+    match ureq::get(&other).call() {
         Err(ureq::Error::Status(404, _)) => {}
-        other => panic!("/ answered {other:?}"),
+        answer => panic!("{other} answered {answer:?}"),
     }
 }

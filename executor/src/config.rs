@@ -54,10 +54,14 @@ pub struct EndpointConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Serve `GET /metrics` (Prometheus text, plain HTTP, no token) on this
-    /// address; unset: no metrics served by the agent.
+    /// Serve `GET /metrics` (Prometheus text, plain HTTP) on this address;
+    /// unset: no metrics served by the agent.
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token a scrape must carry;
+    /// unset: scrapes need none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[logs]`.

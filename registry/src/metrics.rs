@@ -4,7 +4,8 @@
 //! anyway ([`Snapshot`]), and their exposition in the Prometheus text format.
 //!
 //! Served on a listener of its own (`--metrics-listen`), never on the
-//! service's port: the figures name endpoints and carry no token check.
+//! service's port: the figures name endpoints, and a scrape carries no user
+//! token; it may be asked for a token of its own ([`token_hash_from_file`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,6 +18,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use uuid::Uuid;
+
+/// The SHA-256 (hex) of the metrics token in `path` (its first line,
+/// trimmed), which a scrape must then carry as a bearer token.
+pub fn token_hash_from_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the metrics token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the metrics token file {} is empty",
+        path.display()
+    );
+    Ok(crate::token::hash_token(token))
+}
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -306,6 +322,24 @@ impl DispatchTimes {
 mod tests {
     use super::*;
     use hpfaas_protocol::endpoint::EndpointReport;
+
+    #[test]
+    fn a_metrics_token_file_gives_its_first_lines_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "  secret \nrest\n").unwrap();
+        assert_eq!(
+            token_hash_from_file(&path).unwrap(),
+            crate::token::hash_token("secret")
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = token_hash_from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        let err = token_hash_from_file(&dir.path().join("gone"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read the metrics token file"), "{err}");
+    }
 
     #[test]
     fn dispatch_times_find_the_page_that_held_a_task() {

@@ -3,7 +3,8 @@
 //! workers busy and idle, as of the agent's last heartbeat tick ([`Figures`];
 //! nothing is counted per task). Served by a minimal HTTP/1.1 responder:
 //! `GET /metrics` only, one request per connection, heads bounded in size
-//! and time.
+//! and time; with `[metrics] token_file`, only to a scrape carrying that
+//! bearer token.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,23 @@ impl Figures {
     }
 }
 
+/// The token in `path`'s first line, trimmed (`[metrics] token_file`).
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the metrics token file {} ([metrics] token_file)",
+            path.display()
+        )
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the metrics token file {} ([metrics] token_file) is empty",
+        path.display()
+    );
+    Ok(token)
+}
+
 /// The agent's exporter: the figures it serves, and the server task,
 /// stopped when this is dropped.
 pub struct Exporter {
@@ -171,14 +189,15 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Binds `addr` and serves `/metrics` there until dropped.
-    pub async fn start(addr: SocketAddr) -> anyhow::Result<Exporter> {
+    /// Binds `addr` and serves `/metrics` there until dropped, to scrapes
+    /// carrying `token` when one is given.
+    pub async fn start(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Exporter> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr} ([metrics] listen)"))?;
         let addr = listener.local_addr()?;
         let figures = Arc::new(Mutex::new(Figures::default()));
-        let server = tokio::spawn(serve(listener, figures.clone()));
+        let server = tokio::spawn(serve(listener, figures.clone(), token.map(Arc::from)));
         tracing::info!(%addr, "agent metrics listening");
         Ok(Exporter {
             figures,
@@ -204,7 +223,7 @@ impl Drop for Exporter {
     }
 }
 
-async fn serve(listener: TcpListener, figures: Arc<Mutex<Figures>>) {
+async fn serve(listener: TcpListener, figures: Arc<Mutex<Figures>>, token: Option<Arc<str>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -219,16 +238,16 @@ async fn serve(listener: TcpListener, figures: Arc<Mutex<Figures>>) {
                 continue;
             }
         };
-        let figures = figures.clone();
+        let (figures, token) = (figures.clone(), token.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            answer(stream, &figures).await;
+            answer(stream, &figures, token.as_deref()).await;
         });
     }
 }
 
 /// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, figures: &Mutex<Figures>) {
+async fn answer(mut stream: TcpStream, figures: &Mutex<Figures>, token: Option<&str>) {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Ok(Some(head)) => head,
         Ok(None) => {
@@ -243,7 +262,7 @@ async fn answer(mut stream: TcpStream, figures: &Mutex<Figures>) {
         }
         Err(_) => return,
     };
-    let (status, body) = route(&head, || {
+    let (status, body) = route(&head, token, || {
         figures.lock().unwrap_or_else(|p| p.into_inner()).render()
     });
     let kind = if status.starts_with("200") {
@@ -254,16 +273,38 @@ async fn answer(mut stream: TcpStream, figures: &Mutex<Figures>) {
     respond(&mut stream, status, kind, &body).await;
 }
 
-/// The status and body for a request head: `GET /metrics` gets `render()`.
-fn route(head: &str, render: impl FnOnce() -> String) -> (&'static str, String) {
-    let mut words = head.lines().next().unwrap_or("").split(' ');
+/// The status and body for a request head: `GET /metrics` (with `token`
+/// as its bearer token, when one is required) gets `render()`.
+fn route(
+    head: &str,
+    token: Option<&str>,
+    render: impl FnOnce() -> String,
+) -> (&'static str, String) {
+    let mut lines = head.lines();
+    let mut words = lines.next().unwrap_or("").split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let authorized = token.is_none_or(|want| {
+        lines
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+            .filter_map(|(_, value)| value.trim().strip_prefix("Bearer "))
+            .any(|given| same(given.trim(), want))
+    });
     match (method, path) {
+        ("GET", "/metrics") if !authorized => (
+            "401 Unauthorized",
+            "this agent's metrics want its bearer token ([metrics] token_file)\n".into(),
+        ),
         ("GET", "/metrics") => ("200 OK", render()),
         ("GET", _) => ("404 Not Found", "only /metrics is served here\n".into()),
         _ => ("405 Method Not Allowed", "only GET is served here\n".into()),
     }
+}
+
+/// `a == b`, in a time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// The request head, up to its blank line; `None` if it is longer than
@@ -372,21 +413,55 @@ mod tests {
     fn only_get_metrics_is_answered() {
         let render = || "figures".to_string();
         assert_eq!(
-            route("GET /metrics HTTP/1.1\r\nHost: x", render),
+            route("GET /metrics HTTP/1.1\r\nHost: x", None, render),
             ("200 OK", "figures".into())
         );
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.1", render).0, "200 OK");
-        assert_eq!(route("GET / HTTP/1.1", render).0, "404 Not Found");
+        assert_eq!(route("GET /metrics?x=1 HTTP/1.1", None, render).0, "200 OK");
+        assert_eq!(route("GET / HTTP/1.1", None, render).0, "404 Not Found");
         assert_eq!(
-            route("POST /metrics HTTP/1.1", render).0,
+            route("POST /metrics HTTP/1.1", None, render).0,
             "405 Method Not Allowed"
         );
-        assert_eq!(route("", render).0, "405 Method Not Allowed");
+        assert_eq!(route("", None, render).0, "405 Method Not Allowed");
+    }
+
+    #[test]
+    fn a_token_when_configured_is_required_exactly() {
+        let render = || "figures".to_string();
+        let token = Some("s3cret");
+        for (head, status) in [
+            ("GET /metrics HTTP/1.1\r\nHost: x", "401 Unauthorized"),
+            (
+                "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3creT",
+                "401 Unauthorized",
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret2",
+                "401 Unauthorized",
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nAuthorization: s3cret",
+                "401 Unauthorized",
+            ),
+            (
+                "GET /metrics HTTP/1.1\r\nauthorization:  Bearer s3cret ",
+                "200 OK",
+            ),
+        ] {
+            assert_eq!(route(head, token, render).0, status, "{head}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, " s3cret \n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "s3cret");
+        std::fs::write(&path, "").unwrap();
+        let err = read_token(&path).unwrap_err().to_string();
+        assert!(err.contains("[metrics] token_file) is empty"), "{err}");
     }
 
     #[tokio::test]
     async fn serves_a_scrape_and_refuses_an_endless_head() {
-        let exporter = Exporter::start("127.0.0.1:0".parse().unwrap())
+        let exporter = Exporter::start("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap();
         exporter.update(Figures {

@@ -101,7 +101,11 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let credential = credential(&spec).await?;
     state.endpoint_id = Some(credential.endpoint_id.clone());
     let exporter = match spec.config.metrics.listen {
-        Some(addr) => Some(metrics::Exporter::start(addr).await?),
+        Some(addr) => {
+            let token = spec.config.metrics.token_file.as_deref();
+            let token = token.map(metrics::read_token).transpose()?;
+            Some(metrics::Exporter::start(addr, token).await?)
+        }
         None => None,
     };
     state.metrics_url = exporter

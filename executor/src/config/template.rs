@@ -122,11 +122,18 @@ fn logs_keys() -> Vec<Key> {
 
 fn metrics_keys() -> Vec<Key> {
     use Shown::*;
-    vec![key(
-        "listen",
-        Example(quoted("127.0.0.1:9464")),
-        "serve Prometheus /metrics here (plain HTTP, no token); unset: none",
-    )]
+    vec![
+        key(
+            "listen",
+            Example(quoted("127.0.0.1:9464")),
+            "serve Prometheus /metrics here (plain HTTP); unset: none",
+        ),
+        key(
+            "token_file",
+            Example(quoted("/path/to/metrics-token")),
+            "scrapes must carry this file's token (Bearer); unset: none needed",
+        ),
+    ]
 }
 
 fn engine_keys(kind: ProviderKind) -> Vec<Key> {

@@ -1,11 +1,12 @@
 //! `GET /metrics` on the metrics listener (`--metrics-listen`): what the
 //! service keeps anyway, read at scrape time, plus the counters and
 //! histograms of [`crate::metrics::Metrics`]. Not in [`super::ROUTES`]: the
-//! service's own port never serves it.
+//! service's own port never serves it. With `--metrics-token-file` a scrape
+//! must carry that bearer token (Prometheus: `authorization.credentials_file`).
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -50,8 +51,29 @@ fn non_final_counts(conn: &Connection) -> ApiResult<Vec<(Uuid, String, u64)>> {
     Ok(out)
 }
 
+/// Whether `headers` carry the metrics token, when one is required.
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(want) = &state.config.metrics_token_hash else {
+        return true;
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Hashes are compared, so the comparison's time tells nothing of the token.
+    given.is_some_and(|token| crate::token::hash_token(token.trim()) == *want)
+}
+
 /// `GET /metrics`: the Prometheus text exposition.
-async fn scrape(State(state): State<AppState>) -> Response {
+async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(WWW_AUTHENTICATE, "Bearer")],
+            "this metrics listener wants its bearer token (--metrics-token-file)\n",
+        )
+            .into_response();
+    }
     let tasks = match state.db.read(non_final_counts).await {
         Ok(tasks) => tasks,
         Err(e) => {
