@@ -48,17 +48,9 @@ struct EndpointLabel {
     endpoint: String,
 }
 
-/// One endpoint and a task state.
+/// One endpoint and a state (of its tasks, blocks or workers).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    endpoint: String,
-    state: String,
-}
-
-/// One endpoint and a kind of thing it reports (a block state, a worker
-/// being busy or idle).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReportLabels {
     endpoint: String,
     state: String,
 }
@@ -210,14 +202,14 @@ impl Snapshot {
             online,
         );
         let (blocks, workers, managers, outstanding) = (
-            Family::<ReportLabels, Gauge>::default(),
-            Family::<ReportLabels, Gauge>::default(),
+            Family::<StateLabels, Gauge>::default(),
+            Family::<StateLabels, Gauge>::default(),
             Family::<EndpointLabel, Gauge>::default(),
             Family::<EndpointLabel, Gauge>::default(),
         );
         for (endpoint, report) in &self.online {
             let endpoint = endpoint.to_string();
-            let label = |state: &str| ReportLabels {
+            let label = |state: &str| StateLabels {
                 endpoint: endpoint.clone(),
                 state: state.to_string(),
             };
