@@ -26,6 +26,19 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool (Debian's prometheus; its recommends are only the web console's
+# scripts): tests/metrics.rs checks the /metrics exposition with it, and
+# skips that check with a note when it is missing outside CI.
+if ! command -v promtool >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: promtool missing; the metrics exposition check will skip (sudo apt-get install --no-install-recommends prometheus)" >&2
+    else
+        echo "setup: installing prometheus (for promtool)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
     exit 1

@@ -91,6 +91,14 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve Prometheus /metrics on this address (plain HTTP, no token: bind it where only
+        /// the monitoring system reaches); no metrics without it.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// A scrape of --metrics-listen must carry the token in this file as a bearer token
+        /// (Prometheus: authorization.credentials_file).
+        #[arg(long, requires = "metrics_listen")]
+        metrics_token_file: Option<PathBuf>,
         #[command(flatten)]
         limits: connection_limits::ConnectionLimits,
     },
@@ -391,6 +399,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             tls_cert,
             tls_key,
+            metrics_listen,
+            metrics_token_file,
             limits,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
@@ -404,12 +414,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.result_ttl = result_ttl;
             config.retention = retention;
+            config.metrics_listen = metrics_listen;
+            config.metrics_token_hash = metrics_token_file
+                .as_deref()
+                .map(hpfaas_registry::metrics::token_hash_from_file)
+                .transpose()?;
             config.tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| hpfaas_registry::TlsFiles { cert, key });
             runtime()?.block_on(async {
                 let service = hpfaas_registry::Service::bind(config).await?;
                 eprintln!("hpfaas service listening on {}", service.url());
+                if let Some(metrics) = service.metrics_url() {
+                    eprintln!("hpfaas metrics on {metrics}");
+                }
                 service.run(shutdown_signal()).await
             })
         }

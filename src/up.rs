@@ -31,12 +31,18 @@ pub struct UpArgs {
     /// otherwise only in up.json, which only you can read).
     #[arg(long)]
     print_env: bool,
+    /// Where Prometheus /metrics is served (plain HTTP; a scrape carries the token in
+    /// up/metrics-token); written to up.json as metrics_url and metrics_token_file.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     limits: crate::connection_limits::ConnectionLimits,
 }
 
 /// File in the data directory that keeps the owner token between starts.
 const TOKEN_FILE: &str = "token";
+/// File in the data directory with the token a metrics scrape carries.
+const METRICS_TOKEN_FILE: &str = "metrics-token";
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<()> {
@@ -74,8 +80,19 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
 
     let mut service_config = hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone());
     args.limits.apply(&mut service_config);
+    service_config.metrics_listen = Some(args.metrics_listen);
+    // Other users of this machine reach loopback too: scrapes need a token.
+    let metrics_token_file = data_dir.join(METRICS_TOKEN_FILE);
+    if !metrics_token_file.exists() {
+        let token = hpfaas_registry::token::new_token();
+        hpfaas_executor::private::write(&metrics_token_file, token.as_bytes(), true)?;
+    }
+    service_config.metrics_token_hash = Some(hpfaas_registry::metrics::token_hash_from_file(
+        &metrics_token_file,
+    )?);
     let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
+    let metrics_url = service.metrics_url();
     let token = owner_token(&data_dir)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_task = tokio::spawn(service.run(async {
@@ -125,6 +142,8 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         "endpoint_id": credential.endpoint_id,
         "pid": std::process::id(),
         "dashboard_url": dashboard_url,
+        "metrics_url": metrics_url,
+        "metrics_token_file": metrics_token_file,
     });
     hpfaas_executor::private::write(
         &up_file,

@@ -49,6 +49,23 @@ pub struct EndpointConfig {
     /// `[logs]`: how much of `endpoint.log` and of the blocks' files is kept.
     #[serde(default)]
     pub logs: LogsSection,
+    /// `[metrics]`: the agent's own Prometheus exposition.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics` (Prometheus text, plain HTTP) on this address;
+    /// unset: no metrics served by the agent.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token a scrape must carry;
+    /// unset: scrapes need none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[logs]`.

@@ -1,5 +1,5 @@
 //! The configuration `hpfaas endpoint configure NAME --provider KIND` writes:
-//! every key of `[endpoint]`, `[engine]`, KIND's `[provider]` and `[logs]`, each on
+//! every key of `[endpoint]`, `[engine]`, KIND's `[provider]`, `[logs]` and `[metrics]`, each on
 //! its own commented line with its default and one line of meaning, so that
 //! uncommenting a line changes nothing until its value is edited.
 //!
@@ -116,6 +116,22 @@ fn logs_keys() -> Vec<Key> {
             "keep_blocks",
             Default(d.keep_blocks.to_string()),
             "finished blocks whose scripts and logs stay in blocks/",
+        ),
+    ]
+}
+
+fn metrics_keys() -> Vec<Key> {
+    use Shown::*;
+    vec![
+        key(
+            "listen",
+            Example(quoted("127.0.0.1:9464")),
+            "serve Prometheus /metrics here (plain HTTP); unset: none",
+        ),
+        key(
+            "token_file",
+            Example(quoted("/path/to/metrics-token")),
+            "scrapes must carry this file's token (Bearer); unset: none needed",
         ),
     ]
 }
@@ -443,6 +459,7 @@ pub fn template(kind: ProviderKind, service_url: Option<&str>) -> String {
     render_section(&mut out, "engine", &engine_keys(kind));
     render_section(&mut out, "provider", &provider_keys(kind));
     render_section(&mut out, "logs", &logs_keys());
+    render_section(&mut out, "metrics", &metrics_keys());
     out
 }
 
@@ -510,6 +527,7 @@ mod tests {
             let endpoint = accepted_keys::<EndpointSection>();
             let engine = accepted_keys::<EngineSection>();
             let logs = accepted_keys::<LogsSection>();
+            let metrics = accepted_keys::<crate::config::MetricsSection>();
             let provider: Vec<&str> = accepted_keys::<ProviderConfig>()
                 .iter()
                 .copied()
@@ -520,6 +538,7 @@ mod tests {
                 ("engine", engine.to_vec()),
                 ("provider", provider),
                 ("logs", logs.to_vec()),
+                ("metrics", metrics.to_vec()),
             ] {
                 let mut shown = keys_in_section(&text, section);
                 let mut accepted = accepted;
@@ -556,6 +575,7 @@ mod tests {
                 engine_keys(kind),
                 provider_keys(kind),
                 logs_keys(),
+                metrics_keys(),
             ]
             .iter()
             .flatten()
@@ -608,6 +628,7 @@ mod tests {
                 ("engine", engine_keys(kind)),
                 ("provider", provider_keys(kind)),
                 ("logs", logs_keys()),
+                ("metrics", metrics_keys()),
             ];
             for (section, keys) in &sections {
                 for k in keys {

@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod endpoints;
 pub mod functions;
+pub mod metrics;
 pub mod openapi;
 pub mod route;
 pub mod service;
