@@ -197,6 +197,7 @@ fn announce(
                 "pid": info["pid"],
                 "up_file": up_file,
                 "dashboard_url": info["dashboard_url"],
+                "metrics_url": info["metrics_url"],
             });
             if print_env {
                 doc["token"] = token.clone();
