@@ -125,9 +125,9 @@ async function endpoint(id) {
         b.nodes ?? "", b.managers ?? "", b.workers ?? b.total_workers ?? "", when(b.started_at || b.submitted_at)])));
   }
   if (events) {
-    const list = events.events || events.items || events;
-    parts.push(el("h2", {}, "Events"), table(["time", "kind", "message"],
-      (Array.isArray(list) ? list : []).map((e) => [when(e.time || e.at), e.kind || e.type || "",
+    const list = Array.isArray(events.events) ? [...events.events].reverse() : [];
+    parts.push(el("h2", {}, "Recent events"), table(["time", "kind", "block", "job", "message"],
+      list.map((e) => [when(e.time), e.kind || "", e.block_id ?? "", el("span", { class: "mono" }, e.job_id ?? ""),
         el("span", { class: "mono" }, e.message || "")])));
   }
   show(...parts);
@@ -170,10 +170,14 @@ async function task(id) {
     ["task group", t.task_group_id ? link(`#/group/${t.task_group_id}`, el("span", { class: "mono" }, t.task_group_id)) : ""],
     ["completed", when(t.completion_t)]];
   const parts = [el("h1", {}, "Task ", el("span", { class: "mono" }, id)), table(null, facts)];
-  const timeline = t.timeline || t.details?.timeline;
-  if (timeline && typeof timeline === "object") {
+  if (t.timeline && typeof t.timeline === "object") {
     parts.push(el("h2", {}, "Timeline"), table(["step", "when"],
-      Object.entries(timeline).map(([k, v]) => [k, typeof v === "object" && v !== null ? JSON.stringify(v) : when(v)])));
+      Object.entries(t.timeline).map(([k, v]) => [k, v === null ? "—" : when(v)])));
+  }
+  if (t.placement && typeof t.placement === "object") {
+    const p = t.placement;
+    parts.push(el("h2", {}, "Ran on"), table(null, [["host", p.host ?? ""], ["block", p.block_id ?? ""],
+      ["manager", el("span", { class: "mono" }, p.manager_id ?? "")], ["worker", p.worker ?? ""]]));
   }
   if (t.exception || t.exception_type) {
     parts.push(el("h2", {}, "Error: ", t.exception_type || ""), el("pre", { id: "traceback" }, t.exception || t.exception_message || ""));
