@@ -116,6 +116,7 @@ fn result() -> impl Strategy<Value = TaskResult> {
                     exception: ExceptionInfo::system(SystemFailure::WorkerLost, text),
                 }
             },
+            output: None,
             completed_at: at,
         })
 }

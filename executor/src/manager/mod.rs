@@ -779,6 +779,7 @@ impl Manager {
             let result = TaskResult {
                 task_id,
                 outcome,
+                output: None,
                 completed_at: now_unix(),
             };
             let _ = done.send(Done::new(slot, result));

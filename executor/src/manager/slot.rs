@@ -361,6 +361,7 @@ impl Slot {
         let result = |outcome| TaskResult {
             task_id: ended.job.spec.task_id,
             outcome,
+            output: None,
             completed_at: now_unix(),
         };
         let next = self.pipe.front().map(|next| next.job.spec.task_id);

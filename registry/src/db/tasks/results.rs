@@ -214,6 +214,7 @@ mod tests {
         let ok = TaskResult {
             task_id: ids[0],
             outcome: Outcome::Success { result: "r".into() },
+            output: None,
             completed_at: 5.0,
         };
         let failed = TaskResult::failed(
@@ -260,6 +261,7 @@ mod tests {
             outcome: Outcome::Success {
                 result: "r".repeat(STREAMED_ROW_BYTES + 1),
             },
+            output: None,
             completed_at: 6.0,
         };
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[big]).unwrap();
