@@ -662,11 +662,11 @@ mod tests {
     #[test]
     fn output_is_cut_to_what_the_result_limit_leaves() {
         let printed = |n| {
-            Some(crate::task::TaskOutput {
+            Some(Box::new(crate::task::TaskOutput {
                 stdout: "o".repeat(n),
                 stderr: "e".repeat(n),
                 ..Default::default()
-            })
+            }))
         };
         let success = |result: usize, output| TaskResult {
             task_id: Uuid::new_v4(),

@@ -185,7 +185,7 @@ pub struct TaskResult {
     /// What a Python task printed (absent from agents that predate it, and
     /// for tasks that printed nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<TaskOutput>,
+    pub output: Option<Box<TaskOutput>>,
     /// Completion time, seconds since the Unix epoch.
     pub completed_at: f64,
 }
@@ -345,12 +345,12 @@ mod tests {
             Uuid::new_v4(),
             ExceptionInfo::system(SystemFailure::WorkerLost, "gone"),
         );
-        r.output = Some(TaskOutput {
+        r.output = Some(Box::new(TaskOutput {
             stdout: "héllo\n".into(),
             stderr: String::new(),
             stdout_dropped: 7,
             stderr_dropped: 0,
-        });
+        }));
         let json: TaskResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(json, r);
         let packed: TaskResult =

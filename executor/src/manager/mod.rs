@@ -82,6 +82,9 @@ pub struct ManagerConfig {
     /// `engine.shell_output_limit`: bytes of each output stream a shell or
     /// MPI task keeps.
     pub shell_output_limit: usize,
+    /// `engine.python_output_limit`: bytes of each output stream a Python
+    /// task's worker keeps and returns with the result (0: none).
+    pub python_output_limit: usize,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -169,6 +172,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         count: workers,
         placements,
         sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
+        output_limit: config.python_output_limit,
     });
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
     manager.shell_output_limit = config.shell_output_limit;
