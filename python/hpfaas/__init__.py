@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from hpfaas.version import __version__
 
 if TYPE_CHECKING:
-    from hpfaas.client import Client
+    from hpfaas.client import Client, TaskOutput
     from hpfaas.errors import (
         HpfaasError,
         HTTPError,
@@ -48,6 +48,7 @@ _EXPORTS = {
     "ShellFunction": "hpfaas.shell",
     "ShellResult": "hpfaas.shell",
     "TaskExecutionFailed": "hpfaas.errors",
+    "TaskOutput": "hpfaas.client",
     "TaskPending": "hpfaas.errors",
     "UntrustedResult": "hpfaas.errors",
 }
@@ -64,6 +65,7 @@ __all__ = [
     "ShellResult",
     "TaskCancelled",
     "TaskExecutionFailed",
+    "TaskOutput",
     "TaskPending",
     "UntrustedResult",
     "__version__",
