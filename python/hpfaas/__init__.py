@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     )
     from hpfaas.executor import Executor
     from hpfaas.mpi import MPIFunction
+    from hpfaas.progress_display import progress
     from hpfaas.shell import ShellFunction, ShellResult
 
 # The SDK's names are imported on first use: a worker imports `hpfaas.worker`
@@ -45,6 +46,7 @@ _EXPORTS = {
     "ResultExpired": "hpfaas.errors",
     "TaskCancelled": "hpfaas.errors",
     "MPIFunction": "hpfaas.mpi",
+    "progress": "hpfaas.progress_display",
     "ShellFunction": "hpfaas.shell",
     "ShellResult": "hpfaas.shell",
     "TaskExecutionFailed": "hpfaas.errors",
@@ -69,6 +71,7 @@ __all__ = [
     "TaskPending",
     "UntrustedResult",
     "__version__",
+    "progress",
 ]
 
 

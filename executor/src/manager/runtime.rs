@@ -15,6 +15,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../python/hpfaas/__init__.py"),
     ),
     (
+        "progress_display.py",
+        include_str!("../../../python/hpfaas/progress_display.py"),
+    ),
+    (
         "serialize.py",
         include_str!("../../../python/hpfaas/serialize.py"),
     ),
