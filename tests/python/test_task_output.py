@@ -100,3 +100,22 @@ def test_a_worker_killed_mid_task_loses_that_output_only(service, client):
         for i, f in enumerate(futures):
             assert f.result(TASK_TIMEOUT) == f"w{i}"
             assert f.output() == TaskOutput(stdout=f"w{i}\n")
+
+
+def test_the_endpoints_python_output_limit_reaches_its_workers():
+    """`engine.python_output_limit` goes from the endpoint's config through the
+    agent and the manager to each worker."""
+    from conftest import hpfaas_binary, running_up
+
+    binary = hpfaas_binary()
+    if not binary.exists():
+        pytest.skip(f"hpfaas binary not found at {binary}")
+    with running_up(binary, "hpfaas-output-", "python_output_limit = 64\n") as up:
+        client = Client(up.url, up.token)
+        with Executor(endpoint_id=up.endpoint_id, client=client) as ex:
+            future = ex.submit(prints_a_mebibyte, "t2")
+            assert future.result(TASK_TIMEOUT) == "t2"
+    out = future.output()
+    total = len("BEGIN-t2") + (1 << 20) + len("END-t2\n")
+    assert out.stdout_dropped == total - 64
+    assert out.stdout.startswith("BEGIN-t2" + "x" * 24) and out.stdout.endswith("xxxEND-t2\n")
