@@ -111,6 +111,10 @@ class _TextStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def close(self) -> None:
+        # The worker's stream, reused by every later task: a task cannot close it.
+        pass
+
     def fileno(self) -> int:
         # Code that needs a descriptor (faulthandler, a subprocess given
         # sys.stdout) gets the worker's own: its bytes reach the worker log.

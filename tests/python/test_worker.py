@@ -251,6 +251,7 @@ def uses_the_streams_like_a_file():
     sys.stdout.writelines(["a\n", "b\n"])
     sys.stdout.flush()
     print("é ✓ \udcff", end="")
+    sys.stdout.close()
     return sys.stdout.encoding
 
 
@@ -260,6 +261,13 @@ def test_captured_streams_behave_like_text_files(worker):
     assert reply["ok"], reply
     assert deserialize(reply["result"]) == "utf-8"
     assert reply["output"]["stdout"] == "a\nb\né ✓ \\udcff"
+    # Closing it closed nothing the next task needs.
+    after = worker.call(prints_flushed, "next")
+    assert after["ok"] and after["output"]["stdout"] == "next\n", after
+
+
+def prints_flushed(text):
+    print(text, flush=True)
 
 
 def test_output_limit_zero_leaves_prints_to_the_worker_log(tmp_path):
