@@ -302,6 +302,10 @@ struct ManagerArgs {
         requires = "container_type"
     )]
     container_cmd_options: String,
+    /// Bytes of a Python task's stdout (and stderr) returned with its
+    /// result, head and tail (engine.python_output_limit); 0: none.
+    #[arg(long, default_value_t = hpfaas_executor::config::DEFAULT_PYTHON_OUTPUT_LIMIT)]
+    python_output_limit: usize,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -515,6 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &args.container_cmd_options,
                 )
                 .map_err(anyhow::Error::msg)?,
+                python_output_limit: args.python_output_limit,
                 runtime_base: match (args.runtime_dir, &endpoint_dir) {
                     (Some(dir), _) => dir,
                     (None, Some(dir)) => dir.join("runtime"),

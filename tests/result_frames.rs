@@ -46,6 +46,7 @@ fn many_large_results_in_the_journal_all_arrive() {
             outcome: Outcome::Success {
                 result: result.clone(),
             },
+            output: None,
             completed_at: 1.0,
         })
         .collect();

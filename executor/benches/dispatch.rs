@@ -110,6 +110,7 @@ fn dispatch(c: &mut Criterion) {
                         outcome: Outcome::Success {
                             result: "11\nnull".into(),
                         },
+                        output: None,
                         completed_at: 0.0,
                     })
                     .collect();

@@ -188,6 +188,11 @@ pub struct EngineSection {
     /// keeps, half from the start and half from the end; the rest is counted.
     #[serde(default = "default_shell_output_limit")]
     pub shell_output_limit: usize,
+    /// Bytes of a Python task's stdout (and of its stderr) its worker keeps
+    /// and returns with the result, half from the start and half from the
+    /// end; 0 leaves them to the worker log.
+    #[serde(default = "default_python_output_limit")]
+    pub python_output_limit: usize,
     /// CurveZMQ on the broker↔manager link (keys in the endpoint directory);
     /// `false` only for debugging: tasks then cross the network in clear.
     #[serde(default = "default_encrypted")]
@@ -276,6 +281,7 @@ impl Default for EngineSection {
             launcher_options: String::new(),
             run_in_sandbox: false,
             shell_output_limit: default_shell_output_limit(),
+            python_output_limit: default_python_output_limit(),
             encrypted: true,
             allow_unencrypted_tcp: false,
             container_type: None,
@@ -290,6 +296,14 @@ pub const DEFAULT_SHELL_OUTPUT_LIMIT: usize = 1 << 20;
 
 fn default_shell_output_limit() -> usize {
     DEFAULT_SHELL_OUTPUT_LIMIT
+}
+
+/// Default of `engine.python_output_limit`: 16 KiB of head and of tail (the
+/// worker runtime's own default, `hpfaas.capture.DEFAULT_LIMIT`).
+pub const DEFAULT_PYTHON_OUTPUT_LIMIT: usize = 32 * 1024;
+
+fn default_python_output_limit() -> usize {
+    DEFAULT_PYTHON_OUTPUT_LIMIT
 }
 
 fn default_encrypted() -> bool {

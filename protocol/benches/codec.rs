@@ -37,6 +37,7 @@ fn result_batch() -> ManagerMessage {
             outcome: Outcome::Success {
                 result: "11\nnull".into(),
             },
+            output: None,
             completed_at: 1.7e9,
         })
         .collect();

@@ -202,6 +202,7 @@ mod tests {
                     outcome: Outcome::Success {
                         result: "00\nabc".into(),
                     },
+                    output: None,
                     completed_at: 2.0,
                 }],
             },

@@ -289,22 +289,28 @@ fn too_large(size: usize, limit: usize, what: &str) -> Outcome {
 
 /// Enforces the service's `--max-result-bytes` (`limit`): a larger result
 /// fails its task with `ResultTooLarge` (naming the size and the limit); an
-/// oversized exception text is cut. The agent applies it before journaling,
-/// the service again on receipt.
+/// oversized exception text is cut; captured output is cut to what the
+/// limit leaves beside them (keeping its head and tail). The agent applies
+/// it before journaling, the service again on receipt.
 pub fn cap_results(results: &mut [TaskResult], limit: usize) {
     for r in results {
-        match &mut r.outcome {
+        let kept = match &mut r.outcome {
             Outcome::Success { result } if result.len() > limit => {
                 let size = result.len();
                 r.outcome = too_large(size, limit, "the service's limit (--max-result-bytes)");
+                0
             }
-            Outcome::Success { .. } => {}
+            Outcome::Success { result } => result.len(),
             Outcome::Failed { exception } => {
                 truncate(&mut exception.exc_type, MAX_EXC_TYPE);
                 let half = (limit / 2).max(256);
                 truncate(&mut exception.message, half);
                 truncate(&mut exception.traceback, half);
+                exception.message.len() + exception.traceback.len()
             }
+        };
+        if let Some(output) = &mut r.output {
+            output.cap(limit.saturating_sub(kept));
         }
     }
 }
@@ -484,6 +490,7 @@ mod tests {
                             "worker 3 died",
                         ),
                     },
+                    output: None,
                     completed_at: 1.5,
                 }],
             },
@@ -546,6 +553,7 @@ mod tests {
             outcome: Outcome::Success {
                 result: "r".repeat(size),
             },
+            output: None,
             completed_at: 1.0,
         }
     }
@@ -598,6 +606,7 @@ mod tests {
                 outcome: Outcome::Success {
                     result: "x".repeat(2000),
                 },
+                output: None,
                 completed_at: 1.0,
             },
             TaskResult {
@@ -605,6 +614,7 @@ mod tests {
                 outcome: Outcome::Success {
                     result: "y".repeat(1000),
                 },
+                output: None,
                 completed_at: 1.0,
             },
             TaskResult::failed(
@@ -645,6 +655,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Output counts against the result limit: it gets what the result or
+    /// exception leaves, keeping its ends; output that fits is untouched.
+    #[test]
+    fn output_is_cut_to_what_the_result_limit_leaves() {
+        let printed = |n| {
+            Some(Box::new(crate::task::TaskOutput {
+                stdout: "o".repeat(n),
+                stderr: "e".repeat(n),
+                ..Default::default()
+            }))
+        };
+        let success = |result: usize, output| TaskResult {
+            task_id: Uuid::new_v4(),
+            outcome: Outcome::Success {
+                result: "r".repeat(result),
+            },
+            output,
+            completed_at: 1.0,
+        };
+        let mut failed = TaskResult::failed(
+            Uuid::new_v4(),
+            ExceptionInfo::system(SystemFailure::ValueError, "m".repeat(300)),
+        );
+        failed.output = printed(10_000);
+        let mut results = vec![
+            success(6_000, printed(10_000)),
+            success(100, printed(100)),
+            failed,
+        ];
+        cap_results(&mut results, 10_000);
+        let output = |r: &TaskResult| r.output.clone().unwrap();
+        let first = output(&results[0]);
+        assert!(first.len() <= 4_000 + 128, "{}", first.len());
+        assert!(first.stdout_dropped > 0 && first.stderr_dropped > 0);
+        assert_eq!(output(&results[1]), printed(100).unwrap());
+        let Outcome::Failed { exception } = &results[2].outcome else {
+            panic!("{:?}", results[2].outcome)
+        };
+        let left = 10_000 - exception.message.len() - exception.traceback.len();
+        assert!(output(&results[2]).len() <= left + 128);
     }
 
     #[test]

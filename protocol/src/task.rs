@@ -182,6 +182,10 @@ pub struct TaskResult {
     pub task_id: Uuid,
     /// Result or exception.
     pub outcome: Outcome,
+    /// What a Python task printed (absent from agents that predate it, and
+    /// for tasks that printed nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Box<TaskOutput>>,
     /// Completion time, seconds since the Unix epoch.
     pub completed_at: f64,
 }
@@ -192,9 +196,87 @@ impl TaskResult {
         TaskResult {
             task_id,
             outcome: Outcome::Failed { exception },
+            output: None,
             completed_at: now_unix(),
         }
     }
+}
+
+/// A Python task's standard output and error, each kept as a head and a
+/// tail (`engine.python_output_limit`) with a `[hpfaas: N bytes of output
+/// dropped here]` line between them, as shell tasks' output is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// What the task wrote to `sys.stdout`.
+    #[serde(default)]
+    pub stdout: String,
+    /// What the task wrote to `sys.stderr`.
+    #[serde(default)]
+    pub stderr: String,
+    /// Bytes of standard output not in `stdout`; 0 when it is whole.
+    #[serde(default)]
+    pub stdout_dropped: u64,
+    /// Bytes of standard error not in `stderr`.
+    #[serde(default)]
+    pub stderr_dropped: u64,
+}
+
+impl TaskOutput {
+    /// Bytes of text it holds (what storing it costs).
+    pub fn len(&self) -> usize {
+        self.stdout.len() + self.stderr.len()
+    }
+
+    /// True when neither stream holds any text.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cuts the two streams to at most `budget` bytes of text together,
+    /// each keeping its head and tail; what is cut is added to its count.
+    pub fn cap(&mut self, budget: usize) {
+        if self.len() <= budget {
+            return;
+        }
+        let half = budget / 2;
+        // A stream under its half leaves the rest of the budget to the other.
+        let (out, err) = if self.stdout.len() <= half {
+            (self.stdout.len(), budget - self.stdout.len())
+        } else if self.stderr.len() <= half {
+            (budget - self.stderr.len(), self.stderr.len())
+        } else {
+            (half, budget - half)
+        };
+        self.stdout_dropped += keep_ends(&mut self.stdout, out);
+        self.stderr_dropped += keep_ends(&mut self.stderr, err);
+    }
+}
+
+/// Keeps about `limit` bytes of `text`, its start and its end, with a line
+/// saying how many were dropped between them (the line itself may take the
+/// whole of a small limit); returns the bytes of the original text dropped.
+fn keep_ends(text: &mut String, limit: usize) -> u64 {
+    if text.len() <= limit {
+        return 0;
+    }
+    let marker_room = 64;
+    let keep = limit.saturating_sub(marker_room);
+    let mut head = keep / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (keep - keep / 2);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let dropped = tail - head;
+    let kept = format!(
+        "{}\n[hpfaas: {dropped} bytes of output dropped here]\n{}",
+        &text[..head],
+        &text[tail..]
+    );
+    *text = kept;
+    dropped as u64
 }
 
 /// Seconds since the Unix epoch, as a float (Globus Compute's `completion_t`).
@@ -228,6 +310,85 @@ mod tests {
             .walltime()
             .unwrap_err()
             .contains("walltime"));
+    }
+
+    /// A result from an agent or manager that predates `output` decodes
+    /// (JSON and MessagePack), and one without output is sent without the key.
+    #[test]
+    fn results_without_output_decode_and_encode_as_before() {
+        let id = Uuid::new_v4();
+        let old = format!(
+            r#"{{"task_id":"{id}","outcome":{{"success":{{"result":"00\nx"}}}},"completed_at":1.5}}"#
+        );
+        let r: TaskResult = serde_json::from_str(&old).unwrap();
+        assert_eq!(r.output, None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), old);
+        #[derive(Serialize)]
+        struct OldResult {
+            task_id: Uuid,
+            outcome: Outcome,
+            completed_at: f64,
+        }
+        let packed = rmp_serde::to_vec_named(&OldResult {
+            task_id: id,
+            outcome: r.outcome.clone(),
+            completed_at: 1.5,
+        })
+        .unwrap();
+        let from_msgpack: TaskResult = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(from_msgpack, r);
+    }
+
+    #[test]
+    fn output_travels_in_json_and_msgpack() {
+        let mut r = TaskResult::failed(
+            Uuid::new_v4(),
+            ExceptionInfo::system(SystemFailure::WorkerLost, "gone"),
+        );
+        r.output = Some(Box::new(TaskOutput {
+            stdout: "héllo\n".into(),
+            stderr: String::new(),
+            stdout_dropped: 7,
+            stderr_dropped: 0,
+        }));
+        let json: TaskResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(json, r);
+        let packed: TaskResult =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&r).unwrap()).unwrap();
+        assert_eq!(packed, r);
+        // Keys a newer sender may leave out default to nothing.
+        let partial: TaskOutput = serde_json::from_str(r#"{"stderr":"e"}"#).unwrap();
+        assert_eq!(
+            (partial.stdout.as_str(), partial.stderr.as_str()),
+            ("", "e")
+        );
+    }
+
+    /// Capping keeps each stream's ends, counts what it cut, never splits a
+    /// character, and leaves a small stream whole when the other is large.
+    #[test]
+    fn capping_output_keeps_heads_and_tails() {
+        let mut o = TaskOutput {
+            stdout: format!("start{}end", "é".repeat(10_000)),
+            stderr: "short".into(),
+            ..TaskOutput::default()
+        };
+        let before = o.stdout.len() as u64;
+        o.cap(1000);
+        assert!(o.len() <= 1000 + 64, "{}", o.len());
+        assert_eq!(o.stderr, "short");
+        assert_eq!(o.stderr_dropped, 0);
+        assert!(o.stdout.starts_with("start") && o.stdout.ends_with("end"));
+        let marker = format!(
+            "[hpfaas: {} bytes of output dropped here]",
+            o.stdout_dropped
+        );
+        assert!(o.stdout.contains(&marker), "{}", o.stdout);
+        let shown = o.stdout.len() as u64 - marker.len() as u64 - 2;
+        assert_eq!(shown + o.stdout_dropped, before);
+        let mut whole = o.clone();
+        whole.cap(usize::MAX);
+        assert_eq!(whole, o);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use hpfaas_protocol::endpoint::{self, AgentMessage, EndpointReport, ServiceMessa
 use hpfaas_protocol::mpi::{self, MpiNode, MpiRequest};
 use hpfaas_protocol::payload;
 use hpfaas_protocol::task::{
-    ExceptionInfo, FunctionCode, Outcome, TaskResult, TaskSpec, TaskState,
+    ExceptionInfo, FunctionCode, Outcome, TaskOutput, TaskResult, TaskSpec, TaskState,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -100,14 +100,28 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
         )
 }
 
+fn output() -> impl Strategy<Value = Option<Box<TaskOutput>>> {
+    prop::option::of((".{0,10}", ".{0,10}", any::<u64>(), any::<u64>()).prop_map(
+        |(stdout, stderr, stdout_dropped, stderr_dropped)| {
+            Box::new(TaskOutput {
+                stdout,
+                stderr,
+                stdout_dropped,
+                stderr_dropped,
+            })
+        },
+    ))
+}
+
 fn result() -> impl Strategy<Value = TaskResult> {
     (
         uuid(),
         ".{0,20}",
         any::<bool>(),
         any::<i32>().prop_map(|n| f64::from(n) / 4.0),
+        output(),
     )
-        .prop_map(|(task_id, text, ok, at)| TaskResult {
+        .prop_map(|(task_id, text, ok, at, output)| TaskResult {
             task_id,
             outcome: if ok {
                 Outcome::Success { result: text }
@@ -116,6 +130,7 @@ fn result() -> impl Strategy<Value = TaskResult> {
                     exception: ExceptionInfo::system(SystemFailure::WorkerLost, text),
                 }
             },
+            output,
             completed_at: at,
         })
 }

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from hpfaas.version import __version__
 
 if TYPE_CHECKING:
-    from hpfaas.client import Client
+    from hpfaas.client import Client, TaskOutput
     from hpfaas.errors import (
         HpfaasError,
         HTTPError,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     )
     from hpfaas.executor import Executor
     from hpfaas.mpi import MPIFunction
+    from hpfaas.progress_display import progress
     from hpfaas.shell import ShellFunction, ShellResult
 
 # The SDK's names are imported on first use: a worker imports `hpfaas.worker`
@@ -45,9 +46,11 @@ _EXPORTS = {
     "ResultExpired": "hpfaas.errors",
     "TaskCancelled": "hpfaas.errors",
     "MPIFunction": "hpfaas.mpi",
+    "progress": "hpfaas.progress_display",
     "ShellFunction": "hpfaas.shell",
     "ShellResult": "hpfaas.shell",
     "TaskExecutionFailed": "hpfaas.errors",
+    "TaskOutput": "hpfaas.client",
     "TaskPending": "hpfaas.errors",
     "UntrustedResult": "hpfaas.errors",
 }
@@ -64,9 +67,11 @@ __all__ = [
     "ShellResult",
     "TaskCancelled",
     "TaskExecutionFailed",
+    "TaskOutput",
     "TaskPending",
     "UntrustedResult",
     "__version__",
+    "progress",
 ]
 
 

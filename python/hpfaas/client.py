@@ -20,7 +20,7 @@ import ssl
 import threading
 import urllib.parse
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from hpfaas.errors import (
     EXCEPTION_TYPES,
@@ -135,6 +135,33 @@ DATA_ONLY_RESULTS = (JSON, SHELL_RESULT)
 JSON_FIRST = [JSON, "00\n"]
 
 
+class TaskOutput(NamedTuple):
+    """What a Python task wrote to ``sys.stdout`` and ``sys.stderr``, as its
+    endpoint kept it: each stream's head and tail, with a line
+    ``[hpfaas: N bytes of output dropped here]`` where bytes were left out,
+    and N in ``stdout_dropped``/``stderr_dropped`` (docs/api.md, "Task output").
+    Empty for a task that printed nothing, and for shell tasks (their output
+    is in their ``ShellResult``)."""
+
+    stdout: str = ""
+    stderr: str = ""
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+
+    @classmethod
+    def of(cls, doc: dict) -> "TaskOutput":
+        """The output in a task document (its ``output`` key); empty without one."""
+        output = doc.get("output")
+        if not isinstance(output, dict):
+            return cls()
+        return cls(
+            stdout=str(output.get("stdout") or ""),
+            stderr=str(output.get("stderr") or ""),
+            stdout_dropped=int(output.get("stdout_dropped") or 0),
+            stderr_dropped=int(output.get("stderr_dropped") or 0),
+        )
+
+
 def task_result(doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> Any:
     """The value of a finished task document; raises `TaskPending` or `TaskExecutionFailed`.
 
@@ -153,12 +180,15 @@ def task_result(doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> Any
             raise UntrustedResult(doc.get("task_id", "?"), doc.get("endpoint_id"))
         return deserialize(result)
     error_class = EXCEPTION_TYPES.get(exception_type, TaskExecutionFailed)
-    raise error_class(
+    error = error_class(
         exception_type or "TaskFailed",
         doc.get("exception_message") or doc.get("reason") or f"task ended as {status}",
         doc.get("exception", ""),
         doc.get("completion_t"),
     )
+    # What the task printed before it failed is often why it failed.
+    error.output = TaskOutput.of(doc)
+    raise error
 
 
 _RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
@@ -476,9 +506,15 @@ class Client:
         return self._request("GET", f"/v2/tasks/{task_id}")
 
     def get_result(self, task_id: str) -> Any:
-        """The task's value; raises `TaskPending`, `TaskExecutionFailed`, or
-        `UntrustedResult` for a pickle from an endpoint you do not trust."""
+        """The task's value; raises `TaskPending`, `TaskExecutionFailed` (whose
+        ``output`` is what the task printed), or `UntrustedResult` for a pickle
+        from an endpoint you do not trust."""
         return task_result(self.get_task(task_id), self.may_unpickle)
+
+    def get_output(self, task_id: str) -> TaskOutput:
+        """What the task printed (`TaskOutput`; empty while it runs or if it
+        printed nothing). `get_task` has it too, under ``"output"``."""
+        return TaskOutput.of(self.get_task(task_id))
 
     def may_unpickle(self, endpoint_id: Optional[str]) -> bool:
         """True if results of `endpoint_id` may be unpickled: it is yours (as
@@ -509,10 +545,13 @@ class Client:
         return self._request("POST", "/v2/batch_status", {"task_ids": list(task_ids)})["results"]
 
     def get_batch_result(self, task_ids: List[str]) -> Dict[str, dict]:
-        """`{tid: {"pending", "status", "result" | "exception"}}` for many tasks."""
+        """`{tid: {"pending", "status", "result" | "exception", "output"}}` for
+        many tasks; ``output`` (a `TaskOutput`) only when the task printed."""
         results = {}
         for task_id, doc in self.get_batch_status(task_ids).items():
             entry = {"pending": bool(doc.get("pending")), "status": doc.get("status")}
+            if "output" in doc:
+                entry["output"] = TaskOutput.of(doc)
             if not entry["pending"]:
                 try:
                     entry["result"] = task_result(doc, self.may_unpickle)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class HpfaasError(Exception):
@@ -22,7 +22,14 @@ class TaskPending(HpfaasError):
 
 
 class TaskExecutionFailed(HpfaasError):
-    """The task ran and failed: the remote exception's type, message and traceback."""
+    """The task ran and failed: the remote exception's type, message and traceback.
+
+    ``output`` is what the task printed before it failed (an
+    `hpfaas.client.TaskOutput`) when the error comes from a task document.
+    """
+
+    #: What the task wrote to sys.stdout/sys.stderr (`hpfaas.client.TaskOutput`), if known.
+    output: Optional[Any] = None
 
     def __init__(
         self,

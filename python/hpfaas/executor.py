@@ -17,7 +17,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import JSON_FIRST, Client, encode_payload, pack_call, task_result
+from hpfaas.client import JSON_FIRST, Client, TaskOutput, encode_payload, pack_call, task_result
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
 from hpfaas.stream import ResultStream
@@ -30,11 +30,34 @@ MAX_BATCH_CHARS = 8 * 1024 * 1024
 
 
 class TaskFuture(concurrent.futures.Future):
-    """The future of one task; `task_id` is set once the task has been submitted."""
+    """The future of one task; `task_id` is set once the task has been submitted.
+
+    Once the task has finished, `output()` (or `stdout`, `stderr`) gives what
+    it printed, whether it returned or raised.
+    """
 
     task_id: Optional[str] = None
     # The executor that tracks this future, to cancel a submitted task through it.
     _executor: Optional["Executor"] = None
+    # Set from the task document before the future resolves.
+    _output: TaskOutput = TaskOutput()
+
+    def output(self, timeout: Optional[float] = None) -> TaskOutput:
+        """What the task wrote to ``sys.stdout``/``sys.stderr`` (`TaskOutput`),
+        waiting up to `timeout` seconds for it to finish, as `exception()` does
+        (raises `TimeoutError`, or `CancelledError` for a cancelled call)."""
+        self.exception(timeout)
+        return self._output
+
+    @property
+    def stdout(self) -> str:
+        """The task's standard output as kept (waits for the task)."""
+        return self.output().stdout
+
+    @property
+    def stderr(self) -> str:
+        """The task's standard error as kept (waits for the task)."""
+        return self.output().stderr
 
     def cancel(self) -> bool:
         """Cancel the call; True if it is cancelled.
@@ -87,6 +110,7 @@ SUBMIT_THREADS = 2
 
 
 def _resolve(future: TaskFuture, doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> None:
+    future._output = TaskOutput.of(doc)
     try:
         try:
             value = task_result(doc, may_unpickle)

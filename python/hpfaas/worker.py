@@ -6,6 +6,7 @@ a 4-byte big-endian length and UTF-8 JSON (a request's payload follows its
 JSON header and a newline, unescaped, and its blob, if any, the payload).
 Standard library only, so a compute node needs nothing but an interpreter. A user's exception, even a SystemExit,
 becomes a failed result; only the end of the manager's pipe ends the worker.
+What a task prints goes back with its reply (:mod:`hpfaas.capture`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import traceback
 from types import TracebackType
 from typing import Any, BinaryIO, Callable, Dict, Optional
 
+from hpfaas.capture import DEFAULT_LIMIT, TaskStreams
 from hpfaas.serialize import (
     ALL_DATA,
     JSON,
@@ -38,14 +40,27 @@ _HEADER = struct.Struct(">I")
 
 
 class TaskRunner:
-    """Runs task messages, caching each decoded function by its id."""
+    """Runs task messages, caching each decoded function by its id; with an
+    ``output_limit`` (bytes per stream, 0 for none) a task's prints go back
+    with its reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_limit: int = 0) -> None:
         self._functions: Dict[str, Callable] = {}
         self._broken: Dict[str, BaseException] = {}
+        self._streams = TaskStreams(output_limit) if output_limit > 0 else None
 
     def run(self, msg: dict) -> dict:
         """Run one task message and return the reply message; never raises."""
+        if self._streams is None:
+            return self._run(msg)
+        with self._streams:
+            reply = self._run(msg)
+        output = self._streams.take()
+        if output is not None:
+            reply["output"] = output
+        return reply
+
+    def _run(self, msg: dict) -> dict:
         task_id = msg.get("task_id")
         try:
             fn = self._function(msg["function_id"], msg.get("function_code"))
@@ -174,13 +189,15 @@ def _write_frame(stream: BinaryIO, msg: dict) -> None:
     stream.flush()
 
 
-def main() -> None:
-    """Serve tasks over the inherited stdin/stdout until the manager closes stdin."""
+def main(output_limit: int = DEFAULT_LIMIT) -> None:
+    """Serve tasks over the inherited stdin/stdout until the manager closes stdin;
+    keep ``output_limit`` bytes of each task's stdout and of its stderr (0: leave
+    them to the worker log)."""
     # os.dup makes non-inheritable descriptors: a process the user's code
     # starts cannot hold the protocol pipe open after this worker dies.
     protocol_in = os.fdopen(os.dup(0), "rb")
     protocol_out = os.fdopen(os.dup(1), "wb")
-    # From here on fd 0 reads nothing and the user's prints land in the worker log.
+    # From here on fd 0 reads nothing, and what reaches fd 1 or 2 lands in the worker log.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -191,7 +208,7 @@ def main() -> None:
 
     ready = {"ready": True, "pid": os.getpid(), "python": platform.python_version()}
     _write_frame(protocol_out, ready)
-    runner = TaskRunner()
+    runner = TaskRunner(output_limit)
     while True:
         msg = _read_frame(protocol_in)
         if msg is None:

@@ -123,6 +123,7 @@ impl Fixture {
                     outcome: Outcome::Success {
                         result: "11\nnull".into(),
                     },
+                    output: None,
                     completed_at: 1.7e9,
                 })
                 .collect();

@@ -21,6 +21,7 @@ fn success(id: Uuid, result: &str) -> TaskResult {
         outcome: Outcome::Success {
             result: result.into(),
         },
+        output: None,
         completed_at: 1_700_000_000.5,
     }
 }
@@ -36,6 +37,7 @@ fn failure(id: Uuid) -> TaskResult {
                     "Traceback (most recent call last):\nZeroDivisionError: division by zero".into(),
             },
         },
+        output: None,
         completed_at: 1_700_000_001.25,
     }
 }

@@ -222,11 +222,14 @@ def test_task_submitted_by_gc_is_read_by_hpfaas(gc_python, service):
 
 
 def square_here(x):
+    print("squaring", x)
     return x * x
 
 
 def test_task_submitted_by_hpfaas_is_read_by_gc(gc_python, service):
+    """Its document carries hpfaas's `output` key, which Globus Compute's client ignores."""
     client = Client(service.url, service.token)
     fid = client.register_function(square_here)
     tid = client.run(6, endpoint_id=service.endpoint_id, function_id=fid)
     assert drive_service(gc_python, service, "read", tid) == {"result": 36}
+    assert client.get_task(tid)["output"]["stdout"] == "squaring 6\n"

@@ -66,10 +66,10 @@ def reads_stdin():
 class Worker:
     """A worker process started as the manager starts it, with frame helpers."""
 
-    def __init__(self, runtime_dir: Path, log: Path):
+    def __init__(self, runtime_dir: Path, log: Path, main_args: str = ""):
         bootstrap = (
             f"import sys; sys.path.insert(0, {str(runtime_dir)!r}); "
-            "from hpfaas.worker import main; main()"
+            f"from hpfaas.worker import main; main({main_args})"
         )
         self.log = log
         with open(log, "wb") as stderr:
@@ -198,14 +198,108 @@ def test_exception_is_reported_with_traceback(worker):
     assert deserialize(worker.call(double, 1)["result"]) == 2
 
 
-def test_user_output_goes_to_stderr_not_the_protocol(worker):
+def test_user_output_comes_back_with_the_reply_not_on_the_protocol(worker):
     worker.receive()
     reply = worker.call(chatty, 7)
     assert deserialize(reply["result"]) == 7
+    assert reply["output"] == {
+        "stdout": "a user print that must not reach the protocol pipe\n",
+        "stderr": "7\n",
+        "stdout_dropped": 0,
+        "stderr_dropped": 0,
+    }
+    # Each task's output is its own, and a silent task's reply has none.
+    assert "output" not in worker.call(double, 1)
+    assert worker.call(chatty, 8)["output"]["stderr"] == "8\n"
     assert worker.close() == 0
-    log = worker.log.read_text()
-    assert "a user print that must not reach the protocol pipe" in log
-    assert "7" in log
+    assert "a user print" not in worker.log.read_text()
+
+
+def prints_a_mebibyte_then_raises():
+    import sys
+
+    sys.stdout.write("BEGIN" + "x" * (1 << 20) + "END\n")
+    for i in range(100_000):
+        print(i, file=sys.stderr)
+    sys.stdout.buffer.write(b"raw bytes\n")
+    raise RuntimeError("after the prints")
+
+
+def test_large_output_keeps_its_head_and_tail_and_counts_the_rest(worker):
+    worker.receive()
+    reply = worker.call(prints_a_mebibyte_then_raises)
+    assert reply["ok"] is False and reply["exception"]["message"] == "after the prints"
+    out = reply["output"]
+    stdout_total = len("BEGIN") + (1 << 20) + len("END\n") + len("raw bytes\n")
+    stderr_total = sum(len(f"{i}\n") for i in range(100_000))
+    half = 16 * 1024
+    assert out["stdout"].startswith("BEGINxxx") and out["stdout"].endswith("END\nraw bytes\n")
+    assert out["stdout_dropped"] == stdout_total - 2 * half
+    assert f"[hpfaas: {out['stdout_dropped']} bytes of output dropped here]" in out["stdout"]
+    assert out["stderr"].startswith("0\n1\n2\n") and out["stderr"].endswith("99998\n99999\n")
+    assert out["stderr_dropped"] == stderr_total - 2 * half
+    marker = f"\n[hpfaas: {out['stderr_dropped']} bytes of output dropped here]\n"
+    # The marker's first newline is left out when the head ends a line.
+    assert len(out["stderr"]) - 2 * half in (len(marker), len(marker) - 1)
+
+
+def uses_the_streams_like_a_file():
+    import sys
+
+    assert not sys.stdout.isatty() and sys.stdout.writable()
+    assert sys.stderr.fileno() == 2
+    sys.stdout.writelines(["a\n", "b\n"])
+    sys.stdout.flush()
+    print("é ✓ \udcff", end="")
+    sys.stdout.close()
+    return sys.stdout.encoding
+
+
+def test_captured_streams_behave_like_text_files(worker):
+    worker.receive()
+    reply = worker.call(uses_the_streams_like_a_file)
+    assert reply["ok"], reply
+    assert deserialize(reply["result"]) == "utf-8"
+    assert reply["output"]["stdout"] == "a\nb\né ✓ \\udcff"
+    # Closing it closed nothing the next task needs.
+    after = worker.call(prints_flushed, "next")
+    assert after["ok"] and after["output"]["stdout"] == "next\n", after
+
+
+def prints_flushed(text):
+    print(text, flush=True)
+
+
+def test_output_limit_zero_leaves_prints_to_the_worker_log(tmp_path):
+    runtime = tmp_path / "runtime"
+    shutil.copytree(PACKAGE, runtime / "hpfaas", ignore=shutil.ignore_patterns("__pycache__"))
+    w = Worker(runtime, tmp_path / "worker.log", main_args="output_limit=0")
+    try:
+        w.receive()
+        reply = w.call(chatty, 7)
+        assert deserialize(reply["result"]) == 7 and "output" not in reply
+        assert w.close() == 0
+        assert "a user print that must not reach the protocol pipe" in w.log.read_text()
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def test_a_stream_of_tiny_writes_is_kept_in_linear_time():
+    """Bounded by seconds where milliseconds are expected: catches only a
+    quadratic tail (each write moving the whole kept tail)."""
+    from hpfaas.capture import TaskStreams
+
+    streams = TaskStreams(1 << 18)
+    start = time.monotonic()
+    with streams:
+        for _ in range(500_000):
+            sys.stdout.write("y")
+    assert time.monotonic() - start < 60
+    out = streams.take()
+    assert out["stdout_dropped"] == 500_000 - (1 << 18)
+    assert streams.take() is None
 
 
 def test_user_stdin_is_empty(worker):

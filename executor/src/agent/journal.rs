@@ -421,6 +421,7 @@ mod tests {
         TaskResult {
             task_id,
             outcome: Outcome::Success { result: "r".into() },
+            output: None,
             completed_at: 1.0,
         }
     }

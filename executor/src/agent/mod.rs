@@ -489,6 +489,12 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
             engine.shell_output_limit.to_string(),
         ]);
     }
+    if engine.python_output_limit != crate::config::DEFAULT_PYTHON_OUTPUT_LIMIT {
+        argv.extend([
+            "--python-output-limit".into(),
+            engine.python_output_limit.to_string(),
+        ]);
+    }
     // MPI settings only when not the defaults, so most job scripts stay as they were.
     if engine.mpi_launcher != MpiLauncher::OpenMpi {
         argv.extend(["--mpi-launcher".into(), engine.mpi_launcher.to_string()]);

@@ -227,6 +227,11 @@ fn engine_keys(kind: ProviderKind) -> Vec<Key> {
             "bytes of a shell or MPI task's stdout (and stderr) kept, head and tail",
         ),
         key(
+            "python_output_limit",
+            Default(d.python_output_limit.to_string()),
+            "bytes of a Python task's stdout (and stderr) returned with its result, head and tail",
+        ),
+        key(
             "encrypted",
             Default(d.encrypted.to_string()),
             "CurveZMQ between broker and managers; false only for debugging",

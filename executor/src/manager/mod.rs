@@ -86,6 +86,9 @@ pub struct ManagerConfig {
     /// `engine.container_type` and its URI and options: workers and shell
     /// tasks run in it.
     pub container: Option<crate::config::container::Container>,
+    /// `engine.python_output_limit`: bytes of each output stream a Python
+    /// task's worker keeps and returns with the result (0: none).
+    pub python_output_limit: usize,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -177,6 +180,7 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
             Some(c) => Some(tokio::task::spawn_blocking(move || container::prepare(c)).await?),
             None => None,
         },
+        output_limit: config.python_output_limit,
     });
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
     manager.shell_output_limit = config.shell_output_limit;
@@ -803,6 +807,7 @@ impl Manager {
             let result = TaskResult {
                 task_id,
                 outcome,
+                output: None,
                 completed_at: now_unix(),
             };
             let _ = done.send(Done::new(slot, result));

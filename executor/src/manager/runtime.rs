@@ -15,6 +15,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../python/hpfaas/__init__.py"),
     ),
     (
+        "progress_display.py",
+        include_str!("../../../python/hpfaas/progress_display.py"),
+    ),
+    (
         "serialize.py",
         include_str!("../../../python/hpfaas/serialize.py"),
     ),
@@ -24,6 +28,10 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("shell.py", include_str!("../../../python/hpfaas/shell.py")),
     ("mpi.py", include_str!("../../../python/hpfaas/mpi.py")),
+    (
+        "capture.py",
+        include_str!("../../../python/hpfaas/capture.py"),
+    ),
     (
         "client.py",
         include_str!("../../../python/hpfaas/client.py"),
@@ -162,10 +170,12 @@ fn verify(dir: &Path) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// The `-c` program that starts a worker from the runtime directory.
-pub fn bootstrap(runtime_dir: &Path) -> String {
+/// The `-c` program that starts a worker from the runtime directory,
+/// keeping `output_limit` bytes of each task's stdout and stderr.
+pub fn bootstrap(runtime_dir: &Path, output_limit: usize) -> String {
     format!(
-        "import sys; sys.path.insert(0, {:?}); from hpfaas.worker import main; main()",
+        "import sys; sys.path.insert(0, {:?}); from hpfaas.worker import main; \
+         main(output_limit={output_limit})",
         runtime_dir.display().to_string()
     )
 }
@@ -195,7 +205,8 @@ mod tests {
         for (name, _) in FILES {
             assert!(a.join("hpfaas").join(name).exists(), "{name} missing");
         }
-        assert!(bootstrap(&a).contains("hpfaas.worker"));
+        assert!(bootstrap(&a, 7).contains("hpfaas.worker"));
+        assert!(bootstrap(&a, 7).ends_with("main(output_limit=7)"));
     }
 
     /// A runtime of ours that differs (edited, truncated) is rewritten, not used.

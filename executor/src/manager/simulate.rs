@@ -94,6 +94,7 @@ async fn serve_one(
                         outcome: Outcome::Success {
                             result: format!("{STRATEGY_JSON}null"),
                         },
+                        output: None,
                         completed_at,
                     }));
                 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::failure::SystemFailure;
-use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult};
+use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskOutput, TaskResult};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -345,13 +345,13 @@ impl Slot {
     /// with the worker, as a cancelled running task is.
     async fn settle(&mut self, answer: Answer) -> ControlFlow<()> {
         let ended = self.pipe.pop_front().expect("a task is in the pipe");
-        let (outcome, killed_by_sigterm) = match answer {
+        let ((outcome, output), killed_by_sigterm) = match answer {
             Answer::Closed => {
                 self.pipe.push_front(ended);
                 return Break(());
             }
             Answer::Frame(frame) => self.outcome(&ended, frame).await,
-            Answer::Timeout => (self.time_out(&ended).await, false),
+            Answer::Timeout => ((self.time_out(&ended).await, None), false),
         };
         if self.worker.is_none() {
             // Tasks still in the dead worker's pipe had not started: they run
@@ -361,6 +361,7 @@ impl Slot {
         let result = |outcome| TaskResult {
             task_id: ended.job.spec.task_id,
             outcome,
+            output,
             completed_at: now_unix(),
         };
         let next = self.pipe.front().map(|next| next.job.spec.task_id);
@@ -380,13 +381,13 @@ impl Slot {
         self.report(result(outcome), killed_by_sigterm)
     }
 
-    /// The outcome of task `ended` from its answer frame, or from the
-    /// worker's death; and whether SIGTERM killed the worker.
+    /// The outcome of task `ended` and what it printed, from its answer
+    /// frame, or from the worker's death; and whether SIGTERM killed the worker.
     async fn outcome(
         &mut self,
         ended: &InPipe,
         frame: std::io::Result<Vec<u8>>,
-    ) -> (Outcome, bool) {
+    ) -> ((Outcome, Option<Box<TaskOutput>>), bool) {
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
@@ -394,15 +395,18 @@ impl Slot {
                 let message =
                     format!("worker process {pid} died while running this task ({how}): {e}");
                 tracing::warn!("slot {}: {message}", self.index);
-                return (lost(message), how.by_sigterm);
+                return ((lost(message), None), how.by_sigterm);
             }
         };
         match parse_reply(&frame, ended.job.spec.task_id) {
-            Ok(outcome) => (outcome, false),
+            Ok(reply) => (reply, false),
             Err(e) => {
                 let (pid, _) = self.kill_worker().await;
                 (
-                    lost(format!("worker process {pid} broke the protocol: {e}")),
+                    (
+                        lost(format!("worker process {pid} broke the protocol: {e}")),
+                        None,
+                    ),
                     false,
                 )
             }
@@ -637,6 +641,7 @@ mod tests {
             placements: Vec::new(),
             sandbox_root: None,
             container: None,
+            output_limit: 64,
         };
         (dir, Arc::new(settings))
     }
@@ -650,6 +655,7 @@ mod tests {
             placements: Vec::new(),
             sandbox_root: None,
             container: None,
+            output_limit: 64,
         })
     }
 
@@ -839,6 +845,41 @@ mod tests {
         assert!(!lost.killed_by_sigterm);
         assert_eq!(result_of(&next_done(&mut slot.done).await), "11\n4");
         assert_ne!(slot.handle.shared.pid.load(Ordering::SeqCst), slot.pid);
+    }
+
+    /// A task's prints come back with its result, bounded by the settings'
+    /// limit (64 bytes here); a worker that dies mid-task takes its task's
+    /// output with it, and the task behind reports only its own.
+    #[tokio::test]
+    async fn a_tasks_output_comes_with_its_result_and_dies_with_its_worker() {
+        let mut slot = warm_slot().await;
+        let chatty = function(
+            "chatty",
+            "def chatty(n):\n    import sys\n    print('o' * n)\n    \
+             print('err', file=sys.stderr)\n    return n\n",
+        );
+        let die = "def die():\n    print('last words')\n    import os\n    os._exit(3)\n";
+        slot.handle.hand(job(&chatty, "[100]", None)).unwrap();
+        slot.handle
+            .hand(job(&function("die", die), "[]", None))
+            .unwrap();
+        slot.handle.hand(job(&chatty, "[3]", None)).unwrap();
+        let printed = next_done(&mut slot.done).await;
+        assert_eq!(result_of(&printed), "11\n100");
+        let output = printed.result.output.clone().expect("the prints came back");
+        assert_eq!(output.stdout_dropped, 101 - 64);
+        assert!(output.stdout.starts_with(&"o".repeat(32)), "{output:?}");
+        assert_eq!(
+            (output.stderr.as_str(), output.stderr_dropped),
+            ("err\n", 0)
+        );
+        let lost = next_done(&mut slot.done).await;
+        failed_as(&lost, SystemFailure::WorkerLost);
+        assert_eq!(lost.result.output, None);
+        let after = next_done(&mut slot.done).await;
+        assert_eq!(result_of(&after), "11\n3");
+        let own = after.result.output.clone().unwrap();
+        assert_eq!((own.stdout.as_str(), own.stdout_dropped), ("ooo\n", 0));
     }
 
     /// A Python function that creates the file `marker` (its sign that it

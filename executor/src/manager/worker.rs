@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskSpec};
+use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskOutput, TaskSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -104,6 +104,9 @@ pub struct WorkerSettings {
     /// `engine.run_in_sandbox`: the directory under which each task gets its
     /// own working directory (`<dir>/<task_id>/`); `None` when off.
     pub sandbox_root: Option<PathBuf>,
+    /// `engine.python_output_limit`: bytes of each task's stdout and stderr
+    /// the worker returns with its reply (0: they go to the worker log).
+    pub output_limit: usize,
     /// The container workers run in (`engine.container_type`), if any; or
     /// why it cannot be used (an archive that would not import), which
     /// every worker start then fails with.
@@ -172,6 +175,8 @@ struct Reply {
     ok: bool,
     result: Option<String>,
     exception: Option<ExceptionInfo>,
+    #[serde(default)]
+    output: Option<Box<TaskOutput>>,
 }
 
 #[derive(Deserialize)]
@@ -385,7 +390,7 @@ fn command(
         settings.python.clone().into(),
         "-u".into(),
         "-c".into(),
-        super::runtime::bootstrap(&settings.runtime_dir).into(),
+        super::runtime::bootstrap(&settings.runtime_dir, settings.output_limit).into(),
     ];
     let cwd = job_env::working_directory();
     let argv = match container {
@@ -565,15 +570,18 @@ fn request_head(
     Ok(frame)
 }
 
-/// The outcome in a worker's reply to task `task_id`; an error when the
-/// reply breaks the protocol.
-pub fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
+/// The outcome in a worker's reply to task `task_id`, and what the task
+/// printed; an error when the reply breaks the protocol.
+pub fn parse_reply(
+    frame: &[u8],
+    task_id: Uuid,
+) -> std::io::Result<(Outcome, Option<Box<TaskOutput>>)> {
     let reply: Reply = serde_json::from_slice(frame)
         .map_err(|e| std::io::Error::other(format!("malformed reply from worker: {e}")))?;
     if reply.task_id != Some(task_id) {
         return Err(std::io::Error::other("worker replied for another task"));
     }
-    Ok(match (reply.ok, reply.result, reply.exception) {
+    let outcome = match (reply.ok, reply.result, reply.exception) {
         (true, Some(result), _) => Outcome::Success { result },
         (false, _, Some(exception)) => Outcome::Failed { exception },
         _ => Outcome::Failed {
@@ -582,7 +590,8 @@ pub fn parse_reply(frame: &[u8], task_id: Uuid) -> std::io::Result<Outcome> {
                 "worker reply had neither result nor exception",
             ),
         },
-    })
+    };
+    Ok((outcome, reply.output))
 }
 
 async fn read_frame(input: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
@@ -662,7 +671,9 @@ mod tests {
     #[test]
     fn replies_give_the_outcome_or_say_how_they_break_the_protocol() {
         let id = Uuid::new_v4();
-        let reply = |json: serde_json::Value| parse_reply(json.to_string().as_bytes(), id);
+        let reply = |json: serde_json::Value| {
+            parse_reply(json.to_string().as_bytes(), id).map(|(outcome, _)| outcome)
+        };
         let ok = reply(serde_json::json!({"task_id": id, "ok": true, "result": "11\n3"}));
         assert!(matches!(ok.unwrap(), Outcome::Success { result } if result == "11\n3"));
         let exception = serde_json::json!({"type": "KeyError", "message": "'x'", "traceback": "t"});
@@ -680,6 +691,28 @@ mod tests {
         assert!(other.unwrap_err().to_string().contains("another task"));
         let garbage = parse_reply(b"\xff{", id).unwrap_err();
         assert!(garbage.to_string().contains("malformed reply"), "{garbage}");
+    }
+
+    /// A reply carries what the task printed; a reply without it (a silent
+    /// task, or a runtime that predates capture) has none.
+    #[test]
+    fn replies_carry_the_tasks_output() {
+        let id = Uuid::new_v4();
+        let output = serde_json::json!({"stdout": "hi\n", "stderr": "", "stdout_dropped": 0});
+        let frame = serde_json::json!({"task_id": id, "ok": true, "result": "r", "output": output});
+        let (_, printed) = parse_reply(frame.to_string().as_bytes(), id).unwrap();
+        let printed = printed.unwrap();
+        assert_eq!(
+            (printed.stdout.as_str(), printed.stderr_dropped),
+            ("hi\n", 0)
+        );
+        let silent = serde_json::json!({"task_id": id, "ok": true, "result": "r"});
+        let (_, none) = parse_reply(silent.to_string().as_bytes(), id).unwrap();
+        assert_eq!(none, None);
+        let bad =
+            serde_json::json!({"task_id": id, "ok": true, "result": "r", "output": {"stdout": 3}});
+        let e = parse_reply(bad.to_string().as_bytes(), id).unwrap_err();
+        assert!(e.to_string().contains("malformed reply"), "{e}");
     }
 
     #[tokio::test]

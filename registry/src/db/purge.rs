@@ -18,7 +18,7 @@ use crate::error::ApiResult;
 
 /// Bytes a final task keeps (counted in `user_usage`), as SQL.
 const KEPT: &str = "ifnull(octet_length(result), 0) + ifnull(octet_length(exc_message), 0) \
-                    + ifnull(octet_length(exc_traceback), 0)";
+                    + ifnull(octet_length(exc_traceback), 0) + ifnull(octet_length(output), 0)";
 
 /// Purges up to `limit` unfetched results stored before `cutoff`.
 pub fn expire_results(
@@ -46,7 +46,7 @@ pub fn expire_results(
         .collect::<Result<_, _>>()?;
     let sql = format!(
         "UPDATE tasks SET result = NULL, exc_type = ?2, exc_message = ?3, exc_traceback = ?4,
-                          result_fate = {FATE_EXPIRED}
+                          output = NULL, result_fate = {FATE_EXPIRED}
          WHERE rid = ?1"
     );
     let mut expire = conn.prepare_cached(&sql)?;

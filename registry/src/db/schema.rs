@@ -171,6 +171,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE user_usage SET bytes = bytes + ifnull((SELECT SUM(p.bytes) FROM task_payloads p
         JOIN tasks t ON t.rid = p.rid WHERE t.owner = user_usage.user_id), 0);
     "#,
+    // 7: a Python task's captured stdout and stderr (protocol TaskOutput as
+    // JSON), written by the same UPDATE as its result.
+    r#"
+    ALTER TABLE tasks ADD COLUMN output TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -141,10 +141,20 @@ pub mod schemas {
             &["task_id", "status", "pending"],
             json!({
                 "task_id": id(), "status": s(), "pending": {"type": "boolean"},
+                "output": task_output(),
                 "result": s(), "exception": s(), "exception_type": s(), "exception_message": s(),
                 "completion_t": s(), "task_group_id": id(), "function_id": id(),
                 "endpoint_id": id(), "created_t": s(),
             }),
+        )
+    }
+
+    /// What a Python task printed (docs/api.md, "Task output").
+    fn task_output() -> Value {
+        let count = json!({"type": "integer", "minimum": 0});
+        object(
+            &[],
+            json!({"stdout": s(), "stderr": s(), "stdout_dropped": count, "stderr_dropped": count}),
         )
     }
 

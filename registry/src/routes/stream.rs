@@ -297,6 +297,7 @@ mod tests {
             .map(|id| TaskResult {
                 task_id: *id,
                 outcome: Outcome::Success { result: "r".into() },
+                output: None,
                 completed_at: 1.0,
             })
             .collect();

@@ -64,6 +64,12 @@ pub fn task_document(t: &TaskRow) -> Value {
     if let Some(done) = t.completed {
         doc["completion_t"] = json!(time_str(done));
     }
+    // Written by this service from a `TaskOutput`; unreadable text is left out.
+    if let Some(output) = t.output.as_deref() {
+        if let Ok(output) = serde_json::from_str::<Value>(output) {
+            doc["output"] = output;
+        }
+    }
     doc
 }
 

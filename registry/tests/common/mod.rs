@@ -725,6 +725,7 @@ pub fn success(id: uuid::Uuid, result: &str) -> hpfaas_protocol::task::TaskResul
         outcome: hpfaas_protocol::task::Outcome::Success {
             result: result.into(),
         },
+        output: None,
         completed_at: 1_700_000_000.5,
     }
 }

@@ -43,6 +43,7 @@ pub fn ok(task_id: Uuid) -> TaskResult {
         outcome: Outcome::Success {
             result: "00\n".into(),
         },
+        output: None,
         completed_at: 0.0,
     }
 }

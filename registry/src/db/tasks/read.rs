@@ -30,6 +30,8 @@ pub struct TaskRow {
     pub exc_message: Option<String>,
     /// Traceback text, on failure.
     pub exc_traceback: Option<String>,
+    /// What a Python task printed (protocol `TaskOutput` as JSON), if anything.
+    pub output: Option<String>,
     /// Unix seconds at submission.
     pub created: f64,
     /// Unix seconds at completion.
@@ -42,7 +44,7 @@ pub struct TaskRow {
 }
 
 const TASK_COLUMNS: &str = "id, group_id, function_id, endpoint_id, state, result, exc_type, \
-     exc_message, exc_traceback, created, completed, result_seq, result_fate";
+     exc_message, exc_traceback, created, completed, result_seq, result_fate, output";
 
 /// `result_fate`: the result waits to be fetched.
 pub const FATE_UNFETCHED: i64 = 0;
@@ -68,6 +70,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         completed: r.get(10)?,
         result_seq: r.get(11)?,
         fetched: r.get::<_, i64>(12)? != FATE_UNFETCHED,
+        output: r.get(13)?,
     })
 }
 

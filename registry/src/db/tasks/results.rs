@@ -2,6 +2,7 @@
 //! state changes, and results, stored once each (the first one wins) with
 //! the next `result_seq`.
 
+use hpfaas_protocol::endpoint::to_json;
 use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
@@ -108,7 +109,7 @@ pub fn store_results(
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
-                          result_fate = 0
+                          result_fate = 0, output = ?11
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
          RETURNING group_id, rid, function_id, created, owner",
     )?;
@@ -130,6 +131,7 @@ pub fn store_results(
             Outcome::Failed { exception } => (TaskState::Failed, None, Some(exception)),
         };
         let seq = ctx.next_result_seq;
+        let output = res.output.as_ref().map(to_json);
         let row: Option<(String, i64, String, f64, i64)> = st
             .query_row(
                 params![
@@ -142,7 +144,8 @@ pub fn store_results(
                     exc.map(|e| e.traceback.as_str()),
                     completed,
                     seq,
-                    stored_at
+                    stored_at,
+                    output
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
@@ -162,9 +165,15 @@ pub fn store_results(
                     .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 let (payload_file, arg_bytes) = dropped.unwrap_or((false, 0));
-                usage.add(owner, -1, result_bytes(result, exc) - arg_bytes);
+                let printed = output.as_ref().map_or(0, String::len);
+                usage.add(
+                    owner,
+                    -1,
+                    result_bytes(result, exc) + printed as i64 - arg_bytes,
+                );
                 ctx.next_result_seq += 1;
-                let text = result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len());
+                let text =
+                    result.map_or(0, str::len) + exc.map_or(0, |e| e.traceback.len()) + printed;
                 let row = (text <= STREAMED_ROW_BYTES).then(|| {
                     std::sync::Arc::new(TaskRow {
                         id: res.task_id,
@@ -180,6 +189,7 @@ pub fn store_results(
                         completed: Some(completed),
                         result_seq: Some(seq),
                         fetched: false,
+                        output,
                     })
                 });
                 stored.push(StoredResult {
@@ -250,6 +260,7 @@ mod tests {
         let ok = TaskResult {
             task_id: ids[0],
             outcome: Outcome::Success { result: "r".into() },
+            output: None,
             completed_at: 5.0,
         };
         let failed = TaskResult::failed(
@@ -298,9 +309,60 @@ mod tests {
             outcome: Outcome::Success {
                 result: "r".repeat(STREAMED_ROW_BYTES + 1),
             },
+            output: None,
             completed_at: 6.0,
         };
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[big]).unwrap();
         assert_eq!((stored[0].seq, stored[0].row.is_none()), (8, true));
+    }
+
+    /// A task's output is stored by the result's own UPDATE, shown in its
+    /// document, counted in its owner's stored bytes, and purged with an
+    /// expired result.
+    #[test]
+    fn output_is_stored_with_the_result_counted_and_expired_with_it() {
+        let fx = fixture();
+        let ids = submit_n(&fx, Uuid::new_v4(), 1, 10);
+        let bytes = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT bytes FROM user_usage WHERE user_id = ?1",
+                [fx.owner],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let before = bytes(&fx.conn);
+        let output = hpfaas_protocol::task::TaskOutput {
+            stdout: "printed\n".into(),
+            stderr: "warned\n".into(),
+            stdout_dropped: 5,
+            stderr_dropped: 0,
+        };
+        let mut failed = TaskResult::failed(
+            ids[0],
+            ExceptionInfo::system(SystemFailure::ValueError, "boom"),
+        );
+        failed.output = Some(Box::new(output.clone()));
+        let mut ctx = WriteCtx { next_result_seq: 1 };
+        let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[failed.clone()]).unwrap();
+        let row = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
+        assert_eq!(stored[0].row.as_deref(), Some(&row));
+        let doc = crate::routes::tasks::task_document(&row);
+        assert_eq!(doc["output"], serde_json::to_value(&output).unwrap());
+        assert_eq!(doc["exception_type"], "ValueError");
+        let text = to_json(&output).len() as i64;
+        let Outcome::Failed { exception } = &failed.outcome else {
+            unreachable!()
+        };
+        let exc = (exception.message.len() + exception.traceback.len()) as i64;
+        assert_eq!(bytes(&fx.conn) - before, exc + text - 10);
+        crate::db::purge::expire_results(&fx.conn, f64::MAX, 10, "1s").unwrap();
+        let expired = get_task(&fx.conn, fx.owner, ids[0]).unwrap().unwrap();
+        assert_eq!(expired.output, None);
+        assert!(crate::routes::tasks::task_document(&expired)
+            .get("output")
+            .is_none());
+        let kept = expired.exc_message.unwrap().len() + expired.exc_traceback.unwrap().len();
+        assert_eq!(bytes(&fx.conn) - before, kept as i64 - 10);
     }
 }
