@@ -108,6 +108,7 @@ mod tests {
         let done = hpfaas_protocol::task::TaskResult {
             task_id: ids[2],
             outcome: hpfaas_protocol::task::Outcome::Success { result: "r".into() },
+            output: None,
             completed_at: 1.0,
         };
         let mut ctx = crate::db::WriteCtx { next_result_seq: 1 };
