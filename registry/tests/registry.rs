@@ -509,6 +509,7 @@ fn agent_handshake_failures_are_explained() {
         allowed_functions: vec![],
         json_only: false,
         flow_control: false,
+        events: false,
     });
     match old.recv() {
         Some(ServiceMessage::Refused { reason }) => assert!(reason.contains("version"), "{reason}"),
@@ -556,6 +557,7 @@ fn endpoint_status_follows_the_connection_and_heartbeats() {
         idle_workers: 5,
         outstanding_tasks: 11,
         active_blocks: 1,
+        ..Default::default()
     };
     agent.send(&AgentMessage::Heartbeat { status: report });
     let details = wait_for("heartbeat", || {

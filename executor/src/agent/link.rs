@@ -31,6 +31,8 @@ pub enum LinkEvent {
         max_message_bytes: usize,
         /// The service honours credit: the agent must grant it.
         flow_control: bool,
+        /// The service stores endpoint events: the agent may send them.
+        events: bool,
     },
     /// A frame from the service.
     Message(ServiceMessage),
@@ -72,16 +74,19 @@ impl From<AgentMessage> for Outgoing {
 
 /// Frames queued while disconnected are dropped: results are re-sent from
 /// the journal on reconnect, and the service re-sends unacknowledged tasks.
+/// The task ends once the sender is dropped and what was queued is sent
+/// (or at once while disconnected).
 pub fn spawn(
     target: LinkTarget,
 ) -> (
     mpsc::UnboundedSender<Outgoing>,
     mpsc::UnboundedReceiver<LinkEvent>,
+    tokio::task::JoinHandle<()>,
 ) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(target, out_rx, ev_tx));
-    (out_tx, ev_rx)
+    let task = tokio::spawn(run(target, out_rx, ev_tx));
+    (out_tx, ev_rx, task)
 }
 
 enum Ended {
@@ -206,6 +211,7 @@ async fn connect_and_serve(
         json_only: target.json_only,
         // The agent grants credit (agent::credit) once welcomed.
         flow_control: true,
+        events: true,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));
@@ -217,11 +223,13 @@ async fn connect_and_serve(
                 max_result_bytes,
                 max_message_bytes,
                 flow_control,
+                events,
                 ..
             }) => LinkEvent::Connected {
                 heartbeat_period,
                 max_result_bytes,
                 flow_control,
+                events,
                 max_message_bytes: max_message_bytes.map_or(DEFAULT_MAX_MESSAGE_BYTES, |m| {
                     usize::try_from(m).unwrap_or(usize::MAX)
                 }),

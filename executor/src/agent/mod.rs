@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod credit;
+pub mod events;
 pub mod journal;
 pub mod link;
 pub mod pid;
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hpfaas_protocol::endpoint::{
-    cap_results, result_frames, AgentMessage, EndpointReport, ServiceMessage,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    cap_results, result_frames, AgentMessage, EndpointEvent, EndpointReport, EventKind,
+    ServiceMessage, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
 use hpfaas_scheduler_adapters::ProviderKind;
@@ -32,6 +33,7 @@ use crate::config::mpi_launcher::MpiLauncher;
 use crate::config::EndpointConfig;
 use crate::strategy::Scaling;
 use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
+use events::EventQueue;
 use journal::Journal;
 use link::{LinkEvent, LinkTarget, Outgoing};
 use state_file::AgentState;
@@ -157,7 +159,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let setup = blocks_setup(&spec, &broker.url)?;
     let strategy_need = credit::strategy_need(&setup.scaling);
     let blocks = BlocksHandle::start(setup)?;
-    let (to_service, from_service) = link::spawn(LinkTarget {
+    let (to_service, from_service, link) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
         credential: credential.credential.clone(),
@@ -178,10 +180,15 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         from_service,
         broker,
         blocks,
+        link: Some(link),
     }
     .run(shutdown)
     .await
 }
+
+/// How long a stopping agent waits for its last frames (the blocks'
+/// cancel events) to reach the service.
+const LINK_FLUSH: Duration = Duration::from_secs(3);
 
 /// The agent once its broker, blocks and service link run.
 struct Running<'a> {
@@ -190,6 +197,8 @@ struct Running<'a> {
     from_service: mpsc::UnboundedReceiver<LinkEvent>,
     broker: BrokerHandle,
     blocks: BlocksHandle,
+    /// The service link's task, which ends once its queue is sent.
+    link: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running<'_> {
@@ -212,6 +221,7 @@ impl Running<'_> {
             from_service,
             broker,
             blocks,
+            ..
         } = self;
         let spec = agent.spec;
         let engine = &spec.config.engine;
@@ -223,7 +233,7 @@ impl Running<'_> {
         loop {
             tokio::select! {
                 event = from_service.recv() => match event {
-                    Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
+                    Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control, events }) => {
                         if let Some(limit) = max_result_bytes {
                             agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
                         }
@@ -231,6 +241,8 @@ impl Running<'_> {
                         // Credit starts again from nothing on every connection;
                         // a service without flow control gets none.
                         (agent.connected, agent.granted) = (flow_control, 0);
+                        agent.events_link = events;
+                        agent.send_events();
                         tracing::info!("connected to {}", spec.service_url);
                         // The service drops agents that miss its heartbeats, so
                         // never beat slower than it asks, whatever the engine's period.
@@ -247,7 +259,7 @@ impl Running<'_> {
                         agent.grant_credit();
                     }
                     Some(LinkEvent::Disconnected(why)) => {
-                        agent.connected = false;
+                        (agent.connected, agent.events_link) = (false, false);
                         tracing::warn!("disconnected from the service: {why}");
                         state.state = "connecting".into();
                         state.last_error = Some(why);
@@ -268,6 +280,10 @@ impl Running<'_> {
                     }
                     agent.on_broker_events(events)?;
                     agent.grant_credit();
+                    if let Some(recent) = agent.events.take_changed() {
+                        state.events = recent;
+                        publish(state, &spec.dir);
+                    }
                 }
                 _ = heartbeat.tick() => {
                     let status = EndpointReport {
@@ -276,6 +292,7 @@ impl Running<'_> {
                         idle_workers: agent.load.idle_workers,
                         outstanding_tasks: agent.journal.outstanding(),
                         active_blocks: state.blocks.len() as u32,
+                        blocks: state.blocks.clone(),
                     };
                     let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
                 }
@@ -292,8 +309,14 @@ impl Running<'_> {
                     BlocksEvent::Ended(b) => {
                         let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
                     }
-                    BlocksEvent::Status { blocks: list, last_error } => {
+                    BlocksEvent::Status { blocks: list, last_error, events } => {
+                        agent.record_events(events);
+                        let recent = agent.events.take_changed();
                         let error = last_error.or(state.last_error.clone());
+                        if let Some(recent) = recent {
+                            state.events = recent;
+                            publish(state, &spec.dir);
+                        }
                         if list != state.blocks || error != state.last_error {
                             state.active_blocks = list.len() as u32;
                             state.blocks = list;
@@ -325,10 +348,11 @@ impl Running<'_> {
     /// loop is what is returned.
     async fn stop(self, outcome: anyhow::Result<Shutdown>) -> anyhow::Result<()> {
         let Running {
-            agent,
+            mut agent,
             mut state,
             broker,
             blocks,
+            link,
             ..
         } = self;
         let spec = agent.spec;
@@ -350,7 +374,19 @@ impl Running<'_> {
                 tracing::info!("stopping endpoint {} and its blocks{why}", spec.name);
                 let _ = broker.commands.send(BrokerCommand::Shutdown);
                 let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
-                tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+                let events = tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+                agent.record_events(events);
+                if let Some(recent) = agent.events.take_changed() {
+                    state.events = recent;
+                    let _ = state.write(&spec.dir);
+                }
+            }
+        }
+        // The link sends what is queued (the cancels' events), then closes.
+        drop(agent);
+        if let Some(link) = link {
+            if tokio::time::timeout(LINK_FLUSH, link).await.is_err() {
+                tracing::debug!("the service link did not close in time");
             }
         }
         outcome.map(|_| ())
@@ -528,6 +564,10 @@ struct Agent<'a> {
     granted: u64,
     /// Outstanding tasks the block strategy must see to run every block.
     strategy_need: u64,
+    /// Connected to a service that stores endpoint events.
+    events_link: bool,
+    /// Events not yet sent, and the recent ones.
+    events: EventQueue,
 }
 
 impl<'a> Agent<'a> {
@@ -551,6 +591,26 @@ impl<'a> Agent<'a> {
             connected: false,
             granted: 0,
             strategy_need,
+            events_link: false,
+            events: EventQueue::default(),
+        }
+    }
+
+    /// Records events, and sends them if the service takes them now.
+    fn record_events(&mut self, events: Vec<EndpointEvent>) {
+        if !events.is_empty() {
+            self.events.push(events);
+            self.send_events();
+        }
+    }
+
+    /// Sends the pending events, if the service takes them; else they wait
+    /// for the next connection.
+    fn send_events(&mut self) {
+        if self.events_link {
+            for frame in self.events.frames() {
+                let _ = self.to_service.send(frame.into());
+            }
         }
     }
 
@@ -630,6 +690,15 @@ impl<'a> Agent<'a> {
                 BrokerEvent::States(more) => updates.extend(more),
                 BrokerEvent::Results(more) => results.extend(more),
                 BrokerEvent::Load(load) => self.load = load,
+                BrokerEvent::ManagerLost { block_id, why } => {
+                    let mut event = EndpointEvent::new(
+                        hpfaas_protocol::task::now_unix(),
+                        EventKind::ManagerLost,
+                        why,
+                    );
+                    event.block_id = block_id;
+                    self.record_events(vec![event]);
+                }
             }
         }
         if !updates.is_empty() {
@@ -784,6 +853,7 @@ mod tests {
             from_service,
             broker,
             blocks,
+            link: None,
         };
         (running, seen)
     }
@@ -824,6 +894,7 @@ mod tests {
                 max_result_bytes: None,
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 flow_control: false,
+                events: false,
             })
             .unwrap();
         let outcome = running.run(std::future::pending()).await;
