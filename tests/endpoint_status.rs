@@ -198,3 +198,110 @@ fn a_local_block_runs_and_is_cancelled_when_the_endpoint_stops() {
         e.last().is_some_and(|e| e["kind"] == "agent_disconnected")
     });
 }
+
+/// A manager that stops answering (stopped with SIGSTOP) is reported lost,
+/// with its block, for the agent to turn into a `manager_lost` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_manager_is_reported_lost_with_its_block() {
+    use hpfaas_executor::broker::{self, BrokerCommand, BrokerConfig, BrokerEvent};
+    let mut broker = broker::start(BrokerConfig::loopback(
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        None,
+    ))
+    .unwrap();
+    let managers = SimulatedManagers::start(&broker.url, 1, 2, None);
+    let registered = async {
+        loop {
+            match broker.events.recv().await {
+                Some(BrokerEvent::Load(load)) if load.managers == 1 => return,
+                Some(_) => {}
+                None => panic!("the broker stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), registered)
+        .await
+        .expect("the simulated manager did not register");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(managers.child.id() as i32, libc::SIGSTOP) },
+        0
+    );
+    let lost = async {
+        loop {
+            match broker.events.recv().await {
+                Some(BrokerEvent::ManagerLost { block_id, why }) => return (block_id, why),
+                Some(_) => {}
+                None => panic!("the broker stopped"),
+            }
+        }
+    };
+    let (block_id, why) = tokio::time::timeout(Duration::from_secs(30), lost)
+        .await
+        .expect("the silent manager was not reported lost");
+    assert_eq!(block_id.as_deref(), Some("sim"));
+    assert!(why.contains("heartbeat_threshold"), "{why}");
+    drop(managers);
+    let _ = broker.commands.send(BrokerCommand::Shutdown);
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn logs_follow_prints_what_is_written_across_a_rotation() {
+    use std::io::{BufRead as _, Write as _};
+    let home = temp_dir("logs-follow");
+    let dir = home.join("endpoints").join("ep");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "").unwrap();
+    let log = dir.join("endpoint.log");
+    std::fs::write(&log, "first line\n").unwrap();
+    let mut child = Killed(
+        hpfaas()
+            .args(["--output", "json", "endpoint", "logs", "ep", "-f"])
+            .env("HPFAAS_HOME", &*home)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || -> Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from `endpoint logs -f`");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next()["line"], "first line");
+    let append = |text: &str| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append("second line\n");
+    assert_eq!(next()["line"], "second line");
+    // Rotated the way the agent does it: renamed, then a new file.
+    append("last of the old file\n");
+    std::fs::rename(&log, dir.join("endpoint.log.1")).unwrap();
+    std::fs::write(&log, "first of the new file\n").unwrap();
+    let (a, b) = (next(), next());
+    assert_eq!(a["line"], "last of the old file");
+    assert_eq!(b["line"], "first of the new file");
+    assert_eq!(b["path"], log.display().to_string());
+}

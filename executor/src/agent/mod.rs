@@ -932,4 +932,32 @@ mod tests {
         );
         assert!(stopping(dir.path()));
     }
+
+    #[tokio::test]
+    async fn events_wait_for_a_service_that_said_it_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let journal = Journal::open(&dir.path().join("journal.log")).unwrap();
+        let (to_service, mut sent) = mpsc::unbounded_channel();
+        let (broker, _) = mpsc::unbounded_channel();
+        let mut agent = Agent::new(&spec, journal, to_service, broker, 0);
+        let event = |message: &str| {
+            EndpointEvent::new(1.0, EventKind::BlockFailed, message).block("0", None)
+        };
+        // Not connected, or connected to an older service: nothing is sent.
+        agent.record_events(vec![event("sbatch: error: invalid partition")]);
+        assert!(sent.try_recv().is_err());
+        // A service whose welcome said `events`: what waited goes first.
+        agent.events_link = true;
+        agent.send_events();
+        agent.record_events(vec![event("later")]);
+        let messages: Vec<String> = std::iter::from_fn(|| sent.try_recv().ok())
+            .flat_map(|frame| match frame {
+                Outgoing::Message(AgentMessage::Events { events }) => events,
+                other => panic!("{other:?}"),
+            })
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(messages, ["sbatch: error: invalid partition", "later"]);
+    }
 }
