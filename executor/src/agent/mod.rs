@@ -313,11 +313,10 @@ impl Running<'_> {
                         agent.record_events(events);
                         let recent = agent.events.take_changed();
                         let error = last_error.or(state.last_error.clone());
-                        if let Some(recent) = recent {
-                            state.events = recent;
-                            publish(state, &spec.dir);
-                        }
-                        if list != state.blocks || error != state.last_error {
+                        if recent.is_some() || list != state.blocks || error != state.last_error {
+                            if let Some(recent) = recent {
+                                state.events = recent;
+                            }
                             state.active_blocks = list.len() as u32;
                             state.blocks = list;
                             state.last_error = error;
@@ -344,8 +343,10 @@ impl Running<'_> {
     ///   without a durable result for the next agent, and the journal keeps
     ///   the results it has not acknowledged.
     ///
-    /// `agent.json` says `stopping` either way. The error that ended the
-    /// loop is what is returned.
+    /// `agent.json` says `stopping` either way, and the events of the stop
+    /// (each block cancelled) go to the service before the link closes
+    /// (given up to [`LINK_FLUSH`]). The error that ended the loop is what
+    /// is returned.
     async fn stop(self, outcome: anyhow::Result<Shutdown>) -> anyhow::Result<()> {
         let Running {
             mut agent,

@@ -316,8 +316,12 @@ impl Blocks {
             Ok(states) => states,
             Err(e) => {
                 tracing::warn!("cannot poll blocks: {e}");
-                self.last_error = Some(e.to_string());
-                self.event(clock, EventKind::SchedulerError, e.to_string());
+                let error = e.to_string();
+                // A scheduler that stays down is one event, not one per poll.
+                if self.last_error.as_ref() != Some(&error) {
+                    self.event(clock, EventKind::SchedulerError, error.clone());
+                }
+                self.last_error = Some(error);
                 return Vec::new();
             }
         };
@@ -954,9 +958,13 @@ mod tests {
         // A failed status query, then a stop.
         h.queue().refuse_status = Some("squeue: timed out".into());
         h.step_at(40.0, 5, &none);
-        assert!(events(&mut h)
-            .iter()
-            .any(|e| e.0 == EventKind::SchedulerError && e.2.contains("squeue: timed out")));
+        h.step_at(50.0, 5, &none);
+        let errors = events(&mut h)
+            .into_iter()
+            .filter(|e| e.0 == EventKind::SchedulerError)
+            .collect::<Vec<_>>();
+        assert_eq!(errors.len(), 1, "one event while it stays down: {errors:?}");
+        assert!(errors[0].2.contains("squeue: timed out"), "{errors:?}");
         let live: Vec<String> = h.blocks.status().into_iter().map(|b| b.block_id).collect();
         h.blocks.cancel_all(&h.clock);
         let cancelled: Vec<Option<String>> = events(&mut h)
