@@ -114,9 +114,19 @@ async fn run(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Frames queued meanwhile are dropped; a stopping agent (its
+        // sender gone) is not kept waiting for the back-off.
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                frame = outgoing.recv() => if frame.is_none() {
+                    return;
+                },
+            }
+        }
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        while outgoing.try_recv().is_ok() {}
     }
 }
 
@@ -401,5 +411,29 @@ mod tests {
             "wss://faas.example.org/v3/endpoints/e/connect"
         );
         assert!(websocket_url("faas.example.org", "e").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_link_ends_when_its_agent_drops_it_even_while_reconnecting() {
+        // Nothing listens there: every attempt fails and the link backs off.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let (to_service, mut events, task) = spawn(LinkTarget {
+            service_url: format!("http://127.0.0.1:{port}"),
+            endpoint_id: "e".into(),
+            credential: "c".into(),
+            allowed_functions: vec![],
+            json_only: false,
+        });
+        match events.recv().await {
+            Some(LinkEvent::Disconnected(why)) => assert!(why.contains("cannot reach"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        drop(to_service);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the link kept reconnecting for an agent that had stopped")
+            .unwrap();
     }
 }
