@@ -90,17 +90,15 @@ fn refused_block_shows_the_schedulers_message(provider: &str, words: &str) {
     let events = events_when(&ep, "the refused submit", |e| has(e, "block_failed", words));
     assert!(has(&events, "agent_connected", ""), "{events:?}");
 
-    // Here, from the endpoint's directory and the service.
-    let doc: Value = serde_json::from_str(&status(&ep, true, &[&ep.name])).unwrap();
+    // Here, from the endpoint's directory and the service. (The agent
+    // clears its last error when it connects, until the next blocks step.)
+    let doc: Value = wait_for(Duration::from_secs(30), "the error in agent.json", || {
+        let doc: Value = serde_json::from_str(&status(&ep, true, &[&ep.name])).unwrap();
+        let error = doc["local"]["last_error"].as_str().unwrap_or("");
+        error.contains(words).then_some(doc)
+    });
     assert!(
         has(doc["events"].as_array().unwrap(), "block_failed", words),
-        "{doc}"
-    );
-    assert!(
-        doc["local"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains(words),
         "{doc}"
     );
     let text = status(&ep, false, &[&ep.name]);
@@ -172,6 +170,14 @@ fn a_local_block_runs_and_is_cancelled_when_the_endpoint_stops() {
     let events = events_when(&ep, "the block running", |e| has(e, "block_running", ""));
     assert!(has(&events, "block_submitted", "local job"), "{events:?}");
     let id = block["block_id"].as_str().unwrap().to_string();
+    // --remote asks only the service, with the endpoint's credential.
+    let remote: Value = serde_json::from_str(&status(&ep, true, &["--remote", &ep.name])).unwrap();
+    assert!(remote.get("local").is_none(), "{remote}");
+    assert_eq!(remote["blocks"][0]["block_id"], id.as_str(), "{remote}");
+    assert!(
+        has(remote["events"].as_array().unwrap(), "block_running", ""),
+        "{remote}"
+    );
 
     // Its output and the agent's log, from the endpoint's directory.
     let out = ep.cmd(&["logs", &ep.name, "--block", &id]);
