@@ -90,8 +90,7 @@ fn refused_block_shows_the_schedulers_message(provider: &str, words: &str) {
     let events = events_when(&ep, "the refused submit", |e| has(e, "block_failed", words));
     assert!(has(&events, "agent_connected", ""), "{events:?}");
 
-    // Here, from the endpoint's directory and the service. (The agent
-    // clears its last error when it connects, until the next blocks step.)
+    // Here, from the endpoint's directory and the service.
     let doc: Value = wait_for(Duration::from_secs(30), "the error in agent.json", || {
         let doc: Value = serde_json::from_str(&status(&ep, true, &[&ep.name])).unwrap();
         let error = doc["local"]["last_error"].as_str().unwrap_or("");

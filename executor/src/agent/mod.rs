@@ -251,7 +251,8 @@ impl Running<'_> {
                         agent.resend_results()?;
                         agent.grant_credit();
                         state.state = "online".into();
-                        state.last_error = None;
+                        // The connection's error is over; the scheduler's is not.
+                        state.last_error = agent.blocks_error.clone();
                         publish(state, &spec.dir);
                     }
                     Some(LinkEvent::Message(message)) => {
@@ -312,6 +313,7 @@ impl Running<'_> {
                     BlocksEvent::Status { blocks: list, last_error, events } => {
                         agent.record_events(events);
                         let recent = agent.events.take_changed();
+                        agent.blocks_error.clone_from(&last_error);
                         let error = last_error.or(state.last_error.clone());
                         if recent.is_some() || list != state.blocks || error != state.last_error {
                             if let Some(recent) = recent {
@@ -569,6 +571,8 @@ struct Agent<'a> {
     events_link: bool,
     /// Events not yet sent, and the recent ones.
     events: EventQueue,
+    /// The blocks' last scheduler error, which outlives a reconnection.
+    blocks_error: Option<String>,
 }
 
 impl<'a> Agent<'a> {
@@ -594,6 +598,7 @@ impl<'a> Agent<'a> {
             strategy_need,
             events_link: false,
             events: EventQueue::default(),
+            blocks_error: None,
         }
     }
 
@@ -960,5 +965,58 @@ mod tests {
             .map(|e| e.message)
             .collect();
         assert_eq!(messages, ["sbatch: error: invalid partition", "later"]);
+    }
+
+    /// agent.json once `pred` holds for it.
+    async fn agent_json_when(
+        dir: &std::path::Path,
+        what: &str,
+        pred: impl Fn(&AgentState) -> bool,
+    ) -> AgentState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = AgentState::read(dir).filter(|s| pred(s)) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connecting_keeps_the_schedulers_error_in_agent_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        seen.queue.lock().unwrap().refuse_status = Some("squeue: the controller is down".into());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let check = async {
+            agent_json_when(dir.path(), "the scheduler's error", |s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("controller is down"))
+            })
+            .await;
+            seen.link
+                .send(LinkEvent::Connected {
+                    heartbeat_period: 1.0,
+                    max_result_bytes: None,
+                    max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                    flow_control: false,
+                    events: false,
+                })
+                .unwrap();
+            let online = agent_json_when(dir.path(), "online", |s| s.state == "online").await;
+            let _ = stop.send(Shutdown::KeepBlocks);
+            online
+        };
+        let run = running.run(async { stopped.await.unwrap_or(Shutdown::KeepBlocks) });
+        let (outcome, online) = tokio::join!(run, check);
+        outcome.unwrap();
+        let error = online.last_error.unwrap_or_default();
+        assert!(error.contains("controller is down"), "{error:?}");
     }
 }
