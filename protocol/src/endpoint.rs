@@ -899,6 +899,23 @@ mod tests {
     }
 
     #[test]
+    fn a_report_is_capped_before_the_service_keeps_it() {
+        let block = BlockReport {
+            block_id: "b".repeat(1000),
+            job_id: "j".into(),
+            ..Default::default()
+        };
+        let mut report = EndpointReport {
+            blocks: vec![block; MAX_REPORTED_BLOCKS + 5],
+            ..Default::default()
+        };
+        report.cap();
+        assert_eq!(report.blocks.len(), MAX_REPORTED_BLOCKS);
+        assert!(report.blocks[0].block_id.len() <= MAX_EVENT_ID);
+        assert_eq!(report.blocks[0].job_id, "j");
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(from_json::<ServiceMessage>("{\"type\":\"nope\"}").is_err());
         assert!(from_json::<ServiceMessage>("\u{0}").is_err());
