@@ -8,6 +8,7 @@ pub mod credit;
 pub mod events;
 pub mod journal;
 pub mod link;
+pub mod metrics;
 pub mod pid;
 pub mod policy;
 pub mod registration;
@@ -101,6 +102,17 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     state.write(&spec.dir)?;
     let credential = credential(&spec).await?;
     state.endpoint_id = Some(credential.endpoint_id.clone());
+    let exporter = match spec.config.metrics.listen {
+        Some(addr) => {
+            let token = spec.config.metrics.token_file.as_deref();
+            let token = token.map(metrics::read_token).transpose()?;
+            Some(metrics::Exporter::start(addr, token).await?)
+        }
+        None => None,
+    };
+    state.metrics_url = exporter
+        .as_ref()
+        .map(|e| format!("http://{}/metrics", e.local_addr()));
     state.state = "connecting".into();
     state.write(&spec.dir)?;
 
@@ -181,6 +193,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         broker,
         blocks,
         link: Some(link),
+        exporter,
     }
     .run(shutdown)
     .await
@@ -199,6 +212,8 @@ struct Running<'a> {
     blocks: BlocksHandle,
     /// The service link's task, which ends once its queue is sent.
     link: Option<tokio::task::JoinHandle<()>>,
+    /// The agent's `/metrics` (`[metrics] listen`), if configured.
+    exporter: Option<metrics::Exporter>,
 }
 
 impl Running<'_> {
@@ -221,6 +236,7 @@ impl Running<'_> {
             from_service,
             broker,
             blocks,
+            exporter,
             ..
         } = self;
         let spec = agent.spec;
@@ -296,6 +312,15 @@ impl Running<'_> {
                         blocks: state.blocks.clone(),
                     };
                     let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
+                    if let Some(exporter) = exporter {
+                        exporter.update(metrics::Figures {
+                            load: agent.load.clone(),
+                            blocks: state.blocks.clone(),
+                            outstanding: agent.journal.outstanding(),
+                            connected: state.state == "online",
+                            now: hpfaas_protocol::task::now_unix(),
+                        });
+                    }
                 }
                 _ = resend.tick() => match agent.journal.stale() {
                     Ok(stale) if !stale.is_empty() => {
@@ -491,6 +516,11 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         // In the endpoint's directory, which batch jobs see too (shared $HPFAAS_HOME).
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
+    }
+    // Checked when the configuration was read; a file changed since is
+    // the next start's to refuse.
+    if let Ok(Some(container)) = engine.container() {
+        argv.extend(container.manager_args());
     }
     if engine.shell_output_limit != crate::config::DEFAULT_SHELL_OUTPUT_LIMIT {
         argv.extend([
@@ -860,6 +890,7 @@ mod tests {
             broker,
             blocks,
             link: None,
+            exporter: None,
         };
         (running, seen)
     }

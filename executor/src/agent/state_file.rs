@@ -1,5 +1,5 @@
 //! `agent.json` in the endpoint directory: how a running agent looks from
-//! outside (pid, connection state, last error). The agent rewrites it on
+//! outside (pid, connection state, last error, where its metrics are). The agent rewrites it on
 //! every change; `hpfaas endpoint start|stop|list|status` read it.
 
 use std::path::Path;
@@ -32,6 +32,9 @@ pub struct AgentState {
     /// The endpoint's recent events, oldest first.
     #[serde(default)]
     pub events: Vec<hpfaas_protocol::endpoint::EndpointEvent>,
+    /// Where the agent serves Prometheus `/metrics` (`[metrics] listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
 }
 
 impl AgentState {

@@ -15,7 +15,7 @@ mod read;
 mod results;
 mod submit;
 #[cfg(test)]
-mod test_fixture;
+pub(crate) mod test_fixture;
 
 pub use dispatch_page::{dispatch_page, DispatchPage, Frame, PageLimits};
 pub use read::{
