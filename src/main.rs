@@ -9,6 +9,8 @@ mod completions;
 mod configure;
 mod connection_limits;
 mod dashboard;
+mod endpoint_logs;
+mod endpoint_status;
 mod global;
 mod man;
 mod output;
@@ -216,15 +218,11 @@ enum EndpointCommand {
         #[arg(add = completions::endpoint_names())]
         name: String,
     },
-    /// Show one endpoint, locally and as the service sees it.
-    Status {
-        /// Endpoint name.
-        #[arg(add = completions::endpoint_names())]
-        name: String,
-        /// Same as --output json (kept for scripts written before it).
-        #[arg(long, hide = true)]
-        json: bool,
-    },
+    /// Show one endpoint, locally and as the service sees it: its agent,
+    /// blocks and recent events.
+    Status(endpoint_status::StatusArgs),
+    /// Print the agent's endpoint.log, or a block's output.
+    Logs(endpoint_logs::LogsArgs),
 }
 
 #[derive(clap::Args)]
@@ -629,85 +627,8 @@ fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
                 output::print_table(&["NAME", "ENDPOINT ID", "STATE", "BLOCKS"], &table)?;
             }
         }
-        EndpointCommand::Status { name, json } => {
-            let local = lifecycle::describe(&name)?;
-            let remote = lifecycle::service_status(&name);
-            if json || format == Format::Json {
-                let remote = match &remote {
-                    Ok(v) => v.clone(),
-                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-                };
-                output::print_json(&serde_json::json!({"local": local, "service": remote}))?;
-            } else {
-                let mut rows = vec![
-                    vec!["name".into(), local.name.clone()],
-                    vec![
-                        "endpoint id".into(),
-                        local.endpoint_id.clone().unwrap_or_else(|| "-".into()),
-                    ],
-                    vec!["agent".into(), local.state.clone()],
-                    vec!["blocks".into(), local.active_blocks.to_string()],
-                    vec![
-                        "last error".into(),
-                        local.last_error.clone().unwrap_or_else(|| "-".into()),
-                    ],
-                ];
-                match remote {
-                    Ok(v) => {
-                        rows.push(vec![
-                            "service says".into(),
-                            v["status"].as_str().unwrap_or("?").to_string(),
-                        ]);
-                        if let Some(details) = v["details"].as_object() {
-                            for (k, val) in details {
-                                rows.push(vec![
-                                    k.replace('_', " "),
-                                    val.to_string().trim_matches('"').to_string(),
-                                ]);
-                            }
-                        }
-                    }
-                    Err(e) => rows.push(vec!["service says".into(), format!("unreachable: {e:#}")]),
-                }
-                output::print_table(&["FIELD", "VALUE"], &rows)?;
-                if !local.blocks.is_empty() {
-                    output::line("")?;
-                    let now = hpfaas_protocol::task::now_unix();
-                    let blocks: Vec<Vec<String>> = local
-                        .blocks
-                        .iter()
-                        .map(|b| {
-                            vec![
-                                b.block_id.clone(),
-                                b.job_id.clone(),
-                                b.provider.clone(),
-                                b.state.clone(),
-                                b.nodes.to_string(),
-                                b.managers.to_string(),
-                                format!("{:.0}s", (now - b.submitted_at).max(0.0)),
-                                b.deadline
-                                    .map(|d| (d - now).max(0.0))
-                                    .map(|r| format!("{r:.0}s"))
-                                    .unwrap_or_else(|| "-".into()),
-                            ]
-                        })
-                        .collect();
-                    output::print_table(
-                        &[
-                            "BLOCK",
-                            "JOB ID",
-                            "SCHEDULER",
-                            "STATE",
-                            "NODES",
-                            "MANAGERS",
-                            "AGE",
-                            "WALLTIME LEFT",
-                        ],
-                        &blocks,
-                    )?;
-                }
-            }
-        }
+        EndpointCommand::Status(args) => endpoint_status::run(&args, format)?,
+        EndpointCommand::Logs(args) => endpoint_logs::run(&args, format)?,
     }
     Ok(())
 }

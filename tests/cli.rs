@@ -392,7 +392,7 @@ fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
         let status = json_out(&json(&["status", "cli-json"]));
         (!status["local"]["blocks"].as_array()?.is_empty()).then_some(status)
     });
-    has_keys(&status, &["local", "service"]);
+    has_keys(&status, &["blocks", "events", "local", "service"]);
     has_keys(&status["local"], ENDPOINT_ROW);
     has_keys(
         &status["local"]["blocks"][0],
@@ -403,7 +403,9 @@ fn endpoint_start_prints_the_endpoint_id_alone_as_json() {
             "state",
             "nodes",
             "managers",
+            "workers",
             "submitted_at",
+            "started_at",
             "deadline",
         ],
     );

@@ -356,13 +356,19 @@ pub fn list() -> anyhow::Result<Vec<EndpointRow>> {
 
 /// Asks the service for the endpoint's status using its credential.
 pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
+    service_get(name, "/v2/endpoints/{id}/status")
+}
+
+/// GETs `path` (`{id}` standing for the endpoint's id) from the service
+/// the endpoint registered with, using its credential.
+pub fn service_get(name: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let dir = endpoint_dir(name)?;
     let c = registration::load(&dir)?
         .with_context(|| format!("endpoint {name} has never registered"))?;
     let url = format!(
-        "{}/v2/endpoints/{}/status",
+        "{}{}",
         c.service_url.trim_end_matches('/'),
-        c.endpoint_id
+        path.replace("{id}", &c.endpoint_id)
     );
     let ca_file = load_config(&dir.join("config.toml"))
         .ok()

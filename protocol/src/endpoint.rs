@@ -48,6 +48,11 @@ pub enum AgentMessage {
         /// every queued task.
         #[serde(default)]
         flow_control: bool,
+        /// The agent reports endpoint events ([`AgentMessage::Events`])
+        /// once the service's welcome says it takes them. Older agents
+        /// (`false`) send none.
+        #[serde(default)]
+        events: bool,
     },
     /// These tasks are journaled by the agent; the service stops re-sending
     /// them on this connection and marks them `waiting-for-launch`.
@@ -78,6 +83,14 @@ pub enum AgentMessage {
         /// What the endpoint has right now.
         status: EndpointReport,
     },
+    /// What happened to the endpoint's blocks and managers since the last
+    /// such frame, oldest first; at most [`MAX_EVENTS_PER_FRAME`]. Sent only
+    /// to a service whose welcome said `events`; the service keeps the
+    /// last few hundred per endpoint.
+    Events {
+        /// The events.
+        events: Vec<EndpointEvent>,
+    },
 }
 
 /// A frame from the service to the endpoint agent.
@@ -105,6 +118,11 @@ pub enum ServiceMessage {
         /// sends none then.
         #[serde(default)]
         flow_control: bool,
+        /// The service stores [`AgentMessage::Events`] (the hello said it
+        /// sends them). An older service says nothing and would close the
+        /// link on an events frame: the agent sends none then.
+        #[serde(default)]
+        events: bool,
     },
     /// The connection is refused; the agent reports `reason` and stops.
     Refused {
@@ -151,6 +169,176 @@ pub struct EndpointReport {
     pub outstanding_tasks: u64,
     /// Blocks (pilot jobs) alive or starting.
     pub active_blocks: u32,
+    /// Each of those blocks. Missing from older agents (empty); older
+    /// services ignore it.
+    #[serde(default)]
+    pub blocks: Vec<BlockReport>,
+}
+
+/// Most blocks a heartbeat's report is taken with; the rest are dropped.
+pub const MAX_REPORTED_BLOCKS: usize = 1024;
+
+impl EndpointReport {
+    /// Bounds what an agent's report may hold in the service's memory: at
+    /// most [`MAX_REPORTED_BLOCKS`] blocks, their words cut to 128 bytes.
+    pub fn cap(&mut self) {
+        self.blocks.truncate(MAX_REPORTED_BLOCKS);
+        for b in &mut self.blocks {
+            for word in [
+                &mut b.block_id,
+                &mut b.job_id,
+                &mut b.provider,
+                &mut b.state,
+            ] {
+                truncate(word, MAX_EVENT_ID);
+            }
+        }
+    }
+}
+
+/// One block (pilot job) as the endpoint reports it, in `agent.json` and
+/// in heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockReport {
+    /// Block id, unique within the endpoint.
+    pub block_id: String,
+    /// The batch system's job id (`-` when unknown).
+    pub job_id: String,
+    /// Provider name (`slurm`, `local`, ..., `external` for a block the
+    /// endpoint did not submit).
+    pub provider: String,
+    /// `pending`, `running` or `draining`.
+    pub state: String,
+    /// Nodes requested.
+    pub nodes: u32,
+    /// Connected managers.
+    pub managers: u32,
+    /// Worker slots of those managers.
+    #[serde(default)]
+    pub workers: u32,
+    /// When it was submitted (or first seen), Unix seconds. Times, not ages,
+    /// so `agent.json` changes only when a block does, not every tick.
+    pub submitted_at: f64,
+    /// When its first manager connected, Unix seconds.
+    #[serde(default)]
+    pub started_at: Option<f64>,
+    /// When its walltime ends (Unix seconds), when known.
+    pub deadline: Option<f64>,
+}
+
+/// What happened, in an [`EndpointEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The scheduler took a block's job.
+    BlockSubmitted,
+    /// A block's first manager connected.
+    BlockRunning,
+    /// A block could not be submitted, or its job failed; the message is
+    /// the scheduler's own (e.g. sbatch's stderr).
+    BlockFailed,
+    /// A block's job ended without an error (e.g. it completed).
+    BlockEnded,
+    /// A block entered its drain period (its walltime is near).
+    BlockDraining,
+    /// The endpoint cancelled a block (idle, or the endpoint stopped).
+    BlockCancelled,
+    /// A scheduler command other than a submit failed (status, cancel).
+    SchedulerError,
+    /// A manager stopped answering and was given up.
+    ManagerLost,
+    /// The agent connected to the service (recorded by the service).
+    AgentConnected,
+    /// The agent's connection ended (recorded by the service).
+    AgentDisconnected,
+}
+
+impl EventKind {
+    /// The kind's name on the wire and in the service's database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::BlockSubmitted => "block_submitted",
+            EventKind::BlockRunning => "block_running",
+            EventKind::BlockFailed => "block_failed",
+            EventKind::BlockEnded => "block_ended",
+            EventKind::BlockDraining => "block_draining",
+            EventKind::BlockCancelled => "block_cancelled",
+            EventKind::SchedulerError => "scheduler_error",
+            EventKind::ManagerLost => "manager_lost",
+            EventKind::AgentConnected => "agent_connected",
+            EventKind::AgentDisconnected => "agent_disconnected",
+        }
+    }
+}
+
+/// One thing that happened to an endpoint's blocks, managers or link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointEvent {
+    /// When, Unix seconds.
+    pub time: f64,
+    /// What.
+    pub kind: EventKind,
+    /// The block it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_id: Option<String>,
+    /// The block's job id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Details in words: the scheduler's message for a failure.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Most events in one [`AgentMessage::Events`] frame.
+pub const MAX_EVENTS_PER_FRAME: usize = 256;
+/// Longest event message kept, bytes; a longer one is cut, saying so.
+pub const MAX_EVENT_MESSAGE: usize = 4096;
+/// Longest block or job id in an event, bytes.
+const MAX_EVENT_ID: usize = 128;
+
+impl EndpointEvent {
+    /// An event at `time` with no block.
+    pub fn new(time: f64, kind: EventKind, message: impl Into<String>) -> Self {
+        EndpointEvent {
+            time,
+            kind,
+            block_id: None,
+            job_id: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same event about `block_id` (job `job_id`, when known).
+    pub fn block(mut self, block_id: &str, job_id: Option<&str>) -> Self {
+        self.block_id = Some(block_id.to_string());
+        self.job_id = job_id.map(str::to_string);
+        self
+    }
+}
+
+/// Checks an events frame from an agent: its size, and each event's time
+/// and ids; an over-long message is cut. The error says what was wrong.
+pub fn check_events(events: &mut [EndpointEvent]) -> Result<(), String> {
+    if events.len() > MAX_EVENTS_PER_FRAME {
+        return Err(format!(
+            "an events frame carries {} events, more than {MAX_EVENTS_PER_FRAME}",
+            events.len()
+        ));
+    }
+    for (i, e) in events.iter_mut().enumerate() {
+        if !e.time.is_finite() || e.time < 0.0 {
+            return Err(format!("event {i} has time {}, not Unix seconds", e.time));
+        }
+        for (what, id) in [("block_id", &e.block_id), ("job_id", &e.job_id)] {
+            if id.as_ref().is_some_and(|id| id.len() > MAX_EVENT_ID) {
+                return Err(format!(
+                    "event {i} has a {what} longer than {MAX_EVENT_ID} bytes"
+                ));
+            }
+        }
+        truncate(&mut e.message, MAX_EVENT_MESSAGE);
+    }
+    Ok(())
 }
 
 /// Tasks of which some carry a blob ([`TaskSpec::blob`]): the service sends
@@ -475,6 +663,7 @@ mod tests {
                 allowed_functions: vec![id],
                 json_only: true,
                 flow_control: false,
+                events: false,
             },
             AgentMessage::Ack { task_ids: vec![id] },
             AgentMessage::Credit { tasks: 512 },
@@ -509,6 +698,7 @@ mod tests {
             allowed_functions: vec![],
             json_only: false,
             flow_control: false,
+            events: false,
         });
         assert!(hello.starts_with("{\"type\":\"hello\""), "{hello}");
     }
@@ -526,6 +716,7 @@ mod tests {
                 allowed_functions: vec![],
                 json_only: false,
                 flow_control: false,
+                events: false,
             }
         );
         // A welcome from a service that predates the limits and flow control.
@@ -538,6 +729,7 @@ mod tests {
                 max_result_bytes: None,
                 max_message_bytes: None,
                 flow_control: false,
+                events: false,
             }
         );
         let id = Uuid::new_v4();
@@ -697,6 +889,82 @@ mod tests {
         };
         let left = 10_000 - exception.message.len() - exception.traceback.len();
         assert!(output(&results[2]).len() <= left + 128);
+    }
+
+    #[test]
+    fn events_and_blocks_round_trip_and_older_frames_still_parse() {
+        let events = AgentMessage::Events {
+            events: vec![
+                EndpointEvent::new(
+                    1.5,
+                    EventKind::BlockFailed,
+                    "sbatch: error: invalid partition",
+                )
+                .block("3", None),
+                EndpointEvent::new(2.0, EventKind::BlockSubmitted, "").block("4", Some("77")),
+            ],
+        };
+        let text = to_json(&events);
+        assert!(text.contains(r#""kind":"block_failed""#), "{text}");
+        assert_eq!(from_json::<AgentMessage>(&text).unwrap(), events);
+        let beat = AgentMessage::Heartbeat {
+            status: EndpointReport {
+                active_blocks: 1,
+                blocks: vec![BlockReport {
+                    block_id: "4".into(),
+                    job_id: "77".into(),
+                    state: "running".into(),
+                    started_at: Some(3.0),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        };
+        assert_eq!(from_json::<AgentMessage>(&to_json(&beat)).unwrap(), beat);
+        // A heartbeat from an agent that predates blocks.
+        let old = r#"{"type":"heartbeat","status":{"managers":1,"total_workers":2,
+            "idle_workers":2,"outstanding_tasks":0,"active_blocks":1}}"#;
+        let AgentMessage::Heartbeat { status } = from_json(old).unwrap() else {
+            panic!()
+        };
+        assert!(status.blocks.is_empty());
+        // A kind this service does not know is a malformed frame.
+        let unknown = r#"{"type":"events","events":[{"time":1,"kind":"exploded"}]}"#;
+        let err = from_json::<AgentMessage>(unknown).unwrap_err().to_string();
+        assert!(err.contains("exploded"), "{err}");
+    }
+
+    #[test]
+    fn events_frames_are_checked_and_long_messages_cut() {
+        let event = |message: String| EndpointEvent::new(1.0, EventKind::BlockFailed, message);
+        let mut ok = vec![event("é".repeat(MAX_EVENT_MESSAGE))];
+        check_events(&mut ok).unwrap();
+        assert!(ok[0].message.len() <= MAX_EVENT_MESSAGE);
+        assert!(ok[0].message.contains("cut at"), "{}", ok[0].message);
+        let mut many = vec![event(String::new()); MAX_EVENTS_PER_FRAME + 1];
+        let err = check_events(&mut many).unwrap_err();
+        assert!(err.contains("257 events"), "{err}");
+        let mut bad_time = vec![EndpointEvent::new(f64::NAN, EventKind::BlockEnded, "")];
+        assert!(check_events(&mut bad_time).unwrap_err().contains("time"));
+        let mut long_id = vec![event(String::new()).block(&"9".repeat(200), None)];
+        assert!(check_events(&mut long_id).unwrap_err().contains("block_id"));
+    }
+
+    #[test]
+    fn a_report_is_capped_before_the_service_keeps_it() {
+        let block = BlockReport {
+            block_id: "b".repeat(1000),
+            job_id: "j".into(),
+            ..Default::default()
+        };
+        let mut report = EndpointReport {
+            blocks: vec![block; MAX_REPORTED_BLOCKS + 5],
+            ..Default::default()
+        };
+        report.cap();
+        assert_eq!(report.blocks.len(), MAX_REPORTED_BLOCKS);
+        assert!(report.blocks[0].block_id.len() <= MAX_EVENT_ID);
+        assert_eq!(report.blocks[0].job_id, "j");
     }
 
     #[test]

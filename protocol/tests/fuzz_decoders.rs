@@ -156,6 +156,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     allowed_functions,
                     json_only,
                     flow_control: !json_only,
+                    events: json_only,
                 }
             }),
         prop::collection::vec(uuid(), 0..4).prop_map(|task_ids| AgentMessage::Ack { task_ids }),
@@ -170,7 +171,16 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                 idle_workers: w / 2,
                 outstanding_tasks: o,
                 active_blocks: m,
+                blocks: vec![],
             },
+        }),
+        (".{0,8}", ".{0,20}", any::<u32>()).prop_map(|(block, message, t)| AgentMessage::Events {
+            events: vec![hpfaas_protocol::endpoint::EndpointEvent::new(
+                f64::from(t),
+                hpfaas_protocol::endpoint::EventKind::BlockFailed,
+                message,
+            )
+            .block(&block, None)],
         }),
     ]
 }
@@ -191,6 +201,7 @@ fn service_message() -> impl Strategy<Value = ServiceMessage> {
                         max_result_bytes,
                         max_message_bytes,
                         flow_control: max_result_bytes.is_some(),
+                        events: max_message_bytes.is_some(),
                     }
                 }
             ),

@@ -30,7 +30,10 @@ use axum::extract::State;
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use hpfaas_protocol::endpoint::{cap_results, from_json, to_json, AgentMessage, ServiceMessage};
+use hpfaas_protocol::endpoint::{
+    cap_results, check_events, from_json, to_json, AgentMessage, EndpointEvent, EventKind,
+    ServiceMessage,
+};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome, TaskResult, TaskState};
 use hpfaas_protocol::{version_mismatch, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -39,6 +42,7 @@ use uuid::Uuid;
 use crate::auth::{self, Caller};
 use crate::db::cancel as db_cancel;
 use crate::db::catalog::{self, EndpointPolicy};
+use crate::db::events as db_events;
 use crate::db::tasks::{self as db_tasks, Frame, PageLimits};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
@@ -175,6 +179,7 @@ struct Hello {
     pid: u32,
     policy: EndpointPolicy,
     flow_control: bool,
+    events: bool,
 }
 
 /// Reads the hello; `None` when the connection was closed or refused.
@@ -217,6 +222,7 @@ async fn handshake(
             allowed_functions,
             json_only,
             flow_control,
+            events,
         }) => {
             if version != PROTOCOL_VERSION {
                 refuse(
@@ -238,6 +244,7 @@ async fn handshake(
                     pid,
                     policy,
                     flow_control,
+                    events,
                 },
             ))
         }
@@ -277,6 +284,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         pid,
         policy,
         flow_control,
+        events,
     } = hello;
     let claim = match state.live.claim(endpoint, &host, pid) {
         Ok(claim) => claim,
@@ -312,11 +320,14 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         max_result_bytes: Some(state.config.max_result_bytes as u64),
         max_message_bytes: Some(max_message_bytes(&state.config) as u64),
         flow_control,
+        events,
     };
     if socket.send(text(&welcome)).await.is_err() {
         return;
     }
     tracing::info!(%endpoint, %host, pid, allowed_functions = allowed, json_only, "endpoint agent connected");
+    let connected = format!("the agent connected from host {host} (pid {pid})");
+    record_event(&state, endpoint, EventKind::AgentConnected, connected);
 
     let (sink, stream) = socket.split();
     let (out, out_rx) = mpsc::channel(16);
@@ -345,6 +356,11 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     dispatcher.abort();
     // Offline as soon as the connection is over, not after the close dance.
     drop(claim);
+    let why = match &end {
+        End::Close(_, reason) => format!("the service closed the link: {reason}"),
+        End::Gone(why) => format!("the link ended: {why}"),
+    };
+    record_event(&state, endpoint, EventKind::AgentDisconnected, why);
     let close = match &end {
         End::Close(code, reason) => {
             tracing::info!(%endpoint, %host, pid, %reason, "endpoint agent disconnected by the service");
@@ -363,6 +379,18 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     .await;
     if finished.is_err() {
         tracing::debug!(%endpoint, "endpoint socket did not close in time; dropping it");
+    }
+}
+
+/// Stores one event the service itself saw (the agent's link), without
+/// waiting: an event lost to a stopping writer is only a line of history.
+fn record_event(state: &AppState, endpoint: Uuid, kind: EventKind, message: String) {
+    let event = EndpointEvent::new(crate::time::now(), kind, message);
+    let stored = state.db.enqueue_lazy(move |c, _| {
+        db_events::insert(c, endpoint, std::slice::from_ref(&event), db_events::KEPT)
+    });
+    if let Err(e) = stored {
+        tracing::debug!(%endpoint, error = %e.message, "endpoint event not stored");
     }
 }
 
@@ -719,11 +747,29 @@ async fn handle(
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, add);
             agent.claim.wake().notify_one();
         }
-        AgentMessage::Heartbeat { status } => agent.claim.heartbeat(status),
+        AgentMessage::Heartbeat { mut status } => {
+            status.cap();
+            agent.claim.heartbeat(status)
+        }
+        AgentMessage::Events { mut events } if !events.is_empty() => {
+            if let Err(why) = check_events(&mut events) {
+                tracing::warn!(%endpoint, %why, "bad events frame from endpoint agent");
+                return Err(End::Close(
+                    close_code::POLICY,
+                    format!("bad events frame: {why}"),
+                ));
+            }
+            // One write per frame of events; nobody waits for it.
+            state
+                .db
+                .enqueue_lazy(move |c, _| db_events::insert(c, endpoint, &events, db_events::KEPT))
+                .map_err(shutting_down)?;
+        }
         AgentMessage::Ack { .. }
         | AgentMessage::States { .. }
         | AgentMessage::Results { .. }
-        | AgentMessage::Credit { .. } => {}
+        | AgentMessage::Credit { .. }
+        | AgentMessage::Events { .. } => {}
     }
     Ok(())
 }

@@ -379,6 +379,7 @@ mod tests {
                     idle_workers: 1,
                     outstanding_tasks: 3,
                     active_blocks: 1,
+                    ..Default::default()
                 },
             )],
             open_streams: 1,

@@ -17,6 +17,7 @@ fn online_with_flow_control(svc: &TestService, ep: &str, credential: &str) -> Ag
         allowed_functions: vec![],
         json_only: false,
         flow_control: true,
+        events: false,
     });
     match agent.recv() {
         Some(ServiceMessage::Welcome { flow_control, .. }) => {

@@ -171,10 +171,12 @@ fn a_shared_endpoint_takes_submits_from_the_named_users_only() {
     agent.recv_result_ack();
     assert_eq!(bob.task(&bt.to_string())["result"], "done");
 
-    // Bob cannot manage the endpoint nor use alice's function.
+    // Bob sees whether it runs and why not (its status and events)...
+    assert_eq!(bob.endpoint_status(&ep)["status"], "online");
+    bob.get(&format!("/v3/endpoints/{ep}/events")).ok();
+    // ...but cannot manage the endpoint nor use alice's function.
     for (method, path) in [
         ("GET", format!("/v2/endpoints/{ep}")),
-        ("GET", format!("/v2/endpoints/{ep}/status")),
         ("DELETE", format!("/v2/endpoints/{ep}")),
     ] {
         bob.call(method, &path).error(404, "not_found");
@@ -205,6 +207,11 @@ fn a_shared_endpoint_takes_submits_from_the_named_users_only() {
         &json!({"tasks": {bf.clone(): ["again"]}}),
     )
     .error(403, "forbidden");
+    // And what bob could read of it.
+    bob.get(&format!("/v2/endpoints/{ep}/status"))
+        .error(404, "not_found");
+    bob.get(&format!("/v3/endpoints/{ep}/events"))
+        .error(404, "not_found");
     alice
         .post(&share, &json!({"users": [""]}))
         .error(400, "bad_request");
@@ -294,6 +301,7 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         ("GET", "/v2/endpoints") | ("GET", "/v3/service/status") => vec![(path.into(), None)],
         ("GET" | "DELETE", "/v2/endpoints/{id}")
         | ("GET", "/v2/endpoints/{id}/status")
+        | ("GET", "/v3/endpoints/{id}/events")
         | ("GET", "/v3/endpoints/{id}/connect") => vec![(at(&victim.endpoint), None)],
         ("POST" | "DELETE", "/v3/endpoints/{id}/share") => {
             vec![(at(&victim.endpoint), Some(json!({"users": ["mallory"]})))]
@@ -341,6 +349,7 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
             | ("GET", "/v3/service/status", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
+            | ("GET", "/v3/endpoints/{id}/events", "victim credential")
             | ("GET", "/v3/endpoints/{id}/connect", "victim credential")
     )
 }

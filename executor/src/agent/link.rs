@@ -31,6 +31,8 @@ pub enum LinkEvent {
         max_message_bytes: usize,
         /// The service honours credit: the agent must grant it.
         flow_control: bool,
+        /// The service stores endpoint events: the agent may send them.
+        events: bool,
     },
     /// A frame from the service.
     Message(ServiceMessage),
@@ -72,16 +74,19 @@ impl From<AgentMessage> for Outgoing {
 
 /// Frames queued while disconnected are dropped: results are re-sent from
 /// the journal on reconnect, and the service re-sends unacknowledged tasks.
+/// The task ends once the sender is dropped and what was queued is sent
+/// (or at once while disconnected).
 pub fn spawn(
     target: LinkTarget,
 ) -> (
     mpsc::UnboundedSender<Outgoing>,
     mpsc::UnboundedReceiver<LinkEvent>,
+    tokio::task::JoinHandle<()>,
 ) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(target, out_rx, ev_tx));
-    (out_tx, ev_rx)
+    let task = tokio::spawn(run(target, out_rx, ev_tx));
+    (out_tx, ev_rx, task)
 }
 
 enum Ended {
@@ -109,9 +114,19 @@ async fn run(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Frames queued meanwhile are dropped; a stopping agent (its
+        // sender gone) is not kept waiting for the back-off.
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                frame = outgoing.recv() => if frame.is_none() {
+                    return;
+                },
+            }
+        }
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        while outgoing.try_recv().is_ok() {}
     }
 }
 
@@ -206,6 +221,7 @@ async fn connect_and_serve(
         json_only: target.json_only,
         // The agent grants credit (agent::credit) once welcomed.
         flow_control: true,
+        events: true,
     };
     if let Err(e) = ws.send(Message::text(to_json(&hello))).await {
         return Ended::Retry(format!("cannot send hello: {e}"));
@@ -217,11 +233,13 @@ async fn connect_and_serve(
                 max_result_bytes,
                 max_message_bytes,
                 flow_control,
+                events,
                 ..
             }) => LinkEvent::Connected {
                 heartbeat_period,
                 max_result_bytes,
                 flow_control,
+                events,
                 max_message_bytes: max_message_bytes.map_or(DEFAULT_MAX_MESSAGE_BYTES, |m| {
                     usize::try_from(m).unwrap_or(usize::MAX)
                 }),
@@ -393,5 +411,29 @@ mod tests {
             "wss://faas.example.org/v3/endpoints/e/connect"
         );
         assert!(websocket_url("faas.example.org", "e").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_link_ends_when_its_agent_drops_it_even_while_reconnecting() {
+        // Nothing listens there: every attempt fails and the link backs off.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let (to_service, mut events, task) = spawn(LinkTarget {
+            service_url: format!("http://127.0.0.1:{port}"),
+            endpoint_id: "e".into(),
+            credential: "c".into(),
+            allowed_functions: vec![],
+            json_only: false,
+        });
+        match events.recv().await {
+            Some(LinkEvent::Disconnected(why)) => assert!(why.contains("cannot reach"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        drop(to_service);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the link kept reconnecting for an agent that had stopped")
+            .unwrap();
     }
 }

@@ -358,6 +358,7 @@ mod tests {
             managers: 1,
             submitted_at: 0.0,
             deadline,
+            ..Default::default()
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod credit;
+pub mod events;
 pub mod journal;
 pub mod link;
 pub mod metrics;
@@ -19,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hpfaas_protocol::endpoint::{
-    cap_results, result_frames, AgentMessage, EndpointReport, ServiceMessage,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    cap_results, result_frames, AgentMessage, EndpointEvent, EndpointReport, EventKind,
+    ServiceMessage, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use hpfaas_protocol::task::{FunctionCode, TaskResult, TaskSpec};
 use hpfaas_scheduler_adapters::ProviderKind;
@@ -33,6 +34,7 @@ use crate::config::mpi_launcher::MpiLauncher;
 use crate::config::EndpointConfig;
 use crate::strategy::Scaling;
 use blocks::{BlocksEvent, BlocksHandle, BlocksSetup};
+use events::EventQueue;
 use journal::Journal;
 use link::{LinkEvent, LinkTarget, Outgoing};
 use state_file::AgentState;
@@ -169,7 +171,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     let setup = blocks_setup(&spec, &broker.url)?;
     let strategy_need = credit::strategy_need(&setup.scaling);
     let blocks = BlocksHandle::start(setup)?;
-    let (to_service, from_service) = link::spawn(LinkTarget {
+    let (to_service, from_service, link) = link::spawn(LinkTarget {
         service_url: spec.service_url.clone(),
         endpoint_id: credential.endpoint_id.clone(),
         credential: credential.credential.clone(),
@@ -190,11 +192,16 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         from_service,
         broker,
         blocks,
+        link: Some(link),
         exporter,
     }
     .run(shutdown)
     .await
 }
+
+/// How long a stopping agent waits for its last frames (the blocks'
+/// cancel events) to reach the service.
+const LINK_FLUSH: Duration = Duration::from_secs(3);
 
 /// The agent once its broker, blocks and service link run.
 struct Running<'a> {
@@ -203,6 +210,8 @@ struct Running<'a> {
     from_service: mpsc::UnboundedReceiver<LinkEvent>,
     broker: BrokerHandle,
     blocks: BlocksHandle,
+    /// The service link's task, which ends once its queue is sent.
+    link: Option<tokio::task::JoinHandle<()>>,
     /// The agent's `/metrics` (`[metrics] listen`), if configured.
     exporter: Option<metrics::Exporter>,
 }
@@ -228,6 +237,7 @@ impl Running<'_> {
             broker,
             blocks,
             exporter,
+            ..
         } = self;
         let spec = agent.spec;
         let engine = &spec.config.engine;
@@ -239,7 +249,7 @@ impl Running<'_> {
         loop {
             tokio::select! {
                 event = from_service.recv() => match event {
-                    Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control }) => {
+                    Some(LinkEvent::Connected { heartbeat_period, max_result_bytes, max_message_bytes, flow_control, events }) => {
                         if let Some(limit) = max_result_bytes {
                             agent.max_result_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
                         }
@@ -247,6 +257,8 @@ impl Running<'_> {
                         // Credit starts again from nothing on every connection;
                         // a service without flow control gets none.
                         (agent.connected, agent.granted) = (flow_control, 0);
+                        agent.events_link = events;
+                        agent.send_events();
                         tracing::info!("connected to {}", spec.service_url);
                         // The service drops agents that miss its heartbeats, so
                         // never beat slower than it asks, whatever the engine's period.
@@ -255,7 +267,8 @@ impl Running<'_> {
                         agent.resend_results()?;
                         agent.grant_credit();
                         state.state = "online".into();
-                        state.last_error = None;
+                        // The connection's error is over; the scheduler's is not.
+                        state.last_error = agent.blocks_error.clone();
                         publish(state, &spec.dir);
                     }
                     Some(LinkEvent::Message(message)) => {
@@ -263,7 +276,7 @@ impl Running<'_> {
                         agent.grant_credit();
                     }
                     Some(LinkEvent::Disconnected(why)) => {
-                        agent.connected = false;
+                        (agent.connected, agent.events_link) = (false, false);
                         tracing::warn!("disconnected from the service: {why}");
                         state.state = "connecting".into();
                         state.last_error = Some(why);
@@ -284,6 +297,10 @@ impl Running<'_> {
                     }
                     agent.on_broker_events(events)?;
                     agent.grant_credit();
+                    if let Some(recent) = agent.events.take_changed() {
+                        state.events = recent;
+                        publish(state, &spec.dir);
+                    }
                 }
                 _ = heartbeat.tick() => {
                     let status = EndpointReport {
@@ -292,6 +309,7 @@ impl Running<'_> {
                         idle_workers: agent.load.idle_workers,
                         outstanding_tasks: agent.journal.outstanding(),
                         active_blocks: state.blocks.len() as u32,
+                        blocks: state.blocks.clone(),
                     };
                     let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
                     if let Some(exporter) = exporter {
@@ -317,9 +335,15 @@ impl Running<'_> {
                     BlocksEvent::Ended(b) => {
                         let _ = agent.broker.send(BrokerCommand::BlockEnded { block_id: b.block_id, reason: b.reason });
                     }
-                    BlocksEvent::Status { blocks: list, last_error } => {
+                    BlocksEvent::Status { blocks: list, last_error, events } => {
+                        agent.record_events(events);
+                        let recent = agent.events.take_changed();
+                        agent.blocks_error.clone_from(&last_error);
                         let error = last_error.or(state.last_error.clone());
-                        if list != state.blocks || error != state.last_error {
+                        if recent.is_some() || list != state.blocks || error != state.last_error {
+                            if let Some(recent) = recent {
+                                state.events = recent;
+                            }
                             state.active_blocks = list.len() as u32;
                             state.blocks = list;
                             state.last_error = error;
@@ -346,14 +370,17 @@ impl Running<'_> {
     ///   without a durable result for the next agent, and the journal keeps
     ///   the results it has not acknowledged.
     ///
-    /// `agent.json` says `stopping` either way. The error that ended the
-    /// loop is what is returned.
+    /// `agent.json` says `stopping` either way, and the events of the stop
+    /// (each block cancelled) go to the service before the link closes
+    /// (given up to [`LINK_FLUSH`]). The error that ended the loop is what
+    /// is returned.
     async fn stop(self, outcome: anyhow::Result<Shutdown>) -> anyhow::Result<()> {
         let Running {
-            agent,
+            mut agent,
             mut state,
             broker,
             blocks,
+            link,
             ..
         } = self;
         let spec = agent.spec;
@@ -375,7 +402,19 @@ impl Running<'_> {
                 tracing::info!("stopping endpoint {} and its blocks{why}", spec.name);
                 let _ = broker.commands.send(BrokerCommand::Shutdown);
                 let _ = tokio::time::timeout(Duration::from_secs(5), broker.task).await;
-                tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+                let events = tokio::task::spawn_blocking(move || blocks.cancel_all()).await?;
+                agent.record_events(events);
+                if let Some(recent) = agent.events.take_changed() {
+                    state.events = recent;
+                    let _ = state.write(&spec.dir);
+                }
+            }
+        }
+        // The link sends what is queued (the cancels' events), then closes.
+        drop(agent);
+        if let Some(link) = link {
+            if tokio::time::timeout(LINK_FLUSH, link).await.is_err() {
+                tracing::debug!("the service link did not close in time");
             }
         }
         outcome.map(|_| ())
@@ -564,6 +603,12 @@ struct Agent<'a> {
     granted: u64,
     /// Outstanding tasks the block strategy must see to run every block.
     strategy_need: u64,
+    /// Connected to a service that stores endpoint events.
+    events_link: bool,
+    /// Events not yet sent, and the recent ones.
+    events: EventQueue,
+    /// The blocks' last scheduler error, which outlives a reconnection.
+    blocks_error: Option<String>,
 }
 
 impl<'a> Agent<'a> {
@@ -587,6 +632,27 @@ impl<'a> Agent<'a> {
             connected: false,
             granted: 0,
             strategy_need,
+            events_link: false,
+            events: EventQueue::default(),
+            blocks_error: None,
+        }
+    }
+
+    /// Records events, and sends them if the service takes them now.
+    fn record_events(&mut self, events: Vec<EndpointEvent>) {
+        if !events.is_empty() {
+            self.events.push(events);
+            self.send_events();
+        }
+    }
+
+    /// Sends the pending events, if the service takes them; else they wait
+    /// for the next connection.
+    fn send_events(&mut self) {
+        if self.events_link {
+            for frame in self.events.frames() {
+                let _ = self.to_service.send(frame.into());
+            }
         }
     }
 
@@ -666,6 +732,15 @@ impl<'a> Agent<'a> {
                 BrokerEvent::States(more) => updates.extend(more),
                 BrokerEvent::Results(more) => results.extend(more),
                 BrokerEvent::Load(load) => self.load = load,
+                BrokerEvent::ManagerLost { block_id, why } => {
+                    let mut event = EndpointEvent::new(
+                        hpfaas_protocol::task::now_unix(),
+                        EventKind::ManagerLost,
+                        why,
+                    );
+                    event.block_id = block_id;
+                    self.record_events(vec![event]);
+                }
             }
         }
         if !updates.is_empty() {
@@ -820,6 +895,7 @@ mod tests {
             from_service,
             broker,
             blocks,
+            link: None,
             exporter: None,
         };
         (running, seen)
@@ -861,6 +937,7 @@ mod tests {
                 max_result_bytes: None,
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 flow_control: false,
+                events: false,
             })
             .unwrap();
         let outcome = running.run(std::future::pending()).await;
@@ -897,5 +974,86 @@ mod tests {
             "the broker is not told to stop (its managers stay)"
         );
         assert!(stopping(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn events_wait_for_a_service_that_said_it_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let journal = Journal::open(&dir.path().join("journal.log")).unwrap();
+        let (to_service, mut sent) = mpsc::unbounded_channel();
+        let (broker, _) = mpsc::unbounded_channel();
+        let mut agent = Agent::new(&spec, journal, to_service, broker, 0);
+        let event = |message: &str| {
+            EndpointEvent::new(1.0, EventKind::BlockFailed, message).block("0", None)
+        };
+        // Not connected, or connected to an older service: nothing is sent.
+        agent.record_events(vec![event("sbatch: error: invalid partition")]);
+        assert!(sent.try_recv().is_err());
+        // A service whose welcome said `events`: what waited goes first.
+        agent.events_link = true;
+        agent.send_events();
+        agent.record_events(vec![event("later")]);
+        let messages: Vec<String> = std::iter::from_fn(|| sent.try_recv().ok())
+            .flat_map(|frame| match frame {
+                Outgoing::Message(AgentMessage::Events { events }) => events,
+                other => panic!("{other:?}"),
+            })
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(messages, ["sbatch: error: invalid partition", "later"]);
+    }
+
+    /// agent.json once `pred` holds for it.
+    async fn agent_json_when(
+        dir: &std::path::Path,
+        what: &str,
+        pred: impl Fn(&AgentState) -> bool,
+    ) -> AgentState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = AgentState::read(dir).filter(|s| pred(s)) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connecting_keeps_the_schedulers_error_in_agent_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let (running, seen) = running(&spec);
+        seen.queue.lock().unwrap().refuse_status = Some("squeue: the controller is down".into());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let check = async {
+            agent_json_when(dir.path(), "the scheduler's error", |s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("controller is down"))
+            })
+            .await;
+            seen.link
+                .send(LinkEvent::Connected {
+                    heartbeat_period: 1.0,
+                    max_result_bytes: None,
+                    max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                    flow_control: false,
+                    events: false,
+                })
+                .unwrap();
+            let online = agent_json_when(dir.path(), "online", |s| s.state == "online").await;
+            let _ = stop.send(Shutdown::KeepBlocks);
+            online
+        };
+        let run = running.run(async { stopped.await.unwrap_or(Shutdown::KeepBlocks) });
+        let (outcome, online) = tokio::join!(run, check);
+        outcome.unwrap();
+        let error = online.last_error.unwrap_or_default();
+        assert!(error.contains("controller is down"), "{error:?}");
     }
 }

@@ -29,6 +29,9 @@ pub struct AgentState {
     /// Every live block.
     #[serde(default)]
     pub blocks: Vec<crate::agent::blocks::BlockStatus>,
+    /// The endpoint's recent events, oldest first.
+    #[serde(default)]
+    pub events: Vec<hpfaas_protocol::endpoint::EndpointEvent>,
     /// Where the agent serves Prometheus `/metrics` (`[metrics] listen`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_url: Option<String>,

@@ -115,6 +115,13 @@ pub enum BrokerEvent {
     States(Vec<(Uuid, TaskState)>),
     /// Periodic load figures.
     Load(Load),
+    /// A manager stopped answering and was given up.
+    ManagerLost {
+        /// Its block.
+        block_id: Option<String>,
+        /// Why, in words.
+        why: String,
+    },
 }
 
 /// A running broker.
@@ -348,6 +355,11 @@ impl Broker {
                 self.config.heartbeat_threshold.as_secs_f64()
             );
             tracing::warn!("declaring a manager lost: {why}");
+            let block_id = self.dispatcher.manager_block(&identity);
+            let _ = self.events.send(BrokerEvent::ManagerLost {
+                block_id,
+                why: why.clone(),
+            });
             let failed = self.dispatcher.remove_manager(&identity, &why);
             self.report(failed);
         }

@@ -176,6 +176,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN output TEXT;
     "#,
+    // 8: endpoint events: what happened to blocks, managers and agent links.
+    r#"
+    -- What happened to each endpoint's blocks, managers and agent link
+    -- (db::events), the last few hundred per endpoint. AUTOINCREMENT so a
+    -- sequence number is never handed out twice, even after the oldest
+    -- rows are deleted: readers page with ?since=SEQ.
+    CREATE TABLE endpoint_events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint_id TEXT NOT NULL,
+        time        REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        block_id    TEXT,
+        job_id      TEXT,
+        message     TEXT NOT NULL
+    );
+    CREATE INDEX endpoint_events_by_endpoint ON endpoint_events (endpoint_id, seq);
+    "#,
 ];
 
 /// The schema version this build writes.

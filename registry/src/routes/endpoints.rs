@@ -1,13 +1,17 @@
 //! `/v3/endpoints` and `/v2/endpoints/...`: registering endpoints (which
-//! issues their credentials), listing, deleting, and their live status.
+//! issues their credentials), listing, deleting, their live status (blocks
+//! included) and their recent events.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use hpfaas_protocol::endpoint::BlockReport;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::auth::{Caller, User};
-use crate::db::catalog::{self, EndpointRegistration, EndpointRow};
+use crate::db::catalog::{self, Access, EndpointRegistration, EndpointRow, Principal};
+use crate::db::events as db_events;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
 use crate::live::ConnectionDetails;
@@ -141,14 +145,11 @@ pub async fn delete(
     Ok(axum::Json(json!({"endpoint_id": id, "deleted": true})))
 }
 
-/// `GET /v2/endpoints/{id}/status`: for the owner, or the endpoint's own
-/// credential.
-pub async fn status(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    IdPath(raw): IdPath,
-) -> ApiResult<axum::Json<Value>> {
-    let id = parse_id("endpoint", &raw)?;
+/// Checks that `caller` may read endpoint `raw`'s status and events: its
+/// owner, a user it is shared with, or its own credential; anyone else
+/// gets 404, as if it did not exist.
+async fn readable(state: &AppState, caller: &Principal, raw: &str) -> ApiResult<Uuid> {
+    let id = parse_id("endpoint", raw)?;
     match caller.endpoint {
         Some(own) if own != id => {
             return Err(ApiError::forbidden(format!(
@@ -157,17 +158,85 @@ pub async fn status(
         }
         _ => {}
     }
-    let owner = state
+    let user = caller.user_id;
+    let (access, _) = state
         .db
-        .read(move |c| catalog::endpoint_owner(c, id))
+        .read(move |c| catalog::endpoint_access(c, user, id))
         .await?;
-    if owner != Some(caller.user_id) {
-        return Err(ApiError::not_found_id("endpoint", &raw));
+    if access == Access::None {
+        return Err(ApiError::not_found_id("endpoint", raw));
     }
+    Ok(id)
+}
+
+/// `GET /v2/endpoints/{id}/status`: for the owner, users it is shared
+/// with, or the endpoint's own credential.
+pub async fn status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    IdPath(raw): IdPath,
+) -> ApiResult<axum::Json<Value>> {
+    let id = readable(&state, &caller, &raw).await?;
     let (online, details) = state.live.status(id);
     Ok(axum::Json(json!({
         "status": if online { "online" } else { "offline" },
         "details": details.as_ref().map(details_json).unwrap_or_else(|| json!({})),
+    })))
+}
+
+/// Most events one `GET /v3/endpoints/{id}/events` returns, and the default.
+pub const MAX_EVENTS_LIMIT: usize = 500;
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+
+/// Query of `GET /v3/endpoints/{id}/events`, parsed by hand for clear errors.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+fn query_number(name: &str, raw: &str, max: i64) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| (0..=max).contains(n))
+        .ok_or_else(|| {
+            let shown: String = raw.chars().take(40).collect();
+            ApiError::bad_request(format!(
+                "invalid {name} {shown:?}: expected an integer from 0 to {max}"
+            ))
+        })
+}
+
+/// `GET /v3/endpoints/{id}/events?since=SEQ&limit=N`: the endpoint's
+/// events after `since`, oldest first, or without it its last ones; for
+/// whoever may read its status.
+pub async fn events(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    IdPath(raw): IdPath,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let since = query
+        .since
+        .as_deref()
+        .map(|s| query_number("since", s, i64::MAX))
+        .transpose()?;
+    let limit = match query.limit.as_deref() {
+        Some(l) => query_number("limit", l, MAX_EVENTS_LIMIT as i64)? as usize,
+        None => DEFAULT_EVENTS_LIMIT,
+    };
+    let id = readable(&state, &caller, &raw).await?;
+    let rows = state
+        .db
+        .read(move |c| db_events::list(c, id, since, limit))
+        .await?;
+    let last = rows.last().map(|r| r.seq).or(since);
+    Ok(axum::Json(json!({
+        "endpoint_id": id,
+        "events": rows,
+        "last_seq": last,
     })))
 }
 
@@ -182,5 +251,16 @@ fn details_json(d: &ConnectionDetails) -> Value {
         "idle_workers": d.report.idle_workers,
         "outstanding_tasks": d.report.outstanding_tasks,
         "active_blocks": d.report.active_blocks,
+        "blocks": d.report.blocks.iter().map(block_json).collect::<Vec<_>>(),
     })
+}
+
+/// A block as the status shows it: the agent's report, plus the walltime
+/// left now (the agent reports the deadline, which does not tick).
+fn block_json(b: &BlockReport) -> Value {
+    let mut doc = json!(b);
+    doc["walltime_left"] = json!(b
+        .deadline
+        .map(|d| (d - crate::time::now()).max(0.0).round()));
+    doc
 }

@@ -142,6 +142,17 @@ pub static ROUTES: &[Route] = &[
         handler: |m| on(m, endpoints::status),
     },
     Route {
+        method: "GET",
+        path: "/v3/endpoints/{id}/events",
+        summary: "The endpoint's recent events: blocks submitted, running, failed (with the \
+                  scheduler's message), cancelled; managers lost; the agent's link",
+        auth: Auth::UserOrEndpoint,
+        request: None,
+        response: schemas::endpoint_events,
+        produces: JSON,
+        handler: |m| on(m, endpoints::events),
+    },
+    Route {
         method: "POST",
         path: "/v3/endpoints/{id}/share",
         summary: "Share your endpoint with named users (they may submit to it)",

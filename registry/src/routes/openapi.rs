@@ -43,6 +43,18 @@ pub fn build(routes: &[Route]) -> Value {
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             }));
         }
+        if route.path.ends_with("/events") {
+            parameters.push(json!({
+                "name": "since", "in": "query", "required": false,
+                "description": "Only events after this `seq` (the `last_seq` of the previous answer).",
+                "schema": {"type": "integer", "minimum": 0},
+            }));
+            parameters.push(json!({
+                "name": "limit", "in": "query", "required": false,
+                "schema": {"type": "integer", "minimum": 0,
+                           "maximum": super::endpoints::MAX_EVENTS_LIMIT},
+            }));
+        }
         if !parameters.is_empty() {
             op["parameters"] = Value::Array(parameters);
         }
@@ -254,6 +266,22 @@ pub mod schemas {
         object(
             &["status", "details"],
             json!({"status": {"type": "string", "enum": ["online", "offline"]}, "details": any_object()}),
+        )
+    }
+
+    /// `GET /v3/endpoints/{id}/events`.
+    pub fn endpoint_events() -> Value {
+        let n = || json!({"type": "number"});
+        let opt = || json!({"type": "string", "nullable": true});
+        let event = object(
+            &["seq", "time", "kind", "message"],
+            json!({"seq": {"type": "integer"}, "time": n(), "kind": s(), "block_id": opt(),
+                   "job_id": opt(), "message": s()}),
+        );
+        object(
+            &["endpoint_id", "events", "last_seq"],
+            json!({"endpoint_id": id(), "events": {"type": "array", "items": event},
+                   "last_seq": {"type": "integer", "nullable": true}}),
         )
     }
 

@@ -560,6 +560,7 @@ impl Agent {
             allowed_functions,
             json_only,
             flow_control: false,
+            events: false,
         });
         self.recv().expect("an answer to hello")
     }

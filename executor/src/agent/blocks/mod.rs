@@ -14,6 +14,7 @@ pub mod state;
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
+use hpfaas_protocol::endpoint::EndpointEvent;
 use tokio::sync::mpsc;
 
 use crate::broker::dispatch::Load;
@@ -32,6 +33,8 @@ pub enum BlocksEvent {
         blocks: Vec<BlockStatus>,
         /// The last scheduler error (e.g. sbatch's own message), if any.
         last_error: Option<String>,
+        /// What happened in this step, oldest first.
+        events: Vec<EndpointEvent>,
     },
 }
 
@@ -68,12 +71,20 @@ impl BlocksHandle {
         let _ = self.input.send(Input::Step { outstanding, load });
     }
 
-    /// Cancels every block and waits for the thread to finish.
-    pub fn cancel_all(mut self) {
+    /// Cancels every block and waits for the thread to finish; returns
+    /// the events of the cancels (and of steps not yet received).
+    pub fn cancel_all(mut self) -> Vec<EndpointEvent> {
         let _ = self.input.send(Input::CancelAll);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        let mut events = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            if let BlocksEvent::Status { events: more, .. } = event {
+                events.extend(more);
+            }
+        }
+        events
     }
 }
 
@@ -101,10 +112,16 @@ fn run(
                 let _ = events.send(BlocksEvent::Status {
                     blocks: blocks.status(),
                     last_error: blocks.last_error().map(str::to_string),
+                    events: blocks.take_events(),
                 });
             }
             Input::CancelAll => {
-                blocks.cancel_all();
+                blocks.cancel_all(&SystemClock);
+                let _ = events.send(BlocksEvent::Status {
+                    blocks: blocks.status(),
+                    last_error: blocks.last_error().map(str::to_string),
+                    events: blocks.take_events(),
+                });
                 return;
             }
         }

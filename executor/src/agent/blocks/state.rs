@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hpfaas_protocol::endpoint::{EndpointEvent, EventKind};
 use hpfaas_scheduler_adapters::{BlockRequest, JobId, JobState, Provider};
-use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
 use super::prune;
@@ -29,27 +29,9 @@ pub struct EndedBlock {
     pub reason: String,
 }
 
-/// One block as `hpfaas endpoint status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BlockStatus {
-    /// Block id.
-    pub block_id: String,
-    /// Batch-system job id.
-    pub job_id: String,
-    /// Provider name.
-    pub provider: String,
-    /// `pending`, `running`, `draining`.
-    pub state: String,
-    /// Nodes requested.
-    pub nodes: u32,
-    /// Connected managers.
-    pub managers: u32,
-    /// When it was submitted (or first seen), Unix seconds. Times, not ages,
-    /// so `agent.json` changes only when a block does, not every tick.
-    pub submitted_at: f64,
-    /// When its walltime ends (Unix seconds), when known.
-    pub deadline: Option<f64>,
-}
+/// One block as `hpfaas endpoint status` shows it, and as the agent
+/// reports it to the service.
+pub use hpfaas_protocol::endpoint::BlockReport as BlockStatus;
 
 /// Builds the manager command line for a block id.
 pub type ManagerCommand = Box<dyn Fn(&str) -> Vec<String> + Send>;
@@ -88,8 +70,11 @@ struct Block {
     started: Instant,
     idle_since: Option<Instant>,
     managers: u32,
+    workers: u32,
     draining: bool,
     deadline: Option<f64>,
+    /// When its first manager was seen (Unix seconds).
+    started_at: Option<f64>,
 }
 
 impl Block {
@@ -100,8 +85,10 @@ impl Block {
             started: now,
             idle_since: Some(now),
             managers: 0,
+            workers: 0,
             draining: false,
             deadline: None,
+            started_at: None,
         }
     }
 }
@@ -121,6 +108,8 @@ pub struct Blocks {
     /// Blocks this endpoint did not submit whose managers joined it (a user's
     /// own job running `hpfaas manager --endpoint NAME`), with when first seen.
     external: Vec<(BlockLoad, f64)>,
+    /// What happened since the last [`Blocks::take_events`], oldest first.
+    events: Vec<EndpointEvent>,
 }
 
 impl Blocks {
@@ -151,6 +140,7 @@ impl Blocks {
             last_poll: None,
             poll_now: false,
             external: Vec::new(),
+            events: Vec::new(),
         };
         // Earlier runs' finished blocks count against the limit too.
         blocks.prune_files();
@@ -160,6 +150,19 @@ impl Blocks {
     /// The last scheduler error (e.g. sbatch's own message), if any.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// The events since the last call, oldest first: blocks submitted,
+    /// running, failed (with the scheduler's message), ended, draining,
+    /// cancelled, and failed scheduler commands.
+    pub fn take_events(&mut self) -> Vec<EndpointEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Records an event about no block in particular at `clock`'s time.
+    fn event(&mut self, clock: &dyn Clock, kind: EventKind, message: String) {
+        self.events
+            .push(EndpointEvent::new(clock.unix(), kind, message));
     }
 
     /// One scaling step: folds in the broker's `load`, polls the scheduler
@@ -186,7 +189,7 @@ impl Blocks {
         self.first = false;
         if !decision.cancel.is_empty() {
             tracing::info!("cancelling idle blocks {:?}", decision.cancel);
-            self.cancel(&decision.cancel);
+            self.cancel(&decision.cancel, "idle past max_idletime", clock);
         }
         for _ in 0..decision.submit {
             self.submit(clock);
@@ -213,7 +216,24 @@ impl Blocks {
         for b in &mut self.live {
             match load.blocks.iter().find(|l| l.block_id == b.record.block_id) {
                 Some(l) => {
+                    let block = (b.record.block_id.as_str(), Some(b.record.job_id.as_str()));
+                    if l.managers > 0 && b.started_at.is_none() {
+                        b.started_at = Some(clock.unix());
+                        let message = format!("{} manager(s) connected", l.managers);
+                        self.events.push(
+                            EndpointEvent::new(clock.unix(), EventKind::BlockRunning, message)
+                                .block(block.0, block.1),
+                        );
+                    }
+                    if l.draining && !b.draining {
+                        let message = "its walltime is near: it takes no new tasks".to_string();
+                        self.events.push(
+                            EndpointEvent::new(clock.unix(), EventKind::BlockDraining, message)
+                                .block(block.0, block.1),
+                        );
+                    }
                     b.managers = l.managers;
+                    b.workers = l.workers;
                     b.draining = l.draining;
                     b.deadline = l.deadline;
                     if l.in_hand > 0 {
@@ -225,6 +245,7 @@ impl Blocks {
                 None => {
                     self.poll_now |= b.managers > 0;
                     b.managers = 0;
+                    b.workers = 0;
                 }
             }
         }
@@ -247,6 +268,11 @@ impl Blocks {
                     "block {id} submitted as {} job {job_id}",
                     self.setup.provider.name()
                 );
+                let message = format!("submitted as {} job {job_id}", self.setup.provider.name());
+                self.events.push(
+                    EndpointEvent::new(clock.unix(), EventKind::BlockSubmitted, message)
+                        .block(&id, Some(&job_id)),
+                );
                 let record = Record {
                     block_id: id,
                     job_id,
@@ -258,6 +284,10 @@ impl Blocks {
             Err(e) => {
                 tracing::error!("cannot submit block {id}: {e}");
                 self.last_error = Some(e.to_string());
+                self.events.push(
+                    EndpointEvent::new(clock.unix(), EventKind::BlockFailed, e.to_string())
+                        .block(&id, None),
+                );
                 self.hold_off(clock.now());
             }
         }
@@ -286,7 +316,12 @@ impl Blocks {
             Ok(states) => states,
             Err(e) => {
                 tracing::warn!("cannot poll blocks: {e}");
-                self.last_error = Some(e.to_string());
+                let error = e.to_string();
+                // A scheduler that stays down is one event, not one per poll.
+                if self.last_error.as_ref() != Some(&error) {
+                    self.event(clock, EventKind::SchedulerError, error.clone());
+                }
+                self.last_error = Some(error);
                 return Vec::new();
             }
         };
@@ -294,12 +329,18 @@ impl Blocks {
         let now = clock.now();
         let mut ended = Vec::new();
         let mut died_young = None;
+        let unix = clock.unix();
+        let events = &mut self.events;
         self.live.retain(|b| match states.get(&b.record.job_id) {
             Some(state) if state.is_finished() => {
-                let reason = match state {
-                    JobState::Failed { reason } => reason.clone(),
-                    _ => "completed".to_string(),
+                let (kind, reason) = match state {
+                    JobState::Failed { reason } => (EventKind::BlockFailed, reason.clone()),
+                    _ => (EventKind::BlockEnded, "completed".to_string()),
                 };
+                events.push(
+                    EndpointEvent::new(unix, kind, reason.clone())
+                        .block(&b.record.block_id, Some(&b.record.job_id)),
+                );
                 tracing::warn!(
                     "block {} (job {}) ended: {reason}",
                     b.record.block_id,
@@ -332,7 +373,8 @@ impl Blocks {
         ended
     }
 
-    fn cancel(&mut self, block_ids: &[String]) {
+    /// Cancels `block_ids`, saying `why` in their events.
+    fn cancel(&mut self, block_ids: &[String], why: &str, clock: &dyn Clock) {
         let jobs: Vec<JobId> = self
             .live
             .iter()
@@ -342,6 +384,17 @@ impl Blocks {
         if let Err(e) = self.setup.provider.cancel(&jobs) {
             tracing::error!("cannot cancel blocks: {e}");
             self.last_error = Some(e.to_string());
+            self.event(clock, EventKind::SchedulerError, e.to_string());
+        }
+        for b in self
+            .live
+            .iter()
+            .filter(|b| block_ids.contains(&b.record.block_id))
+        {
+            self.events.push(
+                EndpointEvent::new(clock.unix(), EventKind::BlockCancelled, why.to_string())
+                    .block(&b.record.block_id, Some(&b.record.job_id)),
+            );
         }
         // Forget them now; a job that survives its cancel is polled no more,
         // but its managers still show up in the broker's view.
@@ -367,14 +420,14 @@ impl Blocks {
     }
 
     /// Cancels every live block (the endpoint stops).
-    pub fn cancel_all(&mut self) {
+    pub fn cancel_all(&mut self, clock: &dyn Clock) {
         let ids: Vec<String> = self
             .live
             .iter()
             .map(|b| b.record.block_id.clone())
             .collect();
         if !ids.is_empty() {
-            self.cancel(&ids);
+            self.cancel(&ids, "the endpoint stopped", clock);
         }
     }
 
@@ -395,7 +448,9 @@ impl Blocks {
             state: if l.draining { "draining" } else { "running" }.into(),
             nodes: l.managers,
             managers: l.managers,
+            workers: l.workers,
             submitted_at: *seen,
+            started_at: Some(*seen),
             deadline: l.deadline,
         });
         self.live
@@ -412,7 +467,9 @@ impl Blocks {
                 .into(),
                 nodes: self.setup.nodes,
                 managers: b.managers,
+                workers: b.workers,
                 submitted_at: b.record.submitted_at,
+                started_at: b.started_at,
                 deadline: b.deadline,
             })
             .chain(external)
@@ -664,7 +721,7 @@ mod tests {
             assert!(script(id).exists(), "live block {id} lost its script");
         }
         // Stopping cancels every block: then they are all finished.
-        h.blocks.cancel_all();
+        h.blocks.cancel_all(&h.clock);
         assert_eq!(std::fs::read_dir(&blocks_dir).unwrap().count(), 0);
     }
 
@@ -702,7 +759,9 @@ mod tests {
                 state: "pending".into(),
                 nodes: 2,
                 managers: 0,
+                workers: 0,
                 submitted_at: 1234.5,
+                started_at: None,
                 deadline: None,
             }
         );
@@ -733,7 +792,9 @@ mod tests {
             state: "running".into(),
             nodes: 2,
             managers: 2,
+            workers: 0,
             submitted_at: UNIX_START + 10.0,
+            started_at: Some(UNIX_START + 10.0),
             deadline: Some(UNIX_START + 3600.0),
         };
         assert_eq!(h.blocks.status(), vec![external.clone()]);
@@ -786,7 +847,7 @@ mod tests {
         let zero = status.iter().find(|b| b.block_id == "0").unwrap();
         assert_eq!(zero.provider, "external");
         // Stopping the endpoint cancels the rest and leaves an empty record.
-        h.blocks.cancel_all();
+        h.blocks.cancel_all(&h.clock);
         assert_eq!(h.queue().cancels.last().unwrap(), &vec!["1002".to_string()]);
         assert!(h.saved().blocks.is_empty());
         assert_eq!(h.saved().next_id, 2);
@@ -833,5 +894,84 @@ mod tests {
         assert_eq!(polls(&h), 3);
         h.step_at(8.0, 0, &Load::default());
         assert_eq!(polls(&h), 3);
+    }
+
+    /// (kind, block, message) of the events since the last call.
+    fn events(h: &mut Harness) -> Vec<(EventKind, Option<String>, String)> {
+        h.blocks
+            .take_events()
+            .into_iter()
+            .map(|e| (e.kind, e.block_id, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn each_turn_of_a_blocks_life_is_an_event_with_the_schedulers_words() {
+        let mut h = Harness::new(SCALING);
+        let none = Load::default();
+        h.queue().refuse_submit = Some("sbatch: error: invalid partition specified: nope".into());
+        h.step_at(0.0, 5, &none);
+        let seen = events(&mut h);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, EventKind::BlockFailed);
+        assert_eq!(seen[0].1.as_deref(), Some("0"));
+        assert!(
+            seen[0].2.contains("invalid partition specified: nope"),
+            "{seen:?}"
+        );
+
+        h.queue().refuse_submit = None;
+        h.step_at(1.0, 5, &none);
+        let seen = events(&mut h);
+        assert_eq!(seen[0].0, EventKind::BlockSubmitted, "{seen:?}");
+        let job = h.blocks.status()[0].job_id.clone();
+        assert!(seen[0].2.contains(&job), "{seen:?}");
+
+        // Its manager connects: running once, however many steps see it.
+        let mut load = load_of(&[("1", 1)]);
+        load.blocks[0].workers = 4;
+        h.step_at(20.0, 5, &load);
+        h.step_at(21.0, 5, &load);
+        let seen = events(&mut h);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, EventKind::BlockRunning);
+        let status = &h.blocks.status()[0];
+        assert_eq!(status.started_at, Some(UNIX_START + 20.0));
+        assert_eq!(status.workers, 4);
+        load.blocks[0].draining = true;
+        h.step_at(22.0, 5, &load);
+        assert_eq!(events(&mut h)[0].0, EventKind::BlockDraining);
+
+        // The scheduler says it failed: the reason is the scheduler's.
+        h.queue().states.insert(
+            job,
+            JobState::Failed {
+                reason: "NODE_FAIL".into(),
+            },
+        );
+        h.step_at(30.0, 5, &none);
+        let seen = events(&mut h);
+        assert!(
+            seen.contains(&(EventKind::BlockFailed, Some("1".into()), "NODE_FAIL".into())),
+            "{seen:?}"
+        );
+        // A failed status query, then a stop.
+        h.queue().refuse_status = Some("squeue: timed out".into());
+        h.step_at(40.0, 5, &none);
+        h.step_at(50.0, 5, &none);
+        let errors = events(&mut h)
+            .into_iter()
+            .filter(|e| e.0 == EventKind::SchedulerError)
+            .collect::<Vec<_>>();
+        assert_eq!(errors.len(), 1, "one event while it stays down: {errors:?}");
+        assert!(errors[0].2.contains("squeue: timed out"), "{errors:?}");
+        let live: Vec<String> = h.blocks.status().into_iter().map(|b| b.block_id).collect();
+        h.blocks.cancel_all(&h.clock);
+        let cancelled: Vec<Option<String>> = events(&mut h)
+            .into_iter()
+            .filter(|e| e.0 == EventKind::BlockCancelled)
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(cancelled, live.into_iter().map(Some).collect::<Vec<_>>());
     }
 }

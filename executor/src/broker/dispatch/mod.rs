@@ -261,6 +261,11 @@ impl Dispatcher {
         self.managers.silent(now)
     }
 
+    /// The block of a connected manager.
+    pub fn manager_block(&self, identity: &[u8]) -> Option<String> {
+        self.managers.get(identity).map(|m| m.info.block_id.clone())
+    }
+
     /// Identities of the managers of a block.
     pub fn managers_of_block(&self, block_id: &str) -> Vec<Identity> {
         self.managers.of_block(block_id)
