@@ -111,6 +111,7 @@ fn dispatch(c: &mut Criterion) {
                             result: "11\nnull".into(),
                         },
                         completed_at: 0.0,
+                        placement: None,
                     })
                     .collect();
                 d.complete(who, results);

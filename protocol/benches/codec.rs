@@ -38,6 +38,7 @@ fn result_batch() -> ManagerMessage {
                 result: "11\nnull".into(),
             },
             completed_at: 1.7e9,
+            placement: None,
         })
         .collect();
     ManagerMessage::Results { results }

@@ -203,6 +203,7 @@ mod tests {
                         result: "00\nabc".into(),
                     },
                     completed_at: 2.0,
+                    placement: None,
                 }],
             },
             ManagerMessage::Bye,

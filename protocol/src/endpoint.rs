@@ -485,6 +485,7 @@ mod tests {
                         ),
                     },
                     completed_at: 1.5,
+                    placement: None,
                 }],
             },
             AgentMessage::Heartbeat {
@@ -547,6 +548,7 @@ mod tests {
                 result: "r".repeat(size),
             },
             completed_at: 1.0,
+            placement: None,
         }
     }
 
@@ -599,6 +601,7 @@ mod tests {
                     result: "x".repeat(2000),
                 },
                 completed_at: 1.0,
+                placement: None,
             },
             TaskResult {
                 task_id: b,
@@ -606,6 +609,7 @@ mod tests {
                     result: "y".repeat(1000),
                 },
                 completed_at: 1.0,
+                placement: None,
             },
             TaskResult::failed(
                 c,

@@ -117,6 +117,7 @@ fn result() -> impl Strategy<Value = TaskResult> {
                 }
             },
             completed_at: at,
+            placement: None,
         })
 }
 

@@ -124,6 +124,7 @@ impl Fixture {
                         result: "11\nnull".into(),
                     },
                     completed_at: 1.7e9,
+                    placement: None,
                 })
                 .collect();
             let endpoint = self.endpoint;

@@ -22,6 +22,7 @@ fn success(id: Uuid, result: &str) -> TaskResult {
             result: result.into(),
         },
         completed_at: 1_700_000_000.5,
+        placement: None,
     }
 }
 
@@ -37,6 +38,7 @@ fn failure(id: Uuid) -> TaskResult {
             },
         },
         completed_at: 1_700_000_001.25,
+        placement: None,
     }
 }
 

@@ -422,6 +422,7 @@ mod tests {
             task_id,
             outcome: Outcome::Success { result: "r".into() },
             completed_at: 1.0,
+            placement: None,
         }
     }
 

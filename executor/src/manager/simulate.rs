@@ -95,6 +95,7 @@ async fn serve_one(
                             result: format!("{STRATEGY_JSON}null"),
                         },
                         completed_at,
+                        placement: None,
                     }));
                 }
                 // Every task finished on arrival, so none is held to cancel.

@@ -298,6 +298,7 @@ mod tests {
                 task_id: *id,
                 outcome: Outcome::Success { result: "r".into() },
                 completed_at: 1.0,
+                placement: None,
             })
             .collect();
         let stored = state

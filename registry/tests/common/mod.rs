@@ -726,6 +726,7 @@ pub fn success(id: uuid::Uuid, result: &str) -> hpfaas_protocol::task::TaskResul
             result: result.into(),
         },
         completed_at: 1_700_000_000.5,
+        placement: None,
     }
 }
 

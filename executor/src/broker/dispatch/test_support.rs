@@ -44,6 +44,7 @@ pub fn ok(task_id: Uuid) -> TaskResult {
             result: "00\n".into(),
         },
         completed_at: 0.0,
+        placement: None,
     }
 }
 
