@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: only its systemd-analyze, which checks contrib/systemd's units.
-packages=(pkg-config libzmq3-dev libhwloc-dev libopenmpi-dev openmpi-bin libclang-dev systemd)
+# bubblewrap, podman and runc: workers in containers (tests/python/test_containers.py;
+# runc because Debian's crun cannot start a container on cgroup v1 hosts).
+# chromium: the dashboard's browser test (tests/python/test_dashboard.py).
+packages=(pkg-config libzmq3-dev libhwloc-dev libopenmpi-dev openmpi-bin libclang-dev systemd
+    bubblewrap podman runc chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +24,19 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# promtool (Debian's prometheus; its recommends are only the web console's
+# scripts): tests/metrics.rs checks the /metrics exposition with it, and
+# skips that check with a note when it is missing outside CI.
+if ! command -v promtool >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: promtool missing; the metrics exposition check will skip (sudo apt-get install --no-install-recommends prometheus)" >&2
+    else
+        echo "setup: installing prometheus (for promtool)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::ValueEnum;
+use hpfaas_executor::config::container::ContainerType;
 use hpfaas_executor::config::cpu_affinity::CpuAffinity;
 use hpfaas_executor::config::mpi_launcher::MpiLauncher;
 
@@ -145,6 +146,29 @@ pub fn mpi_launcher() -> Listed<MpiLauncher> {
     )
 }
 
+/// `--container-type`: every container runtime there is.
+pub fn container_type() -> Listed<ContainerType> {
+    listed(
+        &[
+            (
+                "podman",
+                "podman run: an image, an image archive, or a root directory",
+            ),
+            ("docker", "docker run: an image"),
+            (
+                "apptainer",
+                "apptainer exec: a .sif, a sandbox directory, or an image URI",
+            ),
+            ("singularity", "singularity exec: as apptainer"),
+            (
+                "bwrap",
+                "bubblewrap: a root directory, or this node's / read-only",
+            ),
+        ],
+        ContainerType::parse,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +187,8 @@ mod tests {
         for name in names {
             assert_eq!(name.parse::<MpiLauncher>().unwrap().name(), name);
         }
+        let runtimes = container_type().values;
+        let names: Vec<&str> = runtimes.iter().map(PossibleValue::get_name).collect();
+        assert_eq!(names, ContainerType::NAMES);
     }
 }

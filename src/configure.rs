@@ -10,6 +10,8 @@ use hpfaas_executor::config::sites::SITES;
 use hpfaas_executor::lifecycle::{self, ConfigSource};
 use hpfaas_scheduler_adapters::ProviderKind;
 
+use crate::output::{self, Format};
+
 /// `--site` value that lists the sites instead of choosing one.
 const LIST: &str = "list";
 
@@ -51,10 +53,17 @@ impl clap::ValueEnum for Provider {
 }
 
 /// Runs `hpfaas endpoint configure`.
-pub fn run(args: ConfigureArgs) -> anyhow::Result<()> {
+pub fn run(args: ConfigureArgs, format: Format) -> anyhow::Result<()> {
     if args.site.as_deref() == Some(LIST) {
-        print!("{}", site_list());
-        return Ok(());
+        return match format {
+            Format::Text => output::raw(&site_list()),
+            Format::Json => output::print_json(&serde_json::Value::Array(
+                SITES
+                    .iter()
+                    .map(|s| serde_json::json!({"site": s.name, "summary": s.summary()}))
+                    .collect(),
+            )),
+        };
     }
     let Some(name) = args.name else {
         anyhow::bail!("give the endpoint's name: hpfaas endpoint configure NAME ...");
@@ -67,11 +76,14 @@ pub fn run(args: ConfigureArgs) -> anyhow::Result<()> {
         }
     };
     let path = lifecycle::configure(&name, source)?;
-    println!(
-        "configured endpoint {name}: edit {} then run `hpfaas endpoint start {name}`",
-        path.display()
-    );
-    Ok(())
+    match format {
+        Format::Text => output::line(&format!(
+            "configured endpoint {name}: edit {}, then `hpfaas endpoint check {name}` and \
+             `hpfaas endpoint start {name}`",
+            path.display()
+        )),
+        Format::Json => output::print_json(&serde_json::json!({"name": name, "config": path})),
+    }
 }
 
 /// One line per site: its name and what it is.

@@ -3,10 +3,12 @@
 //! over `hpfaas-executor`, and `up` runs both in one process;
 //! `completions` and `man` render the clap definitions below themselves.
 
+mod check;
 mod choices;
 mod completions;
 mod configure;
 mod connection_limits;
+mod dashboard;
 mod global;
 mod man;
 mod output;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+use hpfaas_executor::config::container::{Container, ContainerType};
 use hpfaas_executor::config::cpu_affinity::CpuAffinity;
 use hpfaas_executor::config::mpi_launcher::MpiLauncher;
 use hpfaas_executor::config::DEFAULT_SHELL_OUTPUT_LIMIT;
@@ -52,6 +55,8 @@ Environment:
 enum Command {
     /// Run the service and one local endpoint in this process (writes $HPFAAS_HOME/up.json).
     Up(up::UpArgs),
+    /// Print a one-time login link to the service's web dashboard.
+    Dashboard(dashboard::DashboardArgs),
     /// Run the service (REST, result streams, endpoint connections).
     Service {
         /// Address to listen on.
@@ -87,6 +92,14 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve Prometheus /metrics on this address (plain HTTP, no token: bind it where only
+        /// the monitoring system reaches); no metrics without it.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// A scrape of --metrics-listen must carry the token in this file as a bearer token
+        /// (Prometheus: authorization.credentials_file).
+        #[arg(long, requires = "metrics_listen")]
+        metrics_token_file: Option<PathBuf>,
         #[command(flatten)]
         limits: connection_limits::ConnectionLimits,
     },
@@ -193,6 +206,16 @@ enum EndpointCommand {
         #[arg(long, hide = true)]
         json: bool,
     },
+    /// Check everything `start` needs without starting: the configuration,
+    /// the service and credential, the batch system; print the job script.
+    /// Exit status 0 only when `start` would work.
+    Check {
+        /// Endpoint name.
+        #[arg(add = completions::endpoint_names())]
+        name: String,
+        #[command(flatten)]
+        service: service_access::ServiceAccess,
+    },
     /// Print the job script the endpoint submits for a block.
     JobScript {
         /// Endpoint name.
@@ -270,6 +293,21 @@ struct ManagerArgs {
     /// (engine.shell_output_limit); the rest is counted as dropped.
     #[arg(long, default_value_t = DEFAULT_SHELL_OUTPUT_LIMIT)]
     shell_output_limit: usize,
+    /// Container runtime the workers and shell tasks run in (engine.container_type).
+    #[arg(long, value_name = "RUNTIME", value_parser = choices::container_type())]
+    container_type: Option<ContainerType>,
+    /// Image, archive, directory or .sif to run them in (engine.container_uri).
+    #[arg(long, value_name = "URI", requires = "container_type")]
+    container_uri: Option<String>,
+    /// The runtime's own options (engine.container_cmd_options; give as
+    /// --container-cmd-options=--flag).
+    #[arg(
+        long,
+        default_value = "",
+        allow_hyphen_values = true,
+        requires = "container_type"
+    )]
+    container_cmd_options: String,
     /// CURVE key file (mode 0600) with this manager's keypair, and the
     /// broker's public key unless --server-key gives it; with --endpoint the
     /// endpoint directory's curve.json is used. Secret keys never go in argv.
@@ -354,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.global.output;
     match cli.command {
         Command::Up(args) => single_thread_runtime()?.block_on(up::run(args, format)),
+        Command::Dashboard(args) => dashboard::run(args, format),
         Command::Service {
             listen,
             data_dir,
@@ -366,6 +405,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             tls_cert,
             tls_key,
+            metrics_listen,
+            metrics_token_file,
             limits,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
@@ -379,12 +420,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.result_ttl = result_ttl;
             config.retention = retention;
+            config.metrics_listen = metrics_listen;
+            config.metrics_token_hash = metrics_token_file
+                .as_deref()
+                .map(hpfaas_registry::metrics::token_hash_from_file)
+                .transpose()?;
             config.tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| hpfaas_registry::TlsFiles { cert, key });
             runtime()?.block_on(async {
                 let service = hpfaas_registry::Service::bind(config).await?;
                 eprintln!("hpfaas service listening on {}", service.url());
+                if let Some(metrics) = service.metrics_url() {
+                    eprintln!("hpfaas metrics on {metrics}");
+                }
                 service.run(shutdown_signal()).await
             })
         }
@@ -467,6 +516,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sandbox_dir: args.sandbox_dir,
                 curve,
                 shell_output_limit: args.shell_output_limit,
+                container: Container::from_keys(
+                    args.container_type,
+                    args.container_uri.as_deref(),
+                    &args.container_cmd_options,
+                )
+                .map_err(anyhow::Error::msg)?,
                 runtime_base: match (args.runtime_dir, &endpoint_dir) {
                     (Some(dir), _) => dir,
                     (None, Some(dir)) => dir.join("runtime"),
@@ -488,7 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
     match command {
-        EndpointCommand::Configure(args) => configure::run(args)?,
+        EndpointCommand::Configure(args) => configure::run(args, format)?,
         EndpointCommand::Start {
             name,
             foreground: true,
@@ -526,6 +581,10 @@ fn endpoint(command: EndpointCommand, format: Format) -> anyhow::Result<()> {
                     output::print_json(&serde_json::json!({"name": name, "state": "stopped"}))?
                 }
             }
+        }
+        EndpointCommand::Check { name, service } => {
+            service.apply()?;
+            check::run(&name, format)?;
         }
         EndpointCommand::JobScript { name } => {
             let script = lifecycle::job_script(&name)?;

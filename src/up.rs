@@ -31,12 +31,18 @@ pub struct UpArgs {
     /// otherwise only in up.json, which only you can read).
     #[arg(long)]
     print_env: bool,
+    /// Where Prometheus /metrics is served (plain HTTP; a scrape carries the token in
+    /// up/metrics-token); written to up.json as metrics_url and metrics_token_file.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     limits: crate::connection_limits::ConnectionLimits,
 }
 
 /// File in the data directory that keeps the owner token between starts.
 const TOKEN_FILE: &str = "token";
+/// File in the data directory with the token a metrics scrape carries.
+const METRICS_TOKEN_FILE: &str = "metrics-token";
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<()> {
@@ -74,8 +80,19 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
 
     let mut service_config = hpfaas_registry::ServiceConfig::new(args.listen, data_dir.clone());
     args.limits.apply(&mut service_config);
+    service_config.metrics_listen = Some(args.metrics_listen);
+    // Other users of this machine reach loopback too: scrapes need a token.
+    let metrics_token_file = data_dir.join(METRICS_TOKEN_FILE);
+    if !metrics_token_file.exists() {
+        let token = hpfaas_registry::token::new_token();
+        hpfaas_executor::private::write(&metrics_token_file, token.as_bytes(), true)?;
+    }
+    service_config.metrics_token_hash = Some(hpfaas_registry::metrics::token_hash_from_file(
+        &metrics_token_file,
+    )?);
     let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
+    let metrics_url = service.metrics_url();
     let token = owner_token(&data_dir)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_task = tokio::spawn(service.run(async {
@@ -109,11 +126,24 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         })
         .await??
     };
+    // The link works once; `hpfaas dashboard` makes more.
+    let dashboard_url = {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::dashboard::login_link(&url, &token, UP_LINK_TTL.as_secs_f64())
+        })
+        .await?
+        .inspect_err(|e| tracing::warn!("no dashboard login link: {e:#}"))
+        .ok()
+    };
     let info = json!({
         "url": url,
         "token": token,
         "endpoint_id": credential.endpoint_id,
         "pid": std::process::id(),
+        "dashboard_url": dashboard_url,
+        "metrics_url": metrics_url,
+        "metrics_token_file": metrics_token_file,
     });
     hpfaas_executor::private::write(
         &up_file,
@@ -145,6 +175,9 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
     outcome
 }
 
+/// Life of the login link `hpfaas up` prints: the longest the service allows.
+const UP_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Says where the service and the endpoint are, once: sentences, or with
 /// `--output json` one document, `{url, endpoint_id, pid, up_file}` and the
 /// `token` only with `--print-env`.
@@ -163,6 +196,8 @@ fn announce(
                 "endpoint_id": info["endpoint_id"],
                 "pid": info["pid"],
                 "up_file": up_file,
+                "dashboard_url": info["dashboard_url"],
+                "metrics_url": info["metrics_url"],
             });
             if print_env {
                 doc["token"] = token.clone();
@@ -174,6 +209,9 @@ fn announce(
                 "hpfaas up: service {url_text}, endpoint {}\n",
                 info["endpoint_id"].as_str().unwrap_or("")
             );
+            if let Some(link) = info["dashboard_url"].as_str() {
+                text += &format!("dashboard (this link logs in once): {link}\n");
+            }
             if print_env {
                 text += &format!("export HPFAAS_URL={url_text} HPFAAS_TOKEN={token_text}\n");
             }

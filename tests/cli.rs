@@ -488,7 +488,18 @@ fn up_prints_one_json_document_on_stdout() {
     let doc: Value = wait_for(Duration::from_secs(60), "up's JSON document", || {
         serde_json::from_slice(&std::fs::read(&out_path).ok()?).ok()
     });
-    has_keys(&doc, &["url", "endpoint_id", "pid", "up_file", "token"]);
+    has_keys(
+        &doc,
+        &[
+            "url",
+            "endpoint_id",
+            "pid",
+            "up_file",
+            "token",
+            "dashboard_url",
+            "metrics_url",
+        ],
+    );
     let info: Value =
         serde_json::from_slice(&std::fs::read(home.join("up.json")).unwrap()).unwrap();
     assert_eq!(doc["endpoint_id"], info["endpoint_id"]);

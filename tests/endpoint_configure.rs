@@ -343,3 +343,47 @@ fn the_readme_walk_through_starts_and_stops_a_slurm_endpoint() {
     let out = endpoint_cmd(&home, &svc.url, &token, &["stop", name]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Under `--output json` configure prints a document, not a sentence: the
+/// name and the file written; `--site list` gives the sites as an array.
+#[test]
+fn configure_speaks_json_when_asked() {
+    let home = temp_dir("configure-json");
+    let mut c = hpfaas();
+    c.args([
+        "--output",
+        "json",
+        "endpoint",
+        "configure",
+        "j",
+        "--provider",
+        "pbs",
+    ])
+    .env("HPFAAS_HOME", &*home)
+    .env_remove("HPFAAS_URL");
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["name"], "j");
+    assert_eq!(
+        doc["config"].as_str().map(PathBuf::from),
+        Some(config_path(&home, "j"))
+    );
+    let mut c = hpfaas();
+    c.args([
+        "--output",
+        "json",
+        "endpoint",
+        "configure",
+        "--site",
+        "list",
+    ])
+    .env("HPFAAS_HOME", &*home);
+    let out = c.output().unwrap();
+    let sites: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = sites.iter().filter_map(|s| s["site"].as_str()).collect();
+    assert_eq!(listed, site_names());
+    assert!(sites
+        .iter()
+        .all(|s| s["summary"].as_str().is_some_and(|t| !t.is_empty())));
+}

@@ -242,6 +242,7 @@ fn a_neighbour_can_neither_read_nor_reach_hpfaas_up() {
         data.join("registry.db"),
         data.join("registry.db-wal"),
         data.join("token"),
+        data.join("metrics-token"),
         data.join("audit.log"),
         endpoint.join("endpoint.json"),
         endpoint.join("journal.log"),
@@ -316,21 +317,32 @@ fn a_neighbour_can_neither_read_nor_reach_hpfaas_up() {
     );
     assert!(!out.status.success(), "the neighbour's manager registered");
 
-    // The only TCP port is the service's, and it wants a token.
+    // The only TCP ports are the service's and its metrics', and each wants
+    // a token.
     let service_port: u16 = up.url().rsplit(':').next().unwrap().parse().unwrap();
-    assert_eq!(tcp_listeners(&tree), vec![service_port]);
-    let out = nb.run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{}/v2/tasks/{}", up.url(), ids[0]),
-        ],
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let metrics_url = up.info["metrics_url"].as_str().unwrap();
+    let metrics_port: u16 = metrics_url
+        .trim_end_matches("/metrics")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut listening = tcp_listeners(&tree);
+    listening.sort_unstable();
+    let mut expected = vec![service_port, metrics_port];
+    expected.sort_unstable();
+    assert_eq!(listening, expected);
+    for url in [
+        format!("{}/v2/tasks/{}", up.url(), ids[0]),
+        metrics_url.to_string(),
+    ] {
+        let out = nb.run(
+            "curl",
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{url}");
+    }
 }
 
 /// Writes the real `hpfaas` package into `dir/hpfaas/`, its modules

@@ -9,11 +9,14 @@
 //! read, into the types the agent and the managers use; a bad one is refused
 //! with its line. The engine's live in the submodules here, which import
 //! nothing of the agent or the manager: the managers read the same values
-//! back from their command line with the same parsers. Whether this machine
+//! back from their command line with the same parsers. A value refused by the
+//! checks after parsing gets its line from [`locate`]. Whether this machine
 //! can host local blocks as configured is not a property of the file:
 //! `lifecycle::load_config` checks it.
 
+pub mod container;
 pub mod cpu_affinity;
+pub mod locate;
 pub mod mpi_launcher;
 pub mod port_range;
 pub mod sites;
@@ -25,6 +28,7 @@ use hpfaas_scheduler_adapters::{ProviderConfig, ProviderKind};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use container::{Container, ContainerType};
 use cpu_affinity::{CpuAffinity, WorkerRequest};
 use mpi_launcher::MpiLauncher;
 use port_range::PortRange;
@@ -45,6 +49,23 @@ pub struct EndpointConfig {
     /// `[logs]`: how much of `endpoint.log` and of the blocks' files is kept.
     #[serde(default)]
     pub logs: LogsSection,
+    /// `[metrics]`: the agent's own Prometheus exposition.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics` (Prometheus text, plain HTTP) on this address;
+    /// unset: no metrics served by the agent.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token a scrape must carry;
+    /// unset: scrapes need none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[logs]`.
@@ -176,6 +197,14 @@ pub struct EngineSection {
     /// loopback too) can register as a manager and receive tasks.
     #[serde(default)]
     pub allow_unencrypted_tcp: bool,
+    /// The container runtime workers and shell tasks run in; none: on the
+    /// node itself.
+    pub container_type: Option<ContainerType>,
+    /// What they run in: an image, an image archive, a directory, a `.sif`.
+    pub container_uri: Option<String>,
+    /// The runtime's own options, split at white space.
+    #[serde(default)]
+    pub container_cmd_options: String,
 }
 
 /// `engine.address` for a broker on a Unix socket ([`EngineSection::address`]).
@@ -191,6 +220,15 @@ impl EngineSection {
     /// in a directory only the owner can open is private already).
     pub fn curve(&self) -> bool {
         self.encrypted && !self.unix_socket()
+    }
+
+    /// The container of the three `container_*` keys, checked together.
+    pub fn container(&self) -> Result<Option<Container>, String> {
+        Container::from_keys(
+            self.container_type,
+            self.container_uri.as_deref(),
+            &self.container_cmd_options,
+        )
     }
 
     /// What every manager is asked for: pinning, worker count, accelerators.
@@ -240,6 +278,9 @@ impl Default for EngineSection {
             shell_output_limit: default_shell_output_limit(),
             encrypted: true,
             allow_unencrypted_tcp: false,
+            container_type: None,
+            container_uri: None,
+            container_cmd_options: String::new(),
         }
     }
 }
@@ -333,7 +374,9 @@ impl EndpointConfig {
     /// Parses and checks configuration text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: EndpointConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|message| locate::at_line(text, &message))?;
         Ok(config)
     }
 
@@ -364,6 +407,7 @@ impl EndpointConfig {
             ));
         }
         e.worker_request()?;
+        e.container()?;
         if self.logs.max_bytes == 0 {
             return Err("logs.max_bytes must be at least 1".into());
         }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod check;
 pub mod config;
 pub mod lifecycle;
 pub mod log_rotation;

@@ -101,19 +101,20 @@ pub fn configure(name: &str, source: ConfigSource) -> anyhow::Result<PathBuf> {
 /// What [`load_config`] checks, on a configuration's text.
 pub fn check_config(text: &str) -> Result<EndpointConfig, String> {
     let config = EndpointConfig::parse(text)?;
-    local_blocks_fit(&config)?;
+    local_blocks_fit(&config).map_err(|message| config::locate::at_line(text, &message))?;
     Ok(config)
 }
 
 /// Reads an endpoint's configuration for use here: the file's own checks
-/// ([`EndpointConfig::load`]) and then [`local_blocks_fit`].
+/// ([`EndpointConfig::parse`]) and then [`local_blocks_fit`]; errors name the
+/// file, and the line where they can.
 pub fn load_config(path: &Path) -> Result<EndpointConfig, config::ConfigError> {
-    let config = EndpointConfig::load(path)?;
-    local_blocks_fit(&config).map_err(|message| config::ConfigError {
+    let error = |message: String| config::ConfigError {
         path: path.display().to_string(),
         message,
-    })?;
-    Ok(config)
+    };
+    let text = read_config_file(path).map_err(|e| error(format!("{e:#}")))?;
+    check_config(&text).map_err(error)
 }
 
 /// Local blocks run on this very machine: refuses now the worker placement
@@ -141,29 +142,13 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
     crate::private::dirs(&hpfaas_home(), &dir)?;
     let config = load_config(&path)?;
     crate::tls::set_ca_file(config.endpoint.ca_file.clone());
-    let service_url = config
-        .endpoint
-        .service_url
-        .clone()
-        .or_else(|| std::env::var("HPFAAS_URL").ok().filter(|u| !u.is_empty()))
-        .with_context(|| {
-            format!(
-                "no service URL: set endpoint.service_url in {} or HPFAAS_URL",
-                path.display()
-            )
-        })?;
-    let owner_token = match std::env::var("HPFAAS_TOKEN").ok().filter(|t| !t.is_empty()) {
-        Some(t) => Some(t),
-        None => match &config.endpoint.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read endpoint.token_file {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        },
-    };
+    let service_url = service_url(&config).with_context(|| {
+        format!(
+            "no service URL: set endpoint.service_url in {} or HPFAAS_URL",
+            path.display()
+        )
+    })?;
+    let owner_token = owner_token(&config)?;
     Ok(AgentSpec {
         name: name.to_string(),
         dir,
@@ -173,6 +158,30 @@ pub fn agent_spec(name: &str) -> anyhow::Result<AgentSpec> {
         reregister: false,
         hpfaas_exe: std::env::current_exe().context("cannot find the hpfaas binary")?,
     })
+}
+
+/// The service an endpoint of `config` reports to: `endpoint.service_url`,
+/// else `HPFAAS_URL`.
+pub fn service_url(config: &EndpointConfig) -> Option<String> {
+    config
+        .endpoint
+        .service_url
+        .clone()
+        .or_else(|| std::env::var("HPFAAS_URL").ok().filter(|u| !u.is_empty()))
+}
+
+/// The owner's token for a first registration: `HPFAAS_TOKEN`, else the
+/// file `endpoint.token_file` names.
+pub fn owner_token(config: &EndpointConfig) -> anyhow::Result<Option<String>> {
+    if let Some(t) = std::env::var("HPFAAS_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let Some(f) = &config.endpoint.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read endpoint.token_file {}", f.display()))?;
+    Ok(Some(token.trim().to_string()))
 }
 
 /// The running agent of an endpoint, if any.
@@ -358,27 +367,62 @@ pub fn service_status(name: &str) -> anyhow::Result<serde_json::Value> {
     let ca_file = load_config(&dir.join("config.toml"))
         .ok()
         .and_then(|config| config.endpoint.ca_file);
-    let agent = crate::tls::ureq_agent(ca_file.as_deref())?
+    match get_json(&url, Some(&c.credential), ca_file.as_deref()) {
+        Ok(v) => Ok(v),
+        Err(Reply::Status(code, text)) => bail!("the service answered {code}: {text}"),
+        Err(Reply::Unreachable(e)) => bail!("cannot reach the service at {}: {e}", c.service_url),
+    }
+}
+
+/// Why a request to the service got no JSON document.
+#[derive(Debug)]
+pub enum Reply {
+    /// The service answered with this status, saying this (its error's
+    /// words when the body is the service's JSON error).
+    Status(u16, String),
+    /// No answer: the network, TLS, or not a JSON body.
+    Unreachable(String),
+}
+
+/// `GET url` with an optional bearer token, trusting `ca_file` if given;
+/// the answer's JSON document.
+pub fn get_json(
+    url: &str,
+    bearer: Option<&str>,
+    ca_file: Option<&Path>,
+) -> Result<serde_json::Value, Reply> {
+    let agent = crate::tls::ureq_agent(ca_file)
+        .map_err(|e| Reply::Unreachable(format!("{e:#}")))?
         .timeout(Duration::from_secs(10))
         .build();
-    match agent
-        .get(&url)
-        .set("Authorization", &format!("Bearer {}", c.credential))
-        .call()
-    {
-        Ok(r) => Ok(r.into_json()?),
-        Err(ureq::Error::Status(code, r)) => bail!(
-            "the service answered {code}: {}",
-            r.into_string().unwrap_or_default()
-        ),
-        Err(e) => bail!("cannot reach the service at {}: {e}", c.service_url),
+    let mut request = agent.get(url);
+    if let Some(token) = bearer {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    match request.call() {
+        Ok(r) => r
+            .into_json()
+            .map_err(|e| Reply::Unreachable(format!("the answer is not JSON: {e}"))),
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            // The service's errors are `{"code": ..., "error": "words"}`.
+            let words = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string));
+            Err(Reply::Status(code, words.unwrap_or(text)))
+        }
+        Err(e) => Err(Reply::Unreachable(e.to_string())),
     }
 }
 
 /// The job script the endpoint submits for a block (with the broker address
 /// of the running agent, or of its last run).
 pub fn job_script(name: &str) -> anyhow::Result<String> {
-    let spec = agent_spec(name)?;
+    job_script_for(&agent_spec(name)?)
+}
+
+/// The job script an agent of `spec` would submit for its first block.
+pub fn job_script_for(spec: &AgentSpec) -> anyhow::Result<String> {
     let provider =
         hpfaas_scheduler_adapters::build(&spec.config.provider).map_err(anyhow::Error::msg)?;
     let broker_url = broker_url(&spec.dir).unwrap_or_else(|| {
@@ -392,8 +436,8 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
     let block = "0";
     let request = hpfaas_scheduler_adapters::BlockRequest {
         block_id: block.into(),
-        job_name: format!("hpfaas-{name}-{block}"),
-        manager_command: crate::agent::manager_command(&spec, &broker_url, block),
+        job_name: format!("hpfaas-{}-{block}", spec.name),
+        manager_command: crate::agent::manager_command(spec, &broker_url, block),
         env: Vec::new(),
         log_dir: spec.dir.join("blocks"),
     };

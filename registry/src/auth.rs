@@ -33,20 +33,22 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        let hash = hash_token(token);
+        let hash = match parts.headers.get(AUTHORIZATION) {
+            Some(header) => {
+                let token = header
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+                    })?;
+                hash_token(token)
+            }
+            None => dashboard_session(parts, state)?,
+        };
         state.check_revocations();
         if let Some(p) = state.tokens.get(&hash) {
             return Ok(Caller(p));
@@ -65,6 +67,30 @@ impl FromRequestParts<AppState> for Caller {
             None => Err(ApiError::unauthorized("invalid or revoked token")),
         }
     }
+}
+
+/// The token hash a dashboard session cookie acts with. Only on GET (and
+/// HEAD) requests: the dashboard reads, and a cookie that could also act
+/// would let any page the user visits try to act for them (SameSite=Strict
+/// aside). A session's token is checked like a presented one afterwards.
+fn dashboard_session(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let missing = || ApiError::unauthorized("missing `Authorization: Bearer <token>` header");
+    let Some(session) = crate::ui::session::from_cookies(&parts.headers) else {
+        return Err(missing());
+    };
+    if parts.method != axum::http::Method::GET && parts.method != axum::http::Method::HEAD {
+        return Err(ApiError::unauthorized(format!(
+            "a dashboard session can only read; {} {} needs `Authorization: Bearer <token>`",
+            parts.method,
+            parts.uri.path()
+        )));
+    }
+    state.sessions.token_hash(&session).ok_or_else(|| {
+        ApiError::unauthorized(
+            "the dashboard session has ended (expired, logged out, or the service restarted); \
+             open a new login link from `hpfaas dashboard`",
+        )
+    })
 }
 
 /// True if the token with this SHA-256 is still live, for long-lived

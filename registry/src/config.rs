@@ -61,6 +61,12 @@ pub struct ServiceConfig {
     pub max_streams_per_token: usize,
     /// Per-user limits on what the service holds for them.
     pub quota: crate::db::usage::Quota,
+    /// Where to serve `/metrics` (Prometheus text), on a listener of its
+    /// own; `None` serves no metrics. Never the service's own port.
+    pub metrics_listen: Option<SocketAddr>,
+    /// SHA-256 (hex) of the bearer token a scrape must carry
+    /// (`--metrics-token-file`); `None`: scrapes need none.
+    pub metrics_token_hash: Option<String>,
 }
 
 impl ServiceConfig {
@@ -111,6 +117,8 @@ impl ServiceConfig {
             body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
             max_streams_per_token: Self::DEFAULT_MAX_STREAMS_PER_TOKEN,
             quota: crate::db::usage::Quota::default(),
+            metrics_listen: None,
+            metrics_token_hash: None,
         }
     }
 

@@ -44,6 +44,7 @@ use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath};
 use crate::live::{Claim, ResultEvent};
+use crate::metrics::DispatchTimes;
 use crate::state::AppState;
 
 /// Largest WebSocket message accepted, unless results may be larger
@@ -322,12 +323,14 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
     let sender = tokio::spawn(send_loop(sink, out_rx));
     // An agent without flow control takes whatever is queued.
     let credit = Arc::new(AtomicU64::new(if flow_control { 0 } else { u64::MAX }));
+    let dispatched = Arc::new(DispatchTimes::default());
     let dispatcher = tokio::spawn(dispatch_loop(
         state.clone(),
         endpoint,
         claim.wake(),
         credit.clone(),
         out.clone(),
+        dispatched.clone(),
     ));
     let agent = AgentConnection {
         state: &state,
@@ -336,6 +339,7 @@ async fn run(state: AppState, endpoint: Uuid, credential: String, socket: WebSoc
         credential: &credential,
         out: &out,
         credit: &credit,
+        dispatched: &dispatched,
     };
     let end = receive_loop(&agent, stream, revocations).await;
     dispatcher.abort();
@@ -387,13 +391,15 @@ async fn send_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Rec
 /// Pages the endpoint's pending cancels and non-final tasks to the agent,
 /// sleeping on `wake` (poked after each committed submit or cancel, and
 /// when the agent grants credit) when it has caught up or has used up the
-/// agent's `credit` (tasks it may still send; cancels need none).
+/// agent's `credit` (tasks it may still send; cancels need none). Each
+/// page sent is noted in `dispatched`.
 async fn dispatch_loop(
     state: AppState,
     endpoint: Uuid,
     wake: Arc<Notify>,
     credit: Arc<AtomicU64>,
     out: mpsc::Sender<Message>,
+    dispatched: Arc<DispatchTimes>,
 ) {
     let mut cursor = 0i64;
     let mut cancel_cursor = 0i64;
@@ -498,6 +504,7 @@ async fn dispatch_loop(
                             Frame::Binary(bytes) => (bytes.len(), Message::Binary(bytes.into())),
                         };
                         tracing::debug!(%endpoint, tasks = page.count, bytes = size, "tasks sent");
+                        dispatched.sent(page.last_rid);
                         if out.send(message).await.is_err() {
                             return;
                         }
@@ -543,6 +550,8 @@ struct AgentConnection<'a> {
     out: &'a mpsc::Sender<Message>,
     /// Tasks the dispatcher may still send (the agent's credit).
     credit: &'a Arc<AtomicU64>,
+    /// When this link sent recent pages of tasks.
+    dispatched: &'a Arc<DispatchTimes>,
 }
 
 /// The close of a link whose credential could not be re-checked: failing
@@ -672,9 +681,15 @@ async fn handle(
             for (task, _) in updates.iter().filter(|(_, s)| *s == TaskState::Running) {
                 state.audit.running(*task, endpoint);
             }
+            let (metrics, dispatched) = (state.metrics.clone(), agent.dispatched.clone());
+            let started = move |rid| {
+                if let Some(at) = dispatched.sent_at(rid) {
+                    metrics.dispatch_to_start(at.elapsed().as_secs_f64());
+                }
+            };
             state
                 .db
-                .enqueue_lazy(move |c, _| db_tasks::update_states(c, endpoint, &updates))
+                .enqueue_lazy(move |c, _| db_tasks::update_states(c, endpoint, &updates, started))
                 .map_err(shutting_down)?;
         }
         AgentMessage::Results { mut results } if !results.is_empty() => {
@@ -731,10 +746,11 @@ fn store_results(
             Outcome::Failed { exception } => (r.task_id, Some(exception.exc_type.clone())),
         })
         .collect();
-    let (audit, live, files) = (
+    let (audit, live, files, metrics) = (
         state.audit.clone(),
         state.live.clone(),
         state.db.payload_files().clone(),
+        state.metrics.clone(),
     );
     let committed = state
         .db
@@ -744,13 +760,20 @@ fn store_results(
             Durability::Soon,
             move |stored: &Vec<db_tasks::StoredResult>| {
                 drop(permit); // applied: the next batch may queue
+                let now = crate::time::now();
+                let mut failed = 0;
                 for r in stored {
                     live.publish_result(ResultEvent {
                         group: r.group,
                         seq: r.seq,
                         row: r.row.clone(),
                     });
+                    metrics.end_to_end(now - r.created);
+                    failed += u64::from(r.state == TaskState::Failed);
                 }
+                let total = stored.len() as u64;
+                metrics.finished(endpoint, TaskState::Success.as_str(), total - failed);
+                metrics.finished(endpoint, TaskState::Failed.as_str(), failed);
             },
         )
         .map_err(shutting_down)?;

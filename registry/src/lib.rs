@@ -14,6 +14,8 @@
 //! * [`extract`]: request extractors with JSON rejections.
 //! * [`db`]: SQLite: schema, group-commit writer, read pool, queries.
 //! * [`live`]: connected endpoints, dispatch wake-ups, result notifications.
+//! * [`metrics`]: Prometheus counters, histograms and scrape-time gauges,
+//!   served on their own listener (`--metrics-listen`).
 //! * [`routes`]: the route table, the handlers, and `/openapi.json`.
 //! * [`endpoint_link`]: one endpoint agent's WebSocket connection.
 //! * [`purge`]: result expiry and retention, periodically.
@@ -35,6 +37,7 @@ pub mod endpoint_link;
 pub mod error;
 pub mod extract;
 pub mod live;
+pub mod metrics;
 pub mod purge;
 pub mod revocation;
 pub mod routes;
@@ -43,6 +46,7 @@ pub mod state;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +68,8 @@ pub struct Service {
     state: AppState,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The metrics listener (`--metrics-listen`), if any.
+    metrics: Option<TcpListener>,
     stop: watch::Sender<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -82,12 +88,17 @@ impl Service {
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(listen(addr).with_context(|| format!("binding metrics {addr}"))?),
+            None => None,
+        };
         let (stop, shutdown) = watch::channel(false);
         let state = AppState::new(db, config, shutdown);
         Ok(Service {
             state,
             listener,
             local_addr,
+            metrics,
             stop,
             tls,
         })
@@ -96,6 +107,13 @@ impl Service {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus scrapes the service (`http://ADDR/metrics`), when
+    /// `metrics_listen` was set.
+    pub fn metrics_url(&self) -> Option<String> {
+        let addr = self.metrics.as_ref()?.local_addr().ok()?;
+        Some(format!("http://{addr}/metrics"))
     }
 
     /// The service's base URL: `https://ADDR` with TLS, else `http://ADDR`.
@@ -114,6 +132,7 @@ impl Service {
             state,
             listener,
             local_addr,
+            metrics,
             stop,
             tls,
         } = self;
@@ -127,6 +146,8 @@ impl Service {
             let _ = stopping.wait_for(|s| *s).await;
         };
         let limits = serve::Limits::of(&state.config);
+        let metrics =
+            metrics.map(|listener| tokio::spawn(serve_metrics(listener, state.clone(), limits)));
         let serve = serve::serve(listener, tls, router, limits, stopping);
         tokio::pin!(serve);
         let result = tokio::select! {
@@ -146,10 +167,33 @@ impl Service {
         }
         let _ = purge.await;
         let _ = revocations.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         state.db.shutdown().await;
         tracing::info!("hpfaas service stopped");
         result.context("serving HTTP")
     }
+}
+
+/// Most scrapes served at once on the metrics listener.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves `/metrics` on its own listener, plain HTTP, until shutdown.
+async fn serve_metrics(listener: TcpListener, state: AppState, limits: serve::Limits) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    let limits = serve::Limits {
+        max_connections: METRICS_CONNECTIONS,
+        ..limits
+    };
+    let mut stopping = state.shutdown.clone();
+    let stopping = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let router = routes::metrics::router(state);
+    serve::serve(listener, None, router, limits, stopping).await;
 }
 
 /// Connections the kernel holds for the service while it has

@@ -161,6 +161,23 @@ impl Live {
         }
     }
 
+    /// Each endpoint with a live agent, and what it last reported.
+    pub fn online_reports(&self) -> Vec<(Uuid, EndpointReport)> {
+        self.slots()
+            .iter()
+            .filter(|(_, slot)| slot.live.is_some())
+            .map(|(id, slot)| {
+                let report = slot.details.as_ref().map(|d| d.report.clone());
+                (*id, report.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Result streams open, over all tokens.
+    pub fn open_streams(&self) -> usize {
+        lock(&self.streams).values().sum()
+    }
+
     /// Announces a stored result to the result streams of its group.
     pub fn publish_result(&self, event: ResultEvent) {
         // No channel: nobody is streaming that group.
@@ -314,7 +331,13 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(live.status(ep).1.unwrap().report.managers, 3);
+        let online = live.online_reports();
+        assert_eq!(
+            (online.len(), online[0].0, online[0].1.managers),
+            (1, ep, 3)
+        );
         drop(claim);
+        assert!(live.online_reports().is_empty());
         assert!(!live.is_online(ep));
         let (online, details) = live.status(ep);
         assert!(!online);
@@ -361,6 +384,7 @@ mod tests {
         let held: Vec<StreamSlot> = (0..3).map(|_| live.open_stream("t1", 3).unwrap()).collect();
         assert!(live.open_stream("t1", 3).is_none());
         let other = live.open_stream("t2", 3).unwrap();
+        assert_eq!(live.open_streams(), 4);
         drop(held);
         assert!(live.open_stream("t1", 3).is_some());
         drop(other);

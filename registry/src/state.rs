@@ -1,5 +1,5 @@
 //! What every handler shares: the database, the live state, the settings,
-//! the token cache, revocations and the shutdown signal.
+//! the token cache, revocations, the metrics and the shutdown signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use crate::audit::Audit;
 use crate::config::ServiceConfig;
 use crate::db::Db;
 use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::token::TokenCache;
 
@@ -32,6 +33,10 @@ pub struct AppState {
     pub links: Arc<watch::Sender<usize>>,
     /// The audit log.
     pub audit: Arc<Audit>,
+    /// Dashboard login links and sessions.
+    pub sessions: Arc<crate::ui::session::Sessions>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -39,6 +44,7 @@ impl AppState {
     pub fn new(db: Db, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> AppState {
         let revocations = Arc::new(Revocations::new(&config.data_dir));
         let audit = Arc::new(Audit::start(&config.data_dir));
+        let metrics = Arc::new(Metrics::new(db.commit_seconds()));
         AppState {
             db: Arc::new(db),
             live: Arc::default(),
@@ -48,6 +54,8 @@ impl AppState {
             shutdown,
             links: Arc::new(watch::channel(0).0),
             audit,
+            sessions: Arc::default(),
+            metrics,
         }
     }
 

@@ -169,6 +169,12 @@ impl Runner {
     }
 }
 
+/// The job `probe` asks about: far beyond the ids batch systems hand out
+/// (Slurm's largest is 67,108,863), so the answer is "unknown job" and the
+/// probe touches nobody's job, while the status command runs exactly as a
+/// poll runs it.
+const PROBE_JOB: &str = "999999999";
+
 /// A [`Provider`] for the batch system `S`.
 pub struct BatchProvider<S: Scheduler> {
     config: ProviderConfig,
@@ -296,6 +302,24 @@ impl<S: Scheduler> Provider for BatchProvider<S> {
             }
         }
         Ok(states)
+    }
+
+    fn probe(&mut self) -> Result<String, ProviderError> {
+        let submit = S::submit_command(Path::new("block.script"), "").program;
+        if !command::on_path(&submit) {
+            return Err(self.runner.error(format!(
+                "{submit} is not on PATH: blocks are submitted with it, so run the endpoint on a \
+                 machine that submits {} jobs (a login node), or put {submit}'s directory on PATH",
+                S::NAME
+            )));
+        }
+        let invocation = S::query_command(&[PROBE_JOB.to_string()]);
+        let output = self.runner.run_tolerant(&invocation, S::is_gone_message)?;
+        S::parse_query(&output.stdout).map_err(|e| {
+            self.runner
+                .error(format!("cannot read the answer of `{invocation}`: {e}"))
+        })?;
+        Ok(format!("`{invocation}` answered; {submit} is on PATH"))
     }
 
     fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError> {

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -134,6 +134,21 @@ pub enum CommandError {
     },
 }
 
+/// True when `program` is a path to a file, or names an executable file in
+/// a directory of `PATH`, as `Command` would find it.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
 /// Runs `invocation` to its end or until `timeout`, whichever comes first.
 pub fn run(invocation: &Invocation, timeout: Duration) -> Result<Output, CommandError> {
     let deadline = Instant::now() + timeout;
@@ -224,6 +239,18 @@ fn read_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_path_finds_executables_only() {
+        assert!(on_path("sh") && on_path("/bin/sh"));
+        assert!(!on_path("hpfaas-no-such-tool") && !on_path("/nonexistent/sh"));
+        // A file that is not executable is not a command, on PATH or by path.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("notes");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        assert!(!on_path(plain.to_str().unwrap()));
+        assert!(!on_path(dir.path().to_str().unwrap()), "a directory");
+    }
 
     fn sh(script: &str) -> Invocation {
         Invocation::new("/bin/sh", ["-c", script])

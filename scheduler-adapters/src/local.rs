@@ -88,6 +88,24 @@ impl Provider for LocalProvider {
         )
     }
 
+    /// Nothing to ask: blocks are this machine's own processes. Only the
+    /// launcher a block would run must be here.
+    fn probe(&mut self) -> Result<String, ProviderError> {
+        let program = match self.config.launcher() {
+            Ok(Launcher::Mpiexec) => Some("mpiexec"),
+            Ok(Launcher::Srun) => Some("srun"),
+            _ => None,
+        };
+        match program {
+            Some(p) if !crate::command::on_path(p) => Err(Self::error(format!(
+                "provider.launcher needs {p}, which is not on PATH; install it or choose \
+                 another launcher"
+            ))),
+            Some(p) => Ok(format!("blocks run on this machine, started by {p}")),
+            None => Ok("blocks run on this machine as process groups".into()),
+        }
+    }
+
     fn submit(&mut self, request: &BlockRequest) -> Result<JobId, ProviderError> {
         std::fs::create_dir_all(&request.log_dir).map_err(|e| {
             Self::error(format!("cannot create {}: {e}", request.log_dir.display()))

@@ -78,4 +78,7 @@ pub trait Provider: Send {
     fn status(&mut self, jobs: &[JobId]) -> Result<HashMap<JobId, JobState>, ProviderError>;
     /// Cancels the given jobs; cancelling a finished job is not an error.
     fn cancel(&mut self, jobs: &[JobId]) -> Result<(), ProviderError>;
+    /// Asks the batch system once, as a poll would, whether it answers;
+    /// says what was asked. Starts and changes nothing (`endpoint check`).
+    fn probe(&mut self) -> Result<String, ProviderError>;
 }

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod credit;
 pub mod journal;
 pub mod link;
+pub mod metrics;
 pub mod pid;
 pub mod policy;
 pub mod registration;
@@ -99,6 +100,17 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
     state.write(&spec.dir)?;
     let credential = credential(&spec).await?;
     state.endpoint_id = Some(credential.endpoint_id.clone());
+    let exporter = match spec.config.metrics.listen {
+        Some(addr) => {
+            let token = spec.config.metrics.token_file.as_deref();
+            let token = token.map(metrics::read_token).transpose()?;
+            Some(metrics::Exporter::start(addr, token).await?)
+        }
+        None => None,
+    };
+    state.metrics_url = exporter
+        .as_ref()
+        .map(|e| format!("http://{}/metrics", e.local_addr()));
     state.state = "connecting".into();
     state.write(&spec.dir)?;
 
@@ -178,6 +190,7 @@ pub async fn run(spec: AgentSpec, shutdown: impl Future<Output = Shutdown>) -> a
         from_service,
         broker,
         blocks,
+        exporter,
     }
     .run(shutdown)
     .await
@@ -190,6 +203,8 @@ struct Running<'a> {
     from_service: mpsc::UnboundedReceiver<LinkEvent>,
     broker: BrokerHandle,
     blocks: BlocksHandle,
+    /// The agent's `/metrics` (`[metrics] listen`), if configured.
+    exporter: Option<metrics::Exporter>,
 }
 
 impl Running<'_> {
@@ -212,6 +227,7 @@ impl Running<'_> {
             from_service,
             broker,
             blocks,
+            exporter,
         } = self;
         let spec = agent.spec;
         let engine = &spec.config.engine;
@@ -278,6 +294,15 @@ impl Running<'_> {
                         active_blocks: state.blocks.len() as u32,
                     };
                     let _ = agent.to_service.send(AgentMessage::Heartbeat { status }.into());
+                    if let Some(exporter) = exporter {
+                        exporter.update(metrics::Figures {
+                            load: agent.load.clone(),
+                            blocks: state.blocks.clone(),
+                            outstanding: agent.journal.outstanding(),
+                            connected: state.state == "online",
+                            now: hpfaas_protocol::task::now_unix(),
+                        });
+                    }
                 }
                 _ = resend.tick() => match agent.journal.stale() {
                     Ok(stale) if !stale.is_empty() => {
@@ -452,6 +477,11 @@ pub fn manager_command(spec: &AgentSpec, broker_url: &str, block_id: &str) -> Ve
         // In the endpoint's directory, which batch jobs see too (shared $HPFAAS_HOME).
         let root = spec.dir.join("tasks");
         argv.extend(["--sandbox-dir".into(), root.display().to_string()]);
+    }
+    // Checked when the configuration was read; a file changed since is
+    // the next start's to refuse.
+    if let Ok(Some(container)) = engine.container() {
+        argv.extend(container.manager_args());
     }
     if engine.shell_output_limit != crate::config::DEFAULT_SHELL_OUTPUT_LIMIT {
         argv.extend([
@@ -784,6 +814,7 @@ mod tests {
             from_service,
             broker,
             blocks,
+            exporter: None,
         };
         (running, seen)
     }

@@ -1,5 +1,5 @@
 //! `agent.json` in the endpoint directory: how a running agent looks from
-//! outside (pid, connection state, last error). The agent rewrites it on
+//! outside (pid, connection state, last error, where its metrics are). The agent rewrites it on
 //! every change; `hpfaas endpoint start|stop|list|status` read it.
 
 use std::path::Path;
@@ -29,6 +29,9 @@ pub struct AgentState {
     /// Every live block.
     #[serde(default)]
     pub blocks: Vec<crate::agent::blocks::BlockStatus>,
+    /// Where the agent serves Prometheus `/metrics` (`[metrics] listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
 }
 
 impl AgentState {

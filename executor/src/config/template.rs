@@ -1,5 +1,5 @@
 //! The configuration `hpfaas endpoint configure NAME --provider KIND` writes:
-//! every key of `[endpoint]`, `[engine]`, KIND's `[provider]` and `[logs]`, each on
+//! every key of `[endpoint]`, `[engine]`, KIND's `[provider]`, `[logs]` and `[metrics]`, each on
 //! its own commented line with its default and one line of meaning, so that
 //! uncommenting a line changes nothing until its value is edited.
 //!
@@ -120,6 +120,22 @@ fn logs_keys() -> Vec<Key> {
     ]
 }
 
+fn metrics_keys() -> Vec<Key> {
+    use Shown::*;
+    vec![
+        key(
+            "listen",
+            Example(quoted("127.0.0.1:9464")),
+            "serve Prometheus /metrics here (plain HTTP); unset: none",
+        ),
+        key(
+            "token_file",
+            Example(quoted("/path/to/metrics-token")),
+            "scrapes must carry this file's token (Bearer); unset: none needed",
+        ),
+    ]
+}
+
 fn engine_keys(kind: ProviderKind) -> Vec<Key> {
     use Shown::*;
     let d = EngineSection::default();
@@ -219,6 +235,22 @@ fn engine_keys(kind: ProviderKind) -> Vec<Key> {
             "allow_unencrypted_tcp",
             Default(d.allow_unencrypted_tcp.to_string()),
             "true: accept encrypted = false on a TCP address",
+        ),
+        key(
+            "container_type",
+            Example(quoted("bwrap")),
+            "workers and shell tasks run in: podman | docker | apptainer | singularity | bwrap; \
+             unset: on the node",
+        ),
+        key(
+            "container_uri",
+            Example(quoted("localhost/science:1")),
+            "image, image archive (.tar), root directory or .sif; bwrap: unset = this node's /",
+        ),
+        key(
+            "container_cmd_options",
+            Default(quoted(&d.container_cmd_options)),
+            "the runtime's own options, e.g. \"--runtime runc\" or \"--nv\"",
         ),
     ]
 }
@@ -427,6 +459,7 @@ pub fn template(kind: ProviderKind, service_url: Option<&str>) -> String {
     render_section(&mut out, "engine", &engine_keys(kind));
     render_section(&mut out, "provider", &provider_keys(kind));
     render_section(&mut out, "logs", &logs_keys());
+    render_section(&mut out, "metrics", &metrics_keys());
     out
 }
 
@@ -494,6 +527,7 @@ mod tests {
             let endpoint = accepted_keys::<EndpointSection>();
             let engine = accepted_keys::<EngineSection>();
             let logs = accepted_keys::<LogsSection>();
+            let metrics = accepted_keys::<crate::config::MetricsSection>();
             let provider: Vec<&str> = accepted_keys::<ProviderConfig>()
                 .iter()
                 .copied()
@@ -504,6 +538,7 @@ mod tests {
                 ("engine", engine.to_vec()),
                 ("provider", provider),
                 ("logs", logs.to_vec()),
+                ("metrics", metrics.to_vec()),
             ] {
                 let mut shown = keys_in_section(&text, section);
                 let mut accepted = accepted;
@@ -540,6 +575,7 @@ mod tests {
                 engine_keys(kind),
                 provider_keys(kind),
                 logs_keys(),
+                metrics_keys(),
             ]
             .iter()
             .flatten()
@@ -592,6 +628,7 @@ mod tests {
                 ("engine", engine_keys(kind)),
                 ("provider", provider_keys(kind)),
                 ("logs", logs_keys()),
+                ("metrics", metrics_keys()),
             ];
             for (section, keys) in &sections {
                 for k in keys {
@@ -607,6 +644,9 @@ mod tests {
                         text.push_str(&format!("{} = {value}\n", k.name));
                     } else {
                         text.push_str(&format!("[{section}]\n{} = {value}\n", k.name));
+                    }
+                    if k.name == "container_uri" {
+                        text.push_str("container_type = \"podman\"\n");
                     }
                     EndpointConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
                 }

@@ -11,6 +11,7 @@
 
 pub mod affinity;
 pub mod block;
+pub mod container;
 pub mod job_env;
 pub mod mpi_task;
 pub mod runtime;
@@ -82,6 +83,9 @@ pub struct ManagerConfig {
     /// `engine.shell_output_limit`: bytes of each output stream a shell or
     /// MPI task keeps.
     pub shell_output_limit: usize,
+    /// `engine.container_type` and its URI and options: workers and shell
+    /// tasks run in it.
+    pub container: Option<crate::config::container::Container>,
 }
 
 /// The batch-system job id from the job's environment, if any.
@@ -169,6 +173,10 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         count: workers,
         placements,
         sandbox_root: sandbox_root(config.sandbox_dir.as_deref())?,
+        container: match config.container.clone() {
+            Some(c) => Some(tokio::task::spawn_blocking(move || container::prepare(c)).await?),
+            None => None,
+        },
     });
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
     manager.shell_output_limit = config.shell_output_limit;
@@ -508,6 +516,8 @@ struct Manager {
     mpi_nodes: HashMap<Uuid, Vec<MpiNode>>,
     /// Bytes of each output stream a shell or MPI task keeps.
     shell_output_limit: usize,
+    /// The container shell tasks run in, or why it cannot be used.
+    container: Option<Result<Arc<crate::config::container::Container>, String>>,
 }
 
 impl Manager {
@@ -519,6 +529,7 @@ impl Manager {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let sandbox_root = settings.sandbox_root.clone();
+        let container = settings.container.clone().map(|c| c.map(Arc::new));
         let slots = (0..workers)
             .map(|slot| SlotHandle::spawn(slot, settings.clone(), done_tx.clone()))
             .collect();
@@ -539,6 +550,7 @@ impl Manager {
             mpi: Arc::new(mpi),
             mpi_nodes: HashMap::new(),
             shell_output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
+            container,
         }
     }
 
@@ -751,9 +763,21 @@ impl Manager {
                 }
                 Some(Function::Shell(shell_spec)) => {
                     let function = shell_spec.clone();
-                    let Some(shell_spec) = self.shell_for_task(&function, &spec) else {
+                    let Some(mut shell_spec) = self.shell_for_task(&function, &spec) else {
                         continue;
                     };
+                    match &self.container {
+                        None => {}
+                        Some(Ok(c)) => shell_spec.container = Some(c.clone()),
+                        Some(Err(e)) => {
+                            let e = ExceptionInfo::system(
+                                SystemFailure::ShellFunctionError,
+                                format!("cannot run the command in its container: {e}"),
+                            );
+                            self.results.push(TaskResult::failed(task_id, e));
+                            continue;
+                        }
+                    }
                     self.spawn_command(slot, task_id, async move {
                         shell::run(&shell_spec, &spec.payload).await
                     });

@@ -282,6 +282,7 @@ mod tests {
             cwd: None,
             quote_arguments: true,
             output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
+            container: None,
         };
         let options = format!("--x; touch {}", marker.display());
         let task = TaskSpec {

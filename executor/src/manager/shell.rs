@@ -9,6 +9,7 @@
 //! (`engine.shell_output_limit`); what lies between is counted, not stored.
 
 use hpfaas_protocol::failure::SystemFailure;
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use hpfaas_protocol::payload::{self, STRATEGY_JSON, STRATEGY_SHELL_RESULT};
 use hpfaas_protocol::task::{ExceptionInfo, Outcome};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+
+use super::container::{self, Run};
+use crate::config::container::Container;
 
 /// Return code of a command killed for exceeding its walltime (as `timeout(1)`).
 pub const WALLTIME_RETURNCODE: i32 = 124;
@@ -46,6 +50,10 @@ pub struct ShellSpec {
     /// manager per task, never by the function's definition.
     #[serde(skip)]
     pub cwd: Option<std::path::PathBuf>,
+    /// The container the command runs in (`engine.container_type`; shell
+    /// tasks only, not MPI launchers); set by the manager.
+    #[serde(skip)]
+    pub container: Option<std::sync::Arc<Container>>,
 }
 
 impl ShellSpec {
@@ -212,14 +220,36 @@ async fn execute(
     env: &[(&str, String)],
     shown: &str,
 ) -> std::io::Result<ShellResult> {
-    let mut command = tokio::process::Command::new("/bin/sh");
-    match &spec.cwd {
-        Some(dir) => command.current_dir(dir),
-        None => command.current_dir(super::job_env::working_directory()),
+    let cwd = spec
+        .cwd
+        .clone()
+        .unwrap_or_else(|| super::job_env::working_directory().to_path_buf());
+    let inner: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), line.into()];
+    let name = format!("hpfaas-task-{}", uuid::Uuid::new_v4().simple());
+    let argv = match spec.container.as_deref() {
+        None => inner,
+        Some(c) => {
+            let job = super::job_env::child_environment()
+                .iter()
+                .map(|(k, _)| k.as_os_str());
+            let extra = env.iter().map(|(k, _)| std::ffi::OsStr::new(*k));
+            container::argv(
+                c,
+                &Run {
+                    name: &name,
+                    argv: inner,
+                    cwd: &cwd,
+                    binds: Vec::new(),
+                    env_names: container::passed_variables(job.chain(extra)),
+                    accelerator: None,
+                    interactive: false,
+                },
+            )
+        }
     };
-    let mut child = command
-        .arg("-c")
-        .arg(line)
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&cwd)
         // The job's environment, not the managers' MPI job's: a user's own
         // mpiexec or srun (and an MPI task's launcher) must not join it.
         .env_clear()
@@ -234,7 +264,12 @@ async fn execute(
     let pid = child.id();
     // Cancelling a task drops this future; kill_on_drop alone would reach
     // only `/bin/sh`, not what it started.
-    let mut group = GroupGuard(pid);
+    let removal = spec
+        .container
+        .as_deref()
+        .filter(|c| !c.kind.is_child())
+        .map(|c| (c.clone(), name));
+    let mut group = GroupGuard(pid, removal);
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -259,6 +294,9 @@ async fn execute(
                 signal_group(pid, libc::SIGTERM);
                 let _ = tokio::time::timeout(KILL_GRACE, &mut collect).await;
                 signal_group(pid, libc::SIGKILL);
+                if let Some((c, name)) = group.1.take() {
+                    container::remove(&c, &name);
+                }
                 None
             }
         },
@@ -391,16 +429,21 @@ impl Capture {
 /// when the task is cancelled mid-run: SIGTERM at once (an MPI launcher then
 /// ends its ranks, which sit in groups of their own), SIGKILL after
 /// [`KILL_GRACE`] for whatever ignored it.
-struct GroupGuard(Option<u32>);
+/// A container whose command is killed is removed too (Podman, Docker).
+struct GroupGuard(Option<u32>, Option<(Container, String)>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0.take() {
             signal_group(Some(pid), libc::SIGTERM);
+            let removal = self.1.take();
             // Drop cannot wait; a detached thread gives the grace period.
             std::thread::spawn(move || {
                 std::thread::sleep(KILL_GRACE);
                 signal_group(Some(pid), libc::SIGKILL);
+                if let Some((c, name)) = removal {
+                    container::remove(&c, &name);
+                }
             });
         }
     }
@@ -435,6 +478,7 @@ mod tests {
             snippet_lines: 1000,
             quote_arguments: true,
             output_limit: crate::config::DEFAULT_SHELL_OUTPUT_LIMIT,
+            container: None,
         }
     }
 

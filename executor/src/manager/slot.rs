@@ -264,8 +264,8 @@ impl Slot {
     async fn failed_to_start(&mut self, task_id: Uuid, e: std::io::Error) -> ControlFlow<()> {
         self.shared.set_running(None);
         let message = format!(
-            "cannot start a Python worker with worker_python = {:?}: {e}",
-            self.settings.python
+            "cannot start a Python worker {}: {e}",
+            self.settings.describe()
         );
         tracing::error!("{message}");
         let result = TaskResult::failed(
@@ -645,6 +645,7 @@ mod tests {
             count: 1,
             placements: Vec::new(),
             sandbox_root: None,
+            container: None,
         };
         (dir, Arc::new(settings))
     }
@@ -657,6 +658,7 @@ mod tests {
             count: 1,
             placements: Vec::new(),
             sandbox_root: None,
+            container: None,
         })
     }
 

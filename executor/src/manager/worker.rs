@@ -5,6 +5,7 @@
 
 use hpfaas_protocol::failure::SystemFailure;
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use uuid::Uuid;
 
 use super::affinity::Placement;
+use super::container::{self, Run};
 use super::job_env;
+use crate::config::container::Container;
 
 /// How a worker process ended, for messages and the SIGTERM check.
 #[derive(Debug)]
@@ -55,6 +58,9 @@ impl std::fmt::Display for Ended {
 struct EndedBeforeReady {
     ended: Ended,
     cause: std::io::Error,
+    /// The last lines of its stderr, when they were kept (in a container,
+    /// where the runtime explains a failed start there).
+    said: Option<String>,
 }
 
 impl std::fmt::Display for EndedBeforeReady {
@@ -63,7 +69,11 @@ impl std::fmt::Display for EndedBeforeReady {
             f,
             "the worker ended before it was ready ({}): {}",
             self.ended, self.cause
-        )
+        )?;
+        match &self.said {
+            Some(said) => write!(f, "; it said: {said}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -94,6 +104,25 @@ pub struct WorkerSettings {
     /// `engine.run_in_sandbox`: the directory under which each task gets its
     /// own working directory (`<dir>/<task_id>/`); `None` when off.
     pub sandbox_root: Option<PathBuf>,
+    /// The container workers run in (`engine.container_type`), if any; or
+    /// why it cannot be used (an archive that would not import), which
+    /// every worker start then fails with.
+    pub container: Option<Result<Container, String>>,
+}
+
+impl WorkerSettings {
+    /// How a worker is started, for messages: the interpreter, and the
+    /// container it runs in.
+    pub fn describe(&self) -> String {
+        match &self.container {
+            Some(Ok(c)) => format!(
+                "with worker_python = {:?} in the {}",
+                self.python,
+                container::describe(c)
+            ),
+            _ => format!("with worker_python = {:?}", self.python),
+        }
+    }
 }
 
 /// A task's own working directory under `root` (`run_in_sandbox`), created.
@@ -166,6 +195,9 @@ pub struct Worker {
     child: Child,
     /// The pid the worker reported (for messages).
     pid: u32,
+    /// The container it runs in and the container's name, when one must be
+    /// removed after its command ends (Podman, Docker).
+    container: Option<(Container, String)>,
     /// Where requests go.
     pub requests: RequestPipe,
     /// Where its answers come from.
@@ -193,13 +225,30 @@ impl Worker {
         settings: &WorkerSettings,
         spawned: impl FnOnce(u32),
     ) -> std::io::Result<Worker> {
-        let mut child = command(slot, settings).spawn()?;
+        let container = match &settings.container {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+        };
+        let name = container_name(slot);
+        let mut command = command(slot, settings, container.map(|c| (c, name.as_str())));
+        let kept = container.map(|_| {
+            command.stderr(Stdio::piped());
+            StderrTail::default()
+        });
+        let mut child = command.spawn()?;
         spawned(child.id().unwrap_or(0));
+        let removal = container
+            .filter(|c| !c.kind.is_child())
+            .map(|c| (c.clone(), name));
+        if let (Some(tail), Some(stderr)) = (&kept, child.stderr.take()) {
+            tail.forward(stderr);
+        }
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
-        let frame = match tokio::time::timeout(Duration::from_secs(60), read_frame(&mut stdout))
-            .await
-        {
+        // A container's image may have to be unpacked first.
+        let ready_within = Duration::from_secs(if container.is_some() { 300 } else { 60 });
+        let frame = match tokio::time::timeout(ready_within, read_frame(&mut stdout)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 // Say how it ended: a worker killed at start-up by the batch
@@ -208,12 +257,28 @@ impl Worker {
                     Ok(Ok(status)) => Ended::of(status),
                     _ => Ended::unknown("still running"),
                 };
-                return Err(std::io::Error::other(EndedBeforeReady { ended, cause: e }));
+                let said = match &kept {
+                    Some(tail) => tail.settled().await,
+                    None => None,
+                };
+                if let Some((c, name)) = &removal {
+                    container::remove(c, name);
+                }
+                return Err(std::io::Error::other(EndedBeforeReady {
+                    ended,
+                    cause: e,
+                    said,
+                }));
             }
             Err(_) => {
-                return Err(std::io::Error::other(
-                    "the worker did not report ready within 60 s",
-                ))
+                let _ = child.start_kill();
+                if let Some((c, name)) = &removal {
+                    container::remove(c, name);
+                }
+                return Err(std::io::Error::other(format!(
+                    "the worker did not report ready within {} s",
+                    ready_within.as_secs()
+                )));
             }
         };
         let ready: Ready = serde_json::from_slice(&frame)
@@ -224,6 +289,7 @@ impl Worker {
         Ok(Worker {
             child,
             pid: ready.pid,
+            container: removal,
             requests: RequestPipe {
                 stdin,
                 known: HashSet::new(),
@@ -237,63 +303,130 @@ impl Worker {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Kills the process and waits briefly for it; its pid and how it ended.
+    /// Kills the process (and removes its container) and waits briefly for
+    /// it; its pid and how it ended.
     pub async fn kill(mut self) -> (u32, Ended) {
         let _ = self.child.start_kill();
+        self.remove_container();
         match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
             Ok(Ok(status)) => (self.pid, Ended::of(status)),
             _ => (self.pid, Ended::unknown("exit status unknown")),
         }
     }
 
-    /// Closes its stdin, which ends a worker between tasks; kills it if it
-    /// has not exited two seconds later.
-    pub async fn stop(mut self) {
-        drop(self.requests);
-        if tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+    /// Closes its stdin, which ends a worker between tasks; kills it (and
+    /// removes its container) if it has not exited two seconds later.
+    pub async fn stop(self) {
+        let Worker {
+            mut child,
+            requests,
+            container: removal,
+            ..
+        } = self;
+        drop(requests);
+        if tokio::time::timeout(Duration::from_secs(2), child.wait())
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            let _ = child.kill().await;
+            if let Some((c, name)) = removal {
+                container::remove(&c, &name);
+            }
+        }
+    }
+
+    /// A killed `podman run` or `docker run` leaves its container running.
+    fn remove_container(&mut self) {
+        if let Some((c, name)) = self.container.take() {
+            container::remove(&c, &name);
         }
     }
 }
 
+/// A name no other worker container on this node has: the manager's pid,
+/// the slot, and a count of the workers this manager started.
+fn container_name(slot: usize) -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("hpfaas-worker-{}-{slot}-{n}", std::process::id())
+}
+
 /// The command that starts worker `slot`: the embedded runtime, the job's
-/// environment, the slot's placement, and death with the manager.
-fn command(slot: usize, settings: &WorkerSettings) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&settings.python);
-    command
-        .arg("-u")
-        .arg("-c")
-        .arg(super::runtime::bootstrap(&settings.runtime_dir))
-        .current_dir(job_env::working_directory())
-        .env_clear()
-        .envs(job_env::child_environment().iter().cloned())
-        .env("HPFAAS_WORKER_RANK", slot.to_string())
-        .env("HPFAAS_WORKER_COUNT", settings.count.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(placement) = settings.placements.get(slot) {
-        command.env("OMP_NUM_THREADS", placement.omp_threads.to_string());
+/// environment, the slot's placement, and death with the manager; inside
+/// `container` (with the container's name) when there is one.
+fn command(
+    slot: usize,
+    settings: &WorkerSettings,
+    container: Option<(&Container, &str)>,
+) -> tokio::process::Command {
+    let mut env: Vec<(OsString, OsString)> = job_env::child_environment().to_vec();
+    env.push(("HPFAAS_WORKER_RANK".into(), slot.to_string().into()));
+    env.push((
+        "HPFAAS_WORKER_COUNT".into(),
+        settings.count.to_string().into(),
+    ));
+    let placement = settings.placements.get(slot);
+    if let Some(placement) = placement {
+        env.push((
+            "OMP_NUM_THREADS".into(),
+            placement.omp_threads.to_string().into(),
+        ));
         if let Some(device) = &placement.accelerator {
             for var in [
                 "CUDA_VISIBLE_DEVICES",
                 "ROCR_VISIBLE_DEVICES",
                 "ZE_AFFINITY_MASK",
             ] {
-                command.env(var, device);
+                env.push((var.into(), device.into()));
             }
         }
-        if let Some(mask) = placement.cpu_mask() {
-            // SAFETY: the hook runs between fork and exec, so it may only make
-            // async-signal-safe calls: apply() is one system call on a set
-            // computed here, before the fork. Pinning before exec means the
-            // interpreter, and so all user code, starts bound.
-            unsafe { command.pre_exec(move || mask.apply()) };
+    }
+    let python: Vec<OsString> = vec![
+        settings.python.clone().into(),
+        "-u".into(),
+        "-c".into(),
+        super::runtime::bootstrap(&settings.runtime_dir).into(),
+    ];
+    let cwd = job_env::working_directory();
+    let argv = match container {
+        None => python,
+        Some((c, name)) => {
+            let mut binds = vec![(settings.runtime_dir.clone(), false)];
+            if let Some(root) = &settings.sandbox_root {
+                binds.push((root.clone(), true));
+            }
+            let env_names = container::passed_variables(env.iter().map(|(k, _)| k.as_os_str()));
+            container::argv(
+                c,
+                &Run {
+                    name,
+                    argv: python,
+                    cwd,
+                    binds,
+                    env_names,
+                    accelerator: placement.and_then(|p| p.accelerator.as_deref()),
+                    interactive: true,
+                },
+            )
         }
+    };
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(mask) = placement.and_then(|p| p.cpu_mask()) {
+        // SAFETY: the hook runs between fork and exec, so it may only make
+        // async-signal-safe calls: apply() is one system call on a set
+        // computed here, before the fork. Pinning before exec means the
+        // interpreter, and so all user code, starts bound (a container's
+        // runtime passes the binding on to what it starts).
+        unsafe { command.pre_exec(move || mask.apply()) };
     }
     // SAFETY: prctl is one async-signal-safe system call. A worker must not
     // outlive its manager (a manager killed with SIGKILL cannot clean up),
@@ -307,6 +440,51 @@ fn command(slot: usize, settings: &WorkerSettings) -> tokio::process::Command {
         })
     };
     command
+}
+
+/// The last lines a containerized worker wrote to stderr, kept while they
+/// are copied to the manager's own: where a container runtime says why a
+/// worker could not start (no such image, no such runtime option).
+#[derive(Default, Clone)]
+struct StderrTail {
+    lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+/// Lines of a worker's stderr kept for a failed start's message.
+const STDERR_LINES_KEPT: usize = 5;
+
+impl StderrTail {
+    /// Copies `stderr` line by line to this process's stderr, keeping the last few.
+    fn forward(&self, stderr: tokio::process::ChildStderr) {
+        use tokio::io::AsyncBufReadExt as _;
+        let tail = self.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let mut kept = tail.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == STDERR_LINES_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(line.chars().take(1000).collect());
+            }
+            tail.done.notify_one();
+        });
+    }
+
+    /// The kept lines once stderr has closed (or after a second), joined.
+    async fn settled(&self) -> Option<String> {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.done.notified()).await;
+        let kept = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let text = kept
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / ");
+        (!text.is_empty()).then_some(text)
+    }
 }
 
 impl RequestPipe {
@@ -526,6 +704,7 @@ mod tests {
                     by_sigterm,
                 },
                 cause: std::io::ErrorKind::UnexpectedEof.into(),
+                said: None,
             })
         };
         assert!(start_ended_by_sigterm(&ended(true)));

@@ -189,6 +189,11 @@ impl Db {
         self.writer.failure()
     }
 
+    /// How long the writer's group commits take (for the service's metrics).
+    pub fn commit_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.writer.commit_seconds().clone()
+    }
+
     /// Where payloads over [`payload_files::INLINE_MAX`] are kept.
     pub fn payload_files(&self) -> &PayloadFiles {
         &self.payload_files

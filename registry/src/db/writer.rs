@@ -42,6 +42,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -181,6 +182,7 @@ pub struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
     broken: Arc<Broken>,
+    commit_seconds: Histogram,
 }
 
 impl Writer {
@@ -203,14 +205,24 @@ impl Writer {
             None => None,
         };
         let thread_broken = broken.clone();
+        // 0.1 ms to about 2.4 s.
+        let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.5, 12));
+        let timer = commit_seconds.clone();
         let thread = std::thread::Builder::new()
             .name("hpfaas-db-writer".into())
-            .spawn(move || run(conn, ctx, rx, syncer, &thread_broken))?;
+            .spawn(move || run(conn, ctx, rx, syncer, &thread_broken, &timer))?;
         Ok(Writer {
             tx,
             thread: Mutex::new(Some(thread)),
             broken,
+            commit_seconds,
         })
+    }
+
+    /// How long each group commit took, BEGIN to COMMIT (one observation
+    /// per batch, for the service's metrics).
+    pub fn commit_seconds(&self) -> &Histogram {
+        &self.commit_seconds
     }
 
     /// Why the writer accepts no more writes (a sync of the WAL failed), if
@@ -332,6 +344,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     syncer: Option<Syncer>,
     broken: &Broken,
+    commit_seconds: &Histogram,
 ) {
     let mut open = true;
     while open {
@@ -359,7 +372,7 @@ fn run(
                 .for_each(|job| job.finish(Err(err.clone())));
             continue;
         }
-        let durable = commit_batch(&conn, &mut ctx, batch);
+        let durable = commit_batch(&conn, &mut ctx, batch, commit_seconds);
         if durable.is_empty() {
             continue;
         }
@@ -390,7 +403,9 @@ fn commit_batch(
     conn: &Connection,
     ctx: &mut WriteCtx,
     mut batch: Vec<Box<dyn Job>>,
+    commit_seconds: &Histogram,
 ) -> Vec<Box<dyn Job>> {
+    let started = std::time::Instant::now();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = ApiError::from(e);
         for job in batch {
@@ -409,6 +424,7 @@ fn commit_batch(
         }
         return Vec::new();
     }
+    commit_seconds.observe(started.elapsed().as_secs_f64());
     let mut durable = Vec::new();
     for mut job in batch {
         job.visible();

@@ -4,9 +4,10 @@
 //! result stream like any final task, and its endpoint's agent is told with
 //! `ServiceMessage::Cancel` (now if connected, else when it reconnects).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use axum::extract::State;
+use hpfaas_protocol::task::TaskState;
 use serde_json::{json, Value};
 
 use crate::auth::User;
@@ -15,27 +16,29 @@ use crate::db::Durability;
 use crate::error::ApiResult;
 use crate::extract::{parse_id, IdPath};
 use crate::live::{Live, ResultEvent};
+use crate::metrics::Metrics;
 use crate::routes::tasks::require_group_owner;
 use crate::state::AppState;
 
 /// Tasks of a group cancelled per writer job.
 const GROUP_BATCH: usize = 2000;
 
-/// Announces cancelled tasks to the result streams and their endpoints.
-/// Runs as the cancel's commit becomes visible: result events must come in
-/// `result_seq` order ([`ResultEvent`]).
-fn announce(live: &Live, cancelled: &[Cancelled]) {
-    let mut endpoints = BTreeSet::new();
+/// Announces cancelled tasks to the result streams and their endpoints,
+/// and counts them. Runs as the cancel's commit becomes visible: result
+/// events must come in `result_seq` order ([`ResultEvent`]).
+fn announce(live: &Live, metrics: &Metrics, cancelled: &[Cancelled]) {
+    let mut endpoints = BTreeMap::new();
     for c in cancelled {
         live.publish_result(ResultEvent {
             group: c.group,
             seq: c.seq,
             row: None,
         });
-        endpoints.insert(c.endpoint);
+        *endpoints.entry(c.endpoint).or_insert(0) += 1;
     }
-    for endpoint in endpoints {
+    for (endpoint, n) in endpoints {
         live.poke(endpoint);
+        metrics.finished(endpoint, TaskState::Cancelled.as_str(), n);
     }
 }
 
@@ -47,13 +50,13 @@ pub async fn cancel_task(
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id("task", &raw)?;
     let name = user.name.clone();
-    let live = state.live.clone();
+    let (live, metrics) = (state.live.clone(), state.metrics.clone());
     state
         .db
         .write_visible(
             move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id),
             Durability::Now,
-            move |cancelled| announce(&live, std::slice::from_ref(cancelled)),
+            move |cancelled| announce(&live, &metrics, std::slice::from_ref(cancelled)),
         )
         .await?;
     state
@@ -77,7 +80,7 @@ pub async fn cancel_group(
     let mut total = 0usize;
     loop {
         let name = user.name.clone();
-        let live = state.live.clone();
+        let (live, metrics) = (state.live.clone(), state.metrics.clone());
         let (cancelled, next) = state
             .db
             .write_visible(
@@ -85,7 +88,7 @@ pub async fn cancel_group(
                     cancel::cancel_group_page(c, ctx, user.id, &name, group, cursor, GROUP_BATCH)
                 },
                 Durability::Now,
-                move |(cancelled, _)| announce(&live, cancelled),
+                move |(cancelled, _)| announce(&live, &metrics, cancelled),
             )
             .await?;
         total += cancelled.len();

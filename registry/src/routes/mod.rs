@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod endpoints;
 pub mod functions;
+pub mod metrics;
 pub mod openapi;
 pub mod route;
 pub mod service;
@@ -32,10 +33,12 @@ use serde_json::Value;
 use crate::endpoint_link;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::ui;
 use openapi::schemas;
 pub use route::{Auth, Route};
 
 const JSON: &str = "application/json";
+const HTML: &str = "text/html";
 
 /// Every route the service answers.
 pub static ROUTES: &[Route] = &[
@@ -249,6 +252,66 @@ pub static ROUTES: &[Route] = &[
         response: schemas::websocket,
         produces: JSON,
         handler: |m| on(m, endpoint_link::connect),
+    },
+    Route {
+        method: "POST",
+        path: "/v3/ui/login_link",
+        summary: "A one-time login link for the web dashboard (valid `ttl` seconds, default 600)",
+        auth: Auth::User,
+        request: Some(schemas::login_link),
+        response: schemas::login_link_made,
+        produces: JSON,
+        handler: |m| on(m, ui::login_link),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/login",
+        summary: "Spend a login link's key: sets the session cookie, redirects to /ui/",
+        auth: Auth::None,
+        request: None,
+        response: schemas::text,
+        produces: HTML,
+        handler: |m| on(m, ui::login),
+    },
+    Route {
+        method: "POST",
+        path: "/ui/logout",
+        summary: "End the dashboard session of the cookie",
+        auth: Auth::None,
+        request: None,
+        response: schemas::text,
+        produces: HTML,
+        handler: |m| on(m, ui::logout),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/",
+        summary: "The web dashboard",
+        auth: Auth::None,
+        request: None,
+        response: schemas::text,
+        produces: HTML,
+        handler: |m| on(m, ui::index),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/app.js",
+        summary: "The dashboard's script",
+        auth: Auth::None,
+        request: None,
+        response: schemas::text,
+        produces: "text/javascript",
+        handler: |m| on(m, ui::script),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/style.css",
+        summary: "The dashboard's style",
+        auth: Auth::None,
+        request: None,
+        response: schemas::text,
+        produces: "text/css",
+        handler: |m| on(m, ui::style),
     },
     Route {
         method: "GET",

@@ -24,6 +24,11 @@ pub fn build(routes: &[Route]) -> Value {
                 },
             },
         });
+        if route.produces == "text/html" {
+            // A page's own errors are pages too (a spent login link).
+            op["responses"]["default"]["content"]["text/html"] =
+                json!({"schema": {"type": "string"}});
+        }
         let mut parameters = Vec::new();
         if route.path.contains("{id}") {
             parameters.push(json!({
@@ -110,6 +115,26 @@ pub mod schemas {
     /// An object with these required keys and properties.
     pub fn object(required: &[&str], properties: Value) -> Value {
         json!({"type": "object", "required": required, "properties": properties})
+    }
+
+    /// Text that is not JSON (a page, a script).
+    pub fn text() -> Value {
+        s()
+    }
+
+    /// Body of `POST /v3/ui/login_link`.
+    pub fn login_link() -> Value {
+        json!({"type": "object", "additionalProperties": false, "properties": {
+            "ttl": {"type": "number", "minimum": 0, "exclusiveMinimum": true, "maximum": 86400},
+        }})
+    }
+
+    /// Answer of `POST /v3/ui/login_link`.
+    pub fn login_link_made() -> Value {
+        object(
+            &["path", "expires_in"],
+            json!({"path": s(), "expires_in": {"type": "number"}}),
+        )
     }
 
     /// Any JSON object.

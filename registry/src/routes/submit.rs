@@ -484,6 +484,7 @@ pub async fn submit(
     // (so the audit log records them as submitted then, before they can be
     // reported running); the client's answer waits until they are durable.
     let (live, audit, user_name) = (state.live.clone(), state.audit.clone(), user.name.clone());
+    let metrics = state.metrics.clone();
     // Set once rows naming the files are committed: from then on the files
     // belong to dispatched tasks, whatever the answer (a failed sync).
     let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -503,6 +504,7 @@ pub async fn submit(
                 let ts = hpfaas_protocol::task::now_unix();
                 if count > 0 {
                     live.poke(endpoint);
+                    metrics.submitted(endpoint, count as u64);
                 }
                 for (task, function) in audited {
                     audit.submitted(ts, &user_name, task, function, endpoint, group);

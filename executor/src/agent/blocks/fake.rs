@@ -125,4 +125,11 @@ impl Provider for FakeProvider {
         self.queue.lock().unwrap().cancels.push(jobs.to_vec());
         Ok(())
     }
+
+    fn probe(&mut self) -> Result<String, ProviderError> {
+        match &self.queue.lock().unwrap().refuse_status {
+            Some(message) => Err(ProviderError::new("fake", message.clone())),
+            None => Ok("the fake scheduler answered".into()),
+        }
+    }
 }

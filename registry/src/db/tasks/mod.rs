@@ -18,7 +18,7 @@ mod read;
 mod results;
 mod submit;
 #[cfg(test)]
-mod test_fixture;
+pub(crate) mod test_fixture;
 mod timeline;
 
 pub use dispatch_page::{dispatch_page, DispatchPage, Frame, PageLimits};

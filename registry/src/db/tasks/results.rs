@@ -37,16 +37,19 @@ pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> 
 }
 
 /// Applies non-final state changes to non-final tasks; final states are
-/// ignored here because only a result may end a task.
+/// ignored here because only a result may end a task. `started` gets the
+/// `rid` of each task that moved to `running` (not one already there).
 pub fn update_states(
     conn: &Connection,
     endpoint: Uuid,
     updates: &[(Uuid, TaskState)],
+    mut started: impl FnMut(i64),
 ) -> ApiResult<usize> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3,
                           started = CASE WHEN ?3 = 'running' THEN ifnull(started, ?4) ELSE started END
-         WHERE id = ?1 AND endpoint_id = ?2 AND done = 0",
+         WHERE id = ?1 AND endpoint_id = ?2 AND done = 0 AND state <> ?3
+         RETURNING rid",
     )?;
     let endpoint = endpoint.to_string();
     let at = now();
@@ -56,7 +59,17 @@ pub fn update_states(
             tracing::warn!(task = %id, state = state.as_str(), "ignoring a final state sent without a result");
             continue;
         }
-        n += st.execute(params![id.to_string(), endpoint, state.as_str(), at])?;
+        let rid: Option<i64> = st
+            .query_row(params![id.to_string(), endpoint, state.as_str(), at], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(rid) = rid {
+            n += 1;
+            if *state == TaskState::Running {
+                started(rid);
+            }
+        }
     }
     Ok(n)
 }
@@ -99,6 +112,10 @@ pub struct StoredResult {
     pub seq: i64,
     /// Its payload was in a file, to remove once this is durable.
     pub payload_file: bool,
+    /// The state it ended in.
+    pub state: TaskState,
+    /// When it was submitted (Unix seconds, the service's clock).
+    pub created: f64,
     /// The task's row as stored, when its result and exception text are at
     /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
     /// it back.
@@ -203,6 +220,8 @@ pub fn store_results(
                     group,
                     seq,
                     payload_file,
+                    state,
+                    created,
                     row,
                 });
             }
@@ -238,10 +257,26 @@ mod tests {
         let group = Uuid::new_v4();
         let ids = submit_n(&fx, group, 2, 10);
         assert_eq!(ack(&fx.conn, fx.endpoint, &ids).unwrap(), 2);
+        let mut started = Vec::new();
+        let running = [(ids[0], TaskState::Running)];
         assert_eq!(
-            update_states(&fx.conn, fx.endpoint, &[(ids[0], TaskState::Running)]).unwrap(),
+            update_states(&fx.conn, fx.endpoint, &running, |rid| started.push(rid)).unwrap(),
             1
         );
+        // Told again, it is not started twice.
+        assert_eq!(
+            update_states(&fx.conn, fx.endpoint, &running, |rid| started.push(rid)).unwrap(),
+            0
+        );
+        let rid: i64 = fx
+            .conn
+            .query_row(
+                "SELECT rid FROM tasks WHERE id = ?1",
+                [ids[0].to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(started, vec![rid]);
         // A re-sent, re-acked running task stays running.
         assert_eq!(ack(&fx.conn, fx.endpoint, &ids[..1]).unwrap(), 0);
         let mut ctx = WriteCtx { next_result_seq: 7 };
@@ -266,6 +301,8 @@ mod tests {
             group,
             seq: 7,
             payload_file: false,
+            state: TaskState::Success,
+            created: row.created,
             row: Some(std::sync::Arc::new(row)),
         };
         assert_eq!(stored, vec![first]);

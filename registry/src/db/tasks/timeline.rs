@@ -75,10 +75,22 @@ mod tests {
         ack(&fx.conn, fx.endpoint, &ids).unwrap();
         let acked = at(ids[0]);
         assert!(acked.dispatched.unwrap() >= acked.submitted);
-        update_states(&fx.conn, fx.endpoint, &[(ids[0], TaskState::Running)]).unwrap();
+        update_states(
+            &fx.conn,
+            fx.endpoint,
+            &[(ids[0], TaskState::Running)],
+            |_| {},
+        )
+        .unwrap();
         let running = at(ids[0]).started.expect("started when running");
         // A second `running` (a retry on another worker) keeps the first.
-        update_states(&fx.conn, fx.endpoint, &[(ids[0], TaskState::Running)]).unwrap();
+        update_states(
+            &fx.conn,
+            fx.endpoint,
+            &[(ids[0], TaskState::Running)],
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(at(ids[0]).started, Some(running));
 
         let placed = Placement {

@@ -1,0 +1,243 @@
+// The hpfaas dashboard: pages drawn from the service's REST routes, read with
+// the session cookie (GET only). Every value from the service is put into the
+// page as text, never as markup: task output and tracebacks are the user's code's.
+"use strict";
+
+const page = () => document.getElementById("page");
+const statusLine = () => document.getElementById("status");
+let refreshTimer = null;
+let openStream = null;
+
+/** An element with attributes and children (strings become text nodes). */
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null) continue;
+    if (k === "class") node.className = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** GET a JSON route; `null` for 404 when `optional` (a route this service may lack). */
+async function get(path, optional) {
+  const resp = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  if (resp.status === 401) {
+    throw new Error("Not logged in, or the session ended: run `hpfaas dashboard` for a new login link.");
+  }
+  if (optional && (resp.status === 404 || resp.status === 405)) return null;
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(`${path}: ${resp.status} ${body.error || ""}`);
+  return body;
+}
+
+/** A time as the service gives it (Unix seconds, as a number or a string, or RFC 3339). */
+function when(t) {
+  if (t === undefined || t === null || t === "") return "";
+  const seconds = typeof t === "number" ? t : /^\d+(\.\d+)?$/.test(String(t)) ? Number(t) : null;
+  const d = seconds !== null ? new Date(seconds * 1000) : new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString();
+}
+
+function state(s) {
+  return el("span", { class: `state state-${String(s).replace(/[^a-z-]/g, "")}` }, s);
+}
+
+/** A table; without `headers`, a list of facts (name, value). */
+function table(headers, rows) {
+  return el("table", {},
+    headers ? el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))) : null,
+    el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))))));
+}
+
+function link(href, text) {
+  return el("a", { href }, text);
+}
+
+function show(...nodes) {
+  page().replaceChildren(...nodes);
+  statusLine().textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function fail(err) {
+  page().replaceChildren(el("p", { class: "error" }, err.message || String(err)));
+}
+
+/** Endpoints with their status, and the most recent tasks when the service lists them. */
+async function overview() {
+  const endpoints = await get("/v2/endpoints");
+  const statuses = await Promise.all(endpoints.map((e) =>
+    get(`/v2/endpoints/${e.endpoint_id}/status`).catch(() => ({ status: "unknown", details: {} }))));
+  const online = statuses.filter((s) => s.status === "online").length;
+  const recent = await get("/v3/tasks?limit=50", true);
+  const tasks = recent ? (recent.tasks || recent.items || []) : [];
+  const failed = tasks.filter((t) => t.status === "failed").length;
+  const cards = el("div", { class: "cards" },
+    el("div", { class: "card" }, el("div", { class: "n" }, `${online}/${endpoints.length}`), "endpoints online"),
+    el("div", { class: "card" }, el("div", { class: "n" }, tasks.length), "recent tasks"),
+    el("div", { class: "card" }, el("div", { class: "n" }, failed), "of them failed"));
+  const rows = endpoints.map((e, i) => {
+    const d = statuses[i].details || {};
+    return [
+      link(`#/endpoint/${e.endpoint_id}`, e.display_name || e.name),
+      el("span", { class: "mono" }, e.endpoint_id),
+      state(statuses[i].status),
+      `${d.idle_workers ?? "-"} / ${d.total_workers ?? "-"}`,
+      d.outstanding_tasks ?? "-",
+      d.active_blocks ?? "-",
+    ];
+  });
+  const parts = [el("h1", {}, "Overview"), cards, el("h2", {}, "Endpoints"),
+    table(["name", "id", "status", "idle / workers", "outstanding", "blocks"], rows)];
+  if (recent) parts.push(el("h2", {}, "Recent tasks"), taskTable(tasks));
+  show(...parts);
+}
+
+function taskTable(tasks) {
+  return table(["task", "status", "function", "endpoint", "submitted", "completed"],
+    tasks.map((t) => [
+      link(`#/task/${t.task_id || t.id}`, el("span", { class: "mono" }, t.task_id || t.id)),
+      state(t.status),
+      el("span", { class: "mono" }, t.function_id || ""),
+      t.endpoint_id ? link(`#/endpoint/${t.endpoint_id}`, el("span", { class: "mono" }, t.endpoint_id)) : "",
+      when(t.submitted_at || t.created_t || t.submitted),
+      when(t.completion_t || t.completed_at || ""),
+    ]));
+}
+
+/** One endpoint: its status, blocks and recent events (where the service has them). */
+async function endpoint(id) {
+  const status = await get(`/v2/endpoints/${id}/status`);
+  const events = await get(`/v3/endpoints/${id}/events?limit=50`, true);
+  const d = status.details || {};
+  const facts = Object.entries(d).filter(([k]) => k !== "blocks")
+    .map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
+  const parts = [el("h1", {}, "Endpoint ", el("span", { class: "mono" }, id), " ", state(status.status)),
+    table(null, facts)];
+  const blocks = status.blocks || d.blocks;
+  if (Array.isArray(blocks)) {
+    parts.push(el("h2", {}, "Blocks"), table(["block", "job id", "state", "nodes", "managers", "workers", "started"],
+      blocks.map((b) => [b.block_id, el("span", { class: "mono" }, b.job_id || ""), state(b.state || ""),
+        b.nodes ?? "", b.managers ?? "", b.workers ?? b.total_workers ?? "", when(b.started_at || b.submitted_at)])));
+  }
+  if (events) {
+    const list = Array.isArray(events.events) ? [...events.events].reverse() : [];
+    parts.push(el("h2", {}, "Recent events"), table(["time", "kind", "block", "job", "message"],
+      list.map((e) => [when(e.time), e.kind || "", e.block_id ?? "", el("span", { class: "mono" }, e.job_id ?? ""),
+        el("span", { class: "mono" }, e.message || "")])));
+  }
+  show(...parts);
+}
+
+/** The caller's tasks, newest first, with filters and a "more" page. */
+async function tasks(query) {
+  const params = new URLSearchParams(query);
+  if (!params.has("limit")) params.set("limit", "100");
+  const answer = await get(`/v3/tasks?${params}`, true);
+  if (!answer) {
+    show(el("h1", {}, "Tasks"), el("p", { class: "muted" }, "This service does not list tasks."));
+    return;
+  }
+  const list = answer.tasks || answer.items || [];
+  const filters = el("form", { class: "filters" },
+    ...["status", "endpoint_id", "function_id", "task_group_id"].map((name) =>
+      el("input", { name, placeholder: name, value: params.get(name) || "" })),
+    el("button", { type: "submit" }, "Filter"));
+  filters.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const input of filters.querySelectorAll("input")) if (input.value) q.set(input.name, input.value);
+    location.hash = `#/tasks?${q}`;
+  });
+  const parts = [el("h1", {}, "Tasks"), filters, taskTable(list)];
+  const cursor = answer.next_cursor || answer.cursor;
+  if (cursor) {
+    params.set("cursor", cursor);
+    parts.push(el("p", {}, link(`#/tasks?${params}`, "older tasks →")));
+  }
+  show(...parts);
+}
+
+/** One task: its state, timeline, output, and its result or remote traceback. */
+async function task(id) {
+  const t = await get(`/v2/tasks/${id}`);
+  const facts = [["status", state(t.status)], ["function", el("span", { class: "mono" }, t.function_id || "")],
+    ["endpoint", t.endpoint_id ? link(`#/endpoint/${t.endpoint_id}`, el("span", { class: "mono" }, t.endpoint_id)) : ""],
+    ["task group", t.task_group_id ? link(`#/group/${t.task_group_id}`, el("span", { class: "mono" }, t.task_group_id)) : ""],
+    ["completed", when(t.completion_t)]];
+  const parts = [el("h1", {}, "Task ", el("span", { class: "mono" }, id)), table(null, facts)];
+  if (t.timeline && typeof t.timeline === "object") {
+    parts.push(el("h2", {}, "Timeline"), table(["step", "when"],
+      Object.entries(t.timeline).map(([k, v]) => [k, v === null ? "—" : when(v)])));
+  }
+  if (t.placement && typeof t.placement === "object") {
+    const p = t.placement;
+    parts.push(el("h2", {}, "Ran on"), table(null, [["host", p.host ?? ""], ["block", p.block_id ?? ""],
+      ["manager", el("span", { class: "mono" }, p.manager_id ?? "")], ["worker", p.worker ?? ""]]));
+  }
+  if (t.exception || t.exception_type) {
+    parts.push(el("h2", {}, "Error: ", t.exception_type || ""), el("pre", { id: "traceback" }, t.exception || t.exception_message || ""));
+  } else if (typeof t.result === "string") {
+    const shown = t.result.length > 20000 ? `${t.result.slice(0, 20000)}… (${t.result.length} characters)` : t.result;
+    parts.push(el("h2", {}, "Result"), el("pre", {}, shown));
+  }
+  const output = t.output || {};
+  for (const stream of ["stdout", "stderr"]) {
+    const text = output[stream] ?? t[stream];
+    if (typeof text === "string" && text) parts.push(el("h2", {}, stream), el("pre", {}, text));
+  }
+  show(...parts);
+}
+
+/** A task group, kept current by its result stream. */
+async function group(id) {
+  const g = await get(`/v2/taskgroup/${id}`);
+  const byId = new Map(g.tasks.map((t) => [t.id, t]));
+  const draw = () => {
+    const counts = {};
+    for (const t of byId.values()) counts[t.status] = (counts[t.status] || 0) + 1;
+    show(el("h1", {}, "Task group ", el("span", { class: "mono" }, id)),
+      el("p", {}, Object.entries(counts).map(([s, n]) => el("span", {}, state(s), ` ${n}  `))),
+      table(["task", "status", "function"], [...byId.values()].map((t) => [
+        link(`#/task/${t.id}`, el("span", { class: "mono" }, t.id)), state(t.status),
+        el("span", { class: "mono" }, t.function_id)])));
+  };
+  draw();
+  openStream = new EventSource(`/v3/taskgroup/${id}/stream`);
+  openStream.addEventListener("message", (ev) => {
+    try {
+      const doc = JSON.parse(ev.data);
+      const known = byId.get(doc.task_id);
+      if (known) { known.status = doc.status; draw(); }
+    } catch (_) { /* a frame that is not a task document */ }
+  });
+}
+
+/** Draws the page the address names, and keeps overview and endpoint pages fresh. */
+async function route() {
+  clearTimeout(refreshTimer);
+  if (openStream) { openStream.close(); openStream = null; }
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const parts = path.split("/").filter(Boolean);
+  let draw;
+  let refresh = false;
+  if (parts.length === 0) { draw = () => overview(); refresh = true; }
+  else if (parts[0] === "endpoint" && parts[1]) { draw = () => endpoint(parts[1]); refresh = true; }
+  else if (parts[0] === "tasks") draw = () => tasks(query || "");
+  else if (parts[0] === "task" && parts[1]) draw = () => task(parts[1]);
+  else if (parts[0] === "group" && parts[1]) draw = () => group(parts[1]);
+  else draw = async () => show(el("p", {}, "No such page. ", link("#/", "Overview")));
+  const tick = async () => {
+    try { await draw(); } catch (err) { fail(err); return; }
+    if (refresh) refreshTimer = setTimeout(tick, 2000);
+  };
+  await tick();
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", route);
