@@ -15,6 +15,7 @@ mod global;
 mod man;
 mod output;
 mod service_access;
+mod task_cli;
 mod up;
 
 use std::net::SocketAddr;
@@ -48,8 +49,8 @@ const ENVIRONMENT: &str = "\
 Environment:
   HPFAAS_HOME    state directory (--home), default ~/.hpfaas
   HPFAAS_OUTPUT  text or json (--output)
-  HPFAAS_URL     service URL for `endpoint start` (--service-url)
-  HPFAAS_TOKEN   owner token for an endpoint's first registration
+  HPFAAS_URL     service URL for `endpoint start` (--service-url) and `task`
+  HPFAAS_TOKEN   owner token for an endpoint's first registration, and for `task`
   RUST_LOG       log filter, e.g. debug; overrides -v and -q";
 
 #[derive(Subcommand)]
@@ -113,6 +114,11 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: EndpointCommand,
+    },
+    /// List, inspect, cancel and wait for your tasks on the service (HPFAAS_URL/HPFAAS_TOKEN, else up.json).
+    Task {
+        #[command(subcommand)]
+        command: task_cli::TaskCommand,
     },
     /// Internal: what a block runs on each node.
     Manager(Box<ManagerArgs>),
@@ -435,6 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { command } => token(command, format),
         Command::Endpoint { command } => endpoint(command, format),
+        Command::Task { command } => task_cli::run(command, format),
         Command::Completions { shell } => {
             completions::write_script(shell, &mut std::io::stdout().lock())
         }

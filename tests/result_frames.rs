@@ -48,6 +48,7 @@ fn many_large_results_in_the_journal_all_arrive() {
             },
             output: None,
             completed_at: 1.0,
+            placement: None,
         })
         .collect();
     journal.store_results(&results);

@@ -112,6 +112,7 @@ fn dispatch(c: &mut Criterion) {
                         },
                         output: None,
                         completed_at: 0.0,
+                        placement: None,
                     })
                     .collect();
                 d.complete(who, results);

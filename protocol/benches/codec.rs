@@ -39,6 +39,7 @@ fn result_batch() -> ManagerMessage {
             },
             output: None,
             completed_at: 1.7e9,
+            placement: None,
         })
         .collect();
     ManagerMessage::Results { results }

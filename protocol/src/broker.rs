@@ -204,6 +204,7 @@ mod tests {
                     },
                     output: None,
                     completed_at: 2.0,
+                    placement: None,
                 }],
             },
             ManagerMessage::Bye,

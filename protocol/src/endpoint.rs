@@ -681,6 +681,7 @@ mod tests {
                     },
                     output: None,
                     completed_at: 1.5,
+                    placement: None,
                 }],
             },
             AgentMessage::Heartbeat {
@@ -747,6 +748,7 @@ mod tests {
             },
             output: None,
             completed_at: 1.0,
+            placement: None,
         }
     }
 
@@ -800,6 +802,7 @@ mod tests {
                 },
                 output: None,
                 completed_at: 1.0,
+                placement: None,
             },
             TaskResult {
                 task_id: b,
@@ -808,6 +811,7 @@ mod tests {
                 },
                 output: None,
                 completed_at: 1.0,
+                placement: None,
             },
             TaskResult::failed(
                 c,
@@ -866,6 +870,7 @@ mod tests {
                 result: "r".repeat(result),
             },
             output,
+            placement: None,
             completed_at: 1.0,
         };
         let mut failed = TaskResult::failed(

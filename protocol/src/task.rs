@@ -175,6 +175,22 @@ pub enum Outcome {
     },
 }
 
+/// Where and when a task started: the worker that ran it to its result.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Placement {
+    /// When it started on the worker, seconds since the Unix epoch (the
+    /// node's clock, as `completed_at`).
+    pub started_at: f64,
+    /// The block (pilot job) of the manager.
+    pub block_id: String,
+    /// The manager that ran it.
+    pub manager_id: String,
+    /// The worker slot of that manager, from 0.
+    pub worker: u32,
+    /// Host name of the node.
+    pub host: String,
+}
+
 /// The outcome of one task, with when it completed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
@@ -188,6 +204,11 @@ pub struct TaskResult {
     pub output: Option<Box<TaskOutput>>,
     /// Completion time, seconds since the Unix epoch.
     pub completed_at: f64,
+    /// Where it ran, when it reached a worker; absent from older managers
+    /// and from results made without one (cancelled while queued, lost).
+    /// Boxed: most results in flight are small, and travel by value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Box<Placement>>,
 }
 
 impl TaskResult {
@@ -198,6 +219,7 @@ impl TaskResult {
             outcome: Outcome::Failed { exception },
             output: None,
             completed_at: now_unix(),
+            placement: None,
         }
     }
 }

@@ -132,6 +132,7 @@ fn result() -> impl Strategy<Value = TaskResult> {
             },
             output,
             completed_at: at,
+            placement: None,
         })
 }
 

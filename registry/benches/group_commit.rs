@@ -125,6 +125,7 @@ impl Fixture {
                     },
                     output: None,
                     completed_at: 1.7e9,
+                    placement: None,
                 })
                 .collect();
             let endpoint = self.endpoint;

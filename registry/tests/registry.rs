@@ -23,6 +23,7 @@ fn success(id: Uuid, result: &str) -> TaskResult {
         },
         output: None,
         completed_at: 1_700_000_000.5,
+        placement: None,
     }
 }
 
@@ -39,6 +40,7 @@ fn failure(id: Uuid) -> TaskResult {
         },
         output: None,
         completed_at: 1_700_000_001.25,
+        placement: None,
     }
 }
 

@@ -328,6 +328,12 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         ("GET", "/v2/tasks/{id}") | ("POST", "/v3/tasks/{id}/cancel") => {
             vec![(at(&victim.task), None)]
         }
+        // The victim's endpoint, function and group as filters.
+        ("GET", "/v3/tasks") => vec![
+            (format!("{path}?endpoint_id={}", victim.endpoint), None),
+            (format!("{path}?function_id={}", victim.function), None),
+            (format!("{path}?task_group_id={}", victim.group), None),
+        ],
         ("POST", "/v2/batch_status") => {
             vec![(path.into(), Some(json!({"task_ids": [victim.task]})))]
         }
@@ -388,6 +394,10 @@ fn authorization_matrix_every_route_refuses_and_leaks_nothing() {
                     let batch = route.path == "/v2/batch_status" && kind == "user";
                     if token.is_none() {
                         assert_eq!(answer.status, 401, "{what}: {answer:?}");
+                    } else if route.path == "/v3/tasks" && kind == "user" {
+                        // Filters, not grants: only the caller's own tasks match.
+                        assert_eq!(answer.status, 200, "{what}: {answer:?}");
+                        assert_eq!(answer.body["tasks"], json!([]), "{what}");
                     } else if batch {
                         // Unknown ids answer "unknown", never the task.
                         assert_eq!(answer.status, 200, "{what}: {answer:?}");

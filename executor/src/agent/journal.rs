@@ -423,6 +423,7 @@ mod tests {
             outcome: Outcome::Success { result: "r".into() },
             output: None,
             completed_at: 1.0,
+            placement: None,
         }
     }
 

@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use hpfaas_protocol::broker::{decode, encode, BrokerMessage, ManagerInfo, ManagerMessage};
 use hpfaas_protocol::mpi::{is_mpi_function, MpiNode};
 use hpfaas_protocol::payload::{self, STRATEGY_SHELL_FUNCTION};
-use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskResult, TaskSpec};
+use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, Placement, TaskResult, TaskSpec};
 use hpfaas_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -385,6 +385,13 @@ impl BrokerLink {
     }
 
     /// Tells the broker this manager is leaving.
+    /// Fills in where this manager is: its block, its id and its node.
+    pub(crate) fn place(&self, placement: &mut Placement) {
+        placement.block_id.clone_from(&self.info.block_id);
+        placement.manager_id.clone_from(&self.info.manager_id);
+        placement.host.clone_from(&self.info.host);
+    }
+
     pub(crate) fn bye(&self) {
         send(&self.out, &ManagerMessage::Bye);
     }
@@ -628,7 +635,12 @@ impl Manager {
         if self.cancelled.remove(&result.task_id) {
             // Killing the worker shows up as WorkerLost, which the broker
             // would retry; the owner asked for the task to stop.
+            let placement = result.placement.take();
             result = cancelled(result.task_id);
+            result.placement = placement;
+        }
+        if let Some(placement) = &mut result.placement {
+            self.link.place(placement);
         }
         if killed_by_sigterm && !matches!(result.outcome, Outcome::Success { .. }) {
             // A batch system ending the job signals every process at once:
@@ -802,6 +814,11 @@ impl Manager {
         run: impl std::future::Future<Output = Outcome> + Send + 'static,
     ) {
         let done = self.done_tx.clone();
+        let placement = Placement {
+            started_at: now_unix(),
+            worker: slot as u32,
+            ..Placement::default()
+        };
         let command = tokio::spawn(async move {
             let outcome = run.await;
             let result = TaskResult {
@@ -809,6 +826,7 @@ impl Manager {
                 outcome,
                 output: None,
                 completed_at: now_unix(),
+                placement: Some(Box::new(placement)),
             };
             let _ = done.send(Done::new(slot, result));
         });

@@ -96,6 +96,7 @@ async fn serve_one(
                         },
                         output: None,
                         completed_at,
+                        placement: None,
                     }));
                 }
                 // Every task finished on arrival, so none is held to cancel.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hpfaas_protocol::failure::SystemFailure;
-use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, TaskOutput, TaskResult};
+use hpfaas_protocol::task::{now_unix, ExceptionInfo, Outcome, Placement, TaskOutput, TaskResult};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -358,11 +358,20 @@ impl Slot {
             // on its successor, in order.
             self.requeue_pipe();
         }
+        // The manager adds where this slot is (block, manager, host).
+        let placement = ended.started.map(|at| {
+            Box::new(Placement {
+                started_at: now_unix() - at.elapsed().as_secs_f64(),
+                worker: self.index as u32,
+                ..Placement::default()
+            })
+        });
         let result = |outcome| TaskResult {
             task_id: ended.job.spec.task_id,
             outcome,
             output,
             completed_at: now_unix(),
+            placement,
         };
         let next = self.pipe.front().map(|next| next.job.spec.task_id);
         if let Some(cancelled) = self.shared.move_on(next) {
@@ -789,6 +798,17 @@ mod tests {
         let second = next_done(&mut slot.done).await;
         assert_eq!((first.slot, result_of(&first)), (0, "11\n3"));
         assert_eq!(result_of(&second), "11\n23");
+        // Each result says when it started on this slot's worker.
+        for done in [&first, &second] {
+            let placement = done.result.placement.as_ref().expect("a placement");
+            assert_eq!(placement.worker, 0);
+            assert!(placement.started_at > 0.0);
+            assert!(placement.started_at <= done.result.completed_at);
+        }
+        assert!(
+            first.result.placement.as_ref().unwrap().started_at
+                <= second.result.placement.as_ref().unwrap().started_at
+        );
         let shared = slot.handle.shared.clone();
         assert_eq!(
             shared.pid.load(Ordering::SeqCst),

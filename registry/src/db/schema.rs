@@ -193,6 +193,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX endpoint_events_by_endpoint ON endpoint_events (endpoint_id, seq);
     "#,
+    // 9: listing an owner's tasks newest first (`GET /v3/tasks`), and each
+    // task's timeline. Every list index ends in `created` (and, as every
+    // index does, the rowid), so each filter's rows come out in the list's
+    // order, (created, rid) descending, with no sort. The timeline's times
+    // are set by the UPDATEs that already run at those moments: dispatched
+    // by the agent's ack, started by `running` (then the worker's own
+    // clock, with the placement, from the result), fetched by the owner's
+    // first read of the result.
+    r#"
+    CREATE INDEX tasks_by_owner ON tasks(owner, created);
+    CREATE INDEX tasks_by_owner_state ON tasks(owner, state, created);
+    CREATE INDEX tasks_by_owner_endpoint ON tasks(owner, endpoint_id, created);
+    CREATE INDEX tasks_by_owner_function ON tasks(owner, function_id, created);
+    CREATE INDEX tasks_by_group_created ON tasks(group_id, created);
+    ALTER TABLE tasks ADD COLUMN dispatched REAL;
+    ALTER TABLE tasks ADD COLUMN started REAL;
+    ALTER TABLE tasks ADD COLUMN placement TEXT;
+    ALTER TABLE tasks ADD COLUMN fetched REAL;
+    "#,
 ];
 
 /// The schema version this build writes.

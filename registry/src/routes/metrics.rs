@@ -110,6 +110,7 @@ mod tests {
             outcome: hpfaas_protocol::task::Outcome::Success { result: "r".into() },
             output: None,
             completed_at: 1.0,
+            placement: None,
         };
         let mut ctx = crate::db::WriteCtx { next_result_seq: 1 };
         crate::db::tasks::store_results(&fx.conn, &mut ctx, fx.endpoint, &[done]).unwrap();

@@ -15,6 +15,7 @@ pub mod service;
 pub mod shares;
 pub mod stream;
 pub mod submit;
+pub mod task_list;
 pub mod tasks;
 pub mod version;
 
@@ -192,6 +193,16 @@ pub static ROUTES: &[Route] = &[
         response: schemas::task_ref,
         produces: JSON,
         handler: |m| on(m, tasks::get),
+    },
+    Route {
+        method: "GET",
+        path: "/v3/tasks",
+        summary: "List your tasks, newest first: filters, and pages joined by a cursor",
+        auth: Auth::User,
+        request: None,
+        response: schemas::task_list,
+        produces: JSON,
+        handler: |m| on(m, task_list::list),
     },
     Route {
         method: "POST",

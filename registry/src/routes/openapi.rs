@@ -55,6 +55,9 @@ pub fn build(routes: &[Route]) -> Value {
                            "maximum": super::endpoints::MAX_EVENTS_LIMIT},
             }));
         }
+        if route.path == "/v3/tasks" {
+            parameters.extend(super::task_list::query_parameters());
+        }
         if !parameters.is_empty() {
             op["parameters"] = Value::Array(parameters);
         }
@@ -113,6 +116,10 @@ pub mod schemas {
         json!({"type": "string"})
     }
 
+    fn nullable_s() -> Value {
+        json!({"type": "string", "nullable": true})
+    }
+
     fn id() -> Value {
         json!({"type": "string", "format": "uuid"})
     }
@@ -157,6 +164,13 @@ pub mod schemas {
                 "result": s(), "exception": s(), "exception_type": s(), "exception_message": s(),
                 "completion_t": s(), "task_group_id": id(), "function_id": id(),
                 "endpoint_id": id(), "created_t": s(),
+                "timeline": object(&["submitted"], json!({
+                    "submitted": s(), "dispatched": nullable_s(), "started": nullable_s(),
+                    "finished": nullable_s(), "result_fetched": nullable_s(),
+                })),
+                "placement": json!({"type": "object", "properties": {
+                    "block_id": s(), "manager_id": s(), "worker": {"type": "integer"}, "host": s(),
+                }}),
             }),
         )
     }
@@ -353,6 +367,20 @@ pub mod schemas {
         object(
             &["response", "results"],
             json!({"response": s(), "results": {"type": "object", "additionalProperties": task_ref()}}),
+        )
+    }
+
+    /// `GET /v3/tasks` answer.
+    pub fn task_list() -> Value {
+        object(
+            &["tasks", "next_cursor"],
+            json!({"tasks": {"type": "array", "items": object(
+                &["task_id", "status", "pending", "task_group_id", "function_id",
+                  "endpoint_id", "created_t"],
+                json!({"task_id": id(), "status": s(), "pending": {"type": "boolean"},
+                       "task_group_id": id(), "function_id": id(), "endpoint_id": id(),
+                       "created_t": s(), "completion_t": s(), "exception_type": s()}),
+            )}, "next_cursor": {"type": "string", "nullable": true}}),
         )
     }
 

@@ -299,6 +299,7 @@ mod tests {
                 outcome: Outcome::Success { result: "r".into() },
                 output: None,
                 completed_at: 1.0,
+                placement: None,
             })
             .collect();
         let stored = state

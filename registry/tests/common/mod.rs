@@ -728,6 +728,7 @@ pub fn success(id: uuid::Uuid, result: &str) -> hpfaas_protocol::task::TaskResul
         },
         output: None,
         completed_at: 1_700_000_000.5,
+        placement: None,
     }
 }
 

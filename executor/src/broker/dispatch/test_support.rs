@@ -45,6 +45,7 @@ pub fn ok(task_id: Uuid) -> TaskResult {
         },
         output: None,
         completed_at: 0.0,
+        placement: None,
     }
 }
 

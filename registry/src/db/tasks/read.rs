@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::db::columns::uuid_col;
 use crate::error::ApiResult;
+use crate::time::now;
 
 /// A task as the REST routes show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,11 +131,13 @@ pub fn results_after(
 /// longer applies to them.
 pub fn mark_fetched(conn: &Connection, ids: &[Uuid]) -> ApiResult<usize> {
     let mut st = conn.prepare_cached(
-        "UPDATE tasks SET result_fate = 1 WHERE id = ?1 AND done = 1 AND result_fate = 0",
+        "UPDATE tasks SET result_fate = 1, fetched = ?2
+         WHERE id = ?1 AND done = 1 AND result_fate = 0",
     )?;
+    let at = now();
     let mut n = 0;
     for id in ids {
-        n += st.execute([id.to_string()])?;
+        n += st.execute(params![id.to_string(), at])?;
     }
     Ok(n)
 }

@@ -3,7 +3,7 @@
 //! the next `result_seq`.
 
 use hpfaas_protocol::endpoint::to_json;
-use hpfaas_protocol::task::{Outcome, TaskResult, TaskState};
+use hpfaas_protocol::task::{Outcome, Placement, TaskResult, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -20,14 +20,15 @@ use crate::time::now;
 /// cancelled task the ack answers the cancel: it is not repeated.
 pub fn ack(conn: &Connection, endpoint: Uuid, ids: &[Uuid]) -> ApiResult<usize> {
     let mut st = conn.prepare_cached(
-        "UPDATE tasks SET state = 'waiting-for-launch'
+        "UPDATE tasks SET state = 'waiting-for-launch', dispatched = ?3
          WHERE id = ?1 AND endpoint_id = ?2 AND state IN ('received', 'waiting-for-ep')",
     )?;
     let endpoint = endpoint.to_string();
+    let at = now();
     let mut n = 0;
     for id in ids {
         let id = id.to_string();
-        let changed = st.execute(params![id, endpoint])?;
+        let changed = st.execute(params![id, endpoint, at])?;
         if changed == 0 {
             cancel::cancel_delivered(conn, &id, &endpoint)?;
         }
@@ -46,11 +47,13 @@ pub fn update_states(
     mut started: impl FnMut(i64),
 ) -> ApiResult<usize> {
     let mut st = conn.prepare_cached(
-        "UPDATE tasks SET state = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-                                         AND state <> ?3
+        "UPDATE tasks SET state = ?3,
+                          started = CASE WHEN ?3 = 'running' THEN ifnull(started, ?4) ELSE started END
+         WHERE id = ?1 AND endpoint_id = ?2 AND done = 0 AND state <> ?3
          RETURNING rid",
     )?;
     let endpoint = endpoint.to_string();
+    let at = now();
     let mut n = 0;
     for (id, state) in updates {
         if state.is_final() {
@@ -58,7 +61,7 @@ pub fn update_states(
             continue;
         }
         let rid: Option<i64> = st
-            .query_row(params![id.to_string(), endpoint, state.as_str()], |r| {
+            .query_row(params![id.to_string(), endpoint, state.as_str(), at], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -70,6 +73,33 @@ pub fn update_states(
         }
     }
     Ok(n)
+}
+
+/// Longest block id, manager id or host name kept of a placement.
+pub const PLACEMENT_TEXT_MAX: usize = 256;
+
+/// A placement as stored: its start time and the JSON of where it ran, each
+/// text cut to [`PLACEMENT_TEXT_MAX`]; `None` if the start time is not a
+/// plausible time (the agent is trusted with its endpoint's tasks only, not
+/// with the service's columns).
+fn stored_placement(p: &Placement) -> Option<(f64, String)> {
+    if !(p.started_at.is_finite() && p.started_at > 0.0 && p.started_at < 1e13) {
+        return None;
+    }
+    let cut = |text: &str| {
+        let mut end = text.len().min(PLACEMENT_TEXT_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_string()
+    };
+    let json = serde_json::json!({
+        "block_id": cut(&p.block_id),
+        "manager_id": cut(&p.manager_id),
+        "worker": p.worker,
+        "host": cut(&p.host),
+    });
+    Some((p.started_at, json.to_string()))
 }
 
 /// A result [`store_results`] stored.
@@ -109,7 +139,8 @@ pub fn store_results(
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = ?3, done = 1, result = ?4, exc_type = ?5, exc_message = ?6,
                           exc_traceback = ?7, completed = ?8, result_seq = ?9, stored = ?10,
-                          result_fate = 0, output = ?11
+                          result_fate = 0, output = ?11, started = ifnull(?12, started),
+                          placement = ?13
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
          RETURNING group_id, rid, function_id, created, owner",
     )?;
@@ -132,6 +163,7 @@ pub fn store_results(
         };
         let seq = ctx.next_result_seq;
         let output = res.output.as_ref().map(to_json);
+        let placement = res.placement.as_deref().and_then(stored_placement);
         let row: Option<(String, i64, String, f64, i64)> = st
             .query_row(
                 params![
@@ -145,7 +177,9 @@ pub fn store_results(
                     completed,
                     seq,
                     stored_at,
-                    output
+                    output,
+                    placement.as_ref().map(|p| p.0),
+                    placement.as_ref().map(|p| p.1.as_str()),
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
@@ -262,6 +296,7 @@ mod tests {
             outcome: Outcome::Success { result: "r".into() },
             output: None,
             completed_at: 5.0,
+            placement: None,
         };
         let failed = TaskResult::failed(
             ids[0],
@@ -311,6 +346,7 @@ mod tests {
             },
             output: None,
             completed_at: 6.0,
+            placement: None,
         };
         let stored = store_results(&fx.conn, &mut ctx, fx.endpoint, &[big]).unwrap();
         assert_eq!((stored[0].seq, stored[0].row.is_none()), (8, true));
