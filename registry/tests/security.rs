@@ -340,6 +340,8 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         ("GET", "/v2/taskgroup/{id}")
         | ("GET", "/v3/taskgroup/{id}/stream")
         | ("POST", "/v3/taskgroup/{id}/cancel") => vec![(at(&victim.group), None)],
+        // A login link is the caller's own: nothing of the victim's to aim at.
+        ("POST", "/v3/ui/login_link") => vec![(path.into(), Some(json!({})))],
         _ => panic!("{method} {path} has no entry in the authorization matrix: add one"),
     }
 }
@@ -353,6 +355,8 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
             | ("GET", "/v2/endpoints", "user")
             // Nothing of anyone's: whether writes work, audit lines lost.
             | ("GET", "/v3/service/status", "user")
+            // A dashboard login for the caller itself.
+            | ("POST", "/v3/ui/login_link", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
             | ("GET", "/v3/endpoints/{id}/events", "victim credential")
