@@ -792,11 +792,12 @@ fn store_results(
             Outcome::Failed { exception } => (r.task_id, Some(exception.exc_type.clone())),
         })
         .collect();
-    let (audit, live, files, metrics) = (
+    let (audit, live, files, metrics, activity) = (
         state.audit.clone(),
         state.live.clone(),
         state.db.payload_files().clone(),
         state.metrics.clone(),
+        state.activity.clone(),
     );
     let committed = state
         .db
@@ -820,6 +821,11 @@ fn store_results(
                 let total = stored.len() as u64;
                 metrics.finished(endpoint, TaskState::Success.as_str(), total - failed);
                 metrics.finished(endpoint, TaskState::Failed.as_str(), failed);
+                // A batch is one endpoint's, so mostly one user's: a few runs.
+                for run in stored.chunk_by(|a, b| a.owner == b.owner) {
+                    let failed = run.iter().filter(|r| r.state == TaskState::Failed).count();
+                    activity.record(run[0].owner, now, run.len() as u64, failed as u64);
+                }
             },
         )
         .map_err(shutting_down)?;

@@ -27,6 +27,7 @@
 //! The CLI's `hpfaas service`, `hpfaas token ...` and `hpfaas up` are thin
 //! wrappers over [`Service`] and the [`admin`] functions.
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub audit: Arc<Audit>,
     /// Dashboard login links and sessions.
     pub sessions: Arc<crate::ui::session::Sessions>,
+    /// Each user's recent throughput, for the dashboard.
+    pub activity: Arc<crate::activity::Activity>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -55,6 +57,7 @@ impl AppState {
             links: Arc::new(watch::channel(0).0),
             audit,
             sessions: Arc::default(),
+            activity: Arc::default(),
             metrics,
         }
     }

@@ -171,3 +171,48 @@ fn bad_link_requests_are_refused_naming_what_is_wrong() {
         }
     }
 }
+
+/// The overview's throughput counts each user's own finished tasks as the
+/// agent's results are stored, and nobody else's.
+#[test]
+fn activity_counts_the_callers_finished_and_failed_tasks() {
+    use hpfaas_protocol::endpoint::AgentMessage;
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let bob = svc.client(&svc.token("bob"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let sub = alice.submit(&ep, json!({f.clone(): ["1", "2", "3"]}));
+    let ids: Vec<uuid::Uuid> = sub["tasks"][&f]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    agent.recv_tasks(3);
+    agent.send(&AgentMessage::Results {
+        results: vec![success(ids[0], "r"), success(ids[1], "r"), failure(ids[2])],
+    });
+    agent.recv_result_ack();
+    let mine = alice.get("/v3/activity").ok();
+    let hour = mine["last_hour"].as_array().unwrap();
+    assert_eq!(hour.len(), 60);
+    let (finished, failed) = hour.iter().fold((0, 0), |(a, b), m| {
+        (
+            a + m["finished"].as_u64().unwrap(),
+            b + m["failed"].as_u64().unwrap(),
+        )
+    });
+    assert_eq!((finished, failed), (3, 1), "{mine}");
+    assert!(
+        mine["finished_per_second"].as_f64().unwrap() > 0.0,
+        "{mine}"
+    );
+    let theirs = bob.get("/v3/activity").ok();
+    assert!(theirs["last_hour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["finished"] == 0));
+}

@@ -342,6 +342,8 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         | ("POST", "/v3/taskgroup/{id}/cancel") => vec![(at(&victim.group), None)],
         // A login link is the caller's own: nothing of the victim's to aim at.
         ("POST", "/v3/ui/login_link") => vec![(path.into(), Some(json!({})))],
+        // Counts of the caller's own tasks only.
+        ("GET", "/v3/activity") => vec![(path.into(), None)],
         _ => panic!("{method} {path} has no entry in the authorization matrix: add one"),
     }
 }
@@ -357,6 +359,7 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
             | ("GET", "/v3/service/status", "user")
             // A dashboard login for the caller itself.
             | ("POST", "/v3/ui/login_link", "user")
+            | ("GET", "/v3/activity", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
             | ("GET", "/v3/endpoints/{id}/events", "victim credential")

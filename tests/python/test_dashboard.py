@@ -91,7 +91,6 @@ def test_the_link_from_up_json_shows_the_running_endpoint(service, tmp_path):
     # The link worked once: opened again, it says how to get another.
     again = browse(link)
     assert "hpfaas dashboard" in again and service.endpoint_id not in again, again[-2000:]
-    browse(login_link(service), shots_dir(tmp_path) / "dashboard-overview.png")
 
 
 def test_a_failed_task_shows_its_traceback_as_text(service, tmp_path):
@@ -108,6 +107,10 @@ def test_a_failed_task_shows_its_traceback_as_text(service, tmp_path):
     # The exception's text is shown as text, never run as markup.
     assert "&lt;b&gt;not markup&lt;/b&gt;" in dom and "<b>not markup</b>" not in dom, dom[-3000:]
     browse(login_link(service, f"#/task/{task_id}"), shots_dir(tmp_path) / "dashboard-task.png")
+    # The overview once tasks have run: the hour's bars and the recent tasks.
+    overview = browse(login_link(service))
+    assert "tasks/s now" in overview and task_id in overview, overview[-3000:]
+    browse(login_link(service), shots_dir(tmp_path) / "dashboard-overview.png")
 
 
 def test_without_a_session_the_page_says_how_to_log_in(service):

@@ -265,6 +265,17 @@ pub static ROUTES: &[Route] = &[
         handler: |m| on(m, endpoint_link::connect),
     },
     Route {
+        method: "GET",
+        path: "/v3/activity",
+        summary:
+            "How fast the caller's tasks finish: per second now, per minute over the last hour",
+        auth: Auth::User,
+        request: None,
+        response: schemas::activity,
+        produces: JSON,
+        handler: |m| on(m, task_list::activity),
+    },
+    Route {
         method: "POST",
         path: "/v3/ui/login_link",
         summary: "A one-time login link for the web dashboard (valid `ttl` seconds, default 600)",

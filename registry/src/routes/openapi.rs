@@ -134,6 +134,21 @@ pub mod schemas {
         s()
     }
 
+    /// Answer of `GET /v3/activity`.
+    pub fn activity() -> Value {
+        let n = json!({"type": "number"});
+        object(
+            &["finished_per_second", "failed_per_second", "last_hour"],
+            json!({
+                "finished_per_second": n, "failed_per_second": n,
+                "last_hour": {"type": "array", "items": object(
+                    &["minute", "finished", "failed"],
+                    json!({"minute": n, "finished": n, "failed": n}),
+                )},
+            }),
+        )
+    }
+
     /// Body of `POST /v3/ui/login_link`.
     pub fn login_link() -> Value {
         json!({"type": "object", "additionalProperties": false, "properties": {

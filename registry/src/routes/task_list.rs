@@ -185,6 +185,22 @@ pub async fn list(
     })))
 }
 
+/// `GET /v3/activity`: how fast the caller's tasks finish, now and over the
+/// last hour by minute (counted in memory as results are stored).
+pub async fn activity(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    user: crate::auth::User,
+) -> axum::Json<serde_json::Value> {
+    let recent = state.activity.of(user.id, crate::time::now());
+    axum::Json(serde_json::json!({
+        "finished_per_second": recent.finished_per_second,
+        "failed_per_second": recent.failed_per_second,
+        "last_hour": recent.last_hour.iter().map(|(minute, finished, failed)| {
+            serde_json::json!({"minute": minute, "finished": finished, "failed": failed})
+        }).collect::<Vec<_>>(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

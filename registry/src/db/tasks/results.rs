@@ -117,6 +117,8 @@ pub struct StoredResult {
     pub state: TaskState,
     /// When it was submitted (Unix seconds, the service's clock).
     pub created: f64,
+    /// The user who submitted it.
+    pub owner: i64,
     /// The task's row as stored, when its result and exception text are at
     /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
     /// it back.
@@ -233,6 +235,7 @@ pub fn store_results(
                     payload_file,
                     state,
                     created,
+                    owner,
                     row,
                 });
             }
@@ -315,6 +318,7 @@ mod tests {
             payload_file: false,
             state: TaskState::Success,
             created: row.created,
+            owner: fx.owner,
             row: Some(std::sync::Arc::new(row)),
         };
         assert_eq!(stored, vec![first]);

@@ -73,13 +73,19 @@ async function overview() {
   const statuses = await Promise.all(endpoints.map((e) =>
     get(`/v2/endpoints/${e.endpoint_id}/status`).catch(() => ({ status: "unknown", details: {} }))));
   const online = statuses.filter((s) => s.status === "online").length;
-  const recent = await get("/v3/tasks?limit=50", true);
-  const tasks = recent ? (recent.tasks || recent.items || []) : [];
-  const failed = tasks.filter((t) => t.status === "failed").length;
+  const recent = await get("/v3/tasks?limit=20", true);
+  const tasks = recent ? (recent.tasks || []) : [];
+  const activity = await get("/v3/activity", true);
+  const hour = activity ? activity.last_hour : [];
+  const finished = hour.reduce((n, m) => n + m.finished, 0);
+  const failed = hour.reduce((n, m) => n + m.failed, 0);
+  const rate = activity ? activity.finished_per_second : 0;
+  const card = (n, what) => el("div", { class: "card" }, el("div", { class: "n" }, n), what);
   const cards = el("div", { class: "cards" },
-    el("div", { class: "card" }, el("div", { class: "n" }, `${online}/${endpoints.length}`), "endpoints online"),
-    el("div", { class: "card" }, el("div", { class: "n" }, tasks.length), "recent tasks"),
-    el("div", { class: "card" }, el("div", { class: "n" }, failed), "of them failed"));
+    card(`${online}/${endpoints.length}`, "endpoints online"),
+    card(rate < 10 ? rate.toFixed(1) : Math.round(rate), "tasks/s now"),
+    card(finished, "tasks finished in the last hour"),
+    card(failed, "of them failed"));
   const rows = endpoints.map((e, i) => {
     const d = statuses[i].details || {};
     return [
@@ -91,10 +97,25 @@ async function overview() {
       d.active_blocks ?? "-",
     ];
   });
-  const parts = [el("h1", {}, "Overview"), cards, el("h2", {}, "Endpoints"),
-    table(["name", "id", "status", "idle / workers", "outstanding", "blocks"], rows)];
+  const parts = [el("h1", {}, "Overview"), cards];
+  if (hour.length) parts.push(el("h2", {}, "Tasks per minute, last hour"), chart(hour));
+  parts.push(el("h2", {}, "Endpoints"),
+    table(["name", "id", "status", "idle / workers", "outstanding", "blocks"], rows));
   if (recent) parts.push(el("h2", {}, "Recent tasks"), taskTable(tasks));
   show(...parts);
+}
+
+/** Bars of finished (and, darker, failed) tasks per minute, drawn with elements only. */
+function chart(minutes) {
+  const top = Math.max(1, ...minutes.map((m) => m.finished));
+  return el("div", { class: "chart" }, minutes.map((m) => {
+    const bar = el("div", { class: "bar", title: `${new Date(m.minute * 1000).toLocaleTimeString()}: ${m.finished} finished, ${m.failed} failed` });
+    bar.style.height = `${(100 * m.finished) / top}%`;
+    const bad = el("div", { class: "failed" });
+    bad.style.height = m.finished ? `${(100 * m.failed) / m.finished}%` : "0";
+    bar.append(bad);
+    return bar;
+  }));
 }
 
 function taskTable(tasks) {
