@@ -38,7 +38,7 @@ impl AppState {
     /// Builds the state over an open database.
     pub fn new(db: Db, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> AppState {
         let revocations = Arc::new(Revocations::new(&config.data_dir));
-        let audit = Arc::new(Audit::start(&config.data_dir));
+        let audit = Arc::new(Audit::start(&config.data_dir, config.audit));
         AppState {
             db: Arc::new(db),
             live: Arc::default(),
