@@ -712,8 +712,14 @@ fn fetched_results_go_after_the_fetched_retention_and_their_space_is_returned() 
             "round {round}: {free} of {page_count} pages free"
         );
     }
-    // The file follows what is kept: flat across rounds, not one round's worth more each.
-    assert!(sizes[4] <= sizes[1], "pages after each round: {sizes:?}");
+    // The file follows what is kept: flat across rounds, not one round's
+    // worth more each (500 results of 500 bytes and arguments of 300: ~100
+    // pages of 4 KiB). Within the slack of free pages it may move a little.
+    let round_pages = 500 * 800 / 4096;
+    assert!(
+        sizes[4] <= sizes[1] + round_pages / 2,
+        "pages after each round: {sizes:?}"
+    );
     let kept = alice.task(&unfetched.to_string());
     assert_eq!(kept["result"], "r".repeat(500), "{kept}");
 }
