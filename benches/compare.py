@@ -258,10 +258,11 @@ def summary(figures):
 # -- hpfaas -------------------------------------------------------------------
 
 
-def start_up(binary, home, timeout):
-    """Launches `hpfaas up --workers 2` with HPFAAS_HOME=home and waits for up.json."""
+def start_up(binary, home, timeout, extra=()):
+    """Launches `hpfaas up --workers 2` (and `extra` flags) with HPFAAS_HOME=home
+    and waits for up.json."""
     log = open(home / "up.log", "wb")
-    proc = subprocess.Popen([binary, "up", "--workers", str(WORKERS)],
+    proc = subprocess.Popen([binary, "up", "--workers", str(WORKERS), *extra],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,6 +6,10 @@
 #
 #   benches/run.sh [--smoke] [--hpfaas-bin PATH] [--only noop,latency,...]
 #                  [--systems hpfaas,htex] [--htex-shell-tasks N] [--out FILE]
+#   benches/run.sh --only soak [--minutes M] [--hpfaas-bin PATH] [--out FILE] [-- UP_FLAGS]
+#
+# --only soak runs benches/soak.py instead (hpfaas only, no Parsl): a steady
+# SDK stream for M minutes, memory, disk and tasks/s each minute, and slopes.
 #
 # --smoke: tiny sizes, hpfaas only, with .venv (no Parsl): checks that every
 # workload runs and returns correct results (exit status 1 if not), never
@@ -15,11 +19,15 @@ cd "$(dirname "$0")/.."
 
 PARSL_VERSION=2026.10.26
 smoke=false
+soak=false
 bin=target/release/hpfaas
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     case ${args[i]} in
+        --) break ;;
         --smoke) smoke=true ;;
+        --only) [[ ${args[i + 1]:-} == soak ]] && soak=true ;;
+        --only=soak) soak=true ;;
         --hpfaas-bin) bin=${args[i + 1]:-} ;;
         --hpfaas-bin=*) bin=${args[i]#*=} ;;
     esac
@@ -29,12 +37,16 @@ scripts/setup.sh
 
 if [[ $bin == target/release/hpfaas || $bin == "$PWD/target/release/hpfaas" ]]; then
     cargo build --release --bin hpfaas
-    if ! cargo build --release -p hpfaas-executor --example broker_bench; then
+    if ! $soak && ! cargo build --release -p hpfaas-executor --example broker_bench; then
         echo "run.sh: note: the broker_bench example did not build; the dispatch and scale rows" \
             "will say 'not built' unless an older build is in target/release/examples" >&2
     fi
 else
     echo "run.sh: using $bin as it is (nothing built)"
+fi
+
+if $soak; then
+    exec .venv/bin/python benches/soak.py "$@"
 fi
 
 if $smoke; then

@@ -18,7 +18,14 @@ import re
 import sys
 from pathlib import Path
 
-SOURCES = ("protocol/src", "registry/src", "executor/src", "scheduler-adapters/src", "src")
+SOURCES = (
+    "protocol/src",
+    "registry/src",
+    "executor/src",
+    "scheduler-adapters/src",
+    "rotating-log/src",
+    "src",
+)
 PYTHON = "python/hpfaas"
 TICKED = re.compile(r"`([^`\s]+)`")
 PATHLIKE = re.compile(r"^[A-Za-z0-9_.{},/-]+/[A-Za-z0-9_.{},/-]*$")

@@ -3,6 +3,7 @@
 //! over `hpfaas-executor`, and `up` runs both in one process;
 //! `completions` and `man` render the clap definitions below themselves.
 
+mod audit_flags;
 mod check;
 mod choices;
 mod completions;
@@ -104,6 +105,8 @@ enum Command {
         metrics_token_file: Option<PathBuf>,
         #[command(flatten)]
         limits: connection_limits::ConnectionLimits,
+        #[command(flatten)]
+        audit: audit_flags::AuditFlags,
     },
     /// Manage API tokens.
     Token {
@@ -410,9 +413,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
             metrics_token_file,
             limits,
+            audit,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
             limits.apply(&mut config);
+            audit.apply(&mut config);
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;

@@ -37,6 +37,15 @@ pub struct UpArgs {
     metrics_listen: SocketAddr,
     #[command(flatten)]
     limits: crate::connection_limits::ConnectionLimits,
+    #[command(flatten)]
+    audit: crate::audit_flags::AuditFlags,
+    /// Write no audit log (a personal engine may not need one).
+    #[arg(long)]
+    no_audit: bool,
+    /// Delete finished tasks whose result was fetched after this long (e.g. 2m, 1h, 30d);
+    /// unfetched results are kept for the service's result TTL (7d) whatever this says.
+    #[arg(long, default_value = "2m", value_parser = hpfaas_registry::parse_duration)]
+    fetched_retention: std::time::Duration,
 }
 
 /// File in the data directory that keeps the owner token between starts.
@@ -90,10 +99,21 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
     service_config.metrics_token_hash = Some(hpfaas_registry::metrics::token_hash_from_file(
         &metrics_token_file,
     )?);
+    args.audit.apply(&mut service_config);
+    if args.no_audit {
+        service_config.audit = None;
+    }
+    service_config.fetched_retention = Some(args.fetched_retention);
+    // Purged at least twice per retention, so at most about one and a half
+    // retentions' worth of fetched tasks is kept.
+    service_config.purge_interval = (args.fetched_retention / 2).clamp(
+        std::time::Duration::from_secs(1),
+        hpfaas_registry::ServiceConfig::DEFAULT_PURGE_INTERVAL,
+    );
     let service = hpfaas_registry::Service::bind(service_config).await?;
     let url = format!("http://{}", service.local_addr());
     let metrics_url = service.metrics_url();
-    let token = owner_token(&data_dir)?;
+    let token = owner_token(&data_dir, !args.no_audit)?;
     let (stop_service, service_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_task = tokio::spawn(service.run(async {
         let _ = service_stopped.await;
@@ -233,7 +253,7 @@ fn live_up_pid(path: &std::path::Path) -> Option<u32> {
 
 /// The owner token of `hpfaas up`: the one kept in the data directory while
 /// the database still holds it unrevoked, else a new one, kept there.
-fn owner_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+fn owner_token(data_dir: &std::path::Path, audit: bool) -> anyhow::Result<String> {
     let path = data_dir.join(TOKEN_FILE);
     let kept = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text.trim().to_string()),
@@ -256,7 +276,7 @@ fn owner_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let token = hpfaas_registry::create_token(data_dir, "local")?;
+    let token = hpfaas_registry::create_token_audited(data_dir, "local", audit)?;
     hpfaas_executor::private::write(&path, token.as_bytes(), true)?;
     Ok(token)
 }

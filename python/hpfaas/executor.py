@@ -7,6 +7,11 @@ call is sent at once and a burst shares requests, with no timer to wait for. A
 result thread (`hpfaas.stream`) reads the task group's server-sent-event
 stream, one long-lived response for all of the executor's tasks, and resolves
 their futures.
+
+What the executor keeps per task lasts only while the task is pending: the
+stream drops repeated results itself (by their sequence numbers), and a result
+that comes before its task id is known is held only while a submit that could
+claim it is in flight.
 """
 
 from __future__ import annotations
@@ -108,6 +113,9 @@ _STOP = object()
 # and sent.
 SUBMIT_THREADS = 2
 
+#: Most task ids in one status request of `reload_tasks`.
+STATUS_CHUNK = 10_000
+
 
 def _resolve(future: TaskFuture, doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> None:
     future._output = TaskOutput.of(doc)
@@ -168,8 +176,11 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._draining = False  # shut down without waiting; stop the stream once idle
         self._pending: Dict[str, TaskFuture] = {}  # submitted, unresolved
-        self._finished: set = set()  # task ids resolved, to drop repeated results
-        self._unclaimed: Dict[str, dict] = {}  # results that came before their future
+        # Results that came before their future; kept while `_claims` > 0.
+        self._unclaimed: Dict[str, dict] = {}
+        # Submits (and reloads) whose task ids are not yet tracked: a result
+        # nobody expects may be theirs until they are.
+        self._claims = 0
         # Tasks whose cancel request is in flight, with a result the stream
         # brought meanwhile (held until the service has answered the cancel).
         self._cancelling: Dict[str, Optional[dict]] = {}
@@ -256,18 +267,25 @@ class Executor(concurrent.futures.Executor):
     def reload_tasks(self) -> List[TaskFuture]:
         """Futures for every task of this executor's task group, in submission order."""
         futures, new = [], []
-        tasks = self.client.get_taskgroup_tasks(self.task_group_id)
-        with self._lock:
-            for task in tasks:
-                future = self._pending.get(task["id"])
-                if future is None:
-                    future = TaskFuture()
-                    future._executor = self
-                    future.task_id = task["id"]
-                    future.set_running_or_notify_cancel()
-                    new.append(future)
-                futures.append(future)
-        self._track(new)
+        self._begin_claim()
+        try:
+            tasks = self.client.get_taskgroup_tasks(self.task_group_id)
+            with self._lock:
+                streaming = self._stream is not None
+                for task in tasks:
+                    future = self._pending.get(task["id"])
+                    if future is None:
+                        future = TaskFuture()
+                        future._executor = self
+                        future.task_id = task["id"]
+                        future.set_running_or_notify_cancel()
+                        new.append(future)
+                    futures.append(future)
+            # A running stream may have passed these tasks' results already:
+            # they are asked for once more.
+            self._track(new, ask_status=streaming)
+        finally:
+            self._end_claim()
         self._ensure_stream()
         return futures
 
@@ -336,8 +354,17 @@ class Executor(concurrent.futures.Executor):
                     break
             if sent:
                 self._send(batch, sent)
+            # Not held while the queue is waited on: the futures carry results.
+            batch = sent = item = None
 
     def _send(self, batch, sent: List[_Submission]) -> None:
+        self._begin_claim()
+        try:
+            self._send_claimed(batch, sent)
+        finally:
+            self._end_claim()
+
+    def _send_claimed(self, batch, sent: List[_Submission]) -> None:
         try:
             response = self.client.batch_run(self.endpoint_id, batch)
             task_ids = {fid: iter(response["tasks"].get(fid, ())) for fid in batch.tasks}
@@ -356,47 +383,77 @@ class Executor(concurrent.futures.Executor):
 
     # -- results ----------------------------------------------------------
 
-    def _track(self, futures: List[TaskFuture]) -> None:
-        """Start expecting results for submitted futures."""
-        ready, refetch, failed = [], [], []
+    def _begin_claim(self) -> None:
+        with self._lock:
+            self._claims += 1
+
+    def _end_claim(self) -> None:
+        with self._lock:
+            self._claims -= 1
+            if not self._claims:
+                # No future can claim them any more: another client's tasks
+                # in this group, or a cancelled task's final event.
+                self._unclaimed.clear()
+
+    def _track(self, futures: List[TaskFuture], ask_status: bool = False) -> None:
+        """Start expecting results for submitted futures (within a claim).
+
+        With `ask_status`, the service is asked for their documents too, for
+        results the stream may have delivered before they were tracked.
+        """
+        ready, failed, tracked = [], [], []
         with self._lock:
             for future in futures:
                 if future.task_id in self._unclaimed:
                     ready.append((future, self._unclaimed.pop(future.task_id)))
-                    self._finished.add(future.task_id)
-                elif future.task_id in self._finished:
-                    # Only `reload_tasks` asks again for a result already delivered.
-                    refetch.append(future)
                 elif self._stream_failure is not None:
                     failed.append(future)
                 else:
                     self._pending[future.task_id] = future
+                    tracked.append(future)
             failure = self._stream_failure
         for future in failed:
             future.set_exception(failure)
-        if refetch:
-            try:
-                docs = self.client.get_batch_status([f.task_id for f in refetch])
-                ready.extend((future, docs[future.task_id]) for future in refetch)
-            except Exception as exc:
-                for future in refetch:
-                    future.set_exception(exc)
+        if ask_status and tracked:
+            ready.extend(self._finished_already(tracked))
         for future, doc in ready:
             _resolve(future, doc, self.client.may_unpickle)
+
+    def _finished_already(self, futures: List[TaskFuture]) -> List[Tuple[TaskFuture, dict]]:
+        """The tracked futures whose tasks the service has final, taken off `_pending`."""
+        ready = []
+        for start in range(0, len(futures), STATUS_CHUNK):
+            chunk = futures[start : start + STATUS_CHUNK]
+            try:
+                docs = self.client.get_batch_status([f.task_id for f in chunk])
+            except Exception as exc:
+                docs = None
+                error = exc
+            with self._lock:
+                for future in chunk:
+                    doc = docs and docs.get(future.task_id)
+                    if docs is not None and (not isinstance(doc, dict) or doc.get("pending")):
+                        continue  # its result comes on the stream
+                    # Whichever comes first, this or the stream, resolves it.
+                    if self._pending.get(future.task_id) is future:
+                        del self._pending[future.task_id]
+                        if docs is None:
+                            future.set_exception(error)
+                        else:
+                            ready.append((future, doc))
+        return ready
 
     def _on_result(self, doc: dict) -> None:
         task_id = doc["task_id"]
         with self._lock:
-            if task_id in self._finished:
-                return  # delivery is at least once: a replay may repeat a result
             if task_id in self._cancelling:
                 self._cancelling[task_id] = doc  # `_cancel_submitted` decides
                 return
             future = self._pending.pop(task_id, None)
             if future is None:
-                self._unclaimed[task_id] = doc
+                if self._claims:
+                    self._unclaimed[task_id] = doc
                 return
-            self._finished.add(task_id)
         _resolve(future, doc, self.client.may_unpickle)
         self._stop_stream_if_idle()
 
@@ -427,9 +484,9 @@ class Executor(concurrent.futures.Executor):
             raise
         with self._lock:
             self._cancelling.pop(task_id)
+            # The stream carries the cancelled task too: with no future
+            # waiting for it, `_on_result` drops it.
             self._pending.pop(task_id, None)
-            # The stream carries the cancelled task too: it is dropped there.
-            self._finished.add(task_id)
         cancelled = future._mark_cancelled()
         self._stop_stream_if_idle()
         return cancelled

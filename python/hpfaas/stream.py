@@ -3,6 +3,9 @@
 `ResultStream` holds one long-lived `GET /v3/taskgroup/<id>/stream` response,
 hands each `result` event to a callback, and reconnects after a drop with
 `Last-Event-ID`, so no result is lost or seen twice by the callback's owner.
+Event ids are the service's result sequence, increasing along a group's
+stream: an event whose id is not above the last one handled is a replay and
+is dropped here, which takes one integer rather than a set of every task id.
 A refusal the service would repeat (a revoked token, an unknown group) ends
 it through the failure callback instead.
 """
@@ -74,6 +77,13 @@ def _stream_error(data: str) -> HTTPError:
     )
 
 
+def _sequence_number(event_id: Optional[str]) -> Optional[int]:
+    """An event id as the service's result sequence number; None if it is none."""
+    if event_id is None or not (event_id.isascii() and event_id.isdigit()) or len(event_id) > 19:
+        return None
+    return int(event_id)
+
+
 class ResultStream:
     """Reads a task group's result stream on its own thread, resuming after drops."""
 
@@ -89,6 +99,8 @@ class ResultStream:
         self._on_result = on_result
         self._on_failure = on_failure
         self._last_event_id: Optional[str] = None
+        # `_last_event_id` as a number: events at or below it were handled.
+        self._handled_seq: Optional[int] = None
         self._stopped = threading.Event()
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None
@@ -158,12 +170,16 @@ class ResultStream:
             if self._stopped.is_set():  # stop() came while connecting
                 return
             for event, event_id, data in sse_events(response):
+                seq = _sequence_number(event_id)
+                if seq is not None and self._handled_seq is not None and seq <= self._handled_seq:
+                    continue  # a replay of an event handled already
                 if event == "result":
                     self._dispatch(data)
                 elif event == "error":
                     raise _stream_error(data)
                 # Advanced only once the result is handled, so a drop re-delivers it.
                 self._last_event_id = event_id
+                self._handled_seq = seq
         finally:
             with self._sock_lock:
                 self._sock = None

@@ -20,6 +20,12 @@ pub use catalog::TokenInfo;
 /// new API token for them; only the token's SHA-256 (and its first
 /// [`token::PREFIX_CHARS`] characters, to recognise it) is stored.
 pub fn create_token(data_dir: &Path, user: &str) -> anyhow::Result<String> {
+    create_token_audited(data_dir, user, true)
+}
+
+/// [`create_token`], with its `token_created` audit line only if `audit`
+/// (`hpfaas up --no-audit` writes no audit log at all).
+pub fn create_token_audited(data_dir: &Path, user: &str, audit: bool) -> anyhow::Result<String> {
     let user = user.trim();
     if user.is_empty() || user.chars().any(char::is_control) {
         anyhow::bail!("invalid user name {user:?}: it must be non-empty printable text");
@@ -31,11 +37,13 @@ pub fn create_token(data_dir: &Path, user: &str) -> anyhow::Result<String> {
     let user_id = catalog::ensure_user(&tx, user)?;
     catalog::insert_token(&tx, &token::stored_token(&token), user_id, None)?;
     tx.commit()?;
-    audit_now(
-        data_dir,
-        serde_json::json!({"event": "token_created", "user": user,
-            "token_prefix": &token[..token::PREFIX_CHARS.min(token.len())]}),
-    );
+    if audit {
+        audit_now(
+            data_dir,
+            serde_json::json!({"event": "token_created", "user": user,
+                "token_prefix": &token[..token::PREFIX_CHARS.min(token.len())]}),
+        );
+    }
     Ok(token)
 }
 

@@ -7,22 +7,25 @@
 //! woken only when it sleeps, and then gathers events for a few
 //! milliseconds: one wake-up per burst, not one per event (a thread wake
 //! for each of a task's three lines was a tenth of `hpfaas up`'s CPU on
-//! no-op tasks). The writer adds
-//! the user's name and the function of `running` and `finished` events —
-//! remembered from the task's `task_submitted` line, else read from the
-//! database with its own read-only connection — appends, and flushes each
-//! burst. A full channel or a failing disk costs only audit lines, never
+//! no-op tasks). It appends each burst whole lines at a time to a
+//! [`RotatingFile`] (by size and by day, the newest `keep` rotated files
+//! kept: [`AuditLimits`]). Lines are compact: a task's submitter, function,
+//! endpoint and group are on its `task_submitted` line only; its
+//! `task_running` and `task_finished` lines name just the task. A full
+//! channel or a failing disk costs only audit lines, never
 //! the service, but never silently: every loss is logged as an error with
 //! the count, counted ([`Audit::lines_lost`]), and once lines can be written
 //! again the log itself gets an `audit_lines_lost` line saying how many.
+//! With no limits (`hpfaas up --no-audit`) nothing is written at all.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+pub use hpfaas_rotating_log::Limits as AuditLimits;
+use hpfaas_rotating_log::RotatingFile;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -35,9 +38,12 @@ const CAPACITY: usize = 1 << 16;
 /// How long the writer, once woken, lets a burst of events gather.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// Unfinished tasks whose submitter the writer remembers; past this many the
-/// memory is cleared and later events of older tasks read the database.
-const REMEMBERED_TASKS: usize = 1 << 18;
+/// Default rotation: files of 64 MiB, ten kept, and a new file each day.
+pub const DEFAULT_LIMITS: AuditLimits = AuditLimits {
+    max_bytes: 64 << 20,
+    keep: 10,
+    daily: true,
+};
 
 /// One queued event. Task events, most of the log, stay typed until the
 /// writer formats them: no JSON tree is built per task.
@@ -55,12 +61,11 @@ enum Event {
         group: Uuid,
     },
     /// The endpoint reported a task running.
-    Running { ts: f64, task: Uuid, endpoint: Uuid },
+    Running { ts: f64, task: Uuid },
     /// A task's result was stored.
     Finished {
         ts: f64,
         task: Uuid,
-        endpoint: Option<Uuid>,
         how: &'static str,
         exc_type: Option<String>,
     },
@@ -69,6 +74,8 @@ enum Event {
 /// The sending side, shared by every handler.
 pub struct Audit {
     queue: Arc<Queue>,
+    /// False when the log is off: events are dropped where they are made.
+    enabled: bool,
 }
 
 /// Events on their way to the writer thread.
@@ -132,19 +139,29 @@ impl Drop for Audit {
 }
 
 impl Audit {
-    /// Starts the writer thread for `<data_dir>/audit.log`; it ends when
-    /// the last [`Audit`] is dropped, after writing what it holds.
-    pub fn start(data_dir: &Path) -> Audit {
+    /// Starts the writer thread for `<data_dir>/audit.log`, rotated within
+    /// `limits`; it ends when the last [`Audit`] is dropped, after writing
+    /// what it holds. With no limits the log is off: no thread, no file.
+    pub fn start(data_dir: &Path, limits: Option<AuditLimits>) -> Audit {
         let queue = Arc::new(Queue::default());
-        let dir = data_dir.to_path_buf();
+        let Some(limits) = limits else {
+            return Audit {
+                queue,
+                enabled: false,
+            };
+        };
+        let path = data_dir.join(FILE);
         let writer_queue = queue.clone();
         let spawned = std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer(dir, &writer_queue));
+            .spawn(move || writer(&path, limits, &writer_queue));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the audit log writer; no audit lines will be written");
         }
-        Audit { queue }
+        Audit {
+            queue,
+            enabled: true,
+        }
     }
 
     /// Queues one event (a JSON object; `ts` is added here); never blocks.
@@ -156,6 +173,9 @@ impl Audit {
     }
 
     fn send(&self, event: Event) {
+        if !self.enabled {
+            return;
+        }
         let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.events.len() >= CAPACITY {
             drop(state);
@@ -202,26 +222,15 @@ impl Audit {
     }
 
     /// The endpoint reported the task running.
-    pub fn running(&self, task: Uuid, endpoint: Uuid) {
-        self.send(Event::Running {
-            ts: now(),
-            task,
-            endpoint,
-        });
+    pub fn running(&self, task: Uuid) {
+        self.send(Event::Running { ts: now(), task });
     }
 
     /// The task ended: `how` is `success`, `failed` or `cancelled`.
-    pub fn finished(
-        &self,
-        task: Uuid,
-        endpoint: Option<Uuid>,
-        how: &'static str,
-        exc_type: Option<&str>,
-    ) {
+    pub fn finished(&self, task: Uuid, how: &'static str, exc_type: Option<&str>) {
         self.send(Event::Finished {
             ts: now(),
             task,
-            endpoint,
             how,
             exc_type: exc_type.map(str::to_string),
         });
@@ -248,20 +257,18 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-fn writer(dir: PathBuf, queue: &Queue) {
-    let path = dir.join(FILE);
-    let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
-    let mut known = Submitters::new(dir.clone());
+fn writer(path: &Path, limits: AuditLimits, queue: &Queue) {
+    let mut file: Option<RotatingFile> = None;
     // Lost lines already told in the log itself.
     let mut told = 0u64;
     // A write failed, maybe mid-line: the next line starts a line of its own.
     let mut cut = false;
-    let mut line = String::new();
+    let mut text = String::new();
     while let Some(batch) = queue.take() {
         let count = batch.len() as u64;
         if file.is_none() {
-            match open(&path) {
-                Ok(f) => file = Some(std::io::BufWriter::new(f)),
+            match RotatingFile::open(path, limits) {
+                Ok(f) => file = Some(f),
                 Err(e) => {
                     let lost = queue.lose(count);
                     tracing::error!(path = %path.display(), error = %e, lost, "cannot open the audit log; dropped {count} audit lines ({lost} lost so far)");
@@ -271,205 +278,75 @@ fn writer(dir: PathBuf, queue: &Queue) {
         }
         let out = file.as_mut().expect("opened above");
         let lost = queue.lost.load(Ordering::Relaxed);
-        let mut result = Ok(());
+        text.clear();
+        if cut {
+            text.push('\n');
+        }
         if lost > told {
             let notice = json!({"event": "audit_lines_lost", "lines": lost - told, "ts": now()});
-            let start = if cut { "\n" } else { "" };
-            result = out.write_all(format!("{start}{notice}\n").as_bytes());
+            text.push_str(&format!("{notice}\n"));
         }
         for event in batch {
-            line.clear();
-            known.format(event, &mut line);
-            result = result.and_then(|()| out.write_all(line.as_bytes()));
+            format_line(event, &mut text);
         }
-        match result.and_then(|()| out.flush()) {
+        match out.write_lines(text.as_bytes()) {
             Ok(()) => (told, cut) = (lost, false),
             Err(e) => {
                 // Some of the batch may be on disk; counted as lost all the same.
                 let lost = queue.lose(count);
                 tracing::error!(path = %path.display(), error = %e, lost, "writing the audit log failed; dropped {count} audit lines ({lost} lost so far)");
-                // Reopen next time: the file may have been moved or the disk
-                // freed. What is still buffered is dropped, not retried.
-                if let Some(broken) = file.take() {
-                    drop(broken.into_parts());
-                }
+                // Reopen next time: the file may have been moved or the disk freed.
+                file = None;
                 cut = true;
             }
         }
     }
 }
 
-/// A task's submitter (as a JSON string), function and endpoint.
-type Submitter = (String, Uuid, Uuid);
-
-/// Who submitted each unfinished task, and what it calls where, from its
-/// `task_submitted` event: the later events of a task need no database read
-/// (a task submitted before the service restarted is looked up).
-struct Submitters {
-    dir: PathBuf,
-    db: Option<rusqlite::Connection>,
-    known: HashMap<Uuid, Submitter>,
-}
-
-impl Submitters {
-    fn new(dir: PathBuf) -> Submitters {
-        Submitters {
-            dir,
-            db: None,
-            known: HashMap::new(),
+/// Appends the event's line to `line`. Task lines are written by hand, in
+/// milliseconds: most of the log, with no JSON tree built per task.
+fn format_line(event: Event, line: &mut String) {
+    use std::fmt::Write as _;
+    match event {
+        Event::Other(value) => {
+            let _ = writeln!(line, "{value}");
         }
-    }
-
-    /// Appends the event's line to `line`, with the submitter's name and the
-    /// function added to the events of a task.
-    fn format(&mut self, event: Event, line: &mut String) {
-        use std::fmt::Write as _;
-        match event {
-            Event::Other(mut value) => {
-                self.complete(&mut value);
-                let _ = writeln!(line, "{value}");
+        Event::Submitted {
+            ts,
+            user,
+            task,
+            function,
+            endpoint,
+            group,
+        } => {
+            let user = json_string(&user);
+            let _ = writeln!(
+                line,
+                r#"{{"event":"task_submitted","ts":{ts:.3},"task_id":"{task}","user":{user},"function_id":"{function}","endpoint_id":"{endpoint}","task_group_id":"{group}"}}"#
+            );
+        }
+        Event::Running { ts, task } => {
+            let _ = writeln!(
+                line,
+                r#"{{"event":"task_running","ts":{ts:.3},"task_id":"{task}"}}"#
+            );
+        }
+        Event::Finished {
+            ts,
+            task,
+            how,
+            exc_type,
+        } => {
+            let _ = write!(
+                line,
+                r#"{{"event":"task_finished","ts":{ts:.3},"task_id":"{task}","outcome":{}"#,
+                json_string(how)
+            );
+            if let Some(t) = exc_type {
+                let _ = write!(line, r#","exception_type":{}"#, json_string(&t));
             }
-            Event::Submitted {
-                ts,
-                user,
-                task,
-                function,
-                endpoint,
-                group,
-            } => {
-                let user = json_string(&user);
-                let _ = writeln!(
-                    line,
-                    r#"{{"endpoint_id":"{endpoint}","event":"task_submitted","function_id":"{function}","task_group_id":"{group}","task_id":"{task}","ts":{ts},"user":{user}}}"#
-                );
-                self.remember(task, (user, function, endpoint));
-            }
-            Event::Running { ts, task, endpoint } => {
-                let _ = write!(
-                    line,
-                    r#"{{"endpoint_id":"{endpoint}","event":"task_running","#
-                );
-                if let Some((user, function, _)) = self.known_submitter(task) {
-                    let _ = write!(line, r#""function_id":"{function}","user":{user},"#);
-                }
-                let _ = writeln!(line, r#""task_id":"{task}","ts":{ts}}}"#);
-            }
-            Event::Finished {
-                ts,
-                task,
-                endpoint,
-                how,
-                exc_type,
-            } => {
-                let submitter = self.take_submitter(task);
-                line.push('{');
-                if let Some(endpoint) = endpoint.or(submitter.as_ref().map(|s| s.2)) {
-                    let _ = write!(line, r#""endpoint_id":"{endpoint}","#);
-                }
-                line.push_str(r#""event":"task_finished","#);
-                if let Some(t) = exc_type {
-                    let _ = write!(line, r#""exception_type":{},"#, json_string(&t));
-                }
-                if let Some((user, function, _)) = &submitter {
-                    let _ = write!(line, r#""function_id":"{function}","user":{user},"#);
-                }
-                let _ = writeln!(
-                    line,
-                    r#""outcome":{},"task_id":"{task}","ts":{ts}}}"#,
-                    json_string(how)
-                );
-            }
+            line.push_str("}\n");
         }
-    }
-
-    /// Remembers a task's submitter, forgetting everyone past the bound.
-    fn remember(&mut self, task: Uuid, submitter: Submitter) {
-        if self.known.len() >= REMEMBERED_TASKS {
-            self.known.clear();
-        }
-        self.known.insert(task, submitter);
-    }
-
-    /// The task's submitter, remembered, else read (and remembered): borrowed,
-    /// as every task's running line asks for it.
-    fn known_submitter(&mut self, task: Uuid) -> Option<&Submitter> {
-        if !self.known.contains_key(&task) {
-            let found = self.read_submitter(task)?;
-            self.remember(task, found);
-        }
-        self.known.get(&task)
-    }
-
-    /// The task's submitter, forgotten now: its last line is being written.
-    fn take_submitter(&mut self, task: Uuid) -> Option<Submitter> {
-        self.known
-            .remove(&task)
-            .or_else(|| self.read_submitter(task))
-    }
-
-    /// The task's submitter from the database.
-    fn read_submitter(&mut self, task: Uuid) -> Option<Submitter> {
-        let (user, function, endpoint) = self.lookup(task)?;
-        Some((
-            json_string(&user),
-            Uuid::parse_str(&function).ok()?,
-            Uuid::parse_str(&endpoint).ok()?,
-        ))
-    }
-
-    /// Adds the submitter's name and the function to a generic task event
-    /// (a cancellation) that lacks them.
-    fn complete(&mut self, event: &mut Value) {
-        if event.get("user").is_some() {
-            return;
-        }
-        let Some(task) = event
-            .get("task_id")
-            .and_then(Value::as_str)
-            .and_then(|t| Uuid::parse_str(t).ok())
-        else {
-            return;
-        };
-        let last = event.get("event").and_then(Value::as_str) == Some("task_finished");
-        let submitter = if last {
-            self.take_submitter(task)
-        } else {
-            self.known_submitter(task).cloned()
-        };
-        if let Some((user, function, endpoint)) = submitter {
-            event["user"] = serde_json::from_str(&user).unwrap_or(Value::Null);
-            event["function_id"] = json!(function);
-            event
-                .as_object_mut()
-                .expect("an object")
-                .entry("endpoint_id")
-                .or_insert(json!(endpoint));
-        }
-    }
-
-    /// (user name, function id, endpoint id) of a task, from the database.
-    fn lookup(&mut self, task: Uuid) -> Option<(String, String, String)> {
-        if self.db.is_none() {
-            self.db = rusqlite::Connection::open_with_flags(
-                crate::db::db_path(&self.dir),
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(|e| tracing::warn!(error = %e, "audit log: cannot read the database"))
-            .ok();
-        }
-        self.db
-            .as_ref()?
-            .prepare_cached(
-                "SELECT u.name, t.function_id, t.endpoint_id FROM tasks t
-                 JOIN users u ON u.id = t.owner WHERE t.id = ?1",
-            )
-            .and_then(|mut st| {
-                st.query_row([task.to_string()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-            })
-            .ok()
     }
 }
 
@@ -512,7 +389,7 @@ mod tests {
         let dir = scratch.path().to_path_buf();
         // A disk with no space: every write fails with ENOSPC.
         std::os::unix::fs::symlink("/dev/full", dir.join(FILE)).unwrap();
-        let audit = Audit::start(&dir);
+        let audit = Audit::start(&dir, Some(DEFAULT_LIMITS));
         for i in 0..3 {
             audit.record(json!({"event": "token_created", "user": format!("u{i}")}));
         }
@@ -544,7 +421,7 @@ mod tests {
             .tempdir()
             .unwrap();
         let dir = scratch.path().to_path_buf();
-        let audit = Audit::start(&dir);
+        let audit = Audit::start(&dir, Some(DEFAULT_LIMITS));
         audit.record(json!({"event": "token_created", "user": "ada"}));
         let path = dir.join(FILE);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -569,26 +446,27 @@ mod tests {
     }
 
     #[test]
-    fn later_events_of_a_task_get_its_submitter_without_the_database() {
-        let dir = std::env::temp_dir().join(format!("hpfaas-audit-nodb-{}", Uuid::new_v4()));
-        let mut known = Submitters::new(dir);
+    fn task_lines_are_compact_and_name_the_submitter_once() {
         let (task, function, endpoint, group) = (
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
         );
+        let mut text = String::new();
         let mut line = |event: Event| -> Value {
-            let mut text = String::new();
-            known.format(event, &mut text);
+            let start = text.len();
+            format_line(event, &mut text);
+            let added = &text[start..];
             assert!(
-                text.ends_with('\n') && text.matches('\n').count() == 1,
-                "{text}"
+                added.ends_with('\n') && added.matches('\n').count() == 1,
+                "{added}"
             );
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+            serde_json::from_str(added).unwrap_or_else(|e| panic!("{e}: {added}"))
         };
+        let ts = 1_765_000_000.123_456;
         let submitted = line(Event::Submitted {
-            ts: 1.5,
+            ts,
             user: "ada \"the\" admin".into(),
             task,
             function,
@@ -597,54 +475,153 @@ mod tests {
         });
         assert_eq!(submitted["event"], "task_submitted");
         assert_eq!(submitted["user"], "ada \"the\" admin");
+        assert_eq!(submitted["function_id"], json!(function));
+        assert_eq!(submitted["endpoint_id"], json!(endpoint));
         assert_eq!(submitted["task_group_id"], json!(group));
-        assert_eq!(submitted["ts"], 1.5);
-        let running = line(Event::Running {
-            ts: 2.0,
-            task,
-            endpoint,
-        });
-        assert_eq!(running["user"], "ada \"the\" admin");
-        assert_eq!(running["function_id"], json!(function));
-        assert_eq!(running["endpoint_id"], json!(endpoint));
+        assert_eq!(submitted["ts"], 1_765_000_000.123);
+        let running = line(Event::Running { ts, task });
+        assert_eq!(running["task_id"], json!(task));
         let finished = line(Event::Finished {
-            ts: 3.0,
+            ts,
             task,
-            endpoint: None,
             how: "failed",
             exc_type: Some("Value\"Error".into()),
         });
-        assert_eq!(
-            finished["endpoint_id"],
-            json!(endpoint),
-            "taken from the submit"
-        );
         assert_eq!(finished["exception_type"], "Value\"Error");
         assert_eq!(finished["outcome"], "failed");
-        assert_eq!(finished["user"], "ada \"the\" admin");
-        let unknown = line(Event::Running {
-            ts: 4.0,
-            task: Uuid::new_v4(),
-            endpoint,
+        for later in [&running, &finished] {
+            assert!(later.get("user").is_none(), "said once: {later}");
+        }
+        let succeeded = line(Event::Finished {
+            ts,
+            task,
+            how: "success",
+            exc_type: None,
         });
+        assert_eq!(succeeded["outcome"], "success");
+        // Submitted, running and a success, by `hpfaas up`'s user: the
+        // README's bytes per task (about 700 when every line named the
+        // submitter, function and endpoint, with microseconds).
+        let mut lines = String::new();
+        for event in [
+            Event::Submitted {
+                ts,
+                user: "local".into(),
+                task,
+                function,
+                endpoint,
+                group,
+            },
+            Event::Running { ts, task },
+            Event::Finished {
+                ts,
+                task,
+                how: "success",
+                exc_type: None,
+            },
+        ] {
+            format_line(event, &mut lines);
+        }
         assert!(
-            unknown.get("user").is_none(),
-            "no database, no name, no panic"
+            lines.len() <= 490,
+            "{} bytes per task:\n{lines}",
+            lines.len()
         );
-        let cancelled = line(Event::Other(
-            json!({"event": "task_finished", "task_id": task, "outcome": "cancelled"}),
-        ));
+    }
+
+    /// The log's files in `dir`, current first.
+    fn log_files(dir: &Path) -> Vec<(String, String)> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort_by_key(|n| {
+            n.strip_prefix("audit.log.")
+                .map_or(0, |i| i.parse().unwrap())
+        });
+        names
+            .into_iter()
+            .map(|n| (n.clone(), std::fs::read_to_string(dir.join(n)).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_and_keeps_the_newest_files() {
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-audit-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path().to_path_buf();
+        let limits = AuditLimits {
+            max_bytes: 2048,
+            keep: 3,
+            daily: true,
+        };
+        let audit = Audit::start(&dir, Some(limits));
+        let tasks = 200;
+        for _ in 0..tasks {
+            let task = Uuid::new_v4();
+            audit.submitted(
+                1.0,
+                "ada",
+                task,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+            );
+            audit.running(task);
+            audit.finished(task, "success", None);
+        }
+        audit.record(json!({"event": "token_revoked", "user": "last"}));
+        wait_line(&dir, "token_revoked");
+        drop(audit);
+        let files = log_files(&dir);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["audit.log", "audit.log.1", "audit.log.2", "audit.log.3"]
+        );
+        for (name, text) in &files {
+            assert!(text.len() <= 2048, "{name}: {} bytes", text.len());
+            assert!(text.ends_with('\n'), "{name} ends mid-line");
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            }
+        }
+        let kept: usize = files.iter().map(|(_, t)| t.lines().count()).sum();
         assert!(
-            cancelled.get("user").is_none(),
-            "a finished task is forgotten"
+            kept < tasks * 3,
+            "older files were dropped: {kept} lines kept"
         );
-        assert!(known.known.is_empty());
+    }
+
+    #[test]
+    fn an_audit_log_turned_off_writes_no_file() {
+        let scratch = tempfile::Builder::new()
+            .prefix("hpfaas-audit-")
+            .tempdir()
+            .unwrap();
+        let audit = Audit::start(scratch.path(), None);
+        let task = Uuid::new_v4();
+        audit.submitted(
+            1.0,
+            "ada",
+            task,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        audit.finished(task, "success", None);
+        audit.record(json!({"event": "token_created", "user": "ada"}));
+        drop(audit);
+        let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
     fn a_missing_directory_costs_lines_not_the_caller() {
         let dir = std::env::temp_dir().join(format!("hpfaas-audit-gone-{}", Uuid::new_v4()));
-        let audit = Audit::start(&dir);
+        let audit = Audit::start(&dir, Some(DEFAULT_LIMITS));
         for _ in 0..10 {
             audit.record(json!({"event": "x"}));
         }

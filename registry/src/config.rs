@@ -34,6 +34,13 @@ pub struct ServiceConfig {
     pub result_ttl: Duration,
     /// Finished tasks and idempotency keys older than this are deleted.
     pub retention: Duration,
+    /// Finished tasks whose result was fetched (or that had none to fetch)
+    /// are deleted this long after they finished, if sooner than
+    /// `retention` (`hpfaas up`: minutes); `None`: after `retention`.
+    pub fetched_retention: Option<Duration>,
+    /// How the audit log rotates (size, files kept, daily); `None`: no
+    /// audit log is written (`hpfaas up --no-audit`).
+    pub audit: Option<crate::audit::AuditLimits>,
     /// How often expiry and retention run.
     pub purge_interval: Duration,
     /// How often the service looks for tokens revoked by another process
@@ -107,6 +114,8 @@ impl ServiceConfig {
             max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
             result_ttl: Self::DEFAULT_RESULT_TTL,
             retention: Self::DEFAULT_RETENTION,
+            fetched_retention: None,
+            audit: Some(crate::audit::DEFAULT_LIMITS),
             purge_interval: Self::DEFAULT_PURGE_INTERVAL,
             revocation_poll: Self::DEFAULT_REVOCATION_POLL,
             heartbeat_period: Self::DEFAULT_HEARTBEAT_PERIOD,

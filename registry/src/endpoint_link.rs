@@ -707,7 +707,7 @@ async fn handle(
         }
         AgentMessage::States { updates } if !updates.is_empty() => {
             for (task, _) in updates.iter().filter(|(_, s)| *s == TaskState::Running) {
-                state.audit.running(*task, endpoint);
+                state.audit.running(*task);
             }
             let (metrics, dispatched) = (state.metrics.clone(), agent.dispatched.clone());
             let started = move |rid| {
@@ -839,7 +839,7 @@ fn store_results(
                     } else {
                         "success"
                     };
-                    audit.finished(r.task, Some(endpoint), how, exc_type.as_deref());
+                    audit.finished(r.task, how, exc_type.as_deref());
                 }
                 files.remove(stored.iter().filter(|r| r.payload_file).map(|r| r.task));
                 true

@@ -57,7 +57,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use admin::{create_token, list_tokens, revoke_token, TokenInfo};
+pub use admin::{create_token, create_token_audited, list_tokens, revoke_token, TokenInfo};
 pub use config::{parse_duration, ServiceConfig, TlsFiles};
 use state::AppState;
 

@@ -1,6 +1,8 @@
 //! The periodic purge: every `purge_interval`, expire unfetched results past
-//! the result TTL, then delete idempotency keys, finished tasks and empty
-//! task groups past the retention period ([`crate::db::purge`]). Each step
+//! the result TTL, then delete idempotency keys, finished tasks (fetched
+//! ones past the fetched-results retention, if one is set) and empty
+//! task groups past the retention period ([`crate::db::purge`]), and hand
+//! free pages past the slack back to the filesystem. Each step
 //! is one short writer job of at most [`BATCH`] rows, repeated until nothing
 //! is left, so a purge of millions of rows never holds the writer for long.
 //! Last, payload files no task needs any more (a cancelled task's, say) are
@@ -22,12 +24,16 @@ pub struct Purged {
     pub expired: usize,
     /// Finished tasks deleted.
     pub tasks: usize,
+    /// Of those, deleted sooner for their result was fetched.
+    pub fetched: usize,
     /// Idempotency keys deleted.
     pub keys: usize,
     /// Empty task groups deleted.
     pub groups: usize,
     /// Payload files removed.
     pub payload_files: usize,
+    /// Free database pages handed back to the filesystem.
+    pub pages: usize,
 }
 
 /// `7d`, `12h`, `90s`: a duration as people write it.
@@ -80,7 +86,15 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
     // with one cutoff no replayed answer can name a task already deleted,
     // even between the two steps.
     let keys = drain(state, move |c| purge::delete_keys(c, keep_cut, BATCH)).await?;
-    let tasks = drain(state, move |c| purge::delete_finished(c, keep_cut, BATCH)).await?;
+    let mut tasks = drain(state, move |c| purge::delete_finished(c, keep_cut, BATCH)).await?;
+    let mut fetched = 0;
+    if let Some(kept) = state.config.fetched_retention {
+        let fetched_cut = now - kept.as_secs_f64();
+        if fetched_cut > keep_cut {
+            fetched = drain(state, move |c| purge::delete_fetched(c, fetched_cut, BATCH)).await?;
+            tasks += fetched;
+        }
+    }
     let groups = drain(state, move |c| {
         purge::delete_empty_groups(c, keep_cut, BATCH)
     })
@@ -94,12 +108,19 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
                 .map_err(|e| ApiError::internal(format!("sweeping payload files failed: {e}")))
         })
         .await?;
+    let pages = if expired + tasks + keys + groups > 0 {
+        drain(state, |c| purge::vacuum_step(c, BATCH)).await?
+    } else {
+        0
+    };
     Ok(Purged {
         expired,
         tasks,
+        fetched,
         keys,
         groups,
         payload_files,
+        pages,
     })
 }
 
@@ -117,9 +138,11 @@ pub async fn run(state: AppState) {
             Ok(p) if p != Purged::default() => tracing::info!(
                 expired = p.expired,
                 tasks = p.tasks,
+                fetched = p.fetched,
                 keys = p.keys,
                 groups = p.groups,
                 payload_files = p.payload_files,
+                pages = p.pages,
                 "purged expired results and old records"
             ),
             Ok(_) => {}

@@ -45,7 +45,7 @@ impl AppState {
     /// Builds the state over an open database.
     pub fn new(db: Db, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> AppState {
         let revocations = Arc::new(Revocations::new(&config.data_dir));
-        let audit = Arc::new(Audit::start(&config.data_dir));
+        let audit = Arc::new(Audit::start(&config.data_dir, config.audit));
         let metrics = Arc::new(Metrics::new(db.commit_seconds()));
         AppState {
             db: Arc::new(db),

@@ -650,3 +650,79 @@ fn binary_arguments_reach_the_agent_as_raw_bytes_and_bad_bodies_are_named() {
     assert_eq!(stored(), 0);
     agent.close();
 }
+
+/// `(page_count, freelist_count)` of the database in `dir`, as committed.
+fn pages(dir: &std::path::Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(dir.join("registry.db")).unwrap();
+    let count =
+        |pragma: &str| -> i64 { conn.pragma_query_value(None, pragma, |r| r.get(0)).unwrap() };
+    (count("page_count"), count("freelist_count"))
+}
+
+#[test]
+fn fetched_results_go_after_the_fetched_retention_and_their_space_is_returned() {
+    let svc = TestService::start_with(|c| {
+        c.fetched_retention = Some(Duration::from_secs(1));
+        c.purge_interval = Duration::from_millis(100);
+        // The test's agent sends no heartbeats while it waits for purges.
+        c.heartbeat_period = 600.0;
+    });
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let path = format!("/v3/endpoints/{ep}/submit");
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let mut run = |n: usize, tag: &str| -> Vec<Uuid> {
+        let payloads: Vec<String> = (0..n)
+            .map(|i| format!("{tag} {i} {}", "x".repeat(300)))
+            .collect();
+        let ids = task_ids(
+            &alice
+                .post(&path, &json!({"tasks": {f.clone(): payloads}}))
+                .ok(),
+            &f,
+        );
+        agent.recv_tasks(n);
+        let results = ids
+            .iter()
+            .map(|id| success(*id, &"r".repeat(500)))
+            .collect();
+        agent.send(&AgentMessage::Results { results });
+        agent.recv_result_ack();
+        ids
+    };
+    // A result nobody fetches stays (until the result TTL). Each round's
+    // tasks must reach the agent although the last round's were deleted.
+    let unfetched = run(1, "unfetched")[0];
+    let mut sizes = Vec::new();
+    for round in 0..5 {
+        let ids = run(500, &format!("round {round}"));
+        let fetched = alice
+            .post("/v2/batch_status", &json!({ "task_ids": ids }))
+            .ok();
+        assert_eq!(fetched["results"].as_object().unwrap().len(), 500);
+        // Gone once fetched and a second old; and the pages they took are
+        // handed back, not only marked free.
+        let (page_count, free) = wait_for("the fetched tasks purged, their pages returned", || {
+            let (page_count, free) = pages(&svc.dir);
+            // The newest task stays, so its rid is never handed out again.
+            (tasks_in_db(&svc.dir).len() == 2 && free * 8 <= page_count)
+                .then_some((page_count, free))
+        });
+        sizes.push(page_count);
+        assert!(
+            free * 8 <= page_count,
+            "round {round}: {free} of {page_count} pages free"
+        );
+    }
+    // The file follows what is kept: flat across rounds, not one round's
+    // worth more each (500 results of 500 bytes and arguments of 300: ~100
+    // pages of 4 KiB). Within the slack of free pages it may move a little.
+    let round_pages = 500 * 800 / 4096;
+    assert!(
+        sizes[4] <= sizes[1] + round_pages / 2,
+        "pages after each round: {sizes:?}"
+    );
+    let kept = alice.task(&unfetched.to_string());
+    assert_eq!(kept["result"], "r".repeat(500), "{kept}");
+}

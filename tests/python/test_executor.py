@@ -149,6 +149,14 @@ def test_repeated_events_resolve_each_future_once(relay, relayed_executor, caplo
     # reconnection repeats every result already delivered.
     relay.stream_headers = {"Last-Event-ID": None}
     relay.cut_streams_after = 4
+    handed = []
+    on_result = relayed_executor._on_result
+
+    def counting(doc):
+        handed.append(doc["task_id"])
+        on_result(doc)
+
+    relayed_executor._on_result = counting  # before the stream takes it
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # a stream thread killed by a repeat would hang the second round
             assert list(relayed_executor.map(square, range(10), timeout=TIMEOUT)) == [
@@ -156,7 +164,42 @@ def test_repeated_events_resolve_each_future_once(relay, relayed_executor, caplo
             ]
     delivered = [e for s in relay.streams for e in s.event_ids]
     assert len(set(delivered)) == 20 and len(delivered) > 20, "some results came again"
+    assert len(handed) == len(set(handed)) == 20, "each result reaches the executor once"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert bookkeeping(relayed_executor) == 0
+
+
+def bookkeeping(executor):
+    """Entries in the executor's per-task tables (everything but its registered functions)."""
+    return sum(
+        len(value)
+        for name, value in vars(executor).items()
+        if isinstance(value, (dict, set, list)) and name not in ("_registered", "_submitters")
+    )
+
+
+def test_bookkeeping_is_bounded_by_pending_tasks_not_by_finished_ones(executor):
+    import tracemalloc
+
+    # Each round's futures are dropped before the next: what stays is the executor's.
+    def run(rounds, n):
+        for _ in range(rounds):
+            assert sum(executor.map(square, range(n), timeout=TIMEOUT)) == sum(
+                x * x for x in range(n)
+            )
+            assert bookkeeping(executor) == 0, "nothing pending, nothing kept"
+
+    run(2, 2000)  # warm-up: threads, connections, caches
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run(4, 2000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # A task id kept per task is over 100 bytes: 8000 tasks would keep ~1 MB.
+    # What may grow is the table of pending tasks, to this test's 2000 at most.
+    assert grown < 8000 * 30, f"{grown} bytes kept after 8000 finished tasks"
 
 
 @pytest.mark.parametrize("case", ["too large", "unknown endpoint", "another user's endpoint"])

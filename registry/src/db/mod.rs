@@ -62,6 +62,8 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     make_private(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // First of all: a new database takes it only while its file is empty.
+    purge::reuse_space(&conn)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         anyhow::bail!("could not put {} in WAL mode (got {mode})", path.display());
