@@ -157,9 +157,15 @@ fn counters_follow_a_real_workload_and_promtool_accepts_the_exposition() {
         let idle = sample(&text, &series("hpfaas_endpoint_workers", Some("idle")))?;
         (busy + idle == 1.0).then_some(text)
     });
+    // Its one block, by the state the heartbeat reports for it.
     assert_eq!(
-        sample(&workers, &series("hpfaas_endpoint_blocks", Some("active"))),
+        sample(&workers, &series("hpfaas_endpoint_blocks", Some("running"))),
         Some(1.0),
+        "{workers}"
+    );
+    assert_eq!(
+        sample(&workers, &series("hpfaas_endpoint_blocks", Some("pending"))),
+        Some(0.0),
         "{workers}"
     );
     promtool_accepts(&after);

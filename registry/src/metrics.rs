@@ -262,10 +262,26 @@ impl Snapshot {
     }
 }
 
-/// Blocks of an endpoint by state, as far as its report tells: one place to
-/// extend when reports carry each block's state.
+/// Blocks of an endpoint by the state its heartbeat reports for each
+/// (`pending`, `running`, `draining`; anything else an agent sends counts as
+/// `other`, so an agent cannot grow the label set). An older agent reports
+/// only a count: `active` then.
 fn block_states(report: &hpfaas_protocol::endpoint::EndpointReport) -> Vec<(&'static str, i64)> {
-    vec![("active", i64::from(report.active_blocks))]
+    if report.blocks.is_empty() {
+        return vec![("active", i64::from(report.active_blocks))];
+    }
+    ["pending", "running", "draining", "other"]
+        .into_iter()
+        .map(|state| {
+            let known = |s: &str| matches!(s, "pending" | "running" | "draining");
+            let n = report
+                .blocks
+                .iter()
+                .filter(|b| b.state == state || (state == "other" && !known(&b.state)))
+                .count();
+            (state, n as i64)
+        })
+        .collect()
 }
 
 /// Pages of tasks most recently sent on one agent link and when, so the
@@ -313,6 +329,39 @@ impl DispatchTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_are_counted_by_the_state_each_reports_within_a_fixed_set() {
+        use hpfaas_protocol::endpoint::{BlockReport, EndpointReport};
+        let block = |state: &str| BlockReport {
+            state: state.into(),
+            ..BlockReport::default()
+        };
+        let report = EndpointReport {
+            active_blocks: 4,
+            blocks: vec![
+                block("running"),
+                block("running"),
+                block("pending"),
+                block("x\ny"),
+            ],
+            ..EndpointReport::default()
+        };
+        assert_eq!(
+            block_states(&report),
+            [
+                ("pending", 1),
+                ("running", 2),
+                ("draining", 0),
+                ("other", 1)
+            ]
+        );
+        let older = EndpointReport {
+            active_blocks: 2,
+            ..EndpointReport::default()
+        };
+        assert_eq!(block_states(&older), [("active", 2)]);
+    }
     use hpfaas_protocol::endpoint::EndpointReport;
 
     #[test]
