@@ -14,7 +14,6 @@ use crate::db::tasks::{self as db_tasks, Cursor, ListFilter, ListedTask};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::excerpt;
 use crate::state::AppState;
-use crate::time::time_str;
 
 /// Tasks in a page when the caller names no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -147,18 +146,13 @@ pub fn filter_of(q: &ListQuery) -> ApiResult<(ListFilter, usize)> {
 /// One task of the list: the task document's identity and times, never the
 /// result (`GET /v2/tasks/{id}` has it).
 fn listed_document(t: &ListedTask) -> Value {
-    let mut doc = json!({
-        "task_id": t.id,
-        "status": t.state.as_str(),
-        "pending": !t.state.is_final(),
-        "task_group_id": t.group,
-        "function_id": t.function,
-        "endpoint_id": t.endpoint,
-        "created_t": time_str(t.created),
-    });
-    if let Some(done) = t.completed {
-        doc["completion_t"] = json!(time_str(done));
-    }
+    let mut doc = super::tasks::document_head(
+        t.id,
+        t.state,
+        [t.group, t.function, t.endpoint],
+        t.created,
+        t.completed,
+    );
     if let Some(exc_type) = &t.exc_type {
         doc["exception_type"] = json!(exc_type);
     }

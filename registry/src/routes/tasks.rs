@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use hpfaas_protocol::task::TaskState;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -40,17 +41,40 @@ pub fn mark_fetched(state: &AppState, rows: &[&TaskRow]) {
     }
 }
 
+/// What every form of a task document starts with: the task, its state,
+/// what it belongs to, and when it was submitted and (once done) completed.
+pub fn document_head(
+    id: Uuid,
+    state: TaskState,
+    ids: [Uuid; 3],
+    created: f64,
+    completed: Option<f64>,
+) -> Value {
+    let [group, function, endpoint] = ids;
+    let mut doc = json!({
+        "task_id": id,
+        "status": state.as_str(),
+        "pending": !state.is_final(),
+        "task_group_id": group,
+        "function_id": function,
+        "endpoint_id": endpoint,
+        "created_t": time_str(created),
+    });
+    if let Some(done) = completed {
+        doc["completion_t"] = json!(time_str(done));
+    }
+    doc
+}
+
 /// The task document of docs/api.md.
 pub fn task_document(t: &TaskRow) -> Value {
-    let mut doc = json!({
-        "task_id": t.id,
-        "status": t.state.as_str(),
-        "pending": !t.state.is_final(),
-        "task_group_id": t.group,
-        "function_id": t.function,
-        "endpoint_id": t.endpoint,
-        "created_t": time_str(t.created),
-    });
+    let mut doc = document_head(
+        t.id,
+        t.state,
+        [t.group, t.function, t.endpoint],
+        t.created,
+        t.completed,
+    );
     if let Some(result) = &t.result {
         doc["result"] = json!(result);
     }
@@ -60,9 +84,6 @@ pub fn task_document(t: &TaskRow) -> Value {
         doc["exception"] = json!(t.exc_traceback.as_deref().unwrap_or(""));
         doc["exception_type"] = json!(exc_type);
         doc["exception_message"] = json!(t.exc_message.as_deref().unwrap_or(""));
-    }
-    if let Some(done) = t.completed {
-        doc["completion_t"] = json!(time_str(done));
     }
     // Written by this service from a `TaskOutput`; unreadable text is left out.
     if let Some(output) = t.output.as_deref() {
