@@ -839,6 +839,18 @@ mod tests {
 
     /// A running agent with a real broker on loopback, blocks over an
     /// in-memory provider, and one block (job 4242) a previous agent left.
+    /// The link's news that it connected to a service speaking the oldest
+    /// protocol (no flow control, no events).
+    fn connected() -> LinkEvent {
+        LinkEvent::Connected {
+            heartbeat_period: 1.0,
+            max_result_bytes: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            flow_control: false,
+            events: false,
+        }
+    }
+
     fn running(spec: &AgentSpec) -> (Running<'_>, Seen) {
         let dir = spec.dir.as_path();
         record::save(
@@ -931,15 +943,7 @@ mod tests {
             .unwrap()
             .write_all(b"not a record\n")
             .unwrap();
-        seen.link
-            .send(LinkEvent::Connected {
-                heartbeat_period: 1.0,
-                max_result_bytes: None,
-                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-                flow_control: false,
-                events: false,
-            })
-            .unwrap();
+        seen.link.send(connected()).unwrap();
         let outcome = running.run(std::future::pending()).await;
 
         let error = format!("{:#}", outcome.unwrap_err());
@@ -1037,15 +1041,7 @@ mod tests {
                     .is_some_and(|e| e.contains("controller is down"))
             })
             .await;
-            seen.link
-                .send(LinkEvent::Connected {
-                    heartbeat_period: 1.0,
-                    max_result_bytes: None,
-                    max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-                    flow_control: false,
-                    events: false,
-                })
-                .unwrap();
+            seen.link.send(connected()).unwrap();
             let online = agent_json_when(dir.path(), "online", |s| s.state == "online").await;
             let _ = stop.send(Shutdown::KeepBlocks);
             online
