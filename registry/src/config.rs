@@ -64,7 +64,7 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     /// A request's body must arrive within this time, else `408`.
     pub body_read_timeout: Duration,
-    /// Most result streams open at once with one token; more get `429`.
+    /// Most event streams (result streams, live views) open at once with one token; more get `429`.
     pub max_streams_per_token: usize,
     /// Per-user limits on what the service holds for them.
     pub quota: crate::db::usage::Quota,

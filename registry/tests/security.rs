@@ -302,6 +302,7 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         ("GET" | "DELETE", "/v2/endpoints/{id}")
         | ("GET", "/v2/endpoints/{id}/status")
         | ("GET", "/v3/endpoints/{id}/events")
+        | ("GET", "/v3/endpoints/{id}/events/stream")
         | ("GET", "/v3/endpoints/{id}/connect") => vec![(at(&victim.endpoint), None)],
         ("POST" | "DELETE", "/v3/endpoints/{id}/share") => {
             vec![(at(&victim.endpoint), Some(json!({"users": ["mallory"]})))]
@@ -343,7 +344,7 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
         // A login link is the caller's own: nothing of the victim's to aim at.
         ("POST", "/v3/ui/login_link") => vec![(path.into(), Some(json!({})))],
         // Counts of the caller's own tasks only.
-        ("GET", "/v3/activity") => vec![(path.into(), None)],
+        ("GET", "/v3/activity") | ("GET", "/v3/activity/stream") => vec![(path.into(), None)],
         _ => panic!("{method} {path} has no entry in the authorization matrix: add one"),
     }
 }
@@ -360,9 +361,11 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
             // A dashboard login for the caller itself.
             | ("POST", "/v3/ui/login_link", "user")
             | ("GET", "/v3/activity", "user")
+            | ("GET", "/v3/activity/stream", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
             | ("GET", "/v3/endpoints/{id}/events", "victim credential")
+            | ("GET", "/v3/endpoints/{id}/events/stream", "victim credential")
             | ("GET", "/v3/endpoints/{id}/connect", "victim credential")
     )
 }

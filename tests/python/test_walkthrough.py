@@ -9,24 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pytest
 
-from conftest import REPO
+from cluster import User, slurm_jobs, slurm_or_skip
 from helpers import wait_until
 
-EMULATORS = Path(os.environ.get("HPFAAS_EMULATORS") or REPO / "tests" / "emulators" / "bin")
 # OpenMPI's mpiexec (the PBS and LSF launcher) refuses root unless told, as a site's
 # worker_init would tell it.
 AS_ROOT = "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
 WORKER_INIT = AS_ROOT if os.geteuid() == 0 else ""
-CLI_TIMEOUT = 60.0
 TASK_TIMEOUT = 180.0
 
 # What a user at this "site" (one node, partition `debug`, no accelerators, no modules)
@@ -76,22 +72,6 @@ EDITS: Dict[str, Dict[str, Optional[str]]] = {
 JOB_VARIABLE = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "lsf": "LSB_JOBID", "local": None}
 
 
-def slurm_or_skip() -> None:
-    """Skips (fails under CI=true) without a Slurm that answers."""
-    reason = None
-    if shutil.which("sinfo") is None:
-        reason = "Slurm is not installed (scripts/slurm.sh up installs and starts it)"
-    else:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-        if ping.returncode != 0 or "UP" not in ping.stdout:
-            reason = f"Slurm is not running (scripts/slurm.sh up): {ping.stdout.strip()}"
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        print(f"\nskipping the walk-through: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-
-
 def edit(text: str, section: str, key: str, value: Optional[str]) -> str:
     """`key` of `[section]` set to `value` (uncommenting its line), or commented out."""
     lines = text.splitlines()
@@ -131,47 +111,6 @@ def edit(text: str, section: str, key: str, value: Optional[str]) -> str:
         end += 1
     lines.insert(end, f"{key} = {value}")
     return "\n".join(lines) + "\n"
-
-
-class User:
-    """A user's shell on the login node: their HPFAAS_HOME, the service, PATH."""
-
-    def __init__(self, service, home: Path, emulated: bool) -> None:
-        self.binary = str(service.binary)
-        self.env = {
-            **os.environ,
-            "HPFAAS_HOME": str(home),
-            "HPFAAS_URL": service.url,
-            "HPFAAS_TOKEN": service.token,
-        }
-        self.env.pop("HPFAAS_OUTPUT", None)
-        if emulated:
-            self.env["PATH"] = f"{EMULATORS}:{self.env['PATH']}"
-        self.home = home
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.binary, *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    def ok(self, *args: str) -> str:
-        done = self.run(*args)
-        assert done.returncode == 0, f"hpfaas {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-
-def slurm_jobs(name_prefix: str) -> List[str]:
-    """Ids of Slurm jobs whose name starts with `name_prefix` (PBS and LSF jobs too:
-    the emulators hand their jobs to Slurm under the same name)."""
-    out = subprocess.run(
-        ["squeue", "--noheader", "--format=%i %j"], capture_output=True, text=True, timeout=30
-    ).stdout
-    return [l.split()[0] for l in out.splitlines() if len(l.split()) == 2 and l.split()[1].startswith(name_prefix)]
 
 
 def square(x):

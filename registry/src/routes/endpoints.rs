@@ -82,7 +82,8 @@ fn status_word(state: &AppState, id: Uuid) -> &'static str {
     }
 }
 
-fn summary(state: &AppState, e: &EndpointRow) -> Value {
+/// An endpoint as `GET /v2/endpoints` lists it.
+pub fn summary(state: &AppState, e: &EndpointRow) -> Value {
     json!({
         "endpoint_id": e.id,
         "uuid": e.id,
@@ -148,7 +149,7 @@ pub async fn delete(
 /// Checks that `caller` may read endpoint `raw`'s status and events: its
 /// owner, a user it is shared with, or its own credential; anyone else
 /// gets 404, as if it did not exist.
-async fn readable(state: &AppState, caller: &Principal, raw: &str) -> ApiResult<Uuid> {
+pub async fn readable(state: &AppState, caller: &Principal, raw: &str) -> ApiResult<Uuid> {
     let id = parse_id("endpoint", raw)?;
     match caller.endpoint {
         Some(own) if own != id => {
@@ -177,11 +178,17 @@ pub async fn status(
     IdPath(raw): IdPath,
 ) -> ApiResult<axum::Json<Value>> {
     let id = readable(&state, &caller, &raw).await?;
+    Ok(axum::Json(status_document(&state, id)))
+}
+
+/// What `GET /v2/endpoints/{id}/status` answers: online or not, and the
+/// agent's last report (blocks included).
+pub fn status_document(state: &AppState, id: Uuid) -> Value {
     let (online, details) = state.live.status(id);
-    Ok(axum::Json(json!({
+    json!({
         "status": if online { "online" } else { "offline" },
         "details": details.as_ref().map(details_json).unwrap_or_else(|| json!({})),
-    })))
+    })
 }
 
 /// Most events one `GET /v3/endpoints/{id}/events` returns, and the default.

@@ -13,11 +13,13 @@ pub mod openapi;
 pub mod route;
 pub mod service;
 pub mod shares;
+pub mod sse;
 pub mod stream;
 pub mod submit;
 pub mod task_list;
 pub mod tasks;
 pub mod version;
+pub mod watch;
 
 use std::sync::OnceLock;
 
@@ -154,6 +156,17 @@ pub static ROUTES: &[Route] = &[
         handler: |m| on(m, endpoints::events),
     },
     Route {
+        method: "GET",
+        path: "/v3/endpoints/{id}/events/stream",
+        summary: "Server-sent events: the endpoint's status each time it changes and its \
+                  events as they are recorded, resumable with Last-Event-ID",
+        auth: Auth::UserOrEndpoint,
+        request: None,
+        response: schemas::endpoint_view,
+        produces: "text/event-stream",
+        handler: |m| on(m, watch::endpoint),
+    },
+    Route {
         method: "POST",
         path: "/v3/endpoints/{id}/share",
         summary: "Share your endpoint with named users (they may submit to it)",
@@ -274,6 +287,17 @@ pub static ROUTES: &[Route] = &[
         response: schemas::activity,
         produces: JSON,
         handler: |m| on(m, task_list::activity),
+    },
+    Route {
+        method: "GET",
+        path: "/v3/activity/stream",
+        summary: "Server-sent events: your throughput (as /v3/activity) and your endpoints' \
+                  status, each time either changes",
+        auth: Auth::User,
+        request: None,
+        response: schemas::overview_view,
+        produces: "text/event-stream",
+        handler: |m| on(m, watch::overview),
     },
     Route {
         method: "POST",

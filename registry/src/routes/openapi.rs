@@ -412,7 +412,42 @@ pub mod schemas {
 
     /// The result stream.
     pub fn event_stream() -> Value {
-        json!({"type": "string", "description": "`id: <seq>`, `event: result`, `data: <task document>` per finished task"})
+        sse_event(
+            &["result", "error"],
+            "`id: <seq>`, `event: result`, `data: <task document>` per finished task",
+        )
+    }
+
+    /// One event of `GET /v3/endpoints/{id}/events/stream`.
+    pub fn endpoint_view() -> Value {
+        sse_event(
+            &["status", "endpoint_event", "error"],
+            "`event: status` with the status document; `id: <seq>`, `event: endpoint_event` \
+             with an event",
+        )
+    }
+
+    /// One event of `GET /v3/activity/stream`.
+    pub fn overview_view() -> Value {
+        sse_event(
+            &["overview", "error"],
+            "`event: overview` with `{activity, endpoints}`",
+        )
+    }
+
+    /// A server-sent event as Open API 3.0 has a `text/event-stream`
+    /// schema describe it: one event (its fields), `data` being JSON text.
+    fn sse_event(names: &[&str], description: &str) -> Value {
+        json!({
+            "type": "object",
+            "description": description,
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": names},
+                "data": {"type": "string", "description": "a JSON object"},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+        })
     }
 
     /// The agent WebSocket.

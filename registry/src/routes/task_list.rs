@@ -185,14 +185,19 @@ pub async fn activity(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     user: crate::auth::User,
 ) -> axum::Json<serde_json::Value> {
-    let recent = state.activity.of(user.id, crate::time::now());
-    axum::Json(serde_json::json!({
+    axum::Json(activity_document(&state, user.id))
+}
+
+/// What `GET /v3/activity` answers for user `user`.
+pub fn activity_document(state: &crate::state::AppState, user: i64) -> serde_json::Value {
+    let recent = state.activity.of(user, crate::time::now());
+    serde_json::json!({
         "finished_per_second": recent.finished_per_second,
         "failed_per_second": recent.failed_per_second,
         "last_hour": recent.last_hour.iter().map(|(minute, finished, failed)| {
             serde_json::json!({"minute": minute, "finished": finished, "failed": failed})
         }).collect::<Vec<_>>(),
-    }))
+    })
 }
 
 #[cfg(test)]

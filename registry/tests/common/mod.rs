@@ -301,7 +301,12 @@ impl Http {
 
     /// Opens the result stream of a group.
     pub fn stream(&self, group: &str, last_event_id: Option<&str>) -> SseReader {
-        let mut req = self.request("GET", &format!("/v3/taskgroup/{group}/stream"));
+        self.sse(&format!("/v3/taskgroup/{group}/stream"), last_event_id)
+    }
+
+    /// Opens the event stream at `path`, resuming after `last_event_id`.
+    pub fn sse(&self, path: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut req = self.request("GET", path);
         if let Some(id) = last_event_id {
             req = req.set("Last-Event-ID", id);
         }

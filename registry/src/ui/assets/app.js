@@ -5,7 +5,6 @@
 
 const page = () => document.getElementById("page");
 const statusLine = () => document.getElementById("status");
-let refreshTimer = null;
 let openStream = null;
 
 /** An element with attributes and children (strings become text nodes). */
@@ -67,38 +66,82 @@ function fail(err) {
   page().replaceChildren(el("p", { class: "error" }, err.message || String(err)));
 }
 
-/** Endpoints with their status, and the most recent tasks when the service lists them. */
+/**
+ * Follows a live view (server-sent events): `handlers` maps each event name to
+ * a function of its parsed data. The service's own `error` event (a revoked
+ * token, an endpoint no longer visible) ends the view with its message; a
+ * dropped connection is retried by the browser, and one it gives up on (the
+ * session ended) says how to log in again.
+ */
+function follow(path, handlers) {
+  const source = new EventSource(path);
+  openStream = source;
+  for (const [name, handle] of Object.entries(handlers)) {
+    source.addEventListener(name, (ev) => {
+      let data;
+      try { data = JSON.parse(ev.data); } catch (_) { return; }
+      Promise.resolve(handle(data)).catch(fail);
+    });
+  }
+  source.addEventListener("error", (ev) => {
+    if (ev.data) {
+      source.close();
+      let why = ev.data;
+      try { why = JSON.parse(ev.data).error || why; } catch (_) { /* shown as sent */ }
+      fail(new Error(`The live view ended: ${why}`));
+    } else if (source.readyState === EventSource.CLOSED) {
+      fail(new Error("The live view closed. If the session ended, run `hpfaas dashboard` for a new login link."));
+    }
+  });
+}
+
+/** Endpoints with their status, throughput, and the most recent tasks; kept live. */
 async function overview() {
-  const endpoints = await get("/v2/endpoints");
-  const statuses = await Promise.all(endpoints.map((e) =>
-    get(`/v2/endpoints/${e.endpoint_id}/status`).catch(() => ({ status: "unknown", details: {} }))));
-  const online = statuses.filter((s) => s.status === "online").length;
-  const recent = await get("/v3/tasks?limit=20", true);
+  // The recent tasks are re-read when the counts move, at most every 2 s.
+  let recent;
+  let readAt = 0;
+  let seen = -1;
+  follow("/v3/activity/stream", {
+    overview: async (frame) => {
+      const hour = frame.activity.last_hour || [];
+      const finished = hour.reduce((n, m) => n + m.finished, 0);
+      if (recent === undefined || (finished !== seen && Date.now() - readAt > 2000)) {
+        readAt = Date.now();
+        seen = finished;
+        recent = await get("/v3/tasks?limit=20", true);
+      }
+      drawOverview(frame, recent);
+    },
+  });
+}
+
+function drawOverview(frame, recent) {
+  const endpoints = frame.endpoints || [];
+  const online = endpoints.filter((e) => e.status === "online").length;
   const tasks = recent ? (recent.tasks || []) : [];
-  const activity = await get("/v3/activity", true);
-  const hour = activity ? activity.last_hour : [];
+  const hour = frame.activity.last_hour || [];
   const finished = hour.reduce((n, m) => n + m.finished, 0);
   const failed = hour.reduce((n, m) => n + m.failed, 0);
-  const rate = activity ? activity.finished_per_second : 0;
+  const rate = frame.activity.finished_per_second || 0;
   const card = (n, what) => el("div", { class: "card" }, el("div", { class: "n" }, n), what);
   const cards = el("div", { class: "cards" },
     card(`${online}/${endpoints.length}`, "endpoints online"),
     card(rate < 10 ? rate.toFixed(1) : Math.round(rate), "tasks/s now"),
     card(finished, "tasks finished in the last hour"),
     card(failed, "of them failed"));
-  const rows = endpoints.map((e, i) => {
-    const d = statuses[i].details || {};
+  const rows = endpoints.map((e) => {
+    const d = e.details || {};
     return [
       link(`#/endpoint/${e.endpoint_id}`, e.display_name || e.name),
       el("span", { class: "mono" }, e.endpoint_id),
-      state(statuses[i].status),
+      state(e.status),
       `${d.idle_workers ?? "-"} / ${d.total_workers ?? "-"}`,
       d.outstanding_tasks ?? "-",
       d.active_blocks ?? "-",
     ];
   });
   const parts = [el("h1", {}, "Overview"), cards];
-  if (hour.length) parts.push(el("h2", {}, "Tasks per minute, last hour"), chart(hour));
+  if (finished) parts.push(el("h2", {}, "Tasks per minute, last hour"), chart(hour));
   parts.push(el("h2", {}, "Endpoints"),
     table(["name", "id", "status", "idle / workers", "outstanding", "blocks"], rows));
   if (recent) parts.push(el("h2", {}, "Recent tasks"), taskTable(tasks));
@@ -130,28 +173,36 @@ function taskTable(tasks) {
     ]));
 }
 
-/** One endpoint: its status, blocks and recent events (where the service has them). */
+/** One endpoint: its status, blocks and recent events, kept live. */
 async function endpoint(id) {
-  const status = await get(`/v2/endpoints/${id}/status`);
-  const events = await get(`/v3/endpoints/${id}/events?limit=50`, true);
-  const d = status.details || {};
-  const facts = Object.entries(d).filter(([k]) => k !== "blocks")
-    .map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
-  const parts = [el("h1", {}, "Endpoint ", el("span", { class: "mono" }, id), " ", state(status.status)),
-    table(null, facts)];
-  const blocks = status.blocks || d.blocks;
-  if (Array.isArray(blocks)) {
-    parts.push(el("h2", {}, "Blocks"), table(["block", "job id", "state", "nodes", "managers", "workers", "started"],
-      blocks.map((b) => [b.block_id, el("span", { class: "mono" }, b.job_id || ""), state(b.state || ""),
-        b.nodes ?? "", b.managers ?? "", b.workers ?? b.total_workers ?? "", when(b.started_at || b.submitted_at)])));
-  }
-  if (events) {
-    const list = Array.isArray(events.events) ? [...events.events].reverse() : [];
+  let status = null;
+  const events = [];
+  const draw = () => {
+    if (!status) return;
+    const d = status.details || {};
+    const facts = Object.entries(d).filter(([k]) => k !== "blocks")
+      .map(([k, v]) => [k, k === "connected_since" || k === "last_heartbeat" ? when(v)
+        : typeof v === "object" ? JSON.stringify(v) : String(v)]);
+    const parts = [el("h1", {}, "Endpoint ", el("span", { class: "mono" }, id), " ", state(status.status)),
+      table(null, facts)];
+    if (Array.isArray(d.blocks)) {
+      parts.push(el("h2", {}, "Blocks"), table(["block", "job id", "state", "nodes", "managers", "workers", "started"],
+        d.blocks.map((b) => [b.block_id, el("span", { class: "mono" }, b.job_id || ""), state(b.state || ""),
+          b.nodes ?? "", b.managers ?? "", b.workers ?? "", when(b.started_at || b.submitted_at)])));
+    }
     parts.push(el("h2", {}, "Recent events"), table(["time", "kind", "block", "job", "message"],
-      list.map((e) => [when(e.time), e.kind || "", e.block_id ?? "", el("span", { class: "mono" }, e.job_id ?? ""),
-        el("span", { class: "mono" }, e.message || "")])));
-  }
-  show(...parts);
+      [...events].reverse().map((e) => [when(e.time), e.kind || "", e.block_id ?? "",
+        el("span", { class: "mono" }, e.job_id ?? ""), el("span", { class: "mono" }, e.message || "")])));
+    show(...parts);
+  };
+  follow(`/v3/endpoints/${id}/events/stream`, {
+    status: (doc) => { status = doc; draw(); },
+    endpoint_event: (e) => {
+      events.push(e);
+      if (events.length > 100) events.shift();
+      draw();
+    },
+  });
 }
 
 /** The caller's tasks, newest first, with filters and a "more" page. */
@@ -228,36 +279,28 @@ async function group(id) {
         el("span", { class: "mono" }, t.function_id)])));
   };
   draw();
-  openStream = new EventSource(`/v3/taskgroup/${id}/stream`);
-  openStream.addEventListener("message", (ev) => {
-    try {
-      const doc = JSON.parse(ev.data);
+  follow(`/v3/taskgroup/${id}/stream`, {
+    result: (doc) => {
       const known = byId.get(doc.task_id);
       if (known) { known.status = doc.status; draw(); }
-    } catch (_) { /* a frame that is not a task document */ }
+    },
   });
 }
 
-/** Draws the page the address names, and keeps overview and endpoint pages fresh. */
+/** Draws the page the address names; overview, endpoint and group pages stay live. */
 async function route() {
-  clearTimeout(refreshTimer);
   if (openStream) { openStream.close(); openStream = null; }
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");
   const parts = path.split("/").filter(Boolean);
   let draw;
-  let refresh = false;
-  if (parts.length === 0) { draw = () => overview(); refresh = true; }
-  else if (parts[0] === "endpoint" && parts[1]) { draw = () => endpoint(parts[1]); refresh = true; }
+  if (parts.length === 0) draw = () => overview();
+  else if (parts[0] === "endpoint" && parts[1]) draw = () => endpoint(parts[1]);
   else if (parts[0] === "tasks") draw = () => tasks(query || "");
   else if (parts[0] === "task" && parts[1]) draw = () => task(parts[1]);
   else if (parts[0] === "group" && parts[1]) draw = () => group(parts[1]);
   else draw = async () => show(el("p", {}, "No such page. ", link("#/", "Overview")));
-  const tick = async () => {
-    try { await draw(); } catch (err) { fail(err); return; }
-    if (refresh) refreshTimer = setTimeout(tick, 2000);
-  };
-  await tick();
+  try { await draw(); } catch (err) { fail(err); }
 }
 
 window.addEventListener("hashchange", route);
