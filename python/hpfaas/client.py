@@ -595,16 +595,16 @@ class Client:
             try:
                 versions = self.version()
             except HTTPError as exc:
+                if exc.code == "not_json":  # a 2xx answer, not JSON
+                    raise IncompatibleService(
+                        self.url, f"its /v2/version answer is not JSON ({exc.message}): no hpfaas service?"
+                    ) from None
                 if exc.status != 404:
                     raise
                 raise IncompatibleService(
                     self.url,
                     f"it has no GET /v2/version ({exc}): it is no hpfaas service, or one"
                     f" older than this SDK (hpfaas {__version__}) works with",
-                ) from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a 2xx answer, not JSON
-                raise IncompatibleService(
-                    self.url, f"its /v2/version answer is not JSON ({exc}): no hpfaas service?"
                 ) from None
             check_compatible(self.url, versions)
             self._service_checked = True
@@ -681,7 +681,16 @@ class Client:
             status, raw = self._exchange(conn, method, self._prefix + path, data, headers)
         if not 200 <= status < 300:
             raise _error_from(status, raw)
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            # A proxy's login page, say: say so, not json's "Expecting value".
+            shown = raw[:200].decode("utf-8", "replace")
+            raise HTTPError(
+                status, "not_json", f"{method} {path} answered with a body that is not JSON: {shown!r}"
+            ) from None
 
     def _exchange(
         self,

@@ -60,7 +60,8 @@ class TaskExecutionFailed(HpfaasError):
 
 
 class HTTPError(HpfaasError):
-    """The service answered with a non-2xx status; carries its JSON error."""
+    """The service answered with a non-2xx status (carrying its JSON error), or with a
+    body that is not JSON (`code` "not_json")."""
 
     def __init__(self, status: int, code: str, message: str):
         super().__init__(f"HTTP {status} ({code}): {message}")

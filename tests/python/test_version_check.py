@@ -10,15 +10,15 @@ from typing import Any, List
 
 import pytest
 
-from hpfaas import Client, IncompatibleService, __version__
+from hpfaas import Client, HTTPError, IncompatibleService, __version__
 from hpfaas.version import API_VERSION
 
 
 class FakeService:
     """Answers `GET /v2/version?service=all` with `versions` (JSON unless bytes, or
-    404 when None) and every other route with `[]`; records the paths asked."""
+    404 when None) and every other route with `other`; records the paths asked."""
 
-    def __init__(self, versions: Any):
+    def __init__(self, versions: Any, other: bytes = b"[]"):
         self.versions = versions
         self.paths: List[str] = []
         fake = self
@@ -31,7 +31,7 @@ class FakeService:
                         return self._answer(404, b'{"code": "not_found", "error": "no route"}')
                     body = fake.versions
                     return self._answer(200, body if isinstance(body, bytes) else json.dumps(body))
-                return self._answer(200, b"[]")
+                return self._answer(200, other)
 
             def _answer(self, status, body):
                 body = body.encode() if isinstance(body, str) else body
@@ -59,8 +59,8 @@ class FakeService:
 def fake():
     services: List[FakeService] = []
 
-    def start(versions: Any) -> FakeService:
-        services.append(FakeService(versions))
+    def start(versions: Any, other: bytes = b"[]") -> FakeService:
+        services.append(FakeService(versions, other))
         return services[-1]
 
     yield start
@@ -155,3 +155,12 @@ def test_the_real_service_is_compatible(service):
     assert answer["hpfaas"] == __version__, "the SDK and the binary are released together"
     client.check_service()
     assert service.endpoint_id in {e["endpoint_id"] for e in client.get_endpoints()}
+
+
+def test_an_answer_that_is_not_json_is_an_error_naming_the_route(fake):
+    # A proxy in between that answers with its own login page.
+    service = fake(versions(), other=b"<html>Sign in to the cluster portal</html>")
+    with pytest.raises(HTTPError) as info:
+        Client(service.url, "a-token").get_endpoints()
+    assert info.value.code == "not_json" and info.value.status == 200, info.value
+    assert "GET /v2/endpoints" in str(info.value) and "Sign in" in str(info.value), info.value
