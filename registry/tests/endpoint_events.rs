@@ -251,3 +251,38 @@ fn an_agent_that_does_not_offer_events_is_not_told_to_send_them() {
     }
     agent.close();
 }
+
+#[test]
+fn deleting_an_endpoint_deletes_its_events_even_the_last_disconnection() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let (ep, cred) = alice.register_endpoint("ep");
+    let (kept, kept_cred) = alice.register_endpoint("kept");
+    let mut agent = online_with_events(&svc, &ep, &cred);
+    let other = online_with_events(&svc, &kept, &kept_cred);
+    agent.send(&AgentMessage::Events {
+        events: vec![failed(1)],
+    });
+    events_when(&alice, &ep, "the failure", |e| e.len() >= 2);
+    alice.delete(&format!("/v2/endpoints/{ep}")).ok();
+    // The service closes the deleted endpoint's link; its closing is an event
+    // the service would record, after the deletion.
+    agent.expect_close();
+    other.close();
+    events_when(&alice, &kept, "the other endpoint's disconnection", |e| {
+        kinds(e).last() == Some(&"agent_disconnected")
+    });
+    // Both disconnections were queued before the other's was read back, so
+    // both reached the database by now.
+    let count = |id: &str| -> i64 {
+        let db = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
+        db.query_row(
+            "SELECT count(*) FROM endpoint_events WHERE endpoint_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(&ep), 0, "the deleted endpoint's events are gone");
+    assert_eq!(count(&kept), 2, "the other endpoint keeps its own");
+}

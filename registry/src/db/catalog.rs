@@ -512,6 +512,7 @@ pub fn delete_endpoint(conn: &Connection, owner: i64, id: Uuid) -> ApiResult<boo
     )?;
     if n > 0 {
         revoke_endpoint_credentials(conn, id)?;
+        super::events::delete(conn, id)?;
     }
     Ok(n > 0)
 }

@@ -1,7 +1,8 @@
 //! Endpoint events (blocks submitted, running, failed with the scheduler's
 //! message, cancelled; managers lost; the agent's link): the last
 //! [`KEPT`] of each endpoint, written once per frame of events, never per
-//! task, and read by `GET /v3/endpoints/{id}/events`.
+//! task, and read by `GET /v3/endpoints/{id}/events`. Deleting an endpoint
+//! deletes its events ([`delete`]).
 
 use hpfaas_protocol::endpoint::EndpointEvent;
 use rusqlite::{params, Connection};
@@ -31,6 +32,8 @@ pub struct EventRow {
 }
 
 /// Stores `events` of `endpoint`, then deletes all but its last `keep`.
+/// Nothing is stored for a deleted endpoint (its agent's link may report
+/// its own closing after the deletion removed the endpoint's events).
 pub fn insert(
     conn: &Connection,
     endpoint: Uuid,
@@ -38,6 +41,12 @@ pub fn insert(
     keep: usize,
 ) -> ApiResult<()> {
     let id = endpoint.to_string();
+    let deleted: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted = 1)")?
+        .query_row([&id], |r| r.get(0))?;
+    if deleted {
+        return Ok(());
+    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO endpoint_events (endpoint_id, time, kind, block_id, job_id, message)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -59,6 +68,13 @@ pub fn insert(
              ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
     )?
     .execute(params![id, keep as i64])?;
+    Ok(())
+}
+
+/// Deletes every event of `endpoint` (it is being deleted).
+pub fn delete(conn: &Connection, endpoint: Uuid) -> ApiResult<()> {
+    conn.prepare_cached("DELETE FROM endpoint_events WHERE endpoint_id = ?1")?
+        .execute([endpoint.to_string()])?;
     Ok(())
 }
 
