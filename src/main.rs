@@ -492,7 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     (Some(url), _) => url,
                     (None, Some(name)) => {
                         let dir = lifecycle::endpoint_dir(name)?;
-                        lifecycle::broker_url(&dir).with_context(|| {
+                        lifecycle::broker_url(&dir)?.with_context(|| {
                             format!(
                                 "endpoint {name} has no broker address in {}; is it started?",
                                 dir.display()

@@ -242,6 +242,40 @@ fn home_option_and_variable_choose_the_same_directory() {
 }
 
 #[test]
+fn a_directory_no_command_accepts_is_listed_as_unusable_not_fatal() {
+    let home = temp_dir("cli-bad-dir");
+    for name in ["fine", "made by hand"] {
+        let dir = home.join("endpoints").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), IDLE_LOCAL).unwrap();
+    }
+    let listed = run(&home, &["endpoint", "list", "--output", "json"]);
+    assert_success(&listed);
+    let rows = json_out(&listed);
+    assert_eq!(rows[0]["name"], "fine", "{rows}");
+    assert_eq!(rows[0]["state"], "stopped", "{rows}");
+    assert_eq!(rows[1]["name"], "made by hand", "{rows}");
+    let state = rows[1]["state"].as_str().unwrap();
+    assert!(
+        state.starts_with("unusable") && state.contains("invalid endpoint name"),
+        "{state}"
+    );
+}
+
+#[test]
+fn a_manager_named_by_endpoint_says_its_broker_record_is_broken() {
+    let home = temp_dir("cli-broken-broker");
+    let dir = home.join("endpoints").join("ep");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), IDLE_LOCAL).unwrap();
+    std::fs::write(dir.join("broker.json"), "{\"url\": ").unwrap();
+    let out = run(&home, &["manager", "--endpoint", "ep"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broker.json is not a broker record"), "{err}");
+}
+
+#[test]
 fn empty_variables_mean_unset() {
     let user_home = temp_dir("cli-empty-vars");
     let dir = user_home

@@ -351,7 +351,24 @@ pub fn list() -> anyhow::Result<Vec<EndpointRow>> {
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", root.display())),
     };
     names.sort();
-    names.iter().map(|n| describe(n)).collect()
+    // One directory that cannot be described (a name made by hand that no
+    // command accepts, an unreadable file) is a row saying why, not the end
+    // of the listing.
+    Ok(names
+        .iter()
+        .map(|n| {
+            describe(n).unwrap_or_else(|e| EndpointRow {
+                name: n.clone(),
+                endpoint_id: None,
+                state: format!("unusable: {e:#}"),
+                pid: None,
+                active_blocks: 0,
+                service_url: None,
+                last_error: None,
+                blocks: Vec::new(),
+            })
+        })
+        .collect())
 }
 
 /// Asks the service for the endpoint's status using its credential.
@@ -431,7 +448,8 @@ pub fn job_script(name: &str) -> anyhow::Result<String> {
 pub fn job_script_for(spec: &AgentSpec) -> anyhow::Result<String> {
     let provider =
         hpfaas_scheduler_adapters::build(&spec.config.provider).map_err(anyhow::Error::msg)?;
-    let broker_url = broker_url(&spec.dir).unwrap_or_else(|| {
+    // A broken record only loses the example address: `start` writes a new one.
+    let broker_url = broker_url(&spec.dir).ok().flatten().unwrap_or_else(|| {
         let address = crate::broker::address::resolve(
             spec.config.engine.address.as_deref(),
             spec.config.provider.kind == ProviderKind::Local,
@@ -450,9 +468,10 @@ pub fn job_script_for(spec: &AgentSpec) -> anyhow::Result<String> {
     Ok(provider.job_script(&request))
 }
 
-/// The broker address recorded by the endpoint's agent, if it ever ran.
-pub fn broker_url(dir: &Path) -> Option<String> {
-    Some(crate::broker::record::read(dir).ok()??.url)
+/// The broker address recorded by the endpoint's agent: `None` if it never
+/// ran, an error naming the file if the record is unreadable or broken.
+pub fn broker_url(dir: &Path) -> anyhow::Result<Option<String>> {
+    Ok(crate::broker::record::read(dir)?.map(|r| r.url))
 }
 
 #[cfg(test)]
