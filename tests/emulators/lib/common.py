@@ -58,9 +58,20 @@ class SlurmUnavailable(Exception):
 
 def state_dir(system):
     """The emulator's state directory for `system` ("pbs" or "lsf")."""
-    root = os.environ.get("HPFAAS_EMULATOR_STATE") or "/tmp/hpfaas-emulators"
+    # Not the shared /tmp by default: another user could make the directory
+    # first and read or plant job files. A directory of the user's own, as a
+    # real scheduler's spool is the scheduler's own.
+    root = os.environ.get("HPFAAS_EMULATOR_STATE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "hpfaas-emulators"
+    )
     path = os.path.join(root, system)
     os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(root)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SystemExit(
+            "emulator state %s is not a directory only you can write (owner uid %d, mode %o); "
+            "set HPFAAS_EMULATOR_STATE to one" % (root, st.st_uid, st.st_mode & 0o777)
+        )
     return path
 
 
