@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from conftest import hpfaas_binary, running_up
 
 MARKER = "/hpfaas-test-image"
@@ -208,6 +209,44 @@ def test_podman_runs_an_imported_image_archive_warm(podman, node_file, monkeypat
         ["podman", "ps", "--all", "--format", "{{.Names}}"], capture_output=True, text=True, env=os.environ
     )
     assert "hpfaas-" not in ps.stdout, ps.stdout
+
+
+def test_a_manager_removes_the_containers_a_killed_manager_left(podman, monkeypatch):
+    env, archive, _ = podman
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    image = subprocess.run(
+        ["podman", "import", "--quiet", str(archive)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    # A pid no process has (beyond pid_max), this test's own (alive), and another user's.
+    uid = os.getuid()
+    names = {
+        "dead": f"hpfaas-{uid}-4194305-w0-0",
+        "alive": f"hpfaas-{uid}-{os.getpid()}-w0-0",
+        "other user": f"hpfaas-{uid + 1}-4194305-w0-0",
+    }
+    try:
+        for name in names.values():
+            subprocess.run(
+                ["podman", "run", "--detach", "--name", name, image, SYSTEM_PYTHON, "-c", "import time; time.sleep(600)"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+
+        def listed():
+            ps = subprocess.run(["podman", "ps", "--all", "--format", "{{.Names}}"], capture_output=True, text=True)
+            return set(ps.stdout.split())
+
+        config = f'container_type = "podman"\ncontainer_uri = "{archive}"\n'
+        with running_up(hpfaas_binary(), "hpfaas-sweep-", config) as up:
+            (s,) = run_where(up)
+            assert s["containerenv"], s
+            wait_until(lambda: names["dead"] not in listed(), 120, "the dead manager's container to go")
+        left = listed()
+        assert names["alive"] in left and names["other user"] in left, left
+    finally:
+        subprocess.run(["podman", "rm", "--force", "--time", "0", *names.values()], capture_output=True)
 
 
 def test_podman_runs_a_root_filesystem_directory(podman, monkeypatch):

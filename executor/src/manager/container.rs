@@ -231,6 +231,74 @@ pub fn remove_command(container: &Container, name: &str) -> Option<std::process:
     Some(command)
 }
 
+/// The start of the name of every container this manager starts (Podman,
+/// Docker): the user and the manager's pid, so that a later manager can
+/// tell the containers a killed manager of the same user left ([`sweep`])
+/// from anyone else's.
+pub fn name_prefix() -> String {
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    format!("hpfaas-{uid}-{}-", std::process::id())
+}
+
+/// The pid of the manager that named container `name`, if it is one of
+/// `uid`'s ([`name_prefix`]).
+fn manager_of(name: &str, uid: u32) -> Option<u32> {
+    let rest = name.strip_prefix(&format!("hpfaas-{uid}-"))?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+/// Removes the containers (Podman, Docker) that this user's managers on
+/// this node left behind when they were killed (SIGKILL gives a manager no
+/// chance to remove them, and `--rm` acts only once a container's process
+/// ends, which a warm worker's never does): those named by a manager whose
+/// process is gone. Other users' containers, and those of managers still
+/// running, are left alone. Returns how many were removed.
+pub fn sweep(container: &Container) -> usize {
+    if container.kind.is_child() {
+        return 0;
+    }
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let listed = std::process::Command::new(container.kind.name())
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .arg("--filter")
+        .arg(format!("name=^hpfaas-{uid}-"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Some(listed) = listed.ok().filter(|o| o.status.success()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        let Some(pid) = manager_of(name.trim(), uid) else {
+            continue;
+        };
+        if pid == std::process::id() || crate::agent::pid::pid_alive(pid) {
+            continue;
+        }
+        let Some(mut rm) = remove_command(container, name.trim()) else {
+            continue;
+        };
+        let done = rm
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if done.is_ok_and(|s| s.success()) {
+            tracing::info!(
+                container = name.trim(),
+                manager = pid,
+                "removed a container a killed manager left"
+            );
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Removes container `name` in the background (Podman, Docker): a killed
 /// `podman run` leaves its container running. Waited for on a thread, so
 /// no zombie is left and the caller does not block.
@@ -375,5 +443,22 @@ mod tests {
             .collect();
         assert_eq!(args, ["rm", "--force", "hpfaas-w-1-0"]);
         assert!(is_archive("/images/sci.tar") && !is_archive("localhost/sci:1"));
+    }
+
+    #[test]
+    fn only_this_users_manager_names_are_read() {
+        assert_eq!(manager_of("hpfaas-1000-4242-w0-3", 1000), Some(4242));
+        assert_eq!(manager_of("hpfaas-1000-4242-t0f3a", 1000), Some(4242));
+        assert_eq!(manager_of("hpfaas-1001-4242-w0-3", 1000), None);
+        assert_eq!(manager_of("hpfaas-10000-4242-w0-3", 1000), None);
+        assert_eq!(manager_of("hpfaas-1000-x-w0", 1000), None);
+        assert_eq!(manager_of("other", 1000), None);
+        let own = name_prefix();
+        // SAFETY: getuid(2) cannot fail.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(
+            manager_of(&format!("{own}w1-0"), uid),
+            Some(std::process::id())
+        );
     }
 }

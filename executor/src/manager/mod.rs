@@ -182,6 +182,10 @@ pub async fn run(config: ManagerConfig) -> anyhow::Result<()> {
         },
         output_limit: config.python_output_limit,
     });
+    if let Some(Ok(c)) = settings.container.clone() {
+        // Off the start's path: listing containers can take a second.
+        std::thread::spawn(move || container::sweep(&c));
+    }
     let mut manager = Manager::new(workers as usize, settings, link, mpi);
     manager.shell_output_limit = config.shell_output_limit;
     let result = manager.serve(&mut bridge.incoming).await;

@@ -225,7 +225,11 @@ async fn execute(
         .clone()
         .unwrap_or_else(|| super::job_env::working_directory().to_path_buf());
     let inner: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), line.into()];
-    let name = format!("hpfaas-task-{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "{}t{}",
+        container::name_prefix(),
+        uuid::Uuid::new_v4().simple()
+    );
     let argv = match spec.container.as_deref() {
         None => inner,
         Some(c) => {

@@ -348,12 +348,13 @@ impl Worker {
     }
 }
 
-/// A name no other worker container on this node has: the manager's pid,
-/// the slot, and a count of the workers this manager started.
+/// A name no other worker container on this node has: the user and the
+/// manager's pid ([`container::name_prefix`]), the slot, and a count of the
+/// workers this manager started.
 fn container_name(slot: usize) -> String {
     static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("hpfaas-worker-{}-{slot}-{n}", std::process::id())
+    format!("{}w{slot}-{n}", container::name_prefix())
 }
 
 /// The command that starts worker `slot`: the embedded runtime, the job's
