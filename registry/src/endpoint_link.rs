@@ -79,6 +79,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Result batches of one agent queued for the writer at once (until their
 /// commit is visible); more waits, which pushes back on the agent through TCP.
 const RESULT_BATCHES_IN_FLIGHT: usize = 8;
+/// Writes of one agent's acks, state changes and events queued for the
+/// writer at once (until their commit is visible); more waits, pushing back
+/// on the agent, so a flood of frames cannot queue without bound in front
+/// of everyone's writes.
+const UPDATES_IN_FLIGHT: usize = 64;
 /// How long closing a connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -617,7 +622,10 @@ async fn receive_loop(
 ) -> End {
     let (state, endpoint) = (agent.state, agent.endpoint);
     let silence = state.config.heartbeat_timeout();
-    let in_flight = Arc::new(Semaphore::new(RESULT_BATCHES_IN_FLIGHT));
+    let in_flight = InFlight {
+        results: Arc::new(Semaphore::new(RESULT_BATCHES_IN_FLIGHT)),
+        updates: Arc::new(Semaphore::new(UPDATES_IN_FLIGHT)),
+    };
     // A revocation between the credential check and the subscription is
     // caught here.
     revocations.mark_unchanged();
@@ -678,6 +686,32 @@ async fn receive_loop(
     }
 }
 
+/// What one link has queued for the writer, each bounded.
+struct InFlight {
+    /// Result batches ([`RESULT_BATCHES_IN_FLIGHT`]).
+    results: Arc<Semaphore>,
+    /// Acks, state changes and events ([`UPDATES_IN_FLIGHT`]).
+    updates: Arc<Semaphore>,
+}
+
+/// Queues a write one of the agent's frames asks for, once the link has
+/// fewer than [`UPDATES_IN_FLIGHT`] queued; nobody waits for its commit.
+async fn queue_update<T, F>(state: &AppState, updates: &Arc<Semaphore>, f: F) -> Result<(), End>
+where
+    T: Send + 'static,
+    F: FnOnce(&rusqlite::Connection, &mut crate::db::WriteCtx) -> ApiResult<T> + Send + 'static,
+{
+    let Ok(permit) = updates.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    let visible = state.db.enqueue_lazy(f).map_err(shutting_down)?;
+    tokio::spawn(async move {
+        let _ = visible.await;
+        drop(permit);
+    });
+    Ok(())
+}
+
 /// The writer refused a job: it is stopping, or broken (a failed sync);
 /// the agent reconnects later and gets the reason meanwhile.
 fn shutting_down(e: ApiError) -> End {
@@ -687,7 +721,7 @@ fn shutting_down(e: ApiError) -> End {
 async fn handle(
     agent: &AgentConnection<'_>,
     msg: AgentMessage,
-    in_flight: &Arc<Semaphore>,
+    in_flight: &InFlight,
 ) -> Result<(), End> {
     let (state, endpoint, out) = (agent.state, agent.endpoint, agent.out);
     match msg {
@@ -700,10 +734,10 @@ async fn handle(
         }
         AgentMessage::Ack { task_ids } if !task_ids.is_empty() => {
             // Nobody waits for the answer: the agent expects none.
-            state
-                .db
-                .enqueue_lazy(move |c, _| db_tasks::ack(c, endpoint, &task_ids))
-                .map_err(shutting_down)?;
+            queue_update(state, &in_flight.updates, move |c, _| {
+                db_tasks::ack(c, endpoint, &task_ids)
+            })
+            .await?;
         }
         AgentMessage::States { updates } if !updates.is_empty() => {
             for (task, _) in updates.iter().filter(|(_, s)| *s == TaskState::Running) {
@@ -715,13 +749,13 @@ async fn handle(
                     metrics.dispatch_to_start(at.elapsed().as_secs_f64());
                 }
             };
-            state
-                .db
-                .enqueue_lazy(move |c, _| db_tasks::update_states(c, endpoint, &updates, started))
-                .map_err(shutting_down)?;
+            queue_update(state, &in_flight.updates, move |c, _| {
+                db_tasks::update_states(c, endpoint, &updates, started)
+            })
+            .await?;
         }
         AgentMessage::Results { mut results } if !results.is_empty() => {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            let Ok(permit) = in_flight.results.clone().acquire_owned().await else {
                 return Ok(());
             };
             cap_results(&mut results, state.config.max_result_bytes);
@@ -759,11 +793,11 @@ async fn handle(
                     format!("bad events frame: {why}"),
                 ));
             }
-            // One write per frame of events; nobody waits for it.
-            state
-                .db
-                .enqueue_lazy(move |c, _| db_events::insert(c, endpoint, &events, db_events::KEPT))
-                .map_err(shutting_down)?;
+            // One write per frame of events.
+            queue_update(state, &in_flight.updates, move |c, _| {
+                db_events::insert(c, endpoint, &events, db_events::KEPT)
+            })
+            .await?;
         }
         AgentMessage::Ack { .. }
         | AgentMessage::States { .. }
@@ -854,4 +888,44 @@ fn store_results(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::Live;
+
+    #[tokio::test]
+    async fn a_flood_of_updates_waits_for_the_writer_instead_of_queueing_without_bound() {
+        let (state, stop, _dir) = AppState::for_tests(Live::default());
+        let updates = Arc::new(Semaphore::new(UPDATES_IN_FLIGHT));
+        // The first write holds the writer until released; the rest queue behind it.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let first = queue_update(&state, &updates, move |_, _| {
+            let _ = held.lock().map(|rx| rx.recv());
+            Ok(())
+        });
+        assert!(first.await.is_ok());
+        for _ in 1..UPDATES_IN_FLIGHT {
+            assert!(queue_update(&state, &updates, |_, _| Ok(())).await.is_ok());
+        }
+        let one_more = queue_update(&state, &updates, |_, _| Ok(()));
+        tokio::pin!(one_more);
+        // Bounded: one more waits for as long as the writer is held.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut one_more)
+                .await
+                .is_err(),
+            "a write beyond the bound was queued"
+        );
+        release.send(()).unwrap();
+        let queued = tokio::time::timeout(Duration::from_secs(60), one_more).await;
+        assert!(
+            queued.is_ok_and(|r| r.is_ok()),
+            "once the writer moved on, it was queued"
+        );
+        stop.send_replace(true);
+        state.db.shutdown().await;
+    }
 }
