@@ -38,6 +38,7 @@ use crate::db::tasks::{self as db_tasks, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{excerpt, parse_id, parse_json_seed, Body, IdPath};
+use crate::resource_spec;
 use crate::state::AppState;
 
 /// The header carrying an idempotency key.
@@ -452,6 +453,9 @@ pub async fn submit(
         })
         .await
         .map_err(|e| ApiError::internal(format!("storing the tasks' arguments failed: {e}")))??;
+    }
+    if let Some(spec) = &body.resource_specification {
+        resource_spec::check(spec).map_err(ApiError::bad_request)?;
     }
     let online = state.live.is_online(endpoint);
     let count = new_tasks.len();
