@@ -29,7 +29,7 @@ from hpfaas.stream import ResultStream
 
 #: Most tasks sent in one submit request.
 MAX_BATCH_TASKS = 4096
-#: Lowest task priority the service accepts (docs/api.md, "Priorities").
+#: Lowest task priority the service accepts (docs/api.md, "Priorities and per-function defaults").
 MIN_PRIORITY = -1000
 #: Highest task priority the service accepts.
 MAX_PRIORITY = 1000
