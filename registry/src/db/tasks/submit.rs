@@ -169,10 +169,8 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         let Some(defaults) = function_defaults::owned(conn, s.owner, *id)? else {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
         };
-        specs.insert(
-            *id,
-            resource_spec::merge(defaults.as_deref(), s.resource_spec.as_deref()),
-        );
+        let spec = resource_spec::merge(defaults.as_deref(), s.resource_spec.as_deref());
+        specs.insert(*id, spec);
     }
     let size = |t: &NewTask| {
         let inline = if t.in_file && t.blob.is_none() {
@@ -194,6 +192,11 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
+    // Parsed once per function, not per task.
+    let keys: std::collections::HashMap<Uuid, f64> = specs
+        .iter()
+        .map(|(f, spec)| (*f, resource_spec::queue_key(created, spec.as_deref())))
+        .collect();
     for t in &s.tasks {
         let spec = specs.get(&t.function).and_then(Option::as_deref);
         let rid = st.insert(params![
@@ -206,7 +209,7 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             s.result_serializers,
             spec,
             created,
-            resource_spec::queue_key(created, spec)
+            keys.get(&t.function).copied().unwrap_or(created)
         ])?;
         let inline = if t.in_file && t.blob.is_none() {
             ""
