@@ -94,8 +94,15 @@ impl Dispatcher {
         self.managers.seen(identity, now);
     }
 
+    /// Sets the wall time (Unix seconds) tasks queued from now on arrive at,
+    /// for aging (it never goes back); [`Dispatcher::dispatch`] sets it too.
+    pub fn advance_clock(&mut self, now: f64) {
+        self.tasks.advance(now);
+    }
+
     /// Queues tasks (a task already owned is ignored: delivery is at least
-    /// once); returns the failures of tasks that can never run.
+    /// once), arrived at the time of the last [`Dispatcher::advance_clock`];
+    /// returns the failures of tasks that can never run.
     pub fn submit(
         &mut self,
         functions: Vec<FunctionCode>,
@@ -281,7 +288,7 @@ impl Dispatcher {
     /// hands queued tasks to the other managers with free capacity,
     /// round-robin; `now` is the wall clock (Unix seconds) for walltime draining.
     pub fn dispatch(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
-        self.tasks.advance(now);
+        self.advance_clock(now);
         let placed = self.mpi.place(&mut self.managers, &self.tasks, now);
         if placed.released {
             // Nodes let go of gain eligibility, which the rounds would
@@ -378,6 +385,25 @@ mod tests {
             order,
             [high.task_id, plain.task_id, late.task_id, low.task_id]
         );
+    }
+
+    #[test]
+    fn tasks_queued_before_the_first_dispatch_arrive_at_the_clock_given() {
+        // The broker's first tasks come before its first dispatch round: had
+        // they arrived at time 0, they would outrank every later task.
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
+        let f = Uuid::new_v4();
+        let plain = tasks(1, f);
+        d.advance_clock(1000.0);
+        d.submit(vec![], plain.clone());
+        assert!(d.dispatch(1005.0).is_empty(), "no manager yet");
+        let mut high = tasks(1, f);
+        high[0].resource_spec = Some(r#"{"priority": 1}"#.into());
+        d.advance_clock(1010.0);
+        d.submit(vec![], high.clone());
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), Instant::now())
+            .unwrap();
+        assert_eq!(sent_ids(&d.dispatch(1010.0)), [high[0].task_id]);
     }
 
     #[test]
