@@ -386,6 +386,10 @@ pub async fn submit(
         read()?
     };
 
+    // Checked before any payload file is written: nothing to clean up.
+    if let Some(spec) = &body.resource_specification {
+        resource_spec::check(spec).map_err(ApiError::bad_request)?;
+    }
     // Access, the endpoint's policy and a replayed key are all checked in
     // the write itself (`db_tasks::submit`): a read before it would cost
     // every submit a trip to the reader pool for what the write re-checks.
@@ -453,9 +457,6 @@ pub async fn submit(
         })
         .await
         .map_err(|e| ApiError::internal(format!("storing the tasks' arguments failed: {e}")))??;
-    }
-    if let Some(spec) = &body.resource_specification {
-        resource_spec::check(spec).map_err(ApiError::bad_request)?;
     }
     let online = state.live.is_online(endpoint);
     let count = new_tasks.len();
