@@ -9,6 +9,7 @@
 //!   (MessagePack frames).
 //! * [`mpi`]: MPI functions' resource specifications and placements.
 //! * [`failure`]: the names of failures hpfaas reports in place of a result.
+//! * [`priority`]: task priorities and the ordering rule of every queue.
 //!
 //! Every conversation opens with a message carrying [`PROTOCOL_VERSION`], so a
 //! mismatched peer is refused with a clear error instead of misreading frames.
@@ -18,6 +19,7 @@ pub mod endpoint;
 pub mod failure;
 pub mod mpi;
 pub mod payload;
+pub mod priority;
 pub mod task;
 
 /// Version of the messages in this crate; bumped on any incompatible change.

@@ -113,6 +113,12 @@ impl TaskSpec {
         self.payload.len() + self.blob.as_ref().map_or(0, |b| b.len()) + 160
     }
 
+    /// The task's priority (`"priority"` in its `resource_specification`;
+    /// [`crate::priority`]).
+    pub fn priority(&self) -> i64 {
+        crate::priority::priority_in(self.resource_spec.as_deref())
+    }
+
     /// The task's own walltime in seconds (`"walltime"` in its
     /// `resource_specification`), or why it is unusable.
     pub fn walltime(&self) -> Result<Option<f64>, String> {

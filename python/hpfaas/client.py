@@ -431,8 +431,18 @@ class Client:
         function: Union[Callable, ShellFunction],
         function_name: Optional[str] = None,
         description: Optional[str] = None,
+        resource_specification: Optional[dict] = None,
     ) -> str:
-        """Register a function (or a `ShellFunction`) and return its id."""
+        """Register a function (or a `ShellFunction`) and return its id.
+
+        `resource_specification` holds defaults for its tasks (e.g.
+        `{"priority": 5, "walltime": 60}`); the service applies them to every
+        submit of the function, whose own values override them key by key."""
+        if resource_specification is not None and not isinstance(resource_specification, dict):
+            raise TypeError(
+                "resource_specification must be a dict, not"
+                f" {type(resource_specification).__name__}"
+            )
         body = {
             "function_name": function_name or getattr(function, "__name__", repr(function)),
             "function_code": pack([serialize_function(function)]),
@@ -440,6 +450,8 @@ class Client:
         }
         if description is not None:
             body["description"] = description
+        if resource_specification is not None:
+            body["resource_specification"] = resource_specification
         response = self._request("POST", "/v3/functions", body, idempotent=False)
         function_id = response["function_uuid"]
         if isinstance(function, ShellFunction):

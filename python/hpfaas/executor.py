@@ -29,6 +29,10 @@ from hpfaas.stream import ResultStream
 
 #: Most tasks sent in one submit request.
 MAX_BATCH_TASKS = 4096
+#: Lowest task priority the service accepts (docs/api.md, "Priorities and per-function defaults").
+MIN_PRIORITY = -1000
+#: Highest task priority the service accepts.
+MAX_PRIORITY = 1000
 #: Most payload bytes (as encoded in the body) in one submit request, under the
 #: service's 10 MiB body limit.
 MAX_BATCH_CHARS = 8 * 1024 * 1024
@@ -141,6 +145,7 @@ class Executor(concurrent.futures.Executor):
         batch_size: int = MAX_BATCH_TASKS,
         resource_specification: Optional[dict] = None,
         trust_pickled_results: bool = False,
+        priority: Optional[int] = None,
     ):
         """`trust_pickled_results=True` decodes pickled results of an endpoint
         you do not own (adds it to the client's `trust_pickled_results_from`):
@@ -163,6 +168,7 @@ class Executor(concurrent.futures.Executor):
         self.task_group_id = task_group_id or str(uuid.uuid4())
         self.batch_size = batch_size
         self.resource_specification = resource_specification
+        self.priority = priority
 
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._registered: Dict[int, Tuple[Callable, str]] = {}
@@ -197,6 +203,25 @@ class Executor(concurrent.futures.Executor):
             raise TypeError(f"resource_specification must be a dict, not {type(spec).__name__}")
         self._resource_specification = spec
 
+    @property
+    def priority(self) -> Optional[int]:
+        """Priority of the tasks submitted from now on (an integer from
+        `MIN_PRIORITY` to `MAX_PRIORITY`, higher first; None leaves it to
+        `resource_specification` and the function's defaults, else 0). Sent
+        as `"priority"` in the `resource_specification`, over its own value."""
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: Optional[int]) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"priority must be an int, not {type(value).__name__}")
+            if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+                raise ValueError(
+                    f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}, not {value}"
+                )
+        self._priority = value
+
     # -- the concurrent.futures.Executor interface ------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -205,6 +230,8 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         # Copied now: a later change of the specification is for later submits.
         spec = self.resource_specification and dict(self.resource_specification)
+        if self.priority is not None:
+            spec = {**(spec or {}), "priority": self.priority}
         if isinstance(fn, MPIFunction):
             validate_resource_specification(spec)
         function_id = self._function_id(fn)

@@ -434,13 +434,13 @@ async fn dispatch_loop(
     out: mpsc::Sender<Message>,
     dispatched: Arc<DispatchTimes>,
 ) {
-    let mut cursor = 0i64;
+    let mut cursor = db_tasks::QueueCursor::start();
     let mut cancel_cursor = 0i64;
     let mut sent_functions = HashSet::new();
     // Just woken (or started): the next read is the quick, inline one.
     let mut woken = true;
     loop {
-        let (after_cancel, after) = (cancel_cursor, cursor);
+        let (after_cancel, after) = (cancel_cursor, cursor.clone());
         let sent = std::mem::take(&mut sent_functions);
         // The quick page leaves payload files to the pool: reading one on
         // the async thread would hold up everything else on it.
@@ -506,7 +506,7 @@ async fn dispatch_loop(
             }
             Ok(Next::Tasks(page)) => {
                 sent_functions = page.sent_functions;
-                cursor = page.last_rid;
+                cursor = page.cursor;
                 // Only this loop takes credit, so it never goes below zero;
                 // lost tasks count too (the page held them), which is harmless.
                 if granted != u64::MAX {
@@ -537,7 +537,7 @@ async fn dispatch_loop(
                             Frame::Binary(bytes) => (bytes.len(), Message::Binary(bytes.into())),
                         };
                         tracing::debug!(%endpoint, tasks = page.count, bytes = size, "tasks sent");
-                        dispatched.sent(page.last_rid);
+                        dispatched.sent(page.max_rid);
                         if out.send(message).await.is_err() {
                             return;
                         }

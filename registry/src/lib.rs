@@ -40,6 +40,7 @@ pub mod extract;
 pub mod live;
 pub mod metrics;
 pub mod purge;
+pub mod resource_spec;
 pub mod revocation;
 pub mod routes;
 pub mod serve;

@@ -286,7 +286,9 @@ fn block_states(report: &hpfaas_protocol::endpoint::EndpointReport) -> Vec<(&'st
 
 /// Pages of tasks most recently sent on one agent link and when, so the
 /// time from dispatch to start is found from a task's `rid` without keeping
-/// anything per task: within one link the dispatch cursor only grows.
+/// anything per task: pages are noted by their highest `rid`, which grows
+/// unless priorities reorder the queue (a task sent out of `rid` order is
+/// then timed from an earlier page: its figure is an upper bound).
 #[derive(Debug, Default)]
 pub struct DispatchTimes {
     /// (last rid of a page, when it was sent), oldest first.

@@ -65,3 +65,23 @@ fn a_failed_sync_answers_503_and_keeps_the_files_of_committed_tasks() {
         .unwrap()
         .contains("injected sync failure"));
 }
+
+#[test]
+fn a_submit_refused_for_its_priority_leaves_no_payload_file() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, _) = alice.register_endpoint("ep");
+    // Large enough to be kept in a file, not in the row.
+    let big = "x".repeat(200_000);
+    let body = json!({"tasks": {f.clone(): [big]}, "resource_specification": {"priority": 1e9}});
+    let why = alice
+        .post(&format!("/v3/endpoints/{ep}/submit"), &body)
+        .error(400, "bad_request");
+    assert!(why.contains("priority"), "{why}");
+    assert!(
+        payload_files(&svc).is_empty(),
+        "files left behind: {:?}",
+        payload_files(&svc)
+    );
+}

@@ -71,3 +71,40 @@ fn the_service_sends_no_more_tasks_than_the_agent_granted() {
         submitted[..4]
     );
 }
+
+#[test]
+fn a_backlog_held_for_credit_goes_out_highest_priority_first() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, credential) = alice.register_endpoint("ep");
+    let submit = |payloads: Vec<&str>, priority: i64| {
+        let body = json!({"tasks": {f.clone(): payloads},
+            "resource_specification": {"priority": priority}});
+        let answer = alice
+            .post(&format!("/v3/endpoints/{ep}/submit"), &body)
+            .ok();
+        task_ids(&answer, &f)
+    };
+    let plain = submit(vec!["p0", "p1", "p2"], 0);
+    let mut agent = online_with_flow_control(&svc, &ep, &credential);
+    agent.send(&AgentMessage::Credit { tasks: 1 });
+    let (first, _) = agent.recv_tasks(1);
+    assert_eq!(first[0].task_id, plain[0]);
+    // Submitted while the rest of the backlog waits for credit: it jumps it,
+    // though the link has already sent past its place in submit order.
+    let urgent = submit(vec!["u0"], 4);
+    let low = submit(vec!["l0"], -4);
+    agent.send(&AgentMessage::Credit { tasks: 1 });
+    let (second, _) = agent.recv_tasks(1);
+    assert_eq!(second[0].task_id, urgent[0]);
+    agent.send(&AgentMessage::Credit { tasks: 10 });
+    let (rest, _) = agent.recv_tasks(3);
+    let rest: Vec<_> = rest.iter().map(|t| t.task_id).collect();
+    assert_eq!(rest, [plain[1], plain[2], low[0]]);
+    // Nothing twice: a fresh task is the next thing sent.
+    let later = submit(vec!["z"], 0);
+    let (next, _) = agent.recv_tasks(1);
+    assert_eq!(next[0].task_id, later[0]);
+    agent.close();
+}

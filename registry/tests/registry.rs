@@ -1081,3 +1081,61 @@ fn large_payloads_are_split_across_frames() {
     assert!(got.iter().zip(&payloads).all(|((_, p), q)| p == q));
     agent.close();
 }
+
+#[test]
+fn priorities_and_function_defaults_order_the_backlog_across_a_restart() {
+    let svc = TestService::start();
+    let token = svc.token("alice");
+    let alice = svc.client(&token);
+    let plain_fn = alice.register_function("plain");
+    let body = json!({"function_name": "urgent", "function_code": "st\nurgent:def urgent(): pass",
+        "resource_specification": {"priority": 3, "walltime": 60}});
+    let urgent_fn = alice.post("/v3/functions", &body).ok()["function_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = alice.get(&format!("/v2/functions/{urgent_fn}")).ok();
+    assert_eq!(
+        doc["resource_specification"],
+        json!({"priority": 3, "walltime": 60})
+    );
+    let (ep, cred) = alice.register_endpoint("ep");
+    let submit = |function: &str, spec: Value| -> Uuid {
+        let body = json!({"tasks": {function: ["x"]}, "resource_specification": spec});
+        let answer = alice
+            .post(&format!("/v3/endpoints/{ep}/submit"), &body)
+            .ok();
+        uuid(&answer["tasks"][function][0])
+    };
+    // Queued while the endpoint is offline, in the opposite of their order.
+    let low = submit(&plain_fn, json!({"priority": -2}));
+    let plain = submit(&plain_fn, json!({}));
+    let overridden = submit(&urgent_fn, json!({"priority": -1, "walltime": 5}));
+    let defaulted = submit(&urgent_fn, json!({}));
+    let high = submit(&plain_fn, json!({"priority": 7}));
+    for bad in [json!(5000), json!(1.5), json!("high")] {
+        let body = json!({"tasks": {plain_fn.clone(): ["x"]},
+            "resource_specification": {"priority": bad}});
+        let why = alice
+            .post(&format!("/v3/endpoints/{ep}/submit"), &body)
+            .error(400, "bad_request");
+        assert!(why.contains("priority") && why.contains("1000"), "{why}");
+    }
+    let body = json!({"function_name": "bad", "function_code": "st\nbad:def bad(): pass",
+        "resource_specification": {"priority": -5000}});
+    let why = alice.post("/v3/functions", &body).error(400, "bad_request");
+    assert!(why.contains("priority"), "{why}");
+
+    let svc = svc.restart();
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    let (tasks, _) = agent.recv_tasks(5);
+    let order: Vec<Uuid> = tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!(order, [high, defaulted, plain, overridden, low]);
+    let spec = |id: Uuid| -> Value {
+        let t = tasks.iter().find(|t| t.task_id == id).unwrap();
+        serde_json::from_str(t.resource_spec.as_deref().unwrap()).unwrap()
+    };
+    assert_eq!(spec(defaulted), json!({"priority": 3, "walltime": 60}));
+    assert_eq!(spec(overridden), json!({"priority": -1, "walltime": 5}));
+    agent.close();
+}

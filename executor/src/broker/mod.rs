@@ -236,6 +236,7 @@ async fn run(
             Some(message) = bridge.incoming.recv() => broker.on_frame(message),
             command = commands.recv() => match command {
                 Some(BrokerCommand::Submit { functions, tasks }) => {
+                    broker.dispatcher.advance_clock(now_unix());
                     let refused = broker.dispatcher.submit(functions, tasks);
                     broker.report(refused);
                 }

@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod columns;
 pub mod events;
+pub mod function_defaults;
 pub mod idempotency;
 pub mod payload_files;
 pub mod purge;

@@ -224,6 +224,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_fetched ON tasks(stored) WHERE done = 1 AND result_fate = 1;
     "#,
+    // 11: priorities. An endpoint's queue is read in `queue_key` order
+    // (`hpfaas_protocol::priority`: `created - priority * AGING_SECONDS`),
+    // so its index leads with it; tasks queued before had priority 0. A
+    // function's default `resource_specification` (JSON object or NULL).
+    r#"
+    ALTER TABLE tasks ADD COLUMN queue_key REAL NOT NULL DEFAULT 0;
+    UPDATE tasks SET queue_key = created WHERE done = 0;
+    DROP INDEX tasks_queue;
+    CREATE INDEX tasks_queue ON tasks(endpoint_id, queue_key, rid) WHERE done = 0;
+    ALTER TABLE functions ADD COLUMN resource_defaults TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,8 +8,10 @@ use uuid::Uuid;
 
 use crate::auth::User;
 use crate::db::catalog::{self, FunctionRow};
+use crate::db::function_defaults;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, IdPath, Json};
+use crate::resource_spec;
 use crate::state::AppState;
 
 /// Body of `POST /v3/functions`; Globus Compute sends more keys, ignored.
@@ -21,6 +23,10 @@ pub struct RegisterFunction {
     description: Option<String>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    /// Defaults for its tasks' `resource_specification` (a submit's own
+    /// values override them key by key).
+    #[serde(default)]
+    resource_specification: Option<Map<String, Value>>,
 }
 
 /// `POST /v3/functions`.
@@ -32,6 +38,12 @@ pub async fn register(
     if body.function_code.is_empty() {
         return Err(ApiError::bad_request("function_code must not be empty"));
     }
+    if let Some(spec) = &body.resource_specification {
+        resource_spec::check(spec).map_err(ApiError::bad_request)?;
+    }
+    let defaults = body
+        .resource_specification
+        .map(|m| Value::Object(m).to_string());
     let row = FunctionRow {
         id: Uuid::new_v4(),
         name: body.function_name,
@@ -42,7 +54,13 @@ pub async fn register(
     let id = row.id;
     state
         .db
-        .write(move |c, _| catalog::insert_function(c, user.id, &row))
+        .write(move |c, _| {
+            catalog::insert_function(c, user.id, &row)?;
+            match &defaults {
+                Some(d) => function_defaults::store(c, row.id, d),
+                None => Ok(()),
+            }
+        })
         .await?;
     Ok(axum::Json(json!({"function_uuid": id})))
 }
@@ -54,17 +72,22 @@ pub async fn get(
     IdPath(raw): IdPath,
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id("function", &raw)?;
-    let f = state
+    let (f, defaults) = state
         .db
-        .read(move |c| catalog::get_function(c, user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found_id("function", &raw))?;
+        .read(move |c| {
+            let defaults = function_defaults::owned(c, user.id, id)?.flatten();
+            Ok((catalog::get_function(c, user.id, id)?, defaults))
+        })
+        .await?;
+    let f = f.ok_or_else(|| ApiError::not_found_id("function", &raw))?;
+    let defaults = defaults.and_then(|d| serde_json::from_str::<Value>(&d).ok());
     Ok(axum::Json(json!({
         "function_uuid": f.id,
         "function_name": f.name,
         "function_code": f.code,
         "description": f.description,
         "metadata": f.metadata,
+        "resource_specification": defaults,
     })))
 }
 

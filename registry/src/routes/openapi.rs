@@ -213,7 +213,8 @@ pub mod schemas {
     pub fn register_function() -> Value {
         object(
             &["function_name", "function_code"],
-            json!({"function_name": s(), "function_code": s(), "description": s(), "metadata": any_object()}),
+            json!({"function_name": s(), "function_code": s(), "description": s(),
+                   "metadata": any_object(), "resource_specification": any_object()}),
         )
     }
 
@@ -227,7 +228,8 @@ pub mod schemas {
         object(
             &["function_uuid", "function_name", "function_code"],
             json!({"function_uuid": id(), "function_name": s(), "function_code": s(),
-                   "description": s(), "metadata": any_object()}),
+                   "description": s(), "metadata": any_object(),
+                   "resource_specification": {"type": "object", "nullable": true}}),
         )
     }
 

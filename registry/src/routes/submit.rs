@@ -38,6 +38,7 @@ use crate::db::tasks::{self as db_tasks, NewTask, Submission, Submitted};
 use crate::db::Durability;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{excerpt, parse_id, parse_json_seed, Body, IdPath};
+use crate::resource_spec;
 use crate::state::AppState;
 
 /// The header carrying an idempotency key.
@@ -385,6 +386,10 @@ pub async fn submit(
         read()?
     };
 
+    // Checked before any payload file is written: nothing to clean up.
+    if let Some(spec) = &body.resource_specification {
+        resource_spec::check(spec).map_err(ApiError::bad_request)?;
+    }
     // Access, the endpoint's policy and a replayed key are all checked in
     // the write itself (`db_tasks::submit`): a read before it would cost
     // every submit a trip to the reader pool for what the write re-checks.

@@ -1,7 +1,7 @@
 //! The broker's bookkeeping, free of sockets and clocks so it can be tested
 //! directly: the [`Dispatcher`] the broker loop calls, over one part per
 //! concept: connected managers ([`managers`]), the tasks the broker owns and
-//! its queue ([`tasks`]), re-runs and cancellations ([`retry`]), managers
+//! its queue ([`tasks`], served by priority: [`queue`]), re-runs and cancellations ([`retry`]), managers
 //! held for MPI tasks ([`mpi_hold`]), handing out capacity ([`capacity`])
 //! and the reported load ([`load`]).
 //!
@@ -16,6 +16,7 @@ mod capacity;
 mod load;
 mod managers;
 mod mpi_hold;
+mod queue;
 mod retry;
 mod tasks;
 #[cfg(test)]
@@ -93,8 +94,15 @@ impl Dispatcher {
         self.managers.seen(identity, now);
     }
 
+    /// Sets the wall time (Unix seconds) tasks queued from now on arrive at,
+    /// for aging (it never goes back); [`Dispatcher::dispatch`] sets it too.
+    pub fn advance_clock(&mut self, now: f64) {
+        self.tasks.advance(now);
+    }
+
     /// Queues tasks (a task already owned is ignored: delivery is at least
-    /// once); returns the failures of tasks that can never run.
+    /// once), arrived at the time of the last [`Dispatcher::advance_clock`];
+    /// returns the failures of tasks that can never run.
     pub fn submit(
         &mut self,
         functions: Vec<FunctionCode>,
@@ -280,6 +288,7 @@ impl Dispatcher {
     /// hands queued tasks to the other managers with free capacity,
     /// round-robin; `now` is the wall clock (Unix seconds) for walltime draining.
     pub fn dispatch(&mut self, now: f64) -> Vec<(Identity, BrokerMessage)> {
+        self.advance_clock(now);
         let placed = self.mpi.place(&mut self.managers, &self.tasks, now);
         if placed.released {
             // Nodes let go of gain eligibility, which the rounds would
@@ -328,6 +337,73 @@ mod tests {
                 _ => (0, 0),
             })
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Ids of the tasks sent in `msgs`, in order.
+    fn sent_ids(msgs: &[(Identity, BrokerMessage)]) -> Vec<Uuid> {
+        msgs.iter()
+            .flat_map(|(_, m)| match m {
+                BrokerMessage::Tasks { tasks, .. } => tasks.iter().map(|t| t.task_id).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_is_served_by_priority_with_aging() {
+        let now = Instant::now();
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), now)
+            .unwrap();
+        let f = Uuid::new_v4();
+        let with_priority = |p: i64| {
+            let mut t = tasks(1, f).remove(0);
+            t.resource_spec = Some(format!(r#"{{"priority": {p}}}"#));
+            t
+        };
+        // The wall clock the broker loop hands `dispatch`, advanced by hand.
+        let blocker = tasks(1, f);
+        d.submit(vec![], blocker.clone());
+        assert_eq!(sent_ids(&d.dispatch(1000.0)), [blocker[0].task_id]);
+        let (low, plain, high) = (with_priority(-1), tasks(1, f).remove(0), with_priority(2));
+        d.submit(vec![], vec![low.clone(), plain.clone(), high.clone()]);
+        // 90 s later a priority-1 task arrives: the plain one has waited
+        // long enough to go before it, the low one has not.
+        d.dispatch(1090.0);
+        let late = with_priority(1);
+        d.submit(vec![], vec![late.clone()]);
+        let mut order = Vec::new();
+        let mut running = blocker[0].task_id;
+        for _ in 0..4 {
+            d.complete(b"a", vec![ok(running)]);
+            let ids = sent_ids(&d.dispatch(1090.0));
+            assert_eq!(ids.len(), 1, "one slot");
+            running = ids[0];
+            order.push(running);
+        }
+        assert_eq!(
+            order,
+            [high.task_id, plain.task_id, late.task_id, low.task_id]
+        );
+    }
+
+    #[test]
+    fn tasks_queued_before_the_first_dispatch_arrive_at_the_clock_given() {
+        // The broker's first tasks come before its first dispatch round: had
+        // they arrived at time 0, they would outrank every later task.
+        let mut d = Dispatcher::new(0, Duration::from_secs(10), 60.0);
+        let f = Uuid::new_v4();
+        let plain = tasks(1, f);
+        d.advance_clock(1000.0);
+        d.submit(vec![], plain.clone());
+        assert!(d.dispatch(1005.0).is_empty(), "no manager yet");
+        let mut high = tasks(1, f);
+        high[0].resource_spec = Some(r#"{"priority": 1}"#.into());
+        d.advance_clock(1010.0);
+        d.submit(vec![], high.clone());
+        d.register(b"a".to_vec(), info("a", "0", 1, 0), Instant::now())
+            .unwrap();
+        assert_eq!(sent_ids(&d.dispatch(1010.0)), [high[0].task_id]);
     }
 
     #[test]

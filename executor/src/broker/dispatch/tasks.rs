@@ -1,21 +1,26 @@
 //! The tasks the broker owns, queued or in a manager's hands, the code of
-//! their functions, and the queue of ordinary tasks waiting for capacity.
+//! their functions, and the queue of ordinary tasks waiting for capacity
+//! (served by priority with aging: [`super::queue`]).
 //! A task the endpoint's blocks could never hold (its walltime is longer
 //! than theirs) is refused here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use hpfaas_protocol::task::{FunctionCode, TaskSpec};
 use uuid::Uuid;
+
+use super::queue::PriorityQueue;
 
 /// Owned tasks and the queue of ordinary ones.
 pub struct TaskBook {
     functions: HashMap<Uuid, String>,
     /// Every task the broker owns (queued or in a manager's hands).
     specs: HashMap<Uuid, TaskSpec>,
-    /// Ids of queued ordinary tasks, oldest first; the specs stay in `specs`
-    /// alone, so a million queued tasks are held once, not twice.
-    queue: VecDeque<Uuid>,
+    /// Ids of queued ordinary tasks, in the order they are served; the specs
+    /// stay in `specs` alone, so a million queued tasks are held once, not twice.
+    queue: PriorityQueue,
+    /// The latest wall time seen (Unix seconds): when a task arrives, for aging.
+    now: f64,
     /// Walltime of a block (batch systems only), the most a task may ask for.
     block_walltime: Option<f64>,
 }
@@ -26,7 +31,8 @@ impl TaskBook {
         TaskBook {
             functions: HashMap::new(),
             specs: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: PriorityQueue::default(),
+            now: 0.0,
             block_walltime,
         }
     }
@@ -34,6 +40,14 @@ impl TaskBook {
     /// Sets the walltime of the endpoint's blocks.
     pub fn set_block_walltime(&mut self, seconds: Option<f64>) {
         self.block_walltime = seconds;
+    }
+
+    /// Advances the clock tasks arriving from now on are stamped with
+    /// (never backwards, so a stepped clock cannot reorder the queue).
+    pub fn advance(&mut self, now: f64) {
+        if now > self.now {
+            self.now = now;
+        }
     }
 
     /// Stores a function's code (the same id twice keeps the last).
@@ -75,15 +89,15 @@ impl TaskBook {
         self.specs.insert(task.task_id, task);
     }
 
-    /// Owns a task and queues it last.
+    /// Owns a task and queues it by its priority, arrived now.
     pub fn enqueue(&mut self, task: TaskSpec) {
-        self.queue.push_back(task.task_id);
+        self.queue.push(task.task_id, task.priority(), self.now);
         self.own(task);
     }
 
     /// Queues an owned task first again (a retry goes before newer work).
     pub fn requeue_front(&mut self, task_id: Uuid) {
-        self.queue.push_front(task_id);
+        self.queue.push_retry(task_id);
     }
 
     /// Stops owning a task; true if it was owned. Its id may stay queued:
@@ -94,19 +108,14 @@ impl TaskBook {
 
     /// Drops these ids from the queue.
     pub fn unqueue(&mut self, dropped: &HashSet<Uuid>) {
-        self.queue.retain(|id| !dropped.contains(id));
+        self.queue.remove_all(dropped);
     }
 
     /// Drops the ids of tasks no longer owned from the front of the queue
     /// (a task re-queued after a restart may have finished meanwhile).
     pub fn trim_front(&mut self) {
-        while self
-            .queue
-            .front()
-            .is_some_and(|id| !self.specs.contains_key(id))
-        {
-            self.queue.pop_front();
-        }
+        let specs = &self.specs;
+        while self.queue.drop_next_if(|id| !specs.contains_key(id)) {}
     }
 
     /// Ids in the queue of ordinary tasks.
@@ -114,8 +123,8 @@ impl TaskBook {
         self.queue.len()
     }
 
-    /// Takes up to `room` queued tasks that `accept` takes, oldest first;
-    /// the ones it refuses keep their places at the front of the queue.
+    /// Takes up to `room` queued tasks that `accept` takes, in the queue's
+    /// order; the ones it refuses keep their places in the queue.
     pub fn take_queued(
         &mut self,
         room: usize,
@@ -124,20 +133,20 @@ impl TaskBook {
         let mut taken = Vec::with_capacity(room.min(self.queue.len()));
         let mut refused = Vec::new();
         while taken.len() < room {
-            let Some(id) = self.queue.pop_front() else {
+            let Some(place) = self.queue.pop() else {
                 break;
             };
-            let Some(t) = self.specs.get(&id) else {
+            let Some(t) = self.specs.get(&place.id()) else {
                 continue;
             };
             if accept(t) {
                 taken.push(t.clone());
             } else {
-                refused.push(id);
+                refused.push(place);
             }
         }
-        for id in refused.into_iter().rev() {
-            self.queue.push_front(id);
+        for place in refused.into_iter().rev() {
+            self.queue.put_back(place);
         }
         taken
     }

@@ -1,12 +1,14 @@
-//! The dispatch page: one frame's worth of an endpoint's queue, read from
-//! a cursor (`rid`) for an endpoint link, with the code of functions not
-//! yet sent on that connection.
+//! The dispatch page: one frame's worth of an endpoint's queue for an
+//! endpoint link, highest priority first (`hpfaas_protocol::priority`: by
+//! the stored `queue_key`, then `rid`), read behind the link's
+//! [`QueueCursor`], with the code of functions not yet sent on that
+//! connection.
 
 use std::collections::HashSet;
 
 use hpfaas_protocol::endpoint::{EncodedTask, TasksFrame, TasksJson};
 use hpfaas_protocol::task::{FunctionCode, TaskSpec};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, Row};
 use uuid::Uuid;
 
 use crate::db::catalog;
@@ -23,6 +25,33 @@ pub enum Frame {
     Binary(Vec<u8>),
 }
 
+/// Which of an endpoint's tasks one link has sent. The queue is read in
+/// `(queue_key, rid)` order behind a cursor; a task that arrives later
+/// but orders before the cursor (a higher priority) is a late arrival:
+/// every task with a `rid` above `mark` is looked at again, and those of
+/// them already sent are in `early` until all of them are, when `mark`
+/// moves up to the newest task and `early` empties.
+#[derive(Debug, Clone, Default)]
+pub struct QueueCursor {
+    /// `(queue_key, rid)` of the last task sent in queue order.
+    key: f64,
+    rid: i64,
+    /// Every task up to this `rid` ordered before the cursor has been sent.
+    mark: i64,
+    /// Late arrivals (`rid` above `mark`, before the cursor) already sent.
+    early: HashSet<i64>,
+}
+
+impl QueueCursor {
+    /// Before the first task: a new link sends every non-final task.
+    pub fn start() -> Self {
+        QueueCursor {
+            key: f64::NEG_INFINITY,
+            ..QueueCursor::default()
+        }
+    }
+}
+
 /// One frame's worth of an endpoint's queue. A page holds tasks with blobs
 /// or tasks without, not both: the first task of the other kind starts the
 /// next page.
@@ -31,7 +60,9 @@ pub struct DispatchPage {
     /// The frame, `None` when nothing is queued past the cursor.
     pub frame: Option<Frame>,
     /// Cursor to continue from.
-    pub last_rid: i64,
+    pub cursor: QueueCursor,
+    /// The highest `rid` in the page (0 if none).
+    pub max_rid: i64,
     /// Tasks in the frame.
     pub count: usize,
     /// Functions whose code this connection has now been sent.
@@ -55,67 +86,161 @@ pub struct PageLimits {
     pub read_files: bool,
 }
 
-/// Reads the endpoint's non-final tasks after `after` (within `limits`),
-/// with the code of functions not in `sent_functions`, as the text of one
-/// `ServiceMessage::Tasks` frame.
+/// A query of the queue: the columns [`Page::add`] takes, in its order.
+macro_rules! select_tasks {
+    ($where:literal) => {
+        concat!(
+            "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers,
+                    t.resource_spec, p.in_file, t.queue_key
+             FROM tasks t JOIN task_payloads p ON p.rid = t.rid WHERE ",
+            $where
+        )
+    };
+}
+
+/// Late arrivals: tasks submitted since `mark` (by rid, up to the newest
+/// seen) that order before the cursor; read by rid (the `+` keeps the
+/// planner off the endpoint's whole queue).
+const LATE: &str = select_tasks!(
+    "t.rid > ?2 AND t.rid <= ?3 AND +t.endpoint_id = ?1 AND t.done = 0
+     AND (t.queue_key, t.rid) < (?4, ?5) ORDER BY t.queue_key, t.rid"
+);
+
+/// The queue past the cursor, from its index.
+const QUEUE: &str = select_tasks!(
+    "t.endpoint_id = ?1 AND t.done = 0 AND (t.queue_key, t.rid) > (?2, ?3)
+     ORDER BY t.queue_key, t.rid LIMIT ?4"
+);
+
+/// Reads the endpoint's non-final tasks not yet sent behind `cursor`
+/// (within `limits`), in queue order, with the code of functions not in
+/// `sent_functions`, as one frame.
 pub fn dispatch_page(
     conn: &Connection,
     files: &PayloadFiles,
     endpoint: Uuid,
-    after: i64,
-    mut sent_functions: HashSet<Uuid>,
+    mut cursor: QueueCursor,
+    sent_functions: HashSet<Uuid>,
     limits: PageLimits,
 ) -> ApiResult<DispatchPage> {
-    let mut st = conn.prepare_cached(
-        "SELECT t.rid, t.id, t.function_id, p.payload, t.result_serializers, t.resource_spec,
-                p.in_file
-         FROM tasks t JOIN task_payloads p ON p.rid = t.rid
-         WHERE t.endpoint_id = ?1 AND t.done = 0 AND t.rid > ?2 ORDER BY t.rid LIMIT ?3",
-    )?;
-    let mut rows = st.query(params![endpoint.to_string(), after, limits.tasks as i64])?;
-    let mut text = TasksJson::default();
-    // A page of tasks with blobs keeps them whole, for one MessagePack frame.
-    let mut binary: Option<TasksFrame> = None;
-    let (mut count, mut bytes, mut last_rid) = (0usize, 0usize, after);
-    let (mut lost, mut more) = (Vec::new(), false);
+    let mut page = Page::new(files, sent_functions, limits);
+    let endpoint = endpoint.to_string();
+    let newest: i64 = conn
+        .prepare_cached("SELECT ifnull(max(rid), 0) FROM tasks")?
+        .query_row([], |r| r.get(0))?;
+    // Late arrivals first: they order before everything past the cursor.
+    // Only tasks submitted since `mark` are looked at (by rid).
+    let mut st = conn.prepare_cached(LATE)?;
+    let mut rows = st.query(params![
+        endpoint,
+        cursor.mark,
+        newest,
+        cursor.key,
+        cursor.rid
+    ])?;
+    let mut late_done = true;
     while let Some(r) = rows.next()? {
+        let rid: i64 = r.get(0)?;
+        if cursor.early.contains(&rid) {
+            continue;
+        }
+        if !page.add(conn, r)? {
+            late_done = false;
+            break;
+        }
+        cursor.early.insert(rid);
+    }
+    if late_done {
+        cursor.mark = newest;
+        cursor.early.clear();
+        let mut st = conn.prepare_cached(QUEUE)?;
+        let room = limits.tasks.saturating_sub(page.count + page.lost.len());
+        let mut rows = st.query(params![endpoint, cursor.key, cursor.rid, room as i64])?;
+        while let Some(r) = rows.next()? {
+            let (rid, key): (i64, f64) = (r.get(0)?, r.get(7)?);
+            if !page.add(conn, r)? {
+                break;
+            }
+            (cursor.key, cursor.rid) = (key, rid);
+        }
+    }
+    Ok(page.finish(cursor))
+}
+
+/// A page being filled.
+struct Page<'a> {
+    files: &'a PayloadFiles,
+    limits: PageLimits,
+    sent_functions: HashSet<Uuid>,
+    text: TasksJson,
+    /// A page of tasks with blobs keeps them whole, for one MessagePack frame.
+    binary: Option<TasksFrame>,
+    count: usize,
+    bytes: usize,
+    max_rid: i64,
+    lost: Vec<(Uuid, String)>,
+    more: bool,
+}
+
+impl<'a> Page<'a> {
+    fn new(files: &'a PayloadFiles, sent_functions: HashSet<Uuid>, limits: PageLimits) -> Self {
+        Page {
+            files,
+            limits,
+            sent_functions,
+            text: TasksJson::default(),
+            binary: None,
+            count: 0,
+            bytes: 0,
+            max_rid: 0,
+            lost: Vec::new(),
+            more: false,
+        }
+    }
+
+    /// Adds the task of row `r` (or notes it lost); false if the page is
+    /// full before it, which then starts the next page.
+    fn add(&mut self, conn: &Connection, r: &Row) -> ApiResult<bool> {
+        if self.count + self.lost.len() >= self.limits.tasks {
+            return Ok(false);
+        }
         let rid: i64 = r.get(0)?;
         let serializers: String = r.get(4)?;
         let task_id = uuid_col(r, 1)?;
         let inline: String = r.get(3)?;
         let in_file: bool = r.get(6)?;
+        let count = self.count;
         // A row with a file and a payload of its own: the file is the blob.
         let has_blob = in_file && !inline.is_empty();
-        if count > 0 && has_blob != binary.is_some() {
-            break;
+        if count > 0 && has_blob != self.binary.is_some() {
+            return Ok(false);
         }
         let (payload, blob) = if in_file {
-            if !limits.read_files {
-                more = true;
-                break;
+            if !self.limits.read_files {
+                self.more = true;
+                return Ok(false);
             }
             // A file that would not fit the page is not read (and then
             // dropped): the next page starts with it.
-            let size = files.size(task_id).unwrap_or(0) as usize;
-            if count > 0 && bytes + size > limits.bytes {
-                break;
+            let size = self.files.size(task_id).unwrap_or(0) as usize;
+            if count > 0 && self.bytes + size > self.limits.bytes {
+                return Ok(false);
             }
             let read = if has_blob {
-                files
+                self.files
                     .read_blob(task_id)
                     .map(|blob| (inline, Some(blob.into())))
             } else {
-                files.read(task_id).map(|text| (text, None))
+                self.files.read(task_id).map(|text| (text, None))
             };
             match read {
                 Ok(both) => both,
                 Err(e) => {
-                    lost.push((
+                    self.lost.push((
                         task_id,
                         format!("the task's argument file is unreadable: {e}"),
                     ));
-                    last_rid = rid;
-                    continue;
+                    return Ok(true);
                 }
             }
         } else {
@@ -130,7 +255,7 @@ pub fn dispatch_page(
             resource_spec: r.get(5)?,
         };
         let mut code = None;
-        if !sent_functions.contains(&spec.function_id) {
+        if !self.sent_functions.contains(&spec.function_id) {
             match catalog::function_code(conn, spec.function_id)? {
                 Some(text) => {
                     code = Some(FunctionCode {
@@ -148,19 +273,19 @@ pub fn dispatch_page(
                 + spec.blob.as_ref().map_or(0, |b| b.len())
                 + code.as_ref().map_or(0, |c| c.code.len())
                 + 256;
-            if count > 0 && bytes + item > limits.bytes {
-                break;
+            if count > 0 && self.bytes + item > self.limits.bytes {
+                return Ok(false);
             }
-            let page = binary.get_or_insert_with(|| TasksFrame {
+            let page = self.binary.get_or_insert_with(|| TasksFrame {
                 functions: Vec::new(),
                 tasks: Vec::new(),
             });
             if let Some(code) = code {
-                sent_functions.insert(code.function_id);
+                self.sent_functions.insert(code.function_id);
                 page.functions.push(code);
             }
             page.tasks.push(spec);
-            bytes += item;
+            self.bytes += item;
         } else {
             let item = EncodedTask::new(&spec, code.as_ref()).map_err(|e| {
                 ApiError::internal(format!("could not encode task {}: {e}", spec.task_id))
@@ -168,37 +293,42 @@ pub fn dispatch_page(
             let item_bytes = item.frame_bytes();
             // The byte cap keeps frames far below the WebSocket message limit;
             // a single oversized task still goes, alone.
-            if count > 0 && bytes + item_bytes > limits.bytes {
-                break;
+            if count > 0 && self.bytes + item_bytes > self.limits.bytes {
+                return Ok(false);
             }
             if code.is_some() {
-                sent_functions.insert(spec.function_id);
+                self.sent_functions.insert(spec.function_id);
             }
-            text.push(item);
-            bytes += item_bytes;
+            self.text.push(item);
+            self.bytes += item_bytes;
         }
-        count += 1;
-        last_rid = rid;
+        self.count += 1;
+        self.max_rid = self.max_rid.max(rid);
+        Ok(true)
     }
-    let frame = match binary {
-        Some(page) => Some(Frame::Binary(page.encode())),
-        None => (!text.is_empty()).then(|| Frame::Text(text.finish())),
-    };
-    Ok(DispatchPage {
-        frame,
-        last_rid,
-        count,
-        sent_functions,
-        lost,
-        more,
-    })
+
+    fn finish(self, cursor: QueueCursor) -> DispatchPage {
+        let frame = match self.binary {
+            Some(page) => Some(Frame::Binary(page.encode())),
+            None => (!self.text.is_empty()).then(|| Frame::Text(self.text.finish())),
+        };
+        DispatchPage {
+            frame,
+            cursor,
+            max_rid: self.max_rid,
+            count: self.count,
+            sent_functions: self.sent_functions,
+            lost: self.lost,
+            more: self.more,
+        }
+    }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::db::tasks::submit::NewTask;
-    use crate::db::tasks::test_fixture::{fixture, submit_n, submit_tasks};
+    use crate::db::tasks::submit::{submit, NewTask, Submission};
+    use crate::db::tasks::test_fixture::{fixture, submit_n, submit_tasks, Fixture};
     use hpfaas_protocol::endpoint::{from_json, ServiceMessage};
 
     pub(crate) fn limits(tasks: usize, bytes: usize) -> PageLimits {
@@ -249,13 +379,13 @@ pub(super) mod tests {
             )
             .unwrap()
         };
-        let first = page(0, HashSet::new());
+        let first = page(QueueCursor::start(), HashSet::new());
         assert_eq!(first.count, 1, "the blob task starts the next page");
         let Ok(ServiceMessage::Tasks { functions, .. }) = from_json(text(&first)) else {
             panic!("not a tasks frame")
         };
         assert_eq!(functions.len(), 1);
-        let second = page(first.last_rid, first.sent_functions);
+        let second = page(first.cursor.clone(), first.sent_functions);
         assert_eq!(second.count, 2);
         let Some(Frame::Binary(bytes)) = &second.frame else {
             panic!("tasks with blobs go in a binary frame")
@@ -270,7 +400,7 @@ pub(super) mod tests {
             assert_eq!(sent.payload, task.payload);
             assert_eq!(sent.blob.as_deref(), task.blob.as_deref());
         }
-        let third = page(second.last_rid, second.sent_functions);
+        let third = page(second.cursor, second.sent_functions);
         assert_eq!(third.count, 1);
         assert!(matches!(third.frame, Some(Frame::Text(_))));
         // The quick page reads no file, blob or payload.
@@ -282,7 +412,7 @@ pub(super) mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            first.last_rid,
+            first.cursor.clone(),
             HashSet::new(),
             quick,
         )
@@ -307,8 +437,15 @@ pub(super) mod tests {
             read_files: false,
             ..limits(10, 1 << 20)
         };
-        let page =
-            dispatch_page(&fx.conn, &fx.files, fx.endpoint, 0, HashSet::new(), quick).unwrap();
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            QueueCursor::start(),
+            HashSet::new(),
+            quick,
+        )
+        .unwrap();
         assert_eq!(
             (page.count, page.more),
             (0, true),
@@ -318,7 +455,7 @@ pub(super) mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            0,
+            QueueCursor::start(),
             HashSet::new(),
             limits(10, 150_000),
         )
@@ -328,7 +465,7 @@ pub(super) mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            page.last_rid,
+            page.cursor,
             page.sent_functions,
             limits(10, 150_000),
         )
@@ -341,6 +478,143 @@ pub(super) mod tests {
         assert_eq!(sent[0].payload, tasks[1].payload);
     }
 
+    /// Submits `n` plain tasks of `function` with this `resource_specification`.
+    fn submit_with(fx: &Fixture, function: Uuid, spec: Option<&str>, n: usize) -> Vec<Uuid> {
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|_| NewTask {
+                id: Uuid::new_v4(),
+                function,
+                payload: "3\n00\n3\n00\n".into(),
+                in_file: false,
+                blob: None,
+            })
+            .collect();
+        let s = Submission {
+            owner: fx.owner,
+            endpoint: fx.endpoint,
+            group: Uuid::new_v4(),
+            state: hpfaas_protocol::task::TaskState::Received,
+            functions: vec![(function.to_string(), function)],
+            tasks: tasks.clone(),
+            result_serializers: "[]".into(),
+            resource_spec: spec.map(str::to_string),
+            idempotency: None,
+            quota: Default::default(),
+        };
+        submit(&fx.conn, &s).unwrap();
+        tasks.into_iter().map(|t| t.id).collect()
+    }
+
+    /// The next page of at most `n` tasks: their ids, and the cursor after it.
+    fn next(fx: &Fixture, cursor: QueueCursor, n: usize) -> (Vec<Uuid>, QueueCursor) {
+        let page = dispatch_page(
+            &fx.conn,
+            &fx.files,
+            fx.endpoint,
+            cursor,
+            HashSet::new(),
+            limits(n, 1 << 20),
+        )
+        .unwrap();
+        let ids = match &page.frame {
+            None => Vec::new(),
+            Some(_) => match from_json(text(&page)) {
+                Ok(ServiceMessage::Tasks { tasks, .. }) => {
+                    tasks.iter().map(|t| t.task_id).collect()
+                }
+                _ => panic!("not a tasks frame"),
+            },
+        };
+        (ids, page.cursor)
+    }
+
+    #[test]
+    fn a_backlog_goes_highest_priority_first_and_late_urgent_tasks_jump_it() {
+        let fx = fixture();
+        let f = fx.function;
+        let plain = submit_with(&fx, f, None, 3);
+        let high = submit_with(&fx, f, Some(r#"{"priority": 5}"#), 3);
+        let low = submit_with(&fx, f, Some(r#"{"priority": -1}"#), 2);
+        let (page, cursor) = next(&fx, QueueCursor::start(), 4);
+        assert_eq!(page, [high[0], high[1], high[2], plain[0]]);
+        // Submitted after the cursor moved past priority 5: still next.
+        let urgent = submit_with(&fx, f, Some(r#"{"priority": 9}"#), 2);
+        let (page, cursor) = next(&fx, cursor, 1);
+        assert_eq!(page, [urgent[0]]);
+        let (page, cursor) = next(&fx, cursor, 2);
+        assert_eq!(page, [urgent[1], plain[1]], "the late ones, then the queue");
+        let (page, cursor) = next(&fx, cursor, 10);
+        assert_eq!(page, [plain[2], low[0], low[1]]);
+        let (page, cursor) = next(&fx, cursor, 10);
+        assert!(page.is_empty(), "each task once: {page:?}");
+        let later = submit_with(&fx, f, None, 1);
+        let (page, _) = next(&fx, cursor, 10);
+        assert_eq!(page, later);
+    }
+
+    #[test]
+    fn a_functions_default_priority_orders_its_tasks_unless_the_submit_overrides_it() {
+        let fx = fixture();
+        let urgent_fn = Uuid::new_v4();
+        crate::db::catalog::insert_function(
+            &fx.conn,
+            fx.owner,
+            &crate::db::catalog::FunctionRow {
+                id: urgent_fn,
+                name: "g".into(),
+                code: "10\nst\ng:code".into(),
+                description: String::new(),
+                metadata: serde_json::json!({}),
+            },
+        )
+        .unwrap();
+        crate::db::function_defaults::store(
+            &fx.conn,
+            urgent_fn,
+            r#"{"priority": 4, "walltime": 30}"#,
+        )
+        .unwrap();
+        let plain = submit_with(&fx, fx.function, None, 1);
+        let overridden = submit_with(&fx, urgent_fn, Some(r#"{"priority": -2}"#), 1);
+        let defaulted = submit_with(&fx, urgent_fn, Some(r#"{"walltime": 5}"#), 1);
+        let (page, _) = next(&fx, QueueCursor::start(), 10);
+        assert_eq!(page, [defaulted[0], plain[0], overridden[0]]);
+        let spec: String = fx
+            .conn
+            .query_row(
+                "SELECT resource_spec FROM tasks WHERE id = ?1",
+                [defaulted[0].to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+        assert_eq!(spec, serde_json::json!({"priority": 4, "walltime": 5}));
+    }
+
+    #[test]
+    fn both_queries_read_by_index_without_sorting() {
+        let fx = fixture();
+        let (queue, late) = (params!["e", 0.0, 0, 0], params!["e", 0, 0, 0.0, 0]);
+        for (name, sql, by, args) in [
+            ("queue", QUEUE, "tasks_queue", queue),
+            ("late arrivals", LATE, "INTEGER PRIMARY KEY", late),
+        ] {
+            let plan: Vec<String> = fx
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(args, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains(by), "{name}: {plan}");
+            if name == "queue" {
+                assert!(!plan.contains("TEMP B-TREE"), "{name} sorts: {plan}");
+            }
+        }
+    }
+
     #[test]
     fn pages_respect_counts_bytes_and_send_code_once() {
         let fx = fixture();
@@ -349,7 +623,7 @@ pub(super) mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            0,
+            QueueCursor::start(),
             HashSet::new(),
             limits(2, 1 << 20),
         )
@@ -368,7 +642,7 @@ pub(super) mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            page.last_rid,
+            page.cursor,
             page.sent_functions,
             limits(100, 1500),
         )

@@ -21,7 +21,7 @@ mod submit;
 pub(crate) mod test_fixture;
 mod timeline;
 
-pub use dispatch_page::{dispatch_page, DispatchPage, Frame, PageLimits};
+pub use dispatch_page::{dispatch_page, DispatchPage, Frame, PageLimits, QueueCursor};
 pub use list::{list_tasks, Cursor, ListFilter, ListedTask, TaskPage};
 pub use read::{
     get_task, group_owner, group_tasks, mark_fetched, results_after, TaskRow, FATE_EXPIRED,

@@ -326,7 +326,7 @@ mod tests {
             &fx.conn,
             &fx.files,
             fx.endpoint,
-            0,
+            crate::db::tasks::QueueCursor::start(),
             HashSet::new(),
             limits(10, 1 << 20),
         )

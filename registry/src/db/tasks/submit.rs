@@ -11,9 +11,11 @@ use uuid::Uuid;
 
 use super::read::group_owner;
 use crate::db::catalog::{self, EndpointPolicy};
+use crate::db::function_defaults;
 use crate::db::idempotency::{self, IdempotentRequest};
 use crate::db::usage::{add_usage, check_quota, Quota};
 use crate::error::{ApiError, ApiResult};
+use crate::resource_spec;
 use crate::time::now;
 
 /// One task of a submission.
@@ -58,7 +60,7 @@ pub struct Submission {
     pub tasks: Vec<NewTask>,
     /// JSON array of strategy ids.
     pub result_serializers: String,
-    /// JSON object, if given.
+    /// JSON object, if given (over each function's defaults, key by key).
     pub resource_spec: Option<String>,
     /// The idempotency key, with the request's hash and the answer to store.
     pub idempotency: Option<IdempotentRequest>,
@@ -161,10 +163,14 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     let (access, policy) = catalog::endpoint_access(conn, s.owner, s.endpoint)?;
     check_submit_access(conn, s.owner, s.endpoint, access)?;
     check_policy(&policy, s)?;
+    // Each function's specification: its defaults under the submit's own.
+    let mut specs = std::collections::HashMap::with_capacity(s.functions.len());
     for (sent_as, id) in &s.functions {
-        if !catalog::owns_function(conn, s.owner, *id)? {
+        let Some(defaults) = function_defaults::owned(conn, s.owner, *id)? else {
             return Err(ApiError::not_found(format!("function {sent_as} not found")));
-        }
+        };
+        let spec = resource_spec::merge(defaults.as_deref(), s.resource_spec.as_deref());
+        specs.insert(*id, spec);
     }
     let size = |t: &NewTask| {
         let inline = if t.in_file && t.blob.is_none() {
@@ -179,14 +185,20 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     ensure_group(conn, s.owner, s.group)?;
     let mut st = conn.prepare_cached(
         "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
-                            result_serializers, resource_spec, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            result_serializers, resource_spec, created, queue_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut put_payload = conn.prepare_cached(
         "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
+    // Parsed once per function, not per task.
+    let keys: std::collections::HashMap<Uuid, f64> = specs
+        .iter()
+        .map(|(f, spec)| (*f, resource_spec::queue_key(created, spec.as_deref())))
+        .collect();
     for t in &s.tasks {
+        let spec = specs.get(&t.function).and_then(Option::as_deref);
         let rid = st.insert(params![
             t.id.to_string(),
             s.owner,
@@ -195,8 +207,9 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             group,
             s.state.as_str(),
             s.result_serializers,
-            s.resource_spec,
-            created
+            spec,
+            created,
+            keys.get(&t.function).copied().unwrap_or(created)
         ])?;
         let inline = if t.in_file && t.blob.is_none() {
             ""
