@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod columns;
 pub mod events;
 pub mod idempotency;
+pub mod memo;
 pub mod payload_files;
 pub mod purge;
 pub mod result_seq;

@@ -21,6 +21,9 @@ pub struct RegisterFunction {
     description: Option<String>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    /// Reuse results of identical calls ([`crate::db::memo`]).
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 /// `POST /v3/functions`.
@@ -40,9 +43,16 @@ pub async fn register(
         metadata: Value::Object(body.metadata.unwrap_or_default()),
     };
     let id = row.id;
+    let cache = body.cache.unwrap_or(false);
     state
         .db
-        .write(move |c, _| catalog::insert_function(c, user.id, &row))
+        .write(move |c, _| {
+            catalog::insert_function(c, user.id, &row)?;
+            if cache {
+                crate::db::memo::enable(c, row.id, &row.code)?;
+            }
+            Ok(())
+        })
         .await?;
     Ok(axum::Json(json!({"function_uuid": id})))
 }

@@ -179,6 +179,7 @@ pub mod schemas {
                 "result": s(), "exception": s(), "exception_type": s(), "exception_message": s(),
                 "completion_t": s(), "task_group_id": id(), "function_id": id(),
                 "endpoint_id": id(), "created_t": s(),
+                "cached": {"type": "boolean"}, "cached_from": id(),
                 "timeline": object(&["submitted"], json!({
                     "submitted": s(), "dispatched": nullable_s(), "started": nullable_s(),
                     "finished": nullable_s(), "result_fetched": nullable_s(),
@@ -213,7 +214,8 @@ pub mod schemas {
     pub fn register_function() -> Value {
         object(
             &["function_name", "function_code"],
-            json!({"function_name": s(), "function_code": s(), "description": s(), "metadata": any_object()}),
+            json!({"function_name": s(), "function_code": s(), "description": s(),
+                   "metadata": any_object(), "cache": {"type": "boolean"}}),
         )
     }
 
@@ -228,6 +230,19 @@ pub mod schemas {
             &["function_uuid", "function_name", "function_code"],
             json!({"function_uuid": id(), "function_name": s(), "function_code": s(),
                    "description": s(), "metadata": any_object()}),
+        )
+    }
+
+    /// `DELETE /v3/cache` answer.
+    pub fn cache_cleared() -> Value {
+        object(&["cleared"], json!({"cleared": {"type": "integer"}}))
+    }
+
+    /// `DELETE /v3/functions/{id}/cache` answer.
+    pub fn function_cache_cleared() -> Value {
+        object(
+            &["function_uuid", "cleared"],
+            json!({"function_uuid": id(), "cleared": {"type": "integer"}}),
         )
     }
 

@@ -85,6 +85,11 @@ pub fn task_document(t: &TaskRow) -> Value {
         doc["exception_type"] = json!(exc_type);
         doc["exception_message"] = json!(t.exc_message.as_deref().unwrap_or(""));
     }
+    // Memoization's keys of its own, so Globus Compute clients read on as before.
+    if let Some(from) = t.cached_from {
+        doc["cached"] = json!(t.state == TaskState::Success);
+        doc["cached_from"] = json!(from);
+    }
     // Written by this service from a `TaskOutput`; unreadable text is left out.
     if let Some(output) = t.output.as_deref() {
         if let Ok(output) = serde_json::from_str::<Value>(output) {
