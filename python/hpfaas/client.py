@@ -431,8 +431,14 @@ class Client:
         function: Union[Callable, ShellFunction],
         function_name: Optional[str] = None,
         description: Optional[str] = None,
+        cache: bool = False,
     ) -> str:
-        """Register a function (or a `ShellFunction`) and return its id."""
+        """Register a function (or a `ShellFunction`) and return its id.
+
+        `cache=True`: an identical call (same function body, same argument
+        bytes) gets the stored result of an earlier successful one back
+        without running, and identical calls made together run once
+        (docs/api.md, "Memoization")."""
         body = {
             "function_name": function_name or getattr(function, "__name__", repr(function)),
             "function_code": pack([serialize_function(function)]),
@@ -440,6 +446,8 @@ class Client:
         }
         if description is not None:
             body["description"] = description
+        if cache:
+            body["cache"] = True
         response = self._request("POST", "/v3/functions", body, idempotent=False)
         function_id = response["function_uuid"]
         if isinstance(function, ShellFunction):
@@ -458,6 +466,11 @@ class Client:
         """Delete a function."""
         self._shell_function_ids.discard(function_id)
         return self._request("DELETE", f"/v2/functions/{function_id}")
+
+    def clear_cache(self, function_id: Optional[str] = None) -> int:
+        """Forget cached results: of one function, or all of yours; returns how many went."""
+        path = f"/v3/functions/{function_id}/cache" if function_id else "/v3/cache"
+        return self._request("DELETE", path)["cleared"]
 
     def is_shell_function(self, function_id: str) -> bool:
         """Whether this client knows the function to be a `ShellFunction`."""

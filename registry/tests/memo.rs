@@ -312,3 +312,79 @@ fn entries_outlive_the_retention_of_their_task_and_a_restart() {
     });
     assert_eq!(waiter["result"], "w");
 }
+
+/// The lookup a submit makes, as SQLite plans it: a search of the unique
+/// index on the whole key, whatever the size of the cache. With
+/// `HPFAAS_HEAVY=1` the cache holds a million entries and the time of a
+/// submit answered from it is printed (never asserted).
+#[test]
+fn a_lookup_is_one_search_of_the_key_index_among_a_million_entries() {
+    let heavy = std::env::var_os("HPFAAS_HEAVY").is_some_and(|v| v == "1");
+    let entries: u64 = if heavy { 1_000_000 } else { 2_000 };
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let code = "st\nf:def f(x): return x";
+    let f = register(&alice, "f", code, true);
+    let (ep, _) = alice.register_endpoint("ep");
+    let mut conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let owner: i64 = conn
+        .query_row("SELECT id FROM users WHERE name = 'alice'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let code_hash = hpfaas_registry::db::memo::code_hash(code);
+    let started = std::time::Instant::now();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut put = tx
+            .prepare(
+                "INSERT INTO memo (owner, code_hash, args_hash, task_id, result, stored)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .unwrap();
+        let now = hpfaas_protocol::task::now_unix();
+        for i in 0..entries {
+            let args = hpfaas_registry::db::memo::args_hash(&format!("arg{i}"), None);
+            let from = uuid::Uuid::new_v4().to_string();
+            put.execute(rusqlite::params![
+                owner,
+                &code_hash[..],
+                &args[..],
+                from,
+                format!("r{i}"),
+                now
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    eprintln!("{entries} cache entries stored in {:?}", started.elapsed());
+
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT id, task_id, result, stored FROM memo
+             WHERE owner = ?1 AND code_hash = ?2 AND args_hash = ?3",
+        )
+        .unwrap()
+        .query_map(
+            rusqlite::params![owner, &code_hash[..], &[0u8; 32][..]],
+            |r| r.get::<_, String>(3),
+        )
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    eprintln!("plan: {plan:?}");
+    assert_eq!(
+        plan,
+        vec!["SEARCH memo USING INDEX memo_key (owner=? AND code_hash=? AND args_hash=?)"]
+    );
+
+    let last = format!("arg{}", entries - 1);
+    let started = std::time::Instant::now();
+    let hit = task_ids(&alice.submit(&ep, json!({f.clone(): [last]})), &f)[0];
+    let took = started.elapsed();
+    let hit = alice.task(&hit.to_string());
+    assert_eq!(hit["result"], format!("r{}", entries - 1), "{hit}");
+    eprintln!("a submit answered from a cache of {entries} entries took {took:?}");
+}
