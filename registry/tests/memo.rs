@@ -89,7 +89,12 @@ fn identical_calls_run_once_and_later_ones_are_answered_without_a_dispatch() {
     assert_ne!(again, ids[0]);
     // Listed too.
     let listed = alice.get(&format!("/v3/tasks?function_id={f}")).ok();
-    assert_eq!(listed["tasks"].as_array().unwrap().len(), 4, "{listed}");
+    let listed = listed["tasks"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed[0]["task_id"], again.to_string());
+    assert_eq!(listed[0]["cached"], true);
+    assert_eq!(cached_from(&listed[0]), Some(ids[0].to_string()));
+    assert!(listed[3].get("cached").is_none(), "{}", listed[3]);
 
     // Nothing of it was dispatched: the next task out is a plain one.
     let p = task_ids(&alice.submit(&ep, json!({plain.clone(): ["a"]})), &plain)[0];

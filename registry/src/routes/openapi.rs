@@ -409,7 +409,8 @@ pub mod schemas {
                   "endpoint_id", "created_t"],
                 json!({"task_id": id(), "status": s(), "pending": {"type": "boolean"},
                        "task_group_id": id(), "function_id": id(), "endpoint_id": id(),
-                       "created_t": s(), "completion_t": s(), "exception_type": s()}),
+                       "created_t": s(), "completion_t": s(), "exception_type": s(),
+                       "cached": {"type": "boolean"}, "cached_from": id()}),
             )}, "next_cursor": {"type": "string", "nullable": true}}),
         )
     }
