@@ -243,6 +243,17 @@ fn an_expired_entry_not_yet_purged_is_computed_afresh() {
     assert_eq!(cached_from(&hit), Some(again.to_string()));
 }
 
+/// What `user`'s quota counts as stored bytes.
+fn stored_bytes(svc: &TestService, user: &str) -> i64 {
+    let conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
+    conn.query_row(
+        "SELECT bytes FROM user_usage JOIN users ON users.id = user_id WHERE name = ?1",
+        [user],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 #[test]
 fn clearing_by_function_or_all_and_only_ones_own() {
     let svc = TestService::start();
@@ -266,8 +277,11 @@ fn clearing_by_function_or_all_and_only_ones_own() {
         .error(404, "not_found");
     assert_eq!(bob.delete("/v3/cache").ok()["cleared"], 0);
     assert_eq!(memo_rows(&svc), 3);
+    let before = stored_bytes(&svc, "alice");
     let cleared = alice.delete(&format!("/v3/functions/{f}/cache")).ok();
     assert_eq!(cleared["cleared"], 1, "{cleared}");
+    // The entry's copy of its result ("r") no longer counts in the quota.
+    assert_eq!(before - stored_bytes(&svc, "alice"), 1);
     let again = task_ids(&alice.submit(&ep, json!({f.clone(): ["1"]})), &f)[0];
     assert_eq!(next_dispatched(&mut agent), again);
     assert_ne!(again, ids[0]);
