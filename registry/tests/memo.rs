@@ -119,6 +119,23 @@ fn identical_calls_run_once_and_later_ones_are_answered_without_a_dispatch() {
     )[0];
     assert_eq!(next_dispatched(&mut agent), run);
 
+    // Another endpoint misses: a result is trusted as its endpoint is (the
+    // SDK unpickles only results of endpoints it trusts, by the task's
+    // endpoint), so one made on a shared endpoint never shows as one's own.
+    let (ep2, credential2) = alice.register_endpoint("ep2");
+    let mut agent2 = Agent::online(svc.addr, &ep2, &credential2, "login3");
+    let elsewhere = task_ids(&alice.submit(&ep2, json!({f.clone(): ["a"]})), &f)[0];
+    assert_eq!(next_dispatched(&mut agent2), elsewhere);
+    // So do other result serializers: the stored result is in the first's.
+    let json_only = alice
+        .post(
+            &format!("/v3/endpoints/{ep}/submit"),
+            &json!({"tasks": {f.clone(): ["a"]}, "result_serializers": ["11"]}),
+        )
+        .ok();
+    let json_only = task_ids(&json_only, &f)[0];
+    assert_eq!(next_dispatched(&mut agent), json_only);
+
     // Another user with the same code and arguments misses.
     let bob = svc.client(&svc.token("bob"));
     let fb = register(&bob, "f", "st\nf:def f(x): return x", true);
@@ -345,6 +362,7 @@ fn a_lookup_is_one_search_of_the_key_index_among_a_million_entries() {
     let code = "st\nf:def f(x): return x";
     let f = register(&alice, "f", code, true);
     let (ep, _) = alice.register_endpoint("ep");
+    let endpoint = uuid::Uuid::parse_str(&ep).unwrap();
     let mut conn = rusqlite::Connection::open(svc.dir.join("registry.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(30)).unwrap();
     let owner: i64 = conn
@@ -364,7 +382,8 @@ fn a_lookup_is_one_search_of_the_key_index_among_a_million_entries() {
             .unwrap();
         let now = hpfaas_protocol::task::now_unix();
         for i in 0..entries {
-            let args = hpfaas_registry::db::memo::args_hash(&format!("arg{i}"), None);
+            let args =
+                hpfaas_registry::db::memo::args_hash(endpoint, "[]", &format!("arg{i}"), None);
             let from = uuid::Uuid::new_v4().to_string();
             put.execute(rusqlite::params![
                 owner,

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::columns::uuid_col;
-use super::tasks::{NewTask, TaskRow, STREAMED_ROW_BYTES};
+use super::tasks::{Submission, TaskRow, STREAMED_ROW_BYTES};
 use super::usage::add_usage;
 use super::writer::WriteCtx;
 use crate::error::ApiResult;
@@ -36,11 +36,23 @@ pub fn code_hash(code: &str) -> [u8; 32] {
     Sha256::digest(code.as_bytes()).into()
 }
 
-/// The identity of a call's arguments: SHA-256 over the packed payload and
-/// the raw bytes of its blob, if any (the length first, so the two cannot
-/// trade bytes).
-pub fn args_hash(payload: &str, blob: Option<&[u8]>) -> [u8; 32] {
+/// The identity of a call: SHA-256 over the endpoint it runs on, the result
+/// serializers it accepts, the packed payload and the raw bytes of its blob,
+/// if any (each text led by its length, so no two can trade bytes). The
+/// endpoint is part of it because a result is trusted as the endpoint that
+/// made it is: the SDK unpickles only results of endpoints it trusts, judged
+/// by the task's endpoint, so a result made on someone else's shared
+/// endpoint must never come back as one of the caller's own endpoint.
+pub fn args_hash(
+    endpoint: Uuid,
+    serializers: &str,
+    payload: &str,
+    blob: Option<&[u8]>,
+) -> [u8; 32] {
     let mut h = Sha256::new();
+    h.update(endpoint.as_bytes());
+    h.update((serializers.len() as u64).to_le_bytes());
+    h.update(serializers.as_bytes());
     h.update((payload.len() as u64).to_le_bytes());
     h.update(payload.as_bytes());
     if let Some(blob) = blob {
@@ -97,7 +109,7 @@ pub struct AtSubmit {
     pub unneeded_files: Vec<Uuid>,
 }
 
-/// Answers from the cache the tasks of a just-stored submission whose
+/// Answers from the cache the tasks of just-stored submission `s` whose
 /// function is cached: a fresh entry (stored within `ttl_secs`) ends the
 /// task at once with its result; an entry still being computed makes the
 /// task wait for it; no entry makes the task its leader. Functions that are
@@ -105,16 +117,16 @@ pub struct AtSubmit {
 pub fn at_submit(
     conn: &Connection,
     ctx: &mut WriteCtx,
-    owner: i64,
-    tasks: &[NewTask],
+    s: &Submission,
     ttl_secs: f64,
 ) -> ApiResult<AtSubmit> {
+    let owner = s.owner;
     let mut out = AtSubmit::default();
     // A submission's tasks come grouped by function (each function once in
     // its body): one lookup per group, linear however many functions it names.
     let mut current: Option<(Uuid, Option<Vec<u8>>)> = None;
     let at = now();
-    for t in tasks {
+    for t in &s.tasks {
         let code = match &current {
             Some((f, h)) if *f == t.function => h.clone(),
             _ => {
@@ -124,7 +136,12 @@ pub fn at_submit(
             }
         };
         let Some(code) = code else { continue };
-        let args = args_hash(&t.payload, t.blob.as_deref());
+        let args = args_hash(
+            s.endpoint,
+            &s.result_serializers,
+            &t.payload,
+            t.blob.as_deref(),
+        );
         let entry: Option<(i64, String, Option<String>, Option<f64>)> = conn
             .prepare_cached(
                 "SELECT id, task_id, result, stored FROM memo
@@ -223,7 +240,12 @@ fn lead(conn: &Connection, id: &str) -> ApiResult<()> {
 
 /// Deletes a task's payload row (it will never be dispatched); returns the
 /// bytes it counted and notes its file for removal.
-fn drop_payload(conn: &Connection, id: &str, out: &mut AtSubmit, t: &NewTask) -> ApiResult<i64> {
+fn drop_payload(
+    conn: &Connection,
+    id: &str,
+    out: &mut AtSubmit,
+    t: &super::tasks::NewTask,
+) -> ApiResult<i64> {
     let dropped: Option<(bool, i64)> = conn
         .prepare_cached(
             "DELETE FROM task_payloads WHERE rid = (SELECT rid FROM tasks WHERE id = ?1)
@@ -442,6 +464,8 @@ pub fn purge_expired(conn: &Connection, cutoff: f64, limit: usize) -> ApiResult<
 mod tests {
     use super::*;
     use crate::db::tasks::test_fixture::fixture;
+    use crate::db::tasks::NewTask;
+    use hpfaas_protocol::task::TaskState;
     use std::time::{Duration, Instant};
 
     /// A submit may name as many functions as tasks: looking up whether
@@ -459,9 +483,21 @@ mod tests {
                 blob: None,
             })
             .collect();
+        let s = Submission {
+            owner: fx.owner,
+            endpoint: fx.endpoint,
+            group: Uuid::new_v4(),
+            state: TaskState::Received,
+            functions: Vec::new(),
+            tasks,
+            result_serializers: "[]".into(),
+            resource_spec: None,
+            idempotency: None,
+            quota: Default::default(),
+        };
         let mut ctx = WriteCtx { next_result_seq: 1 };
         let started = Instant::now();
-        let done = at_submit(&fx.conn, &mut ctx, fx.owner, &tasks, 60.0).unwrap();
+        let done = at_submit(&fx.conn, &mut ctx, &s, 60.0).unwrap();
         let took = started.elapsed();
         assert_eq!(done, AtSubmit::default());
         assert!(took < Duration::from_secs(10), "took {took:?}");

@@ -498,9 +498,7 @@ pub async fn submit(
             move |c, ctx| {
                 let done = db_tasks::submit(c, &submission)?;
                 let cached = match done {
-                    Submitted::Created => {
-                        memo::at_submit(c, ctx, submission.owner, &submission.tasks, memo_ttl)?
-                    }
+                    Submitted::Created => memo::at_submit(c, ctx, &submission, memo_ttl)?,
                     Submitted::Replayed(_) => memo::AtSubmit::default(),
                 };
                 Ok((done, cached))
