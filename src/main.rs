@@ -4,6 +4,7 @@
 //! `completions` and `man` render the clap definitions below themselves.
 
 mod audit_flags;
+mod cache_flags;
 mod check;
 mod choices;
 mod completions;
@@ -107,6 +108,8 @@ enum Command {
         limits: connection_limits::ConnectionLimits,
         #[command(flatten)]
         audit: audit_flags::AuditFlags,
+        #[command(flatten)]
+        cache: cache_flags::CacheFlags,
     },
     /// Manage API tokens.
     Token {
@@ -414,10 +417,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_token_file,
             limits,
             audit,
+            cache,
         } => {
             let mut config = hpfaas_registry::ServiceConfig::new(listen, service_dir(data_dir)?);
             limits.apply(&mut config);
             audit.apply(&mut config);
+            cache.apply(&mut config);
             config.max_request_bytes = max_request_bytes;
             config.max_tasks_per_submit = max_tasks_per_submit;
             config.max_result_bytes = max_result_bytes;

@@ -39,6 +39,8 @@ pub struct UpArgs {
     limits: crate::connection_limits::ConnectionLimits,
     #[command(flatten)]
     audit: crate::audit_flags::AuditFlags,
+    #[command(flatten)]
+    cache: crate::cache_flags::CacheFlags,
     /// Write no audit log (a personal engine may not need one).
     #[arg(long)]
     no_audit: bool,
@@ -100,6 +102,7 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         &metrics_token_file,
     )?);
     args.audit.apply(&mut service_config);
+    args.cache.apply(&mut service_config);
     if args.no_audit {
         service_config.audit = None;
     }

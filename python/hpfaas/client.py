@@ -432,12 +432,18 @@ class Client:
         function_name: Optional[str] = None,
         description: Optional[str] = None,
         resource_specification: Optional[dict] = None,
+        cache: bool = False,
     ) -> str:
         """Register a function (or a `ShellFunction`) and return its id.
 
         `resource_specification` holds defaults for its tasks (e.g.
         `{"priority": 5, "walltime": 60}`); the service applies them to every
-        submit of the function, whose own values override them key by key."""
+        submit of the function, whose own values override them key by key.
+
+        `cache=True`: an identical call (same function body, same argument
+        bytes) gets the stored result of an earlier successful one back
+        without running, and identical calls made together run once
+        (docs/api.md, "Memoization")."""
         if resource_specification is not None and not isinstance(resource_specification, dict):
             raise TypeError(
                 "resource_specification must be a dict, not"
@@ -452,6 +458,8 @@ class Client:
             body["description"] = description
         if resource_specification is not None:
             body["resource_specification"] = resource_specification
+        if cache:
+            body["cache"] = True
         response = self._request("POST", "/v3/functions", body, idempotent=False)
         function_id = response["function_uuid"]
         if isinstance(function, ShellFunction):
@@ -470,6 +478,11 @@ class Client:
         """Delete a function."""
         self._shell_function_ids.discard(function_id)
         return self._request("DELETE", f"/v2/functions/{function_id}")
+
+    def clear_cache(self, function_id: Optional[str] = None) -> int:
+        """Forget cached results: of one function, or all of yours; returns how many went."""
+        path = f"/v3/functions/{function_id}/cache" if function_id else "/v3/cache"
+        return self._request("DELETE", path)["cleared"]
 
     def is_shell_function(self, function_id: str) -> bool:
         """Whether this client knows the function to be a `ShellFunction`."""

@@ -146,12 +146,15 @@ class Executor(concurrent.futures.Executor):
         resource_specification: Optional[dict] = None,
         trust_pickled_results: bool = False,
         priority: Optional[int] = None,
+        cache: bool = False,
     ):
         """`trust_pickled_results=True` decodes pickled results of an endpoint
         you do not own (adds it to the client's `trust_pickled_results_from`):
         only for an endpoint whose owner you trust with this process. Without
         it, such an endpoint is asked for JSON results first, and a result
-        that still comes pickled fails its future with `UntrustedResult`."""
+        that still comes pickled fails its future with `UntrustedResult`.
+        `cache=True` registers the functions this executor submits with
+        `cache=True` (`Client.register_function`)."""
         self.client = client or Client()
         self.endpoint_id = endpoint_id or self.client.default_endpoint_id
         if not self.endpoint_id:
@@ -169,6 +172,7 @@ class Executor(concurrent.futures.Executor):
         self.batch_size = batch_size
         self.resource_specification = resource_specification
         self.priority = priority
+        self.cache = cache
 
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._registered: Dict[int, Tuple[Callable, str]] = {}
@@ -333,7 +337,8 @@ class Executor(concurrent.futures.Executor):
             with self._register_lock:
                 entry = self._registered.get(key)
                 if entry is None:
-                    entry = self._registered[key] = (fn, self.client.register_function(fn))
+                    function_id = self.client.register_function(fn, cache=self.cache)
+                    entry = self._registered[key] = (fn, function_id)
         return entry[1]
 
     def _cancel_queued(self) -> None:

@@ -34,6 +34,9 @@ pub struct ServiceConfig {
     pub result_ttl: Duration,
     /// Finished tasks and idempotency keys older than this are deleted.
     pub retention: Duration,
+    /// A cached result ([`crate::db::memo`]) is reused for this long after
+    /// it was stored, then purged.
+    pub cache_ttl: Duration,
     /// Finished tasks whose result was fetched (or that had none to fetch)
     /// are deleted this long after they finished, if sooner than
     /// `retention` (`hpfaas up`: minutes); `None`: after `retention`.
@@ -85,6 +88,8 @@ impl ServiceConfig {
     pub const DEFAULT_MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
     /// Default result time-to-live: 7 days.
     pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(7 * 86_400);
+    /// Default time a cached result is reused: 7 days.
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 86_400);
     /// Default retention of finished tasks: 30 days.
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
     /// Default purge period: one minute.
@@ -114,6 +119,7 @@ impl ServiceConfig {
             max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
             result_ttl: Self::DEFAULT_RESULT_TTL,
             retention: Self::DEFAULT_RETENTION,
+            cache_ttl: Self::DEFAULT_CACHE_TTL,
             fetched_retention: None,
             audit: Some(crate::audit::DEFAULT_LIMITS),
             purge_interval: Self::DEFAULT_PURGE_INTERVAL,

@@ -868,7 +868,9 @@ fn store_results(
             Ok(Ok(stored)) => {
                 for r in &stored {
                     let exc_type = ended.get(&r.task).cloned().flatten();
-                    let how = if exc_type.is_some() {
+                    // By the stored state: a cached call's waiters are not
+                    // among the agent's results but end with them.
+                    let how = if r.state == TaskState::Failed {
                         "failed"
                     } else {
                         "success"

@@ -1,7 +1,8 @@
 //! The periodic purge: every `purge_interval`, expire unfetched results past
 //! the result TTL, then delete idempotency keys, finished tasks (fetched
 //! ones past the fetched-results retention, if one is set) and empty
-//! task groups past the retention period ([`crate::db::purge`]), and hand
+//! task groups past the retention period ([`crate::db::purge`]), cached
+//! results past the cache TTL ([`crate::db::memo`]), and hand
 //! free pages past the slack back to the filesystem. Each step
 //! is one short writer job of at most [`BATCH`] rows, repeated until nothing
 //! is left, so a purge of millions of rows never holds the writer for long.
@@ -30,6 +31,8 @@ pub struct Purged {
     pub keys: usize,
     /// Empty task groups deleted.
     pub groups: usize,
+    /// Cached results past the cache TTL deleted.
+    pub cached: usize,
     /// Payload files removed.
     pub payload_files: usize,
     /// Free database pages handed back to the filesystem.
@@ -99,6 +102,11 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
         purge::delete_empty_groups(c, keep_cut, BATCH)
     })
     .await?;
+    let cache_cut = now - state.config.cache_ttl.as_secs_f64();
+    let cached = drain(state, move |c| {
+        crate::db::memo::purge_expired(c, cache_cut, BATCH)
+    })
+    .await?;
     let files = state.db.payload_files().clone();
     let payload_files = state
         .db
@@ -108,7 +116,7 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
                 .map_err(|e| ApiError::internal(format!("sweeping payload files failed: {e}")))
         })
         .await?;
-    let pages = if expired + tasks + keys + groups > 0 {
+    let pages = if expired + tasks + keys + groups + cached > 0 {
         drain(state, |c| purge::vacuum_step(c, BATCH)).await?
     } else {
         0
@@ -119,6 +127,7 @@ pub async fn purge_once(state: &AppState) -> ApiResult<Purged> {
         fetched,
         keys,
         groups,
+        cached,
         payload_files,
         pages,
     })
@@ -141,6 +150,7 @@ pub async fn run(state: AppState) {
                 fetched = p.fetched,
                 keys = p.keys,
                 groups = p.groups,
+                cached = p.cached,
                 payload_files = p.payload_files,
                 pages = p.pages,
                 "purged expired results and old records"

@@ -293,7 +293,11 @@ fn aimed(method: &str, path: &str, victim: &Side, own: &Side) -> Vec<(String, Op
             path.into(),
             Some(json!({"function_name": "x", "function_code": "st\nx:def x(): pass"})),
         )],
-        ("GET" | "DELETE", "/v2/functions/{id}") => vec![(at(&victim.function), None)],
+        ("GET" | "DELETE", "/v2/functions/{id}") | ("DELETE", "/v3/functions/{id}/cache") => {
+            vec![(at(&victim.function), None)]
+        }
+        // Clears the caller's own cached results only.
+        ("DELETE", "/v3/cache") => vec![(path.into(), None)],
         ("POST", "/v3/endpoints") => vec![(
             path.into(),
             Some(json!({"endpoint_name": "x", "endpoint_id": victim.endpoint})),
@@ -362,6 +366,7 @@ fn allowed(method: &str, path: &str, caller: &str) -> bool {
             | ("POST", "/v3/ui/login_link", "user")
             | ("GET", "/v3/activity", "user")
             | ("GET", "/v3/activity/stream", "user")
+            | ("DELETE", "/v3/cache", "user")
             // A victim's own credential on its own endpoint.
             | ("GET", "/v2/endpoints/{id}/status", "victim credential")
             | ("GET", "/v3/endpoints/{id}/events", "victim credential")

@@ -34,20 +34,24 @@ pub fn message(user: &str, at: f64) -> String {
     )
 }
 
+/// Cancels the task of row `rid` if it is not final; the identical calls
+/// waiting for it, if it computes a cached result, are cancelled too and
+/// added to `waiters`.
 fn cancel_row(
     conn: &Connection,
     ctx: &mut WriteCtx,
     rid: i64,
     text: &str,
     at: f64,
+    waiters: &mut Vec<Cancelled>,
 ) -> ApiResult<Option<Cancelled>> {
     let mut st = conn.prepare_cached(
         "UPDATE tasks SET state = 'cancelled', done = 1, result = NULL,
                 exc_type = ?6, exc_message = ?2, exc_traceback = ?3,
                 completed = ?4, stored = ?4, result_seq = ?5, result_fate = 1,
-                cancel_pending = 1
+                cancel_pending = (cached_from IS NULL)
          WHERE rid = ?1 AND done = 0
-         RETURNING id, group_id, endpoint_id, owner",
+         RETURNING id, group_id, endpoint_id, owner, memo_leader",
     )?;
     let arg_bytes: i64 = conn
         .prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING bytes")?
@@ -69,12 +73,15 @@ fn cancel_row(
                         seq,
                     },
                     r.get::<_, i64>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             },
         )
         .optional()?;
+    let mut leader = false;
     let row = match row {
-        Some((cancelled, owner)) => {
+        Some((cancelled, owner, lead)) => {
+            leader = lead;
             let kept = (text.len() + traceback.len()) as i64;
             super::usage::add_usage(conn, owner, -1, kept - arg_bytes)?;
             Some(cancelled)
@@ -85,18 +92,42 @@ fn cancel_row(
         ctx.next_result_seq += 1;
         super::result_seq::save_result_seq(conn, ctx)?;
     }
+    if let (Some(c), true) = (&row, leader) {
+        cancel_waiters(conn, ctx, c.task, at, waiters)?;
+    }
     Ok(row)
 }
 
+/// A cancelled call that computed a cached result takes the identical calls
+/// waiting for it along ([`super::memo`]); its entry goes, so the next
+/// identical call runs.
+fn cancel_waiters(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    leader: Uuid,
+    at: f64,
+    out: &mut Vec<Cancelled>,
+) -> ApiResult<()> {
+    super::memo::forget_pending(conn, leader)?;
+    let text = format!("cancelled with the identical call {leader} it waited for");
+    for rid in super::memo::waiters(conn, &leader.to_string())? {
+        // A waiter never leads: nothing more is added.
+        let mut none = Vec::new();
+        out.extend(cancel_row(conn, ctx, rid, &text, at, &mut none)?);
+    }
+    Ok(())
+}
+
 /// Cancels `owner`'s task `id`: 404 if it is not theirs, 409 naming its
-/// state if it is final already.
+/// state if it is final already. The task comes first, then the identical
+/// calls that waited for it, if any.
 pub fn cancel_task(
     conn: &Connection,
     ctx: &mut WriteCtx,
     owner: i64,
     user_name: &str,
     id: Uuid,
-) -> ApiResult<Cancelled> {
+) -> ApiResult<Vec<Cancelled>> {
     let row: Option<(i64, String)> = conn
         .prepare_cached("SELECT rid, state FROM tasks WHERE id = ?1 AND owner = ?2")?
         .query_row(params![id.to_string(), owner], |r| {
@@ -107,11 +138,16 @@ pub fn cancel_task(
         return Err(ApiError::not_found_id("task", id));
     };
     let at = now();
-    cancel_row(conn, ctx, rid, &message(user_name, at), at)?.ok_or_else(|| {
-        ApiError::conflict(format!(
-            "task {id} is already {state}; only a task that has not finished can be cancelled"
-        ))
-    })
+    let mut waiters = Vec::new();
+    let task = cancel_row(conn, ctx, rid, &message(user_name, at), at, &mut waiters)?.ok_or_else(
+        || {
+            ApiError::conflict(format!(
+                "task {id} is already {state}; only a task that has not finished can be cancelled"
+            ))
+        },
+    )?;
+    waiters.insert(0, task);
+    Ok(waiters)
 }
 
 /// Cancels up to `limit` non-final tasks of `owner`'s group after `after_rid`
@@ -140,8 +176,11 @@ pub fn cancel_group_page(
     let at = now();
     let text = message(user_name, at);
     let mut out = Vec::with_capacity(rids.len());
+    let mut waiters = Vec::new();
     for rid in &rids {
-        out.extend(cancel_row(conn, ctx, *rid, &text, at)?);
+        // Waiters right after their leader: events go in `result_seq` order.
+        out.extend(cancel_row(conn, ctx, *rid, &text, at, &mut waiters)?);
+        out.append(&mut waiters);
     }
     let next = (rids.len() == limit).then(|| rids.last().copied().unwrap_or(after_rid));
     Ok((out, next))

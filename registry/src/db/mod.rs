@@ -12,6 +12,7 @@ pub mod columns;
 pub mod events;
 pub mod function_defaults;
 pub mod idempotency;
+pub mod memo;
 pub mod payload_files;
 pub mod purge;
 pub mod result_seq;

@@ -235,6 +235,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_queue ON tasks(endpoint_id, queue_key, rid) WHERE done = 0;
     ALTER TABLE functions ADD COLUMN resource_defaults TEXT;
     "#,
+    // 12: memoization (db::memo). A function registered with `cache`
+    // carries the SHA-256 of its code; `memo` holds each owner's successful
+    // results by (code hash, argument hash), a copy of the result, so a
+    // retention purge of the task it came from leaves it. A row with no
+    // result yet names the task computing it (`memo_leader` on that task);
+    // identical calls meanwhile wait with `cached_from` naming that task and
+    // no payload row, so dispatch never sees them.
+    r#"
+    ALTER TABLE functions ADD COLUMN memo_hash BLOB;
+    ALTER TABLE tasks ADD COLUMN cached_from TEXT;
+    ALTER TABLE tasks ADD COLUMN memo_leader INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_memo_waiters ON tasks(cached_from) WHERE done = 0 AND cached_from IS NOT NULL;
+    CREATE TABLE memo (
+        id          INTEGER PRIMARY KEY,
+        owner       INTEGER NOT NULL,
+        code_hash   BLOB NOT NULL,
+        args_hash   BLOB NOT NULL,
+        task_id     TEXT NOT NULL,
+        result      TEXT,
+        stored      REAL
+    );
+    CREATE UNIQUE INDEX memo_key ON memo(owner, code_hash, args_hash);
+    CREATE INDEX memo_pending ON memo(task_id) WHERE result IS NULL;
+    CREATE INDEX memo_by_age ON memo(stored) WHERE result IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -56,7 +56,7 @@ pub async fn cancel_task(
         .write_visible(
             move |c, ctx| cancel::cancel_task(c, ctx, user.id, &name, id),
             Durability::Now,
-            move |cancelled| announce(&live, &metrics, std::slice::from_ref(cancelled)),
+            move |cancelled| announce(&live, &metrics, cancelled),
         )
         .await?;
     state

@@ -27,6 +27,9 @@ pub struct RegisterFunction {
     /// values override them key by key).
     #[serde(default)]
     resource_specification: Option<Map<String, Value>>,
+    /// Reuse results of identical calls ([`crate::db::memo`]).
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 /// `POST /v3/functions`.
@@ -52,10 +55,14 @@ pub async fn register(
         metadata: Value::Object(body.metadata.unwrap_or_default()),
     };
     let id = row.id;
+    let cache = body.cache.unwrap_or(false);
     state
         .db
         .write(move |c, _| {
             catalog::insert_function(c, user.id, &row)?;
+            if cache {
+                crate::db::memo::enable(c, row.id, &row.code)?;
+            }
             match &defaults {
                 Some(d) => function_defaults::store(c, row.id, d),
                 None => Ok(()),

@@ -5,6 +5,7 @@
 //! from it, and a test checks it against the table in `docs/api.md`, so the
 //! three cannot drift apart.
 
+pub mod cache;
 pub mod cancel;
 pub mod endpoints;
 pub mod functions;
@@ -93,6 +94,26 @@ pub static ROUTES: &[Route] = &[
         response: schemas::function_deleted,
         produces: JSON,
         handler: |m| on(m, functions::delete),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v3/functions/{id}/cache",
+        summary: "Clear the cached results of one of your functions",
+        auth: Auth::User,
+        request: None,
+        response: schemas::function_cache_cleared,
+        produces: JSON,
+        handler: |m| on(m, cache::clear_function),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v3/cache",
+        summary: "Clear all your cached results",
+        auth: Auth::User,
+        request: None,
+        response: schemas::cache_cleared,
+        produces: JSON,
+        handler: |m| on(m, cache::clear_all),
     },
     Route {
         method: "POST",

@@ -179,6 +179,7 @@ pub mod schemas {
                 "result": s(), "exception": s(), "exception_type": s(), "exception_message": s(),
                 "completion_t": s(), "task_group_id": id(), "function_id": id(),
                 "endpoint_id": id(), "created_t": s(),
+                "cached": {"type": "boolean"}, "cached_from": id(),
                 "timeline": object(&["submitted"], json!({
                     "submitted": s(), "dispatched": nullable_s(), "started": nullable_s(),
                     "finished": nullable_s(), "result_fetched": nullable_s(),
@@ -214,7 +215,8 @@ pub mod schemas {
         object(
             &["function_name", "function_code"],
             json!({"function_name": s(), "function_code": s(), "description": s(),
-                   "metadata": any_object(), "resource_specification": any_object()}),
+                   "metadata": any_object(), "resource_specification": any_object(),
+                   "cache": {"type": "boolean"}}),
         )
     }
 
@@ -230,6 +232,19 @@ pub mod schemas {
             json!({"function_uuid": id(), "function_name": s(), "function_code": s(),
                    "description": s(), "metadata": any_object(),
                    "resource_specification": {"type": "object", "nullable": true}}),
+        )
+    }
+
+    /// `DELETE /v3/cache` answer.
+    pub fn cache_cleared() -> Value {
+        object(&["cleared"], json!({"cleared": {"type": "integer"}}))
+    }
+
+    /// `DELETE /v3/functions/{id}/cache` answer.
+    pub fn function_cache_cleared() -> Value {
+        object(
+            &["function_uuid", "cleared"],
+            json!({"function_uuid": id(), "cleared": {"type": "integer"}}),
         )
     }
 
@@ -396,7 +411,8 @@ pub mod schemas {
                   "endpoint_id", "created_t"],
                 json!({"task_id": id(), "status": s(), "pending": {"type": "boolean"},
                        "task_group_id": id(), "function_id": id(), "endpoint_id": id(),
-                       "created_t": s(), "completion_t": s(), "exception_type": s()}),
+                       "created_t": s(), "completion_t": s(), "exception_type": s(),
+                       "cached": {"type": "boolean"}, "cached_from": id()}),
             )}, "next_cursor": {"type": "string", "nullable": true}}),
         )
     }

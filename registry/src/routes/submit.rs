@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::auth::User;
 use crate::db::idempotency::validate_key;
 use crate::db::idempotency::IdempotentRequest;
+use crate::db::memo;
 use crate::db::payload_files::INLINE_MAX;
 use crate::db::tasks::{self as db_tasks, NewTask, Submission, Submitted};
 use crate::db::Durability;
@@ -460,6 +461,7 @@ pub async fn submit(
     }
     let online = state.live.is_online(endpoint);
     let count = new_tasks.len();
+    let memo_ttl = state.config.cache_ttl.as_secs_f64();
     let audited: Vec<(Uuid, Uuid)> = new_tasks.iter().map(|t| (t.id, t.function)).collect();
     let submission = Submission {
         owner: user.id,
@@ -490,6 +492,7 @@ pub async fn submit(
     // reported running); the client's answer waits until they are durable.
     let (live, audit, user_name) = (state.live.clone(), state.audit.clone(), user.name.clone());
     let metrics = state.metrics.clone();
+    let activity = state.activity.clone();
     // Set once rows naming the files are committed: from then on the files
     // belong to dispatched tasks, whatever the answer (a failed sync).
     let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -497,9 +500,16 @@ pub async fn submit(
     let done = state
         .db
         .write_visible(
-            move |c, _| db_tasks::submit(c, &submission),
+            move |c, ctx| {
+                let done = db_tasks::submit(c, &submission)?;
+                let cached = match done {
+                    Submitted::Created => memo::at_submit(c, ctx, &submission, memo_ttl)?,
+                    Submitted::Replayed(_) => memo::AtSubmit::default(),
+                };
+                Ok((done, cached))
+            },
             Durability::Now,
-            move |done| {
+            move |(done, cached)| {
                 if !matches!(done, Submitted::Created) {
                     return;
                 }
@@ -514,6 +524,7 @@ pub async fn submit(
                 for (task, function) in audited {
                     audit.submitted(ts, &user_name, task, function, endpoint, group);
                 }
+                announce_cached(&live, &metrics, &activity, &audit, endpoint, cached);
             },
         )
         .await;
@@ -521,10 +532,40 @@ pub async fn submit(
         // Refused, failed or replayed: no row names these files.
         state.db.payload_files().remove(in_files);
     }
-    match done? {
+    let (done, cached) = done?;
+    // Hits and waiters never run: their payload files are not needed.
+    state.db.payload_files().remove(cached.unneeded_files);
+    match done {
         Submitted::Created => Ok(json_answer(answer, false)),
         Submitted::Replayed(first) => Ok(json_answer(first, true)),
     }
+}
+
+/// Tasks answered from the cache at submit reach the result streams, the
+/// metrics and the audit log like results from an endpoint.
+fn announce_cached(
+    live: &crate::live::Live,
+    metrics: &crate::metrics::Metrics,
+    activity: &crate::activity::Activity,
+    audit: &crate::audit::Audit,
+    endpoint: Uuid,
+    cached: &memo::AtSubmit,
+) {
+    if cached.hits.is_empty() {
+        return;
+    }
+    let now = crate::time::now();
+    for hit in &cached.hits {
+        live.publish_result(crate::live::ResultEvent {
+            group: hit.group,
+            seq: hit.seq,
+            row: hit.row.clone(),
+        });
+        audit.finished(hit.task, "success", None);
+    }
+    let n = cached.hits.len() as u64;
+    metrics.finished(endpoint, TaskState::Success.as_str(), n);
+    activity.record(cached.hits[0].owner, now, n, 0);
 }
 
 #[cfg(test)]

@@ -156,6 +156,7 @@ fn listed_document(t: &ListedTask) -> Value {
     if let Some(exc_type) = &t.exc_type {
         doc["exception_type"] = json!(exc_type);
     }
+    super::tasks::add_cached(&mut doc, t.state, t.cached_from);
     doc
 }
 

@@ -85,6 +85,7 @@ pub fn task_document(t: &TaskRow) -> Value {
         doc["exception_type"] = json!(exc_type);
         doc["exception_message"] = json!(t.exc_message.as_deref().unwrap_or(""));
     }
+    add_cached(&mut doc, t.state, t.cached_from);
     // Written by this service from a `TaskOutput`; unreadable text is left out.
     if let Some(output) = t.output.as_deref() {
         if let Ok(output) = serde_json::from_str::<Value>(output) {
@@ -92,6 +93,16 @@ pub fn task_document(t: &TaskRow) -> Value {
         }
     }
     doc
+}
+
+/// Memoization's keys (docs/api.md, "Memoization"), only on a call that
+/// took or waits for a cached result: keys of their own, so Globus Compute
+/// clients read on as before.
+pub(crate) fn add_cached(doc: &mut Value, state: TaskState, cached_from: Option<Uuid>) {
+    if let Some(from) = cached_from {
+        doc["cached"] = json!(state == TaskState::Success);
+        doc["cached_from"] = json!(from);
+    }
 }
 
 /// Adds the timeline (and where the task ran, once known) to a task's

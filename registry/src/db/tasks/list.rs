@@ -78,6 +78,8 @@ pub struct ListedTask {
     pub completed: Option<f64>,
     /// Exception type name, on failure.
     pub exc_type: Option<String>,
+    /// The task whose cached result this one took or waits for.
+    pub cached_from: Option<Uuid>,
 }
 
 /// A page of the list and the cursor of the next one (`None` on the last).
@@ -115,7 +117,8 @@ fn list_query(owner: i64, filter: &ListFilter, limit: usize) -> (String, Vec<Sql
     // columns; `INDEXED BY` makes it the most selective one instead, and
     // fails the query (rather than scanning) should that index be gone.
     let mut sql = format!(
-        "SELECT rid, id, group_id, function_id, endpoint_id, state, created, completed, exc_type
+        "SELECT rid, id, group_id, function_id, endpoint_id, state, created, completed, exc_type,
+                cached_from
          FROM tasks INDEXED BY {} WHERE owner = ?",
         index_for(filter)
     );
@@ -187,6 +190,9 @@ pub fn list_tasks(
                 created,
                 completed: r.get(7)?,
                 exc_type: r.get(8)?,
+                cached_from: r
+                    .get::<_, Option<String>>(9)?
+                    .and_then(|s| Uuid::parse_str(&s).ok()),
             },
         ))
     })?;

@@ -25,8 +25,8 @@ pub use dispatch_page::{dispatch_page, DispatchPage, Frame, PageLimits, QueueCur
 pub use list::{list_tasks, Cursor, ListFilter, ListedTask, TaskPage};
 pub use read::{
     get_task, group_owner, group_tasks, mark_fetched, results_after, TaskRow, FATE_EXPIRED,
-    FATE_FETCHED, FATE_UNFETCHED,
+    FATE_FETCHED, FATE_UNFETCHED, STREAMED_ROW_BYTES,
 };
-pub use results::{ack, store_results, update_states, StoredResult, STREAMED_ROW_BYTES};
+pub use results::{ack, store_results, update_states, StoredResult};
 pub use submit::{check_submit_access, ensure_group, submit, NewTask, Submission, Submitted};
 pub use timeline::{timeline, Timeline};

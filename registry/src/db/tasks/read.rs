@@ -42,10 +42,16 @@ pub struct TaskRow {
     /// True once a final task's result was read by its owner (or there is
     /// nothing to read, or it expired).
     pub fetched: bool,
+    /// The task whose result this one took from the cache, or waits for
+    /// ([`crate::db::memo`]).
+    pub cached_from: Option<Uuid>,
 }
 
+/// Largest result (or traceback) handed to the result streams in memory.
+pub const STREAMED_ROW_BYTES: usize = 16 * 1024;
+
 const TASK_COLUMNS: &str = "id, group_id, function_id, endpoint_id, state, result, exc_type, \
-     exc_message, exc_traceback, created, completed, result_seq, result_fate, output";
+     exc_message, exc_traceback, created, completed, result_seq, result_fate, output, cached_from";
 
 /// `result_fate`: the result waits to be fetched.
 pub const FATE_UNFETCHED: i64 = 0;
@@ -72,6 +78,9 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         result_seq: r.get(11)?,
         fetched: r.get::<_, i64>(12)? != FATE_UNFETCHED,
         output: r.get(13)?,
+        cached_from: r
+            .get::<_, Option<String>>(14)?
+            .and_then(|s| Uuid::parse_str(&s).ok()),
     })
 }
 

@@ -7,8 +7,9 @@ use hpfaas_protocol::task::{Outcome, Placement, TaskResult, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::read::TaskRow;
+use super::read::{TaskRow, STREAMED_ROW_BYTES};
 use crate::db::cancel;
+use crate::db::memo;
 use crate::db::result_seq::save_result_seq;
 use crate::db::usage::{result_bytes, UsageDelta};
 use crate::db::writer::WriteCtx;
@@ -125,9 +126,6 @@ pub struct StoredResult {
     pub row: Option<std::sync::Arc<TaskRow>>,
 }
 
-/// Largest result (or traceback) handed to the result streams in memory.
-pub const STREAMED_ROW_BYTES: usize = 16 * 1024;
-
 /// Stores results for non-final tasks of this endpoint, each with the next
 /// `result_seq`; returns each stored one. Results for
 /// tasks already final (duplicates, cancelled tasks) or unknown are ignored:
@@ -144,7 +142,7 @@ pub fn store_results(
                           result_fate = 0, output = ?11, started = ifnull(?12, started),
                           placement = ?13
          WHERE id = ?1 AND endpoint_id = ?2 AND done = 0
-         RETURNING group_id, rid, function_id, created, owner",
+         RETURNING group_id, rid, function_id, created, owner, memo_leader",
     )?;
     // The payload of a finished task is no longer needed.
     let mut drop_payload =
@@ -166,7 +164,7 @@ pub fn store_results(
         let seq = ctx.next_result_seq;
         let output = res.output.as_ref().map(to_json);
         let placement = res.placement.as_deref().and_then(stored_placement);
-        let row: Option<(String, i64, String, f64, i64)> = st
+        let row: Option<(String, i64, String, f64, i64, bool)> = st
             .query_row(
                 params![
                     res.task_id.to_string(),
@@ -183,20 +181,30 @@ pub fn store_results(
                     placement.as_ref().map(|p| p.0),
                     placement.as_ref().map(|p| p.1.as_str()),
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?;
-        let parsed = row.and_then(|(g, rid, f, created, owner)| {
+        let parsed = row.and_then(|(g, rid, f, created, owner, leader)| {
             Some((
                 Uuid::parse_str(&g).ok()?,
                 rid,
                 Uuid::parse_str(&f).ok()?,
                 created,
                 owner,
+                leader,
             ))
         });
         match parsed {
-            Some((group, rid, function, created, owner)) => {
+            Some((group, rid, function, created, owner, leader)) => {
                 let dropped: Option<(bool, i64)> = drop_payload
                     .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
@@ -226,6 +234,7 @@ pub fn store_results(
                         result_seq: Some(seq),
                         fetched: false,
                         output,
+                        cached_from: None,
                     })
                 });
                 stored.push(StoredResult {
@@ -238,6 +247,24 @@ pub fn store_results(
                     owner,
                     row,
                 });
+                if leader {
+                    let outcome = match (result, exc) {
+                        (Some(r), _) => memo::LeaderOutcome::Success(r),
+                        (None, Some(e)) => memo::LeaderOutcome::Failed(e),
+                        (None, None) => continue,
+                    };
+                    let ended = memo::leader_ended(conn, ctx, owner, res.task_id, outcome)?;
+                    stored.extend(ended.into_iter().map(|e| StoredResult {
+                        task: e.task,
+                        group: e.group,
+                        seq: e.seq,
+                        payload_file: false,
+                        state: e.state,
+                        created: e.created,
+                        owner: e.owner,
+                        row: e.row,
+                    }));
+                }
             }
             None => {
                 // A cancelled task's late result also answers the cancel.
