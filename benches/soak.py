@@ -220,12 +220,13 @@ def purges(home_log):
     """What the service's purge did, from its log lines: rows deleted and
     the seconds its writer jobs took (the `purged ...` lines of hpfaas up)."""
     rows = seconds = lines = 0
+    timed = False
     try:
         text = home_log.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
-        if "purged" not in line:
+        if "purged expired results and old records" not in line:
             continue
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         try:
@@ -233,8 +234,10 @@ def purges(home_log):
             seconds += float(fields.get("writer_seconds", 0))
         except ValueError:
             continue
+        timed = timed or "writer_seconds" in fields
         lines += 1
-    return {"log_lines": lines, "tasks": rows, "writer_seconds": seconds}
+    # An hpfaas older than the writer_seconds field: the rows only.
+    return {"log_lines": lines, "tasks": rows, "writer_seconds": seconds if timed else None}
 
 
 def mib(n):
@@ -269,7 +272,10 @@ def report(samples, purged, info, args):
     series["files, all"] = [(s["tasks"], sum(s["disk"].values())) for s in samples]
     rows = minutes(samples)
     lines += ["", throughput_line(rows)]
-    if purged is not None:
+    if purged is not None and purged["writer_seconds"] is None:
+        lines.append(f"purges: {purged['tasks']:,} tasks deleted, in {purged['log_lines']}"
+                     " logged purges (this hpfaas does not log their writer time)")
+    elif purged is not None:
         total_s = samples[-1]["t"]
         lines.append(
             f"purges: {purged['tasks']:,} tasks deleted, {purged['writer_seconds']:.1f} s of"

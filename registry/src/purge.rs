@@ -207,14 +207,23 @@ pub async fn run(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_sweep = Instant::now();
     let mut since_sweep = Purged::default();
+    // Said once per run of failures, not every second.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = state.shutting_down() => return,
         }
         match purge_stream(&state).await {
-            Ok(p) => since_sweep += p,
-            Err(e) => tracing::warn!(error = %e, "purge failed; trying again next period"),
+            Ok(p) => {
+                since_sweep += p;
+                failing = false;
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "purge failed; trying again every second");
+            }
+            Err(_) => {}
         }
         if Instant::now() < next_sweep {
             continue;
