@@ -272,7 +272,9 @@ def report(samples, purged, info, args):
     series["files, all"] = [(s["tasks"], sum(s["disk"].values())) for s in samples]
     rows = minutes(samples)
     lines += ["", throughput_line(rows)]
-    if purged is not None and purged["writer_seconds"] is None:
+    if purged is not None and purged["log_lines"] == 0:
+        lines.append("purges: none logged (nothing was due yet)")
+    elif purged is not None and purged["writer_seconds"] is None:
         lines.append(f"purges: {purged['tasks']:,} tasks deleted, in {purged['log_lines']}"
                      " logged purges (this hpfaas does not log their writer time)")
     elif purged is not None:
