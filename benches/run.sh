@@ -46,7 +46,7 @@ else
 fi
 
 if $soak; then
-    exec .venv/bin/python benches/soak.py "$@"
+    HPFAAS_BENCH_COMMAND=benches/run.sh exec .venv/bin/python benches/soak.py "$@"
 fi
 
 if $smoke; then

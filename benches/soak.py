@@ -143,13 +143,15 @@ def read_count(path):
 
 
 def run(args):
-    """The soak itself: samples until `--minutes` have passed; returns the samples."""
+    """The soak itself: samples until `--minutes` have passed; returns the
+    samples and what the service's purges did."""
     home = Path(tempfile.mkdtemp(prefix="hpfaas-soak-"))
     os.environ["HPFAAS_HOME"] = str(home)
     os.environ.pop("HPFAAS_URL", None)
     os.environ.pop("HPFAAS_TOKEN", None)
     up = sdk = None
     samples = []
+    purged = None
     try:
         up = start_up(args.hpfaas_bin, home, 60, args.up_flags)
         count_file = home / "sdk-count"
@@ -174,14 +176,18 @@ def run(args):
             sdk.wait()
         if up is not None:
             stop_up(up)
+            purged = purges(home / "up.log")
         shutil.rmtree(home, ignore_errors=True)
-    return samples
+    return samples, purged
 
 
 def minutes(samples):
-    """One row per whole minute: the last sample in it, and tasks/s over it."""
+    """One row per whole minute: the last sample in it, and tasks/s between
+    it and the previous row's sample (their real times, not 60 s). The run's
+    tail after its last whole minute gets no row: a few seconds' rate, with
+    the count moving by whole maps, would be noise printed as a minute."""
     rows, before = [], {"t": 0.0, "tasks": 0}
-    for minute in range(1, int(samples[-1]["t"] // 60) + 2):
+    for minute in range(1, int(samples[-1]["t"] // 60) + 1):
         inside = [s for s in samples if s["t"] <= minute * 60]
         if not inside or inside[-1] is before:
             continue
@@ -192,18 +198,62 @@ def minutes(samples):
     return rows
 
 
+def throughput_line(rows):
+    """Minute 1 against the last minute, the spread, and the least-squares
+    trend of tasks/s over the minutes after the first (which holds the
+    start-up)."""
+    if not rows:
+        return "tasks/s: the run was shorter than a minute"
+    first, last = rows[0][2], rows[-1][2]
+    rates = [rate for _, _, rate in rows]
+    text = (f"tasks/s: minute 1 {first:,.0f}, minute {rows[-1][0]} {last:,.0f}"
+            f" ({100 * last / max(first, 1e-9):.0f} % of minute 1);"
+            f" lowest {min(rates):,.0f} (minute {rows[rates.index(min(rates))][0]}),"
+            f" highest {max(rates):,.0f}")
+    trend = slope([(m, rate) for m, _, rate in rows[1:]])
+    if trend is not None:
+        text += f"; trend over minutes 2-{rows[-1][0]}: {trend:+,.0f} tasks/s per minute"
+    return text
+
+
+def purges(home_log):
+    """What the service's purge did, from its log lines: rows deleted and
+    the seconds its writer jobs took (the `purged ...` lines of hpfaas up)."""
+    rows = seconds = lines = 0
+    timed = False
+    try:
+        text = home_log.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if "purged expired results and old records" not in line:
+            continue
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        try:
+            rows += int(fields.get("tasks", 0))
+            seconds += float(fields.get("writer_seconds", 0))
+        except ValueError:
+            continue
+        timed = timed or "writer_seconds" in fields
+        lines += 1
+    # An hpfaas older than the writer_seconds field: the rows only.
+    return {"log_lines": lines, "tasks": rows, "writer_seconds": seconds if timed else None}
+
+
 def mib(n):
     return f"{n / 2**20:,.1f}"
 
 
-def report(samples, info, args):
+def report(samples, purged, info, args):
     """The per-minute table and the slopes, as markdown; and the same as a dict."""
     rss_keys = list(samples[-1]["rss"])
     disk_keys = sorted({k for s in samples for k in s["disk"]})
-    lines = [f"soak: {args.minutes} min of `Executor.map(ident, range({BATCH}))` in a loop"
-             f" against `hpfaas up --workers 2 {' '.join(args.up_flags)}`".rstrip(),
+    up_command = f"hpfaas up --workers 2 {' '.join(args.up_flags)}".rstrip()
+    lines = [f"soak: `{info['command']}`: {args.minutes:g} min of"
+             f" `Executor.map(ident, range({BATCH}))` in a loop against `{up_command}`",
              f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB;"
-             f" load before {info['loadavg']}; {info['date']}; commit {info['commit']}", ""]
+             f" load average before {info['loadavg']}, after {info['loadavg_after']};"
+             f" {info['date']}; commit {info['commit']}", ""]
     head = ["min", "tasks", "tasks/s"] + [f"{k} RSS MiB" for k in rss_keys] + \
         ["data dir MiB"]
     lines.append("| " + " | ".join(head) + " |")
@@ -220,6 +270,20 @@ def report(samples, info, args):
     series[f"other files (each < {SMALL_FILE >> 10} KiB)"] = [
         (s["tasks"], sum(v for k, v in s["disk"].items() if k not in big)) for s in samples]
     series["files, all"] = [(s["tasks"], sum(s["disk"].values())) for s in samples]
+    rows = minutes(samples)
+    lines += ["", throughput_line(rows)]
+    if purged is not None and purged["log_lines"] == 0:
+        lines.append("purges: none logged (nothing was due yet)")
+    elif purged is not None and purged["writer_seconds"] is None:
+        lines.append(f"purges: {purged['tasks']:,} tasks deleted, in {purged['log_lines']}"
+                     " logged purges (this hpfaas does not log their writer time)")
+    elif purged is not None:
+        total_s = samples[-1]["t"]
+        lines.append(
+            f"purges: {purged['tasks']:,} tasks deleted, {purged['writer_seconds']:.1f} s of"
+            f" writer time ({100 * purged['writer_seconds'] / max(total_s, 1e-9):.1f} % of the"
+            f" run; {purged['tasks'] / max(purged['writer_seconds'], 1e-9):,.0f} rows per writer"
+            f" second), in {purged['log_lines']} logged sweeps")
     half = len(samples) // 2
     slopes = {}
     lines += ["", "| series | bytes/task, whole run | bytes/task, second half | at the end |",
@@ -229,7 +293,8 @@ def report(samples, info, args):
         slopes[name] = {"whole": whole, "second_half": second, "end": points[-1][1]}
         fmt = lambda v: "n/a" if v is None else f"{v:,.2f}"  # noqa: E731
         lines.append(f"| {name} | {fmt(whole)} | {fmt(second)} | {mib(points[-1][1])} MiB |")
-    return "\n".join(lines), {"slopes": slopes}
+    return "\n".join(lines), {"slopes": slopes, "purges": purged,
+                               "tasks_per_s": [[m, rate] for m, _, rate in rows]}
 
 
 def main():
@@ -246,10 +311,11 @@ def main():
         sys.exit(f"no hpfaas binary at {args.hpfaas_bin}: cargo build --release --bin hpfaas")
     info = machine()
     print(f"soak for {args.minutes} min; a sample every {SAMPLE_S:.0f} s", flush=True)
-    samples = run(args)
+    samples, purged = run(args)
     if len(samples) < 2:
         sys.exit("too short a run for a table")
-    text, figures = report(samples, info, args)
+    info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    text, figures = report(samples, purged, info, args)
     print()
     print(text)
     out = Path(args.out)

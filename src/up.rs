@@ -107,8 +107,8 @@ pub async fn run(args: UpArgs, format: crate::output::Format) -> anyhow::Result<
         service_config.audit = None;
     }
     service_config.fetched_retention = Some(args.fetched_retention);
-    // Purged at least twice per retention, so at most about one and a half
-    // retentions' worth of fetched tasks is kept.
+    // Fetched tasks are deleted every second (registry purge::PACE); the
+    // sweep that returns their pages runs at least twice per retention.
     service_config.purge_interval = (args.fetched_retention / 2).clamp(
         std::time::Duration::from_secs(1),
         hpfaas_registry::ServiceConfig::DEFAULT_PURGE_INTERVAL,

@@ -44,7 +44,8 @@ pub struct ServiceConfig {
     /// How the audit log rotates (size, files kept, daily); `None`: no
     /// audit log is written (`hpfaas up --no-audit`).
     pub audit: Option<crate::audit::AuditLimits>,
-    /// How often expiry and retention run.
+    /// How often empty groups, payload files and free pages are swept
+    /// (expiry and retention run every `purge::PACE`, or this if shorter).
     pub purge_interval: Duration,
     /// How often the service looks for tokens revoked by another process
     /// (`hpfaas token revoke`), to close streams and agent links using them.

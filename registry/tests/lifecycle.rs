@@ -659,6 +659,46 @@ fn pages(dir: &std::path::Path) -> (i64, i64) {
     (count("page_count"), count("freelist_count"))
 }
 
+/// A stream's finished tasks are deleted every second (`purge::PACE`), a
+/// second's worth at a time, not in one burst per `purge_interval`: with
+/// the sweep an hour apart, fetched tasks still go a moment after the
+/// fetched retention.
+#[test]
+fn fetched_tasks_go_within_seconds_though_the_sweep_is_hourly() {
+    let svc = TestService::start_with(|c| {
+        c.fetched_retention = Some(Duration::from_secs(1));
+        c.purge_interval = Duration::from_secs(3600);
+        c.heartbeat_period = 600.0;
+    });
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "login1");
+    // The service's first purge (at start) has run by now: the tasks are
+    // stored after it.
+    let sub = alice
+        .post(
+            &format!("/v3/endpoints/{ep}/submit"),
+            &json!({"tasks": {f.clone(): ["a", "b", "c"]}}),
+        )
+        .ok();
+    let ids = task_ids(&sub, &f);
+    agent.recv_tasks(3);
+    agent.send(&AgentMessage::Results {
+        results: ids.iter().map(|id| success(*id, "r")).collect(),
+    });
+    agent.recv_result_ack();
+    let fetched = alice
+        .post("/v2/batch_status", &json!({ "task_ids": ids }))
+        .ok();
+    assert_eq!(fetched["results"].as_object().unwrap().len(), 3);
+    // All but the newest (its rid is never handed out again).
+    wait_for("the fetched tasks purged", || {
+        (tasks_in_db(&svc.dir) == vec![(ids[2].to_string(), "success".to_string())]).then_some(())
+    });
+    agent.close();
+}
+
 #[test]
 fn fetched_results_go_after_the_fetched_retention_and_their_space_is_returned() {
     let svc = TestService::start_with(|c| {
