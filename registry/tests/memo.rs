@@ -41,6 +41,11 @@ fn identical_calls_run_once_and_later_ones_are_answered_without_a_dispatch() {
     let alice = svc.client(&svc.token("alice"));
     let f = register(&alice, "f", "st\nf:def f(x): return x", true);
     let plain = alice.register_function("plain");
+    assert_eq!(alice.get(&format!("/v2/functions/{f}")).ok()["cache"], true);
+    assert_eq!(
+        alice.get(&format!("/v2/functions/{plain}")).ok()["cache"],
+        false
+    );
     let (ep, credential) = alice.register_endpoint("ep");
     let mut agent = Agent::online(svc.addr, &ep, &credential, "login1");
 

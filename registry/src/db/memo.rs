@@ -69,6 +69,11 @@ pub fn enable(conn: &Connection, id: Uuid, code: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether function `id` was registered with `cache`.
+pub fn is_cached(conn: &Connection, id: Uuid) -> ApiResult<bool> {
+    Ok(function_hash(conn, id)?.is_some())
+}
+
 /// Whether function `id` is cached: its code hash, if so.
 fn function_hash(conn: &Connection, id: Uuid) -> ApiResult<Option<Vec<u8>>> {
     Ok(conn

@@ -79,11 +79,12 @@ pub async fn get(
     IdPath(raw): IdPath,
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id("function", &raw)?;
-    let (f, defaults) = state
+    let (f, defaults, cache) = state
         .db
         .read(move |c| {
             let defaults = function_defaults::owned(c, user.id, id)?.flatten();
-            Ok((catalog::get_function(c, user.id, id)?, defaults))
+            let cache = crate::db::memo::is_cached(c, id)?;
+            Ok((catalog::get_function(c, user.id, id)?, defaults, cache))
         })
         .await?;
     let f = f.ok_or_else(|| ApiError::not_found_id("function", &raw))?;
@@ -95,6 +96,7 @@ pub async fn get(
         "description": f.description,
         "metadata": f.metadata,
         "resource_specification": defaults,
+        "cache": cache,
     })))
 }
 

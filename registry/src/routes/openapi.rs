@@ -231,7 +231,8 @@ pub mod schemas {
             &["function_uuid", "function_name", "function_code"],
             json!({"function_uuid": id(), "function_name": s(), "function_code": s(),
                    "description": s(), "metadata": any_object(),
-                   "resource_specification": {"type": "object", "nullable": true}}),
+                   "resource_specification": {"type": "object", "nullable": true},
+                   "cache": {"type": "boolean"}}),
         )
     }
 
