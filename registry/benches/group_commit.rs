@@ -99,6 +99,7 @@ impl Fixture {
                 resource_spec: None,
                 idempotency: None,
                 quota: Default::default(),
+                depends_on: Vec::new(),
             };
             pending.push(
                 self.db

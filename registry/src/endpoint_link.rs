@@ -815,6 +815,9 @@ fn store_results(
                         seq: r.seq,
                         row: r.row.clone(),
                     });
+                    for released in &r.released {
+                        live.poke(*released);
+                    }
                     metrics.end_to_end(now - r.created);
                     failed += u64::from(r.state == TaskState::Failed);
                 }
@@ -833,7 +836,11 @@ fn store_results(
         match committed.await {
             Ok(Ok(stored)) => {
                 for r in &stored {
-                    let exc_type = ended.get(&r.task).cloned().flatten();
+                    // Dependents failed with their parent are not in `ended`.
+                    let exc_type = ended.get(&r.task).cloned().unwrap_or_else(|| {
+                        (r.state == TaskState::Failed)
+                            .then(|| SystemFailure::DependencyFailed.name().to_string())
+                    });
                     let how = if exc_type.is_some() {
                         "failed"
                     } else {

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::columns::uuid_col;
+use super::dependencies;
 use super::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::time::now;
@@ -88,15 +89,49 @@ fn cancel_row(
     Ok(row)
 }
 
-/// Cancels `owner`'s task `id`: 404 if it is not theirs, 409 naming its
-/// state if it is final already.
+/// Cancels the tasks that depend on `out[from..]`, and theirs in turn
+/// (appended to `out`): a task whose parent was cancelled can never run.
+fn cancel_dependents(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    out: &mut Vec<Cancelled>,
+    from: usize,
+    at: f64,
+) -> ApiResult<()> {
+    let mut rid = conn.prepare_cached("SELECT rid FROM tasks WHERE id = ?1 AND done = 0")?;
+    let mut next = from;
+    while next < out.len() {
+        let parent = out[next].task;
+        next += 1;
+        dependencies::forget(conn, parent)?;
+        for child in dependencies::take_children(conn, parent)? {
+            let Some(child_rid) = rid
+                .query_row([child.to_string()], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                continue;
+            };
+            let text = format!(
+                "cancelled because task {parent}, which it depends on, was cancelled at {} \
+                 (unix time {at:.3})",
+                crate::time::rfc3339(at)
+            );
+            out.extend(cancel_row(conn, ctx, child_rid, &text, at)?);
+        }
+    }
+    Ok(())
+}
+
+/// Cancels `owner`'s task `id` and the tasks depending on it (the task
+/// first): 404 if it is not theirs, 409 naming its state if it is final
+/// already.
 pub fn cancel_task(
     conn: &Connection,
     ctx: &mut WriteCtx,
     owner: i64,
     user_name: &str,
     id: Uuid,
-) -> ApiResult<Cancelled> {
+) -> ApiResult<Vec<Cancelled>> {
     let row: Option<(i64, String)> = conn
         .prepare_cached("SELECT rid, state FROM tasks WHERE id = ?1 AND owner = ?2")?
         .query_row(params![id.to_string(), owner], |r| {
@@ -107,11 +142,14 @@ pub fn cancel_task(
         return Err(ApiError::not_found_id("task", id));
     };
     let at = now();
-    cancel_row(conn, ctx, rid, &message(user_name, at), at)?.ok_or_else(|| {
+    let first = cancel_row(conn, ctx, rid, &message(user_name, at), at)?.ok_or_else(|| {
         ApiError::conflict(format!(
             "task {id} is already {state}; only a task that has not finished can be cancelled"
         ))
-    })
+    })?;
+    let mut out = vec![first];
+    cancel_dependents(conn, ctx, &mut out, 0, at)?;
+    Ok(out)
 }
 
 /// Cancels up to `limit` non-final tasks of `owner`'s group after `after_rid`
@@ -143,6 +181,7 @@ pub fn cancel_group_page(
     for rid in &rids {
         out.extend(cancel_row(conn, ctx, *rid, &text, at)?);
     }
+    cancel_dependents(conn, ctx, &mut out, 0, at)?;
     let next = (rids.len() == limit).then(|| rids.last().copied().unwrap_or(after_rid));
     Ok((out, next))
 }

@@ -224,6 +224,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_fetched ON tasks(stored) WHERE done = 1 AND result_fate = 1;
     "#,
+    // 11: task dependencies (db/dependencies.rs). A held task waits for
+    // `waiting` parents (`parents`: a JSON array of every parent's id, in
+    // the order the worker receives their results); `task_dependents` finds
+    // a finished parent's children without a scan of the held tasks.
+    r#"
+    CREATE TABLE held_tasks (
+        id      TEXT PRIMARY KEY,
+        waiting INTEGER NOT NULL,
+        parents TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE task_dependents (
+        parent TEXT NOT NULL,
+        child  TEXT NOT NULL,
+        PRIMARY KEY (parent, child)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -367,6 +367,7 @@ mod tests {
                         resource_spec: None,
                         idempotency: None,
                         quota: Default::default(),
+                        depends_on: Vec::new(),
                     },
                 )?;
                 Ok(endpoint)

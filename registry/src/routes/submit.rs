@@ -14,7 +14,7 @@
 //! "Binary arguments").
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -62,6 +62,9 @@ pub struct SubmitBody {
     pub resource_specification: Option<Map<String, Value>>,
     /// Idempotency key given in the body.
     pub idempotency_key: Option<String>,
+    /// `{function_id: [[parent task id, ...] or null, ...]}`: the tasks each
+    /// task of `tasks` (same key, same position) depends on (hpfaas).
+    pub depends_on: Option<HashMap<String, Vec<Option<Vec<Uuid>>>>>,
 }
 
 /// Reads a submit body, refusing more than `max_tasks` tasks with `413`
@@ -124,6 +127,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
                 "result_serializers" => body.result_serializers = map.next_value()?,
                 "resource_specification" => body.resource_specification = map.next_value()?,
                 "idempotency_key" => body.idempotency_key = map.next_value()?,
+                "depends_on" => body.depends_on = map.next_value()?,
                 "create_queue" => {
                     let _: Option<bool> = map.next_value()?;
                 }
@@ -392,7 +396,26 @@ pub async fn submit(
     let mut seen = HashSet::new();
     let mut new_tasks = Vec::new();
     let mut echo = Map::new();
+    let mut depends_on = body.depends_on.unwrap_or_default();
+    let mut dependencies = Vec::new();
     for ((key, payloads), blobs) in body.tasks.into_iter().zip(taken) {
+        if let Some(parents) = depends_on.remove(&key) {
+            if parents.len() > payloads.len() {
+                return Err(ApiError::bad_request(format!(
+                    "depends_on[{}] names {} tasks' parents; tasks[{0}] has {} tasks",
+                    excerpt(&key),
+                    parents.len(),
+                    payloads.len()
+                )));
+            }
+            let first = new_tasks.len();
+            dependencies.extend(
+                parents
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((first + i, p?))),
+            );
+        }
         let function = Uuid::parse_str(&key).map_err(|e| {
             let key = excerpt(&key);
             ApiError::bad_request(format!(
@@ -420,6 +443,12 @@ pub async fn submit(
             ids.push(id);
         }
         echo.insert(key, json!(ids));
+    }
+    if let Some(key) = depends_on.keys().next() {
+        return Err(ApiError::bad_request(format!(
+            "depends_on names function {}, which has no tasks in `tasks`",
+            excerpt(key)
+        )));
     }
     let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
     let answer = json!({
@@ -479,6 +508,7 @@ pub async fn submit(
                 answer: answer.clone(),
             }),
         quota: state.config.quota,
+        depends_on: dependencies,
     };
     // The endpoint's link may dispatch the tasks as soon as they are visible
     // (so the audit log records them as submitted then, before they can be

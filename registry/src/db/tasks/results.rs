@@ -3,12 +3,14 @@
 //! the next `result_seq`.
 
 use hpfaas_protocol::endpoint::to_json;
+use hpfaas_protocol::failure::SystemFailure;
 use hpfaas_protocol::task::{Outcome, Placement, TaskResult, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::read::TaskRow;
 use crate::db::cancel;
+use crate::db::dependencies;
 use crate::db::result_seq::save_result_seq;
 use crate::db::usage::{result_bytes, UsageDelta};
 use crate::db::writer::WriteCtx;
@@ -123,6 +125,9 @@ pub struct StoredResult {
     /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
     /// it back.
     pub row: Option<std::sync::Arc<TaskRow>>,
+    /// Endpoints of the tasks this result released (it was their last
+    /// parent): their links are to be woken.
+    pub released: Vec<Uuid>,
 }
 
 /// Largest result (or traceback) handed to the result streams in memory.
@@ -153,6 +158,8 @@ pub fn store_results(
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
+    // Each task that ended here, with its failure (type, message) if any.
+    let mut ended = Vec::new();
     for res in results {
         let completed = if res.completed_at.is_finite() && res.completed_at > 0.0 {
             res.completed_at
@@ -228,6 +235,11 @@ pub fn store_results(
                         output,
                     })
                 });
+                ended.push((
+                    stored.len(),
+                    res.task_id,
+                    exc.map(|e| (e.exc_type.clone(), e.message.clone())),
+                ));
                 stored.push(StoredResult {
                     task: res.task_id,
                     group,
@@ -237,6 +249,7 @@ pub fn store_results(
                     created,
                     owner,
                     row,
+                    released: Vec::new(),
                 });
             }
             None => {
@@ -248,10 +261,94 @@ pub fn store_results(
         }
     }
     usage.apply(conn)?;
+    settle_dependents(conn, ctx, ended, &mut stored)?;
     if !stored.is_empty() {
         save_result_seq(conn, ctx)?;
     }
     Ok(stored)
+}
+
+/// A task that just ended: its index in the stored results, its id, its
+/// failure (type, message) if it failed.
+type Ended = (usize, Uuid, Option<(String, String)>);
+
+/// The children of tasks that just ended (`ended`: index in `stored`, the
+/// task, its failure): a success releases those it was the last parent of;
+/// a failure fails every held child with `DependencyFailed` naming it,
+/// and their children in turn (appended to `stored`, for the streams).
+fn settle_dependents(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    ended: Vec<Ended>,
+    stored: &mut Vec<StoredResult>,
+) -> ApiResult<()> {
+    let mut failed = Vec::new();
+    for (index, task, failure) in ended {
+        let children = dependencies::take_children(conn, task)?;
+        match failure {
+            None => {
+                for child in children {
+                    if let Some(endpoint) = dependencies::parent_succeeded(conn, child)? {
+                        stored[index].released.push(endpoint);
+                    }
+                }
+            }
+            Some((exc_type, message)) => {
+                let text = dependencies::failure_message(task, &exc_type, &message);
+                failed.extend(children.into_iter().map(|c| (c, text.clone())));
+            }
+        }
+    }
+    let mut st = conn.prepare_cached(
+        "UPDATE tasks SET state = 'failed', done = 1, exc_type = ?2, exc_message = ?3,
+                          exc_traceback = ?4, completed = ?5, stored = ?5, result_seq = ?6,
+                          result_fate = 0
+         WHERE id = ?1 AND done = 0
+         RETURNING group_id, rid, function_id, created, owner",
+    )?;
+    let mut drop_payload =
+        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING bytes")?;
+    let name = SystemFailure::DependencyFailed.name();
+    // A worklist, not recursion: a chain of any length fails in constant stack.
+    while let Some((child, message)) = failed.pop() {
+        dependencies::forget(conn, child)?;
+        let (seq, at) = (ctx.next_result_seq, now());
+        let traceback = format!("{name}: {message}");
+        let row: Option<(String, i64, String, f64, i64)> = st
+            .query_row(
+                params![child.to_string(), name, message, traceback, at, seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((group, rid, _function, created, owner)) = row else {
+            continue;
+        };
+        ctx.next_result_seq += 1;
+        let arg_bytes: i64 = drop_payload
+            .query_row([rid], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let kept = (message.len() + traceback.len()) as i64;
+        crate::db::usage::add_usage(conn, owner, -1, kept - arg_bytes)?;
+        stored.push(StoredResult {
+            task: child,
+            group: Uuid::parse_str(&group).unwrap_or_default(),
+            seq,
+            payload_file: false,
+            state: TaskState::Failed,
+            created,
+            owner,
+            row: None,
+            released: Vec::new(),
+        });
+        let text = dependencies::failure_message(child, name, &message);
+        failed.extend(
+            dependencies::take_children(conn, child)?
+                .into_iter()
+                .map(|c| (c, text.clone())),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -320,6 +417,7 @@ mod tests {
             created: row.created,
             owner: fx.owner,
             row: Some(std::sync::Arc::new(row)),
+            released: Vec::new(),
         };
         assert_eq!(stored, vec![first]);
         let page = dispatch_page(

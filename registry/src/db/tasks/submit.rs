@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::read::group_owner;
 use crate::db::catalog::{self, EndpointPolicy};
+use crate::db::dependencies::{self, Parents};
 use crate::db::idempotency::{self, IdempotentRequest};
 use crate::db::usage::{add_usage, check_quota, Quota};
 use crate::error::{ApiError, ApiResult};
@@ -64,6 +65,9 @@ pub struct Submission {
     pub idempotency: Option<IdempotentRequest>,
     /// The owner's limits.
     pub quota: Quota,
+    /// Tasks that depend on others: (index in `tasks`, the parents' ids in
+    /// the order the worker receives their results), by index.
+    pub depends_on: Vec<(usize, Vec<Uuid>)>,
 }
 
 /// What a submit did.
@@ -177,39 +181,99 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     let bytes: u64 = s.tasks.iter().map(size).sum();
     check_quota(conn, s.owner, s.quota, s.tasks.len() as u64, bytes)?;
     ensure_group(conn, s.owner, s.group)?;
+    let parents = check_dependencies(conn, s)?;
     let mut st = conn.prepare_cached(
         "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
-                            result_serializers, resource_spec, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            result_serializers, resource_spec, created, rid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut put_payload = conn.prepare_cached(
         "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
-    for t in &s.tasks {
+    let mut parents = parents.into_iter().peekable();
+    for (index, t) in s.tasks.iter().enumerate() {
+        let mut inline = if t.in_file && t.blob.is_none() {
+            ""
+        } else {
+            t.payload.as_str()
+        };
+        let (mut state, mut rid, mut spliced) = (s.state, None, None);
+        let mut waiting = None;
+        if let Some((_, all, at)) = parents.next_if(|(i, ..)| *i == index) {
+            match at {
+                Parents::Ready(buffer) => {
+                    spliced = Some(dependencies::spliced(inline, &buffer));
+                }
+                Parents::Waiting(left) => {
+                    state = TaskState::WaitingForDependencies;
+                    rid = Some(dependencies::held_rid(conn)?);
+                    waiting = Some((all, left));
+                }
+            }
+        }
+        if let Some(text) = &spliced {
+            inline = text;
+        }
         let rid = st.insert(params![
             t.id.to_string(),
             s.owner,
             endpoint,
             t.function.to_string(),
             group,
-            s.state.as_str(),
+            state.as_str(),
             s.result_serializers,
             s.resource_spec,
-            created
+            created,
+            rid
         ])?;
-        let inline = if t.in_file && t.blob.is_none() {
-            ""
-        } else {
-            t.payload.as_str()
-        };
-        put_payload.execute(params![rid, inline, t.in_file, size(t) as i64])?;
+        if let Some((all, left)) = waiting {
+            dependencies::hold(conn, t.id, all, &left)?;
+        }
+        let bytes = size(t) as i64
+            + spliced
+                .as_ref()
+                .map_or(0, |p| (p.len() - t.payload.len()) as i64);
+        put_payload.execute(params![rid, inline, t.in_file, bytes])?;
     }
     add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
     if let Some(req) = &s.idempotency {
         idempotency::insert(conn, s.owner, req)?;
     }
     Ok(Submitted::Created)
+}
+
+/// Where each dependent task's parents stand, in task order: (index, its
+/// parents, where they stand). A dependent's arguments must be inline (its
+/// payload is rewritten when it is released).
+fn check_dependencies<'a>(
+    conn: &Connection,
+    s: &'a Submission,
+) -> ApiResult<Vec<(usize, &'a [Uuid], Parents)>> {
+    let mut out = Vec::with_capacity(s.depends_on.len());
+    for (index, parents) in &s.depends_on {
+        let Some(task) = s.tasks.get(*index) else {
+            continue;
+        };
+        if parents.is_empty() {
+            continue;
+        }
+        if task.in_file {
+            return Err(ApiError::bad_request(format!(
+                "task index {index} has depends_on but its arguments are over {} bytes or \
+                 a blob; a dependent task's own arguments must be small (its parents' \
+                 results are what it may receive in bulk)",
+                crate::db::payload_files::INLINE_MAX
+            )));
+        }
+        out.push((
+            *index,
+            parents.as_slice(),
+            dependencies::check_parents(conn, s.owner, parents)?,
+        ));
+    }
+    out.sort_by_key(|(i, ..)| *i);
+    Ok(out)
 }
 
 /// Creates task group `id` for `owner` if new; refuses another user's.
@@ -257,6 +321,7 @@ mod tests {
             resource_spec: None,
             idempotency: None,
             quota: Default::default(),
+            depends_on: Vec::new(),
         };
         let only_f = EndpointPolicy {
             allowed_functions: vec![f],

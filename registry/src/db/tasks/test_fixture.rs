@@ -94,6 +94,7 @@ pub(crate) fn submit_tasks(fx: &Fixture, group: Uuid, tasks: &[NewTask]) {
         resource_spec: None,
         idempotency: None,
         quota: Default::default(),
+        depends_on: Vec::new(),
     };
     assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
 }
