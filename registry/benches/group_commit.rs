@@ -103,7 +103,7 @@ impl Fixture {
             };
             pending.push(
                 self.db
-                    .enqueue(move |c, _| tasks::submit(c, &submission))
+                    .enqueue(move |c, ctx| tasks::submit(c, ctx, &submission))
                     .unwrap(),
             );
         }

@@ -11,13 +11,16 @@
 //! What happens to children of a parent that failed or was cancelled lives
 //! with those events (`tasks/results.rs`, `cancel.rs`).
 
+use hpfaas_protocol::failure::SystemFailure;
 use hpfaas_protocol::payload::pack;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::db::columns::uuid_col;
 use crate::db::usage::add_usage;
+use crate::db::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
+use crate::time::now;
 
 /// Strategy id of the buffer of parents' results a released task's payload
 /// ends with (hpfaas extension; docs/api.md, "Dependencies").
@@ -33,12 +36,28 @@ pub enum Parents {
     Ready(String),
     /// These parents have not finished: the task is held.
     Waiting(Vec<Uuid>),
+    /// A parent failed or was cancelled already: the task is stored failed
+    /// with `DependencyFailed` and this message.
+    Failed(String),
+}
+
+/// A task [`fail_dependent`] failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedDependent {
+    /// Its group.
+    pub group: Uuid,
+    /// Its `result_seq`.
+    pub seq: i64,
+    /// When it was submitted.
+    pub created: f64,
+    /// Its owner.
+    pub owner: i64,
 }
 
 /// Checks the parents a new task of `owner` names: each must be an existing
 /// task of the same owner (another user's is reported as not found, as an
-/// unknown one is), named once, and not failed, cancelled or succeeded with
-/// its result purged. Cycles cannot arise: a parent exists before its child.
+/// unknown one is), named once, and not succeeded with its result purged.
+/// Cycles cannot arise: a parent exists before its child.
 pub fn check_parents(conn: &Connection, owner: i64, parents: &[Uuid]) -> ApiResult<Parents> {
     if parents.len() > MAX_PARENTS {
         return Err(ApiError::bad_request(format!(
@@ -93,12 +112,12 @@ pub fn check_parents(conn: &Connection, owner: i64, parents: &[Uuid]) -> ApiResu
                      expired and was purged; submit it again"
                 )))
             }
+            // Failed or cancelled (say, while the SDK was sending this one).
             _ => {
-                return Err(ApiError::conflict(format!(
-                    "task {parent} named in depends_on is already {state} ({}: {}); a task \
-                     depending on it cannot run",
-                    exc_type.unwrap_or_default(),
-                    exc_message.unwrap_or_default()
+                return Ok(Parents::Failed(failure_message(
+                    *parent,
+                    exc_type.as_deref().unwrap_or(&state),
+                    exc_message.as_deref().unwrap_or_default(),
                 )))
             }
         }
@@ -237,6 +256,52 @@ fn release(conn: &Connection, child: Uuid, parents: &str) -> ApiResult<Option<Uu
     Uuid::parse_str(&endpoint)
         .map(Some)
         .map_err(|e| ApiError::internal(format!("task {child} has a bad endpoint id: {e}")))
+}
+
+/// Fails task `child`, not final yet (held, or being stored), with
+/// `DependencyFailed` and `message`, with the next `result_seq` (the caller
+/// saves it); drops its payload and what it counted in the owner's usage.
+/// `None` when it is final already.
+pub fn fail_dependent(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    child: Uuid,
+    message: &str,
+) -> ApiResult<Option<FailedDependent>> {
+    forget(conn, child)?;
+    let name = SystemFailure::DependencyFailed.name();
+    let (seq, at) = (ctx.next_result_seq, now());
+    let traceback = format!("{name}: {message}");
+    let row: Option<(Uuid, i64, f64, i64)> = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'failed', done = 1, exc_type = ?2, exc_message = ?3,
+                              exc_traceback = ?4, completed = ?5, stored = ?5, result_seq = ?6,
+                              result_fate = 0
+             WHERE id = ?1 AND done = 0
+             RETURNING group_id, rid, created, owner",
+        )?
+        .query_row(
+            params![child.to_string(), name, message, traceback, at, seq],
+            |r| Ok((uuid_col(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((group, rid, created, owner)) = row else {
+        return Ok(None);
+    };
+    ctx.next_result_seq += 1;
+    let arg_bytes: i64 = conn
+        .prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING bytes")?
+        .query_row([rid], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let kept = (message.len() + traceback.len()) as i64;
+    add_usage(conn, owner, -1, kept - arg_bytes)?;
+    Ok(Some(FailedDependent {
+        group,
+        seq,
+        created,
+        owner,
+    }))
 }
 
 /// The message of a task failed because `parent` failed with `exc_type`.

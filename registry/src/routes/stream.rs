@@ -333,7 +333,7 @@ mod tests {
             .collect();
         let endpoint = state
             .db
-            .write(move |c, _| {
+            .write(move |c, ctx| {
                 let owner = catalog::ensure_user(c, "alice")?;
                 let reg = EndpointRegistration {
                     id: None,
@@ -356,6 +356,7 @@ mod tests {
                 catalog::insert_function(c, owner, &f)?;
                 db_tasks::submit(
                     c,
+                    ctx,
                     &Submission {
                         owner,
                         endpoint,

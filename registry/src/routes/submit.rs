@@ -522,11 +522,23 @@ pub async fn submit(
     let done = state
         .db
         .write_visible(
-            move |c, _| db_tasks::submit(c, &submission),
+            move |c, ctx| {
+                // Dependents of a parent that failed already are stored failed.
+                let first = ctx.next_result_seq;
+                let done = db_tasks::submit(c, ctx, &submission)?;
+                Ok((done, first..ctx.next_result_seq))
+            },
             Durability::Now,
-            move |done| {
+            move |(done, failed)| {
                 if !matches!(done, Submitted::Created) {
                     return;
+                }
+                for seq in failed.clone() {
+                    live.publish_result(crate::live::ResultEvent {
+                        group,
+                        seq,
+                        row: None,
+                    });
                 }
                 named.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Stamped before the dispatch is poked, so no task can be
@@ -546,7 +558,7 @@ pub async fn submit(
         // Refused, failed or replayed: no row names these files.
         state.db.payload_files().remove(in_files);
     }
-    match done? {
+    match done?.0 {
         Submitted::Created => Ok(json_answer(answer, false)),
         Submitted::Replayed(first) => Ok(json_answer(first, true)),
     }

@@ -48,7 +48,10 @@ fn submit_dep(fx: &Fixture, owner: i64, endpoint: Uuid, parents: &[Uuid]) -> Api
         quota: Default::default(),
         depends_on: vec![(0, parents.to_vec())],
     };
-    assert_eq!(submit(&fx.conn, &s)?, Submitted::Created);
+    let mut ctx = WriteCtx {
+        next_result_seq: 1 << 40,
+    };
+    assert_eq!(submit(&fx.conn, &mut ctx, &s)?, Submitted::Created);
     Ok(id)
 }
 
@@ -252,9 +255,29 @@ fn references_to_unknown_foreign_or_failed_tasks_are_refused() {
     assert_eq!(e.code, "bad_request");
     let mut ctx = WriteCtx { next_result_seq: 1 };
     cancel_task(&fx.conn, &mut ctx, fx.owner, "alice", parent).unwrap();
-    let e = submit_dep(&fx, fx.owner, fx.endpoint, &[parent]).unwrap_err();
-    assert_eq!(e.code, "conflict");
-    assert!(e.message.contains("cancelled"), "{}", e.message);
+}
+
+#[test]
+fn a_dependent_of_a_parent_failed_already_is_stored_failed() {
+    let fx = fixture();
+    let parent = submit_n(&fx, Uuid::new_v4(), 1, 10)[0];
+    let mut ctx = WriteCtx { next_result_seq: 1 };
+    cancel_task(&fx.conn, &mut ctx, fx.owner, "alice", parent).unwrap();
+    let child = submit_dep(&fx, fx.owner, fx.endpoint, &[parent]).unwrap();
+    let row = get_task(&fx.conn, fx.owner, child).unwrap().unwrap();
+    assert_eq!(row.state, TaskState::Failed);
+    assert_eq!(row.exc_type.as_deref(), Some("DependencyFailed"));
+    assert!(row.exc_message.unwrap().contains(&parent.to_string()));
+    assert!(row.result_seq.is_some(), "it reaches the result streams");
+    let queued: i64 = fx
+        .conn
+        .query_row(
+            "SELECT queued FROM user_usage WHERE user_id = ?1",
+            [fx.owner],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, 0, "no task is left counted as queued");
 }
 
 #[test]

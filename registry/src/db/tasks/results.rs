@@ -299,40 +299,15 @@ fn settle_dependents(
             }
         }
     }
-    let mut st = conn.prepare_cached(
-        "UPDATE tasks SET state = 'failed', done = 1, exc_type = ?2, exc_message = ?3,
-                          exc_traceback = ?4, completed = ?5, stored = ?5, result_seq = ?6,
-                          result_fate = 0
-         WHERE id = ?1 AND done = 0
-         RETURNING group_id, rid, function_id, created, owner",
-    )?;
-    let mut drop_payload =
-        conn.prepare_cached("DELETE FROM task_payloads WHERE rid = ?1 RETURNING bytes")?;
-    let name = SystemFailure::DependencyFailed.name();
     // A worklist, not recursion: a chain of any length fails in constant stack.
     while let Some((child, message)) = failed.pop() {
-        dependencies::forget(conn, child)?;
-        let (seq, at) = (ctx.next_result_seq, now());
-        let traceback = format!("{name}: {message}");
-        let row: Option<(String, i64, String, f64, i64)> = st
-            .query_row(
-                params![child.to_string(), name, message, traceback, at, seq],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
-        let Some((group, rid, _function, created, owner)) = row else {
+        let Some(row) = dependencies::fail_dependent(conn, ctx, child, &message)? else {
             continue;
         };
-        ctx.next_result_seq += 1;
-        let arg_bytes: i64 = drop_payload
-            .query_row([rid], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let kept = (message.len() + traceback.len()) as i64;
-        crate::db::usage::add_usage(conn, owner, -1, kept - arg_bytes)?;
+        let (group, seq, created, owner) = (row.group, row.seq, row.created, row.owner);
         stored.push(StoredResult {
             task: child,
-            group: Uuid::parse_str(&group).unwrap_or_default(),
+            group,
             seq,
             payload_file: false,
             state: TaskState::Failed,
@@ -341,6 +316,7 @@ fn settle_dependents(
             row: None,
             released: Vec::new(),
         });
+        let name = SystemFailure::DependencyFailed.name();
         let text = dependencies::failure_message(child, name, &message);
         failed.extend(
             dependencies::take_children(conn, child)?

@@ -13,7 +13,9 @@ use super::read::group_owner;
 use crate::db::catalog::{self, EndpointPolicy};
 use crate::db::dependencies::{self, Parents};
 use crate::db::idempotency::{self, IdempotentRequest};
+use crate::db::result_seq::save_result_seq;
 use crate::db::usage::{add_usage, check_quota, Quota};
+use crate::db::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::time::now;
 
@@ -155,8 +157,9 @@ fn check_policy(policy: &EndpointPolicy, s: &Submission) -> ApiResult<()> {
 
 /// Checks everything a submission names and stores its tasks (and its
 /// idempotency key), or replays the answer of an earlier request with the
-/// same key.
-pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
+/// same key. A task whose parent has failed already is stored failed
+/// (`DependencyFailed`) with the next `result_seq` of `ctx`.
+pub fn submit(conn: &Connection, ctx: &mut WriteCtx, s: &Submission) -> ApiResult<Submitted> {
     if let Some(req) = &s.idempotency {
         if let Some(answer) = idempotency::replay(conn, s.owner, req)? {
             return Ok(Submitted::Replayed(answer));
@@ -192,6 +195,7 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     let mut parents = parents.into_iter().peekable();
+    let mut failed_any = false;
     for (index, t) in s.tasks.iter().enumerate() {
         let mut inline = if t.in_file && t.blob.is_none() {
             ""
@@ -199,9 +203,10 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
             t.payload.as_str()
         };
         let (mut state, mut rid, mut spliced) = (s.state, None, None);
-        let mut waiting = None;
+        let (mut waiting, mut failed) = (None, None);
         if let Some((_, all, at)) = parents.next_if(|(i, ..)| *i == index) {
             match at {
+                Parents::Failed(message) => failed = Some(message),
                 Parents::Ready(buffer) => {
                     spliced = Some(dependencies::spliced(inline, &buffer));
                 }
@@ -235,6 +240,14 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
                 .as_ref()
                 .map_or(0, |p| (p.len() - t.payload.len()) as i64);
         put_payload.execute(params![rid, inline, t.in_file, bytes])?;
+        if let Some(message) = failed {
+            failed_any = true;
+            // Its usage: counted below with the others, taken back here.
+            dependencies::fail_dependent(conn, ctx, t.id, &message)?;
+        }
+    }
+    if failed_any {
+        save_result_seq(conn, ctx)?;
     }
     add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
     if let Some(req) = &s.idempotency {
