@@ -232,7 +232,13 @@ class Executor(concurrent.futures.Executor):
     # -- the concurrent.futures.Executor interface ------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
-        """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use."""
+        """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use.
+
+        A `TaskFuture` anywhere in the arguments (inside lists, tuples, dicts
+        and sets too) is replaced by its task's result where the call runs:
+        the call is sent at once, the service holds it until those tasks have
+        succeeded, and it fails with `DependencyFailed` if one of them fails.
+        """
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         # Copied now: a later change of the specification is for later submits.
