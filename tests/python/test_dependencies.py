@@ -111,3 +111,48 @@ def test_cancelling_a_parent_cancels_its_dependent(executor, tmp_path):
     assert parent.cancel()
     with pytest.raises(TaskCancelled, match=parent.task_id):
         child.result(TIMEOUT)
+
+
+def _run_released(args, kwargs, results):
+    """What a worker makes of a dependent task's payload once the service
+    appended its parents' results (`dr\\n` + their buffers, packed)."""
+    from hpfaas.client import pack_call_with_parents
+    from hpfaas.serialize import PARENT_RESULTS, pack, serialize, serialize_function
+    from hpfaas.worker import TaskRunner
+
+    payload, refs = pack_call_with_parents(args, kwargs, lambda o: isinstance(o, Marker))
+    released = payload + pack([PARENT_RESULTS + pack([serialize(r) for r in results])])
+    reply = TaskRunner().run(
+        {
+            "task_id": "t",
+            "function_id": "f",
+            "function_code": pack([serialize_function(echo)]),
+            "payload": released,
+        }
+    )
+    return refs, reply
+
+
+class Marker:
+    """Stands for a future: any object the reference pickler is told to number."""
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def test_the_worker_puts_each_result_where_its_reference_was():
+    a, b = Marker(), Marker()
+    refs, reply = _run_released(([a, {"k": (b, a)}],), {"x": b}, ["A", "B"])
+    assert refs == [a, b]
+    assert reply["ok"], reply
+    from hpfaas.serialize import deserialize
+
+    assert deserialize(reply["result"]) == ((["A", {"k": ("B", "A")}],), {"x": "B"})
+
+
+def test_a_reference_without_its_result_is_a_clear_error():
+    refs, reply = _run_released(([Marker(), Marker()],), None, ["only one"])
+    assert len(refs) == 2
+    assert not reply["ok"]
+    assert "parent result" in reply["exception"]["message"], reply
