@@ -175,15 +175,17 @@ class RefPickler(pickle.Pickler):
         super().__init__(file, protocol=PICKLE_PROTOCOL)
         self._is_ref = is_ref
         self.refs = refs
+        # By identity: `refs` keeps each object alive, so its id stays its own.
+        self._numbers = {id(ref): i for i, ref in enumerate(refs)}
 
     def persistent_id(self, obj: Any) -> Any:
         if not self._is_ref(obj):
             return None
-        for i, ref in enumerate(self.refs):
-            if ref is obj:
-                return (_PARENT_TAG, i)
-        self.refs.append(obj)
-        return (_PARENT_TAG, len(self.refs) - 1)
+        number = self._numbers.get(id(obj))
+        if number is None:
+            number = self._numbers[id(obj)] = len(self.refs)
+            self.refs.append(obj)
+        return (_PARENT_TAG, number)
 
 
 def serialize_with_refs(obj: Any, is_ref: Callable[[Any], bool], refs: List[Any]) -> str:

@@ -156,3 +156,16 @@ def test_a_reference_without_its_result_is_a_clear_error():
     assert len(refs) == 2
     assert not reply["ok"]
     assert "parent result" in reply["exception"]["message"], reply
+
+
+def test_many_references_are_numbered_in_linear_time():
+    import time
+
+    from hpfaas.client import pack_call_with_parents
+
+    markers = [Marker() for _ in range(50_000)]
+    start = time.monotonic()
+    _, refs = pack_call_with_parents(markers + markers, None, lambda o: isinstance(o, Marker))
+    # Well under a second; a quadratic numbering takes minutes.
+    assert time.monotonic() - start < 20
+    assert len(refs) == 50_000 and refs[0] is markers[0]
