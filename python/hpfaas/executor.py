@@ -33,7 +33,6 @@ from hpfaas.client import (
 )
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
-from hpfaas.serialize import contains
 from hpfaas.stream import ResultStream
 
 #: Most tasks sent in one submit request.
@@ -41,6 +40,10 @@ MAX_BATCH_TASKS = 4096
 #: Most payload bytes (as encoded in the body) in one submit request, under the
 #: service's 10 MiB body limit.
 MAX_BATCH_CHARS = 8 * 1024 * 1024
+
+
+class _FutureInArguments(Exception):
+    """A `TaskFuture` was met while a call's arguments were pickled."""
 
 
 class TaskFuture(concurrent.futures.Future):
@@ -62,6 +65,11 @@ class TaskFuture(concurrent.futures.Future):
         # failed, or it was cancelled before it was sent): what a dependent
         # call waits for before it is sent.
         self._sent = threading.Event()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Met while a call's arguments are pickled: `Executor.submit` then
+        # sends the call with this future as a reference to its task.
+        raise _FutureInArguments()
 
     def output(self, timeout: Optional[float] = None) -> TaskOutput:
         """What the task wrote to ``sys.stdout``/``sys.stderr`` (`TaskOutput`),
@@ -250,11 +258,13 @@ class Executor(concurrent.futures.Executor):
         # the client that registered `fn` knows which ids are shell functions.
         as_json = self.client.is_shell_function(function_id)
         parents = None
-        if not as_json and (contains(args, _is_future) or contains(kwargs, _is_future)):
+        try:
+            payload, blob = pack_call(args, kwargs, as_json=as_json)
+        except _FutureInArguments:
+            # Pickled again, with the futures as numbered references: calls
+            # without futures never pay for a pickler written in Python.
             payload, parents = pack_call_with_parents(args, kwargs, _is_future)
             blob = None
-        else:
-            payload, blob = pack_call(args, kwargs, as_json=as_json)
         future = TaskFuture()
         future._executor = self
         if self._result_serializers is None:

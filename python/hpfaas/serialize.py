@@ -44,9 +44,6 @@ PICKLE_BLOB = "pb\n"
 # order the args' references number them (docs/api.md, "Dependencies").
 PARENT_RESULTS = "dr\n"
 _PARENT_TAG = "hpfaas-parent"
-# Containers looked into for futures, and how deep.
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-_MAX_DEPTH = 64
 
 PICKLE_PROTOCOL = 4
 
@@ -149,21 +146,6 @@ def serialize_or_blob(obj: Any, blob_min: Optional[int]) -> Tuple[str, Optional[
     if blob_min is not None and len(data) > blob_min:
         return f"{PICKLE_BLOB}{len(data)}", data
     return PICKLE + _b64(data), None
-
-
-def contains(obj: Any, is_ref: Callable[[Any], bool], depth: int = 0) -> bool:
-    """Whether `obj`, or anything in its lists, tuples, dicts (keys and values)
-    and sets, is a reference (`is_ref`)."""
-    if is_ref(obj):
-        return True
-    if depth >= _MAX_DEPTH or not isinstance(obj, _CONTAINERS):
-        return False
-    items = obj.items() if isinstance(obj, dict) else obj
-    for item in items:
-        pair = item if isinstance(obj, dict) else (item,)
-        if any(contains(x, is_ref, depth + 1) for x in pair):
-            return True
-    return False
 
 
 class RefPickler(pickle.Pickler):
