@@ -150,6 +150,31 @@ fn parents_finished_before_the_submit_release_it_at_once() {
     let tasks = page(&fx, fx.endpoint, 0);
     assert_eq!(tasks.len(), 1);
     assert_eq!(unpack(&tasks[0].1).unwrap()[2], "dr\n4\n11\n5");
+    succeed(&fx, &mut ctx, fx.endpoint, child, "11\n1");
+    // What the owner is charged for: the two results, no argument left over.
+    assert_eq!(usage(&fx), (0, 8));
+}
+
+#[test]
+fn a_released_dependent_leaves_no_usage_behind() {
+    let fx = fixture();
+    let parent = submit_n(&fx, Uuid::new_v4(), 1, 10)[0];
+    let child = submit_dep(&fx, fx.owner, fx.endpoint, &[parent]).unwrap();
+    let mut ctx = WriteCtx { next_result_seq: 1 };
+    succeed(&fx, &mut ctx, fx.endpoint, parent, "11\n5");
+    succeed(&fx, &mut ctx, fx.endpoint, child, "11\n1");
+    assert_eq!(usage(&fx), (0, 8));
+}
+
+/// The owner's (queued tasks, bytes) as counted.
+fn usage(fx: &Fixture) -> (i64, i64) {
+    fx.conn
+        .query_row(
+            "SELECT queued, bytes FROM user_usage WHERE user_id = ?1",
+            [fx.owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
 }
 
 #[test]

@@ -195,7 +195,7 @@ pub fn submit(conn: &Connection, ctx: &mut WriteCtx, s: &Submission) -> ApiResul
     )?;
     let (endpoint, group, created) = (s.endpoint.to_string(), s.group.to_string(), now());
     let mut parents = parents.into_iter().peekable();
-    let mut failed_any = false;
+    let (mut failed_any, mut grown) = (false, 0i64);
     for (index, t) in s.tasks.iter().enumerate() {
         let mut inline = if t.in_file && t.blob.is_none() {
             ""
@@ -235,10 +235,12 @@ pub fn submit(conn: &Connection, ctx: &mut WriteCtx, s: &Submission) -> ApiResul
         if let Some((all, left)) = waiting {
             dependencies::hold(conn, t.id, all, &left)?;
         }
-        let bytes = size(t) as i64
-            + spliced
-                .as_ref()
-                .map_or(0, |p| (p.len() - t.payload.len()) as i64);
+        // Parents' results spliced in are the task's arguments from now on.
+        let spliced_in = spliced
+            .as_ref()
+            .map_or(0, |p| (p.len() - t.payload.len()) as i64);
+        grown += spliced_in;
+        let bytes = size(t) as i64 + spliced_in;
         put_payload.execute(params![rid, inline, t.in_file, bytes])?;
         if let Some(message) = failed {
             failed_any = true;
@@ -249,7 +251,7 @@ pub fn submit(conn: &Connection, ctx: &mut WriteCtx, s: &Submission) -> ApiResul
     if failed_any {
         save_result_seq(conn, ctx)?;
     }
-    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
+    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64 + grown)?;
     if let Some(req) = &s.idempotency {
         idempotency::insert(conn, s.owner, req)?;
     }
