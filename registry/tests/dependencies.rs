@@ -105,3 +105,32 @@ fn references_are_checked_without_telling_whose_a_task_is() {
     .error(400, "bad_request");
     submit(&alice, &ep, &f, json!({"other": [[parent.to_string()]]})).error(400, "bad_request");
 }
+
+#[test]
+fn a_fan_in_with_arguments_over_the_payload_file_size_is_held_and_released_whole() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let f = alice.register_function("f");
+    let (ep, cred) = alice.register_endpoint("ep");
+    let args = pack(&["11\n[]", "11\n{}"]);
+    let parent = task_ids(&alice.submit(&ep, json!({f.clone(): [args.clone()]})), &f)[0];
+    // A fan-in's arguments hold a reference per parent: easily over 64 KiB.
+    let big = pack(&[format!("11\n[{}0]", "0,".repeat(50_000)), "11\n{}".into()]);
+    let answer = alice
+        .post(
+            &format!("/v3/endpoints/{ep}/submit"),
+            &json!({"tasks": {f.clone(): [big.clone()]},
+                    "depends_on": {f.clone(): [[parent.to_string()]]}}),
+        )
+        .ok();
+    let child = task_ids(&answer, &f)[0];
+    let mut agent = Agent::online(svc.addr, &ep, &cred, "node1");
+    let (sent, _) = agent.recv_tasks(1);
+    assert_eq!(sent[0].task_id, parent);
+    agent.send(&AgentMessage::Results {
+        results: vec![success(parent, "11\n1")],
+    });
+    let (sent, _) = agent.recv_tasks(1);
+    assert_eq!(sent[0].task_id, child);
+    assert_eq!(sent[0].payload, format!("{big}{}", pack(&["dr\n4\n11\n1"])));
+}

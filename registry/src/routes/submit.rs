@@ -433,10 +433,15 @@ pub async fn submit(
         let mut ids = Vec::with_capacity(payloads.len());
         for (payload, blob) in payloads.into_iter().zip(blobs) {
             let id = Uuid::new_v4();
+            // A dependent's arguments stay in its row, however large (a
+            // fan-in's references): its payload is rewritten on release.
+            let dependent = dependencies
+                .binary_search_by_key(&new_tasks.len(), |(i, _)| *i)
+                .is_ok();
             new_tasks.push(NewTask {
                 id,
                 function,
-                in_file: blob.is_some() || payload.len() > INLINE_MAX,
+                in_file: blob.is_some() || (!dependent && payload.len() > INLINE_MAX),
                 payload,
                 blob,
             });

@@ -275,10 +275,8 @@ fn check_dependencies<'a>(
         }
         if task.in_file {
             return Err(ApiError::bad_request(format!(
-                "task index {index} has depends_on but its arguments are over {} bytes or \
-                 a blob; a dependent task's own arguments must be small (its parents' \
-                 results are what it may receive in bulk)",
-                crate::db::payload_files::INLINE_MAX
+                "task index {index} has depends_on and its arguments are a blob (pb\\n); \
+                 a dependent task's arguments must be in its payload text"
             )));
         }
         out.push((
