@@ -156,10 +156,11 @@ pub fn held_rid(conn: &Connection) -> ApiResult<i64> {
 pub fn hold(conn: &Connection, child: Uuid, parents: &[Uuid], waiting: &[Uuid]) -> ApiResult<()> {
     let all: Vec<String> = parents.iter().map(Uuid::to_string).collect();
     let child = child.to_string();
-    conn.prepare_cached("INSERT INTO held_tasks (id, waiting, parents) VALUES (?1, ?2, ?3)")?
+    conn.prepare_cached("INSERT INTO held_tasks (id, waiting) VALUES (?1, ?2)")?
+        .execute(params![child, waiting.len() as i64])?;
+    conn.prepare_cached("INSERT INTO held_parents (id, parents) VALUES (?1, ?2)")?
         .execute(params![
             child,
-            waiting.len() as i64,
             serde_json::to_string(&all).unwrap_or_default()
         ])?;
     let mut edge =
@@ -192,6 +193,8 @@ pub fn take_children(conn: &Connection, parent: Uuid) -> ApiResult<Vec<Uuid>> {
 pub fn forget(conn: &Connection, child: Uuid) -> ApiResult<()> {
     conn.prepare_cached("DELETE FROM held_tasks WHERE id = ?1")?
         .execute([child.to_string()])?;
+    conn.prepare_cached("DELETE FROM held_parents WHERE id = ?1")?
+        .execute([child.to_string()])?;
     Ok(())
 }
 
@@ -199,19 +202,22 @@ pub fn forget(conn: &Connection, child: Uuid) -> ApiResult<()> {
 /// the child is released (see the module's comment) and its endpoint
 /// returned, to be woken.
 pub fn parent_succeeded(conn: &Connection, child: Uuid) -> ApiResult<Option<Uuid>> {
-    let row: Option<(i64, String)> = conn
+    let waiting: Option<i64> = conn
         .prepare_cached(
-            "UPDATE held_tasks SET waiting = waiting - 1 WHERE id = ?1 RETURNING waiting, parents",
+            "UPDATE held_tasks SET waiting = waiting - 1 WHERE id = ?1 RETURNING waiting",
         )?
-        .query_row([child.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([child.to_string()], |r| r.get(0))
         .optional()?;
-    match row {
-        Some((0, parents)) => {
-            forget(conn, child)?;
-            release(conn, child, &parents)
-        }
-        _ => Ok(None),
+    if waiting != Some(0) {
+        return Ok(None);
     }
+    let parents: String = conn
+        .prepare_cached("SELECT parents FROM held_parents WHERE id = ?1")?
+        .query_row([child.to_string()], |r| r.get(0))
+        .optional()?
+        .unwrap_or_else(|| "[]".into());
+    forget(conn, child)?;
+    release(conn, child, &parents)
 }
 
 /// Splices the parents' results into held task `child` and queues it.

@@ -225,15 +225,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_fetched ON tasks(stored) WHERE done = 1 AND result_fate = 1;
     "#,
     // 11: task dependencies (db/dependencies.rs). A held task waits for
-    // `waiting` parents (`parents`: a JSON array of every parent's id, in
-    // the order the worker receives their results); `task_dependents` finds
-    // a finished parent's children without a scan of the held tasks.
+    // `waiting` parents; `held_parents` keeps every parent's id (a JSON
+    // array, in the order the worker receives their results) in a row of
+    // its own, so that counting a parent down does not rewrite a fan-in's
+    // list; `task_dependents` finds a finished parent's children without a
+    // scan of the held tasks.
     r#"
     CREATE TABLE held_tasks (
         id      TEXT PRIMARY KEY,
-        waiting INTEGER NOT NULL,
-        parents TEXT NOT NULL
+        waiting INTEGER NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE held_parents (
+        id      TEXT PRIMARY KEY,
+        parents TEXT NOT NULL
+    );
     CREATE TABLE task_dependents (
         parent TEXT NOT NULL,
         child  TEXT NOT NULL,

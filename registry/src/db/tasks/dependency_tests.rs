@@ -216,7 +216,8 @@ fn a_failed_parent_fails_its_dependents_recursively_naming_it() {
     let left: i64 = fx
         .conn
         .query_row(
-            "SELECT (SELECT COUNT(*) FROM held_tasks) + (SELECT COUNT(*) FROM task_dependents)",
+            "SELECT (SELECT COUNT(*) FROM held_tasks) + (SELECT COUNT(*) FROM held_parents) \
+             + (SELECT COUNT(*) FROM task_dependents)",
             [],
             |r| r.get(0),
         )
