@@ -36,15 +36,18 @@ MIB = 1 << 20
 WORKERS = 2
 SLEEP_S = 0.01
 SYSTEMS = ("hpfaas", "htex")
-WORKLOADS = ("startup", "noop", "latency", "sleep", "payload", "shell", "dispatch", "scale")
+WORKLOADS = ("startup", "noop", "latency", "sleep", "payload", "shell", "chain", "fanin",
+             "dispatch", "scale")
 ENGINE_WORKLOADS = ("dispatch", "scale")  # hpfaas only: the broker_bench example
 
 # Task counts per workload; `shell_htex` is the bash_app count on HTEX.
 SIZES = {
     "full": {"noop": 20_000, "noop_runs": 3, "latency": 500, "sleep": 2_000, "payload": 200,
-             "shell": 20_000, "shell_htex": 20_000, "spawn_s": 3.0, "timeout": 900},
+             "shell": 20_000, "shell_htex": 20_000, "spawn_s": 3.0, "timeout": 900,
+             "chain": 10_000, "fanin": 10_000},
     "smoke": {"noop": 500, "noop_runs": 1, "latency": 50, "sleep": 100, "payload": 20,
-              "shell": 500, "shell_htex": 500, "spawn_s": 0.5, "timeout": 120},
+              "shell": 500, "shell_htex": 500, "spawn_s": 0.5, "timeout": 120,
+              "chain": 100, "fanin": 100},
 }
 # broker_bench arguments: processes, managers per process, slots, tasks.
 BROKER = {
@@ -225,8 +228,37 @@ def measure_spawn_ceiling(seconds):
     return sum(int(spawns) / float(elapsed) for spawns, elapsed in map(str.split, outputs))
 
 
+def run_chain(runner, sizes, _):
+    """`chain`: N tasks each taking the one before's future as its argument,
+    all submitted at once (none waits for a result on the client); first
+    submit to the last result. Each link is one dependent dispatch."""
+    n = sizes["chain"]
+    runner.call(workloads.inc, -1)
+    t0 = time.perf_counter()
+    future = runner.submit(workloads.inc, 0)
+    for _ in range(n - 1):
+        future = runner.submit(workloads.inc, future)
+    result = future.result(timeout=runner.timeout)
+    seconds = time.perf_counter() - t0
+    check(result == n, f"chain: the last link returned {result!r}, not {n}")
+    return {"tasks": n, "seconds": seconds, "tasks_per_s": n / seconds}
+
+
+def run_fanin(runner, sizes, _):
+    """`fanin`: N identity calls and one task taking all N futures as its
+    arguments; first submit to the fan-in's result."""
+    n = sizes["fanin"]
+    runner.call(workloads.ident, -1)
+    t0 = time.perf_counter()
+    parents = [runner.submit(workloads.ident, i) for i in range(n)]
+    result = runner.submit(workloads.count_args, *parents).result(timeout=runner.timeout)
+    seconds = time.perf_counter() - t0
+    check(result == n, f"fanin: the last task saw {result!r} results, not {n}")
+    return {"tasks": n + 1, "seconds": seconds, "tasks_per_s": (n + 1) / seconds}
+
+
 TIMED = {"noop": run_noop, "latency": run_latency, "sleep": run_sleep,
-         "payload": run_payload, "shell": run_shell}
+         "payload": run_payload, "shell": run_shell, "chain": run_chain, "fanin": run_fanin}
 
 
 def run_timed(runner, selected, sizes, ceilings, results):
@@ -577,6 +609,10 @@ def rows(results, mode):
         ("shell", "spawn ceiling/s (2 procs)", "spawn_ceiling_per_s", "{:,.0f}", True, "", None),
         ("shell", "% of spawn ceiling", "pct_of_ceiling", "{:.1f}", True, "≥ 80 %",
          lambda v, r: v >= 80),
+        ("chain", "tasks/s (each the next's argument)", "tasks_per_s", "{:,.0f}", True, "",
+         None),
+        ("fanin", "tasks/s (one task on all results)", "tasks_per_s", "{:,.0f}", True, "",
+         None),
         ("dispatch", f"tasks/s ({engine['dispatch']})", "tasks_per_s", "{:,.0f}", True,
          "≥ 200,000",
          lambda v, r: v >= 200_000),

@@ -28,3 +28,14 @@ def length(data):
 def true_cmd():
     """The command line `true`, for Parsl's `bash_app` (hpfaas runs `ShellFunction("true")`)."""
     return "true"
+
+
+def inc(x):
+    """Its argument plus one: each link of the chain workload."""
+    return x + 1
+
+
+def count_args(*xs):
+    """How many arguments it got (the fan-in workload's last task: the
+    results of every parent)."""
+    return len(xs)

@@ -47,8 +47,8 @@ pub enum TaskCommand {
 /// Filters of `task list`.
 #[derive(clap::Args)]
 pub struct ListArgs {
-    /// Only tasks in this state (received, waiting-for-ep, waiting-for-nodes,
-    /// waiting-for-launch, running, success, failed, cancelled).
+    /// Only tasks in this state (received, waiting-for-ep, waiting-for-dependencies,
+    /// waiting-for-nodes, waiting-for-launch, running, success, failed, cancelled).
     #[arg(long)]
     status: Option<String>,
     /// Only tasks on this endpoint: its id, or the name of a local endpoint.

@@ -39,11 +39,14 @@ pub enum SystemFailure {
     ShellFunctionError,
     /// An MPI function's launch failed or exited non-zero.
     MpiFunctionError,
+    /// A task this one depends on failed or was lost; the message names it
+    /// and its error.
+    DependencyFailed,
 }
 
 impl SystemFailure {
     /// Every failure, for tests and documentation.
-    pub const ALL: [SystemFailure; 14] = [
+    pub const ALL: [SystemFailure; 15] = [
         SystemFailure::WorkerLost,
         SystemFailure::ManagerLost,
         SystemFailure::TaskTimeout,
@@ -58,6 +61,7 @@ impl SystemFailure {
         SystemFailure::WorkerProtocolError,
         SystemFailure::ShellFunctionError,
         SystemFailure::MpiFunctionError,
+        SystemFailure::DependencyFailed,
     ];
 
     /// The exception type name users see.
@@ -77,6 +81,7 @@ impl SystemFailure {
             SystemFailure::WorkerProtocolError => "WorkerProtocolError",
             SystemFailure::ShellFunctionError => "ShellFunctionError",
             SystemFailure::MpiFunctionError => "MPIFunctionError",
+            SystemFailure::DependencyFailed => "DependencyFailed",
         }
     }
 

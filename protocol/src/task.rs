@@ -14,6 +14,9 @@ pub enum TaskState {
     Received,
     /// Stored by the service; its endpoint is offline.
     WaitingForEp,
+    /// Held by the service until every task it depends on has succeeded
+    /// (docs/api.md, "Dependencies").
+    WaitingForDependencies,
     /// Journaled by the endpoint; no manager is connected yet, or (an MPI
     /// task) not enough nodes of one block are free.
     WaitingForNodes,
@@ -31,9 +34,10 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Received,
         TaskState::WaitingForEp,
+        TaskState::WaitingForDependencies,
         TaskState::WaitingForNodes,
         TaskState::WaitingForLaunch,
         TaskState::Running,
@@ -47,6 +51,7 @@ impl TaskState {
         match self {
             TaskState::Received => "received",
             TaskState::WaitingForEp => "waiting-for-ep",
+            TaskState::WaitingForDependencies => "waiting-for-dependencies",
             TaskState::WaitingForNodes => "waiting-for-nodes",
             TaskState::WaitingForLaunch => "waiting-for-launch",
             TaskState::Running => "running",

@@ -20,6 +20,7 @@ from hpfaas.version import __version__
 if TYPE_CHECKING:
     from hpfaas.client import Client, TaskOutput
     from hpfaas.errors import (
+        DependencyFailed,
         HpfaasError,
         HTTPError,
         IncompatibleService,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 # (about 30 ms) at every start.
 _EXPORTS = {
     "Client": "hpfaas.client",
+    "DependencyFailed": "hpfaas.errors",
     "Executor": "hpfaas.executor",
     "HpfaasError": "hpfaas.errors",
     "HTTPError": "hpfaas.errors",
@@ -57,6 +59,7 @@ _EXPORTS = {
 
 __all__ = [
     "Client",
+    "DependencyFailed",
     "Executor",
     "HpfaasError",
     "HTTPError",

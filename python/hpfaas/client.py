@@ -41,6 +41,7 @@ from hpfaas.serialize import (
     serialize_function,
     serialize_json,
     serialize_or_blob,
+    serialize_with_refs,
     unpack,
 )
 from hpfaas.shell import ShellFunction
@@ -103,6 +104,18 @@ def pack_call(
         first, blob = serialize_or_blob(tuple(args), blob_min)
     encode = serialize_json if as_json else serialize
     return pack([first, encode(dict(kwargs)) if kwargs else _no_kwargs(as_json)]), blob
+
+
+def pack_call_with_parents(
+    args: Iterable, kwargs: Optional[dict], is_ref: Callable[[Any], bool]
+) -> Tuple[str, List[Any]]:
+    """Packed arguments in which each object `is_ref` accepts (a future) is a
+    numbered reference, with those objects in number order: the service
+    hands the worker their tasks' results in their place."""
+    refs: List[Any] = []
+    first = serialize_with_refs(tuple(args), is_ref, refs)
+    rest = serialize_with_refs(dict(kwargs), is_ref, refs) if kwargs else _no_kwargs(False)
+    return pack([first, rest]), refs
 
 
 @functools.cache
@@ -286,6 +299,8 @@ class Batch:
         # The payloads of `tasks` as JSON strings (`encode_payload`), and their blobs.
         self._encoded: Dict[str, List[str]] = {}
         self._blobs: Dict[str, List[Optional[bytes]]] = {}
+        # Each task's parents' ids (None: it has none), for `depends_on`.
+        self._parents: Dict[str, List[Optional[List[str]]]] = {}
         self._has_blobs = False
         #: Bytes the payloads take in the request body, to keep it under the service's limit.
         self.payload_size = 0
@@ -302,17 +317,21 @@ class Batch:
         payload: str,
         encoded: Optional[str] = None,
         blob: Optional[bytes] = None,
+        parents: Optional[List[str]] = None,
     ) -> None:
         """Add a call whose arguments are already packed (`pack_arguments`,
         or `pack_call` with the blob it returned).
 
-        `encoded` is its `encode_payload`, when the caller has it already.
+        `encoded` is its `encode_payload`, when the caller has it already;
+        `parents` the ids of the tasks its references name, in their order
+        (`pack_call_with_parents`).
         """
         if encoded is None:
             encoded = encode_payload(payload)
         self.tasks.setdefault(function_id, []).append(payload)
         self._encoded.setdefault(function_id, []).append(encoded)
         self._blobs.setdefault(function_id, []).append(blob)
+        self._parents.setdefault(function_id, []).append(parents)
         self.payload_size += len(encoded) + (len(blob) if blob is not None else 0)
         self._has_blobs = self._has_blobs or blob is not None
 
@@ -329,6 +348,8 @@ class Batch:
             options["resource_specification"] = self.resource_specification
         if self.result_serializers is not None:
             options["result_serializers"] = self.result_serializers
+        if any(p is not None for ps in self._parents.values() for p in ps):
+            options["depends_on"] = self._parents
         return options
 
     def prepare(self) -> dict:

@@ -126,5 +126,14 @@ class UntrustedResult(HpfaasError):
         return (type(self), (self.task_id, self.endpoint_id))
 
 
+class DependencyFailed(TaskExecutionFailed):
+    """A task this one depends on (a future passed as an argument) failed, so
+    it never ran; the message names that task and its error."""
+
+
 #: The `TaskExecutionFailed` subclass raised for a task's `exception_type`.
-EXCEPTION_TYPES = {"TaskCancelled": TaskCancelled, "ResultExpired": ResultExpired}
+EXCEPTION_TYPES = {
+    "TaskCancelled": TaskCancelled,
+    "ResultExpired": ResultExpired,
+    "DependencyFailed": DependencyFailed,
+}

@@ -22,7 +22,15 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from hpfaas.client import JSON_FIRST, Client, TaskOutput, encode_payload, pack_call, task_result
+from hpfaas.client import (
+    JSON_FIRST,
+    Client,
+    TaskOutput,
+    encode_payload,
+    pack_call,
+    pack_call_with_parents,
+    task_result,
+)
 from hpfaas.errors import HpfaasError, HTTPError
 from hpfaas.mpi import MPIFunction, validate_resource_specification
 from hpfaas.stream import ResultStream
@@ -38,6 +46,10 @@ MAX_PRIORITY = 1000
 MAX_BATCH_CHARS = 8 * 1024 * 1024
 
 
+class _FutureInArguments(Exception):
+    """A `TaskFuture` was met while a call's arguments were pickled."""
+
+
 class TaskFuture(concurrent.futures.Future):
     """The future of one task; `task_id` is set once the task has been submitted.
 
@@ -50,6 +62,18 @@ class TaskFuture(concurrent.futures.Future):
     _executor: Optional["Executor"] = None
     # Set from the task document before the future resolves.
     _output: TaskOutput = TaskOutput()
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Set once the task has an id, or will never get one (its submit
+        # failed, or it was cancelled before it was sent): what a dependent
+        # call waits for before it is sent.
+        self._sent = threading.Event()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Met while a call's arguments are pickled: `Executor.submit` then
+        # sends the call with this future as a reference to its task.
+        raise _FutureInArguments()
 
     def output(self, timeout: Optional[float] = None) -> TaskOutput:
         """What the task wrote to ``sys.stdout``/``sys.stderr`` (`TaskOutput`),
@@ -106,6 +130,7 @@ class _Submission(NamedTuple):
     encoded: str  # encode_payload(payload)
     blob: Optional[bytes]  # large pickled args, sent raw (pack_call)
     resource_specification: Optional[dict]  # as it was when submitted
+    parents: Optional[List[TaskFuture]] = None  # futures among the arguments, in reference order
 
 
 # Queued by `shutdown` after the last submission, once per submitter thread:
@@ -119,6 +144,21 @@ SUBMIT_THREADS = 2
 
 #: Most task ids in one status request of `reload_tasks`.
 STATUS_CHUNK = 10_000
+
+
+def _is_future(obj: Any) -> bool:
+    return isinstance(obj, TaskFuture)
+
+
+def _parents_sent(parents: List[TaskFuture], wait: bool) -> bool:
+    """Whether every parent has a task id; with `wait`, first wait until each
+    has one or never will."""
+    for parent in parents:
+        if wait:
+            parent._sent.wait()
+        if parent.task_id is None:
+            return False
+    return True
 
 
 def _resolve(future: TaskFuture, doc: dict, may_unpickle: Callable[[Optional[str]], bool]) -> None:
@@ -229,7 +269,13 @@ class Executor(concurrent.futures.Executor):
     # -- the concurrent.futures.Executor interface ------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
-        """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use."""
+        """Run `fn(*args, **kwargs)` on the endpoint; registers `fn` on first use.
+
+        A `TaskFuture` anywhere in the arguments (inside lists, tuples, dicts
+        and sets too) is replaced by its task's result where the call runs:
+        the call is sent at once, the service holds it until those tasks have
+        succeeded, and it fails with `DependencyFailed` if one of them fails.
+        """
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         # Copied now: a later change of the specification is for later submits.
@@ -242,7 +288,14 @@ class Executor(concurrent.futures.Executor):
         # Shell functions are run by the manager, which reads JSON, not pickle;
         # the client that registered `fn` knows which ids are shell functions.
         as_json = self.client.is_shell_function(function_id)
-        payload, blob = pack_call(args, kwargs, as_json=as_json)
+        parents = None
+        try:
+            payload, blob = pack_call(args, kwargs, as_json=as_json)
+        except _FutureInArguments:
+            # Pickled again, with the futures as numbered references: calls
+            # without futures never pay for a pickler written in Python.
+            payload, parents = pack_call_with_parents(args, kwargs, _is_future)
+            blob = None
         future = TaskFuture()
         future._executor = self
         if self._result_serializers is None:
@@ -267,6 +320,7 @@ class Executor(concurrent.futures.Executor):
                     encode_payload(payload, not as_json),
                     blob,
                     spec,
+                    parents,
                 )
             )
         return future
@@ -309,6 +363,7 @@ class Executor(concurrent.futures.Executor):
                         future = TaskFuture()
                         future._executor = self
                         future.task_id = task["id"]
+                        future._sent.set()
                         future.set_running_or_notify_cancel()
                         new.append(future)
                     futures.append(future)
@@ -350,6 +405,7 @@ class Executor(concurrent.futures.Executor):
             if item is not _STOP and item.future.cancel():
                 # Only this call lets `concurrent.futures.wait` see the cancellation.
                 item.future.set_running_or_notify_cancel()
+                item.future._sent.set()
 
     def _submit_loop(self) -> None:
         carried = None
@@ -365,9 +421,31 @@ class Executor(concurrent.futures.Executor):
             )
             sent: List[_Submission] = []
             while True:
+                # A dependent call goes with the ids of its parents: one whose
+                # parent is still unsent (in this batch, say) starts the next
+                # batch, and the first call of a batch waits for its parents'
+                # submits (not for them to run). Parents were queued earlier,
+                # so they never wait for it.
+                if item.parents and sent and not _parents_sent(item.parents, wait=False):
+                    carried = item
+                    break
+                ready = not item.parents or _parents_sent(item.parents, wait=True)
                 # A future cancelled while queued is dropped; from here on it cannot be.
-                if item.future.set_running_or_notify_cancel():
-                    batch.add_payload(item.function_id, item.payload, item.encoded, item.blob)
+                if not item.future.set_running_or_notify_cancel():
+                    item.future._sent.set()
+                elif not ready:
+                    item.future._sent.set()
+                    item.future.set_exception(
+                        HpfaasError(
+                            "a future this call depends on was never submitted"
+                            " (its submit failed or it was cancelled first)"
+                        )
+                    )
+                else:
+                    parent_ids = [p.task_id for p in item.parents] if item.parents else None
+                    batch.add_payload(
+                        item.function_id, item.payload, item.encoded, item.blob, parent_ids
+                    )
                     sent.append(item)
                 if len(sent) >= self.batch_size:
                     break
@@ -406,8 +484,10 @@ class Executor(concurrent.futures.Executor):
                     raise HpfaasError(
                         f"the service returned too few task ids for {item.function_id}"
                     )
+                item.future._sent.set()
         except Exception as exc:
             for item in sent:
+                item.future._sent.set()
                 item.future.set_exception(exc)
             return
         self._track([item.future for item in sent])

@@ -39,6 +39,11 @@ SHELL_RESULT = "sr\n"
 # hpfaas: an args buffer whose pickle travels raw beside the payload text (the
 # task's blob); the buffer holds the blob's length in bytes (docs/api.md).
 PICKLE_BLOB = "pb\n"
+# hpfaas: the third buffer of a dependent task's payload, appended by the
+# service when the task is released: its parents' results, packed, in the
+# order the args' references number them (docs/api.md, "Dependencies").
+PARENT_RESULTS = "dr\n"
+_PARENT_TAG = "hpfaas-parent"
 
 PICKLE_PROTOCOL = 4
 
@@ -141,6 +146,62 @@ def serialize_or_blob(obj: Any, blob_min: Optional[int]) -> Tuple[str, Optional[
     if blob_min is not None and len(data) > blob_min:
         return f"{PICKLE_BLOB}{len(data)}", data
     return PICKLE + _b64(data), None
+
+
+class RefPickler(pickle.Pickler):
+    """A pickler that writes each object `is_ref` accepts as a numbered
+    reference (a persistent id), collecting them in `refs` in order; the
+    worker puts the referenced task's result in its place."""
+
+    def __init__(self, file: Any, is_ref: Callable[[Any], bool], refs: List[Any]) -> None:
+        super().__init__(file, protocol=PICKLE_PROTOCOL)
+        self._is_ref = is_ref
+        self.refs = refs
+        # By identity: `refs` keeps each object alive, so its id stays its own.
+        self._numbers = {id(ref): i for i, ref in enumerate(refs)}
+
+    def persistent_id(self, obj: Any) -> Any:
+        if not self._is_ref(obj):
+            return None
+        number = self._numbers.get(id(obj))
+        if number is None:
+            number = self._numbers[id(obj)] = len(self.refs)
+            self.refs.append(obj)
+        return (_PARENT_TAG, number)
+
+
+def serialize_with_refs(obj: Any, is_ref: Callable[[Any], bool], refs: List[Any]) -> str:
+    """`00\n` + base64 of a pickle of `obj` with its references numbered
+    (`RefPickler`), appended to `refs`."""
+    import io
+
+    buffer = io.BytesIO()
+    RefPickler(buffer, is_ref, refs).dump(obj)
+    return PICKLE + _b64(buffer.getvalue())
+
+
+def deserialize_with_parents(buffer: str, results: List[Any]) -> Any:
+    """Decode a buffer whose references (`serialize_with_refs`) become the
+    parents' results, by number."""
+    if buffer[:3] != PICKLE:
+        return deserialize(buffer)
+    import io
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            if (
+                isinstance(pid, tuple)
+                and len(pid) == 2
+                and pid[0] == _PARENT_TAG
+                and isinstance(pid[1], int)
+                and 0 <= pid[1] < len(results)
+            ):
+                return results[pid[1]]
+            raise pickle.UnpicklingError(
+                f"the arguments name parent result {pid!r}; the task received {len(results)}"
+            )
+
+    return _Unpickler(io.BytesIO(base64.b64decode(buffer[3:]))).load()
 
 
 def deserialize_blob(buffer: str, blob: Optional[memoryview]) -> Any:

@@ -25,9 +25,11 @@ from hpfaas.serialize import (
     ALL_DATA,
     JSON,
     PICKLE,
+    PARENT_RESULTS,
     PICKLE_BLOB,
     deserialize,
     deserialize_blob,
+    deserialize_with_parents,
     result_strategy,
     serialize,
     serialize_all_data,
@@ -111,6 +113,13 @@ def _enter_sandbox(directory: Optional[str]) -> Optional[str]:
 
 def _decode_arguments(payload: str, blob: Optional[memoryview]) -> tuple:
     buffers = unpack(payload)
+    if len(buffers) == 3 and buffers[2].startswith(PARENT_RESULTS):
+        # A dependent task: the service appended its parents' results.
+        results = [deserialize(b) for b in unpack(buffers[2][len(PARENT_RESULTS) :])]
+        return (
+            deserialize_with_parents(buffers[0], results),
+            deserialize_with_parents(buffers[1], results),
+        )
     if len(buffers) != 2:
         raise ValueError(f"a task payload packs 2 buffers (args, kwargs), not {len(buffers)}")
     first, kwargs = buffers

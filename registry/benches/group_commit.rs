@@ -99,10 +99,11 @@ impl Fixture {
                 resource_spec: None,
                 idempotency: None,
                 quota: Default::default(),
+                depends_on: Vec::new(),
             };
             pending.push(
                 self.db
-                    .enqueue(move |c, _| tasks::submit(c, &submission))
+                    .enqueue(move |c, ctx| tasks::submit(c, ctx, &submission))
                     .unwrap(),
             );
         }

@@ -849,6 +849,9 @@ fn store_results(
                         seq: r.seq,
                         row: r.row.clone(),
                     });
+                    for released in &r.released {
+                        live.poke(*released);
+                    }
                     metrics.end_to_end(now - r.created);
                     failed += u64::from(r.state == TaskState::Failed);
                 }
@@ -867,14 +870,17 @@ fn store_results(
         match committed.await {
             Ok(Ok(stored)) => {
                 for r in &stored {
-                    let exc_type = ended.get(&r.task).cloned().flatten();
-                    // By the stored state: a cached call's waiters are not
-                    // among the agent's results but end with them.
-                    let how = if r.state == TaskState::Failed {
-                        "failed"
-                    } else {
-                        "success"
-                    };
+                    // Tasks that ended with these (a cached call's waiters,
+                    // dependents failed with their parent) are not among the
+                    // agent's results: their stored row, else their state.
+                    let failed = r.state == TaskState::Failed;
+                    let exc_type = ended.get(&r.task).cloned().flatten().or_else(|| {
+                        let stored = r.row.as_ref().and_then(|row| row.exc_type.clone());
+                        stored.or_else(|| {
+                            failed.then(|| SystemFailure::DependencyFailed.name().to_string())
+                        })
+                    });
+                    let how = if failed { "failed" } else { "success" };
                     audit.finished(r.task, how, exc_type.as_deref());
                 }
                 files.remove(stored.iter().filter(|r| r.payload_file).map(|r| r.task));

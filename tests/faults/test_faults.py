@@ -368,6 +368,52 @@ def test_kill_mid_run(rig, component):
                                                   "waiting-for-launch", "running")), statuses
 
 
+def inc(x):
+    return x + 1
+
+
+def total(values):
+    return sum(values)
+
+
+@pytest.mark.parametrize("rig", [1], indirect=True, ids=["service-retries1"])
+def test_kill_service_with_held_dependents(rig):
+    """Chains of dependent tasks and a fan-in over their ends, with the
+    service killed (SIGKILL) and restarted mid-run: held dependents and
+    their links are in its database, so every chain still ends with the
+    right value, and the fan-in sees every end."""
+    chains, length = 40, 25
+    client = Client(url=rig.url, token=rig.token)
+    start = time.monotonic()
+    ex = Executor(endpoint_id=rig.endpoint_id, client=client)
+    ends = [ex.submit(inc, i * 1000) for i in range(chains)]
+    futures = list(ends)
+    for _ in range(length - 1):
+        ends = [ex.submit(inc, f) for f in ends]
+        futures.extend(ends)
+    fan_in = ex.submit(total, ends)
+    futures.append(fan_in)
+
+    done_count = lambda: sum(f.done() for f in futures)  # noqa: E731
+    wait_until(lambda: done_count() >= len(futures) // 3, RUN_TIMEOUT, "a third of the results")
+    held = sum(
+        1 for d in client.get_taskgroup_tasks(ex.task_group_id)
+        if d.get("status") == "waiting-for-dependencies"
+    )
+    kill_service(rig)
+    done, not_done = concurrent.futures.wait(futures, timeout=RUN_TIMEOUT)
+    assert not not_done, (
+        f"{len(not_done)} of {len(futures)} futures unresolved after {RUN_TIMEOUT} s\n"
+        f"service log:\n{rig.log_tail('service.log')}"
+    )
+    ex.shutdown(wait=True)
+    elapsed = time.monotonic() - start
+    assert [f.result() for f in ends] == [i * 1000 + length for i in range(chains)]
+    assert fan_in.result() == sum(i * 1000 + length for i in range(chains))
+    print(f"\n[service, dependencies] {len(futures)} tasks, {held} held at the kill; {elapsed:.1f} s")
+    ROWS.append(("service (dependencies)", 1, len(futures), len(done), 0, 0, 0, elapsed))
+
+
 def teardown_module(module):
     if ROWS:
         print("\n| component | kills | tasks | results | of which failures naming it"

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::columns::uuid_col;
+use super::dependencies;
 use super::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::time::now;
@@ -118,9 +119,45 @@ fn cancel_waiters(
     Ok(())
 }
 
+/// Cancels the tasks that depend on `out[from..]`, and theirs in turn
+/// (appended to `out`): a task whose parent was cancelled can never run.
+fn cancel_dependents(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    out: &mut Vec<Cancelled>,
+    from: usize,
+    at: f64,
+) -> ApiResult<()> {
+    let mut rid = conn.prepare_cached("SELECT rid FROM tasks WHERE id = ?1 AND done = 0")?;
+    let mut next = from;
+    while next < out.len() {
+        let parent = out[next].task;
+        next += 1;
+        dependencies::forget(conn, parent)?;
+        for child in dependencies::take_children(conn, parent)? {
+            let Some(child_rid) = rid
+                .query_row([child.to_string()], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                continue;
+            };
+            let text = format!(
+                "cancelled because task {parent}, which it depends on, was cancelled at {} \
+                 (unix time {at:.3})",
+                crate::time::rfc3339(at)
+            );
+            let mut waiters = Vec::new();
+            out.extend(cancel_row(conn, ctx, child_rid, &text, at, &mut waiters)?);
+            out.append(&mut waiters);
+        }
+    }
+    Ok(())
+}
+
 /// Cancels `owner`'s task `id`: 404 if it is not theirs, 409 naming its
 /// state if it is final already. The task comes first, then the identical
-/// calls that waited for it, if any.
+/// calls that waited for it, if any, then the tasks depending on any of
+/// them, and theirs in turn.
 pub fn cancel_task(
     conn: &Connection,
     ctx: &mut WriteCtx,
@@ -139,15 +176,17 @@ pub fn cancel_task(
     };
     let at = now();
     let mut waiters = Vec::new();
-    let task = cancel_row(conn, ctx, rid, &message(user_name, at), at, &mut waiters)?.ok_or_else(
+    let first = cancel_row(conn, ctx, rid, &message(user_name, at), at, &mut waiters)?.ok_or_else(
         || {
             ApiError::conflict(format!(
                 "task {id} is already {state}; only a task that has not finished can be cancelled"
             ))
         },
     )?;
-    waiters.insert(0, task);
-    Ok(waiters)
+    let mut out = vec![first];
+    out.append(&mut waiters);
+    cancel_dependents(conn, ctx, &mut out, 0, at)?;
+    Ok(out)
 }
 
 /// Cancels up to `limit` non-final tasks of `owner`'s group after `after_rid`
@@ -182,6 +221,7 @@ pub fn cancel_group_page(
         out.extend(cancel_row(conn, ctx, *rid, &text, at, &mut waiters)?);
         out.append(&mut waiters);
     }
+    cancel_dependents(conn, ctx, &mut out, 0, at)?;
     let next = (rids.len() == limit).then(|| rids.last().copied().unwrap_or(after_rid));
     Ok((out, next))
 }

@@ -118,7 +118,8 @@ pub struct AtSubmit {
 /// function is cached: a fresh entry (stored within `ttl_secs`) ends the
 /// task at once with its result; an entry still being computed makes the
 /// task wait for it; no entry makes the task its leader. Functions that are
-/// not cached cost one lookup of their row each.
+/// not cached cost one lookup of their row each. Tasks with parents are
+/// left out.
 pub fn at_submit(
     conn: &Connection,
     ctx: &mut WriteCtx,
@@ -131,7 +132,18 @@ pub fn at_submit(
     // its body): one lookup per group, linear however many functions it names.
     let mut current: Option<(Uuid, Option<Vec<u8>>)> = None;
     let at = now();
-    for t in &s.tasks {
+    // A dependent's arguments are not known until its parents finish
+    // (`db::dependencies`): it is never looked up, nor waited for.
+    let dependents: std::collections::HashSet<usize> = s
+        .depends_on
+        .iter()
+        .filter(|(_, parents)| !parents.is_empty())
+        .map(|(i, _)| *i)
+        .collect();
+    for (index, t) in s.tasks.iter().enumerate() {
+        if dependents.contains(&index) {
+            continue;
+        }
         let code = match &current {
             Some((f, h)) if *f == t.function => h.clone(),
             _ => {
@@ -499,6 +511,7 @@ mod tests {
             resource_spec: None,
             idempotency: None,
             quota: Default::default(),
+            depends_on: Vec::new(),
         };
         let mut ctx = WriteCtx { next_result_seq: 1 };
         let started = Instant::now();

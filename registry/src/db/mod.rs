@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod columns;
+pub mod dependencies;
 pub mod events;
 pub mod function_defaults;
 pub mod idempotency;

@@ -260,6 +260,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX memo_pending ON memo(task_id) WHERE result IS NULL;
     CREATE INDEX memo_by_age ON memo(stored) WHERE result IS NOT NULL;
     "#,
+    // 13: task dependencies (db/dependencies.rs). A held task waits for
+    // `waiting` parents; `held_parents` keeps every parent's id (a JSON
+    // array, in the order the worker receives their results) in a row of
+    // its own, so that counting a parent down does not rewrite a fan-in's
+    // list; `task_dependents` finds a finished parent's children without a
+    // scan of the held tasks.
+    r#"
+    CREATE TABLE held_tasks (
+        id      TEXT PRIMARY KEY,
+        waiting INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE held_parents (
+        id      TEXT PRIMARY KEY,
+        parents TEXT NOT NULL
+    );
+    CREATE TABLE task_dependents (
+        parent TEXT NOT NULL,
+        child  TEXT NOT NULL,
+        PRIMARY KEY (parent, child)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

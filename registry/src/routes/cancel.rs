@@ -76,7 +76,8 @@ pub async fn cancel_group(
 ) -> ApiResult<axum::Json<Value>> {
     let group = parse_id("task group", &raw)?;
     require_group_owner(&state, &user, group, &raw).await?;
-    let mut cursor = 0i64;
+    // Held tasks (waiting for dependencies) have negative rids.
+    let mut cursor = i64::MIN;
     let mut total = 0usize;
     loop {
         let name = user.name.clone();

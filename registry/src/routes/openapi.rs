@@ -342,6 +342,9 @@ pub mod schemas {
                 "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
                 "result_serializers": {"type": "array", "items": s()},
                 "resource_specification": any_object(), "user_endpoint_config": any_object(),
+                // hpfaas: per task of `tasks` (same key, same position), its parents.
+                "depends_on": {"type": "object", "additionalProperties": {"type": "array",
+                    "items": {"type": "array", "nullable": true, "items": id()}}},
             }),
         )
     }

@@ -261,7 +261,7 @@ mod tests {
             .collect();
         let endpoint = state
             .db
-            .write(move |c, _| {
+            .write(move |c, ctx| {
                 let owner = catalog::ensure_user(c, "alice")?;
                 let reg = EndpointRegistration {
                     id: None,
@@ -284,6 +284,7 @@ mod tests {
                 catalog::insert_function(c, owner, &f)?;
                 db_tasks::submit(
                     c,
+                    ctx,
                     &Submission {
                         owner,
                         endpoint,
@@ -295,6 +296,7 @@ mod tests {
                         resource_spec: None,
                         idempotency: None,
                         quota: Default::default(),
+                        depends_on: Vec::new(),
                     },
                 )?;
                 Ok(endpoint)

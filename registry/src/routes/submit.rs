@@ -14,7 +14,7 @@
 //! "Binary arguments").
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -64,6 +64,9 @@ pub struct SubmitBody {
     pub resource_specification: Option<Map<String, Value>>,
     /// Idempotency key given in the body.
     pub idempotency_key: Option<String>,
+    /// `{function_id: [[parent task id, ...] or null, ...]}`: the tasks each
+    /// task of `tasks` (same key, same position) depends on (hpfaas).
+    pub depends_on: Option<HashMap<String, Vec<Option<Vec<Uuid>>>>>,
 }
 
 /// Reads a submit body, refusing more than `max_tasks` tasks with `413`
@@ -126,6 +129,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
                 "result_serializers" => body.result_serializers = map.next_value()?,
                 "resource_specification" => body.resource_specification = map.next_value()?,
                 "idempotency_key" => body.idempotency_key = map.next_value()?,
+                "depends_on" => body.depends_on = map.next_value()?,
                 "create_queue" => {
                     let _: Option<bool> = map.next_value()?;
                 }
@@ -398,7 +402,26 @@ pub async fn submit(
     let mut seen = HashSet::new();
     let mut new_tasks = Vec::new();
     let mut echo = Map::new();
+    let mut depends_on = body.depends_on.unwrap_or_default();
+    let mut dependencies = Vec::new();
     for ((key, payloads), blobs) in body.tasks.into_iter().zip(taken) {
+        if let Some(parents) = depends_on.remove(&key) {
+            if parents.len() > payloads.len() {
+                return Err(ApiError::bad_request(format!(
+                    "depends_on[{}] names {} tasks' parents; tasks[{0}] has {} tasks",
+                    excerpt(&key),
+                    parents.len(),
+                    payloads.len()
+                )));
+            }
+            let first = new_tasks.len();
+            dependencies.extend(
+                parents
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((first + i, p?))),
+            );
+        }
         let function = Uuid::parse_str(&key).map_err(|e| {
             let key = excerpt(&key);
             ApiError::bad_request(format!(
@@ -416,16 +439,27 @@ pub async fn submit(
         let mut ids = Vec::with_capacity(payloads.len());
         for (payload, blob) in payloads.into_iter().zip(blobs) {
             let id = Uuid::new_v4();
+            // A dependent's arguments stay in its row, however large (a
+            // fan-in's references): its payload is rewritten on release.
+            let dependent = dependencies
+                .binary_search_by_key(&new_tasks.len(), |(i, _)| *i)
+                .is_ok();
             new_tasks.push(NewTask {
                 id,
                 function,
-                in_file: blob.is_some() || payload.len() > INLINE_MAX,
+                in_file: blob.is_some() || (!dependent && payload.len() > INLINE_MAX),
                 payload,
                 blob,
             });
             ids.push(id);
         }
         echo.insert(key, json!(ids));
+    }
+    if let Some(key) = depends_on.keys().next() {
+        return Err(ApiError::bad_request(format!(
+            "depends_on names function {}, which has no tasks in `tasks`",
+            excerpt(key)
+        )));
     }
     let group = body.task_group_id.unwrap_or_else(Uuid::new_v4);
     let answer = json!({
@@ -486,6 +520,7 @@ pub async fn submit(
                 answer: answer.clone(),
             }),
         quota: state.config.quota,
+        depends_on: dependencies,
     };
     // The endpoint's link may dispatch the tasks as soon as they are visible
     // (so the audit log records them as submitted then, before they can be
@@ -501,17 +536,27 @@ pub async fn submit(
         .db
         .write_visible(
             move |c, ctx| {
-                let done = db_tasks::submit(c, &submission)?;
+                // Dependents of a parent that failed already are stored failed.
+                let first = ctx.next_result_seq;
+                let done = db_tasks::submit(c, ctx, &submission)?;
+                let failed = first..ctx.next_result_seq;
                 let cached = match done {
                     Submitted::Created => memo::at_submit(c, ctx, &submission, memo_ttl)?,
                     Submitted::Replayed(_) => memo::AtSubmit::default(),
                 };
-                Ok((done, cached))
+                Ok((done, cached, failed))
             },
             Durability::Now,
-            move |(done, cached)| {
+            move |(done, cached, failed)| {
                 if !matches!(done, Submitted::Created) {
                     return;
+                }
+                for seq in failed.clone() {
+                    live.publish_result(crate::live::ResultEvent {
+                        group,
+                        seq,
+                        row: None,
+                    });
                 }
                 named.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Stamped before the dispatch is poked, so no task can be
@@ -532,7 +577,7 @@ pub async fn submit(
         // Refused, failed or replayed: no row names these files.
         state.db.payload_files().remove(in_files);
     }
-    let (done, cached) = done?;
+    let (done, cached, _) = done?;
     // Hits and waiters never run: their payload files are not needed.
     state.db.payload_files().remove(cached.unneeded_files);
     match done {

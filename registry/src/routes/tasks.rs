@@ -227,7 +227,7 @@ pub async fn taskgroup(
             if db_tasks::group_owner(c, id)? != Some(user.id) {
                 return Ok(None);
             }
-            db_tasks::group_tasks(c, id, 0, GROUP_PAGE).map(Some)
+            db_tasks::group_tasks(c, id, i64::MIN, GROUP_PAGE).map(Some)
         })
         .await?
         .ok_or_else(|| ApiError::not_found_id("task group", &raw))?;

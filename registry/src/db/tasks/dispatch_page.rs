@@ -106,9 +106,11 @@ const LATE: &str = select_tasks!(
      AND (t.queue_key, t.rid) < (?4, ?5) ORDER BY t.queue_key, t.rid"
 );
 
-/// The queue past the cursor, from its index.
+/// The queue past the cursor, from its index. Held dependents have
+/// negative rids (`db::dependencies`) and wait outside the queue until
+/// released with a fresh rid, which the late-arrivals query finds.
 const QUEUE: &str = select_tasks!(
-    "t.endpoint_id = ?1 AND t.done = 0 AND (t.queue_key, t.rid) > (?2, ?3)
+    "t.endpoint_id = ?1 AND t.done = 0 AND (t.queue_key, t.rid) > (?2, ?3) AND t.rid > 0
      ORDER BY t.queue_key, t.rid LIMIT ?4"
 );
 
@@ -500,8 +502,10 @@ pub(super) mod tests {
             resource_spec: spec.map(str::to_string),
             idempotency: None,
             quota: Default::default(),
+            depends_on: Vec::new(),
         };
-        submit(&fx.conn, &s).unwrap();
+        let mut ctx = crate::db::writer::WriteCtx { next_result_seq: 1 };
+        submit(&fx.conn, &mut ctx, &s).unwrap();
         tasks.into_iter().map(|t| t.id).collect()
     }
 

@@ -12,6 +12,8 @@
 //! what the agent reports back. This file only names them: they import
 //! each other one way (`submit` and `results` use `read`), never this file.
 
+#[cfg(test)]
+mod dependency_tests;
 mod dispatch_page;
 mod list;
 mod read;

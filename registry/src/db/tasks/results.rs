@@ -3,12 +3,14 @@
 //! the next `result_seq`.
 
 use hpfaas_protocol::endpoint::to_json;
+use hpfaas_protocol::failure::SystemFailure;
 use hpfaas_protocol::task::{Outcome, Placement, TaskResult, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::read::{TaskRow, STREAMED_ROW_BYTES};
 use crate::db::cancel;
+use crate::db::dependencies;
 use crate::db::memo;
 use crate::db::result_seq::save_result_seq;
 use crate::db::usage::{result_bytes, UsageDelta};
@@ -124,6 +126,9 @@ pub struct StoredResult {
     /// most [`STREAMED_ROW_BYTES`]: result streams send it without reading
     /// it back.
     pub row: Option<std::sync::Arc<TaskRow>>,
+    /// Endpoints of the tasks this result released (it was their last
+    /// parent): their links are to be woken.
+    pub released: Vec<Uuid>,
 }
 
 /// Stores results for non-final tasks of this endpoint, each with the next
@@ -151,6 +156,8 @@ pub fn store_results(
     let stored_at = now();
     let endpoint_text = endpoint.to_string();
     let mut stored = Vec::with_capacity(results.len());
+    // Each task that ended here, with its failure (type, message) if any.
+    let mut ended = Vec::new();
     for res in results {
         let completed = if res.completed_at.is_finite() && res.completed_at > 0.0 {
             res.completed_at
@@ -237,6 +244,11 @@ pub fn store_results(
                         cached_from: None,
                     })
                 });
+                ended.push((
+                    stored.len(),
+                    res.task_id,
+                    exc.map(|e| (e.exc_type.clone(), e.message.clone())),
+                ));
                 stored.push(StoredResult {
                     task: res.task_id,
                     group,
@@ -246,6 +258,7 @@ pub fn store_results(
                     created,
                     owner,
                     row,
+                    released: Vec::new(),
                 });
                 if leader {
                     let outcome = match (result, exc) {
@@ -253,17 +266,25 @@ pub fn store_results(
                         (None, Some(e)) => memo::LeaderOutcome::Failed(e),
                         (None, None) => continue,
                     };
-                    let ended = memo::leader_ended(conn, ctx, owner, res.task_id, outcome)?;
-                    stored.extend(ended.into_iter().map(|e| StoredResult {
-                        task: e.task,
-                        group: e.group,
-                        seq: e.seq,
-                        payload_file: false,
-                        state: e.state,
-                        created: e.created,
-                        owner: e.owner,
-                        row: e.row,
-                    }));
+                    // The waiters ended with their leader, and so do their
+                    // own dependents, as the leader's do.
+                    for e in memo::leader_ended(conn, ctx, owner, res.task_id, outcome)? {
+                        let failure = (e.state == TaskState::Failed)
+                            .then(|| exc.map(|x| (x.exc_type.clone(), x.message.clone())))
+                            .flatten();
+                        ended.push((stored.len(), e.task, failure));
+                        stored.push(StoredResult {
+                            task: e.task,
+                            group: e.group,
+                            seq: e.seq,
+                            payload_file: false,
+                            state: e.state,
+                            created: e.created,
+                            owner: e.owner,
+                            row: e.row,
+                            released: Vec::new(),
+                        });
+                    }
                 }
             }
             None => {
@@ -275,10 +296,70 @@ pub fn store_results(
         }
     }
     usage.apply(conn)?;
+    settle_dependents(conn, ctx, ended, &mut stored)?;
     if !stored.is_empty() {
         save_result_seq(conn, ctx)?;
     }
     Ok(stored)
+}
+
+/// A task that just ended: its index in the stored results, its id, its
+/// failure (type, message) if it failed.
+type Ended = (usize, Uuid, Option<(String, String)>);
+
+/// The children of tasks that just ended (`ended`: index in `stored`, the
+/// task, its failure): a success releases those it was the last parent of;
+/// a failure fails every held child with `DependencyFailed` naming it,
+/// and their children in turn (appended to `stored`, for the streams).
+fn settle_dependents(
+    conn: &Connection,
+    ctx: &mut WriteCtx,
+    ended: Vec<Ended>,
+    stored: &mut Vec<StoredResult>,
+) -> ApiResult<()> {
+    let mut failed = Vec::new();
+    for (index, task, failure) in ended {
+        let children = dependencies::take_children(conn, task)?;
+        match failure {
+            None => {
+                for child in children {
+                    if let Some(endpoint) = dependencies::parent_succeeded(conn, child)? {
+                        stored[index].released.push(endpoint);
+                    }
+                }
+            }
+            Some((exc_type, message)) => {
+                let text = dependencies::failure_message(task, &exc_type, &message);
+                failed.extend(children.into_iter().map(|c| (c, text.clone())));
+            }
+        }
+    }
+    // A worklist, not recursion: a chain of any length fails in constant stack.
+    while let Some((child, message)) = failed.pop() {
+        let Some(row) = dependencies::fail_dependent(conn, ctx, child, &message)? else {
+            continue;
+        };
+        let (group, seq, created, owner) = (row.group, row.seq, row.created, row.owner);
+        stored.push(StoredResult {
+            task: child,
+            group,
+            seq,
+            payload_file: false,
+            state: TaskState::Failed,
+            created,
+            owner,
+            row: None,
+            released: Vec::new(),
+        });
+        let name = SystemFailure::DependencyFailed.name();
+        let text = dependencies::failure_message(child, name, &message);
+        failed.extend(
+            dependencies::take_children(conn, child)?
+                .into_iter()
+                .map(|c| (c, text.clone())),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -347,6 +428,7 @@ mod tests {
             created: row.created,
             owner: fx.owner,
             row: Some(std::sync::Arc::new(row)),
+            released: Vec::new(),
         };
         assert_eq!(stored, vec![first]);
         let page = dispatch_page(

@@ -11,9 +11,12 @@ use uuid::Uuid;
 
 use super::read::group_owner;
 use crate::db::catalog::{self, EndpointPolicy};
+use crate::db::dependencies::{self, Parents};
 use crate::db::function_defaults;
 use crate::db::idempotency::{self, IdempotentRequest};
+use crate::db::result_seq::save_result_seq;
 use crate::db::usage::{add_usage, check_quota, Quota};
+use crate::db::writer::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::resource_spec;
 use crate::time::now;
@@ -66,6 +69,9 @@ pub struct Submission {
     pub idempotency: Option<IdempotentRequest>,
     /// The owner's limits.
     pub quota: Quota,
+    /// Tasks that depend on others: (index in `tasks`, the parents' ids in
+    /// the order the worker receives their results), by index.
+    pub depends_on: Vec<(usize, Vec<Uuid>)>,
 }
 
 /// What a submit did.
@@ -153,8 +159,9 @@ fn check_policy(policy: &EndpointPolicy, s: &Submission) -> ApiResult<()> {
 
 /// Checks everything a submission names and stores its tasks (and its
 /// idempotency key), or replays the answer of an earlier request with the
-/// same key.
-pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
+/// same key. A task whose parent has failed already is stored failed
+/// (`DependencyFailed`) with the next `result_seq` of `ctx`.
+pub fn submit(conn: &Connection, ctx: &mut WriteCtx, s: &Submission) -> ApiResult<Submitted> {
     if let Some(req) = &s.idempotency {
         if let Some(answer) = idempotency::replay(conn, s.owner, req)? {
             return Ok(Submitted::Replayed(answer));
@@ -183,10 +190,11 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
     let bytes: u64 = s.tasks.iter().map(size).sum();
     check_quota(conn, s.owner, s.quota, s.tasks.len() as u64, bytes)?;
     ensure_group(conn, s.owner, s.group)?;
+    let parents = check_dependencies(conn, s)?;
     let mut st = conn.prepare_cached(
         "INSERT INTO tasks (id, owner, endpoint_id, function_id, group_id, state,
-                            result_serializers, resource_spec, created, queue_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                            result_serializers, resource_spec, created, queue_key, rid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     let mut put_payload = conn.prepare_cached(
         "INSERT INTO task_payloads (rid, payload, in_file, bytes) VALUES (?1, ?2, ?3, ?4)",
@@ -197,32 +205,101 @@ pub fn submit(conn: &Connection, s: &Submission) -> ApiResult<Submitted> {
         .iter()
         .map(|(f, spec)| (*f, resource_spec::queue_key(created, spec.as_deref())))
         .collect();
-    for t in &s.tasks {
+    let mut parents = parents.into_iter().peekable();
+    let (mut failed_any, mut grown) = (false, 0i64);
+    for (index, t) in s.tasks.iter().enumerate() {
         let spec = specs.get(&t.function).and_then(Option::as_deref);
+        let mut inline = if t.in_file && t.blob.is_none() {
+            ""
+        } else {
+            t.payload.as_str()
+        };
+        let (mut state, mut rid, mut spliced) = (s.state, None, None);
+        let (mut waiting, mut failed) = (None, None);
+        if let Some((_, all, at)) = parents.next_if(|(i, ..)| *i == index) {
+            match at {
+                Parents::Failed(message) => failed = Some(message),
+                Parents::Ready(buffer) => {
+                    spliced = Some(dependencies::spliced(inline, &buffer));
+                }
+                Parents::Waiting(left) => {
+                    state = TaskState::WaitingForDependencies;
+                    rid = Some(dependencies::held_rid(conn)?);
+                    waiting = Some((all, left));
+                }
+            }
+        }
+        if let Some(text) = &spliced {
+            inline = text;
+        }
         let rid = st.insert(params![
             t.id.to_string(),
             s.owner,
             endpoint,
             t.function.to_string(),
             group,
-            s.state.as_str(),
+            state.as_str(),
             s.result_serializers,
             spec,
             created,
-            keys.get(&t.function).copied().unwrap_or(created)
+            keys.get(&t.function).copied().unwrap_or(created),
+            rid
         ])?;
-        let inline = if t.in_file && t.blob.is_none() {
-            ""
-        } else {
-            t.payload.as_str()
-        };
-        put_payload.execute(params![rid, inline, t.in_file, size(t) as i64])?;
+        if let Some((all, left)) = waiting {
+            dependencies::hold(conn, t.id, all, &left)?;
+        }
+        // Parents' results spliced in are the task's arguments from now on.
+        let spliced_in = spliced
+            .as_ref()
+            .map_or(0, |p| (p.len() - t.payload.len()) as i64);
+        grown += spliced_in;
+        let bytes = size(t) as i64 + spliced_in;
+        put_payload.execute(params![rid, inline, t.in_file, bytes])?;
+        if let Some(message) = failed {
+            failed_any = true;
+            // Its usage: counted below with the others, taken back here.
+            dependencies::fail_dependent(conn, ctx, t.id, &message)?;
+        }
     }
-    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64)?;
+    if failed_any {
+        save_result_seq(conn, ctx)?;
+    }
+    add_usage(conn, s.owner, s.tasks.len() as i64, bytes as i64 + grown)?;
     if let Some(req) = &s.idempotency {
         idempotency::insert(conn, s.owner, req)?;
     }
     Ok(Submitted::Created)
+}
+
+/// Where each dependent task's parents stand, in task order: (index, its
+/// parents, where they stand). A dependent's arguments must be inline (its
+/// payload is rewritten when it is released).
+fn check_dependencies<'a>(
+    conn: &Connection,
+    s: &'a Submission,
+) -> ApiResult<Vec<(usize, &'a [Uuid], Parents)>> {
+    let mut out = Vec::with_capacity(s.depends_on.len());
+    for (index, parents) in &s.depends_on {
+        let Some(task) = s.tasks.get(*index) else {
+            continue;
+        };
+        if parents.is_empty() {
+            continue;
+        }
+        if task.in_file {
+            return Err(ApiError::bad_request(format!(
+                "task index {index} has depends_on and its arguments are a blob (pb\\n); \
+                 a dependent task's arguments must be in its payload text"
+            )));
+        }
+        out.push((
+            *index,
+            parents.as_slice(),
+            dependencies::check_parents(conn, s.owner, parents)?,
+        ));
+    }
+    out.sort_by_key(|(i, ..)| *i);
+    Ok(out)
 }
 
 /// Creates task group `id` for `owner` if new; refuses another user's.
@@ -270,6 +347,7 @@ mod tests {
             resource_spec: None,
             idempotency: None,
             quota: Default::default(),
+            depends_on: Vec::new(),
         };
         let only_f = EndpointPolicy {
             allowed_functions: vec![f],

@@ -94,6 +94,11 @@ pub(crate) fn submit_tasks(fx: &Fixture, group: Uuid, tasks: &[NewTask]) {
         resource_spec: None,
         idempotency: None,
         quota: Default::default(),
+        depends_on: Vec::new(),
     };
-    assert_eq!(submit(&fx.conn, &s).unwrap(), Submitted::Created);
+    // Result sequence numbers far above the tests' own.
+    let mut ctx = crate::db::writer::WriteCtx {
+        next_result_seq: 1 << 40,
+    };
+    assert_eq!(submit(&fx.conn, &mut ctx, &s).unwrap(), Submitted::Created);
 }
