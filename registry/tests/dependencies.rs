@@ -134,3 +134,39 @@ fn a_fan_in_with_arguments_over_the_payload_file_size_is_held_and_released_whole
     assert_eq!(sent[0].task_id, child);
     assert_eq!(sent[0].payload, format!("{big}{}", pack(&["dr\n4\n11\n1"])));
 }
+
+#[test]
+fn a_result_from_an_endpoint_the_user_does_not_own_is_not_fed_to_another_endpoint() {
+    let svc = TestService::start();
+    let alice = svc.client(&svc.token("alice"));
+    let bob = svc.client(&svc.token("bob"));
+    let f = alice.register_function("f");
+    let (own, _) = alice.register_endpoint("own");
+    let (shared, _) = bob.register_endpoint("shared");
+    bob.post(
+        &format!("/v3/endpoints/{shared}/share"),
+        &json!({"users": ["alice"]}),
+    )
+    .ok();
+    let args = pack(&["11\n[]", "11\n{}"]);
+    let parent = task_ids(
+        &alice.submit(&shared, json!({f.clone(): [args.clone()]})),
+        &f,
+    )[0];
+    let depending = |on: &str| {
+        alice.post(
+            &format!("/v3/endpoints/{on}/submit"),
+            &json!({"tasks": {f.clone(): [args.clone()]},
+                    "depends_on": {f.clone(): [[parent.to_string()]]}}),
+        )
+    };
+    // Bob's worker would make the result; Alice's own would unpickle it.
+    let why = depending(&own).error(403, "forbidden");
+    assert!(why.contains(&shared) && why.contains("pickle"), "{why}");
+    // On the same endpoint, the result never crosses owners.
+    let held = task_ids(&depending(&shared).ok(), &f)[0];
+    assert_eq!(
+        alice.task(&held.to_string())["status"],
+        "waiting-for-dependencies"
+    );
+}

@@ -58,7 +58,12 @@ pub struct FailedDependent {
 /// task of the same owner (another user's is reported as not found, as an
 /// unknown one is), named once, and not succeeded with its result purged.
 /// Cycles cannot arise: a parent exists before its child.
-pub fn check_parents(conn: &Connection, owner: i64, parents: &[Uuid]) -> ApiResult<Parents> {
+pub fn check_parents(
+    conn: &Connection,
+    owner: i64,
+    endpoint: Uuid,
+    parents: &[Uuid],
+) -> ApiResult<Parents> {
     if parents.len() > MAX_PARENTS {
         return Err(ApiError::bad_request(format!(
             "a task names {} parents in depends_on; at most {MAX_PARENTS} are allowed",
@@ -66,9 +71,12 @@ pub fn check_parents(conn: &Connection, owner: i64, parents: &[Uuid]) -> ApiResu
         )));
     }
     let mut st = conn.prepare_cached(
-        "SELECT state, done, result_fate, exc_type, exc_message, result
-         FROM tasks WHERE id = ?1 AND owner = ?2",
+        "SELECT t.state, t.done, t.result_fate, t.exc_type, t.exc_message, t.result,
+                t.endpoint_id, e.owner
+         FROM tasks t JOIN endpoints e ON e.id = t.endpoint_id
+         WHERE t.id = ?1 AND t.owner = ?2",
     )?;
+    let here = endpoint.to_string();
     let mut seen = std::collections::HashSet::with_capacity(parents.len());
     let (mut waiting, mut results) = (Vec::new(), Vec::new());
     for parent in parents {
@@ -78,31 +86,38 @@ pub fn check_parents(conn: &Connection, owner: i64, parents: &[Uuid]) -> ApiResu
             )));
         }
         type Row = (
-            String,
-            i64,
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
+            (String, i64, i64),
+            (Option<String>, Option<String>, Option<String>),
+            (String, i64),
         );
         let row: Option<Row> = st
             .query_row(params![parent.to_string(), owner], |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
+                    (r.get(0)?, r.get(1)?, r.get(2)?),
+                    (r.get(3)?, r.get(4)?, r.get(5)?),
+                    (r.get(6)?, r.get(7)?),
                 ))
             })
             .optional()?;
-        let Some((state, done, fate, exc_type, exc_message, result)) = row else {
+        let Some(((state, done, fate), (exc_type, exc_message, result), (ran_on, its_owner))) = row
+        else {
             return Err(ApiError::not_found(format!(
                 "task {parent} named in depends_on not found; a dependency must name an \
                  existing task of yours"
             )));
         };
+        if ran_on != here && its_owner != owner {
+            // Its result may be a pickle the other endpoint's owner made; the
+            // worker of this endpoint, which runs as someone else (you, or
+            // this endpoint's owner), would unpickle it without the check the
+            // SDK makes (`UntrustedResult`).
+            return Err(ApiError::forbidden(format!(
+                "task {parent} named in depends_on runs on endpoint {ran_on}, which you do not \
+                 own, and this task would run on another endpoint ({here}): its result could \
+                 be a pickle that endpoint's owner made, unpickled here unchecked; fetch the \
+                 result (the SDK checks it) and pass the value, or run this task on {ran_on}"
+            )));
+        }
         match (done, state.as_str(), result) {
             (0, ..) => waiting.push(*parent),
             (_, "success", Some(result)) if fate != 2 => results.push(result),

@@ -295,7 +295,7 @@ fn check_dependencies<'a>(
         out.push((
             *index,
             parents.as_slice(),
-            dependencies::check_parents(conn, s.owner, parents)?,
+            dependencies::check_parents(conn, s.owner, s.endpoint, parents)?,
         ));
     }
     out.sort_by_key(|(i, ..)| *i);
