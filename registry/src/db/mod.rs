@@ -37,6 +37,13 @@ pub use writer::{Durability, WriteCtx};
 /// `hpfaas token create` while the service runs) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements kept per connection. rusqlite keeps 16 by default;
+/// the writer's hot path alone (submits, states, results, dependencies,
+/// the cache, events, purges) uses more, and each one evicted is compiled
+/// again at its next use: with 16, compiling SQL was a tenth of the
+/// writer's time on a stream of tasks.
+const STATEMENT_CACHE: usize = 256;
+
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -65,6 +72,7 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     make_private(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // First of all: a new database takes it only while its file is empty.
     purge::reuse_space(&conn)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -131,6 +139,7 @@ fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "query_only", "ON")?;
     Ok(conn)
 }
