@@ -106,11 +106,16 @@ const LATE: &str = select_tasks!(
      AND (t.queue_key, t.rid) < (?4, ?5) ORDER BY t.queue_key, t.rid"
 );
 
-/// The queue past the cursor, from its index. Held dependents have
-/// negative rids (`db::dependencies`) and wait outside the queue until
-/// released with a fresh rid, which the late-arrivals query finds.
+/// The queue past the cursor, from its index, up to the newest task the
+/// page began with: each statement reads its own snapshot, and a task
+/// committed after `newest` was read but sent from here would be above the
+/// `mark` the page sets, so the next page's late arrivals would send it
+/// again (its submit wakes the link for the next page anyway). Held
+/// dependents have negative rids (`db::dependencies`) and wait outside the
+/// queue until released with a fresh rid, which the late-arrivals query finds.
 const QUEUE: &str = select_tasks!(
-    "t.endpoint_id = ?1 AND t.done = 0 AND (t.queue_key, t.rid) > (?2, ?3) AND t.rid > 0
+    "t.endpoint_id = ?1 AND t.done = 0 AND (t.queue_key, t.rid) > (?2, ?3)
+     AND t.rid > 0 AND t.rid <= ?5
      ORDER BY t.queue_key, t.rid LIMIT ?4"
 );
 
@@ -153,11 +158,19 @@ pub fn dispatch_page(
         cursor.early.insert(rid);
     }
     if late_done {
+        #[cfg(test)]
+        tests::between_reads(conn);
         cursor.mark = newest;
         cursor.early.clear();
         let mut st = conn.prepare_cached(QUEUE)?;
         let room = limits.tasks.saturating_sub(page.count + page.lost.len());
-        let mut rows = st.query(params![endpoint, cursor.key, cursor.rid, room as i64])?;
+        let mut rows = st.query(params![
+            endpoint,
+            cursor.key,
+            cursor.rid,
+            room as i64,
+            newest
+        ])?;
         while let Some(r) = rows.next()? {
             let (rid, key): (i64, f64) = (r.get(0)?, r.get(7)?);
             if !page.add(conn, r)? {
@@ -332,6 +345,92 @@ pub(super) mod tests {
     use crate::db::tasks::submit::{submit, NewTask, Submission};
     use crate::db::tasks::test_fixture::{fixture, submit_n, submit_tasks, Fixture};
     use hpfaas_protocol::endpoint::{from_json, ServiceMessage};
+
+    /// What a test runs between a page's reads.
+    type Hook = Box<dyn FnMut(&Connection)>;
+
+    thread_local! {
+        /// Run by a page between its first read and its queue read: a
+        /// commit another connection makes meanwhile, in tests.
+        static BETWEEN: std::cell::RefCell<Option<Hook>> = std::cell::RefCell::new(None);
+    }
+
+    pub(super) fn between_reads(conn: &Connection) {
+        BETWEEN.with(|hook| {
+            if let Some(f) = hook.borrow_mut().as_mut() {
+                f(conn)
+            }
+        });
+    }
+
+    #[test]
+    fn tasks_committed_while_a_page_is_read_are_sent_once() {
+        let fx = fixture();
+        let function = fx.function;
+        let first = submit_n(&fx, Uuid::new_v4(), 2, 4);
+        let endpoint = fx.endpoint;
+        // Two more tasks commit after the page read the newest rid, before
+        // it reads the queue.
+        let owner = fx.owner;
+        BETWEEN.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move |conn: &Connection| {
+                let tasks: Vec<NewTask> = (0..2)
+                    .map(|_| NewTask {
+                        id: Uuid::new_v4(),
+                        function,
+                        payload: "p".into(),
+                        in_file: false,
+                        blob: None,
+                    })
+                    .collect();
+                let s = Submission {
+                    owner,
+                    endpoint,
+                    group: Uuid::new_v4(),
+                    state: hpfaas_protocol::task::TaskState::Received,
+                    functions: vec![(function.to_string(), function)],
+                    tasks,
+                    result_serializers: "[]".into(),
+                    resource_spec: None,
+                    idempotency: None,
+                    quota: Default::default(),
+                    depends_on: Vec::new(),
+                };
+                let mut ctx = crate::db::writer::WriteCtx { next_result_seq: 1 };
+                submit(conn, &mut ctx, &s).unwrap();
+            }));
+        });
+        let mut sent = Vec::new();
+        let mut cursor = QueueCursor::start();
+        let mut functions = HashSet::new();
+        for round in 0..4 {
+            let page = dispatch_page(
+                &fx.conn,
+                &fx.files,
+                endpoint,
+                cursor,
+                functions,
+                limits(100, 1 << 20),
+            )
+            .unwrap();
+            if round == 0 {
+                BETWEEN.with(|hook| *hook.borrow_mut() = None);
+            }
+            (cursor, functions) = (page.cursor, page.sent_functions);
+            if let Some(Frame::Text(text)) = page.frame {
+                let Ok(ServiceMessage::Tasks { tasks, .. }) = from_json(&text) else {
+                    panic!("not a tasks frame")
+                };
+                sent.extend(tasks.into_iter().map(|t| t.task_id));
+            }
+        }
+        assert!(sent.starts_with(&first), "{sent:?}");
+        let mut once = sent.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), sent.len(), "a task went out twice: {sent:?}");
+        assert_eq!(sent.len(), 4, "every task went out: {sent:?}");
+    }
 
     pub(crate) fn limits(tasks: usize, bytes: usize) -> PageLimits {
         PageLimits {
@@ -598,7 +697,7 @@ pub(super) mod tests {
     #[test]
     fn both_queries_read_by_index_without_sorting() {
         let fx = fixture();
-        let (queue, late) = (params!["e", 0.0, 0, 0], params!["e", 0, 0, 0.0, 0]);
+        let (queue, late) = (params!["e", 0.0, 0, 0, 0], params!["e", 0, 0, 0.0, 0]);
         for (name, sql, by, args) in [
             ("queue", QUEUE, "tasks_queue", queue),
             ("late arrivals", LATE, "INTEGER PRIMARY KEY", late),
