@@ -12,28 +12,6 @@ use hpfaas_protocol::endpoint::{
 use hpfaas_registry::db::events::KEPT;
 use serde_json::{json, Value};
 
-/// Connects with a hello that offers events; panics unless welcomed, and
-/// checks the welcome takes them.
-fn online_with_events(svc: &TestService, ep: &str, credential: &str) -> Agent {
-    let mut agent = Agent::connect(svc.addr, ep, credential).expect("connect");
-    agent.send(&AgentMessage::Hello {
-        version: hpfaas_protocol::PROTOCOL_VERSION,
-        host: "login1".into(),
-        pid: 99,
-        allowed_functions: vec![],
-        json_only: false,
-        flow_control: false,
-        events: true,
-    });
-    match agent.recv() {
-        Some(ServiceMessage::Welcome { events, .. }) => {
-            assert!(events, "the service must say it takes events");
-            agent
-        }
-        other => panic!("expected welcome, got {other:?}"),
-    }
-}
-
 fn failed(n: usize) -> EndpointEvent {
     EndpointEvent::new(
         1.7e9 + n as f64,
@@ -71,7 +49,7 @@ fn blocks_and_events_reach_the_owner_and_users_it_is_shared_with() {
             &json!({"users": ["bob"]}),
         )
         .ok();
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     let deadline = hpfaas_protocol::task::now_unix() + 3600.0;
     agent.send(&AgentMessage::Heartbeat {
         status: EndpointReport {
@@ -151,7 +129,7 @@ fn an_endpoint_keeps_its_last_events_across_a_restart() {
     let svc = TestService::start();
     let alice = svc.client(&svc.token("alice"));
     let (ep, cred) = alice.register_endpoint("ep");
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     let all: Vec<EndpointEvent> = (0..KEPT + 10).map(failed).collect();
     for frame in all.chunks(200) {
         agent.send(&AgentMessage::Events {
@@ -193,7 +171,7 @@ fn bad_events_frames_close_the_link_naming_the_fault() {
     let alice = svc.client(&svc.token("alice"));
     let (ep, cred) = alice.register_endpoint("ep");
 
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     agent.send(&AgentMessage::Events {
         events: (0..257).map(failed).collect(),
     });
@@ -201,19 +179,19 @@ fn bad_events_frames_close_the_link_naming_the_fault() {
     assert_eq!(closed.code, Some(1008), "{closed:?}");
     assert!(closed.reason.contains("257 events"), "{closed:?}");
 
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     agent.send_raw(r#"{"type":"events","events":[{"time":1,"kind":"exploded"}]}"#);
     let closed = agent.expect_close();
     assert_eq!(closed.code, Some(1007), "{closed:?}");
     assert!(closed.reason.contains("malformed frame"), "{closed:?}");
 
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     agent.send_raw(r#"{"type":"events","events":[{"time":-5,"kind":"block_failed"}]}"#);
     let closed = agent.expect_close();
     assert!(closed.reason.contains("time"), "{closed:?}");
 
     // None of it was stored; the endpoint takes a good agent afterwards.
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     agent.send(&AgentMessage::Events {
         events: vec![failed(7)],
     });
@@ -258,8 +236,8 @@ fn deleting_an_endpoint_deletes_its_events_even_the_last_disconnection() {
     let alice = svc.client(&svc.token("alice"));
     let (ep, cred) = alice.register_endpoint("ep");
     let (kept, kept_cred) = alice.register_endpoint("kept");
-    let mut agent = online_with_events(&svc, &ep, &cred);
-    let other = online_with_events(&svc, &kept, &kept_cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
+    let other = Agent::online_with_events(&svc, &kept, &kept_cred);
     agent.send(&AgentMessage::Events {
         events: vec![failed(1)],
     });

@@ -9,27 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use hpfaas_protocol::endpoint::{
-    AgentMessage, BlockReport, EndpointEvent, EndpointReport, EventKind, ServiceMessage,
+    AgentMessage, BlockReport, EndpointEvent, EndpointReport, EventKind,
 };
 use serde_json::json;
-
-/// Connects an agent that offers events.
-fn online_with_events(svc: &TestService, ep: &str, credential: &str) -> Agent {
-    let mut agent = Agent::connect(svc.addr, ep, credential).expect("connect");
-    agent.send(&AgentMessage::Hello {
-        version: hpfaas_protocol::PROTOCOL_VERSION,
-        host: "login1".into(),
-        pid: 99,
-        allowed_functions: vec![],
-        json_only: false,
-        flow_control: false,
-        events: true,
-    });
-    match agent.recv() {
-        Some(ServiceMessage::Welcome { .. }) => agent,
-        other => panic!("expected welcome, got {other:?}"),
-    }
-}
 
 /// The next event of `stream` named `kind` for which `pred` holds (others skipped).
 fn next_where(stream: &mut SseReader, kind: &str, pred: impl Fn(&SseEvent) -> bool) -> SseEvent {
@@ -55,7 +37,7 @@ fn an_endpoint_view_follows_status_and_events_and_resumes() {
         ("status", &json!("offline"))
     );
 
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     next_where(&mut view, "status", |e| e.data["status"] == "online");
     let connected = next_where(&mut view, "endpoint_event", |_| true);
     assert_eq!(connected.data["kind"], "agent_connected");
@@ -179,7 +161,7 @@ fn the_overview_follows_endpoints_and_throughput_of_its_user_only() {
     assert_eq!(endpoints[0]["status"], "offline");
     assert!(!first.data.to_string().contains(&bobs_ep));
 
-    let mut agent = online_with_events(&svc, &ep, &cred);
+    let mut agent = Agent::online_with_events(&svc, &ep, &cred);
     next_where(&mut view, "overview", |e| {
         e.data["endpoints"][0]["status"] == "online"
     });

@@ -71,7 +71,7 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> ApiResult<i64>
 }
 
 /// Whether a stream may go on after re-checking its token.
-pub enum Recheck {
+enum Recheck {
     /// The token is still good.
     Live,
     /// The token was revoked: send [`revoked_event`] and end.
@@ -82,7 +82,7 @@ pub enum Recheck {
 }
 
 /// Re-checks the token with SHA-256 `hash`.
-pub async fn recheck(state: &AppState, hash: &str) -> Recheck {
+async fn recheck(state: &AppState, hash: &str) -> Recheck {
     match auth::still_valid(state, hash).await {
         Ok(true) => Recheck::Live,
         Ok(false) => Recheck::Revoked,
@@ -90,8 +90,32 @@ pub async fn recheck(state: &AppState, hash: &str) -> Recheck {
     }
 }
 
+/// Re-checks the token with SHA-256 `hash` for the stream `what` feeds
+/// through `tx`: true if it may go on; if not, the stream's last event (a
+/// revoked token's `error`) has been sent and the refusal logged.
+pub async fn token_still_good(
+    state: &AppState,
+    hash: &str,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+    what: &str,
+) -> bool {
+    match recheck(state, hash).await {
+        Recheck::Live => true,
+        Recheck::Revoked => {
+            tracing::info!(stream = what, "event stream closed: its token was revoked");
+            let _ = tx.send(revoked_event()).await;
+            false
+        }
+        Recheck::Unchecked(e) => {
+            tracing::warn!(stream = what, error = %e.message,
+                "event stream closed: its token could not be checked");
+            false
+        }
+    }
+}
+
 /// The last event of a stream whose token was revoked.
-pub fn revoked_event() -> Event {
+fn revoked_event() -> Event {
     Event::default().event("error").data(
         serde_json::json!({"code": "unauthorized", "error": "the token was revoked; this stream is closed"})
             .to_string(),

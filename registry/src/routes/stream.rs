@@ -145,18 +145,15 @@ async fn pump(state: AppState, group: Uuid, mut last: i64, watch: Watch, tx: mps
         };
         if check {
             stale = false;
-            match sse::recheck(&state, &token_hash).await {
-                sse::Recheck::Live => {}
-                sse::Recheck::Revoked => {
-                    tracing::info!(%group, "result stream closed: its token was revoked");
-                    let _ = tx.send(sse::revoked_event()).await;
-                    return;
-                }
-                sse::Recheck::Unchecked(e) => {
-                    tracing::warn!(%group, error = %e.message,
-                        "result stream closed: its token could not be checked");
-                    return;
-                }
+            if !sse::token_still_good(
+                &state,
+                &token_hash,
+                &tx,
+                &format!("results of group {group}"),
+            )
+            .await
+            {
+                return;
             }
         }
     }

@@ -131,16 +131,8 @@ async fn follow<V: View>(
             _ = state.shutting_down() => return,
         };
         if check {
-            match sse::recheck(&state, &token_hash).await {
-                sse::Recheck::Live => {}
-                sse::Recheck::Revoked => {
-                    let _ = tx.send(sse::revoked_event()).await;
-                    return;
-                }
-                sse::Recheck::Unchecked(e) => {
-                    tracing::warn!(error = %e.message, "live view closed: its token could not be checked");
-                    return;
-                }
+            if !sse::token_still_good(&state, &token_hash, &tx, "live view").await {
+                return;
             }
             match view.allowed(&state).await {
                 Ok(true) => {}

@@ -761,6 +761,28 @@ pub fn task_ids(answer: &Value, function: &str) -> Vec<uuid::Uuid> {
 }
 
 impl Agent {
+    /// Connects with a hello that offers events; panics unless welcomed and
+    /// told the service takes them.
+    pub fn online_with_events(svc: &TestService, ep: &str, credential: &str) -> Agent {
+        let mut agent = Agent::connect(svc.addr, ep, credential).expect("connect");
+        agent.send(&AgentMessage::Hello {
+            version: hpfaas_protocol::PROTOCOL_VERSION,
+            host: "login1".into(),
+            pid: 99,
+            allowed_functions: vec![],
+            json_only: false,
+            flow_control: false,
+            events: true,
+        });
+        match agent.recv() {
+            Some(ServiceMessage::Welcome { events, .. }) => {
+                assert!(events, "the service must say it takes events");
+                agent
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
     /// The ids of the next `Cancel` frame (skipping result acks).
     pub fn recv_cancel(&mut self) -> Vec<uuid::Uuid> {
         loop {
