@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
@@ -61,6 +62,13 @@ _DROPPED_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, Bro
 # Errors that mean a connection broke before its answer was read in full: a
 # submit that carries an idempotency key is sent again once after them.
 _LOST_ANSWER = _DROPPED_CONNECTION + (ConnectionAbortedError, http.client.IncompleteRead)
+# A service that is down or restarting: nothing was answered.
+_SERVICE_AWAY = _LOST_ANSWER + (ConnectionRefusedError,)
+
+#: Seconds a submit keeps trying (same idempotency key) while the service is
+#: unreachable: a service restarting (upgrade, crash and systemd restart)
+#: does not fail the calls sent meanwhile.
+SUBMIT_RETRY_SECONDS = 60.0
 
 # Types reported for tasks that ended without an exception of their own.
 _STATUS_EXCEPTION_TYPES = {"cancelled": "TaskCancelled", "unknown": "UnknownTask"}
@@ -534,18 +542,30 @@ class Client:
         """Submit a batch; returns `{"request_id", "task_group_id", "endpoint_id", "tasks"}`.
 
         The request carries an `Idempotency-Key` (a fresh uuid4 unless given),
-        so when the connection drops before the answer it is sent once more
-        with the same key: the service answers the original answer and creates
-        nothing twice.
+        so when the connection drops before the answer, or the service is
+        down or restarting, it is sent again with the same key for up to
+        `SUBMIT_RETRY_SECONDS`: the service answers the original answer and
+        creates nothing twice.
         """
         key = idempotency_key or str(uuid.uuid4())
-        return self._request(
-            "POST",
-            f"/v3/endpoints/{endpoint_id}/submit",
-            headers={"Idempotency-Key": key, "Content-Type": batch.content_type},
-            retry_lost_answer=True,
-            data=batch.body_parts(),
-        )
+        deadline = time.monotonic() + SUBMIT_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return self._request(
+                    "POST",
+                    f"/v3/endpoints/{endpoint_id}/submit",
+                    headers={"Idempotency-Key": key, "Content-Type": batch.content_type},
+                    retry_lost_answer=True,
+                    data=batch.body_parts(),
+                )
+            except _SERVICE_AWAY:
+                # The key makes sending again safe: the service creates
+                # nothing twice, and answers a repeat with the first answer.
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     def get_task(self, task_id: str) -> dict:
         """The task document (status, and result or exception once finished)."""

@@ -164,3 +164,51 @@ def test_an_answer_that_is_not_json_is_an_error_naming_the_route(fake):
         Client(service.url, "a-token").get_endpoints()
     assert info.value.code == "not_json" and info.value.status == 200, info.value
     assert "GET /v2/endpoints" in str(info.value) and "Sign in" in str(info.value), info.value
+
+
+def test_a_submit_waits_out_a_service_that_drops_it_twice():
+    """A service restarting: the first two submits are cut off without an answer,
+    the third is answered; the caller sees the answer, and every try carried the
+    same idempotency key, so nothing could be created twice."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    keys: List[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps(versions()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            keys.append(self.headers["Idempotency-Key"])
+            if len(keys) <= 2:
+                self.close_connection = True
+                self.connection.shutdown(2)  # no answer at all
+                return
+            body = json.dumps({"request_id": "r", "task_group_id": "g", "endpoint_id": "e", "tasks": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.server_address[1]}", "a-token")
+        answer = client.batch_run("e", client.create_batch())
+        assert answer["request_id"] == "r"
+        assert len(keys) == 3 and len(set(keys)) == 1, keys
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
