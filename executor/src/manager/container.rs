@@ -236,9 +236,13 @@ pub fn remove_command(container: &Container, name: &str) -> Option<std::process:
 /// tell the containers a killed manager of the same user left ([`sweep`])
 /// from anyone else's.
 pub fn name_prefix() -> String {
+    format!("hpfaas-{}-{}-", uid(), std::process::id())
+}
+
+/// This process's user id.
+fn uid() -> u32 {
     // SAFETY: getuid(2) cannot fail.
-    let uid = unsafe { libc::getuid() };
-    format!("hpfaas-{uid}-{}-", std::process::id())
+    unsafe { libc::getuid() }
 }
 
 /// The pid of the manager that named container `name`, if it is one of
@@ -259,8 +263,7 @@ pub fn sweep(container: &Container) -> usize {
     if container.kind.is_child() {
         return 0;
     }
-    // SAFETY: getuid(2) cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = uid();
     let listed = std::process::Command::new(container.kind.name())
         .args(["ps", "--all", "--format", "{{.Names}}"])
         .arg("--filter")
@@ -454,10 +457,8 @@ mod tests {
         assert_eq!(manager_of("hpfaas-1000-x-w0", 1000), None);
         assert_eq!(manager_of("other", 1000), None);
         let own = name_prefix();
-        // SAFETY: getuid(2) cannot fail.
-        let uid = unsafe { libc::getuid() };
         assert_eq!(
-            manager_of(&format!("{own}w1-0"), uid),
+            manager_of(&format!("{own}w1-0"), uid()),
             Some(std::process::id())
         );
     }
